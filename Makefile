@@ -1,0 +1,32 @@
+# dicom-forwarder: the commands README.md names. `make test` is what CI runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS := dcmtk orthanc libsystemd-dev pkg-config gcc python3-venv systemd
+
+.PHONY: deps venv test run check bench lint
+
+deps:            ## Debian packages the tests need (DCMTK, Orthanc, libsystemd headers)
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv:            ## the virtualenv with the package, its codecs, systemd and test extras
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[systemd,codecs,test]'
+
+test: deps venv  ## set up and run the whole test suite
+	$(PY) -m pytest -q
+
+run: venv        ## set up and check etc/forwarder.yaml (the daemon itself is not built yet)
+	$(PY) -m forwarder check-config -c etc/forwarder.yaml
+
+lint: venv
+	$(VENV)/bin/ruff check forwarder tests bench
+	$(VENV)/bin/mypy forwarder
+
+bench: deps venv ## benchmarks against DCMTK storescu; prints a table, writes bench/results/latest.md
+	$(PY) bench/run.py

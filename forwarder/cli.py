@@ -1,0 +1,83 @@
+"""The command line: `dicom-forwarder COMMAND ...`; the only place that parses argv."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from forwarder import __version__
+from forwarder.errors import EXIT_OK, EXIT_USAGE, ConfigError, ForwarderError
+
+COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
+            "receive")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicom-forwarder",
+                                description="DICOM watch-folder autoforwarder")
+    p.add_argument("--version", action="version", version=f"dicom-forwarder {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("send", help="one-shot C-STORE SCU with storescu's options", add_help=False)
+
+    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration")
+        return sp
+
+    run = with_config("run", "the daemon, in the foreground (systemd runs this)")
+    run.add_argument("--log-target", choices=("auto", "journal", "stderr"),
+                     help="override log.target of the configuration")
+    with_config("check-config", "validate the configuration; exit 0 or 78")
+    st = with_config("status", "per destination: pending, sending, done, failed, state")
+    st.add_argument("--json", action="store_true", help="print the status contract as JSON")
+    rt = with_config("retry", "requeue failed jobs")
+    rt.add_argument("--destination", metavar="NAME", help="only this destination")
+    rt.add_argument("--all-failed", action="store_true", help="every failed job")
+    fl = with_config("failed", "list failed jobs with their reasons")
+    fl.add_argument("--json", action="store_true")
+    qu = with_config("quarantine", "list quarantined inputs with their reasons")
+    qu.add_argument("--json", action="store_true")
+    ec = with_config("echo", "C-ECHO each destination with its full settings")
+    ec.add_argument("names", nargs="*", metavar="NAME")
+    rc = sub.add_parser("receive", help="a small storage SCP for trying things out")
+    rc.add_argument("--port", type=int, required=True)
+    rc.add_argument("--output", required=True, metavar="DIR")
+    rc.add_argument("--aet", default="ANY-SCP")
+    rc.add_argument("--bind", default="127.0.0.1")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list and args_list[0] == "send":
+            from forwarder import sendcmd
+
+            return sendcmd.run(args_list[1:])
+        parser = _parser()
+        try:
+            args = parser.parse_args(args_list)
+        except SystemExit as exc:
+            return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
+        from forwarder import commands
+
+        handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+        return int(handler(args))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(str(issue), file=sys.stderr)
+        return exc.exit_code
+    except ForwarderError as exc:
+        print(f"dicom-forwarder: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

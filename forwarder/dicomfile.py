@@ -1,0 +1,176 @@
+"""Header probe: is a file a storable DICOM object, and what are its UIDs and routing attributes?
+
+Reads the file with pydicom without keeping large values in memory (``defer_size``),
+but walks every element to the end, so truncation anywhere (header or pixel data) is
+noticed: a pydicom warning about a premature end counts as an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from forwarder.errors import NotDicomError
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_TRUNCATION_WORDS = ("end of file", "truncat", "eof", "premature", "not enough")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What intake and the sender need to know about one DICOM object."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    study_instance_uid: str | None = None
+    has_meta: bool = True
+    meta_consistent: bool = True  # file meta agrees with the dataset: safe to stream as is
+    attributes: dict[str, str] = field(default_factory=dict)
+    phi: dict[str, str] = field(default_factory=dict)
+
+
+def _value(ds: Dataset, keyword: str) -> str | None:
+    try:
+        elem = ds.data_element(keyword)
+    except (KeyError, ValueError):
+        return None
+    if elem is None or elem.value is None:
+        return None
+    v: Any = elem.value
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        return "\\".join(str(x) for x in v)
+    return str(v).strip()
+
+
+def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] = frozenset(),
+          require_meta: bool = False, dataset_only: bool = False) -> Probe:
+    """Probe a path or an open binary file; raise :class:`NotDicomError` with the reason.
+
+    ``require_meta`` refuses bare datasets (storescu ``+fo``); ``dataset_only`` reads a
+    dataset without file meta (storescu ``-f``).
+    """
+    fp: IO[bytes] = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    try:
+        size = os.fstat(fp.fileno()).st_size
+        if size == 0:
+            raise NotDicomError("empty file (0 bytes)")
+        fp.seek(0)
+        head = fp.read(132)
+        fp.seek(0)
+        has_meta = len(head) == 132 and head[128:132] == b"DICM"
+        if require_meta and not has_meta:
+            raise NotDicomError("no DICOM file meta information (no 'DICM' at offset 128)")
+        if dataset_only and has_meta:
+            raise NotDicomError("has file meta information, but a bare dataset was asked for")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ds = dcmread(fp, force=not has_meta, defer_size=4096)
+                meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+                if meta_ts != "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
+                    _check_extent(ds, size)
+                for _elem in ds.iterall():  # converts every value, sequences included
+                    pass
+            except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                    OverflowError, NotImplementedError, AttributeError, OSError,
+                    struct.error) as exc:
+                raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
+            except (RecursionError, MemoryError) as exc:
+                raise NotDicomError(f"not readable as DICOM: {type(exc).__name__}") from exc
+        for w in caught:
+            text = str(w.message).lower()
+            if any(word in text for word in _TRUNCATION_WORDS):
+                raise NotDicomError(f"truncated: {w.message}")
+        sop_class = _value(ds, "SOPClassUID")
+        sop_instance = _value(ds, "SOPInstanceUID")
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        meta_class = _value(meta, "MediaStorageSOPClassUID")
+        if sop_class == MEDIA_STORAGE_DIRECTORY or meta_class == MEDIA_STORAGE_DIRECTORY:
+            raise NotDicomError("DICOMDIR (media storage directory), not a storage object")
+        if not sop_class or not sop_instance:
+            raise NotDicomError("no SOP Class UID or SOP Instance UID in the dataset")
+        if not _UID.match(sop_class.rstrip("\0 ")) or len(sop_class) > 64:
+            raise NotDicomError(f"SOP Class UID {sop_class[:70]!r} is not a UID")
+        ts = _value(meta, "TransferSyntaxUID")
+        if not ts:
+            ts = _guess_syntax(ds)
+        consistent = bool(
+            has_meta and meta_class == sop_class
+            and _value(meta, "MediaStorageSOPInstanceUID") == sop_instance
+            and _encoding_matches(ds, ts)
+        )
+        attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
+        phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
+        return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,
+                     _value(ds, "StudyInstanceUID"), has_meta, consistent, attrs, phi)
+    finally:
+        if fp is not source:
+            fp.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _check_extent(ds: Dataset, size: int) -> None:
+    """pydicom stops quietly at a short read and skips deferred values with seek():
+    every value must lie inside the file, and the last one must end where the file does
+    (a remainder shorter than an element header is a tag cut in half)."""
+    end = 0
+    for elem in ds._dict.values():
+        tell = getattr(elem, "value_tell", None)
+        length = getattr(elem, "length", None)
+        if tell is None or length is None or length == 0xFFFFFFFF:
+            end = max(end, size) if tell is not None else end
+            continue
+        if tell + length > size:
+            raise NotDicomError(f"truncated: element {elem.tag} needs {length} bytes at offset "
+                                f"{tell}, the file has {size}")
+        end = max(end, tell + length)
+    if end and 0 < size - end < 8:
+        raise NotDicomError(f"truncated: {size - end} stray bytes after the last element")
+
+
+def _guess_syntax(ds: Dataset) -> str:
+    implicit, little = ds.original_encoding
+    if implicit:
+        return "1.2.840.10008.1.2"
+    return "1.2.840.10008.1.2.1" if little in (True, None) else "1.2.840.10008.1.2.2"
+
+
+def _encoding_matches(ds: Dataset, ts: str) -> bool:
+    from pydicom.uid import UID
+
+    uid = UID(ts)
+    if not uid.is_transfer_syntax:
+        return False
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return True
+    return (implicit, little) == (uid.is_implicit_VR, uid.is_little_endian)
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read a whole object for conversion (pixel data included)."""
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+        fp.seek(0)
+        ds = dcmread(fp, force=not (len(head) == 132 and head[128:132] == b"DICM"))
+    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+        from pydicom.dataset import FileMetaDataset
+
+        meta = ds.file_meta if getattr(ds, "file_meta", None) else FileMetaDataset()
+        meta.TransferSyntaxUID = _guess_syntax(ds)
+        ds.file_meta = meta
+    return ds

@@ -1,0 +1,104 @@
+"""Two small, documented fixes to pynetdicom's association machinery.
+
+1. **The reactor pause race** (pynetdicom issue #875, seen with 3.0.4). ``send_c_store()``
+   clears ``_reactor_checkpoint`` and waits for ``_is_paused``; the association thread
+   sets ``_is_paused = True`` *before* ``checkpoint.wait()`` and may already be past the
+   wait when the checkpoint is cleared. It then takes the C-STORE response off the DIMSE
+   queue itself ("Received unexpected C-STORE service message"), and the sender waits
+   for the whole DIMSE timeout. The replacement loop below checks the checkpoint and
+   does its work inside one lock-protected step, and lowers ``_is_paused`` before the
+   check, so once the caller sees ``_is_paused`` true no step can still take a message.
+
+2. **QUICKACK after every read.** Linux turns TCP_QUICKACK off again by itself; without
+   it the kernel delays the ACK of a C-STORE response and a peer running with Nagle on
+   (DCMTK storescp as shipped) holds its next response until that ACK comes. Re-arming
+   it after each ``recv()`` on our sockets keeps one round trip per C-STORE.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.association import LOGGER as PDN_LOGGER
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
+
+_applied = False
+
+
+def _run_reactor(self: Association) -> None:
+    lock = self.__dict__.setdefault("_fwd_step_lock", threading.Lock())
+    self._is_paused = False
+    while not self._kill:
+        with lock:
+            self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                self._is_paused = True
+            else:
+                if _reactor_step(self):
+                    return
+        if self._is_paused:
+            self._reactor_checkpoint.wait(0.05)
+        else:
+            time.sleep(0.001)
+
+
+def _reactor_step(self: Association) -> bool:
+    """One pass of pynetdicom's ``_run_reactor`` body; True when the association ended."""
+    context_id, msg = self.dimse.get_msg(block=False)
+    if msg:
+        self._serve_request(msg, cast(int, context_id))
+    if self.is_established and self.acse.is_release_requested():
+        self.acse.send_release(is_response=True)
+        PDN_LOGGER.info("Association Released")
+        self.is_released = True
+        self.is_established = False
+        evt.trigger(self, evt.EVT_RELEASED, {})
+        self.kill()
+        return True
+    if self.acse.is_aborted():
+        PDN_LOGGER.info("Association Aborted")
+        self.dul.receive_pdu(wait=False)
+        self.is_aborted = True
+        self.is_established = False
+        evt.trigger(self, evt.EVT_ABORTED, {})
+        self.kill()
+        return True
+    if not self.dul.is_alive():
+        self.kill()
+        return True
+    if self.dul.idle_timer_expired():
+        PDN_LOGGER.error("Network timeout reached")
+        self.abort()
+        self.kill()
+        return True
+    return False
+
+
+_original_recv = AssociationSocket.recv
+
+
+def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    data = _original_recv(self, nr_bytes)
+    sock: Any = self.socket
+    if sock is not None and getattr(self, "_fwd_quickack", True):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except (OSError, AttributeError):
+            self._fwd_quickack = False  # not TCP (or not Linux): stop trying
+    return data
+
+
+def apply() -> None:
+    """Install both fixes once, for every association in this process."""
+    global _applied
+    if _applied:
+        return
+    Association._run_reactor = _run_reactor  # type: ignore[method-assign]
+    if hasattr(socket, "TCP_QUICKACK"):
+        AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    _applied = True

@@ -1,0 +1,86 @@
+"""Convert a dataset to a transfer syntax the peer accepted.
+
+Between the uncompressed syntaxes (implicit/explicit VR, little/big endian, deflated)
+pynetdicom re-encodes as it sends; compressed pixel data is decompressed with pydicom's
+pixel handlers and the pylibjpeg plugins, per the destination's ``decompress`` policy.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from forwarder.dicomfile import read_dataset
+from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
+
+PLAIN = (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE, DEFLATED_LE)
+LOSSLESS = {
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+}
+
+
+class CannotConvert(Exception):
+    """The file cannot be carried in any syntax the peer accepted; the message says why."""
+
+
+def is_plain(ts: str) -> bool:
+    return ts in PLAIN
+
+
+def convertible(source_ts: str, decompress: str) -> list[str]:
+    """Syntaxes ``source_ts`` can become, best first; empty when policy forbids it."""
+    if is_plain(source_ts):
+        return [ts for ts in PLAIN if ts != source_ts]
+    if decompress == "always" or (decompress == "lossless" and source_ts in LOSSLESS):
+        return list(PLAIN)
+    return []
+
+
+def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:
+    """The dataset of ``path`` ready to be sent in ``target_ts`` (pynetdicom encodes it).
+
+    The dataset's own SOP Class and Instance UIDs are what the peer gets, whatever the
+    file meta says.
+    """
+    ds = read_dataset(path)
+    if not is_plain(source_ts):
+        try:
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:  # noqa: BLE001 - every decoder fault is the same outcome
+            raise CannotConvert(f"cannot decompress {UID(source_ts).name}: {exc}") from exc
+        if source_ts not in LOSSLESS:
+            ds.LossyImageCompression = "01"
+    if not is_plain(target_ts):
+        raise CannotConvert(f"cannot compress to {UID(target_ts).name}")
+    target = UID(target_ts)
+    implicit, little = ds.original_encoding
+    for _elem in ds.iterall():  # convert raw elements: implicit VR ones get their VR here
+        pass
+    if little is False and target.is_little_endian and "PixelData" in ds:
+        # OW pixel data keeps its byte order when pydicom re-encodes: swap it here
+        arr = ds.pixel_array
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OW" if arr.dtype.itemsize > 1 else "OB"
+    ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian,
+                             ds.original_character_set)
+    meta = ds.file_meta
+    meta.TransferSyntaxUID = target
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def describe_refusal(sop_class: str, source_ts: str, accepted: list[tuple[str, str]],
+                     decompress: str) -> str:
+    """A one-line reason naming the SOP class, the file's syntax and what the peer took."""
+    offered = sorted({UID(ts).name for sop, ts in accepted if sop == sop_class})
+    what = ", ".join(offered) if offered else "nothing for this SOP class"
+    extra = ""
+    if offered and not is_plain(source_ts) and decompress != "always":
+        extra = f" (decompress: {decompress} forbids decompressing it)"
+    return (f"{UID(sop_class).name} in {UID(source_ts).name}: the peer accepted {what}"
+            f"{extra}")

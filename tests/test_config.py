@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forwarder import config
+from forwarder.cli import main
+from forwarder.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+ae_title: FWD
+spool: /tmp/spool
+watch:
+  - name: modality
+    path: /tmp/in
+destinations:
+  pacs: {host: 127.0.0.1, port: 104}
+  ai:
+    host: 127.0.0.1
+    port: 105
+    retry: {initial: 500ms, max: 2h}
+    max_pdu: 64KiB
+routes:
+  - to: [pacs]
+  - name: ct
+    match: {watch: modality, Modality: [CT, MR], StudyDescription: {regex: "(?i)chest"}}
+    to: [ai]
+    final: true
+"""
+
+
+def issues(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "f.yaml")
+    return [str(i) for i in info.value.issues]
+
+
+def test_good_config_with_defaults_and_units() -> None:
+    cfg = config.parse(GOOD, "f.yaml")
+    ai = cfg.destinations["ai"]
+    assert ai.retry.initial == 0.5 and ai.retry.max == 7200 and ai.max_pdu == 65536
+    assert cfg.destinations["pacs"].called_ae_title == "ANY-SCP"
+    assert cfg.calling_ae(cfg.destinations["pacs"]) == "FWD"
+    assert cfg.watch[0].min_age == 2.0 and cfg.watch[0].ignore[1] == "*.tmp"
+    assert cfg.routes[1].final and cfg.routes[1].match[2].regex is not None
+    assert cfg.attribute_keywords == {"Modality", "StudyDescription"}
+
+
+def test_example_config_loads() -> None:
+    cfg = config.load(REPO / "etc" / "forwarder.yaml")
+    assert cfg.destinations and cfg.routes and cfg.watch
+
+
+def test_unknown_key_names_line_path_and_hint() -> None:
+    text = GOOD.replace("    port: 105\n", "    port: 105\n    retyr: {}\n")
+    assert issues(text) == ["f.yaml:11: destinations.ai.retyr: unknown key (did you mean 'retry'?)"]
+
+
+def test_every_error_is_reported_not_only_the_first() -> None:
+    text = GOOD.replace("port: 104", "port: abc").replace("500ms", "soon") \
+        .replace("to: [ai]", "to: [nowhere]").replace("Modality: [CT, MR]", "Modalty: CT")
+    found = issues(text)
+    assert "f.yaml:7: destinations.pacs.port: expected an integer, got 'abc'" in found
+    assert any(f.startswith("f.yaml:11: destinations.ai.retry.initial: expected a duration")
+               for f in found)
+    assert any("routes[1].to[0]: undefined destination 'nowhere'" in f for f in found)
+    assert any("routes[1].match.Modalty: unknown DICOM keyword (did you mean 'Modality'?)" in f
+               for f in found)
+    assert len(found) == 4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "f.yaml: the file is empty"),
+    ("spool: [unclosed\n", "f.yaml:2: YAML syntax error"),
+    ("spool: a\nspool: b\n", "f.yaml:2: spool: duplicate key"),
+    ("destinations:\n  a: {host: h, port: 1}\n  a: {host: h, port: 2}\n",
+     "f.yaml:3: destinations.a: duplicate key"),
+    ("watch:\n  - {name: w, path: /a}\n  - {name: w, path: /b}\n",
+     "f.yaml:3: watch[1].name: duplicate watch name 'w'"),
+    ("destinations:\n  a: {host: h, port: 1, max_pdu: 12 parsecs}\n",
+     "f.yaml:2: destinations.a.max_pdu: expected a size"),
+    ("destinations:\n  a: {port: 1}\n", "f.yaml:2: destinations.a: missing required key 'host'"),
+    ("routes:\n  - {to: [x], match: {StudyDescription: {regex: '('}}}\n",
+     "f.yaml:2: routes[0].match.StudyDescription.regex: bad regular expression"),
+    ("log: {level: loud}\n", "f.yaml:1: log.level: expected one of fatal, error"),
+    ("ae_title: THIS-TITLE-IS-TOO-LONG\n", "f.yaml:1: ae_title: an AE title is 1 to 16"),
+])
+def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
+    assert any(i.startswith(expected) for i in issues(text)), issues(text)
+
+
+def test_check_config_prints_all_and_exits_78(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("port: 104", "port: x").replace("FWD", "A" * 20))
+    assert main(["check-config", "-c", str(bad)]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert f"{bad}:1: ae_title: an AE title is 1 to 16" in err[0] or len(err) == 2
+    assert len(err) == 2 and all(line.startswith(str(bad)) for line in err)
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert main(["check-config", "-c", str(good)]) == 0
+    assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 78

@@ -1,0 +1,124 @@
+"""Presentation-context planning, pure, and checked against what DCMTK storescu proposes."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from forwarder.asconfig import ProfileError, parse_profile
+from forwarder.cli import main
+from forwarder.negotiation import (
+    EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, OPTION_TO_MODE, PROPOSE_MODES, STORESCU_DEFAULT_SOP_CLASSES,
+    TooManyContexts, choose_context, plan_contexts, storescu_contexts,
+)
+from tests.peers import StoreSCP
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+JPEG_LL = "1.2.840.10008.1.2.4.70"
+
+
+def pairs(contexts) -> list[tuple[str, tuple[str, ...]]]:
+    return [(c.abstract_syntax, c.transfer_syntaxes) for c in contexts]
+
+
+def test_default_is_two_contexts_per_class() -> None:
+    assert pairs(storescu_contexts("uncompressed", False, [CT])) == [
+        (CT, (EXPLICIT_LE,)), (CT, (EXPLICIT_BE, IMPLICIT_LE))]
+    assert pairs(storescu_contexts("uncompressed", True, [CT])) == [
+        (CT, (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT_LE))]
+    assert pairs(storescu_contexts("implicit", False, [CT, CT])) == [(CT, (IMPLICIT_LE,))]
+    assert len(storescu_contexts("uncompressed", False, None)) == 128
+    assert len(STORESCU_DEFAULT_SOP_CLASSES) == 64
+
+
+def test_plan_puts_the_files_own_syntax_first_and_caps_at_128() -> None:
+    plan = pairs(plan_contexts([(CT, JPEG_LL), (CT, EXPLICIT_LE), (MR, IMPLICIT_LE)],
+                               "uncompressed", False))
+    assert plan == [(CT, (JPEG_LL,)), (CT, (EXPLICIT_LE,)), (CT, (EXPLICIT_BE, IMPLICIT_LE)),
+                    (MR, (IMPLICIT_LE,)), (MR, (EXPLICIT_LE,)), (MR, (EXPLICIT_BE, IMPLICIT_LE))]
+    many = [(f"1.2.3.{i}", EXPLICIT_LE) for i in range(65)]
+    with pytest.raises(TooManyContexts):
+        plan_contexts(many, "uncompressed", False)
+
+
+def test_choose_context_prefers_the_files_own_syntax() -> None:
+    accepted = [(CT, IMPLICIT_LE), (CT, JPEG_LL)]
+    assert choose_context(accepted, CT, JPEG_LL, [EXPLICIT_LE, IMPLICIT_LE]) == JPEG_LL
+    assert choose_context(accepted, CT, EXPLICIT_LE, [IMPLICIT_LE]) == IMPLICIT_LE
+    assert choose_context(accepted, MR, EXPLICIT_LE, [IMPLICIT_LE]) is None
+
+
+def test_profile_file_like_storescu_cfg(tmp_path: Path) -> None:
+    text = """
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LittleEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+[JPEGLossless]
+TransferSyntax1 = JPEGLossless:Non-hierarchical-1stOrderPrediction
+[[PresentationContexts]]
+[Mine]
+PresentationContext1 = CTImageStorage\\JPEGLossless
+PresentationContext2 = CTImageStorage\\Uncompressed
+PresentationContext3 = 1.2.840.10008.5.1.4.1.1.4\\Uncompressed
+[[Profiles]]
+[Default]
+PresentationContexts = Mine
+"""
+    assert pairs(parse_profile(text, "Default")) == [
+        (CT, (JPEG_LL,)), (CT, (EXPLICIT_LE, IMPLICIT_LE)), (MR, (EXPLICIT_LE, IMPLICIT_LE))]
+    with pytest.raises(ProfileError, match="no profile 'Other'"):
+        parse_profile(text, "Other")
+    with pytest.raises(ProfileError, match=r"<profile>:10: unknown SOP class 'CTImageStorag'"):
+        parse_profile(text.replace("CTImageStorage\\JPEG", "CTImageStorag\\JPEG"), "Default")
+
+
+FILES = [get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")]
+
+
+def _seen_by_peer(argv_tail: list[str], via_storescu: bool) -> list[tuple[str, tuple[str, ...]]]:
+    peer = StoreSCP().start()
+    try:
+        argv = [*argv_tail, "127.0.0.1", str(peer.port), *FILES]
+        if via_storescu:
+            subprocess.run(["storescu", *argv], check=True, capture_output=True, timeout=60)
+        else:
+            assert main(["send", *argv]) == 0
+        assert len(peer.requested) == 1
+        return peer.requested[0]
+    finally:
+        peer.stop()
+
+
+@pytest.mark.parametrize("option", [*OPTION_TO_MODE])
+@pytest.mark.parametrize("extra", [["-R"], ["-R", "+C"]])
+def test_each_mode_proposes_what_storescu_proposes(option: str, extra: list[str]) -> None:
+    mode = OPTION_TO_MODE[option]
+    ours = _seen_by_peer([*extra, option], via_storescu=False) if PROPOSE_MODES[mode][2] or \
+        mode == "implicit" else None
+    if ours is None:
+        # video-only modes cannot carry these image files: compare the proposal alone
+        expected = storescu_contexts(mode, "+C" in extra, [CT, MR])
+        storescu_seen = _seen_by_peer_allow_failure([*extra, option])
+        assert storescu_seen == pairs(expected)
+        return
+    assert ours == _seen_by_peer([*extra, option], via_storescu=True)
+
+
+def _seen_by_peer_allow_failure(argv_tail: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    peer = StoreSCP().start()
+    try:
+        subprocess.run(["storescu", *argv_tail, "127.0.0.1", str(peer.port), *FILES],
+                       capture_output=True, timeout=60)
+        return peer.requested[0]
+    finally:
+        peer.stop()
+
+
+@pytest.mark.parametrize("extra", [[], ["+C"]])
+def test_without_required_the_fixed_list_like_storescu(extra: list[str]) -> None:
+    assert _seen_by_peer(extra, via_storescu=False) == _seen_by_peer(extra, via_storescu=True)

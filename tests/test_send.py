@@ -1,0 +1,222 @@
+"""`dicom-forwarder send` against real peers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+import shutil
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.filereader import read_preamble, _read_file_meta_info  # noqa: F401
+
+from forwarder.cli import main
+from forwarder.dicomfile import probe
+from forwarder.errors import NotDicomError
+from tests.peers import StoreSCP, StoreSCPProcess
+from tests.tlsutil import make_pki
+
+NAMES = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+         "JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtplan.dcm", "rtdose.dcm",
+         "waveform_ecg.dcm", "image_dfl.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm",
+         "test-SR.dcm", "rtstruct.dcm", "ExplVR_BigEndNoMeta.dcm", "liver_1frame.dcm"]
+
+
+def sample(name: str) -> str:
+    path = get_testdata_file(name, download=False)  # only files bundled with pydicom
+    assert path, f"{name} is not bundled with pydicom"
+    return str(path)
+
+
+def dataset_bytes(path: str) -> bytes:
+    """The bytes after the file meta: what a C-STORE carries when a file goes unchanged."""
+    with open(path, "rb") as fp:
+        ds = dcmread(fp, stop_before_pixels=True)
+        offset = ds.file_meta.get("FileMetaInformationGroupLength", 0) + 132 + 12
+        fp.seek(offset)
+        return fp.read()
+
+
+def test_pydicom_files_arrive_once_byte_identical_when_syntax_kept(scp: StoreSCP) -> None:
+    files = [sample(n) for n in NAMES]
+    assert main(["send", "-R", "-xs", "127.0.0.1", str(scp.port), *files]) == 0
+    # several MR_small variants share one SOP Instance UID: each file arrives once
+    assert scp.counts() == Counter(probe(f).sop_instance_uid for f in files)
+    assert [r.sop_instance for r in scp.received] == [probe(f).sop_instance_uid for f in files]
+    streamed = 0
+    for rec, src in zip(scp.received, files):
+        pr = probe(src)
+        assert rec.sop_class == pr.sop_class_uid
+        if rec.transfer_syntax == pr.transfer_syntax and pr.meta_consistent:
+            assert rec.dataset_bytes == dataset_bytes(src), src
+            streamed += 1
+    # -xs offers JPEG lossless SV1 and explicit VR little endian first: those go unchanged
+    keep = ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.1")
+    assert streamed == sum(probe(f).transfer_syntax in keep and probe(f).meta_consistent
+                           for f in files) == 6
+
+
+def test_dcmtk_storescp_receives_compressed_and_big_endian(storescp: StoreSCPProcess) -> None:
+    files = [sample(n) for n in ("CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm",
+                                   "JPEG2000.dcm", "rtplan.dcm")]
+    assert main(["send", "127.0.0.1", str(storescp.port), *files]) == 0
+    got = {str(dcmread(p).SOPInstanceUID) for p in storescp.files()}
+    assert got == {probe(f).sop_instance_uid for f in files}
+    # storescp only takes uncompressed here: compressed files were decompressed, pixels equal
+    for f in storescp.files():
+        ds = dcmread(f)
+        src = next(x for x in files if probe(x).sop_instance_uid == ds.SOPInstanceUID)
+        src_ds = dcmread(src)
+        if "PixelData" in src_ds:
+            assert (ds.pixel_array == src_ds.pixel_array).all()
+
+
+def test_non_dicom_halts_unless_no_halt(scp: StoreSCP, tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "report.pdf"
+    junk.write_bytes(b"%PDF-1.4 not dicom" * 20)
+    good = [sample("CT_small.dcm"), sample("MR_small.dcm")]
+    assert main(["send", "127.0.0.1", str(scp.port), good[0], str(junk), good[1]]) == 1
+    assert f"E: {junk}: " in capsys.readouterr().err
+    assert scp.received == []  # halted before anything was sent
+    assert main(["send", "-nh", "127.0.0.1", str(scp.port), good[0], str(junk), good[1]]) == 1
+    assert set(scp.counts()) == {probe(g).sop_instance_uid for g in good}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/does/not/exist.dcm"], "/does/not/exist.dcm: no such file"),
+    (["{dir}"], "is a directory (use +sd to scan directories)"),
+])
+def test_bad_inputs_get_one_line_errors(scp: StoreSCP, tmp_path: Path, capsys, args, message):
+    argv = [a.replace("{dir}", str(tmp_path)) for a in args]
+    assert main(["send", "127.0.0.1", str(scp.port), *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_file(scp: StoreSCP, tmp_path: Path) -> None:
+    locked = tmp_path / "locked.dcm"
+    shutil.copy(sample("CT_small.dcm"), locked)
+    locked.chmod(0)
+    tmp_path.chmod(0o755)
+    argv = [sys.executable, "-m", "forwarder", "send", "127.0.0.1", str(scp.port), str(locked)]
+    if os.geteuid() == 0:  # root reads anything: run the command as nobody
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1
+    assert f"{locked}: cannot read" in proc.stderr and scp.received == []
+
+
+def test_syntax_no_context_covers_is_named(make_scp, capsys) -> None:
+    peer = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.4.50"])  # JPEG baseline only
+    assert main(["send", "-R", "127.0.0.1", str(peer.port), sample("CT_small.dcm")]) == 1
+    err = capsys.readouterr().err
+    assert "CT Image Storage" in err and peer.received == []
+
+
+def test_repeat_abort_and_invented_uids(scp: StoreSCP) -> None:
+    ct = sample("CT_small.dcm")
+    assert main(["send", "--repeat", "3", "127.0.0.1", str(scp.port), ct]) == 0
+    assert scp.counts() == {probe(ct).sop_instance_uid: 3}
+    assert scp.releases_seen >= 1
+    scp.received.clear()
+    assert main(["send", "+II", "--abort", "--repeat", "2", "127.0.0.1", str(scp.port), ct]) == 0
+    uids = [r.sop_instance for r in scp.received]
+    assert len(set(uids)) == 2 and probe(ct).sop_instance_uid not in uids
+    from tests.peers import wait_for
+    wait_for(lambda: scp.aborts_seen >= 1, 5, "the peer to see an A-ABORT")
+
+
+def test_invent_series_and_study(scp: StoreSCP) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    ct = sample("CT_small.dcm")
+    assert main(["send", "+IR", "2", "+IS", "2", "--repeat", "5", "127.0.0.1",
+                 str(scp.port), ct]) == 0
+    ds = [read_dataset(DicomBytesIO(r.dataset_bytes), False, True) for r in scp.received]
+    series = [d.SeriesInstanceUID for d in ds]
+    studies = [d.StudyInstanceUID for d in ds]
+    assert series[0] == series[1] != series[2] == series[3] != series[4]
+    assert studies[0] == studies[3] != studies[4]
+
+
+def test_scan_directories_pattern_and_recursion(scp: StoreSCP, tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(sample("CT_small.dcm"), tmp_path / "a" / "ct.dcm")
+    shutil.copy(sample("MR_small.dcm"), tmp_path / "a" / "b" / "mr.dcm")
+    shutil.copy(sample("rtplan.dcm"), tmp_path / "a" / "plan.ima")
+    assert main(["send", "+sd", "+sp", "*.dcm", "127.0.0.1", str(scp.port),
+                 str(tmp_path / "a")]) == 0
+    assert set(scp.counts()) == {probe(sample("CT_small.dcm")).sop_instance_uid}
+    assert main(["send", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1", str(scp.port),
+                 str(tmp_path / "a")]) == 0
+    assert probe(sample("MR_small.dcm")).sop_instance_uid in scp.counts()
+
+
+def test_command_file(scp: StoreSCP, tmp_path: Path) -> None:
+    cmd = tmp_path / "opts.txt"
+    cmd.write_text(f'-aet "MY AE" -aec ANY-SCP 127.0.0.1 {scp.port}\n')
+    assert main(["send", f"@{cmd}", sample("CT_small.dcm")]) == 0
+    assert len(scp.received) == 1
+
+
+def test_user_identity_accepted_refused_and_positive_response(make_scp, capsys,
+                                                             tmp_path: Path) -> None:
+    def check(event):
+        if event.user_id_type == 5:  # JWT: confirmed with a server response
+            return event.primary_field == b"token-123", b"welcome"
+        return event.primary_field == b"alice" and event.secondary_field == b"secret", None
+
+    peer = make_scp(user_check=check)
+    ct = sample("CT_small.dcm")
+    assert main(["send", "-usr", "alice", "-pwd", "secret", "127.0.0.1", str(peer.port), ct]) == 0
+    assert main(["send", "-usr", "alice", "-pwd", "wrong", "127.0.0.1", str(peer.port), ct]) == 1
+    assert "association rejected" in capsys.readouterr().err
+    assert len(peer.received) == 1
+    jwt = tmp_path / "token.jwt"
+    jwt.write_bytes(b"token-123")
+    assert main(["send", "--jwt", str(jwt), "-rsp", "127.0.0.1", str(peer.port), ct]) == 0
+    assert len(peer.received) == 2
+    # this peer never confirms a user name (pynetdicom sends no response for types 1-2):
+    # with -rsp we refuse to go on, as storescu does
+    assert main(["send", "-usr", "alice", "-pwd", "secret", "-rsp", "127.0.0.1",
+                 str(peer.port), ct]) == 1
+    assert "did not confirm the user identity" in capsys.readouterr().err
+    assert len(peer.received) == 2
+
+
+def _server_context(pki: dict[str, Path], require_client: bool = True) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca.pem"]))
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_NONE
+    ctx.load_cert_chain(pki["server.pem"], pki["server.key"])
+    return ctx
+
+
+def test_tls_mutual_authentication(make_scp, tmp_path: Path, capsys) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other", "other-ca")
+    peer = make_scp(ssl_context=_server_context(pki))
+    ct = sample("CT_small.dcm")
+    tls = ["+tls", str(pki["client.key"]), str(pki["client.pem"])]
+    assert main(["send", *tls, "+cf", str(pki["ca.pem"]), "127.0.0.1", str(peer.port), ct]) == 0
+    assert len(peer.received) == 1
+    # a CA we do not trust: refused, nothing sent (and never in plaintext)
+    assert main(["send", *tls, "+cf", str(other["ca.pem"]), "127.0.0.1", str(peer.port), ct]) == 1
+    assert len(peer.received) == 1
+    # without TLS the TLS peer gets no association at all
+    assert main(["send", "-to", "5", "-ta", "5", "127.0.0.1", str(peer.port), ct]) == 1
+    assert len(peer.received) == 1
+    # -ic: the chain is not checked, the session is still encrypted
+    assert main(["send", *tls, "-ic", "127.0.0.1", str(peer.port), ct]) == 0
+    assert len(peer.received) == 2
+
+
+def test_probe_rejects_non_dicom(tmp_path: Path) -> None:
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"\0" * 10)
+    with pytest.raises(NotDicomError):
+        probe(f)
