@@ -11,7 +11,12 @@ from __future__ import annotations
 import re
 
 from forwarder.negotiation import (
-    DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, LOCAL_EXPLICIT, Context,
+    DEFLATED_LE,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    LOCAL_EXPLICIT,
+    Context,
 )
 
 _TS_NAMES = {

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from forwarder import __version__
-from forwarder.errors import EXIT_OK, EXIT_USAGE, ConfigError, ForwarderError
+from forwarder.errors import EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
             "receive")

@@ -23,12 +23,17 @@ from pydicom.uid import generate_uid
 from forwarder import __version__
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.association import (
-    AssociationFailed, IdentitySettings, PeerSettings, TLSSettings, identity_from_files,
-    open_association, ssl_context,
+    AssociationFailed,
+    IdentitySettings,
+    PeerSettings,
+    TLSSettings,
+    identity_from_files,
+    open_association,
+    ssl_context,
 )
 from forwarder.cstore import store_file
 from forwarder.dicomfile import Probe, probe
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, NotDicomError, UsageError
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, NotDicomError, UsageError
 from forwarder.negotiation import OPTION_TO_MODE, TooManyContexts, storescu_contexts
 from forwarder.progress import Progress
 

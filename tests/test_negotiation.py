@@ -11,8 +11,16 @@ from pydicom.data import get_testdata_file
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.cli import main
 from forwarder.negotiation import (
-    EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, OPTION_TO_MODE, PROPOSE_MODES, STORESCU_DEFAULT_SOP_CLASSES,
-    TooManyContexts, choose_context, plan_contexts, storescu_contexts,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    OPTION_TO_MODE,
+    PROPOSE_MODES,
+    STORESCU_DEFAULT_SOP_CLASSES,
+    TooManyContexts,
+    choose_context,
+    plan_contexts,
+    storescu_contexts,
 )
 from tests.peers import StoreSCP
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 import shutil
 import ssl
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.filereader import read_preamble, _read_file_meta_info  # noqa: F401
+from pydicom.filereader import _read_file_meta_info, read_preamble  # noqa: F401
 
 from forwarder.cli import main
 from forwarder.dicomfile import probe
@@ -49,7 +49,7 @@ def test_pydicom_files_arrive_once_byte_identical_when_syntax_kept(scp: StoreSCP
     assert scp.counts() == Counter(probe(f).sop_instance_uid for f in files)
     assert [r.sop_instance for r in scp.received] == [probe(f).sop_instance_uid for f in files]
     streamed = 0
-    for rec, src in zip(scp.received, files):
+    for rec, src in zip(scp.received, files, strict=False):
         pr = probe(src)
         assert rec.sop_class == pr.sop_class_uid
         if rec.transfer_syntax == pr.transfer_syntax and pr.meta_consistent:
