@@ -3,14 +3,88 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from forwarder import config
-from forwarder.errors import EXIT_OK
+from forwarder.errors import EXIT_OK, UsageError
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     print(f"{args.config}: ok ({len(cfg.watch)} watch folders, {len(cfg.destinations)} "
           f"destinations, {len(cfg.routes)} routes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _open_spool(args: argparse.Namespace):  # noqa: ANN202
+    from forwarder.spool import Spool
+
+    cfg = config.load(args.config)
+    return cfg, Spool(cfg.spool)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg, spool = _open_spool(args)
+    with spool:
+        report = spool.status(cfg.destinations)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    head = ("destination", "state", "pending", "sending", "done", "failed", "oldest", "last error")
+    rows = [head]
+    for name, d in report["destinations"].items():
+        oldest = "-" if d["oldest_pending_s"] is None else _age(d["oldest_pending_s"])
+        rows.append((name, d["state"], str(d["pending"]), str(d["sending"]), str(d["done"]),
+                     str(d["failed"]), oldest, (d["last_error"] or "-")[:60]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    print(f"quarantined: {report['quarantined']}")
+    return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not args.all_failed and not args.destination:
+        raise UsageError("say which failed jobs to requeue: --destination NAME or --all-failed")
+    cfg, spool = _open_spool(args)
+    if args.destination and args.destination not in cfg.destinations:
+        raise UsageError(f"no destination named '{args.destination}' in {args.config}")
+    with spool:
+        n = spool.requeue_failed(args.destination)
+    print(f"requeued {n} failed job(s)")
+    return EXIT_OK
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    _cfg, spool = _open_spool(args)
+    with spool:
+        rows = spool.failed_jobs()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"job {r['job']} -> {r['destination']}: {r['sop_instance_uid']} "
+                  f"({r['attempts']} attempts): {r['reason']}")
+        print(f"{len(rows)} failed job(s); requeue with 'dicom-forwarder retry'")
+    return EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    _cfg, spool = _open_spool(args)
+    with spool:
+        rows = spool.quarantined()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['file']}: from {r['source']}: {r['reason']}")
+        print(f"{len(rows)} quarantined file(s)")
     return EXIT_OK

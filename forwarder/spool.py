@@ -1,0 +1,553 @@
+"""Durable store: SQLite (WAL, synchronous=FULL) index + ``objects/`` files; jobs, claims, outcomes.
+
+An object is complete or absent: it is written into ``tmp/``, fsynced, renamed into
+``objects/`` and the directory fsynced before its jobs are committed; only after that
+commit may intake remove the source (Postfix's cleanup order). A failed write or fsync
+raises :class:`SpoolError` and is never retried; a full disk raises :class:`SpoolFull`
+with nothing half-written left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from forwarder import retry
+from forwarder.dicomfile import Probe
+from forwarder.errors import SpoolError, SpoolFull
+
+REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
+             "glusterfs", "fuse.glusterfs", "lustre"}
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+  id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, sha256 TEXT NOT NULL, size INTEGER,
+  sop_class TEXT, sop_instance TEXT, transfer_syntax TEXT, study TEXT,
+  meta_consistent INTEGER, source TEXT, watch TEXT, accepted_at REAL);
+CREATE INDEX IF NOT EXISTS objects_sha ON objects(sha256);
+CREATE TABLE IF NOT EXISTS jobs (
+  id INTEGER PRIMARY KEY, object_id INTEGER NOT NULL REFERENCES objects(id),
+  destination TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+  aborts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,
+  updated_at REAL, last_error TEXT);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(destination, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_object ON jobs(object_id);
+CREATE TABLE IF NOT EXISTS destinations (
+  name TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'ok', until REAL, reason TEXT,
+  failures INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0, updated_at REAL);
+CREATE TABLE IF NOT EXISTS seen (
+  path TEXT NOT NULL, inode INTEGER NOT NULL, size INTEGER, mtime_ns INTEGER,
+  PRIMARY KEY (path, inode));
+CREATE TABLE IF NOT EXISTS quarantine (
+  id INTEGER PRIMARY KEY, name TEXT NOT NULL, source TEXT, reason TEXT, at REAL);
+"""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One input for :meth:`Spool.accept`: an open source file and where it must go."""
+
+    fd: int  # opened by intake with O_NOFOLLOW; read from, never closed here
+    source: str
+    probe: Probe
+    destinations: tuple[str, ...]
+    watch: str = ""
+    link_ok: bool = True  # False: copy even on the same filesystem (other hard links)
+    stat: os.stat_result | None = None
+    remember: bool = False  # keep_source: record (path, inode, size, mtime) as seen
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    object_id: int
+    destination: str
+    attempts: int
+    aborts: int
+    created_at: float
+    path: Path
+    probe: Probe
+
+
+@dataclass(frozen=True)
+class Health:
+    state: str  # ok | backoff | held
+    until: float | None
+    reason: str | None
+    failures: int
+
+
+def _fsync(fd: int, what: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # fsyncgate: a failed fsync may have dropped the data already
+        raise SpoolError(f"fsync of {what} failed: {exc.strerror}; the spool cannot keep its "
+                         "promise, stopping") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _fsync(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` lives on, from /proc/self/mounts ('' if unknown)."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mounts") as fp:
+            for line in fp:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        return ""
+    return kind
+
+
+class Spool:
+    """The spool directory. Thread-safe: one connection, serialised by a lock."""
+
+    def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None):
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.quarantine_dir = self.root / "quarantine"
+        self.tmp = self.root / "tmp"
+        for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        kind = filesystem_type(self.root)
+        if kind in REMOTE_FS:
+            raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
+                             "disk; put the spool on local storage (watch folders may be remote)")
+        self._lock = threading.RLock()
+        self._rand = rand or random.Random()
+        self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
+                                  isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+        self.changed = threading.Condition(self._lock)  # notified when jobs become due
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                yield self.db
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                if "full" in str(exc).lower():
+                    raise SpoolFull(f"spool full: {exc}") from exc
+                raise SpoolError(f"spool index write failed: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # --- intake ------------------------------------------------------------------
+
+    def _place(self, item: Incoming) -> tuple[str, str, int]:
+        """Put the source's bytes at objects/<name> durably; return (name, sha256, size)."""
+        name = uuid.uuid4().hex
+        tmp = self.tmp / name
+        digest = hashlib.sha256()
+        size = 0
+        linked = False
+        if item.link_ok:
+            try:
+                os.link(f"/proc/self/fd/{item.fd}", tmp, follow_symlinks=True)
+                linked = True
+            except OSError:
+                linked = False
+        try:
+            os.lseek(item.fd, 0, os.SEEK_SET)
+            if linked:  # the writer may never have fsynced its data: do it for it
+                _fsync(item.fd, item.source)
+                while chunk := os.read(item.fd, 1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            else:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    while chunk := os.read(item.fd, 1 << 20):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out, view):]
+                    _fsync(out, str(tmp))
+                finally:
+                    os.close(out)
+            os.rename(tmp, self.objects / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in FULL:
+                raise SpoolFull(f"spool full while taking {item.source}") from exc
+            raise SpoolError(f"cannot write {tmp}: {exc.strerror}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return name, digest.hexdigest(), size
+
+    def accept(self, items: Iterable[Incoming], now: float | None = None) -> list[int]:
+        """Take a batch durably with one commit; return each item's object id (0 if every
+        destination already had the identical content pending). Only after this returns
+        may the caller remove the sources."""
+        now = time.time() if now is None else now
+        placed: list[tuple[Incoming, str, str, int]] = []
+        try:
+            for item in items:
+                placed.append((item, *self._place(item)))
+            if not placed:
+                return []
+            _fsync_dir(self.objects)
+            ids: list[int] = []
+            with self._tx() as db:
+                for item, name, sha, size in placed:
+                    dests = [d for d in item.destinations if not db.execute(
+                        "SELECT 1 FROM jobs j JOIN objects o ON o.id = j.object_id "
+                        "WHERE o.sha256 = ? AND j.destination = ? AND j.state IN "
+                        "('pending', 'sending') LIMIT 1", (sha, d)).fetchone()]
+                    if item.remember and item.stat is not None:
+                        db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+                                   (item.source, item.stat.st_ino, item.stat.st_size,
+                                    item.stat.st_mtime_ns))
+                    if not dests:
+                        ids.append(0)
+                        continue
+                    p = item.probe
+                    cur = db.execute(
+                        "INSERT INTO objects (name, sha256, size, sop_class, sop_instance, "
+                        "transfer_syntax, study, meta_consistent, source, watch, accepted_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (name, sha, size, p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax,
+                         p.study_instance_uid, int(p.meta_consistent), item.source, item.watch,
+                         now))
+                    oid = int(cur.lastrowid or 0)
+                    db.executemany(
+                        "INSERT INTO jobs (object_id, destination, state, next_attempt_at, "
+                        "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                        [(oid, d, now, now, now) for d in dests])
+                    ids.append(oid)
+        except BaseException:
+            for _item, name, _sha, _size in placed:
+                (self.objects / name).unlink(missing_ok=True)
+            raise
+        for (_item, name, _sha, _size), oid in zip(placed, ids, strict=False):
+            if oid == 0:
+                (self.objects / name).unlink(missing_ok=True)
+        with self._lock:
+            self.changed.notify_all()
+        return ids
+
+    def is_seen(self, path: str, st: os.stat_result) -> bool:
+        """keep_source: was this exact file (path, inode, size, mtime) taken before?"""
+        with self._lock:
+            row = self.db.execute("SELECT size, mtime_ns FROM seen WHERE path=? AND inode=?",
+                                  (path, st.st_ino)).fetchone()
+        return bool(row) and tuple(row) == (st.st_size, st.st_mtime_ns)
+
+    def quarantine(self, fd: int | None, source: str, reason: str, move: Path | None = None,
+                   now: float | None = None) -> Path:
+        """Keep a rejected input in quarantine/ with ``<id>.json`` saying why."""
+        now = time.time() if now is None else now
+        name = uuid.uuid4().hex
+        dest = self.quarantine_dir / name
+        try:
+            if move is not None:
+                try:
+                    os.rename(move, dest)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    move = None
+            if move is None and fd is not None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    while chunk := os.read(fd, 1 << 20):
+                        os.write(out, chunk)
+                    _fsync(out, str(dest))
+                finally:
+                    os.close(out)
+            info = {"source": source, "reason": reason, "at": now, "file": name}
+            meta = self.quarantine_dir / f"{name}.json"
+            meta.write_text(json.dumps(info, indent=1) + "\n")
+            _fsync_dir(self.quarantine_dir)
+        except OSError as exc:
+            if exc.errno in FULL:
+                raise SpoolFull(f"spool full while quarantining {source}") from exc
+            raise SpoolError(f"cannot write quarantine: {exc.strerror}") from exc
+        with self._tx() as db:
+            db.execute("INSERT INTO quarantine (name, source, reason, at) VALUES (?,?,?,?)",
+                       (name, source, reason, now))
+        return dest
+
+    # --- sending -----------------------------------------------------------------
+
+    def claim(self, destination: str, limit: int, now: float | None = None,
+              exclude_classes: Iterable[str] = ()) -> list[Job]:
+        """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``."""
+        now = time.time() if now is None else now
+        excluded = tuple(exclude_classes)
+        skip = f" AND o.sop_class NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT j.id, j.object_id, j.attempts, j.aborts, j.created_at, o.name, "
+                "o.sop_class, o.sop_instance, o.transfer_syntax, o.study, o.meta_consistent "
+                "FROM jobs j JOIN objects o ON o.id = j.object_id "
+                "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ?"
+                f"{skip} ORDER BY j.next_attempt_at, j.id LIMIT ?",
+                (destination, now, *excluded, limit)).fetchall()
+            db.executemany("UPDATE jobs SET state='sending', updated_at=? WHERE id=?",
+                           [(now, r[0]) for r in rows])
+        return [Job(r[0], r[1], destination, r[2], r[3], r[4], self.objects / r[5],
+                    Probe(r[6], r[7], r[8], r[9], True, bool(r[10]))) for r in rows]
+
+    def done(self, job_ids: Iterable[int], now: float | None = None) -> None:
+        """Mark stored; delete each object whose jobs are all done."""
+        now = time.time() if now is None else now
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._tx() as db:
+            for jid in ids:
+                row = db.execute("UPDATE jobs SET state='done', updated_at=? WHERE id=? AND "
+                                 "state='sending' RETURNING destination, object_id",
+                                 (now, jid)).fetchone()
+                if row:
+                    db.execute("INSERT INTO destinations (name, done) VALUES (?, 1) "
+                               "ON CONFLICT(name) DO UPDATE SET done = done + 1", (row[0],))
+            objects = {r[0] for r in db.execute(
+                f"SELECT DISTINCT object_id FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
+                ids)}
+        for oid in objects:
+            self._collect(oid)
+
+    def _collect(self, oid: int) -> None:
+        with self._lock:
+            left = self.db.execute("SELECT count(*) FROM jobs WHERE object_id=? AND "
+                                   "state != 'done'", (oid,)).fetchone()[0]
+            if left:
+                return
+            row = self.db.execute("SELECT name FROM objects WHERE id=?", (oid,)).fetchone()
+            if row:
+                (self.objects / row[0]).unlink(missing_ok=True)
+            with self._tx() as db:
+                db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
+                db.execute("DELETE FROM objects WHERE id=?", (oid,))
+
+    def retry(self, job_id: int, error: str, policy: retry.Backoff, now: float | None = None,
+              aborted: bool = False, count_attempt: bool = True) -> float:
+        """Back to ``pending`` for a later attempt; return when it is due."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
+            attempts = (row[0] if row else 0) + (1 if count_attempt else 0)
+            due = retry.next_attempt(now, max(attempts, 1), policy, self._rand.random())
+            db.execute("UPDATE jobs SET state='pending', attempts=?, aborts=aborts+?, "
+                       "next_attempt_at=?, last_error=?, updated_at=? WHERE id=?",
+                       (attempts, 1 if aborted else 0, due, error, now, job_id))
+        with self._lock:
+            self.changed.notify_all()
+        return due
+
+    def release(self, job_ids: Iterable[int], now: float | None = None) -> None:
+        """Return claimed jobs unattempted (shutdown, or the association cannot carry them)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.executemany("UPDATE jobs SET state='pending', updated_at=? WHERE id=? AND "
+                           "state='sending'", [(now, j) for j in job_ids])
+        with self._lock:
+            self.changed.notify_all()
+
+    def fail(self, job_id: int, reason: str, now: float | None = None,
+             attempted: bool = True) -> None:
+        """``failed`` with the reason; the object is kept until an operator acts."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state='failed', attempts=attempts+?, last_error=?, "
+                       "updated_at=? WHERE id=?", (1 if attempted else 0, reason, now, job_id))
+
+    def expire(self, destination: str, max_age: float, now: float | None = None) -> int:
+        """Pending jobs older than ``max_age`` end ``failed``, reason ``expired``."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state='failed', last_error='expired', "
+                             "updated_at=? WHERE destination=? AND state='pending' AND "
+                             "created_at < ?", (now, destination, now - max_age))
+            return cur.rowcount
+
+    def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
+        """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
+        now = time.time() if now is None else now
+        where = "state='failed'" + (" AND destination=?" if destination else "")
+        args = (now, now, destination) if destination else (now, now)
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
+                             f"next_attempt_at=?, updated_at=? WHERE {where}", args)
+            n = cur.rowcount
+        with self._lock:
+            self.changed.notify_all()
+        return n
+
+    def next_due(self, destination: str) -> float | None:
+        with self._lock:
+            row = self.db.execute("SELECT min(next_attempt_at) FROM jobs WHERE destination=? "
+                                  "AND state='pending'", (destination,)).fetchone()
+        return row[0] if row else None
+
+    # --- destination health ------------------------------------------------------
+
+    def health(self, destination: str) -> Health:
+        with self._lock:
+            row = self.db.execute("SELECT state, until, reason, failures FROM destinations "
+                                  "WHERE name=?", (destination,)).fetchone()
+        return Health(*row) if row else Health("ok", None, None, 0)
+
+    def set_health(self, destination: str, state: str, until: float | None = None,
+                   reason: str | None = None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute("INSERT INTO destinations (name, state, until, reason, failures, "
+                       "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                       "state=excluded.state, until=excluded.until, reason=excluded.reason, "
+                       "failures=CASE WHEN excluded.state='ok' THEN 0 ELSE failures+1 END, "
+                       "updated_at=excluded.updated_at",
+                       (destination, state, until, reason, 0 if state == "ok" else 1, now))
+
+    # --- recovery and reporting ------------------------------------------------
+
+    def recover(self, cap: retry.Backoff | None = None, now: float | None = None) -> dict[str, int]:
+        """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
+        now = time.time() if now is None else now
+        report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0, "missing_objects": 0,
+                  "finished_cleanup": 0}
+        for f in self.tmp.iterdir():
+            f.unlink(missing_ok=True)
+            report["tmp_removed"] += 1
+        with self._tx() as db:
+            report["requeued"] = db.execute(
+                "UPDATE jobs SET state='pending', updated_at=? WHERE state='sending'",
+                (now,)).rowcount
+            if cap is not None:
+                limit = now + cap.max * (1 + cap.jitter)
+                db.execute("UPDATE jobs SET next_attempt_at=? WHERE state='pending' AND "
+                           "next_attempt_at > ?", (limit, limit))
+        with self._lock:
+            known = {r[0]: r[1] for r in self.db.execute("SELECT name, id FROM objects")}
+        on_disk = {p.name for p in self.objects.iterdir()}
+        for name in on_disk - set(known):
+            self.quarantine(None, str(self.objects / name), "orphan object: in objects/ with no "
+                            "job (interrupted before its commit); its source may still exist",
+                            move=self.objects / name, now=now)
+            report["orphan_objects"] += 1
+        for name in set(known) - on_disk:
+            oid = known[name]
+            with self._tx() as db:
+                cur = db.execute("UPDATE jobs SET state='failed', last_error='object file missing "
+                                 "from the spool', updated_at=? WHERE object_id=? AND state "
+                                 "!= 'done'", (now, oid))
+            if cur.rowcount:
+                report["missing_objects"] += 1
+            else:
+                self._collect(oid)
+                report["finished_cleanup"] += 1
+        with self._lock:
+            done_objects = [r[0] for r in self.db.execute(
+                "SELECT o.id FROM objects o WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+                "j.object_id = o.id AND j.state != 'done')")]
+        for oid in done_objects:
+            self._collect(oid)
+            report["finished_cleanup"] += 1
+        return report
+
+    def status(self, destinations: Iterable[str], now: float | None = None) -> dict:
+        """The ``status --json`` contract."""
+        now = time.time() if now is None else now
+        out: dict[str, dict] = {}
+        with self._lock:
+            counts: dict[tuple[str, str], int] = {
+                (r[0], r[1]): r[2] for r in self.db.execute(
+                    "SELECT destination, state, count(*) FROM jobs GROUP BY 1, 2")}
+            names = list(dict.fromkeys([*destinations, *(d for d, _ in counts)]))
+            for name in names:
+                oldest = self.db.execute(
+                    "SELECT min(created_at) FROM jobs WHERE destination=? AND state='pending'",
+                    (name,)).fetchone()[0]
+                h = self.health(name)
+                done = self.db.execute("SELECT done FROM destinations WHERE name=?",
+                                       (name,)).fetchone()
+                last = self.db.execute(
+                    "SELECT last_error FROM jobs WHERE destination=? AND last_error IS NOT NULL "
+                    "ORDER BY updated_at DESC LIMIT 1", (name,)).fetchone()
+                out[name] = {
+                    "pending": counts.get((name, "pending"), 0),
+                    "sending": counts.get((name, "sending"), 0),
+                    "done": (done[0] if done else 0),
+                    "failed": counts.get((name, "failed"), 0),
+                    "oldest_pending_s": None if oldest is None else round(now - oldest, 3),
+                    "state": h.state,
+                    "last_error": h.reason or (last[0] if last else None),
+                }
+            quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        return {"destinations": out, "quarantined": quarantined}
+
+    def failed_jobs(self, destination: str | None = None) -> list[dict]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT j.id, j.destination, o.sop_instance, o.sop_class, o.source, o.name, "
+                "j.attempts, j.last_error, j.updated_at FROM jobs j JOIN objects o ON "
+                "o.id = j.object_id WHERE j.state='failed'" +
+                (" AND j.destination=?" if destination else "") + " ORDER BY j.id",
+                (destination,) if destination else ()).fetchall()
+        keys = ("job", "destination", "sop_instance_uid", "sop_class_uid", "source", "object",
+                "attempts", "reason", "at")
+        return [dict(zip(keys, r, strict=False)) for r in rows]
+
+    def quarantined(self) -> list[dict]:
+        with self._lock:
+            rows = self.db.execute("SELECT name, source, reason, at FROM quarantine ORDER BY id")
+            return [{"file": str(self.quarantine_dir / r[0]), "source": r[1], "reason": r[2],
+                     "at": r[3]} for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state, for tests and the daemon's STATUS= line."""
+        with self._lock:
+            return {r[0]: r[1] for r in self.db.execute(
+                "SELECT state, count(*) FROM jobs GROUP BY 1")}

@@ -1,0 +1,367 @@
+"""The durable spool: accept, claim, outcomes, recovery, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from forwarder import retry
+from forwarder.cli import main
+from forwarder.errors import SpoolError, SpoolFull
+from forwarder.spool import Incoming, Spool, filesystem_type
+from tests.spoolutil import accept_file, fake_probe
+
+POLICY = retry.Backoff(initial=10, max=100, multiplier=2, jitter=0.2)
+
+
+def make_input(folder: Path, n: int, size: int = 1000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f"in{n}.dcm"
+    p.write_bytes(os.urandom(size))
+    return p
+
+
+def test_accept_claim_done_deletes_object_after_every_destination(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    src = make_input(tmp_path / "in", 1)
+    oid = accept_file(spool, src, ("pacs", "ai"), now=100.0)
+    [obj] = list(spool.objects.iterdir())
+    assert obj.read_bytes() == src.read_bytes() and oid > 0
+    [job] = spool.claim("pacs", 10, now=100.0)
+    assert job.path == obj and spool.claim("pacs", 10, now=100.0) == []  # claimed once only
+    spool.done([job.id], now=101.0)
+    assert obj.exists()  # the ai job is still pending
+    [job2] = spool.claim("ai", 10, now=101.0)
+    spool.done([job2.id], now=102.0)
+    assert not obj.exists() and spool.counts() == {}  # rows go with the object
+    st = spool.status(["pacs", "ai"], now=103.0)
+    assert st["destinations"]["pacs"]["done"] == 1 and st["destinations"]["ai"]["pending"] == 0
+
+
+def test_identical_content_pending_is_not_queued_twice(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    a = make_input(tmp_path / "in", 1)
+    b = tmp_path / "in" / "copy.dcm"
+    shutil.copy(a, b)
+    assert accept_file(spool, a, ("pacs",)) > 0
+    assert accept_file(spool, b, ("pacs",)) == 0
+    assert spool.counts() == {"pending": 1} and len(list(spool.objects.iterdir())) == 1
+    assert accept_file(spool, b, ("pacs", "ai")) > 0  # ai had no copy yet
+    assert spool.counts() == {"pending": 2}
+
+
+def test_retry_fail_requeue_expire(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", rand=random.Random(1))
+    for n in range(3):
+        accept_file(spool, make_input(tmp_path / "in", n), ("pacs",), n, now=0.0)
+    a, b, c = spool.claim("pacs", 10, now=0.0)
+    due = spool.retry(a.id, "A700 out of resources", POLICY, now=0.0)
+    assert 8 <= due <= 12 and spool.claim("pacs", 10, now=5.0) == []
+    spool.fail(b.id, "A900 dataset does not match SOP class", now=0.0)
+    spool.release([c.id], now=0.0)
+    [again_c] = spool.claim("pacs", 10, now=1.0)
+    assert again_c.id == c.id and again_c.attempts == 0
+    [again_a] = spool.claim("pacs", 10, now=due)
+    assert again_a.attempts == 1
+    assert [f["reason"] for f in spool.failed_jobs()] == ["A900 dataset does not match SOP class"]
+    assert b.path.exists()  # failed: the object is kept
+    assert spool.requeue_failed("pacs", now=50.0) == 1
+    assert spool.expire("pacs", max_age=10.0, now=50.0) == 1  # b is older than 10 s
+    assert spool.failed_jobs()[0]["reason"] == "expired" and b.path.exists()
+
+
+def test_backoff_schedule_is_capped_jittered_and_clock_safe() -> None:
+    assert retry.delay(1, POLICY, 0.5) == 10 and retry.delay(3, POLICY, 0.5) == 40
+    assert retry.delay(20, POLICY, 0.5) == 100
+    assert retry.delay(1, POLICY, 0.0) == pytest.approx(8) and retry.delay(1, POLICY, 0.999) < 12
+    # the clock stepped back a year: the job is never further away than the cap
+    assert retry.clamp_future(1e9, 1e9 - 3e7, POLICY) == pytest.approx(1e9 - 3e7 + 120)
+
+
+def test_recover_requeues_claims_and_reports_orphans(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for n in range(3):
+        accept_file(spool, make_input(tmp_path / "in", n), ("pacs",), n, now=0.0)
+    jobs = spool.claim("pacs", 2, now=0.0)
+    (spool.tmp / "half-written").write_bytes(b"x")
+    (spool.objects / "stray").write_bytes(b"no row for me")
+    missing = jobs[0].path
+    missing.unlink()
+    spool.close()
+    spool = Spool(tmp_path / "spool")
+    report = spool.recover(POLICY, now=1.0)
+    assert report["requeued"] == 2 and report["tmp_removed"] == 1
+    assert report["orphan_objects"] == 1 and report["missing_objects"] == 1
+    assert spool.counts() == {"pending": 2, "failed": 1}
+    q = spool.quarantined()
+    assert len(q) == 1 and "orphan object" in q[0]["reason"]
+    assert Path(q[0]["file"]).read_bytes() == b"no row for me"
+    assert "object file missing" in spool.failed_jobs()[0]["reason"]
+
+
+def test_spool_on_network_filesystem_is_refused(tmp_path: Path, monkeypatch) -> None:
+    assert filesystem_type(tmp_path) not in ("", "nfs")
+    monkeypatch.setattr("forwarder.spool.filesystem_type", lambda p: "nfs4")
+    with pytest.raises(SpoolError, match="is on nfs4: SQLite's WAL needs a local disk"):
+        Spool(tmp_path / "spool")
+
+
+def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(f"spool: {tmp_path / 'spool'}\ndestinations:\n  pacs: {{host: h, port: 1}}\n"
+                   "routes:\n  - to: [pacs]\n")
+    spool = Spool(tmp_path / "spool")
+    for n in range(2):
+        accept_file(spool, make_input(tmp_path / "in", n), ("pacs",), n)
+    job = spool.claim("pacs", 1)[0]
+    spool.fail(job.id, "0122 SOP class not supported")
+    spool.quarantine(None, "/in/x.pdf", "not DICOM")
+    spool.close()
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pacs = report["destinations"]["pacs"]
+    assert (pacs["pending"], pacs["sending"], pacs["done"], pacs["failed"]) == (1, 0, 0, 1)
+    assert pacs["state"] == "ok" and pacs["last_error"] == "0122 SOP class not supported"
+    assert isinstance(pacs["oldest_pending_s"], float) and report["quarantined"] == 1
+    assert main(["status", "-c", str(cfg)]) == 0
+    table = capsys.readouterr().out
+    assert "pacs" in table and "quarantined: 1" in table
+    assert main(["failed", "-c", str(cfg)]) == 0
+    assert "0122 SOP class not supported" in capsys.readouterr().out
+    assert main(["quarantine", "-c", str(cfg)]) == 0
+    assert "/in/x.pdf: not DICOM" in capsys.readouterr().out
+    assert main(["retry", "-c", str(cfg)]) == 2
+    assert main(["retry", "-c", str(cfg), "--all-failed"]) == 0
+    assert "requeued 1" in capsys.readouterr().out
+    with Spool(tmp_path / "spool") as s:
+        assert s.counts() == {"pending": 2}
+
+
+def test_enospc_leaves_source_untouched_and_nothing_half_written(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    big = make_input(tmp_path / "in", 1, size=3 * 1024 * 1024)
+    before = big.read_bytes()
+    root = tmp_path / "small"
+    root.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)],
+                                 capture_output=True).returncode == 0
+    try:
+        if not mounted:  # no root: inject the error the kernel would give
+            real_write = os.write
+
+            def full_write(fd: int, data) -> int:
+                if len(data) > 1024 * 1024:
+                    raise OSError(28, "No space left on device")
+                return real_write(fd, data)
+            monkeypatch.setattr(os, "write", full_write)
+        spool = Spool(root / "spool")
+        fd = os.open(big, os.O_RDONLY)
+        try:
+            with pytest.raises(SpoolFull, match="spool full"):
+                spool.accept([Incoming(fd, str(big), fake_probe(1), ("pacs",), link_ok=False)])
+        finally:
+            os.close(fd)
+        assert big.read_bytes() == before
+        assert list(spool.objects.iterdir()) == [] and list(spool.tmp.iterdir()) == []
+        assert spool.counts() == {}
+        # once space is back, the same input is taken
+        small = make_input(tmp_path / "in", 2, size=1000)
+        assert accept_file(spool, small, ("pacs",)) > 0
+        spool.close()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root)], check=True)
+
+
+def test_claim_uses_the_index_and_memory_does_not_grow_with_queue(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    n = 100_000
+    with spool._tx() as db:
+        db.executemany("INSERT INTO objects (id, name, sha256, sop_class, sop_instance, "
+                       "transfer_syntax, meta_consistent) VALUES (?, ?, ?, '1.2', ?, '1.2.840.10008.1.2', 1)",
+                       ((i, f"o{i}", f"h{i}", f"1.2.{i}") for i in range(1, n + 1)))
+        db.executemany("INSERT INTO jobs (object_id, destination, state, next_attempt_at, "
+                       "created_at) VALUES (?, 'pacs', 'pending', ?, 0)",
+                       ((i, float(i)) for i in range(1, n + 1)))
+    plan = " ".join(r[3] for r in spool.db.execute(
+        "EXPLAIN QUERY PLAN SELECT j.id FROM jobs j JOIN objects o ON o.id = j.object_id "
+        "WHERE j.destination = 'pacs' AND j.state = 'pending' AND j.next_attempt_at <= 5 "
+        "ORDER BY j.next_attempt_at, j.id LIMIT 100"))
+    assert "jobs_due" in plan and "SCAN j" not in plan
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    claimed = 0
+    for _ in range(50):
+        jobs = spool.claim("pacs", 100, now=float(n))
+        claimed += len(jobs)
+        spool.release([j.id for j in jobs])
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert claimed == 5000 and grown_kib < 20_000
+
+
+class SpoolMachine(RuleBasedStateMachine):
+    """Random accept/claim/done/retry/fail/recover: no job lost or duplicated, counts add up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+        self.dir = Path(tempfile.mkdtemp(prefix="spool-sm-"))
+        self.spool = Spool(self.dir / "spool", rand=random.Random(0))
+        self.n = 0
+        self.now = 0.0
+        self.model: dict[tuple[str, str], str] = {}  # (uid, dest) -> pending|sending|done|failed
+        self.claimed: dict[int, tuple[str, str]] = {}
+
+    def teardown(self) -> None:
+        self.spool.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(dests=st.sets(st.sampled_from(["a", "b"]), min_size=1))
+    def accept(self, dests: set[str]) -> None:
+        self.n += 1
+        path = make_input(self.dir / "in", self.n, size=64)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.spool.accept([Incoming(fd, str(path), fake_probe(self.n), tuple(sorted(dests)))],
+                              now=self.now)
+        finally:
+            os.close(fd)
+        for d in dests:
+            self.model[(f"1.2.3.{self.n}", d)] = "pending"
+
+    @rule(dest=st.sampled_from(["a", "b"]), limit=st.integers(1, 5))
+    def claim(self, dest: str, limit: int) -> None:
+        for job in self.spool.claim(dest, limit, now=self.now):
+            key = (job.probe.sop_instance_uid, dest)
+            assert self.model[key] == "pending", "a job was claimed twice or resurrected"
+            self.model[key] = "sending"
+            self.claimed[job.id] = key
+
+    @precondition(lambda self: self.claimed)
+    @rule(outcome=st.sampled_from(["done", "retry", "fail", "release"]), data=st.data())
+    def finish(self, outcome: str, data) -> None:
+        jid = data.draw(st.sampled_from(sorted(self.claimed)))
+        key = self.claimed.pop(jid)
+        if outcome == "done":
+            self.spool.done([jid], now=self.now)
+            self.model[key] = "done"
+        elif outcome == "retry":
+            self.spool.retry(jid, "A700", POLICY, now=self.now)
+            self.model[key] = "pending"
+        elif outcome == "fail":
+            self.spool.fail(jid, "A900", now=self.now)
+            self.model[key] = "failed"
+        else:
+            self.spool.release([jid], now=self.now)
+            self.model[key] = "pending"
+
+    @rule(seconds=st.floats(0, 200))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def crash_and_recover(self) -> None:
+        self.spool.close()
+        self.spool = Spool(self.dir / "spool", rand=random.Random(0))
+        self.spool.recover(POLICY, now=self.now)
+        for _jid, key in self.claimed.items():
+            self.model[key] = "pending"
+        self.claimed.clear()
+
+    @invariant()
+    def counts_add_up(self) -> None:
+        expected: dict[str, int] = {}
+        for state in self.model.values():
+            if state != "done":
+                expected[state] = expected.get(state, 0) + 1
+        # done jobs stay as rows until every job of their object is done
+        assert {k: v for k, v in self.spool.counts().items() if k != "done"} == expected
+        done = {d: sum(1 for (u, dd), s in self.model.items() if dd == d and s == "done")
+                for d in ("a", "b")}
+        status = self.spool.status(["a", "b"], now=self.now)["destinations"]
+        assert {d: status[d]["done"] for d in ("a", "b")} == done
+        live = {u for (u, d), s in self.model.items() if s != "done"}
+        assert len(list(self.spool.objects.iterdir())) == len(live)
+
+
+TestSpoolMachine = SpoolMachine.TestCase
+TestSpoolMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from forwarder.spool import Incoming, Spool
+    from tests.spoolutil import fake_probe
+    src, root, log = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    spool = Spool(root)
+    spool.recover()
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for path in sorted(src.iterdir()):
+        n = int(path.stem[2:])
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        spool.accept([Incoming(fd, str(path), fake_probe(n), ("pacs",))])
+        os.close(fd)
+        path.unlink()                       # only after the commit
+        for job in spool.claim("pacs", 2):
+            os.write(out, (job.probe.sop_instance_uid + "\\n").encode())
+            os.fsync(out)                   # "delivered" before it is marked done
+            spool.done([job.id])
+    while jobs := spool.claim("pacs", 5):
+        for job in jobs:
+            os.write(out, (job.probe.sop_instance_uid + "\\n").encode())
+            os.fsync(out)
+        spool.done([j.id for j in jobs])
+""")
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    rounds = int(os.environ.get("FWD_CRASH_ROUNDS", "50"))
+    rng = random.Random(7)
+    src, root, log = tmp_path / "src", tmp_path / "spool", tmp_path / "delivered.log"
+    total = 40
+    for n in range(total):
+        make_input(src, n, size=2048)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    for _ in range(rounds):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(root), str(log)],
+                                env=env, cwd=repo)
+        try:
+            proc.wait(timeout=rng.uniform(0.15, 0.6))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        db = sqlite3.connect(root / "index.sqlite")
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        in_spool = {r[0] for r in db.execute(
+            "SELECT o.sop_instance FROM objects o JOIN jobs j ON j.object_id = o.id "
+            "WHERE j.state != 'done'")}
+        db.close()
+        at_source = {f"1.2.3.{int(p.stem[2:])}" for p in src.iterdir()}
+        delivered = set(log.read_text().split()) if log.exists() else set()
+        for n in range(total):
+            uid = f"1.2.3.{n}"
+            assert uid in at_source | in_spool | delivered, f"{uid} was lost"
+    # a last run without a kill finishes the work: everything delivered, spool empty
+    subprocess.run([sys.executable, "-c", CHILD, str(src), str(root), str(log)], env=env,
+                   cwd=repo, check=True, timeout=120)
+    assert set(log.read_text().split()) == {f"1.2.3.{n}" for n in range(total)}
+    with Spool(root) as spool:
+        assert spool.counts() == {} and list(spool.objects.iterdir()) == []
+    assert list(src.iterdir()) == []
