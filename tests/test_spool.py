@@ -365,3 +365,18 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     with Spool(root) as spool:
         assert spool.counts() == {} and list(spool.objects.iterdir()) == []
     assert list(src.iterdir()) == []
+
+
+def test_a_batch_costs_one_commit_and_every_file_lands(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    paths = [make_input(tmp_path / "in", n) for n in range(5)]
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        ids = spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",))
+                            for n, (fd, p) in enumerate(zip(fds, paths, strict=False))])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert len(set(ids)) == 5 and spool.counts() == {"pending": 5}
+    stored = sorted(p.read_bytes() for p in spool.objects.iterdir())
+    assert stored == sorted(p.read_bytes() for p in paths)
