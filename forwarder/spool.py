@@ -262,15 +262,17 @@ class Spool:
                 placed.append((item, *self._place(item, group)))
             if not placed:
                 return []
-            if group:  # one flush of the spool's filesystem covers every file and rename
-                self._syncfs_ok = _syncfs(self.objects)
-            if not group or not self._syncfs_ok:
-                for _item, name, _sha, _size in placed if group else ():
-                    fd = os.open(self.objects / name, os.O_RDONLY)
-                    try:
-                        _fsync(fd, name)
-                    finally:
-                        os.close(fd)
+            if group and _syncfs(self.objects):
+                pass  # one flush of the spool's filesystem covered every file and rename
+            else:
+                if group:  # syncfs is missing: the deferred per-file fsyncs, now
+                    self._syncfs_ok = False
+                    for _item, name, _sha, _size in placed:
+                        fd = os.open(self.objects / name, os.O_RDONLY)
+                        try:
+                            _fsync(fd, name)
+                        finally:
+                            os.close(fd)
                 _fsync_dir(self.objects)
             ids: list[int] = []
             with self._tx() as db:
