@@ -39,6 +39,21 @@ class Probe:
     phi: dict[str, str] = field(default_factory=dict)
 
 
+class _Unnamed:
+    """A file object whose ``name`` is not a path (an fd opened by intake): pydicom
+    would take the fd number for a file name when reading deferred values, so it is
+    shown the stream itself, with no name to reopen."""
+
+    name = None
+
+    def __init__(self, fp: IO[bytes]):
+        self._fp = fp
+        self.read, self.seek, self.tell = fp.read, fp.seek, fp.tell  # the hot path
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._fp, attr)
+
+
 def _value(ds: Dataset, keyword: str) -> str | None:
     try:
         elem = ds.data_element(keyword)
@@ -60,6 +75,8 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
     dataset without file meta (storescu ``-f``).
     """
     fp: IO[bytes] = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(getattr(fp, "name", None), str):
+        fp = _Unnamed(fp)  # type: ignore[assignment]
     try:
         size = os.fstat(fp.fileno()).st_size
         if size == 0:
@@ -72,6 +89,9 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             raise NotDicomError("no DICOM file meta information (no 'DICM' at offset 128)")
         if dataset_only and has_meta:
             raise NotDicomError("has file meta information, but a bare dataset was asked for")
+        if not has_meta and not _starts_like_dataset(head):
+            raise NotDicomError(f"not DICOM: no 'DICM' marker at offset 128 and no DICOM "
+                                f"element at the start (it begins with {head[:8]!r})")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -79,8 +99,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
                 if meta_ts != "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
                     _check_extent(ds, size)
-                for _elem in ds.iterall():  # converts every value, sequences included
-                    pass
+                _parse_sequences(ds)
             except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
                     OverflowError, NotImplementedError, AttributeError, OSError,
                     struct.error) as exc:
@@ -91,9 +110,15 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             text = str(w.message).lower()
             if any(word in text for word in _TRUNCATION_WORDS):
                 raise NotDicomError(f"truncated: {w.message}")
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        group_length = meta.get("FileMetaInformationGroupLength")
+        if has_meta and isinstance(group_length, int) and 144 + group_length > size:
+            raise NotDicomError(f"truncated: the file meta information needs "
+                                f"{144 + group_length} bytes, the file has {size}")
+        if has_meta and len(ds._dict) == 0:
+            raise NotDicomError("truncated: file meta information but no dataset after it")
         sop_class = _value(ds, "SOPClassUID")
         sop_instance = _value(ds, "SOPInstanceUID")
-        meta = getattr(ds, "file_meta", None) or Dataset()
         meta_class = _value(meta, "MediaStorageSOPClassUID")
         if sop_class == MEDIA_STORAGE_DIRECTORY or meta_class == MEDIA_STORAGE_DIRECTORY:
             raise NotDicomError("DICOMDIR (media storage directory), not a storage object")
@@ -114,8 +139,39 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
         return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,
                      _value(ds, "StudyInstanceUID"), has_meta, consistent, attrs, phi)
     finally:
-        if fp is not source:
+        if isinstance(source, (str, os.PathLike)):
             fp.close()
+
+
+def _parse_sequences(ds: Dataset, depth: int = 0) -> None:
+    """Parse every sequence, nested ones included (pydicom parses them lazily), so a cut
+    inside one is noticed; other values are not decoded: their extents are checked."""
+    from pydicom.datadict import dictionary_VR
+
+    if depth > 64:
+        raise NotDicomError("sequences nested more than 64 deep")
+    for tag, raw in list(ds._dict.items()):
+        vr = getattr(raw, "VR", None)
+        if vr is None:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                vr = "SQ" if getattr(raw, "length", 0) == 0xFFFFFFFF else None
+        if vr != "SQ":
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _parse_sequences(item, depth + 1)
+
+
+def _starts_like_dataset(head: bytes) -> bool:
+    """A bare dataset starts with an element of group 0002..0008 (in practice (0008,0005)
+    or (0008,0016)), little or big endian; a PDF or a JPEG does not."""
+    if len(head) < 8:
+        return False
+    le, be = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
+    return 0x0002 <= le <= 0x0008 or 0x0002 <= be <= 0x0008
 
 
 def _short(exc: BaseException) -> str:

@@ -320,6 +320,12 @@ class Spool:
                                   (path, st.st_ino)).fetchone()
         return bool(row) and tuple(row) == (st.st_size, st.st_mtime_ns)
 
+    def remember(self, path: str, st: os.stat_result) -> None:
+        """Record a file left in place (keep_source) so it is never taken twice."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+                       (path, st.st_ino, st.st_size, st.st_mtime_ns))
+
     def quarantine(self, fd: int | None, source: str, reason: str, move: Path | None = None,
                    now: float | None = None) -> Path:
         """Keep a rejected input in quarantine/ with ``<id>.json`` saying why."""

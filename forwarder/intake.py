@@ -1,0 +1,307 @@
+"""Intake: settled candidate -> probe -> route -> spool (in batches), or quarantine with a reason.
+
+Intake owns the source file's fate. A source is removed only after the spool's commit
+returned (or, with ``keep_source``, remembered as seen so it is never taken twice); it
+is opened with O_NOFOLLOW, so a symlink's target is never read, moved or deleted; a
+file with other hard links is copied, never linked into the spool. A bad input is an
+outcome (quarantine, one event), never an exception that stops the daemon; a spool
+that cannot write durably is (see :class:`~forwarder.errors.SpoolError`).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from forwarder import router
+from forwarder.config import Config
+from forwarder.dicomfile import Probe, probe
+from forwarder.errors import NotDicomError, SpoolError, SpoolFull
+from forwarder.logs import event, probe_fields
+from forwarder.settle import Signature
+from forwarder.spool import Incoming, Spool
+from forwarder.watcher import Candidate
+
+LOGGER = logging.getLogger(__name__)
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass
+class _Open:
+    cand: Candidate
+    fd: int
+    st: os.stat_result
+    probe: Probe
+    destinations: tuple[str, ...]
+
+
+class Intake:
+    """One thread taking candidates from the watchers in batches of ``batch``.
+
+    Files seen through events go before files found by a scan, so a backlog found at
+    start does not delay what a modality is sending now.
+    """
+
+    def __init__(self, cfg: Config, spool: Spool, batch: int = 100, capacity: int = 2000,
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 full_pause: float = 2.0, gather: float = 0.02):
+        self.cfg = cfg
+        self.spool = spool
+        self.batch = batch
+        self.capacity = capacity
+        self.on_fatal = on_fatal
+        self.full_pause = full_pause
+        self.gather = gather
+        self._fresh: collections.deque[Candidate] = collections.deque()
+        self._backlog: collections.deque[Candidate] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.paused_full = False
+        self.accepted = 0
+        self.quarantined = 0
+        self.seen_skipped = 0
+
+    # --- the queue ---------------------------------------------------------------
+
+    def offer(self, cand: Candidate) -> bool:
+        """Called by a watcher; waits while the queue is full. False when stopping."""
+        with self._cond:
+            while len(self._fresh) + len(self._backlog) >= self.capacity:
+                if self._stop.is_set():
+                    return False
+                self._cond.wait(0.5)
+            if self._stop.is_set():
+                return False
+            (self._fresh if cand.fresh else self._backlog).append(cand)
+            self._cond.notify_all()
+        return True
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._fresh) + len(self._backlog)
+
+    def set_config(self, cfg: Config) -> None:
+        """Reload: new routes apply to the next batch."""
+        self.cfg = cfg
+
+    def start(self) -> Intake:
+        self._thread = threading.Thread(target=self._run, name="fwd-intake", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Finish the batch in hand; what is still queued stays in the watch folders."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(60)
+        with self._cond:
+            left = list(self._fresh) + list(self._backlog)
+            self._fresh.clear()
+            self._backlog.clear()
+        for cand in left:
+            cand.finished(False)
+
+    def __enter__(self) -> Intake:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _take(self) -> list[Candidate]:
+        with self._cond:
+            while not self._fresh and not self._backlog and not self._stop.is_set():
+                self._cond.wait(1.0)
+            # group commit: give a burst a moment to fill the batch (one fsync for many)
+            deadline = time.monotonic() + self.gather
+            while len(self._fresh) + len(self._backlog) < self.batch and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            out: list[Candidate] = []
+            while len(out) < self.batch and (self._fresh or self._backlog):
+                out.append((self._fresh or self._backlog).popleft())
+            self._cond.notify_all()
+            return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cands = self._take()
+            while cands and not self._stop.is_set():
+                try:
+                    self.process(cands)
+                    cands = []
+                    if self.paused_full:
+                        self.paused_full = False
+                        event(LOGGER, "spool_full", "spool has room again: intake resumed",
+                              level=logging.WARNING)
+                except SpoolFull as exc:
+                    if not self.paused_full:
+                        self.paused_full = True
+                        event(LOGGER, "spool_full", "%s: intake paused, files stay in the "
+                              "watch folders; sending goes on and frees space", exc,
+                              level=logging.ERROR)
+                    self._stop.wait(self.full_pause)
+                except BaseException as exc:  # SpoolError or a bug: the daemon must stop
+                    for c in cands:
+                        c.finished(False)
+                    LOGGER.critical("intake stopped: %s", exc, exc_info=not isinstance(
+                        exc, SpoolError))
+                    if self.on_fatal:
+                        self.on_fatal(exc)
+                    return
+            for c in cands:  # stopping with a batch in hand: it stays in the folder
+                c.finished(False)
+
+    # --- one batch ---------------------------------------------------------------
+
+    def process(self, cands: list[Candidate]) -> None:
+        """Take a batch: quarantine the bad, accept the rest with one commit, then
+        remove (or remember) the sources. Raises SpoolFull with every source untouched."""
+        ready: list[_Open] = []
+        try:
+            for cand in cands:
+                opened = self._open(cand)
+                if opened is not None:
+                    ready.append(opened)
+            if not ready:
+                return
+            incoming = [Incoming(o.fd, o.cand.path, o.probe, o.destinations, o.cand.watch.name,
+                                 link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
+                                 stat=o.st, remember=o.cand.watch.keep_source)
+                        for o in ready]
+            ids = self.spool.accept(incoming)
+            for o, oid in zip(ready, ids, strict=True):
+                self._accepted(o, oid)
+                o.cand.finished(o.cand.watch.keep_source)
+            ready = []
+        finally:
+            for o in ready:
+                os.close(o.fd)
+                o.cand.finished(False)
+
+    def _open(self, cand: Candidate) -> _Open | None:
+        """Open and probe one candidate; None when it was dealt with here."""
+        try:
+            fd = os.open(cand.path, OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                event(LOGGER, "ignored", "%s: became a symlink, left alone", cand.path,
+                      level=logging.WARNING, FORWARDER_FILE=cand.path)
+                cand.finished(True)
+            elif exc.errno == errno.ENOENT:
+                cand.finished(False)
+            else:
+                event(LOGGER, "intake_error", "%s: cannot open: %s; left in place until it "
+                      "changes", cand.path, exc.strerror, level=logging.ERROR,
+                      FORWARDER_FILE=cand.path)
+                cand.finished(True)
+            return None
+        keep = False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                keep = True
+                event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.path,
+                      level=logging.WARNING, FORWARDER_FILE=cand.path)
+                cand.finished(True)
+                return None
+            if Signature.of(st) != cand.sig:  # written to since it settled: settle again
+                cand.finished(False)
+                return None
+            watch = cand.watch
+            if watch.keep_source and self.spool.is_seen(cand.path, st):
+                self.seen_skipped += 1
+                cand.finished(True)
+                return None
+            try:
+                with open(fd, "rb", closefd=False) as fp:
+                    found = probe(fp, self.cfg.attribute_keywords)
+            except NotDicomError as exc:
+                self._quarantine(cand, fd, st, str(exc))
+                return None
+            except Exception as exc:  # noqa: BLE001 - a reader bug must not stop intake
+                self._quarantine(cand, fd, st, f"not readable as DICOM: {type(exc).__name__}: "
+                                 f"{str(exc)[:200]}")
+                return None
+            decision = router.route(self.cfg.routes, watch.name, cand.relpath, found.attributes)
+            if not decision.destinations:
+                if self.cfg.unrouted == "delete":
+                    event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
+                          "(unrouted: delete)", cand.path, FORWARDER_FILE=cand.path,
+                          **probe_fields(found))
+                    self._dispose(cand, st)
+                    cand.finished(watch.keep_source)
+                    return None
+                self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)", found)
+                return None
+            keep = True
+            return _Open(cand, fd, st, found, decision.destinations)
+        finally:
+            if not keep:
+                os.close(fd)
+
+    def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
+                    found: Probe | None = None) -> None:
+        keep_source = cand.watch.keep_source
+        move = cand.path if not keep_source and st.st_nlink == 1 and \
+            self._same_file(cand.path, st) else None
+        where = self.spool.quarantine(fd, cand.path, reason, move=move)
+        self.quarantined += 1
+        event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.path, where.name, reason,
+              level=logging.WARNING, FORWARDER_FILE=cand.path, REASON=reason,
+              QUARANTINE_FILE=str(where), **probe_fields(found))
+        if move is None or os.path.lexists(cand.path):
+            self._dispose(cand, st)
+        cand.finished(keep_source)
+
+    def _accepted(self, o: _Open, oid: int) -> None:
+        self.accepted += 1
+        fields = {"FORWARDER_FILE": o.cand.path, "DESTINATION": ",".join(o.destinations),
+                  "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
+        if oid:
+            event(LOGGER, "accepted", "%s: accepted for %s", o.cand.path,
+                  ", ".join(o.destinations), **fields)
+        else:
+            event(LOGGER, "duplicate", "%s: identical content already queued for %s",
+                  o.cand.path, ", ".join(o.destinations), **fields)
+        os.close(o.fd)
+        if not o.cand.watch.keep_source:  # kept sources were remembered in the commit
+            self._dispose(o.cand, o.st)
+
+    @staticmethod
+    def _same_file(path: str, st: os.stat_result) -> bool:
+        try:
+            now = os.lstat(path)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+    def _dispose(self, cand: Candidate, st: os.stat_result) -> None:
+        """After the spool holds it: remove the source, or remember it (keep_source).
+        A source that cannot be removed is remembered, so it is not taken twice."""
+        if cand.watch.keep_source:
+            self.spool.remember(cand.path, st)
+            return
+        if not self._same_file(cand.path, st):
+            return  # replaced by a new file of the same name: that one is new work
+        try:
+            os.unlink(cand.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            LOGGER.warning("%s: taken, but cannot remove the source (%s); it is remembered "
+                           "and will not be taken again while unchanged", cand.path,
+                           exc.strerror, extra={"FORWARDER_FILE": cand.path})
+            self.spool.remember(cand.path, st)

@@ -1,0 +1,54 @@
+"""Pure: routing rules x one file's attributes -> destination names.
+
+Every route whose conditions all hold adds its destinations, in order and without
+repeats; a matching route with ``final: true`` stops the walk. A condition names the
+watch folder, a glob on the path relative to it, or a DICOM keyword with an exact
+value, a list of values, or ``{regex: ...}`` (searched, not anchored). A multi-valued
+attribute such as ImageType (``ORIGINAL\\PRIMARY``) matches a value when the whole
+value or any one of its parts equals it; an attribute the file lacks never matches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from forwarder.config import Condition, Route
+
+
+@dataclass(frozen=True)
+class Decision:
+    destinations: tuple[str, ...]
+    routes: tuple[str, ...]  # names (or #index) of the routes that matched, for the log
+
+
+def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) -> bool:
+    if cond.key == "watch":
+        value: str | None = watch
+    elif cond.key == "path":
+        if cond.regex is not None:
+            return cond.regex.search(relpath) is not None
+        return any(fnmatch.fnmatchcase(relpath, g) for g in cond.values)
+    else:
+        value = attrs.get(cond.key)
+    if value is None:
+        return False
+    if cond.regex is not None:
+        return cond.regex.search(value) is not None
+    parts = value.split("\\")
+    return any(v == value or v in parts for v in cond.values)
+
+
+def route(routes: Sequence[Route], watch: str, relpath: str,
+          attrs: Mapping[str, str]) -> Decision:
+    """The destinations for one file; empty when no route matched (see ``unrouted``)."""
+    dests: list[str] = []
+    names: list[str] = []
+    for i, r in enumerate(routes):
+        if all(_holds(c, watch, relpath, attrs) for c in r.match):
+            names.append(r.name or f"#{i}")
+            dests.extend(d for d in r.to if d not in dests)
+            if r.final:
+                break
+    return Decision(tuple(dests), tuple(names))

@@ -1,0 +1,95 @@
+"""Pure: is a candidate file complete? Name filters, and size+mtime stable for ``min_age``.
+
+A writer may pause, append, rewrite or rename; a file is taken only when nothing about
+it (size, mtime, ctime, inode) has changed for ``min_age``. Events from the kernel only
+make a file known sooner, they never shorten that wait. On a local filesystem the
+inode's ctime is set by the same kernel clock on every write, rename or utime, so a
+file whose ctime is already ``min_age`` old when first seen (a backlog at start) has
+demonstrably been untouched that long and needs no second wait; on network shares
+(``polling``) the server's clock is not ours and only our own observations count.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What must stay the same while a file settles."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Signature:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def wanted(relpath: str, patterns: tuple[str, ...], ignore: tuple[str, ...]) -> bool:
+    """Does the name filter take ``relpath`` (relative to the watch folder, '/'-separated)?
+
+    ``patterns`` are matched with fnmatch against the relative path and the base name;
+    ``ignore`` against the relative path and every component of it, so ``.*`` also skips
+    the contents of hidden folders (a copy in progress under ``.sync/``).
+    """
+    parts = relpath.split("/")
+    for pat in ignore:
+        if fnmatch.fnmatchcase(relpath, pat) or any(fnmatch.fnmatchcase(p, pat) for p in parts):
+            return False
+    return any(fnmatch.fnmatchcase(relpath, pat) or fnmatch.fnmatchcase(parts[-1], pat)
+               for pat in patterns)
+
+
+@dataclass
+class _Entry:
+    sig: Signature
+    since: float  # monotonic time from which the file is known to be unchanged
+
+
+class Settler:
+    """Tracks candidates by key (their path); all times are passed in.
+
+    ``observe`` records what a stat saw and returns the monotonic time at which the file
+    will be complete if it does not change again; ``ready`` answers for a fresh stat.
+    """
+
+    def __init__(self, min_age: float, trust_ctime: bool = True):
+        self.min_age = min_age
+        self.trust_ctime = trust_ctime
+        self._seen: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._seen
+
+    def observe(self, key: str, sig: Signature, now: float, wall: float | None = None) -> float:
+        """Note ``sig`` for ``key`` at monotonic ``now`` (``wall``: the same instant on the
+        clock that stamps ctime); a changed signature restarts the wait."""
+        entry = self._seen.get(key)
+        if entry is None or entry.sig != sig:
+            since = now
+            if self.trust_ctime and wall is not None:
+                untouched = wall - sig.ctime_ns / 1e9
+                if untouched > 0:
+                    since = now - min(untouched, self.min_age)
+            entry = _Entry(sig, since)
+            self._seen[key] = entry
+        return entry.since + self.min_age
+
+    def ready(self, key: str, sig: Signature, now: float, wall: float | None = None) -> bool:
+        """True when ``sig`` (a fresh stat) is what was seen and has held for ``min_age``."""
+        due = self.observe(key, sig, now, wall)
+        return now >= due
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+    def keys(self) -> list[str]:
+        return list(self._seen)

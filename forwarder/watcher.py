@@ -1,0 +1,311 @@
+"""Watch folders: watchdog observer (inotify, or polling) + startup scan + periodic rescan.
+
+Events only make a file known sooner. What guarantees that nothing is missed is the
+full scan at start and every ``rescan`` period (watchdog hides inotify queue
+overflows). Each known file waits in :class:`~forwarder.settle.Settler` until it has
+been unchanged for ``min_age``; then it is handed to intake once. Symlinks are never
+followed: a symlink is reported once and left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import heapq
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from forwarder.config import Watch
+from forwarder.logs import event
+from forwarder.settle import Settler, Signature, wanted
+
+LOGGER = logging.getLogger(__name__)
+
+# What makes a file known: created, renamed into place, closed after writing. Writes and
+# attribute changes (IN_MODIFY, IN_ATTRIB) are not subscribed: they could not shorten
+# the settling wait, and our own links and unlinks would flood the observer.
+EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent,
+                FileClosedEvent]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file that has settled: intake decides its fate, then calls ``finished``."""
+
+    watch: Watch
+    path: str
+    relpath: str
+    sig: Signature
+    fresh: bool  # seen through an event (new work) rather than found by a scan
+    owner: Watcher | None = None
+
+    def finished(self, left_in_place: bool) -> None:
+        """Intake is done with it; ``left_in_place``: the file stays and must not be
+        offered again while it is unchanged (keep_source, symlink, unreadable...)."""
+        if self.owner is not None:
+            self.owner.finished(self, left_in_place)
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, sink: Callable[[str], None]):
+        self.sink = sink
+
+    def on_any_event(self, ev: FileSystemEvent) -> None:
+        if ev.event_type in ("created", "closed", "moved"):
+            path = ev.dest_path if ev.event_type == "moved" else ev.src_path
+            self.sink(os.fsdecode(path))
+
+
+def start_observer(watch: Watch, handler: FileSystemEventHandler,
+                   factory: Callable[[], Any] | None = None) -> tuple[Any, bool]:
+    """Start the observer for one folder; (observer, polling). When the kernel's inotify
+    limits are reached, say so and poll this folder instead."""
+    if not watch.polling:
+        obs = (factory or Observer)()
+        obs.daemon = True
+        try:
+            obs.start()
+            obs.schedule(handler, watch.path, recursive=watch.recursive,
+                         event_filter=EVENT_FILTER)
+            return obs, False
+        except OSError as exc:
+            obs.stop()
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            event(LOGGER, "watch_fallback",
+                  "watch %s: %s (raise fs.inotify.max_user_watches or max_user_instances); "
+                  "polling %s instead", watch.name, exc.strerror, watch.path,
+                  level=logging.WARNING, WATCH=watch.name)
+    obs = PollingObserver(timeout=max(0.5, min(watch.min_age, 5.0)))
+    obs.daemon = True
+    obs.start()
+    obs.schedule(handler, watch.path, recursive=watch.recursive, event_filter=EVENT_FILTER)
+    return obs, True
+
+
+class Watcher:
+    """One folder: its observer, its scans and its settling files; one thread."""
+
+    def __init__(self, watch: Watch, deliver: Callable[[Candidate], bool],
+                 observer_factory: Callable[[], Any] | None = None, events: bool = True):
+        self.watch = watch
+        self.root = os.path.abspath(watch.path)
+        self.deliver = deliver  # False: intake is stopping, keep the candidate for later
+        self._observer_factory = observer_factory
+        self._use_events = events
+        self.settler = Settler(watch.min_age, trust_ctime=not watch.polling)
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._heap: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._inflight: set[str] = set()
+        self._left: dict[str, Signature] = {}  # left in place on purpose, while unchanged
+        self._reported: set[str] = set()
+        self._fresh: set[str] = set()
+        self._stop = threading.Event()
+        self._rescan = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.observer: Any = None
+        self.polling = watch.polling
+        self.scans = 0
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> Watcher:
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(errno.ENOENT, f"watch folder {self.watch.name} does not "
+                                    "exist or is not a directory", self.root)
+        if self._use_events:
+            self.observer, self.polling = start_observer(
+                self.watch, _Events(self._queue.put), self._observer_factory)
+        self._thread = threading.Thread(target=self._run, name=f"fwd-watch-{self.watch.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self.observer is not None:
+            self.observer.stop()
+        if self._thread is not None:
+            self._thread.join(30)
+        if self.observer is not None:
+            self.observer.join(10)
+
+    def __enter__(self) -> Watcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def rescan_now(self) -> None:
+        """Scan again at once (used after intake paused, e.g. spool full)."""
+        self._rescan.set()
+        self._queue.put(None)
+
+    def finished(self, cand: Candidate, left_in_place: bool) -> None:
+        with self._lock:
+            self._inflight.discard(cand.path)
+            if left_in_place:
+                self._left[cand.path] = cand.sig
+        if not left_in_place:
+            self._queue.put(cand.path)  # still there (intake paused)? it is looked at again
+
+    @property
+    def pending(self) -> int:
+        """Files known and not yet complete, for status lines."""
+        return len(self.settler)
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_scan = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_scan or self._rescan.is_set():
+                self._rescan.clear()
+                self._scan(self.root, fresh=False)
+                self.scans += 1
+                next_scan = time.monotonic() + self.watch.rescan
+            wake = min(next_scan, self._heap[0][0] if self._heap else next_scan)
+            batch: list[str | None] = []
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, wake - time.monotonic())))
+                while len(batch) < 10000:
+                    batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            for path in batch:
+                if path is not None and not self._stop.is_set():
+                    self._consider(path, fresh=True)
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now and not self._stop.is_set():
+                _due, path = heapq.heappop(self._heap)
+                if self._scheduled.get(path) == _due:
+                    del self._scheduled[path]
+                    self._check(path)
+
+    def _scan(self, folder: str, fresh: bool) -> None:
+        try:
+            it = os.scandir(folder)
+        except OSError as exc:
+            if folder == self.root:
+                LOGGER.error("watch %s: cannot list %s: %s", self.watch.name, folder,
+                             exc.strerror, extra={"WATCH": self.watch.name})
+            return
+        with it:
+            for entry in it:
+                if self._stop.is_set():
+                    return
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if self.watch.recursive and self._dir_wanted(entry.path):
+                            self._scan(entry.path, fresh)
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                self._seen(entry.path, st, fresh)
+
+    def _dir_wanted(self, path: str) -> bool:
+        name = os.path.basename(path)
+        return not any(fnmatch.fnmatchcase(name, pat) for pat in self.watch.ignore)
+
+    def _consider(self, path: str, fresh: bool) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self.settler.forget(path)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            # a new subfolder may already hold files its watch was too late for
+            if self.watch.recursive and path != self.root and self._dir_wanted(path):
+                self._scan(path, fresh)
+            return
+        self._seen(path, st, fresh)
+
+    def _relpath(self, path: str) -> str | None:
+        rel = os.path.relpath(path, self.root)
+        if rel.startswith("..") or (not self.watch.recursive and os.sep in rel):
+            return None
+        return rel.replace(os.sep, "/")
+
+    def _seen(self, path: str, st: os.stat_result, fresh: bool) -> None:
+        rel = self._relpath(path)
+        if rel is None or not wanted(rel, self.watch.patterns, self.watch.ignore):
+            return
+        if not stat.S_ISREG(st.st_mode):
+            if path not in self._reported:
+                self._reported.add(path)
+                kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                event(LOGGER, "ignored", "%s: %s, left alone (its target is never read)",
+                      path, kind, level=logging.WARNING, FORWARDER_FILE=path,
+                      WATCH=self.watch.name)
+            return
+        sig = Signature.of(st)
+        with self._lock:
+            if path in self._inflight or self._left.get(path) == sig:
+                return
+            self._left.pop(path, None)
+        if fresh:
+            self._fresh.add(path)
+        due = self.settler.observe(path, sig, time.monotonic(), time.time())
+        self._schedule(path, due)
+
+    def _schedule(self, path: str, due: float) -> None:
+        current = self._scheduled.get(path)
+        if current is not None and current <= due:
+            return
+        self._scheduled[path] = due
+        heapq.heappush(self._heap, (due, path))
+
+    def _check(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self.settler.forget(path)
+            self._fresh.discard(path)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self.settler.forget(path)
+            self._fresh.discard(path)
+            return
+        sig = Signature.of(st)
+        now = time.monotonic()
+        if not self.settler.ready(path, sig, now, time.time()):
+            self._schedule(path, self.settler.observe(path, sig, now, time.time()))
+            return
+        rel = self._relpath(path)
+        if rel is None:
+            return
+        with self._lock:
+            if path in self._inflight:
+                return
+            self._inflight.add(path)
+        self.settler.forget(path)
+        fresh = path in self._fresh
+        self._fresh.discard(path)
+        cand = Candidate(self.watch, path, rel, sig, fresh=fresh, owner=self)
+        if not self.deliver(cand):
+            with self._lock:
+                self._inflight.discard(path)

@@ -1,0 +1,277 @@
+"""Watch folders and intake with the real observer on real folders (no sleeps: deadlines)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from forwarder.config import Watch
+from forwarder.watcher import Watcher
+from tests.corpus import data_file, unique_copies
+from tests.peers import wait_for
+from tests.pipeline import Pipeline, make_config
+
+CT = data_file("CT_small.dcm")
+CT_UID = str(dcmread(CT, stop_before_pixels=True).SOPInstanceUID)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def quarantine_reasons(p: Pipeline) -> dict[str, str]:
+    return {Path(q["source"]).name: q["reason"] for q in p.spool.quarantined()}
+
+
+def test_slow_writer_is_taken_once_and_complete(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, watch="min_age: 1s")
+    data = CT.read_bytes()
+    target = tmp_path / "in" / "slow.dcm"
+    chunks = [data[i:i + len(data) // 17 + 1] for i in range(0, len(data), len(data) // 17 + 1)]
+    done = threading.Event()
+
+    def writer() -> None:  # appends for about 5 s, flushing each piece
+        with open(target, "wb") as fp:
+            for chunk in chunks:
+                fp.write(chunk)
+                fp.flush()
+                done.wait(0.3)
+        done.set()
+
+    with Pipeline(cfg) as p:
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join(30)
+        wait_for(lambda: p.objects(), 10, "the file in the spool")
+        wait_for(lambda: not target.exists(), 5, "the source to be removed")
+        [obj] = p.objects()
+        assert obj["sha256"] == sha(data) and obj["sop_instance"] == CT_UID
+        assert p.spool.quarantined() == [] and p.jobs() == [("pacs", "pending", CT_UID)]
+
+
+def test_write_then_rename_takes_the_final_name_only(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    with Pipeline(cfg) as p:
+        tmp = tmp_path / "in" / "x.tmp"
+        tmp.write_bytes(CT.read_bytes())
+        os.rename(tmp, tmp_path / "in" / "x.dcm")
+        wait_for(lambda: p.objects(), 10, "x.dcm in the spool")
+        [obj] = p.objects()
+        assert obj["source"].endswith("/x.dcm") and p.spool.quarantined() == []
+
+
+def test_nested_folders_created_with_files_inside(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    with Pipeline(cfg) as p:
+        staging = tmp_path / "staging"
+        uids = unique_copies(staging / "a" / "b" / "c", 20)
+        shutil.copytree(staging / "a", tmp_path / "in" / "a")  # mkdir -p + copy at once
+        wait_for(lambda: len(p.objects()) == 20, 15, "20 files from a/b/c")
+        assert {o["sop_instance"] for o in p.objects()} == set(uids)
+        assert not any((tmp_path / "in" / "a" / "b" / "c").iterdir())
+
+
+def test_backlog_of_10000_files_at_start_is_all_taken(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    uids = unique_copies(tmp_path / "in", 10_000)
+    with Pipeline(cfg) as p:
+        wait_for(lambda: len(p.objects()) == 10_000, 120, "10,000 files in the spool",
+                 interval=0.5)
+        assert {o["sop_instance"] for o in p.objects()} == set(uids)
+        assert not any((tmp_path / "in").iterdir())
+        assert p.spool.counts() == {"pending": 10_000}
+
+
+def test_rescan_alone_finds_files_when_events_are_lost(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, watch="rescan: 500ms")
+    with Pipeline(cfg, events=False) as p:
+        w = p.watchers[0]
+        wait_for(lambda: w.scans >= 1, 5, "the first scan")
+        uids = unique_copies(tmp_path / "in", 5)
+        wait_for(lambda: len(p.objects()) == 5, 10, "files found by the rescan")
+        assert {o["sop_instance"] for o in p.objects()} == set(uids)
+
+
+def test_polling_mode(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, watch="polling: true\nrescan: 1h")
+    with Pipeline(cfg) as p:
+        assert p.watchers[0].polling
+        wait_for(lambda: p.watchers[0].scans >= 1, 5, "the first scan")
+        uids = unique_copies(tmp_path / "in", 3)
+        wait_for(lambda: len(p.objects()) == 3, 15, "files seen by the polling observer")
+        assert {o["sop_instance"] for o in p.objects()} == set(uids)
+
+
+def test_inotify_limit_falls_back_to_polling_with_a_clear_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Exhausted:
+        """An observer whose schedule() meets the kernel's watch limit, as watchdog reports it."""
+
+        daemon = True
+
+        def start(self) -> None: ...
+        def stop(self) -> None: ...
+        def join(self, timeout: float | None = None) -> None: ...
+
+        def schedule(self, *a: object, **kw: object) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    cfg = make_config(tmp_path, watch="rescan: 1h")
+    with Pipeline(cfg, observer_factory=Exhausted) as p:
+        assert p.watchers[0].polling
+        unique_copies(tmp_path / "in", 2)
+        wait_for(lambda: len(p.objects()) == 2, 15, "files seen by the fallback poller")
+    assert "inotify watch limit reached" in caplog.text and "max_user_watches" in caplog.text
+
+
+def test_symlinks_are_left_alone_and_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    uids = unique_copies(outside, 3)
+    target = next(iter(uids.values()))
+    cfg = make_config(tmp_path, watch="rescan: 300ms")
+    (tmp_path / "in" / "link.dcm").symlink_to(target)
+    (tmp_path / "in" / "dirlink").symlink_to(outside, target_is_directory=True)
+    with Pipeline(cfg) as p:
+        wait_for(lambda: p.watchers[0].scans >= 3, 10, "three scans")
+        unique_copies(tmp_path / "in", 1, prefix="real")
+        wait_for(lambda: len(p.objects()) == 1, 10, "the regular file")
+        assert p.spool.quarantined() == []
+    assert (tmp_path / "in" / "link.dcm").is_symlink() and target.exists()
+    assert sorted(f.name for f in outside.iterdir()) == sorted(f.name for f in uids.values())
+
+
+def test_hard_linked_file_is_copied_and_its_other_link_untouched(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    other = tmp_path / "other.dcm"
+    shutil.copy(CT, other)
+    with Pipeline(cfg) as p:
+        os.link(other, tmp_path / "in" / "ct.dcm")
+        wait_for(lambda: p.objects(), 10, "the hard-linked file in the spool")
+        [obj] = p.objects()
+        stored = p.spool.objects / obj["name"]
+        assert stored.stat().st_ino != other.stat().st_ino
+        assert other.read_bytes() == CT.read_bytes() and other.stat().st_nlink == 1
+
+
+def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    data = CT.read_bytes()
+    with Pipeline(cfg) as p:
+        inbox = tmp_path / "in"
+        (inbox / "empty.dcm").write_bytes(b"")
+        (inbox / "head.dcm").write_bytes(data[:300])
+        (inbox / "pixels.dcm").write_bytes(data[:-1000])
+        (inbox / "report.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n")
+        wait_for(lambda: len(p.spool.quarantined()) == 4, 10, "four quarantined inputs")
+        reasons = quarantine_reasons(p)
+        assert "0 bytes" in reasons["empty.dcm"]
+        assert "truncated" in reasons["head.dcm"]
+        assert "truncated" in reasons["pixels.dcm"]
+        assert "not DICOM" in reasons["report.pdf"] and "%PDF" in reasons["report.pdf"]
+        assert p.objects() == [] and not any(inbox.iterdir())
+        for q in p.spool.quarantined():  # each kept with its reason beside it
+            saved = json.loads(Path(q["file"] + ".json").read_text())
+            assert saved["reason"] == q["reason"] and Path(q["file"]).exists()
+        assert Path(next(q["file"] for q in p.spool.quarantined()
+                         if q["source"].endswith("pixels.dcm"))).read_bytes() == data[:-1000]
+
+
+def test_dicomdir_set_images_taken_dicomdir_quarantined(tmp_path: Path) -> None:
+    src = Path(get_testdata_file("DICOMDIR", download=False))
+    ddir = dcmread(src)
+    refs = [r for r in ddir.DirectoryRecordSequence if "ReferencedFileID" in r]
+    staging = tmp_path / "cd"
+    for r in refs:
+        rel = Path(*r.ReferencedFileID)
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src.parent / rel, staging / rel)
+    shutil.copy(src, staging / "DICOMDIR")
+    cfg = make_config(tmp_path)
+    with Pipeline(cfg) as p:
+        shutil.copytree(staging, tmp_path / "in" / "cd")
+        wait_for(lambda: len(p.objects()) == len(refs) and p.spool.quarantined(), 20,
+                 "the set's images and the DICOMDIR")
+        assert {o["sop_instance"] for o in p.objects()} == \
+            {r.ReferencedSOPInstanceUIDInFile for r in refs}
+        [q] = p.spool.quarantined()
+        assert q["source"].endswith("/DICOMDIR") and "DICOMDIR" in q["reason"]
+
+
+def test_sop_instance_uid_never_makes_a_path(tmp_path: Path) -> None:
+    ds = dcmread(CT)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+    cfg = make_config(tmp_path)
+    with Pipeline(cfg) as p:
+        ds.save_as(tmp_path / "in" / "evil.dcm")
+        wait_for(lambda: p.objects(), 10, "the file in the spool")
+        [obj] = p.objects()
+        assert obj["sop_instance"] == "../../x"
+        assert (p.spool.objects / obj["name"]).exists() and "/" not in obj["name"]
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_keep_source_takes_nothing_twice_across_a_restart(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, watch="keep_source: true\nrescan: 300ms")
+    uids = unique_copies(tmp_path / "in", 10)
+    with Pipeline(cfg) as p:
+        wait_for(lambda: len(p.objects()) == 10, 15, "10 files in the spool")
+        wait_for(lambda: p.watchers[0].scans >= 3, 10, "more scans")
+        assert len(p.jobs()) == 10
+    assert sorted(f.name for f in (tmp_path / "in").iterdir()) == \
+        sorted(f.name for f in uids.values())
+    with Pipeline(cfg) as p:  # a restart: a new process would see the same spool
+        wait_for(lambda: p.intake.seen_skipped >= 10, 15, "the kept files to be recognised")
+        assert len(p.jobs()) == 10 and len(p.objects()) == 10
+        next(iter(uids.values())).write_bytes(CT.read_bytes())  # rewritten: new content
+        wait_for(lambda: len(p.jobs()) == 11, 10, "the rewritten file taken again")
+
+
+def test_routing_fans_out_by_attributes_and_path(tmp_path: Path) -> None:
+    routes = """\
+      - name: ct-to-ai
+        match: {Modality: CT, StudyDescription: {regex: '(?i)^E\\+1$'}}
+        to: [ai]
+      - name: mr-folder
+        match: {path: "mr/*"}
+        to: [archive]
+        final: true
+      - to: [pacs]
+    """
+    cfg = make_config(tmp_path, routes=routes, dests=("pacs", "ai", "archive"))
+    with Pipeline(cfg) as p:
+        shutil.copy(CT, tmp_path / "in" / "ct.dcm")
+        (tmp_path / "in" / "mr").mkdir()
+        shutil.copy(data_file("MR_small.dcm"), tmp_path / "in" / "mr" / "mr.dcm")
+        wait_for(lambda: len(p.jobs()) == 3, 10, "three jobs")
+        mr_uid = str(dcmread(data_file("MR_small.dcm")).SOPInstanceUID)
+        assert sorted(p.jobs()) == sorted([("ai", "pending", CT_UID), ("pacs", "pending", CT_UID),
+                                           ("archive", "pending", mr_uid)])
+
+
+def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
+    routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
+    cfg = make_config(tmp_path, routes=routes, extra="unrouted: delete\n")
+    with Pipeline(cfg) as p:
+        shutil.copy(CT, tmp_path / "in" / "ct.dcm")
+        wait_for(lambda: not (tmp_path / "in" / "ct.dcm").exists(), 10, "the CT deleted")
+        assert p.objects() == [] and p.spool.quarantined() == []
+    cfg = make_config(tmp_path, routes=routes)
+    with Pipeline(cfg) as p:
+        shutil.copy(CT, tmp_path / "in" / "ct.dcm")
+        wait_for(lambda: p.spool.quarantined(), 10, "the CT quarantined")
+        assert "no route matched" in p.spool.quarantined()[0]["reason"]
+
+
+def test_watch_folder_missing_is_a_clear_error(tmp_path: Path) -> None:
+    w = Watch(name="gone", path=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="watch folder gone does not exist"):
+        Watcher(w, lambda c: True).start()

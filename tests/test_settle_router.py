@@ -1,0 +1,108 @@
+"""Pure settling and routing: values in, values out, injected time."""
+
+from __future__ import annotations
+
+from forwarder import config, router
+from forwarder.settle import Settler, Signature, wanted
+
+
+def sig(size: int, mtime: int = 1, ctime: int = 1, ino: int = 7) -> Signature:
+    return Signature(size, mtime, ctime, ino)
+
+
+def test_a_file_is_ready_only_after_min_age_unchanged() -> None:
+    s = Settler(2.0, trust_ctime=False)
+    assert s.observe("a", sig(10), now=100.0) == 102.0
+    assert not s.ready("a", sig(10), now=101.9)
+    assert not s.ready("a", sig(20, 2, 2), now=102.5)  # it grew: the wait starts again
+    assert not s.ready("a", sig(20, 2, 2), now=104.4)
+    assert s.ready("a", sig(20, 2, 2), now=104.5)
+
+
+def test_an_event_cannot_shorten_the_wait_below_min_age() -> None:
+    s = Settler(2.0, trust_ctime=True)
+    wall = 1000.0
+    fresh = sig(10, ctime=int(wall * 1e9))  # just written: ctime is now
+    assert s.observe("a", fresh, now=50.0, wall=wall) == 52.0
+    assert not s.ready("a", fresh, now=51.0, wall=wall + 1)
+
+
+def test_local_backlog_untouched_for_min_age_is_ready_at_once() -> None:
+    s = Settler(2.0, trust_ctime=True)
+    old = sig(10, ctime=int(900 * 1e9))
+    assert s.ready("a", old, now=50.0, wall=1000.0)
+    half = sig(10, ctime=int(999 * 1e9))  # touched a second ago: one more second
+    assert s.observe("b", half, now=50.0, wall=1000.0) == 51.0
+
+
+def test_polling_ignores_the_servers_clock() -> None:
+    s = Settler(2.0, trust_ctime=False)
+    old = sig(10, ctime=int(900 * 1e9))
+    assert not s.ready("a", old, now=50.0, wall=1000.0)
+    assert s.ready("a", old, now=52.0, wall=1002.0)
+
+
+def test_name_filters() -> None:
+    pats, ign = ("*",), (".*", "*.tmp", "*.part", "*.partial")
+    assert wanted("x.dcm", pats, ign) and wanted("a/b/IM0001", pats, ign)
+    assert not wanted("x.dcm.tmp", pats, ign) and not wanted(".hidden", pats, ign)
+    assert not wanted(".sync/x.dcm", pats, ign) and not wanted("a/x.part", pats, ign)
+    assert wanted("ct/x.dcm", ("*.dcm",), ()) and not wanted("ct/x.txt", ("*.dcm",), ())
+    assert wanted("ct/x.dcm", ("ct/*",), ()) and not wanted("mr/x.dcm", ("ct/*",), ())
+
+
+CFG = """
+spool: /tmp/x
+watch:
+  - {name: modality, path: /in}
+  - {name: scanner2, path: /in2}
+destinations:
+  pacs: {host: h, port: 1}
+  ai: {host: h, port: 2}
+  archive: {host: h, port: 3}
+  research: {host: h, port: 4}
+routes:
+  - name: chest-ct-to-ai
+    match: {watch: modality, Modality: [CT], StudyDescription: {regex: "(?i)chest"}}
+    to: [ai]
+  - name: research-path
+    match: {path: "research/*"}
+    to: [research]
+    final: true
+  - name: image-type
+    match: {ImageType: DERIVED}
+    to: [archive]
+  - name: all
+    to: [pacs, ai]
+"""
+
+
+def test_routes_fan_out_in_order_without_repeats() -> None:
+    cfg = config.parse(CFG)
+    d = router.route(cfg.routes, "modality", "x.dcm",
+                     {"Modality": "CT", "StudyDescription": "CHEST w/o"})
+    assert d.destinations == ("ai", "pacs") and d.routes == ("chest-ct-to-ai", "all")
+    d = router.route(cfg.routes, "scanner2", "x.dcm",
+                     {"Modality": "CT", "StudyDescription": "CHEST"})
+    assert d.destinations == ("pacs", "ai")  # the watch condition fails
+
+
+def test_final_stops_and_missing_attributes_never_match() -> None:
+    cfg = config.parse(CFG)
+    d = router.route(cfg.routes, "modality", "research/a.dcm", {"Modality": "CT"})
+    assert d.destinations == ("research",)
+    d = router.route(cfg.routes, "modality", "x.dcm", {})
+    assert d.destinations == ("pacs", "ai") and d.routes == ("all",)
+
+
+def test_multi_valued_attribute_matches_any_part() -> None:
+    cfg = config.parse(CFG)
+    d = router.route(cfg.routes, "modality", "x", {"ImageType": "DERIVED\\SECONDARY"})
+    assert d.destinations[0] == "archive"
+    d = router.route(cfg.routes, "modality", "x", {"ImageType": "ORIGINAL\\PRIMARY"})
+    assert "archive" not in d.destinations
+
+
+def test_no_route_matches_gives_nothing() -> None:
+    cfg = config.parse(CFG.replace("  - name: all\n    to: [pacs, ai]\n", ""))
+    assert router.route(cfg.routes, "scanner2", "x", {}).destinations == ()
