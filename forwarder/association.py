@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import MaximumLengthNotification, UserIdentityNegotiation
 
 from forwarder import pdnpatch
+from forwarder.config import Destination
 from forwarder.errors import UsageError
-from forwarder.negotiation import Context
+from forwarder.negotiation import IMPLICIT_LE, Context
 
 LOGGER = logging.getLogger(__name__)
 
@@ -117,12 +118,29 @@ def _read_key_material(path: str, der: bool, is_key: bool, password: bytes | Non
     return pem.decode("ascii")
 
 
+class _RecordingContext(ssl.SSLContext):
+    """Remembers why a handshake failed: pynetdicom logs and swallows the SSLError in its
+    own thread, and a TLS failure must hold a destination, not look like a refusal."""
+
+    handshake_error: ssl.SSLError | None = None
+
+
+class _RecordingSocket(ssl.SSLSocket):
+    def connect(self, addr: object) -> None:  # type: ignore[override]
+        try:
+            super().connect(addr)  # type: ignore[arg-type]
+        except ssl.SSLError as exc:
+            self.context.handshake_error = exc  # type: ignore[attr-defined]
+            raise
+
+
 def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     """A client context: PS3.15 profile, trusted CAs, our certificate for mutual TLS.
 
     Like DCMTK, the peer's certificate chain is verified (``-rc``) but not its host name.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = _RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.sslsocket_class = _RecordingSocket
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_peer else ssl.CERT_NONE
     minimum, ciphers = TLS_PROFILES[tls.profile]
@@ -193,12 +211,15 @@ def make_ae(peer: PeerSettings, contexts: Sequence[Context]) -> AE:
 def open_association(peer: PeerSettings, contexts: Sequence[Context]) -> Association:
     """Associate, or raise :class:`AssociationFailed` saying why (PS3.8 9.3.4 for rejects)."""
     ae = make_ae(peer, contexts)
-    tls_args = (ssl_context(peer.tls), None) if peer.tls else None
+    ctx = ssl_context(peer.tls) if peer.tls else None
+    tls_args = (ctx, None) if ctx else None
     ident = identity_item(peer.identity)
     ext_neg = [ident] if ident else None
+    connected: list[bool] = []
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, ext_neg=ext_neg,
-                             tls_args=tls_args)
+                             tls_args=tls_args,  # type: ignore[arg-type]
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
     except ssl.SSLError as exc:
         raise AssociationFailed("tls", f"TLS handshake failed: {exc}") from exc
     if assoc.is_established:
@@ -213,11 +234,18 @@ def open_association(peer: PeerSettings, contexts: Sequence[Context]) -> Associa
                 raise AssociationFailed("identity", "the peer did not confirm the user "
                                         "identity (a positive response was required)")
         return assoc
-    raise describe_failure(assoc, peer)
+    raise describe_failure(assoc, peer, getattr(ctx, "handshake_error", None), bool(connected))
 
 
-def describe_failure(assoc: Association, peer: PeerSettings) -> AssociationFailed:
+def describe_failure(assoc: Association, peer: PeerSettings,
+                     tls_error: BaseException | None = None,
+                     connected: bool = True) -> AssociationFailed:
     where = f"{peer.called_ae}@{peer.host}:{peer.port}"
+    if tls_error is not None:
+        return AssociationFailed("tls", f"TLS handshake with {where} failed: {tls_error}")
+    if not connected:
+        return AssociationFailed("refused", f"cannot connect to {where} (refused, unreachable "
+                                 "or timed out)")
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         result, source, reason = (rj.result, rj.result_source, rj.diagnostic) if rj else (0, 0, 0)
@@ -236,9 +264,6 @@ def describe_failure(assoc: Association, peer: PeerSettings) -> AssociationFaile
                                  f"(proposed: {proposed})")
     if assoc.is_aborted:
         return AssociationFailed("aborted", f"association aborted by {where}")
-    tls_error = getattr(assoc.dul.socket, "_fwd_tls_error", None) if assoc.dul else None
-    if tls_error:
-        return AssociationFailed("tls", f"TLS handshake with {where} failed: {tls_error}")
     return AssociationFailed("refused", f"cannot connect to {where} (refused, unreachable "
                              "or timed out)")
 
@@ -290,3 +315,53 @@ def identity_from_files(user: str | None, password: str | None, kerberos: str | 
             return IdentitySettings(2, user.encode(), password.encode(), positive)
         return IdentitySettings(1, user.encode(), b"", positive)
     return IdentitySettings()
+
+
+def peer_for(dest: Destination, calling_ae: str) -> PeerSettings:
+    """PeerSettings for one YAML destination (secrets are read from their files now)."""
+    def secret(path: str | None) -> str | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"destination {dest.name}: cannot read {path}: "
+                             f"{exc.strerror}") from exc
+
+    t = dest.tls
+    tls = None
+    if t.enabled:
+        tls = TLSSettings(cert=None if t.anonymous else t.cert,
+                          key=None if t.anonymous else t.key,
+                          key_password=secret(t.key_password_file), der=t.der,
+                          ca_files=t.ca, ca_dirs=(t.ca_dir,) if t.ca_dir else (),
+                          verify_peer=t.verify_peer, profile=t.profile, ciphers=t.ciphers)
+    i = dest.identity
+    identity = identity_from_files(i.user, secret(i.password_file), i.kerberos_file,
+                                   i.saml_file, i.jwt_file, i.positive_response)
+    to = dest.timeouts
+    return PeerSettings(host=dest.host, port=dest.port, called_ae=dest.called_ae_title,
+                        calling_ae=calling_ae, max_pdu=dest.max_pdu,
+                        max_send_pdu=dest.max_send_pdu, connect_timeout=to.connect,
+                        acse_timeout=to.acse, dimse_timeout=to.dimse,
+                        network_timeout=to.network, tls=tls, identity=identity)
+
+
+def echo(peer: PeerSettings) -> str:
+    """C-ECHO with the peer's full settings; the answer in words, or AssociationFailed.
+
+    A peer that accepts the association but not the Verification SOP class is still
+    reachable with these settings, and that is what a health probe needs to know.
+    """
+    assoc = open_association(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
+    try:
+        if not any(str(cx.abstract_syntax) == VERIFICATION for cx in assoc.accepted_contexts):
+            return "association accepted (the peer does not offer C-ECHO)"
+        rsp = assoc.send_c_echo()
+        if "Status" not in rsp:
+            raise AssociationFailed("aborted", f"no C-ECHO response from {peer.called_ae}@"
+                                    f"{peer.host}:{peer.port}")
+        return f"C-ECHO status 0x{int(rsp.Status):04X}"
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -7,7 +7,7 @@ import json
 import sys
 
 from forwarder import config
-from forwarder.errors import EXIT_OK, UsageError
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -88,3 +88,34 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             print(f"{r['file']}: from {r['source']}: {r['reason']}")
         print(f"{len(rows)} quarantined file(s)")
     return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """C-ECHO each named destination (all by default) with its full settings."""
+    import time
+
+    from forwarder.association import AssociationFailed, echo, peer_for
+
+    cfg = config.load(args.config)
+    names = args.names or list(cfg.destinations)
+    unknown = [n for n in names if n not in cfg.destinations]
+    if unknown:
+        raise UsageError(f"no destination named {', '.join(unknown)} in {args.config} "
+                         f"(defined: {', '.join(cfg.destinations)})")
+    failed = 0
+    for name in names:
+        dest = cfg.destinations[name]
+        where = f"{dest.called_ae_title}@{dest.peer}"
+        start = time.monotonic()
+        try:
+            answer = echo(peer_for(dest, cfg.calling_ae(dest)))
+        except AssociationFailed as exc:
+            failed += 1
+            print(f"{name}: failed: {exc}")
+            continue
+        except (OSError, ValueError) as exc:
+            failed += 1
+            print(f"{name}: failed: {where}: {exc}")
+            continue
+        print(f"{name}: ok ({answer} from {where} in {(time.monotonic() - start) * 1000:.0f} ms)")
+    return EXIT_FAILURE if failed else EXIT_OK

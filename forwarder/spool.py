@@ -167,7 +167,19 @@ class Spool:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self.changed = threading.Condition(self._lock)  # notified when jobs become due
+        self.generation = 0  # bumped with every notification, so no wake-up is missed
         self._syncfs_ok = True
+
+    def _notify(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self.changed.notify_all()
+
+    def wait_changed(self, generation: int, timeout: float) -> None:
+        """Wait until jobs may have become due since ``generation`` was read, or timeout."""
+        with self._lock:
+            if self.generation == generation:
+                self.changed.wait(timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -309,8 +321,7 @@ class Spool:
         for (_item, name, _sha, _size), oid in zip(placed, ids, strict=False):
             if oid == 0:
                 (self.objects / name).unlink(missing_ok=True)
-        with self._lock:
-            self.changed.notify_all()
+        self._notify()
         return ids
 
     def is_seen(self, path: str, st: os.stat_result) -> bool:
@@ -417,18 +428,20 @@ class Spool:
                 db.execute("DELETE FROM objects WHERE id=?", (oid,))
 
     def retry(self, job_id: int, error: str, policy: retry.Backoff, now: float | None = None,
-              aborted: bool = False, count_attempt: bool = True) -> float:
-        """Back to ``pending`` for a later attempt; return when it is due."""
+              aborted: bool = False, count_attempt: bool = True,
+              delay: float | None = None) -> float:
+        """Back to ``pending`` for a later attempt (after ``delay``, or the job's backoff);
+        return when it is due."""
         now = time.time() if now is None else now
         with self._tx() as db:
             row = db.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
             attempts = (row[0] if row else 0) + (1 if count_attempt else 0)
-            due = retry.next_attempt(now, max(attempts, 1), policy, self._rand.random())
+            due = now + delay if delay is not None else \
+                retry.next_attempt(now, max(attempts, 1), policy, self._rand.random())
             db.execute("UPDATE jobs SET state='pending', attempts=?, aborts=aborts+?, "
                        "next_attempt_at=?, last_error=?, updated_at=? WHERE id=?",
                        (attempts, 1 if aborted else 0, due, error, now, job_id))
-        with self._lock:
-            self.changed.notify_all()
+        self._notify()
         return due
 
     def release(self, job_ids: Iterable[int], now: float | None = None) -> None:
@@ -437,8 +450,7 @@ class Spool:
         with self._tx() as db:
             db.executemany("UPDATE jobs SET state='pending', updated_at=? WHERE id=? AND "
                            "state='sending'", [(now, j) for j in job_ids])
-        with self._lock:
-            self.changed.notify_all()
+        self._notify()
 
     def fail(self, job_id: int, reason: str, now: float | None = None,
              attempted: bool = True) -> None:
@@ -466,8 +478,7 @@ class Spool:
             cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
                              f"next_attempt_at=?, updated_at=? WHERE {where}", args)
             n = cur.rowcount
-        with self._lock:
-            self.changed.notify_all()
+        self._notify()
         return n
 
     def next_due(self, destination: str) -> float | None:

@@ -164,3 +164,64 @@ class StoreSCPProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class OrthancProcess:
+    """Orthanc from Debian's packages as a real PACS on 127.0.0.1, queried over REST."""
+
+    def __init__(self, work: Path, aet: str = "ORTHANC"):
+        import json
+
+        exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        if not os.access(exe, os.X_OK):
+            raise RuntimeError("Orthanc is not installed: run the README's test command, "
+                               "which installs Debian's orthanc")
+        work.mkdir(parents=True, exist_ok=True)
+        self.port, self.http = free_port(), free_port()
+        self.aet = aet
+        cfg = {"Name": "fwd-test", "DicomAet": aet, "DicomPort": self.port,
+               "HttpPort": self.http, "StorageDirectory": str(work / "db"),
+               "IndexDirectory": str(work / "db"), "RemoteAccessAllowed": False,
+               "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+               "Plugins": [], "HttpServerEnabled": True, "DicomServerEnabled": True,
+               "StableAge": 1, "LogExportedResources": False}
+        (work / "orthanc.json").write_text(json.dumps(cfg))
+        self.log = open(work / "orthanc.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([exe, str(work / "orthanc.json")], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_for(self._ready, 30, "Orthanc to answer on its REST and DICOM ports")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {self.proc.returncode}")
+        try:
+            self.get("/system")
+        except OSError:
+            return False
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def get(self, path: str) -> Any:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def sop_instance_uids(self) -> Counter[str]:
+        """SOP Instance UID of every stored instance (Orthanc keeps one per UID)."""
+        out: Counter[str] = Counter()
+        for iid in self.get("/instances"):
+            tags = self.get(f"/instances/{iid}/simplified-tags")
+            out[tags["SOPInstanceUID"]] += 1
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()

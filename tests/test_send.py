@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 from collections import Counter
@@ -19,7 +18,7 @@ from forwarder.cli import main
 from forwarder.dicomfile import probe
 from forwarder.errors import NotDicomError
 from tests.peers import StoreSCP, StoreSCPProcess
-from tests.tlsutil import make_pki
+from tests.tlsutil import make_pki, server_context
 
 NAMES = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
          "JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtplan.dcm", "rtdose.dcm",
@@ -189,17 +188,10 @@ def test_user_identity_accepted_refused_and_positive_response(make_scp, capsys,
     assert len(peer.received) == 2
 
 
-def _server_context(pki: dict[str, Path], require_client: bool = True) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca.pem"]))
-    ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_NONE
-    ctx.load_cert_chain(pki["server.pem"], pki["server.key"])
-    return ctx
-
-
 def test_tls_mutual_authentication(make_scp, tmp_path: Path, capsys) -> None:
     pki = make_pki(tmp_path / "pki")
     other = make_pki(tmp_path / "other", "other-ca")
-    peer = make_scp(ssl_context=_server_context(pki))
+    peer = make_scp(ssl_context=server_context(pki))
     ct = sample("CT_small.dcm")
     tls = ["+tls", str(pki["client.key"]), str(pki["client.pem"])]
     assert main(["send", *tls, "+cf", str(pki["ca.pem"]), "127.0.0.1", str(peer.port), ct]) == 0

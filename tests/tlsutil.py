@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from pathlib import Path
 
 from cryptography import x509
@@ -49,3 +50,11 @@ def make_pki(folder: Path, ca_name: str = "test-ca") -> dict[str, Path]:
         _write(folder / who, key, cert)
     return {n: folder / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
                                      "client.key")}
+
+
+def server_context(pki: dict[str, Path], require_client: bool = True) -> ssl.SSLContext:
+    """A storage SCP's TLS context: our test CA, client certificates required."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca.pem"]))
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_NONE
+    ctx.load_cert_chain(pki["server.pem"], pki["server.key"])
+    return ctx

@@ -1,0 +1,290 @@
+"""The sender against real peers on 127.0.0.1: what arrived, how often, what the spool says."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from forwarder import outcome
+from forwarder.cli import main
+from forwarder.spool import Spool
+from tests.corpus import data_file, unique_copies
+from tests.peers import OrthancProcess, StoreSCPProcess, wait_for
+from tests.sendutil import destination, enqueue, run, settled, states
+from tests.tlsutil import make_pki, server_context
+
+CT = data_file("CT_small.dcm")
+MR = data_file("MR_small.dcm")
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def test_a700_for_a_while_then_success(make_scp, spool: Spool, tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def status(event) -> int:  # noqa: ANN001
+        calls["n"] += 1
+        return 0xA700 if calls["n"] <= 4 else 0x0000
+
+    peer = make_scp(status=status)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.counts() == {u: 1 for u in uids}
+    assert states(spool) == {"pending": 0, "sending": 0, "done": 3, "failed": 0}
+
+
+def test_poison_instance_fails_alone(make_scp, spool: Spool, tmp_path: Path) -> None:
+    files = list(unique_copies(tmp_path / "c", 5).values())
+    bad = str(dcmread(files[2]).SOPInstanceUID)
+    peer = make_scp(status=lambda e: 0xA900 if e.request.AffectedSOPInstanceUID == bad else 0)
+    uids = enqueue(spool, files)
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad and "0xA900" in f["reason"] and f["attempts"] == 1
+
+
+def test_sop_class_not_supported_fails_that_class(make_scp, spool: Spool) -> None:
+    mr_class = str(dcmread(MR).SOPClassUID)
+    peer = make_scp(status=lambda e: 0x0122 if e.request.AffectedSOPClassUID == mr_class else 0)
+    ct_uid, mr_uid = enqueue(spool, [CT, MR])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.counts() == {ct_uid: 1}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == mr_uid and "does not support this SOP class" in f["reason"]
+
+
+def test_rejected_abstract_syntax_fails_with_a_clear_reason(make_scp, spool: Spool) -> None:
+    ct_class = str(dcmread(CT).SOPClassUID)
+    peer = make_scp(sop_classes=[ct_class])  # MR is not among its contexts
+    ct_uid, mr_uid = enqueue(spool, [CT, MR])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.counts() == {ct_uid: 1}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == mr_uid and "MR Image Storage" in f["reason"]
+
+
+@pytest.mark.parametrize("warning_is_success", [True, False])
+def test_warning_b000(make_scp, spool: Spool, warning_is_success: bool) -> None:
+    peer = make_scp(status=lambda e: 0xB000)
+    enqueue(spool, [CT])
+    yaml = "" if warning_is_success else "warning_is_success: false"
+    run(spool, destination(peer.port, yaml), lambda: settled(spool))
+    s = states(spool)
+    assert (s["done"], s["failed"]) == ((1, 0) if warning_is_success else (0, 1))
+
+
+def test_abort_after_k_stores_resends_on_a_new_association(make_scp, spool: Spool,
+                                                           tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def status(event) -> int:  # noqa: ANN001
+        seen.append(event.request.AffectedSOPInstanceUID)
+        if len(seen) == 4:  # the peer aborts instead of answering the 4th C-STORE
+            event.assoc.abort()
+        return 0
+
+    peer = make_scp(status=status)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 10).values()))
+    sender = run(spool, destination(peer.port), lambda: settled(spool))
+    counts = peer.counts()
+    interrupted = seen[3]
+    assert set(counts) == set(uids) and counts[interrupted] == 2  # at least once: resent
+    assert all(n == 1 for u, n in counts.items() if u != interrupted)
+    assert states(spool)["done"] == 10 and sender.associations_opened == 2
+
+
+def test_a_file_that_always_makes_the_peer_abort_fails(make_scp, spool: Spool,
+                                                       tmp_path: Path) -> None:
+    files = list(unique_copies(tmp_path / "c", 3).values())
+    bad = str(dcmread(files[1]).SOPInstanceUID)
+
+    def status(event) -> int:  # noqa: ANN001
+        if event.request.AffectedSOPInstanceUID == bad:
+            event.assoc.abort()
+            return 0xA700  # not kept: the abort went out first
+        return 0
+
+    peer = make_scp(status=status)
+    uids = enqueue(spool, files)
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad and f"{outcome.ABORTS_IN_A_ROW} times" in f["reason"]
+
+
+def test_stalled_peer_past_the_dimse_timeout(make_scp, spool: Spool, tmp_path: Path) -> None:
+    release = threading.Event()
+    first = {"done": False}
+
+    def status(event) -> int:  # noqa: ANN001
+        if not first["done"]:
+            first["done"] = True
+            release.wait(5)  # stalls longer than our DIMSE timeout
+        return 0
+
+    peer = make_scp(status=status)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    try:
+        run(spool, destination(peer.port, "timeouts: {dimse: 500ms, acse: 5s}"),
+            lambda: settled(spool))
+    finally:
+        release.set()
+    assert set(peer.counts()) == set(uids) and states(spool)["done"] == 3
+
+
+def test_called_ae_rejected_holds_the_destination(make_scp, spool: Spool) -> None:
+    peer = make_scp(require_called_aet=True)
+    enqueue(spool, [CT])
+    run(spool, destination(peer.port, "called_ae_title: WRONG"),
+        lambda: spool.health("pacs").state == "held")
+    h = spool.health("pacs")
+    assert "rejected" in (h.reason or "") and "Called AE title not recognised" in (h.reason or "")
+    assert states(spool)["pending"] == 1 and peer.received == []
+    report = spool.status(["pacs"])["destinations"]["pacs"]
+    assert report["state"] == "held" and "rejected" in report["last_error"]
+
+
+def test_local_limit_exceeded_backs_off_and_everything_arrives(make_scp, spool: Spool,
+                                                               tmp_path: Path) -> None:
+    peer = make_scp(maximum_associations=1)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 40).values()))
+    run(spool, destination(peer.port, "associations: 3\nbatch: 5"), lambda: settled(spool))
+    assert peer.counts() == {u: 1 for u in uids}
+
+
+def test_user_identity_refused_holds(make_scp, spool: Spool, tmp_path: Path) -> None:
+    peer = make_scp(user_check=lambda e: (e.primary_field == b"alice", None))
+    (tmp_path / "pw").write_text("secret\n")
+    enqueue(spool, [CT])
+    yaml = f"identity: {{user: mallory, password_file: {tmp_path / 'pw'}}}"
+    run(spool, destination(peer.port, yaml), lambda: spool.health("pacs").state == "held")
+    assert peer.received == [] and states(spool)["pending"] == 1
+    yaml = f"identity: {{user: alice, password_file: {tmp_path / 'pw'}}}"
+    spool.set_health("pacs", "ok")
+    run(spool, destination(peer.port, yaml), lambda: settled(spool))
+    assert len(peer.received) == 1
+
+
+def test_tls_peer_with_an_untrusted_ca_is_held(make_scp, spool: Spool, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other", "other-ca")
+    peer = make_scp(ssl_context=server_context(pki))
+    enqueue(spool, [CT])
+
+    def tls(ca: Path) -> str:
+        return (f"tls: {{enabled: true, cert: {pki['client.pem']}, key: {pki['client.key']}, "
+                f"ca: [{ca}]}}")
+
+    run(spool, destination(peer.port, tls(other["ca.pem"])),
+        lambda: spool.health("pacs").state == "held")
+    assert "TLS" in (spool.health("pacs").reason or "") and peer.received == []
+    spool.set_health("pacs", "ok")
+    run(spool, destination(peer.port, tls(pki["ca.pem"])), lambda: settled(spool))
+    assert len(peer.received) == 1
+
+
+def test_peer_down_then_up_backs_off_then_delivers(make_scp, spool: Spool,
+                                                   tmp_path: Path) -> None:
+    from tests.peers import free_port
+
+    port = free_port()
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 5).values()))
+    from forwarder.sender import DestinationSender
+
+    with DestinationSender(destination(port), "FORWARDER", spool):
+        wait_for(lambda: spool.health("pacs").state == "backoff", 10, "backoff")
+        assert "cannot connect" in (spool.health("pacs").reason or "")
+        peer = make_scp(port=port)
+        wait_for(lambda: settled(spool), 20, "delivery after the peer came up")
+    assert peer.counts() == {u: 1 for u in uids}
+
+
+def test_explicit_files_converted_for_an_implicit_only_storescp(spool: Spool,
+                                                                tmp_path: Path) -> None:
+    peer = StoreSCPProcess(tmp_path / "out", ("+xi",))
+    try:
+        uids = enqueue(spool, [CT, MR])
+        run(spool, destination(peer.port), lambda: settled(spool))
+        got = {str(dcmread(f).SOPInstanceUID): f for f in peer.files()}
+        assert set(got) == set(uids) and states(spool)["done"] == 2
+        stored = dcmread(got[uids[0]])
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        assert stored.PixelData == dcmread(CT).PixelData
+    finally:
+        peer.stop()
+
+
+@pytest.mark.parametrize("decompress", ["lossless", "never"])
+def test_compressed_file_to_an_uncompressed_only_peer(make_scp, spool: Spool,
+                                                      decompress: str) -> None:
+    rle = data_file("MR_small_RLE.dcm")
+    peer = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    [uid] = enqueue(spool, [rle])
+    run(spool, destination(peer.port, f"decompress: {decompress}"), lambda: settled(spool))
+    if decompress == "lossless":
+        assert peer.counts() == {uid: 1}
+        assert peer.received[0].transfer_syntax == "1.2.840.10008.1.2.1"
+    else:
+        assert peer.received == []
+        [f] = spool.failed_jobs()
+        assert "RLE Lossless" in f["reason"] and "MR Image Storage" in f["reason"]
+
+
+def test_orthanc_receives_everything_once(spool: Spool, tmp_path: Path) -> None:
+    orthanc = OrthancProcess(tmp_path / "orthanc")
+    try:
+        files = [*unique_copies(tmp_path / "c", 20).values(), MR, data_file("MR_small_RLE.dcm"),
+                 data_file("rtplan.dcm")]
+        uids = enqueue(spool, files)
+        run(spool, destination(orthanc.port, "called_ae_title: ORTHANC\nassociations: 2"),
+            lambda: settled(spool), timeout=60)
+        assert orthanc.sop_instance_uids() == {u: 1 for u in uids}
+        assert states(spool)["done"] == len(uids) and states(spool)["failed"] == 0
+    finally:
+        orthanc.stop()
+
+
+def test_trickle_reuses_one_association(make_scp, spool: Spool, tmp_path: Path) -> None:
+    from forwarder.sender import DestinationSender
+
+    peer = make_scp()
+    files = list(unique_copies(tmp_path / "c", 200).values())
+    with DestinationSender(destination(peer.port, "idle_release: 5s"), "FORWARDER", spool):
+        for i in range(0, 200, 10):  # ten at a time, each batch after the last has gone
+            enqueue(spool, files[i:i + 10])
+            wait_for(lambda n=i + 10: len(peer.received) >= n, 10, f"{i + 10} files")
+    assert len(peer.counts()) == 200 and peer.associations == 1
+
+
+def test_max_age_expires_jobs_as_failed(make_scp, spool: Spool, tmp_path: Path) -> None:
+    enqueue(spool, [CT])
+    with spool._tx() as db:
+        db.execute("UPDATE jobs SET created_at = created_at - 3600")
+    peer = make_scp()
+    run(spool, destination(peer.port, "retry: {max_age: 30m}"),
+        lambda: states(spool)["failed"] == 1)
+    assert peer.received == [] and spool.failed_jobs()[0]["reason"] == "expired"
+    assert any(spool.objects.iterdir())  # kept for the operator
+
+
+def test_echo_command(make_scp, tmp_path: Path, capsys) -> None:
+    peer = make_scp(require_called_aet=True)
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(f"spool: {tmp_path / 'spool'}\ndestinations:\n"
+                   f"  good: {{host: 127.0.0.1, port: {peer.port}}}\n"
+                   f"  wrong-ae: {{host: 127.0.0.1, port: {peer.port}, called_ae_title: NOPE}}\n"
+                   "routes:\n  - to: [good]\n")
+    assert main(["echo", "-c", str(cfg), "good"]) == 0
+    assert "good: ok" in capsys.readouterr().out
+    assert main(["echo", "-c", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "good: ok" in out and "wrong-ae: failed" in out and "Called AE title not recognised" in out
