@@ -21,8 +21,13 @@ venv:            ## the virtualenv with the package, its codecs, systemd and tes
 test: deps venv  ## set up and run the whole test suite
 	$(PY) -m pytest -q
 
-run: venv        ## set up and check etc/forwarder.yaml (the daemon itself is not built yet)
+run: venv        ## set up and run the daemon on etc/forwarder.yaml, with a local storage SCP to send to
+	mkdir -p var/incoming var/received
+	@echo "drop DICOM files into ./var/incoming; they arrive in ./var/received (Ctrl-C stops)"
 	$(PY) -m forwarder check-config -c etc/forwarder.yaml
+	$(PY) -m forwarder receive --port 11112 --output var/received & rx=$$!; \
+	trap 'kill $$rx 2>/dev/null; wait $$rx' EXIT INT TERM; \
+	$(PY) -m forwarder run -c etc/forwarder.yaml --log-target stderr
 
 lint: venv
 	$(VENV)/bin/ruff check forwarder tests bench

@@ -119,3 +119,17 @@ def cmd_echo(args: argparse.Namespace) -> int:
             continue
         print(f"{name}: ok ({answer} from {where} in {(time.monotonic() - start) * 1000:.0f} ms)")
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from forwarder import daemon
+
+    return daemon.run(args.config, args.log_target)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from forwarder import receive
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
+    return receive.run(args.output, args.port, args.aet, args.bind)

@@ -177,8 +177,9 @@ class JournalHandler(logging.Handler):
                 message += "\n" + self.formatter.formatException(record.exc_info) \
                     if self.formatter else "\n" + logging.Formatter().formatException(
                         record.exc_info)
-            if self._send is not None:
-                self._send(message, **fields)
+            if self._send is not None:  # systemd-python wants CODE_LINE as an int
+                line = int(fields.pop("CODE_LINE"))
+                self._send(message, CODE_LINE=line, **fields)
                 return
             fields = {"MESSAGE": message, **fields}
             if self._sock is None:

@@ -17,7 +17,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pynetdicom.association import Association
 
@@ -31,7 +31,7 @@ from forwarder.association import (
 )
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
-from forwarder.errors import ForwarderError
+from forwarder.errors import ForwarderError, SpoolError
 from forwarder.logs import event
 from forwarder.negotiation import MAX_CONTEXTS, TooManyContexts, plan_contexts
 from forwarder.spool import Job, Spool
@@ -50,8 +50,10 @@ class DestinationSender:
     """The workers of one destination; a context manager."""
 
     def __init__(self, dest: Destination, calling_ae: str, spool: Spool,
-                 rand: random.Random | None = None):
+                 rand: random.Random | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None):
         self.dest = dest
+        self.on_fatal = on_fatal
         self.name = dest.name
         self.calling_ae = calling_ae
         self.spool = spool
@@ -172,10 +174,12 @@ class _Worker:
                     self._idle(generation)
                     continue
                 self._send(jobs)
-        except Exception:  # noqa: BLE001 - a bug here must not silently stop a destination
-            LOGGER.critical("sender %s stopped by an unexpected error", self.thread.name,
-                            exc_info=True)
-            raise
+        except Exception as exc:  # a spool fault or a bug: never a silently dead destination
+            LOGGER.critical("sender %s stopped: %s", self.thread.name, exc,
+                            exc_info=not isinstance(exc, SpoolError))
+            if s.on_fatal is None:
+                raise
+            s.on_fatal(exc)
         finally:
             self._close()
 

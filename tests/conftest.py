@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +54,48 @@ def no_thread_leaks() -> Iterator[None]:
         return not left
 
     wait_for(ours_gone, 10, "forwarder threads to stop")
+
+
+JOURNALD = next((p for p in ("/usr/lib/systemd/systemd-journald", "/lib/systemd/systemd-journald")
+                 if os.access(p, os.X_OK)), None)
+
+
+@pytest.fixture
+def private_journald() -> Iterator:
+    """systemd-journald in a private mount namespace (root); run code in it, read entries."""
+    if JOURNALD is None or shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.fail("systemd-journald, unshare and nsenter are needed: run the README's test "
+                    "command, which installs Debian's systemd")
+    setup = ("mount -t tmpfs tmpfs /run/systemd && mount -t tmpfs tmpfs /run/log "
+             "&& mkdir -p /var/log/journal && mount -t tmpfs tmpfs /var/log/journal; exec "
+             + JOURNALD)
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = Path(f"/proc/{proc.pid}/root")
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"private journald exited: {proc.stderr.read().decode()[:300]}")
+        return (root / "run/systemd/journal/socket").exists()
+
+    from tests.peers import wait_for
+
+    wait_for(up, 10, "the private journald's socket")
+
+    class Journal:
+        pid = proc.pid
+
+        @staticmethod
+        def prefix() -> tuple[str, ...]:
+            return ("nsenter", "-t", str(proc.pid), "-m", "--")
+
+        @staticmethod
+        def entries(*matches: str) -> list[dict]:
+            out = subprocess.run(["journalctl", "-D", str(root / "run/log/journal"), "-o", "json",
+                                  "--no-pager", *matches], capture_output=True, text=True,
+                                 check=False).stdout
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    yield Journal
+    proc.terminate()
+    proc.wait(10)

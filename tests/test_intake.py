@@ -77,7 +77,8 @@ def test_nested_folders_created_with_files_inside(tmp_path: Path) -> None:
         shutil.copytree(staging / "a", tmp_path / "in" / "a")  # mkdir -p + copy at once
         wait_for(lambda: len(p.objects()) == 20, 15, "20 files from a/b/c")
         assert {o["sop_instance"] for o in p.objects()} == set(uids)
-        assert not any((tmp_path / "in" / "a" / "b" / "c").iterdir())
+        wait_for(lambda: not any((tmp_path / "in" / "a" / "b" / "c").iterdir()), 10,
+                 "every source removed")
 
 
 def test_backlog_of_10000_files_at_start_is_all_taken(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_backlog_of_10000_files_at_start_is_all_taken(tmp_path: Path) -> None:
         wait_for(lambda: len(p.objects()) == 10_000, 120, "10,000 files in the spool",
                  interval=0.5)
         assert {o["sop_instance"] for o in p.objects()} == set(uids)
-        assert not any((tmp_path / "in").iterdir())
+        wait_for(lambda: not any((tmp_path / "in").iterdir()), 10, "every source removed")
         assert p.spool.counts() == {"pending": 10_000}
 
 
@@ -177,7 +178,8 @@ def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
         assert "truncated" in reasons["head.dcm"]
         assert "truncated" in reasons["pixels.dcm"]
         assert "not DICOM" in reasons["report.pdf"] and "%PDF" in reasons["report.pdf"]
-        assert p.objects() == [] and not any(inbox.iterdir())
+        assert p.objects() == []
+        wait_for(lambda: not any(inbox.iterdir()), 10, "every bad input moved out")
         for q in p.spool.quarantined():  # each kept with its reason beside it
             saved = json.loads(Path(q["file"] + ".json").read_text())
             assert saved["reason"] == q["reason"] and Path(q["file"]).exists()

@@ -1,0 +1,200 @@
+"""The daemon as systemd runs it: sd_notify, reload, graceful stop, journald, the unit file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from forwarder.logs import EVENTS
+from forwarder.spool import Spool
+from tests.corpus import data_file, unique_copies
+from tests.daemonutil import REPO, DaemonProcess, drop, write_config
+from tests.peers import free_port, wait_for
+from tests.sendutil import enqueue
+
+
+def test_ready_after_recovery_then_status_watchdog_and_stopping(make_scp, tmp_path: Path) -> None:
+    port = free_port()  # the peer is down at first: jobs stay pending
+    cfg = write_config(tmp_path, port)
+    with Spool(tmp_path / "spool") as spool:  # a crash left a job claimed ("sending")
+        enqueue(spool, [data_file("CT_small.dcm")])
+        spool.claim("pacs", 10)
+    d = DaemonProcess(cfg, tmp_path, env={"WATCHDOG_USEC": "200000"})
+    try:
+        d.wait_ready()
+        ready_at = next(t for t, m in d.messages if "READY=1" in m)
+        assert "recovered: requeued 1" in d.output()  # logged before READY was sent
+        assert all(t >= ready_at for t, m in d.messages if "WATCHDOG=1" in m)
+        wait_for(lambda: len(d.states("WATCHDOG")) >= 5, 10, "watchdog pings every 100 ms")
+        wait_for(lambda: any("backoff: pacs" in s for s in d.states("STATUS")), 15,
+                 "STATUS naming the destination in backoff")
+        assert re.match(r"queued \d+, failed 0, quarantined 0", d.states("STATUS")[0])
+        peer = make_scp(port=port)
+        wait_for(lambda: len(peer.received) == 1, 20, "the recovered job delivered")
+    finally:
+        rc = d.stop()
+    assert rc == 0 and d.states("STOPPING") == ["1"]
+
+
+def test_sighup_with_a_broken_file_keeps_forwarding(make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    good = cfg.read_text()
+    files = list(unique_copies(tmp_path / "corpus", 6).values())
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(files[:2], tmp_path / "in")
+        wait_for(lambda: len(peer.counts()) == 2, 20, "the first two files")
+        cfg.write_text(good + "destinations_typo: {}\n  bad: [indent\n")
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        assert d.states("RELOADING") == ["1"] and "reload refused" in d.output()
+        drop(files[2:4], tmp_path / "in")
+        wait_for(lambda: len(peer.counts()) == 4, 20, "files after the failed reload")
+        cfg.write_text(good.replace("min_age: 200ms", "min_age: 100ms"))
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=3)
+        wait_for(lambda: "configuration reloaded" in d.output(), 10, "the reload")
+        drop(files[4:], tmp_path / "in")
+        wait_for(lambda: len(peer.counts()) == 6, 20, "files after the good reload")
+    finally:
+        assert d.stop() == 0
+    assert all(n == 1 for n in peer.counts().values())
+
+
+def test_sigterm_mid_transfer_then_restart_delivers_everything_once(make_scp,
+                                                                    tmp_path: Path) -> None:
+    def slow(event) -> int:  # noqa: ANN001 - a peer that takes its time per file
+        time.sleep(0.01)
+        return 0
+
+    peer = make_scp(status=slow)
+    cfg = write_config(tmp_path, peer.port)
+    uids = unique_copies(tmp_path / "in", 300)
+    d = DaemonProcess(cfg, tmp_path)
+    d.wait_ready()
+    wait_for(lambda: len(peer.received) >= 50, 30, "the transfer under way")
+    rc = d.stop()
+    assert rc == 0 and peer.aborts_seen == 0 and peer.releases_seen >= 1
+    assert len(peer.received) < 300, "the transfer should still have been running"
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: len(peer.counts()) == 300, 60, "all 300 files after the restart")
+    finally:
+        assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids} and peer.aborts_seen == 0
+
+
+def test_bad_config_exits_78_without_ready(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("spool: x\ndestinations:\n  pacs: {host: h, port: nope}\nroutes: []\n")
+    d = DaemonProcess(cfg, tmp_path)
+    assert d.wait(30) == 78 and d.states("READY") == []
+    assert "destinations.pacs.port: expected an integer" in d.output()
+
+
+@pytest.mark.journald
+def test_structured_events_in_a_real_journal(make_scp, private_journald, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    d = DaemonProcess(cfg, tmp_path, argv_prefix=private_journald.prefix(), log_target="journal")
+    try:
+        d.wait_ready()
+        drop([data_file("CT_small.dcm")], tmp_path / "in")
+        wait_for(lambda: len(peer.received) == 1, 20, "the file at the peer")
+        wait_for(lambda: private_journald.entries("FORWARDER_EVENT=stored"), 10,
+                 "the stored event in the journal")
+    finally:
+        assert d.stop() == 0
+    [accepted] = private_journald.entries("FORWARDER_EVENT=accepted")
+    [stored] = private_journald.entries("FORWARDER_EVENT=stored")
+    uid = peer.received[0].sop_instance
+    assert accepted["MESSAGE_ID"] == EVENTS["accepted"] and stored["MESSAGE_ID"] == EVENTS["stored"]
+    assert stored["SOP_INSTANCE_UID"] == uid and stored["DESTINATION"] == "pacs"
+    assert stored["PEER"] == f"127.0.0.1:{peer.port}" and stored["DICOM_STATUS"] == "0x0000"
+    assert stored["PRIORITY"] == "6" and stored["SYSLOG_IDENTIFIER"] == "dicom-forwarder"
+    assert accepted["FORWARDER_FILE"].endswith("CT_small.dcm")
+    everything = private_journald.entries("SYSLOG_IDENTIFIER=dicom-forwarder")
+    assert not any("PATIENT_NAME" in e or "CompressedSamples" in e.get("MESSAGE", "")
+                   for e in everything)  # no PHI unless log.phi is true
+    by_destination = private_journald.entries("DESTINATION=pacs")  # journalctl DESTINATION=pacs
+    assert {e["FORWARDER_EVENT"] for e in by_destination} >= {"accepted", "stored"}
+
+
+def _unit(tmp_path: Path) -> Path:
+    exe = Path(sys.executable).parent / "dicom-forwarder"
+    assert exe.exists(), "the package's console script is installed in the virtualenv"
+    text = (REPO / "systemd/dicom-forwarder.service").read_text()
+    unit = tmp_path / "dicom-forwarder.service"
+    unit.write_text(text.replace("/usr/local/bin/dicom-forwarder", str(exe)))
+    return unit
+
+
+def test_unit_file_verifies_clean(tmp_path: Path) -> None:
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no",
+                        str(_unit(tmp_path))], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_unit_file_security_score(tmp_path: Path) -> None:
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20",
+                        str(_unit(tmp_path))], capture_output=True, text=True)
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert r.returncode == 0 and score and float(score.group(1)) <= 2.0, r.stdout[-500:]
+
+
+def test_unit_file_contract() -> None:
+    text = (REPO / "systemd/dicom-forwarder.service").read_text()
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                 "RestartPreventExitStatus=78", "StateDirectory=dicom-forwarder",
+                 "User=dicom-forwarder"):
+        assert line in text.splitlines(), line
+    assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    sysusers = (REPO / "systemd/dicom-forwarder.sysusers").read_text()
+    assert re.search(r"^u dicom-forwarder ", sysusers, re.M)
+
+
+def test_readme_first_command_config_end_to_end(tmp_path: Path) -> None:
+    """etc/forwarder.yaml as shipped (on a free port): a dropped file arrives."""
+    port = free_port()
+    text = (REPO / "etc/forwarder.yaml").read_text()
+    assert "port: 11112" in text
+    cfg = tmp_path / "forwarder.yaml"
+    cfg.write_text(text.replace("port: 11112", f"port: {port}"))
+    (tmp_path / "var/incoming").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rx = subprocess.Popen([sys.executable, "-m", "forwarder", "receive", "--port", str(port),
+                           "--output", "var/received"], cwd=tmp_path, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        shutil.copy(data_file("MR_small.dcm"), tmp_path / "var/incoming/")
+        wait_for(lambda: list((tmp_path / "var/received").glob("*.dcm")), 30,
+                 "the file in var/received")
+        [got] = (tmp_path / "var/received").glob("*.dcm")
+        assert got.read_bytes().endswith(data_file("MR_small.dcm").read_bytes()[-4096:])
+        status = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
+                                 "--json"], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, check=True)
+        report = json.loads(status.stdout)
+        wait_for(lambda: json.loads(subprocess.run(
+            [sys.executable, "-m", "forwarder", "status", "-c", str(cfg), "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True).stdout)
+            ["destinations"]["local"]["done"] == 1, 10, "status to count it done")
+        assert report["quarantined"] == 0
+    finally:
+        assert d.stop() == 0
+        rx.terminate()
+        rx.wait(10)
