@@ -54,6 +54,32 @@ def test_example_config_loads() -> None:
     assert cfg.destinations and cfg.routes and cfg.watch
 
 
+def _keys(cls: type) -> set[str]:
+    import dataclasses
+
+    out = set()
+    for f in dataclasses.fields(cls):
+        if "parse" in f.metadata:
+            out.add(f.name)
+            inner = f.default if dataclasses.is_dataclass(f.default) else None
+            if inner is not None:
+                out |= _keys(type(inner))
+    return out
+
+
+def test_example_config_and_reference_explain_every_key() -> None:
+    import re
+
+    example = (REPO / "etc" / "forwarder.yaml").read_text()
+    reference = (REPO / "docs" / "configuration.md").read_text()
+    every = set().union(*(_keys(c) for c in (config.Config, config.Watch,
+                                               config.Destination, config.Route)))
+    every |= {"watch", "destinations", "routes", "match", "unrouted"}
+    for key in sorted(every):
+        assert re.search(rf"(^|[\s{{,]){key}:", example, re.M), f"etc/forwarder.yaml lacks {key}"
+        assert f"`{key}`" in reference, f"docs/configuration.md lacks `{key}`"
+
+
 def test_unknown_key_names_line_path_and_hint() -> None:
     text = GOOD.replace("    port: 105\n", "    port: 105\n    retyr: {}\n")
     assert issues(text) == ["f.yaml:11: destinations.ai.retyr: unknown key (did you mean 'retry'?)"]

@@ -86,3 +86,10 @@ def test_a_journal_without_its_socket_is_never_chosen(tmp_path: Path) -> None:
     assert logs.choose_target("journal", missing) == (False, True)
     assert logs.choose_target("auto", missing) == (False, True)
     assert logs.choose_target("stderr", missing) == (False, True)
+
+
+def test_every_message_id_is_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    for kind, mid in logs.EVENTS.items():
+        assert f"| `{kind}` | `{mid}` |" in doc, kind
+    assert len(set(logs.EVENTS.values())) == len(logs.EVENTS)
