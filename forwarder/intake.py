@@ -72,13 +72,12 @@ class Intake:
     # --- the queue ---------------------------------------------------------------
 
     def offer(self, cand: Candidate) -> bool:
-        """Called by a watcher; waits while the queue is full. False when stopping."""
+        """Called by a watcher; never blocks. Files seen through events are always taken;
+        scan-found ones only while fewer than ``capacity`` wait (False: offer it later)."""
         with self._cond:
-            while len(self._fresh) + len(self._backlog) >= self.capacity:
-                if self._stop.is_set():
-                    return False
-                self._cond.wait(0.5)
             if self._stop.is_set():
+                return False
+            if not cand.fresh and len(self._fresh) + len(self._backlog) >= self.capacity:
                 return False
             (self._fresh if cand.fresh else self._backlog).append(cand)
             self._cond.notify_all()
@@ -135,6 +134,12 @@ class Intake:
             self._cond.notify_all()
             return out
 
+    def _requeue(self, cands: list[Candidate]) -> None:
+        with self._cond:
+            for c in reversed(cands):
+                (self._fresh if c.fresh else self._backlog).appendleft(c)
+            self._cond.notify_all()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             cands = self._take()
@@ -147,6 +152,11 @@ class Intake:
                         event(LOGGER, "spool_full", "spool has room again: intake resumed",
                               level=logging.WARNING)
                 except SpoolFull as exc:
+                    if len(cands) > 1:  # take what fits; the rest goes back to the front
+                        half = len(cands) // 2
+                        self._requeue(cands[half:])
+                        cands = cands[:half]
+                        continue
                     if not self.paused_full:
                         self.paused_full = True
                         event(LOGGER, "spool_full", "%s: intake paused, files stay in the "

@@ -31,14 +31,14 @@ from forwarder.association import (
 )
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
-from forwarder.errors import ForwarderError, SpoolError
+from forwarder.errors import ForwarderError, SpoolError, SpoolFull
 from forwarder.logs import event
 from forwarder.negotiation import MAX_CONTEXTS, TooManyContexts, plan_contexts
 from forwarder.spool import Job, Spool
 
 LOGGER = logging.getLogger(__name__)
 EXPIRE_EVERY = 60.0
-DONE_FLUSH = 50  # stored jobs marked done in one commit (a crash resends at most these)
+DONE_FLUSH = 1  # done is committed per file (no fsync needed): a kill resends only in-flight
 
 
 def backoff_policy(dest: Destination) -> retry.Backoff:
@@ -174,6 +174,11 @@ class _Worker:
                     self._idle(generation)
                     continue
                 self._send(jobs)
+        except SpoolFull:  # cannot happen while the reserve holds; do not die for it
+            LOGGER.error("spool full: %s cannot record outcomes; stopping its worker",
+                         self.thread.name)
+            if s.on_fatal is not None:
+                s.on_fatal(SpoolError("spool full: outcomes cannot be recorded"))
         except Exception as exc:  # a spool fault or a bug: never a silently dead destination
             LOGGER.critical("sender %s stopped: %s", self.thread.name, exc,
                             exc_info=not isinstance(exc, SpoolError))

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   updated_at REAL, last_error TEXT);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(destination, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_object ON jobs(object_id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(destination, state);
 CREATE TABLE IF NOT EXISTS destinations (
   name TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'ok', until REAL, reason TEXT,
   failures INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0, updated_at REAL);
@@ -147,7 +148,8 @@ def filesystem_type(path: Path) -> str:
 class Spool:
     """The spool directory. Thread-safe: one connection, serialised by a lock."""
 
-    def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None):
+    def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None,
+                 reserve: int = 1 << 20):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
@@ -165,10 +167,16 @@ class Spool:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        # checkpoint often and truncate the WAL after it: the log never takes more than
+        # about a MiB of the space the objects need
+        self.db.execute("PRAGMA wal_autocheckpoint=200")
+        self.db.execute("PRAGMA journal_size_limit=1048576")
         self.db.executescript(SCHEMA)
         self.changed = threading.Condition(self._lock)  # notified when jobs become due
         self.generation = 0  # bumped with every notification, so no wake-up is missed
         self._syncfs_ok = True
+        # free space kept for the index: outcomes must be recordable when the disk fills
+        self.reserve = reserve
 
     def _notify(self) -> None:
         with self._lock:
@@ -192,8 +200,14 @@ class Spool:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction. ``durable``: fsynced at commit (synchronous=FULL), needed before
+        a source may be removed. Outcome bookkeeping (claim, done, retry...) is committed
+        without an fsync: it survives a killed process (the data is in the kernel), and a
+        power cut can only make a job be sent again, which at-least-once allows."""
         with self._lock:
+            if not durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
@@ -206,6 +220,9 @@ class Spool:
             except BaseException:
                 self._rollback()
                 raise
+            finally:
+                if not durable:
+                    self.db.execute("PRAGMA synchronous=FULL")
 
     def _rollback(self) -> None:
         try:
@@ -268,6 +285,7 @@ class Spool:
         now = time.time() if now is None else now
         placed: list[tuple[Incoming, str, str, int]] = []
         batch = list(items)
+        self._check_room(batch)
         group = len(batch) > 1 and self._syncfs_ok
         try:
             for item in batch:
@@ -289,8 +307,10 @@ class Spool:
             ids: list[int] = []
             with self._tx() as db:
                 for item, name, sha, size in placed:
+                    # CROSS JOIN keeps objects (found by sha256) as the outer loop:
+                    # otherwise SQLite may walk every pending job of the destination
                     dests = [d for d in item.destinations if not db.execute(
-                        "SELECT 1 FROM jobs j JOIN objects o ON o.id = j.object_id "
+                        "SELECT 1 FROM objects o CROSS JOIN jobs j ON o.id = j.object_id "
                         "WHERE o.sha256 = ? AND j.destination = ? AND j.state IN "
                         "('pending', 'sending') LIMIT 1", (sha, d)).fetchone()]
                     if item.remember and item.stat is not None:
@@ -323,6 +343,26 @@ class Spool:
                 (self.objects / name).unlink(missing_ok=True)
         self._notify()
         return ids
+
+    def _check_room(self, batch: list[Incoming]) -> None:
+        """Refuse a batch that would leave less than ``reserve`` bytes free: the senders
+        need room to record outcomes (and so free space) even when intake has filled
+        the disk."""
+        need = 0
+        for item in batch:
+            try:
+                need += os.fstat(item.fd).st_size
+            except OSError:
+                pass
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free - need < self.reserve:
+            raise SpoolFull(f"spool full: {free // 1024} KiB free on {self.root}, "
+                            f"{need // 1024} KiB to take, {self.reserve // 1024} KiB kept "
+                            "in reserve for the senders")
 
     def is_seen(self, path: str, st: os.stat_result) -> bool:
         """keep_source: was this exact file (path, inode, size, mtime) taken before?"""
@@ -377,18 +417,29 @@ class Spool:
 
     def claim(self, destination: str, limit: int, now: float | None = None,
               exclude_classes: Iterable[str] = ()) -> list[Job]:
-        """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``."""
+        """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``.
+
+        Half the batch is the longest-waiting jobs, half the newest, so a backlog of
+        thousands does not make a study that arrives now wait behind all of it.
+        """
         now = time.time() if now is None else now
         excluded = tuple(exclude_classes)
         skip = f" AND o.sop_class NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT j.id, j.object_id, j.attempts, j.aborts, j.created_at, o.name, "
-                "o.sop_class, o.sop_instance, o.transfer_syntax, o.study, o.meta_consistent "
-                "FROM jobs j JOIN objects o ON o.id = j.object_id "
-                "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ?"
-                f"{skip} ORDER BY j.next_attempt_at, j.id LIMIT ?",
-                (destination, now, *excluded, limit)).fetchall()
+        query = ("SELECT j.id, j.object_id, j.attempts, j.aborts, j.created_at, o.name, "
+                 "o.sop_class, o.sop_instance, o.transfer_syntax, o.study, o.meta_consistent "
+                 "FROM jobs j JOIN objects o ON o.id = j.object_id "
+                 "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ?"
+                 f"{skip} ")
+        oldest = limit - limit // 2
+        with self._tx(durable=False) as db:
+            rows = db.execute(query + "ORDER BY j.next_attempt_at, j.id LIMIT ?",
+                              (destination, now, *excluded, oldest)).fetchall()
+            if len(rows) == oldest and limit // 2:
+                taken = [r[0] for r in rows]
+                rows += db.execute(
+                    query + f"AND j.id NOT IN ({','.join('?' * len(taken))}) "
+                    "ORDER BY j.id DESC LIMIT ?",
+                    (destination, now, *excluded, *taken, limit // 2)).fetchall()
             db.executemany("UPDATE jobs SET state='sending', updated_at=? WHERE id=?",
                            [(now, r[0]) for r in rows])
         return [Job(r[0], r[1], destination, r[2], r[3], r[4], self.objects / r[5],
@@ -400,7 +451,7 @@ class Spool:
         ids = list(job_ids)
         if not ids:
             return
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             for jid in ids:
                 row = db.execute("UPDATE jobs SET state='done', updated_at=? WHERE id=? AND "
                                  "state='sending' RETURNING destination, object_id",
@@ -423,7 +474,7 @@ class Spool:
             row = self.db.execute("SELECT name FROM objects WHERE id=?", (oid,)).fetchone()
             if row:
                 (self.objects / row[0]).unlink(missing_ok=True)
-            with self._tx() as db:
+            with self._tx(durable=False) as db:
                 db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
                 db.execute("DELETE FROM objects WHERE id=?", (oid,))
 
@@ -433,7 +484,7 @@ class Spool:
         """Back to ``pending`` for a later attempt (after ``delay``, or the job's backoff);
         return when it is due."""
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             row = db.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
             attempts = (row[0] if row else 0) + (1 if count_attempt else 0)
             due = now + delay if delay is not None else \
@@ -447,7 +498,7 @@ class Spool:
     def release(self, job_ids: Iterable[int], now: float | None = None) -> None:
         """Return claimed jobs unattempted (shutdown, or the association cannot carry them)."""
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.executemany("UPDATE jobs SET state='pending', updated_at=? WHERE id=? AND "
                            "state='sending'", [(now, j) for j in job_ids])
         self._notify()
@@ -456,14 +507,14 @@ class Spool:
              attempted: bool = True) -> None:
         """``failed`` with the reason; the object is kept until an operator acts."""
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("UPDATE jobs SET state='failed', attempts=attempts+?, last_error=?, "
                        "updated_at=? WHERE id=?", (1 if attempted else 0, reason, now, job_id))
 
     def expire(self, destination: str, max_age: float, now: float | None = None) -> int:
         """Pending jobs older than ``max_age`` end ``failed``, reason ``expired``."""
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             cur = db.execute("UPDATE jobs SET state='failed', last_error='expired', "
                              "updated_at=? WHERE destination=? AND state='pending' AND "
                              "created_at < ?", (now, destination, now - max_age))
@@ -498,7 +549,7 @@ class Spool:
     def set_health(self, destination: str, state: str, until: float | None = None,
                    reason: str | None = None, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("INSERT INTO destinations (name, state, until, reason, failures, "
                        "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                        "state=excluded.state, until=excluded.until, reason=excluded.reason, "

@@ -9,6 +9,7 @@ followed: a symlink is reported once and left alone.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fnmatch
 import heapq
@@ -109,7 +110,7 @@ class Watcher:
                  observer_factory: Callable[[], Any] | None = None, events: bool = True):
         self.watch = watch
         self.root = os.path.abspath(watch.path)
-        self.deliver = deliver  # False: intake is stopping, keep the candidate for later
+        self.deliver = deliver  # False: intake is full (or stopping): offer it again later
         self._observer_factory = observer_factory
         self._use_events = events
         self.settler = Settler(watch.min_age, trust_ctime=not watch.polling)
@@ -121,6 +122,7 @@ class Watcher:
         self._left: dict[str, Signature] = {}  # left in place on purpose, while unchanged
         self._reported: set[str] = set()
         self._fresh: set[str] = set()
+        self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
         self._stop = threading.Event()
         self._rescan = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,7 +189,10 @@ class Watcher:
                 self._scan(self.root, fresh=False)
                 self.scans += 1
                 next_scan = time.monotonic() + self.watch.rescan
+            self._flush_waiting()
             wake = min(next_scan, self._heap[0][0] if self._heap else next_scan)
+            if self._waiting:
+                wake = min(wake, time.monotonic() + 0.1)
             batch: list[str | None] = []
             try:
                 batch.append(self._queue.get(timeout=max(0.0, wake - time.monotonic())))
@@ -306,6 +311,11 @@ class Watcher:
         fresh = path in self._fresh
         self._fresh.discard(path)
         cand = Candidate(self.watch, path, rel, sig, fresh=fresh, owner=self)
-        if not self.deliver(cand):
-            with self._lock:
-                self._inflight.discard(path)
+        if (self._waiting and not fresh) or not self.deliver(cand):
+            self._waiting.append(cand)  # intake is busy with a backlog: later, in order
+
+    def _flush_waiting(self) -> None:
+        while self._waiting and not self._stop.is_set():
+            if not self.deliver(self._waiting[0]):
+                return
+            self._waiting.popleft()

@@ -13,6 +13,11 @@ import pytest
 from tests.peers import StoreSCP, StoreSCPProcess
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--rounds", type=int, default=int(os.environ.get("FWD_FAULT_ROUNDS", "20")),
+                     help="SIGKILL rounds of the daemon in tests/faults (default 20)")
+
+
 @pytest.fixture
 def scp() -> Iterator[StoreSCP]:
     peer = StoreSCP().start()

@@ -13,12 +13,12 @@ def data_file(name: str) -> Path:
     return Path(get_testdata_file(name, download=False))
 
 
-def unique_copies(folder: Path, count: int, name: str = "CT_small.dcm",
+def unique_copies(folder: Path, count: int, name: str | Path = "CT_small.dcm",
                   prefix: str = "f") -> dict[str, Path]:
     """``count`` copies of a test file, each with its own SOP Instance UID (same length,
     written in place in the bytes, file meta and dataset alike); {uid: path}."""
     folder.mkdir(parents=True, exist_ok=True)
-    src = data_file(name)
+    src = name if isinstance(name, Path) else data_file(name)
     data = src.read_bytes()
     uid = str(dcmread(src, stop_before_pixels=True).SOPInstanceUID)
     digits = len(str(count))
@@ -31,3 +31,17 @@ def unique_copies(folder: Path, count: int, name: str = "CT_small.dcm",
         path.write_bytes(data.replace(uid.encode(), new.encode()))
         out[new] = path
     return out
+
+
+def tiny_template(folder: Path) -> Path:
+    """A small real CT object (pydicom's CT_small.dcm cut down to 8x8 pixels), for corpora
+    of tens of thousands of files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(data_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 8
+    ds.PixelData = bytes(range(128))
+    for tag in [e.tag for e in ds if e.tag.is_private or e.VR == "SQ"]:
+        del ds[tag]
+    path = folder / "tiny.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

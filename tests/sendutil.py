@@ -27,17 +27,21 @@ def destination(port: int, yaml: str = "", name: str = "pacs") -> Destination:
     return config.parse(text).destinations[name]
 
 
-def enqueue(spool: Spool, files: list[Path], dests: tuple[str, ...] = ("pacs",)) -> list[str]:
-    """Accept real files into the spool (as intake would); their SOP Instance UIDs."""
+def enqueue(spool: Spool, files: list[Path], dests: tuple[str, ...] = ("pacs",),
+            batch: int = 500) -> list[str]:
+    """Accept real files into the spool (as intake would, in batches); their SOP Instance
+    UIDs in order."""
     uids = []
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
+    for i in range(0, len(files), batch):
+        fds = [os.open(p, os.O_RDONLY) for p in files[i:i + batch]]
         try:
-            pr = probe(path)
-            spool.accept([Incoming(fd, str(path), pr, dests, link_ok=False)])
+            items = [Incoming(fd, str(p), probe(p), dests, link_ok=False)
+                     for fd, p in zip(fds, files[i:i + batch], strict=True)]
+            spool.accept(items)
         finally:
-            os.close(fd)
-        uids.append(pr.sop_instance_uid)
+            for fd in fds:
+                os.close(fd)
+        uids += [it.probe.sop_instance_uid for it in items]
     return uids
 
 

@@ -1,0 +1,244 @@
+"""The whole daemon under faults, against real peers on 127.0.0.1.
+
+Invariants checked in each: every accepted file ends delivered to each destination it was
+routed to, or failed with a reason, or quarantined; a file is delivered twice only when
+its C-STORE was interrupted; a source file disappears only after its spool entry is
+durable; the daemon stays up (and exits 0 when asked to stop).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from forwarder.spool import Spool
+from tests.corpus import tiny_template, unique_copies
+from tests.daemonutil import DaemonProcess, drop, write_config
+from tests.faults.harness import Gate, assert_nothing_lost, spool_view
+from tests.peers import wait_for
+from tests.sendutil import enqueue
+
+
+def sources(folder: Path, uids: dict[str, Path]) -> set[str]:
+    return {u for u, p in uids.items() if p.exists()}
+
+
+def test_sigkill_at_random_moments_during_a_500_file_transfer(make_scp, tmp_path: Path,
+                                                              request) -> None:
+    rounds = request.config.getoption("--rounds")
+    rng = random.Random(20261125)
+    peer = make_scp(status=lambda e: (time.sleep(0.002), 0)[1])
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    uids = unique_copies(tmp_path / "in", 500, tiny_template(tmp_path / "t"))
+    expected = set(uids)
+    kills = 0
+    for _ in range(rounds):
+        d = DaemonProcess(cfg, tmp_path)
+        d.wait_ready()
+        # kill while taking files in, or while sending: both are watched conditions
+        taken_target = min(500, 500 - len(sources(tmp_path / "in", uids)) + rng.randint(1, 40))
+        sent_target = min(500, len(peer.received) + rng.randint(1, 40))
+        if rng.random() < 0.5:
+            wait_for(lambda t=taken_target, d=d: 500 - len(sources(tmp_path / "in", uids)) >= t
+                     or d.proc.poll() is not None, 60, "intake under way")
+        else:
+            wait_for(lambda t=sent_target, d=d: len(peer.received) >= t
+                     or d.proc.poll() is not None, 60, "sending under way")
+        assert d.proc.poll() is None, d.output()[-2000:]
+        d.kill()
+        kills += 1
+        assert_nothing_lost(expected, peer.counts(), tmp_path / "spool",
+                            sources(tmp_path / "in", uids))
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: set(peer.counts()) >= expected, 120, "every file after the kills")
+    finally:
+        assert d.stop() == 0
+    counts = peer.counts()
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= kills, f"{duplicates} duplicates after {kills} kills"
+    view = spool_view(tmp_path / "spool")
+    assert not view["pending"] and not view["sending"] and not view["failed"]
+    assert not sources(tmp_path / "in", uids)
+
+
+def test_peer_down_at_start_backs_off_without_a_storm(make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    gate = Gate(peer.port, down=True)
+    try:
+        cfg = write_config(tmp_path, gate.port,
+                           extra_dest="    associations: 3\n",
+                           min_age="100ms")
+        cfg.write_text(cfg.read_text().replace("retry: {initial: 200ms, max: 1s}",
+                                               "retry: {initial: 200ms, max: 2s, jitter: 0.1}"))
+        uids = unique_copies(tmp_path / "in", 60)
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            started = time.monotonic()
+            wait_for(lambda: gate.attempts >= 5, 30, "five connection attempts")
+            down_for = time.monotonic() - started
+            # 0.2 + 0.4 + 0.8 + 1.6 s: five attempts take about 3 s, a storm far less
+            assert down_for > 2.0, f"{gate.attempts} attempts in {down_for:.1f}s"
+            attempts_while_down = gate.attempts
+            gate.down = False
+            wait_for(lambda: len(peer.counts()) == 60, 60, "everything after the peer came up")
+        finally:
+            assert d.stop() == 0
+        assert attempts_while_down <= 6 and peer.counts() == {u: 1 for u in uids}
+    finally:
+        gate.close()
+
+
+def test_two_destinations_one_down_the_healthy_one_is_not_delayed(make_scp,
+                                                                   tmp_path: Path) -> None:
+    good, other = make_scp(), make_scp()
+    gate = Gate(other.port, down=True)
+    try:
+        cfg = write_config(tmp_path, good.port, dest_name="good", min_age="100ms")
+        text = cfg.read_text().replace("routes:\n  - to: [good]",
+                                       "routes:\n  - to: [good, slow]")
+        text = text.replace("routes:", f"  slow: {{host: 127.0.0.1, port: {gate.port}, retry: "
+                            "{initial: 1s, max: 5s}}\nroutes:")
+        cfg.write_text(text)
+        uids = unique_copies(tmp_path / "in", 100)
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            wait_for(lambda: len(good.counts()) == 100, 30, "the healthy peer to get everything")
+            assert other.received == [] and gate.attempts >= 1
+            gate.down = False
+            wait_for(lambda: len(other.counts()) == 100, 60, "the other peer after it came up")
+        finally:
+            assert d.stop() == 0
+        assert good.counts() == {u: 1 for u in uids} == other.counts()
+    finally:
+        gate.close()
+
+
+def test_peer_aborts_stalls_and_answers_a700(make_scp, tmp_path: Path) -> None:
+    release = threading.Event()
+    seen: list[str] = []
+
+    def script(event) -> int:  # noqa: ANN001
+        seen.append(event.request.AffectedSOPInstanceUID)
+        n = len(seen)
+        if n == 10:
+            event.assoc.abort()  # abort in the middle of a C-STORE
+            return 0xA700
+        if n == 20:
+            release.wait(3)  # stall past the DIMSE timeout
+            return 0xA700
+        if 30 <= n < 36:
+            return 0xA700  # out of resources for a while
+        return 0
+
+    peer = make_scp(status=script)
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    cfg.write_text(cfg.read_text().replace("dimse: 10s", "dimse: 1s"))
+    uids = unique_copies(tmp_path / "in", 60)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: len(peer.counts()) == 60, 60, "all 60 files")
+    finally:
+        release.set()
+        assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids}  # refused ones were not kept by the peer
+    out = d.output()
+    assert "FORWARDER_EVENT=retry" in out and "out of resources" in out
+    assert "no response" in out  # the abort and the stall were resent
+    view = spool_view(tmp_path / "spool")
+    assert not view["pending"] and not view["failed"]
+
+
+def test_spool_filesystem_full_pauses_intake_and_loses_nothing(make_scp, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root (CI runs as root)")
+    spoolfs = tmp_path / "spoolfs"
+    spoolfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(spoolfs)], check=True)
+    try:
+        # a peer slower than intake (30 files/s), so the spool fills
+        peer = make_scp(status=lambda e: (time.sleep(0.03), 0)[1])
+        cfg = write_config(tmp_path, peer.port, min_age="100ms")
+        cfg.write_text(cfg.read_text().replace(f"spool: {tmp_path / 'spool'}",
+                                               f"spool: {spoolfs / 'spool'}"))
+        uids = unique_copies(tmp_path / "in", 300)  # about 12 MB: twice what the spool holds
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            wait_for(lambda: "intake paused" in d.output(), 30, "intake to pause")
+            assert sources(tmp_path / "in", uids), "files wait in the watch folder"
+            wait_for(lambda: len(peer.counts()) == 300, 120, "everything, as space frees up")
+            wait_for(lambda: "intake resumed" in d.output(), 10, "intake to resume")
+        finally:
+            assert d.stop() == 0
+        assert peer.counts() == {u: 1 for u in uids} and not sources(tmp_path / "in", uids)
+        assert "spool full" in d.output() and d.proc.returncode == 0
+    finally:
+        subprocess.run(["umount", str(spoolfs)], check=False)
+
+
+def test_reload_storm_during_a_transfer(make_scp, tmp_path: Path) -> None:
+    peer = make_scp(status=lambda e: (time.sleep(0.005), 0)[1])
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    good = cfg.read_text()
+    uids = unique_copies(tmp_path / "in", 300)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        for i in range(20):
+            target = min(299, len(peer.received) + 5)
+            wait_for(lambda t=target: len(peer.received) >= t, 30, "progress between reloads")
+            if i % 3 == 1:
+                cfg.write_text(good + "oops: [\n")
+            elif i % 3 == 2:
+                cfg.write_text(good.replace("min_age: 100ms", "min_age: 150ms"))
+            else:
+                cfg.write_text(good)
+            d.signal(signal.SIGHUP)
+            d.wait_ready(count=i + 2)
+        cfg.write_text(good)
+        wait_for(lambda: len(peer.counts()) == 300, 60, "all 300 files")
+    finally:
+        assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids} and peer.aborts_seen == 0
+    assert d.output().count("reload refused") == 7 and len(d.states("READY")) == 21
+
+
+def test_backlog_of_20000_files_and_20000_jobs_at_start(make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port, min_age="200ms")
+    tiny = tiny_template(tmp_path / "t")
+    queued = unique_copies(tmp_path / "queued", 20_000, tiny, prefix="q")
+    with Spool(tmp_path / "spool") as spool:
+        enqueue(spool, list(queued.values()))
+    waiting = unique_copies(tmp_path / "in", 20_000, tiny, prefix="w")
+    fresh = unique_copies(tmp_path / "fresh", 1, "MR_small.dcm")
+    started = time.monotonic()
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready(timeout=60)
+        ready_after = time.monotonic() - started
+        assert ready_after < 15, f"READY after {ready_after:.1f}s"
+        drop(list(fresh.values()), tmp_path / "in")
+        [fresh_uid] = fresh
+        wait_for(lambda: fresh_uid in peer.counts(), 30, "a new file ahead of the backlog")
+        assert len(peer.counts()) < 40_000  # the backlog did not have to drain first
+        status = (Path("/proc") / str(d.proc.pid) / "status").read_text()
+        peak_kib = int(next(line.split()[1] for line in status.splitlines()
+                            if line.startswith("VmHWM:")))
+        assert peak_kib < 400 * 1024, f"peak RSS {peak_kib // 1024} MiB"
+    finally:
+        assert d.stop() == 0
+    assert_nothing_lost(set(queued) | set(waiting), peer.counts(), tmp_path / "spool",
+                        sources(tmp_path / "in", waiting))
