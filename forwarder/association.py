@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -214,7 +215,7 @@ def open_association(peer: PeerSettings, contexts: Sequence[Context]) -> Associa
     ctx = ssl_context(peer.tls) if peer.tls else None
     tls_args = (ctx, None) if ctx else None
     ident = identity_item(peer.identity)
-    ext_neg = [ident] if ident else None
+    ext_neg: list[Any] | None = [ident] if ident else None
     connected: list[bool] = []
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, ext_neg=ext_neg,
@@ -257,7 +258,7 @@ def describe_failure(assoc: Association, peer: PeerSettings,
         from pydicom.uid import UID
 
         proposed = "; ".join(sorted({
-            f"{UID(cx.abstract_syntax).name} in "
+            f"{UID(str(cx.abstract_syntax)).name} in "
             + ", ".join(UID(ts).name for ts in cx.transfer_syntax)
             for cx in assoc.rejected_contexts})[:5])
         return AssociationFailed("no_contexts", f"{where} accepted no presentation context "

@@ -63,31 +63,31 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _listing(args: argparse.Namespace, rows: list[dict], line: str, summary: str) -> int:
+    """Print spool rows as JSON (``--json``) or one formatted line each and a summary."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        print(line.format(**r))
+    print(summary.format(n=len(rows)))
+    return EXIT_OK
+
+
 def cmd_failed(args: argparse.Namespace) -> int:
     _cfg, spool = _open_spool(args)
     with spool:
         rows = spool.failed_jobs()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"job {r['job']} -> {r['destination']}: {r['sop_instance_uid']} "
-                  f"({r['attempts']} attempts): {r['reason']}")
-        print(f"{len(rows)} failed job(s); requeue with 'dicom-forwarder retry'")
-    return EXIT_OK
+    return _listing(args, rows, "job {job} -> {destination}: {sop_instance_uid} ({attempts} "
+                    "attempts): {reason}", "{n} failed job(s); requeue with 'dicom-forwarder "
+                    "retry'")
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     _cfg, spool = _open_spool(args)
     with spool:
         rows = spool.quarantined()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['file']}: from {r['source']}: {r['reason']}")
-        print(f"{len(rows)} quarantined file(s)")
-    return EXIT_OK
+    return _listing(args, rows, "{file}: from {source}: {reason}", "{n} quarantined file(s)")
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import IO, Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from forwarder.errors import NotDicomError
 
@@ -206,8 +207,6 @@ def _guess_syntax(ds: Dataset) -> str:
 
 
 def _encoding_matches(ds: Dataset, ts: str) -> bool:
-    from pydicom.uid import UID
-
     uid = UID(ts)
     if not uid.is_transfer_syntax:
         return False
@@ -227,6 +226,6 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         from pydicom.dataset import FileMetaDataset
 
         meta = ds.file_meta if getattr(ds, "file_meta", None) else FileMetaDataset()
-        meta.TransferSyntaxUID = _guess_syntax(ds)
+        meta.TransferSyntaxUID = UID(_guess_syntax(ds))
         ds.file_meta = meta
     return ds

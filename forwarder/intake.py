@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from forwarder import router
 from forwarder.config import Config
@@ -265,7 +266,7 @@ class Intake:
     def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
                     found: Probe | None = None) -> None:
         keep_source = cand.watch.keep_source
-        move = cand.path if not keep_source and st.st_nlink == 1 and \
+        move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
             self._same_file(cand.path, st) else None
         where = self.spool.quarantine(fd, cand.path, reason, move=move)
         self.quarantined += 1

@@ -71,7 +71,7 @@ def event(logger: logging.Logger, kind: str, message: str, *args: Any,
     logger.log(level, message, *args, extra=extra, stacklevel=2)
 
 
-def probe_fields(probe: Probe | None) -> dict[str, str | None]:
+def probe_fields(probe: Probe | None) -> dict[str, Any]:
     """The journal fields describing one object (PHI is stripped later unless allowed)."""
     if probe is None:
         return {}
@@ -158,7 +158,7 @@ class JournalHandler(logging.Handler):
         self._send: Any = None
         if use_binding and socket_path == JOURNAL_SOCKET:
             try:
-                from systemd import journal
+                from systemd import journal  # type: ignore[attr-defined]
 
                 self._send = journal.send
             except ImportError:

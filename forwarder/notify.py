@@ -19,7 +19,7 @@ def notify(*lines: str) -> bool:
         return False
     message = "\n".join(lines)
     try:
-        from systemd import daemon
+        from systemd import daemon  # type: ignore[attr-defined]
 
         return bool(daemon.notify(message))
     except ImportError:

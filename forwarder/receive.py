@@ -14,9 +14,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from forwarder.errors import ForwarderError
 
@@ -47,7 +48,7 @@ class Receiver:
         try:
             with open(tmp, "wb") as fp:
                 fp.write(b"\0" * 128 + b"DICM")
-                write_file_meta_info(fp, event.file_meta, enforce_standard=True)
+                write_file_meta_info(DicomFileLike(fp), event.file_meta, enforce_standard=True)
                 fp.write(ds)
             os.rename(tmp, self.output / name)
         except OSError as exc:
@@ -61,7 +62,7 @@ class Receiver:
         self.output.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.aet)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.maximum_associations = 16
         self.server = ae.start_server((self.bind, self.port), block=False,

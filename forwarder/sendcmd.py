@@ -13,12 +13,12 @@ import logging.config as logging_config
 import shlex
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from forwarder import __version__
 from forwarder.asconfig import ProfileError, parse_profile
@@ -254,7 +254,7 @@ class UidInventor:
 
 
 def _modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a callable
-    steps = []
+    steps: list[Callable[[Dataset], None]] = []
     if args.invent_instance or args.invent_series or args.invent_study or args.invent_patient:
         steps.append(UidInventor(args.invent_series or 100, args.invent_study or 50,
                                  args.invent_patient or 25))
@@ -379,7 +379,8 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
         return EXIT_FAILURE
     if args.verbose_pc:
         for cx in assoc.accepted_contexts + assoc.rejected_contexts:
-            LOGGER.info("presentation context %s: %s %s", cx.context_id, cx.abstract_syntax.name,
+            LOGGER.info("presentation context %s: %s %s", cx.context_id,
+                        UID(cx.abstract_syntax or "").name,
                         cx.as_scu and cx.transfer_syntax and cx.transfer_syntax[0])
     modify = _modifier(args)
     failed = had_errors

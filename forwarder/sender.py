@@ -18,10 +18,11 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import outcome, retry
+from forwarder import outcome, pdnpatch, retry
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -72,7 +73,7 @@ class DestinationSender:
             self._peer_error = str(exc)
 
     @property
-    def fields(self) -> dict[str, str]:
+    def fields(self) -> dict[str, Any]:
         return {"DESTINATION": self.name, "PEER": self.dest.peer,
                 "CALLED_AE": self.dest.called_ae_title}
 
@@ -225,6 +226,7 @@ class _Worker:
             if left <= 0:
                 self._close()
                 return
+            pdnpatch.pace(self.assoc, idle=True)
             s.spool.wait_changed(generation, min(left, 1.0))
             return
         due = s.spool.next_due(s.name)
@@ -311,6 +313,7 @@ class _Worker:
                 return
             jobs = opened
         assert self.assoc is not None
+        pdnpatch.pace(self.assoc, idle=False)
         done: list[int] = []
         try:
             for i, job in enumerate(jobs):
@@ -387,7 +390,7 @@ class _Worker:
         self._close()
         return False
 
-    def _fields(self, job: Job) -> dict[str, str | None]:
+    def _fields(self, job: Job) -> dict[str, Any]:
         p = job.probe
         return {"SOP_INSTANCE_UID": p.sop_instance_uid, "SOP_CLASS_UID": p.sop_class_uid,
                 "STUDY_INSTANCE_UID": p.study_instance_uid, **self.s.fields}

@@ -26,6 +26,7 @@ from pathlib import Path
 from forwarder import retry
 from forwarder.dicomfile import Probe
 from forwarder.errors import SpoolError, SpoolFull
+from forwarder.retry import Backoff
 
 REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
              "glusterfs", "fuse.glusterfs", "lustre"}
@@ -478,7 +479,7 @@ class Spool:
                 db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
                 db.execute("DELETE FROM objects WHERE id=?", (oid,))
 
-    def retry(self, job_id: int, error: str, policy: retry.Backoff, now: float | None = None,
+    def retry(self, job_id: int, error: str, policy: Backoff, now: float | None = None,
               aborted: bool = False, count_attempt: bool = True,
               delay: float | None = None) -> float:
         """Back to ``pending`` for a later attempt (after ``delay``, or the job's backoff);
@@ -559,7 +560,7 @@ class Spool:
 
     # --- recovery and reporting ------------------------------------------------
 
-    def recover(self, cap: retry.Backoff | None = None, now: float | None = None) -> dict[str, int]:
+    def recover(self, cap: Backoff | None = None, now: float | None = None) -> dict[str, int]:
         """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
         now = time.time() if now is None else now
         report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0, "missing_objects": 0,

@@ -212,3 +212,32 @@ def test_probe_rejects_non_dicom(tmp_path: Path) -> None:
     f.write_bytes(b"\0" * 10)
     with pytest.raises(NotDicomError):
         probe(f)
+
+
+def test_progress_line_on_a_terminal_and_silence_off_it(scp, tmp_path: Path) -> None:
+    import pty
+
+    from tests.corpus import unique_copies
+
+    files = [str(p) for p in unique_copies(tmp_path / "c", 30).values()]
+    argv = [sys.executable, "-m", "forwarder", "send", "-R", "127.0.0.1", str(scp.port), *files]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stderr=slave, stdout=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(30) == 0
+    text = out.decode()
+    assert "\rsent 30/30 files" in text and "files/s" in text and text.endswith("\r\n")
+    quiet = subprocess.run(argv, capture_output=True, env=env, timeout=30)
+    assert quiet.returncode == 0 and b"files/s" not in quiet.stderr
+    assert len(scp.received) == 60

@@ -1,0 +1,298 @@
+"""`make bench`: one report of dicom-forwarder against DCMTK storescu, same corpus, same run.
+
+Generates its corpus (500 CT files of about 0.5 MB and 2,000 small ones at --scale 1),
+starts DCMTK storescp (as Debian ships it, and with TCP_NODELAY=1 in its environment;
+with --fork for parallel associations) and Orthanc, and runs DCMTK storescu, pynetdicom's
+own storescu app, `dicom-forwarder send`, and the daemon end to end (files renamed into
+its watch folder until the last is stored at the peer) with 1 and 4 associations. Prints
+files/s, MB/s, CPU seconds per 1,000 files, peak RSS and the ratio to storescu; then the
+watch-to-stored latency at a steady 20 files/s and the daemon's idle CPU; and writes it all
+to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.corpus import make_corpus  # noqa: E402
+from tests.peers import OrthancProcess, StoreSCP, StoreSCPProcess  # noqa: E402
+
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@dataclass
+class Result:
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> Result:
+    """Run a sender to completion; its own CPU time and peak RSS (wait4, not the group)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, env=env or ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    peak = HighWater(proc.pid)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} exited {proc.returncode}")
+    return Result(wall, usage.ru_utime + usage.ru_stime, peak.stop())
+
+
+class HighWater:
+    """Peak RSS (VmHWM) of a running process, read until it exits: ru_maxrss of a child
+    counts the memory of the forked copy of this process before exec."""
+
+    def __init__(self, pid: int):
+        self.path = Path(f"/proc/{pid}/status")
+        self.kib = 0
+        self._done = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            try:
+                text = self.path.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.kib = max(self.kib, int(line.split()[1]))
+            self._done.wait(0.02)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._t.join(2)
+        return self.kib / 1024
+
+
+class Daemon:
+    """`dicom-forwarder run` on a fresh spool and watch folder, READY awaited."""
+
+    def __init__(self, work: Path, port: int, associations: int, min_age: str = "200ms",
+                 idle_release: str = "5s", called: str = "ANY-SCP"):
+        self.work = work
+        work.mkdir(parents=True)
+        self.inbox = work / "in"
+        self.inbox.mkdir()
+        cfg = work / "forwarder.yaml"
+        cfg.write_text(
+            f"spool: {work / 'spool'}\nlog: {{level: info, target: stderr}}\n"
+            f"watch:\n  - {{name: bench, path: {self.inbox}, min_age: {min_age}}}\n"
+            f"destinations:\n  peer:\n    host: 127.0.0.1\n    port: {port}\n"
+            f"    called_ae_title: {called}\n    associations: {associations}\n"
+            f"    idle_release: {idle_release}\n    timeouts: {{dimse: 30s}}\n"
+            "routes:\n  - to: [peer]\n")
+        sock_path = work / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(sock_path))
+        self.notify.settimeout(60)
+        self.log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([PY, "-m", "forwarder", "run", "-c", str(cfg)],
+                                     env={**ENV, "NOTIFY_SOCKET": str(sock_path)},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.started = time.monotonic()
+        while b"READY=1" not in self.notify.recv(4096):
+            pass
+        self.ready_after = time.monotonic() - self.started
+
+    def done(self) -> int:
+        db = sqlite3.connect(f"file:{self.work / 'spool' / 'index.sqlite'}?mode=ro", uri=True,
+                             timeout=5)
+        try:
+            row = db.execute("SELECT done FROM destinations WHERE name='peer'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        finally:
+            db.close()
+        return row[0] if row else 0
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> Result:
+        rss = self.peak_rss_mib()
+        self.proc.terminate()
+        _pid, _status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = 0
+        self.notify.close()
+        self.log.close()
+        return Result(time.monotonic() - self.started, usage.ru_utime + usage.ru_stime, rss)
+
+
+def daemon_throughput(work: Path, files: list[Path], port: int, associations: int,
+                      called: str = "ANY-SCP") -> Result:
+    d = Daemon(work, port, associations, called=called)
+    stage = work / "stage"
+    stage.mkdir()
+    staged = []
+    for f in files:  # same file system as the watch folder: a rename is a drop
+        shutil.copy(f, stage / f.name)
+        staged.append(stage / f.name)
+    cpu0 = d.cpu()
+    start = time.monotonic()
+    for f in staged:
+        os.rename(f, d.inbox / f.name)
+    while d.done() < len(files):
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited: {(work / 'daemon.log').read_text()[-500:]}")
+        threading.Event().wait(0.05)
+    wall = time.monotonic() - start
+    cpu = d.cpu() - cpu0
+    total = d.stop()
+    return Result(wall, cpu, total.rss_mib)
+
+
+def latency(work: Path, files: list[Path], rate: float) -> tuple[list[float], float, float]:
+    """Drop at ``rate``/s; seconds from each drop to its arrival at a pynetdicom SCP that
+    timestamps every C-STORE; then the daemon's CPU while idle with an association open
+    and with none."""
+    arrived: dict[str, float] = {}
+    peer = StoreSCP(status=lambda e: arrived.setdefault(
+        str(e.request.AffectedSOPInstanceUID), time.monotonic()) and 0).start()
+    try:
+        d = Daemon(work, peer.port, 1, min_age="500ms", idle_release="8s")
+        from pydicom import dcmread
+
+        uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+        stage = work / "stage"
+        stage.mkdir()
+        for f in files:
+            shutil.copy(f, stage / f.name)
+        dropped = {}
+        start = time.monotonic()
+        for i, (f, uid) in enumerate(zip(files, uids, strict=True)):
+            threading.Event().wait(max(0.0, start + i / rate - time.monotonic()))
+            os.rename(stage / f.name, d.inbox / f.name)
+            dropped[uid] = time.monotonic()
+        deadline = time.monotonic() + 60
+        while len(arrived) < len(uids) and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        lat = sorted(arrived[u] - dropped[u] for u in uids if u in arrived)
+        c0 = d.cpu()
+        threading.Event().wait(4)  # association still open (idle_release 8s)
+        idle_open = (d.cpu() - c0) / 4
+        threading.Event().wait(5)  # released by now
+        c0 = d.cpu()
+        threading.Event().wait(4)
+        idle_none = (d.cpu() - c0) / 4
+        d.stop()
+        return lat, idle_open, idle_none
+    finally:
+        peer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full corpus")
+    ap.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc rows")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="fwd-bench-"))
+    rows: list[tuple[str, ...]] = []
+    try:
+        corpora = {
+            "CT 0.5 MB": make_corpus(work / "ct", max(4, int(500 * args.scale)), 512),
+            "small 10 KB": make_corpus(work / "small", max(4, int(2000 * args.scale)), 64),
+        }
+        peers = [("storescp (stock)", {}), ("storescp TCP_NODELAY=1", {"TCP_NODELAY": "1"})]
+        if not args.no_orthanc:
+            peers.append(("Orthanc", None))
+        n = 0
+        for peer_name, env in peers:
+            for corpus_name, files in corpora.items():
+                mb = sum(f.stat().st_size for f in files) / 1e6
+                results: dict[str, Result] = {}
+
+                def peer(n: int, fork: bool = False, env=env):  # noqa: ANN202, ANN001
+                    if env is None:
+                        return OrthancProcess(work / f"orthanc{n}")
+                    return StoreSCPProcess(work / "out", ("--ignore", *(("--fork",) if fork
+                                                                      else ())), env)
+
+                jobs = {
+                    "DCMTK storescu": lambda p, files=files: run(
+                        ["storescu", "-R", "-aec", getattr(p, "aet", "ANY-SCP"), "127.0.0.1",
+                         str(p.port), *map(str, files)]),
+                    "pynetdicom storescu": lambda p, files=files: run(
+                        [PY, "-m", "pynetdicom", "storescu", "-aec", getattr(p, "aet", "ANY-SCP"),
+                         "127.0.0.1", str(p.port), str(files[0].parent)]),
+                    "dicom-forwarder send": lambda p, files=files: run(
+                        [PY, "-m", "forwarder", "send", "-R", "-aec",
+                         getattr(p, "aet", "ANY-SCP"), "127.0.0.1", str(p.port),
+                         *map(str, files)]),
+                }
+                for name, job in jobs.items():
+                    n += 1
+                    p = peer(n)
+                    try:
+                        results[name] = job(p)
+                    finally:
+                        p.stop()
+                for assocs in (1, 4):
+                    n += 1
+                    p = peer(n, fork=assocs > 1)
+                    try:
+                        results[f"daemon, {assocs} association{'s' if assocs > 1 else ''}"] = \
+                            daemon_throughput(work / f"d{n}", files, p.port, assocs,
+                                              getattr(p, "aet", "ANY-SCP"))
+                    finally:
+                        p.stop()
+                base = len(files) / results["DCMTK storescu"].wall
+                for name, r in results.items():
+                    rate = len(files) / r.wall
+                    rows.append((peer_name, corpus_name, name, f"{rate:.0f}", f"{mb / r.wall:.1f}",
+                                 f"{r.cpu * 1000 / len(files):.1f}", f"{r.rss_mib:.0f}",
+                                 f"{rate / base:.2f}x"))
+                print(f"done: {peer_name}, {corpus_name}", file=sys.stderr)
+        lat, idle_open, idle_none = latency(work / "latency", make_corpus(
+            work / "lat", max(20, int(400 * args.scale)), 64), 20.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    head = ("peer", "corpus", "sender", "files/s", "MB/s", "CPU s / 1000 files",
+            "peak RSS MiB", "vs storescu")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    p50 = statistics.median(lat) if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+    lines += ["", f"Watch-to-stored latency at a steady 20 files/s (min_age 500 ms, pynetdicom "
+              f"SCP timestamping arrivals, {len(lat)} files): p50 {p50 * 1000:.0f} ms, "
+              f"p99 {p99 * 1000:.0f} ms.",
+              f"Daemon idle CPU: {idle_open * 100:.2f}% of a core with an idle association "
+              f"open, {idle_none * 100:.2f}% with none."]
+    stamp = time.strftime("%Y-%m-%d")
+    report = (f"# dicom-forwarder benchmark, {stamp}, {os.cpu_count()} cores, "
+              f"scale {args.scale}\n\n" + "\n".join(lines) + "\n")
+    print(report)
+    out = REPO / "bench" / "results" / "latest.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
