@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -33,8 +32,24 @@ _applied = False
 ORIGINAL_RUN_REACTOR = Association._run_reactor  # kept for the test that shows the race
 
 
+class _WakingCheckpoint(threading.Event):
+    """The reactor checkpoint, whose ``clear()`` (a request to pause) also wakes the
+    reactor, so ``send_c_store()`` does not wait out the reactor's poll interval."""
+
+    _fwd_wake: threading.Event
+
+    def clear(self) -> None:
+        super().clear()
+        self._fwd_wake.set()
+
+
 def _run_reactor(self: Association) -> None:
     lock = self.__dict__.setdefault("_fwd_step_lock", threading.Lock())
+    checkpoint = self._reactor_checkpoint
+    if type(checkpoint) is threading.Event:  # the same object send_c_store() uses
+        checkpoint._fwd_wake = threading.Event()  # type: ignore[attr-defined]
+        checkpoint.__class__ = _WakingCheckpoint
+    wake = getattr(checkpoint, "_fwd_wake", None) or threading.Event()
     self._is_paused = False
     while not self._kill:
         with lock:
@@ -47,7 +62,8 @@ def _run_reactor(self: Association) -> None:
         if self._is_paused:
             self._reactor_checkpoint.wait(0.05)
         else:
-            time.sleep(getattr(self, "_fwd_loop_delay", 0.001))
+            wake.wait(getattr(self, "_fwd_loop_delay", 0.001))
+            wake.clear()
 
 
 def _reactor_step(self: Association) -> bool:
