@@ -198,3 +198,41 @@ def test_readme_first_command_config_end_to_end(tmp_path: Path) -> None:
         assert d.stop() == 0
         rx.terminate()
         rx.wait(10)
+
+
+def test_a_destination_removed_with_jobs_is_held_then_resumes(make_scp, tmp_path: Path) -> None:
+    pacs = make_scp()
+    down = free_port()  # nothing listens: the archive's jobs stay pending
+    cfg = write_config(tmp_path, pacs.port)
+    base = cfg.read_text()
+    both = base.replace("routes:\n  - to: [pacs]",
+                        f"  archive: {{host: 127.0.0.1, port: {down}}}\n"
+                        "routes:\n  - to: [pacs, archive]")
+    cfg.write_text(both)
+    uids = unique_copies(tmp_path / "corpus", 5)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def status() -> dict:
+        out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
+                              "--json"], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)["destinations"]
+
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(list(uids.values()), tmp_path / "in")
+        wait_for(lambda: len(pacs.counts()) == 5, 20, "the files at pacs")
+        cfg.write_text(base)  # archive removed while it still has 5 jobs
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        archive = status()["archive"]
+        assert archive["state"] == "held" and archive["pending"] == 5
+        assert "removed from the configuration" in archive["last_error"]
+        archive_peer = make_scp()
+        cfg.write_text(both.replace(f"port: {down}", f"port: {archive_peer.port}"))
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=3)
+        wait_for(lambda: len(archive_peer.counts()) == 5, 30, "the kept jobs delivered")
+    finally:
+        assert d.stop() == 0
+    assert archive_peer.counts() == {u: 1 for u in uids} and pacs.counts() == {u: 1 for u in uids}
