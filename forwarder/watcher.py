@@ -124,7 +124,6 @@ class Watcher:
         self._fresh: set[str] = set()
         self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
         self._stop = threading.Event()
-        self._rescan = threading.Event()
         self._thread: threading.Thread | None = None
         self.observer: Any = None
         self.polling = watch.polling
@@ -160,11 +159,6 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def rescan_now(self) -> None:
-        """Scan again at once (used after intake paused, e.g. spool full)."""
-        self._rescan.set()
-        self._queue.put(None)
-
     def finished(self, cand: Candidate, left_in_place: bool) -> None:
         with self._lock:
             self._inflight.discard(cand.path)
@@ -184,8 +178,7 @@ class Watcher:
         next_scan = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            if now >= next_scan or self._rescan.is_set():
-                self._rescan.clear()
+            if now >= next_scan:
                 self._scan(self.root, fresh=False)
                 self.scans += 1
                 next_scan = time.monotonic() + self.watch.rescan

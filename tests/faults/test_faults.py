@@ -167,20 +167,24 @@ def test_spool_filesystem_full_pauses_intake_and_loses_nothing(make_scp, tmp_pat
     spoolfs.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(spoolfs)], check=True)
     try:
-        # a peer slower than intake (30 files/s), so the spool fills
-        peer = make_scp(status=lambda e: (time.sleep(0.03), 0)[1])
+        # the peer holds its first answer until intake has paused, so the spool fills
+        spool_filled = threading.Event()
+        peer = make_scp(status=lambda e: (spool_filled.wait(60), 0)[1])
         cfg = write_config(tmp_path, peer.port, min_age="100ms")
         cfg.write_text(cfg.read_text().replace(f"spool: {tmp_path / 'spool'}",
-                                               f"spool: {spoolfs / 'spool'}"))
+                                               f"spool: {spoolfs / 'spool'}")
+                       .replace("dimse: 10s", "dimse: 90s"))
         uids = unique_copies(tmp_path / "in", 300)  # about 12 MB: twice what the spool holds
         d = DaemonProcess(cfg, tmp_path)
         try:
             d.wait_ready()
-            wait_for(lambda: "intake paused" in d.output(), 30, "intake to pause")
+            wait_for(lambda: "intake paused" in d.output(), 60, "intake to pause")
             assert sources(tmp_path / "in", uids), "files wait in the watch folder"
+            spool_filled.set()
             wait_for(lambda: len(peer.counts()) == 300, 120, "everything, as space frees up")
             wait_for(lambda: "intake resumed" in d.output(), 10, "intake to resume")
         finally:
+            spool_filled.set()
             assert d.stop() == 0
         assert peer.counts() == {u: 1 for u in uids} and not sources(tmp_path / "in", uids)
         assert "spool full" in d.output() and d.proc.returncode == 0
