@@ -163,16 +163,20 @@ class Spool:
                              "disk; put the spool on local storage (watch folders may be remote)")
         self._lock = threading.RLock()
         self._rand = rand or random.Random()
-        self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
-                                  isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        # checkpoint often and truncate the WAL after it: the log never takes more than
-        # about a MiB of the space the objects need
-        self.db.execute("PRAGMA wal_autocheckpoint=200")
-        self.db.execute("PRAGMA journal_size_limit=1048576")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
+                                      isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            # checkpoint often and truncate the WAL after it: the log never takes more
+            # than about a MiB of the space the objects need
+            self.db.execute("PRAGMA wal_autocheckpoint=200")
+            self.db.execute("PRAGMA journal_size_limit=1048576")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open the spool index {self.root / 'index.sqlite'}: "
+                             f"{exc} (check its permissions and free space)") from exc
         self.changed = threading.Condition(self._lock)  # notified when jobs become due
         self.generation = 0  # bumped with every notification, so no wake-up is missed
         self._syncfs_ok = True

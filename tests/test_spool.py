@@ -382,3 +382,9 @@ def test_a_batch_costs_one_commit_and_every_file_lands(tmp_path: Path) -> None:
     assert len(set(ids)) == 5 and spool.counts() == {"pending": 5}
     stored = sorted(p.read_bytes() for p in spool.objects.iterdir())
     assert stored == sorted(p.read_bytes() for p in paths)
+
+
+def test_an_unusable_index_is_a_clear_spool_error(tmp_path: Path) -> None:
+    (tmp_path / "spool" / "index.sqlite").mkdir(parents=True)  # not a database file
+    with pytest.raises(SpoolError, match="cannot open the spool index .*index.sqlite"):
+        Spool(tmp_path / "spool")
