@@ -567,8 +567,8 @@ class Spool:
     def recover(self, cap: Backoff | None = None, now: float | None = None) -> dict[str, int]:
         """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
         now = time.time() if now is None else now
-        report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0, "missing_objects": 0,
-                  "finished_cleanup": 0}
+        report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0,
+                  "orphan_links_removed": 0, "missing_objects": 0, "finished_cleanup": 0}
         for f in self.tmp.iterdir():
             f.unlink(missing_ok=True)
             report["tmp_removed"] += 1
@@ -584,9 +584,18 @@ class Spool:
             known = {r[0]: r[1] for r in self.db.execute("SELECT name, id FROM objects")}
         on_disk = {p.name for p in self.objects.iterdir()}
         for name in on_disk - set(known):
-            self.quarantine(None, str(self.objects / name), "orphan object: in objects/ with no "
-                            "job (interrupted before its commit); its source may still exist",
-                            move=self.objects / name, now=now)
+            orphan = self.objects / name
+            try:
+                links = orphan.stat().st_nlink
+            except OSError:
+                continue
+            if links > 1:  # a hard link to a source that still exists: it is taken again
+                orphan.unlink()
+                report["orphan_links_removed"] += 1
+                continue
+            self.quarantine(None, str(orphan), "orphan object: in objects/ with no job "
+                            "(interrupted before its commit); its source may still exist",
+                            move=orphan, now=now)
             report["orphan_objects"] += 1
         for name in set(known) - on_disk:
             oid = known[name]

@@ -99,6 +99,8 @@ def test_recover_requeues_claims_and_reports_orphans(tmp_path: Path) -> None:
     jobs = spool.claim("pacs", 2, now=0.0)
     (spool.tmp / "half-written").write_bytes(b"x")
     (spool.objects / "stray").write_bytes(b"no row for me")
+    source = make_input(tmp_path / "still-there", 9)
+    os.link(source, spool.objects / "linked")  # killed between link and commit
     missing = jobs[0].path
     missing.unlink()
     spool.close()
@@ -106,6 +108,8 @@ def test_recover_requeues_claims_and_reports_orphans(tmp_path: Path) -> None:
     report = spool.recover(POLICY, now=1.0)
     assert report["requeued"] == 2 and report["tmp_removed"] == 1
     assert report["orphan_objects"] == 1 and report["missing_objects"] == 1
+    assert report["orphan_links_removed"] == 1 and not (spool.objects / "linked").exists()
+    assert source.exists() and source.stat().st_nlink == 1  # the source is taken again
     assert spool.counts() == {"pending": 2, "failed": 1}
     q = spool.quarantined()
     assert len(q) == 1 and "orphan object" in q[0]["reason"]
