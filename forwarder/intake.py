@@ -192,7 +192,13 @@ class Intake:
                                  link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
                                  stat=o.st, remember=o.cand.watch.keep_source)
                         for o in ready]
-            ids = self.spool.accept(incoming)
+            try:
+                ids = self.spool.accept(incoming)
+            except SpoolFull:  # the caller retries these very candidates: keep them ours
+                for o in ready:
+                    os.close(o.fd)
+                ready = []
+                raise
             for o, oid in zip(ready, ids, strict=True):
                 self._accepted(o, oid)
                 o.cand.finished(o.cand.watch.keep_source)
