@@ -175,8 +175,8 @@ class _Worker:
                     self._idle(generation)
                     continue
                 self._send(jobs)
-        except SpoolFull:  # cannot happen while the reserve holds; do not die for it
-            LOGGER.error("spool full: %s cannot record outcomes; stopping its worker",
+        except SpoolFull:  # the spool's reserve should prevent it; if not, restart clean
+            LOGGER.error("spool full: %s cannot record outcomes; stopping the daemon",
                          self.thread.name)
             if s.on_fatal is not None:
                 s.on_fatal(SpoolError("spool full: outcomes cannot be recorded"))
