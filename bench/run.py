@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.corpus import make_corpus  # noqa: E402
+from tests.daemonutil import DaemonProcess  # noqa: E402
 from tests.peers import OrthancProcess, StoreSCP, StoreSCPProcess  # noqa: E402
 
 PY = sys.executable
@@ -84,12 +84,11 @@ class HighWater:
         return self.kib / 1024
 
 
-class Daemon:
+class Daemon(DaemonProcess):
     """`dicom-forwarder run` on a fresh spool and watch folder, READY awaited."""
 
     def __init__(self, work: Path, port: int, associations: int, min_age: str = "200ms",
                  idle_release: str = "5s", called: str = "ANY-SCP"):
-        self.work = work
         work.mkdir(parents=True)
         self.inbox = work / "in"
         self.inbox.mkdir()
@@ -101,18 +100,8 @@ class Daemon:
             f"    called_ae_title: {called}\n    associations: {associations}\n"
             f"    idle_release: {idle_release}\n    timeouts: {{dimse: 30s}}\n"
             "routes:\n  - to: [peer]\n")
-        sock_path = work / "notify.sock"
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(sock_path))
-        self.notify.settimeout(60)
-        self.log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([PY, "-m", "forwarder", "run", "-c", str(cfg)],
-                                     env={**ENV, "NOTIFY_SOCKET": str(sock_path)},
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        self.started = time.monotonic()
-        while b"READY=1" not in self.notify.recv(4096):
-            pass
-        self.ready_after = time.monotonic() - self.started
+        super().__init__(cfg, work)
+        self.wait_ready(60)
 
     def done(self) -> int:
         db = sqlite3.connect(f"file:{self.work / 'spool' / 'index.sqlite'}?mode=ro", uri=True,
@@ -135,16 +124,6 @@ class Daemon:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def stop(self) -> Result:
-        rss = self.peak_rss_mib()
-        self.proc.terminate()
-        _pid, _status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = 0
-        self.notify.close()
-        self.log.close()
-        return Result(time.monotonic() - self.started, usage.ru_utime + usage.ru_stime, rss)
-
-
 def daemon_throughput(work: Path, files: list[Path], port: int, associations: int,
                       called: str = "ANY-SCP") -> Result:
     d = Daemon(work, port, associations, called=called)
@@ -160,12 +139,13 @@ def daemon_throughput(work: Path, files: list[Path], port: int, associations: in
         os.rename(f, d.inbox / f.name)
     while d.done() < len(files):
         if d.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited: {(work / 'daemon.log').read_text()[-500:]}")
+            raise RuntimeError(f"daemon exited: {d.output()[-500:]}")
         threading.Event().wait(0.05)
     wall = time.monotonic() - start
     cpu = d.cpu() - cpu0
-    total = d.stop()
-    return Result(wall, cpu, total.rss_mib)
+    rss = d.peak_rss_mib()
+    d.stop()
+    return Result(wall, cpu, rss)
 
 
 def latency(work: Path, files: list[Path], rate: float) -> tuple[list[float], float, float]:
