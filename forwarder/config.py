@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -290,9 +291,10 @@ class Config:
     def calling_ae(self, dest: Destination) -> str:
         return dest.calling_ae_title or self.ae_title
 
-    @property
+    @functools.cached_property
     def attribute_keywords(self) -> frozenset[str]:
-        """The DICOM keywords the routes match on: what the probe must read."""
+        """The DICOM keywords the routes match on: what the probe must read (asked for
+        every file intake takes, so computed once per configuration)."""
         return frozenset(c.key for r in self.routes for c in r.match
                          if c.key not in ("watch", "path"))
 

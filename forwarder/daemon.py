@@ -151,10 +151,9 @@ class Daemon:
                     notify.status(text)
 
     def _alive(self) -> bool:
-        threads = [w._thread for w in self.watchers.values()]
-        threads += [self.intake._thread] if self.intake else []
-        threads += [wk.thread for s in self.senders.values() for wk in s._workers]
-        return all(t is None or t.is_alive() for t in threads)
+        intake_alive = self.intake is None or self.intake.alive
+        return intake_alive and all(w.alive for w in self.watchers.values()) and \
+            all(s.alive for s in self.senders.values())
 
     def _summary(self) -> str:
         """The one-line STATUS=: queued, failed, quarantined, destinations not ok."""

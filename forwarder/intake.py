@@ -85,6 +85,11 @@ class Intake:
         return True
 
     @property
+    def alive(self) -> bool:
+        """The intake thread runs (or was never started)."""
+        return self._thread is None or self._thread.is_alive()
+
+    @property
     def queued(self) -> int:
         with self._cond:
             return len(self._fresh) + len(self._backlog)

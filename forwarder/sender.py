@@ -34,7 +34,7 @@ from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
 from forwarder.logs import event
-from forwarder.negotiation import MAX_CONTEXTS, TooManyContexts, plan_contexts
+from forwarder.negotiation import Context, TooManyContexts, plan_contexts
 from forwarder.spool import Job, Spool
 
 LOGGER = logging.getLogger(__name__)
@@ -102,6 +102,11 @@ class DestinationSender:
 
     def wake(self) -> None:
         self.spool._notify()
+
+    @property
+    def alive(self) -> bool:
+        """Every worker thread runs."""
+        return all(w.thread.is_alive() for w in self._workers)
 
     @property
     def stopping(self) -> bool:
@@ -251,31 +256,29 @@ class _Worker:
                 and all((j.probe.sop_class_uid, j.probe.transfer_syntax) in self.proposed
                         for j in jobs))
 
-    def _fit(self, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
-        """The leading jobs whose contexts fit in one association (PS3.8 9.3.2.2: 128)."""
+    def _fit(self, jobs: list[Job]) -> tuple[list[Job], list[Job], list[Context]]:
+        """The leading jobs whose contexts fit in one association (PS3.8 9.3.2.2: 128),
+        the others, and the contexts planned for the first."""
         needs: list[tuple[str, str]] = []
+        contexts: list[Context] = []
         for i, j in enumerate(jobs):
             need = (j.probe.sop_class_uid, j.probe.transfer_syntax)
             if need in needs:
                 continue
             try:
-                if len(plan_contexts([*needs, need], self.s.dest.propose,
-                                     self.s.dest.combine)) > MAX_CONTEXTS:
-                    return jobs[:i], jobs[i:]
+                contexts = plan_contexts([*needs, need], self.s.dest.propose,
+                                         self.s.dest.combine)
             except TooManyContexts:
-                return jobs[:i], jobs[i:]
+                return jobs[:i], jobs[i:], contexts
             needs.append(need)
-        return jobs, []
+        return jobs, [], contexts
 
     def _open(self, jobs: list[Job]) -> list[Job] | None:
         """Associate for ``jobs``; the jobs it carries, or None when it failed (handled)."""
         s = self.s
-        take, rest = self._fit(jobs)
+        take, rest, contexts = self._fit(jobs)
         if rest:
             s.spool.release([j.id for j in rest])
-        needs = list(dict.fromkeys((j.probe.sop_class_uid, j.probe.transfer_syntax)
-                                   for j in take))
-        contexts = plan_contexts(needs, s.dest.propose, s.dest.combine)
         assert s.peer is not None
         try:
             assoc = open_association(s.peer, contexts)
@@ -294,7 +297,7 @@ class _Worker:
             s.degrade(outcome.Action(outcome.BACKOFF, f"cannot set up the association: {exc}"))
             return None
         self.assoc = assoc
-        self.proposed = set(needs)
+        self.proposed = {(j.probe.sop_class_uid, j.probe.transfer_syntax) for j in take}
         self.opened_at = time.monotonic()
         s.associations_opened += 1
         event(LOGGER, "association", "%s: association %d open (%d contexts, %d accepted)",

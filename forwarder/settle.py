@@ -30,6 +30,11 @@ class Signature:
         return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+def ignored(name: str, ignore: tuple[str, ...]) -> bool:
+    """Does one of the ``ignore`` patterns match ``name`` (a path or one part of it)?"""
+    return any(fnmatch.fnmatchcase(name, pat) for pat in ignore)
+
+
 def wanted(relpath: str, patterns: tuple[str, ...], ignore: tuple[str, ...]) -> bool:
     """Does the name filter take ``relpath`` (relative to the watch folder, '/'-separated)?
 
@@ -38,9 +43,8 @@ def wanted(relpath: str, patterns: tuple[str, ...], ignore: tuple[str, ...]) -> 
     the contents of hidden folders (a copy in progress under ``.sync/``).
     """
     parts = relpath.split("/")
-    for pat in ignore:
-        if fnmatch.fnmatchcase(relpath, pat) or any(fnmatch.fnmatchcase(p, pat) for p in parts):
-            return False
+    if ignored(relpath, ignore) or any(ignored(p, ignore) for p in parts):
+        return False
     return any(fnmatch.fnmatchcase(relpath, pat) or fnmatch.fnmatchcase(parts[-1], pat)
                for pat in patterns)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import fnmatch
 import heapq
 import logging
 import os
@@ -37,7 +36,7 @@ from watchdog.observers.polling import PollingObserver
 
 from forwarder.config import Watch
 from forwarder.logs import event
-from forwarder.settle import Settler, Signature, wanted
+from forwarder.settle import Settler, Signature, ignored, wanted
 
 LOGGER = logging.getLogger(__name__)
 
@@ -168,6 +167,11 @@ class Watcher:
             self._queue.put(cand.path)  # still there (intake paused)? it is looked at again
 
     @property
+    def alive(self) -> bool:
+        """The watcher's thread runs (or was never started)."""
+        return self._thread is None or self._thread.is_alive()
+
+    @property
     def pending(self) -> int:
         """Files known and not yet complete, for status lines."""
         return len(self.settler)
@@ -217,17 +221,13 @@ class Watcher:
                     return
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        if self.watch.recursive and self._dir_wanted(entry.path):
+                        if self.watch.recursive and not ignored(entry.name, self.watch.ignore):
                             self._scan(entry.path, fresh)
                         continue
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
                 self._seen(entry.path, st, fresh)
-
-    def _dir_wanted(self, path: str) -> bool:
-        name = os.path.basename(path)
-        return not any(fnmatch.fnmatchcase(name, pat) for pat in self.watch.ignore)
 
     def _consider(self, path: str, fresh: bool) -> None:
         try:
@@ -237,7 +237,8 @@ class Watcher:
             return
         if stat.S_ISDIR(st.st_mode):
             # a new subfolder may already hold files its watch was too late for
-            if self.watch.recursive and path != self.root and self._dir_wanted(path):
+            if self.watch.recursive and path != self.root and \
+                    not ignored(os.path.basename(path), self.watch.ignore):
                 self._scan(path, fresh)
             return
         self._seen(path, st, fresh)
