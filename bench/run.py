@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.corpus import make_corpus  # noqa: E402
-from tests.daemonutil import DaemonProcess  # noqa: E402
+from tests.daemonutil import DaemonProcess, process_tree  # noqa: E402
 from tests.peers import OrthancProcess, StoreSCP, StoreSCPProcess  # noqa: E402
 
 PY = sys.executable
@@ -115,14 +115,29 @@ class Daemon(DaemonProcess):
         return row[0] if row else 0
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the daemon and its worker processes so far."""
+        total = 0
+        for pid in process_tree(self.proc.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """The sum of the peak RSS of the daemon and its worker processes: an upper bound,
+        since workers forked from one server share their code pages."""
+        kib = 0
+        for pid in process_tree(self.proc.pid):
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            kib += sum(int(line.split()[1]) for line in text.splitlines()
+                       if line.startswith("VmHWM:"))
+        return kib / 1024
+
 
 def daemon_throughput(work: Path, files: list[Path], port: int, associations: int,
                       called: str = "ANY-SCP") -> Result:
@@ -191,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full corpus")
     ap.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc rows")
+    ap.add_argument("--only", choices=("stock", "nodelay", "orthanc"), action="append",
+                    help="only these peers (repeatable); the report is printed, not written")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fwd-bench-"))
     rows: list[tuple[str, ...]] = []
@@ -199,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             "CT 0.5 MB": make_corpus(work / "ct", max(4, int(500 * args.scale)), 512),
             "small 10 KB": make_corpus(work / "small", max(4, int(2000 * args.scale)), 64),
         }
-        peers = [("storescp (stock)", {}), ("storescp TCP_NODELAY=1", {"TCP_NODELAY": "1"})]
+        flavours: list[tuple[str, str, dict[str, str] | None]] = [
+            ("stock", "storescp (stock)", {}),
+            ("nodelay", "storescp TCP_NODELAY=1", {"TCP_NODELAY": "1"})]
         if not args.no_orthanc:
-            peers.append(("Orthanc", None))
+            flavours.append(("orthanc", "Orthanc", None))
+        peers = [(name, env) for key, name, env in flavours if not args.only or key in args.only]
         n = 0
         for peer_name, env in peers:
             for corpus_name, files in corpora.items():
@@ -268,9 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     report = (f"# dicom-forwarder benchmark, {stamp}, {os.cpu_count()} cores, "
               f"scale {args.scale}\n\n" + "\n".join(lines) + "\n")
     print(report)
-    out = REPO / "bench" / "results" / "latest.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(report)
+    if not args.only:
+        out = REPO / "bench" / "results" / "latest.md"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(report)
     return 0
 
 

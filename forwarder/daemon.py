@@ -3,8 +3,8 @@
 Start order: recover the spool, start senders, intake and watchers, and only then
 READY=1. The main thread does nothing but wait: for a signal (TERM/INT drain and stop,
 HUP reload), for a fatal fault in a worker (the spool cannot write: exit 1 so systemd
-restarts us), and for the next WATCHDOG=1 ping or STATUS= line. A worker thread that
-dies stops the pings, so a wedged daemon is restarted rather than silently idle.
+restarts us), and for the next WATCHDOG=1 ping or STATUS= line. A worker thread or process
+that dies stops the pings, so a wedged daemon is restarted rather than silently idle.
 """
 
 from __future__ import annotations
@@ -108,7 +108,11 @@ class Daemon:
         if health.state == "held" and health.reason == REMOVED:
             self.spool.set_health(name, "ok")
         self.senders[name] = DestinationSender(dest, cfg.calling_ae(dest), self.spool,
-                                               on_fatal=self.fatal).start()
+                                               on_fatal=self.fatal, log=self._log(cfg)).start()
+
+    def _log(self, cfg: Config) -> tuple[str, str, bool]:
+        """How worker processes log: as this process does."""
+        return cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi
 
     def _start_watcher(self, w: config.Watch) -> None:
         assert self.intake is not None
@@ -139,7 +143,7 @@ class Daemon:
                 self._reload = False
                 self.reload()
             if not self._alive():
-                LOGGER.critical("a worker thread died; stopping so the service restarts")
+                LOGGER.critical("a worker thread or process died; stopping so the service restarts")
                 return EXIT_FAILURE
             if ping:
                 notify.watchdog()
@@ -207,7 +211,8 @@ class Daemon:
                     LOGGER.error("watch %s not started: %s", name, exc)
         for name, dest in old.destinations.items():
             now = new.destinations.get(name)
-            if now is None or now != dest or new.calling_ae(now) != old.calling_ae(dest):
+            if now is None or now != dest or new.calling_ae(now) != old.calling_ae(dest) \
+                    or self._log(new) != self._log(old):
                 self.senders.pop(name).stop()
         self._hold_removed(new)
         for name in new.destinations:

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,22 +177,21 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the spool index {self.root / 'index.sqlite'}: "
                              f"{exc} (check its permissions and free space)") from exc
-        self.changed = threading.Condition(self._lock)  # notified when jobs become due
-        self.generation = 0  # bumped with every notification, so no wake-up is missed
+        self._listeners: list[Callable[[], None]] = []  # told when jobs may have become due
         self._syncfs_ok = True
         # free space kept for the index: outcomes must be recordable when the disk fills
         self.reserve = reserve
 
-    def _notify(self) -> None:
-        with self._lock:
-            self.generation += 1
-            self.changed.notify_all()
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (quick, never blocking) whenever jobs may have become due."""
+        self._listeners = [*self._listeners, listener]
 
-    def wait_changed(self, generation: int, timeout: float) -> None:
-        """Wait until jobs may have become due since ``generation`` was read, or timeout."""
-        with self._lock:
-            if self.generation == generation:
-                self.changed.wait(timeout)
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._listeners = [f for f in self._listeners if f != listener]
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def close(self) -> None:
         with self._lock:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -48,7 +49,8 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCPProcess]:
 
 @pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
-    """Fail a test that leaves our own threads running (pynetdicom's may linger briefly)."""
+    """Fail a test that leaves our own threads or worker processes running (pynetdicom's
+    threads may linger briefly)."""
     before = set(threading.enumerate())
     yield
     from tests.peers import wait_for
@@ -56,9 +58,10 @@ def no_thread_leaks() -> Iterator[None]:
     def ours_gone() -> bool:
         left = [t for t in threading.enumerate() if t not in before and t.is_alive()
                 and t.name.startswith("fwd-")]
-        return not left
+        workers = [p for p in multiprocessing.active_children() if p.name.startswith("fwd-")]
+        return not left and not workers
 
-    wait_for(ours_gone, 10, "forwarder threads to stop")
+    wait_for(ours_gone, 10, "forwarder threads and worker processes to stop")
 
 
 JOURNALD = next((p for p in ("/usr/lib/systemd/systemd-journald", "/lib/systemd/systemd-journald")

@@ -98,6 +98,46 @@ class DaemonProcess:
         self.wait(10)
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live process descending from it (the fork server's workers too)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if state not in ("Z", "X"):
+                parents.setdefault(int(ppid), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += parents.get(pid, [])
+    return tree
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def worker_pids(daemon_pid: int, destination: str) -> list[int]:
+    """The daemon's worker processes for ``destination`` (named fwd-NAME-INDEX)."""
+    out = []
+    for pid in process_tree(daemon_pid):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith(f"fwd-{destination}-"[:15]):
+            out.append(pid)
+    return out
+
+
 def write_config(work: Path, port: int, extra_dest: str = "", extra: str = "",
                  min_age: str = "200ms", dest_name: str = "pacs") -> Path:
     (work / "in").mkdir(parents=True, exist_ok=True)

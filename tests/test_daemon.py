@@ -17,7 +17,15 @@ import pytest
 from forwarder.logs import EVENTS
 from forwarder.spool import Spool
 from tests.corpus import data_file, unique_copies
-from tests.daemonutil import REPO, DaemonProcess, drop, write_config
+from tests.daemonutil import (
+    REPO,
+    DaemonProcess,
+    drop,
+    process_tree,
+    running,
+    worker_pids,
+    write_config,
+)
 from tests.peers import free_port, wait_for
 from tests.sendutil import enqueue
 
@@ -72,8 +80,11 @@ def test_sighup_with_a_broken_file_keeps_forwarding(make_scp, tmp_path: Path) ->
     assert all(n == 1 for n in peer.counts().values())
 
 
-def test_sigterm_mid_transfer_then_restart_delivers_everything_once(make_scp,
-                                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("to_every_process", [False, True], ids=["daemon", "control-group"])
+def test_sigterm_mid_transfer_then_restart_delivers_everything_once(
+        make_scp, tmp_path: Path, to_every_process: bool) -> None:
+    """SIGTERM to the daemon, or (as systemd's default KillMode does) to every process of
+    the service at once: in-flight C-STOREs finish, associations are released."""
     def slow(event) -> int:  # noqa: ANN001 - a peer that takes its time per file
         time.sleep(0.01)
         return 0
@@ -84,6 +95,9 @@ def test_sigterm_mid_transfer_then_restart_delivers_everything_once(make_scp,
     d = DaemonProcess(cfg, tmp_path)
     d.wait_ready()
     wait_for(lambda: len(peer.received) >= 50, 30, "the transfer under way")
+    if to_every_process:
+        for pid in process_tree(d.proc.pid):
+            os.kill(pid, signal.SIGTERM)
     rc = d.stop()
     assert rc == 0 and peer.aborts_seen == 0 and peer.releases_seen >= 1
     assert len(peer.received) < 300, "the transfer should still have been running"
@@ -93,6 +107,26 @@ def test_sigterm_mid_transfer_then_restart_delivers_everything_once(make_scp,
         wait_for(lambda: len(peer.counts()) == 300, 60, "all 300 files after the restart")
     finally:
         assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids} and peer.aborts_seen == 0
+
+
+def test_associations_are_processes_that_end_with_a_killed_daemon(make_scp,
+                                                                  tmp_path: Path) -> None:
+    """Each association has its own worker process, so parallel associations use every
+    core; a daemon killed outright takes its workers with it (they see the bell close),
+    and they release their associations on the way out."""
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port, "    associations: 3\n    idle_release: 60s\n")
+    uids = unique_copies(tmp_path / "in", 30)
+    d = DaemonProcess(cfg, tmp_path)
+    d.wait_ready()
+    wait_for(lambda: len(peer.counts()) == 30, 30, "30 files delivered")
+    workers = worker_pids(d.proc.pid, "pacs")
+    assert len(workers) == 3 and d.proc.pid not in workers
+    opened = peer.associations
+    d.kill()
+    wait_for(lambda: not any(running(p) for p in workers), 10, "the workers to end")
+    wait_for(lambda: peer.releases_seen == opened, 10, "every association released")
     assert peer.counts() == {u: 1 for u in uids} and peer.aborts_seen == 0
 
 

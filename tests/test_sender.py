@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -94,12 +96,12 @@ def test_abort_after_k_stores_resends_on_a_new_association(make_scp, spool: Spoo
 
     peer = make_scp(status=status)
     uids = enqueue(spool, list(unique_copies(tmp_path / "c", 10).values()))
-    sender = run(spool, destination(peer.port), lambda: settled(spool))
+    run(spool, destination(peer.port), lambda: settled(spool))
     counts = peer.counts()
     interrupted = seen[3]
     assert set(counts) == set(uids) and counts[interrupted] == 2  # at least once: resent
     assert all(n == 1 for u, n in counts.items() if u != interrupted)
-    assert states(spool)["done"] == 10 and sender.associations_opened == 2
+    assert states(spool)["done"] == 10 and peer.associations == 2
 
 
 def test_a_file_that_always_makes_the_peer_abort_fails(make_scp, spool: Spool,
@@ -263,6 +265,26 @@ def test_trickle_reuses_one_association(make_scp, spool: Spool, tmp_path: Path) 
             enqueue(spool, files[i:i + 10])
             wait_for(lambda n=i + 10: len(peer.received) >= n, 10, f"{i + 10} files")
     assert len(peer.counts()) == 200 and peer.associations == 1
+
+
+def test_a_worker_process_that_dies_is_reported(make_scp, spool: Spool,
+                                                tmp_path: Path) -> None:
+    from forwarder.sender import DestinationSender
+
+    peer = make_scp()
+    faults: list[BaseException] = []
+    sender = DestinationSender(destination(peer.port, "associations: 2"), "FORWARDER", spool,
+                               on_fatal=faults.append).start()
+    try:
+        assert len(set(sender.pids)) == 2 and os.getpid() not in sender.pids
+        os.kill(sender.pids[1], signal.SIGKILL)
+        wait_for(lambda: faults, 10, "the dead worker reported")
+        assert not sender.alive and "fwd-send-pacs-1 exited with status -9" in str(faults[0])
+    finally:
+        sender.stop()
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    run(spool, destination(peer.port), lambda: settled(spool))  # nothing was left claimed
+    assert peer.counts() == {u: 1 for u in uids} and len(faults) == 1
 
 
 def test_max_age_expires_jobs_as_failed(make_scp, spool: Spool, tmp_path: Path) -> None:
