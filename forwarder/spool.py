@@ -10,7 +10,6 @@ with nothing half-written left behind.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -23,14 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import retry
+from forwarder import durable, retry
 from forwarder.dicomfile import Probe
+from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
 from forwarder.retry import Backoff
-
-REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
-             "glusterfs", "fuse.glusterfs", "lustre"}
-FULL = (errno.ENOSPC, errno.EDQUOT)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -91,61 +87,6 @@ class Health:
     failures: int
 
 
-def _fsync(fd: int, what: str) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # fsyncgate: a failed fsync may have dropped the data already
-        raise SpoolError(f"fsync of {what} failed: {exc.strerror}; the spool cannot keep its "
-                         "promise, stopping") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _fsync(fd, str(path))
-    finally:
-        os.close(fd)
-
-
-def _syncfs(path: Path) -> bool:
-    """One syncfs(2) for a whole batch (group commit); False where it is not available."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        syncfs = libc.syncfs
-    except (OSError, AttributeError):
-        return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise SpoolError(f"syncfs of {path} failed: {os.strerror(err)}; the spool cannot "
-                             "keep its promise, stopping")
-    finally:
-        os.close(fd)
-    return True
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem ``path`` lives on, from /proc/self/mounts ('' if unknown)."""
-    real = os.path.realpath(path)
-    best, kind = "", ""
-    try:
-        with open("/proc/self/mounts") as fp:
-            for line in fp:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                    best, kind = mnt, parts[2]
-    except OSError:
-        return ""
-    return kind
-
-
 class Spool:
     """The spool directory. Thread-safe: one connection, serialised by a lock."""
 
@@ -158,7 +99,7 @@ class Spool:
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         kind = filesystem_type(self.root)
-        if kind in REMOTE_FS:
+        if kind in durable.REMOTE_FS:
             raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
                              "disk; put the spool on local storage (watch folders may be remote)")
         self._lock = threading.RLock()
@@ -237,50 +178,16 @@ class Spool:
     # --- intake ------------------------------------------------------------------
 
     def _place(self, item: Incoming, defer_sync: bool) -> tuple[str, str, int]:
-        """Put the source's bytes at objects/<name>; return (name, sha256, size). With
-        ``defer_sync`` the data is made durable by one syncfs for the whole batch."""
+        """Put the source's bytes at objects/<name>; return (name, sha256, size)."""
         name = uuid.uuid4().hex
-        tmp = self.tmp / name
-        digest = hashlib.sha256()
-        size = 0
-        linked = False
-        if item.link_ok:
-            try:
-                os.link(f"/proc/self/fd/{item.fd}", tmp, follow_symlinks=True)
-                linked = True
-            except OSError:
-                linked = False
         try:
-            os.lseek(item.fd, 0, os.SEEK_SET)
-            if linked:  # the writer may never have fsynced its data: do it for it
-                if not defer_sync:
-                    _fsync(item.fd, item.source)
-                while chunk := os.read(item.fd, 1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-            else:
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-                try:
-                    while chunk := os.read(item.fd, 1 << 20):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(out, view):]
-                    if not defer_sync:
-                        _fsync(out, str(tmp))
-                finally:
-                    os.close(out)
-            os.rename(tmp, self.objects / name)
+            sha, size = durable.place(item.fd, item.source, self.tmp / name,
+                                      self.objects / name, item.link_ok, defer_sync)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in FULL:
+            if exc.errno in durable.FULL:
                 raise SpoolFull(f"spool full while taking {item.source}") from exc
-            raise SpoolError(f"cannot write {tmp}: {exc.strerror}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return name, digest.hexdigest(), size
+            raise SpoolError(f"cannot write {self.tmp / name}: {exc.strerror}") from exc
+        return name, sha, size
 
     def accept(self, items: Iterable[Incoming], now: float | None = None) -> list[int]:
         """Take a batch durably with one commit; return each item's object id (0 if every
@@ -296,7 +203,7 @@ class Spool:
                 placed.append((item, *self._place(item, group)))
             if not placed:
                 return []
-            if group and _syncfs(self.objects):
+            if group and durable.syncfs(self.objects):
                 pass  # one flush of the spool's filesystem covered every file and rename
             else:
                 if group:  # syncfs is missing: the deferred per-file fsyncs, now
@@ -304,10 +211,10 @@ class Spool:
                     for _item, name, _sha, _size in placed:
                         fd = os.open(self.objects / name, os.O_RDONLY)
                         try:
-                            _fsync(fd, name)
+                            durable.fsync(fd, name)
                         finally:
                             os.close(fd)
-                _fsync_dir(self.objects)
+                durable.fsync_dir(self.objects)
             ids: list[int] = []
             with self._tx() as db:
                 for item, name, sha, size in placed:
@@ -396,20 +303,13 @@ class Spool:
                         raise
                     move = None
             if move is None and fd is not None:
-                os.lseek(fd, 0, os.SEEK_SET)
-                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-                try:
-                    while chunk := os.read(fd, 1 << 20):
-                        os.write(out, chunk)
-                    _fsync(out, str(dest))
-                finally:
-                    os.close(out)
+                durable.copy(fd, dest)
             info = {"source": source, "reason": reason, "at": now, "file": name}
             meta = self.quarantine_dir / f"{name}.json"
             meta.write_text(json.dumps(info, indent=1) + "\n")
-            _fsync_dir(self.quarantine_dir)
+            durable.fsync_dir(self.quarantine_dir)
         except OSError as exc:
-            if exc.errno in FULL:
+            if exc.errno in durable.FULL:
                 raise SpoolFull(f"spool full while quarantining {source}") from exc
             raise SpoolError(f"cannot write quarantine: {exc.strerror}") from exc
         with self._tx() as db:

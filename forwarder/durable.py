@@ -1,0 +1,132 @@
+"""Files made durable: fsync that never retries, syncfs for a batch, a file placed by hard
+link or copy (hashed on the way), the filesystem a path lives on.
+
+An fsync that fails raises :class:`SpoolError` at once (a failed fsync may already have
+dropped the data, so retrying could only hide that); other write errors are left to the
+caller as :class:`OSError`, so a full disk can be told apart.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+from forwarder.errors import SpoolError
+
+REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
+             "glusterfs", "fuse.glusterfs", "lustre"}
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync(fd: int, what: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # fsyncgate: a failed fsync may have dropped the data already
+        raise SpoolError(f"fsync of {what} failed: {exc.strerror}; the spool cannot keep its "
+                         "promise, stopping") from exc
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> bool:
+    """One syncfs(2) for a whole batch (group commit); False where it is not available."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise SpoolError(f"syncfs of {path} failed: {os.strerror(err)}; the spool cannot "
+                             "keep its promise, stopping")
+    finally:
+        os.close(fd)
+    return True
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` lives on, from /proc/self/mounts ('' if unknown)."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mounts") as fp:
+            for line in fp:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        return ""
+    return kind
+
+
+def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
+          defer_sync: bool) -> tuple[str, int]:
+    """Put the bytes of open file ``fd`` at ``final`` by way of ``tmp``: hard-linked when
+    ``link_ok`` and the filesystem allows it, else copied. Returns (sha256, size). With
+    ``defer_sync`` the caller makes the data durable (one syncfs for a whole batch);
+    nothing is left at ``tmp`` after an error."""
+    digest = hashlib.sha256()
+    size = 0
+    linked = False
+    if link_ok:
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp, follow_symlinks=True)
+            linked = True
+        except OSError:
+            linked = False
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        if linked:  # the writer may never have fsynced its data: do it for it
+            if not defer_sync:
+                fsync(fd, source)
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        else:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                while chunk := os.read(fd, 1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+                if not defer_sync:
+                    fsync(out, str(tmp))
+            finally:
+                os.close(out)
+        os.rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest.hexdigest(), size
+
+
+def copy(fd: int, dest: Path) -> None:
+    """Copy open file ``fd`` from its start to a new file ``dest``, fsynced."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out, view):]
+        fsync(out, str(dest))
+    finally:
+        os.close(out)
