@@ -297,7 +297,10 @@ class Worker:
         take, rest, contexts = self._fit(jobs)
         if rest:
             self.spool.release([j.id for j in rest])
-        assert self.peer is not None
+        if self.peer is None:  # another worker may not have marked the destination held yet
+            self.spool.release([j.id for j in take])
+            self.degrade(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"))
+            return None
         try:
             assoc = open_association(self.peer, contexts)
         except AssociationFailed as exc:

@@ -176,6 +176,25 @@ def test_user_identity_refused_holds(make_scp, spool: Spool, tmp_path: Path) -> 
     assert len(peer.received) == 1
 
 
+def test_an_unreadable_password_file_holds_without_stopping_any_worker(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from forwarder.sender import DestinationSender
+
+    peer = make_scp()
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 12).values()))
+    pw = tmp_path / "pw"
+    yaml = f"associations: 3\nidentity: {{user: alice, password_file: {pw}}}"
+    with DestinationSender(destination(peer.port, yaml), "FORWARDER", spool) as sender:
+        wait_for(lambda: spool.health("pacs").state == "held" and states(spool)["pending"] == 12,
+                 10, "the destination held with every job pending")
+        assert f"cannot read {pw}" in (spool.health("pacs").reason or "")
+        assert sender.alive and peer.associations == 0
+    pw.write_text("secret\n")  # the operator fixes it; a restart (or reload) takes it
+    spool.set_health("pacs", "ok")
+    run(spool, destination(peer.port, yaml), lambda: settled(spool))
+    assert peer.counts() == {u: 1 for u in uids}
+
+
 def test_tls_peer_with_an_untrusted_ca_is_held(make_scp, spool: Spool, tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     other = make_pki(tmp_path / "other", "other-ca")
