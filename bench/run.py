@@ -40,6 +40,7 @@ class Result:
     wall: float
     cpu: float
     rss_mib: float
+    pss_mib: float | None = None  # the daemon's, all processes, after the run
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> Result:
@@ -125,18 +126,26 @@ class Daemon(DaemonProcess):
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
+    def pss_mib(self) -> float:
+        """Proportional set size over the daemon's processes now: shared pages counted once."""
+        return self._kib_over_tree("smaps_rollup", "Pss:") / 1024
+
     def peak_rss_mib(self) -> float:
         """The sum of the peak RSS of the daemon and its worker processes: an upper bound,
         since workers forked from one server share their code pages."""
+        return self._kib_over_tree("status", "VmHWM:") / 1024
+
+    def _kib_over_tree(self, name: str, key: str) -> int:
+        """The sum of ``key``'s value (kB) in /proc/PID/``name`` over the daemon's processes."""
         kib = 0
         for pid in process_tree(self.proc.pid):
             try:
-                text = Path(f"/proc/{pid}/status").read_text()
+                text = Path(f"/proc/{pid}/{name}").read_text()
             except OSError:
                 continue
             kib += sum(int(line.split()[1]) for line in text.splitlines()
-                       if line.startswith("VmHWM:"))
-        return kib / 1024
+                       if line.startswith(key))
+        return kib
 
 
 def daemon_throughput(work: Path, files: list[Path], port: int, associations: int,
@@ -159,8 +168,9 @@ def daemon_throughput(work: Path, files: list[Path], port: int, associations: in
     wall = time.monotonic() - start
     cpu = d.cpu() - cpu0
     rss = d.peak_rss_mib()
+    pss = d.pss_mib()
     d.stop()
-    return Result(wall, cpu, rss)
+    return Result(wall, cpu, rss, pss)
 
 
 def latency(work: Path, files: list[Path], rate: float) -> tuple[list[float], float, float]:
@@ -266,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, r in results.items():
                     rate = len(files) / r.wall
                     rows.append((peer_name, corpus_name, name, f"{rate:.0f}", f"{mb / r.wall:.1f}",
-                                 f"{r.cpu * 1000 / len(files):.1f}", f"{r.rss_mib:.0f}",
+                                 f"{r.cpu * 1000 / len(files):.1f}", f"{r.rss_mib:.0f}" + (
+                                     f" (PSS {r.pss_mib:.0f})" if r.pss_mib else ""),
                                  f"{rate / base:.2f}x"))
                 print(f"done: {peer_name}, {corpus_name}", file=sys.stderr)
         lat, idle_open, idle_none = latency(work / "latency", make_corpus(
@@ -279,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     p50 = statistics.median(lat) if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
-    lines += ["", f"Watch-to-stored latency at a steady 20 files/s (min_age 500 ms, pynetdicom "
+    lines += ["", "Daemon rows: CPU and peak RSS summed over all its processes (daemon, fork "
+              "server, resource tracker, one worker per association); the workers share code "
+              "pages with the fork server, so in brackets their proportional set size after "
+              "the run, where a shared page counts once.",
+              "", f"Watch-to-stored latency at a steady 20 files/s (min_age 500 ms, pynetdicom "
               f"SCP timestamping arrivals, {len(lat)} files): p50 {p50 * 1000:.0f} ms, "
               f"p99 {p99 * 1000:.0f} ms.",
               f"Daemon idle CPU: {idle_open * 100:.2f}% of a core with an idle association "
