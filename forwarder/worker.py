@@ -70,6 +70,8 @@ def backoff_policy(dest: Destination) -> retry.Backoff:
 def main(spec: WorkerSpec, bell_end: Connection) -> None:
     """The worker process: runs until the bell reaches end of file, SIGTERM, or a fault.
     Exit status 0 after a clean stop, 1 after a fault the daemon must not survive."""
+    term: list[int] = []  # a SIGTERM before the worker exists is kept, never fatal
+    signal.signal(signal.SIGTERM, lambda signum, _frame: term.append(signum))
     bell = bell_end.fileno()  # read raw: single bytes, no message framing
     try:  # ps -o comm and top show which destination a process serves
         Path("/proc/self/comm").write_text(f"fwd-{spec.dest.name}-{spec.index}"[:15])
@@ -91,6 +93,8 @@ def main(spec: WorkerSpec, bell_end: Connection) -> None:
         sys.exit(1)
     worker = Worker(spec, spool, bell, wakeup_r)
     signal.signal(signal.SIGTERM, lambda *_: worker.halt())
+    if term:
+        worker.halt()
     try:
         sys.exit(worker.run())
     finally:
