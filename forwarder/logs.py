@@ -174,9 +174,8 @@ class JournalHandler(logging.Handler):
             fields.update(fields_of(record))
             message = record.getMessage()
             if record.exc_info:
-                message += "\n" + self.formatter.formatException(record.exc_info) \
-                    if self.formatter else "\n" + logging.Formatter().formatException(
-                        record.exc_info)
+                formatter = self.formatter or logging.Formatter()
+                message += "\n" + formatter.formatException(record.exc_info)
             if self._send is not None:  # systemd-python wants CODE_LINE as an int
                 line = int(fields.pop("CODE_LINE"))
                 self._send(message, CODE_LINE=line, **fields)

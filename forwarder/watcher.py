@@ -280,12 +280,10 @@ class Watcher:
 
     def _check(self, path: str) -> None:
         try:
-            st = os.lstat(path)
+            st: os.stat_result | None = os.lstat(path)
         except OSError:
-            self.settler.forget(path)
-            self._fresh.discard(path)
-            return
-        if not stat.S_ISREG(st.st_mode):
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):  # gone, or no longer a file
             self.settler.forget(path)
             self._fresh.discard(path)
             return

@@ -42,7 +42,7 @@ from forwarder.association import (
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
-from forwarder.logs import event
+from forwarder.logs import event, probe_fields
 from forwarder.negotiation import Context, TooManyContexts, plan_contexts
 from forwarder.spool import Job, Spool
 
@@ -416,9 +416,7 @@ class Worker:
         return False
 
     def _fields(self, job: Job) -> dict[str, Any]:
-        p = job.probe
-        return {"SOP_INSTANCE_UID": p.sop_instance_uid, "SOP_CLASS_UID": p.sop_class_uid,
-                "STUDY_INSTANCE_UID": p.study_instance_uid, **self.fields}
+        return {**probe_fields(job.probe), **self.fields}
 
     def _fail(self, job: Job, reason: str, status: str | None = None,
               attempted: bool = True) -> None:
