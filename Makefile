@@ -13,13 +13,23 @@ deps:            ## Debian packages the tests need (DCMTK, Orthanc, libsystemd h
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-venv:            ## the virtualenv with the package, its codecs, systemd and test extras
+venv: $(VENV)/.installed  ## the virtualenv with the package, its codecs, systemd and test extras
+
+$(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[systemd,codecs,test]'
+	touch $@
 
-test: deps venv  ## set up and run the whole test suite
+# The fast lane: pure and unit tests, no daemon, no peers, no slow marker.
+UNIT_TESTS := tests/test_outcome.py tests/test_settle_router.py tests/test_config.py \
+	tests/test_negotiation.py tests/test_logs.py tests/test_spool.py tests/test_pdnpatch.py
+
+test: deps venv lint  ## set up and run the whole test suite (lint and types included)
 	$(PY) -m pytest -q
+
+check: venv lint ## the edit loop: lint, types, pure and unit tests (under two minutes)
+	$(PY) -m pytest -q -m 'not slow' $(UNIT_TESTS)
 
 run: venv        ## set up and run the daemon on etc/forwarder.yaml, with a local storage SCP to send to
 	mkdir -p var/incoming var/received

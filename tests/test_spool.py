@@ -193,6 +193,7 @@ def test_enospc_leaves_source_untouched_and_nothing_half_written(tmp_path: Path,
             subprocess.run(["umount", "-l", str(root)], check=True)
 
 
+@pytest.mark.slow
 def test_claim_uses_the_index_and_memory_does_not_grow_with_queue(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     n = 100_000
@@ -334,6 +335,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     rounds = int(os.environ.get("FWD_CRASH_ROUNDS", "50"))
     rng = random.Random(7)
