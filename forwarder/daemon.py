@@ -141,7 +141,10 @@ class Daemon:
                 return EXIT_OK
             if self._reload:
                 self._reload = False
-                self.reload()
+                try:
+                    self.reload()
+                except Exception as exc:  # noqa: BLE001 - a reload never stops the daemon
+                    self._reload_failed(f"{type(exc).__name__}: {exc}", exc_info=True)
             if not self._alive():
                 LOGGER.critical("a worker thread or process died; stopping so the service restarts")
                 return EXIT_FAILURE
@@ -189,11 +192,11 @@ class Daemon:
                                    "the spool cannot move while running; restart the "
                                    "service to use a new spool")])
         except ConfigError as exc:
-            errors = "; ".join(str(i) for i in exc.issues)
-            event(LOGGER, "reload_failed", "reload refused, still running the previous "
-                  "configuration: %s", errors, level=logging.ERROR, CONFIG_FILE=self.config_path,
-                  ERRORS=errors)
-            notify.ready(self._summary())
+            self._reload_failed("; ".join(str(i) for i in exc.issues))
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, we keep running
+            self._reload_failed(f"{self.config_path}: {type(exc).__name__}: {exc}",
+                                exc_info=True)
             return
         old = self.cfg
         logs.setup(new.log.level, self.log_target or new.log.target, new.log.phi)
@@ -221,6 +224,14 @@ class Daemon:
         self.cfg = new
         event(LOGGER, "reload", "configuration reloaded from %s", self.config_path,
               CONFIG_FILE=self.config_path)
+        notify.ready(self._summary())
+
+    def _reload_failed(self, errors: str, exc_info: bool = False) -> None:
+        event(LOGGER, "reload_failed", "reload refused, still running the previous "
+              "configuration: %s", errors, level=logging.ERROR, CONFIG_FILE=self.config_path,
+              ERRORS=errors)
+        if exc_info:
+            LOGGER.debug("the reload's traceback", exc_info=True)
         notify.ready(self._summary())
 
     # --- stop --------------------------------------------------------------------
