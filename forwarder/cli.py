@@ -10,7 +10,7 @@ from forwarder import __version__
 from forwarder.errors import EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
-            "receive")
+            "receive", "spool")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("--json", action="store_true")
     qu = with_config("quarantine", "list quarantined inputs with their reasons")
     qu.add_argument("--json", action="store_true")
+    sp = with_config("spool", "spool maintenance, with the service stopped")
+    sp.add_argument("action", choices=("rebuild",),
+                    help="rebuild: a new index, the spool's objects taken again through "
+                    "the current routes (for a missing, empty or damaged index)")
+    sp.add_argument("--force", action="store_true",
+                    help="rebuild even though the index is readable")
     ec = with_config("echo", "C-ECHO each destination with its full settings")
     ec.add_argument("names", nargs="*", metavar="NAME")
     rc = sub.add_parser("receive", help="a small storage SCP for trying things out")

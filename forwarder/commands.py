@@ -90,6 +90,18 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return _listing(args, rows, "{file}: from {source}: {reason}", "{n} quarantined file(s)")
 
 
+def cmd_spool(args: argparse.Namespace) -> int:
+    """``spool rebuild``: a new index from the objects the spool holds."""
+    from forwarder import spoolindex
+
+    cfg = config.load(args.config)
+    report = spoolindex.rebuild(cfg, force=args.force)
+    print(f"spool {cfg.spool} rebuilt: {report['queued']} object(s) queued again, "
+          f"{report['quarantined']} quarantined, {report['quarantine_listed']} quarantine "
+          f"record(s) listed again, {report['moved_aside']} old index file(s) moved aside")
+    return EXIT_OK
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     """C-ECHO each named destination (all by default) with its full settings."""
     import time

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import durable, retry
+from forwarder import durable, retry, spoolindex
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -91,7 +91,7 @@ class Spool:
     """The spool directory. Thread-safe: one connection, serialised by a lock."""
 
     def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None,
-                 reserve: int = 1 << 20):
+                 reserve: int = 1 << 20, rebuild: bool = False):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
@@ -104,6 +104,8 @@ class Spool:
                              "disk; put the spool on local storage (watch folders may be remote)")
         self._lock = threading.RLock()
         self._rand = rand or random.Random()
+        if not rebuild:
+            spoolindex.check_before_open(self.root)
         try:
             self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
                                       isolation_level=None, timeout=30)
@@ -116,6 +118,8 @@ class Spool:
             self.db.execute("PRAGMA journal_size_limit=1048576")
             self.db.executescript(SCHEMA)
         except sqlite3.Error as exc:
+            if spoolindex.is_damage(exc):
+                raise spoolindex.damaged(self.root / "index.sqlite", exc) from exc
             raise SpoolError(f"cannot open the spool index {self.root / 'index.sqlite'}: "
                              f"{exc} (check its permissions and free space)") from exc
         self._listeners: list[Callable[[], None]] = []  # told when jobs may have become due
@@ -468,6 +472,8 @@ class Spool:
         now = time.time() if now is None else now
         report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0,
                   "orphan_links_removed": 0, "missing_objects": 0, "finished_cleanup": 0}
+        with self._lock:
+            spoolindex.quick_check(self.db, self.root / "index.sqlite")
         for f in self.tmp.iterdir():
             f.unlink(missing_ok=True)
             report["tmp_removed"] += 1
