@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import durable, retry, spoolindex
+from forwarder import durable, recovery, retry, spoolindex
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS seen (
   PRIMARY KEY (path, inode));
 CREATE TABLE IF NOT EXISTS quarantine (
   id INTEGER PRIMARY KEY, name TEXT NOT NULL, source TEXT, reason TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS intake (
+  name TEXT PRIMARY KEY, source TEXT NOT NULL, inode INTEGER, size INTEGER, mtime_ns INTEGER,
+  committed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS delivered (sha256 TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 
@@ -181,9 +185,8 @@ class Spool:
 
     # --- intake ------------------------------------------------------------------
 
-    def _place(self, item: Incoming, defer_sync: bool) -> tuple[str, str, int]:
+    def _place(self, item: Incoming, name: str, defer_sync: bool) -> tuple[str, str, int]:
         """Put the source's bytes at objects/<name>; return (name, sha256, size)."""
-        name = uuid.uuid4().hex
         try:
             sha, size = durable.place(item.fd, item.source, self.tmp / name,
                                       self.objects / name, item.link_ok, defer_sync)
@@ -202,9 +205,17 @@ class Spool:
         batch = list(items)
         self._check_room(batch)
         group = len(batch) > 1 and self._syncfs_ok
+        names = [uuid.uuid4().hex for _ in batch]
+        tracked = [(n, i.source, i.stat.st_ino, i.stat.st_size, i.stat.st_mtime_ns)
+                   for n, i in zip(names, batch, strict=True)
+                   if i.stat is not None and not i.remember]
+        with self._tx(durable=False) as db:  # see forwarder.recovery
+            db.execute("DELETE FROM intake WHERE committed = 1")  # the previous batch
+            db.executemany("INSERT INTO intake (name, source, inode, size, mtime_ns) VALUES "
+                           "(?, ?, ?, ?, ?)", tracked)
         try:
-            for item in batch:
-                placed.append((item, *self._place(item, group)))
+            for item, name in zip(batch, names, strict=True):
+                placed.append((item, *self._place(item, name, group)))
             if not placed:
                 return []
             if group and durable.syncfs(self.objects):
@@ -249,15 +260,25 @@ class Spool:
                         "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
                         [(oid, d, now, now, now) for d in dests])
                     ids.append(oid)
+                db.executemany("UPDATE intake SET committed = 1 WHERE name = ?",
+                               [(n,) for n in names])
         except BaseException:
             for _item, name, _sha, _size in placed:
                 (self.objects / name).unlink(missing_ok=True)
+            self._forget_intake(names)
             raise
         for (_item, name, _sha, _size), oid in zip(placed, ids, strict=False):
             if oid == 0:
                 (self.objects / name).unlink(missing_ok=True)
         self._notify()
         return ids
+
+    def _forget_intake(self, names: list[str]) -> None:
+        try:
+            with self._tx(durable=False) as db:
+                db.executemany("DELETE FROM intake WHERE name = ?", [(n,) for n in names])
+        except (SpoolError, sqlite3.Error):
+            pass  # left for the next start, where the names match no object
 
     def _check_room(self, batch: list[Incoming]) -> None:
         """Refuse a batch that would leave less than ``reserve`` bytes free: the senders
@@ -379,10 +400,14 @@ class Spool:
                                    "state != 'done'", (oid,)).fetchone()[0]
             if left:
                 return
-            row = self.db.execute("SELECT name FROM objects WHERE id=?", (oid,)).fetchone()
+            row = self.db.execute("SELECT name, sha256 FROM objects WHERE id=?",
+                                  (oid,)).fetchone()
             if row:
                 (self.objects / row[0]).unlink(missing_ok=True)
             with self._tx(durable=False) as db:
+                if row:  # kept a while: recovery knows this content was delivered
+                    db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)",
+                               (row[1], time.time()))
                 db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
                 db.execute("DELETE FROM objects WHERE id=?", (oid,))
 
@@ -471,7 +496,8 @@ class Spool:
         """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
         now = time.time() if now is None else now
         report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0,
-                  "orphan_links_removed": 0, "missing_objects": 0, "finished_cleanup": 0}
+                  "orphan_links_removed": 0, "orphans_source_remains": 0,
+                  "orphans_already_queued": 0, "missing_objects": 0, "finished_cleanup": 0}
         with self._lock:
             spoolindex.quick_check(self.db, self.root / "index.sqlite")
         for f in self.tmp.iterdir():
@@ -488,20 +514,9 @@ class Spool:
         with self._lock:
             known = {r[0]: r[1] for r in self.db.execute("SELECT name, id FROM objects")}
         on_disk = {p.name for p in self.objects.iterdir()}
-        for name in on_disk - set(known):
-            orphan = self.objects / name
-            try:
-                links = orphan.stat().st_nlink
-            except OSError:
-                continue
-            if links > 1:  # a hard link to a source that still exists: it is taken again
-                orphan.unlink()
-                report["orphan_links_removed"] += 1
-                continue
-            self.quarantine(None, str(orphan), "orphan object: in objects/ with no job "
-                            "(interrupted before its commit); its source may still exist",
-                            move=orphan, now=now)
-            report["orphan_objects"] += 1
+        report["committed_sources_removed"] = recovery.committed_sources(self)
+        recovery.orphans(self, on_disk - set(known), report, now)
+        recovery.finish(self, now)
         for name in set(known) - on_disk:
             oid = known[name]
             with self._tx() as db:
