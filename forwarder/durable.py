@@ -15,9 +15,56 @@ from pathlib import Path
 
 from forwarder.errors import SpoolError
 
+FILE_MODE = 0o640  # spool files and directories: explicit modes, whatever the umask
+DIR_MODE = 0o750
 REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
              "glusterfs", "fuse.glusterfs", "lustre"}
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def make_dir(path: Path) -> None:
+    """Create a spool directory (and its parents) with :data:`DIR_MODE` exactly; one that
+    exists is left as its owner set it."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def create(path: Path) -> int:
+    """A new file opened for writing, mode :data:`FILE_MODE` exactly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_durably(data: bytes, tmp: Path, final: Path) -> None:
+    """``data`` at ``final``, fsynced before the rename (the directory is the caller's)."""
+    fd = create(tmp)
+    try:
+        write_all(fd, data)
+        fsync(fd, str(tmp))
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+
+
+def sync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fsync(fd, str(path))
+    finally:
+        os.close(fd)
 
 
 def fsync(fd: int, what: str) -> None:
@@ -99,7 +146,7 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
                 digest.update(chunk)
                 size += len(chunk)
         else:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            out = create(tmp)
             try:
                 while chunk := os.read(fd, 1 << 20):
                     digest.update(chunk)
@@ -121,7 +168,7 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
 def copy(fd: int, dest: Path) -> None:
     """Copy open file ``fd`` from its start to a new file ``dest``, fsynced."""
     os.lseek(fd, 0, os.SEEK_SET)
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    out = create(dest)
     try:
         while chunk := os.read(fd, 1 << 20):
             view = memoryview(chunk)

@@ -14,7 +14,9 @@ So at start:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -93,6 +95,31 @@ def orphans(spool: Spool, names: set[str], report: dict[str, int], now: float) -
                          "commit) and its source is gone or changed; this is the last copy",
                          move=orphan, now=now)
         report["orphan_objects"] += 1
+
+
+def quarantine_records(spool: Spool, now: float) -> int:
+    """The quarantine table agrees with quarantine/ again after a kill inside
+    :meth:`Spool.quarantine`: a record whose data never arrived is dropped (the input is
+    still at its source), data with no row is listed, with its reason when known."""
+    with spool._lock:
+        listed = {r[0] for r in spool.db.execute("SELECT name FROM quarantine")}
+    present = {p.name for p in spool.quarantine_dir.iterdir()}
+    rows = []
+    for name in sorted(present - listed):
+        if name.endswith(".json"):
+            if name[:-5] not in present and name[:-5] not in listed:
+                (spool.quarantine_dir / name).unlink(missing_ok=True)
+            continue
+        info: dict = {}
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads((spool.quarantine_dir / f"{name}.json").read_text())
+        rows.append((name, info.get("source"), info.get("reason") or "found in quarantine "
+                     "without its record", info.get("at") or now))
+    if rows:
+        with spool._tx() as db:
+            db.executemany("INSERT INTO quarantine (name, source, reason, at) "
+                           "VALUES (?,?,?,?)", rows)
+    return len(rows)
 
 
 def finish(spool: Spool, now: float | None = None) -> None:

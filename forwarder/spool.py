@@ -9,6 +9,7 @@ with nothing half-written left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -101,7 +102,7 @@ class Spool:
         self.quarantine_dir = self.root / "quarantine"
         self.tmp = self.root / "tmp"
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+            durable.make_dir(d)
         kind = filesystem_type(self.root)
         if kind in durable.REMOTE_FS:
             raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
@@ -110,8 +111,11 @@ class Spool:
         self._rand = rand or random.Random()
         if not rebuild:
             spoolindex.check_before_open(self.root)
+        index = self.root / "index.sqlite"
         try:
-            self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
+            if not index.exists():  # SQLite gives its -wal and -shm the index's mode
+                os.close(durable.create(index))
+            self.db = sqlite3.connect(index, check_same_thread=False,
                                       isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -319,21 +323,31 @@ class Spool:
         now = time.time() if now is None else now
         name = uuid.uuid4().hex
         dest = self.quarantine_dir / name
-        try:
+        meta = self.quarantine_dir / f"{name}.json"
+        info = {"source": source, "reason": reason, "at": now, "file": name}
+        try:  # the reason first, then the data, each durable before the source is gone
+            durable.write_durably((json.dumps(info, indent=1) + "\n").encode(),
+                                  self.tmp / f"{name}.json", meta)
             if move is not None:
                 try:
+                    if fd is not None:
+                        durable.fsync(fd, source)
+                    else:
+                        durable.sync_path(move)
                     os.rename(move, dest)
                 except OSError as exc:
                     if exc.errno != errno.EXDEV:
                         raise
                     move = None
+                else:
+                    with contextlib.suppress(OSError):  # another account's file: as it is
+                        os.chmod(dest, durable.FILE_MODE)
             if move is None and fd is not None:
                 durable.copy(fd, dest)
-            info = {"source": source, "reason": reason, "at": now, "file": name}
-            meta = self.quarantine_dir / f"{name}.json"
-            meta.write_text(json.dumps(info, indent=1) + "\n")
             durable.fsync_dir(self.quarantine_dir)
         except OSError as exc:
+            if not dest.exists():
+                meta.unlink(missing_ok=True)
             if exc.errno in durable.FULL:
                 raise SpoolFull(f"spool full while quarantining {source}") from exc
             raise SpoolError(f"cannot write quarantine: {exc.strerror}") from exc
@@ -515,6 +529,7 @@ class Spool:
             known = {r[0]: r[1] for r in self.db.execute("SELECT name, id FROM objects")}
         on_disk = {p.name for p in self.objects.iterdir()}
         report["committed_sources_removed"] = recovery.committed_sources(self)
+        report["quarantine_relisted"] = recovery.quarantine_records(self, now)
         recovery.orphans(self, on_disk - set(known), report, now)
         recovery.finish(self, now)
         for name in set(known) - on_disk:

@@ -11,14 +11,13 @@ that are not DICOM or match no route go to quarantine with the reason.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forwarder import router
+from forwarder import recovery, router
 from forwarder.dicomfile import probe
 from forwarder.errors import NotDicomError, SpoolIndexError, UsageError
 
@@ -110,35 +109,12 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
             report["moved_aside"] += 1
     spool = Spool(root, rebuild=True)
     try:
-        _relist_quarantine(spool, report)
+        report["quarantine_listed"] = recovery.quarantine_records(spool, now)
         for path in sorted(spool.objects.iterdir(), key=lambda p: p.stat().st_mtime):
             _retake(cfg, spool, path, now, report)
     finally:
         spool.close()
     return report
-
-
-def _relist_quarantine(spool: Spool, report: dict[str, int]) -> None:
-    """The quarantine table again from the ``.json`` sidecars (and files without one)."""
-    rows: list[tuple[str, object, object, float]] = []
-    files = {p.name for p in spool.quarantine_dir.iterdir() if not p.name.endswith(".json")}
-    for meta in spool.quarantine_dir.glob("*.json"):
-        try:
-            info = json.loads(meta.read_text())
-            name = str(info["file"])
-            rows.append((name, info.get("source"), info.get("reason"),
-                         float(info.get("at") or meta.stat().st_mtime)))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        files.discard(name)
-    for name in sorted(files):
-        rows.append((name, None, "found in quarantine without its record (spool rebuild)",
-                     (spool.quarantine_dir / name).stat().st_mtime))
-    rows.sort(key=lambda r: r[3])
-    with spool._tx() as db:
-        db.executemany("INSERT INTO quarantine (name, source, reason, at) VALUES (?,?,?,?)",
-                       rows)
-    report["quarantine_listed"] = len(rows)
 
 
 def _retake(cfg: Config, spool: Spool, path: Path, now: float,
