@@ -148,12 +148,7 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
         else:
             out = create(tmp)
             try:
-                while chunk := os.read(fd, 1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view):]
+                size = copy_sparse(fd, out, digest)
                 if not defer_sync:
                     fsync(out, str(tmp))
             finally:
@@ -163,6 +158,63 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
         tmp.unlink(missing_ok=True)
         raise
     return digest.hexdigest(), size
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _data_extents(fd: int, end: int) -> list[tuple[int, int]]:
+    """The (start, stop) ranges of ``fd`` that hold data; holes read as zeros. The whole
+    file where the filesystem cannot tell (no SEEK_DATA)."""
+    extents: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole up to the end
+                    break
+                raise
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+            extents.append((start, stop))
+            pos = stop
+    except (OSError, AttributeError):
+        return [(0, end)]
+    return extents
+
+
+def copy_sparse(fd: int, out: int, digest: hashlib._Hash) -> int:
+    """Copy ``fd`` to the empty file ``out`` leaving its holes as holes (a private element
+    of zeros stays a few blocks, not gigabytes); hash every byte, holes as zeros. Returns
+    the size."""
+    end = os.fstat(fd).st_size
+    pos = 0
+    for start, stop in _data_extents(fd, end):
+        _hash_zeros(digest, start - pos)
+        os.lseek(fd, start, os.SEEK_SET)
+        os.lseek(out, start, os.SEEK_SET)
+        pos = start
+        while pos < stop:
+            chunk = os.read(fd, min(1 << 20, stop - pos))
+            if not chunk:  # shrank while being read: what was read is what is kept
+                break
+            digest.update(chunk)
+            write_all(out, chunk)
+            pos += len(chunk)
+        if pos < stop:
+            end = pos
+            break
+    _hash_zeros(digest, end - pos)
+    os.ftruncate(out, end)  # a hole at the end too
+    return end
+
+
+def _hash_zeros(digest: hashlib._Hash, n: int) -> None:
+    while n > 0:
+        step = min(n, len(_ZEROS))
+        digest.update(_ZEROS[:step] if step < len(_ZEROS) else _ZEROS)
+        n -= step
 
 
 def copy(fd: int, dest: Path) -> None:

@@ -222,6 +222,7 @@ class Spool:
                 placed.append((item, *self._place(item, name, group)))
             if not placed:
                 return []
+            self._refuse_below_reserve(0)  # what was really written: undone when too much
             if group and durable.syncfs(self.objects):
                 pass  # one flush of the spool's filesystem covered every file and rename
             else:
@@ -287,13 +288,24 @@ class Spool:
     def _check_room(self, batch: list[Incoming]) -> None:
         """Refuse a batch that would leave less than ``reserve`` bytes free: the senders
         need room to record outcomes (and so free space) even when intake has filled
-        the disk."""
+        the disk. Counted is what a copy really writes (a sparse file's allocated
+        blocks), nothing for a file that may be hard-linked; :meth:`_check_left`
+        checks again once the batch is placed."""
+        try:
+            spool_dev = os.stat(self.objects).st_dev
+        except OSError:
+            spool_dev = -1
         need = 0
         for item in batch:
             try:
-                need += os.fstat(item.fd).st_size
+                st = os.fstat(item.fd)
             except OSError:
-                pass
+                continue
+            if not (item.link_ok and st.st_dev == spool_dev):
+                need += min(st.st_size, st.st_blocks * 512)
+        self._refuse_below_reserve(need)
+
+    def _refuse_below_reserve(self, need: int) -> None:
         try:
             st = os.statvfs(self.root)
         except OSError:
