@@ -10,7 +10,7 @@ from forwarder import __version__
 from forwarder.errors import EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
-            "receive", "spool")
+            "receive", "spool", "purge")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
                     "the current routes (for a missing, empty or damaged index)")
     sp.add_argument("--force", action="store_true",
                     help="rebuild even though the index is readable")
+    pg = with_config("purge", "delete failed jobs and quarantined files older than an age")
+    pg.add_argument("--failed-older-than", metavar="AGE",
+                    help="failed jobs last touched longer ago than AGE (30d, 12h...)")
+    pg.add_argument("--quarantine-older-than", metavar="AGE",
+                    help="quarantined files (and their .json) older than AGE")
+    pg.add_argument("--dry-run", action="store_true", help="only count what would go")
     ec = with_config("echo", "C-ECHO each destination with its full settings")
     ec.add_argument("names", nargs="*", metavar="NAME")
     rc = sub.add_parser("receive", help="a small storage SCP for trying things out")

@@ -291,11 +291,19 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Retention:
+    failed: float | None = opt(_p_opt(_p_duration))  # None: kept until an operator acts
+    quarantine: float | None = opt(_p_opt(_p_duration))
+    every: float = opt(_p_period(60.0), 3600.0)
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = ""
     ae_title: str = opt(_p_ae, "FORWARDER")
     spool: str = opt(_p_str, "/var/lib/dicom-forwarder")
     log: LogConfig = opt(_p_section(LogConfig), LogConfig())
+    retention: Retention = opt(_p_section(Retention), Retention())
     watch: tuple[Watch, ...] = ()
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()

@@ -21,6 +21,7 @@ from forwarder.config import Config
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
 from forwarder.logs import event
+from forwarder.retention import Keeper
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
 from forwarder.watcher import Watcher
@@ -41,6 +42,7 @@ class Daemon:
         self.intake: Intake | None = None
         self.watchers: dict[str, Watcher] = {}
         self.senders: dict[str, DestinationSender] = {}
+        self.keeper: Keeper | None = None
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
@@ -97,6 +99,7 @@ class Daemon:
         self._hold_removed(cfg)
         for dest in cfg.destinations.values():
             self._start_sender(cfg, dest.name)
+        self.keeper = Keeper(self.spool)
         self.intake = Intake(cfg, self.spool, on_fatal=self.fatal).start()
         for w in cfg.watch:
             self._start_watcher(w)
@@ -148,6 +151,8 @@ class Daemon:
             if not self._alive():
                 LOGGER.critical("a worker thread or process died; stopping so the service restarts")
                 return EXIT_FAILURE
+            if self.keeper is not None and self.cfg is not None:
+                self.keeper.tick(self.cfg.retention)
             if ping:
                 notify.watchdog()
             if time.monotonic() >= next_status:
@@ -246,6 +251,8 @@ class Daemon:
             t.start()
         for t in stoppers:
             t.join()
+        if self.keeper is not None:
+            self.keeper.join()
         if self.spool is not None:
             self.spool.close()
 
