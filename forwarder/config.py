@@ -20,7 +20,7 @@ from typing import Any
 from forwarder import cfgcheck
 from forwarder.errors import ConfigError, ConfigIssue
 from forwarder.negotiation import PROPOSE_MODES
-from forwarder.yamlsrc import MAX_BYTES, YamlProblem, load_with_lines
+from forwarder.yamlsrc import MAX_BYTES, TOO_LARGE, YamlProblem, load_with_lines
 
 KeyPath = tuple[str | int, ...]
 Parser = Callable[["_Ctx", Any, KeyPath], Any]
@@ -209,7 +209,7 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    initial: float = opt(_p_period(0.01), 10.0)
+    initial: float = opt(_p_period(0.1), 10.0)
     max: float = opt(_p_duration, 600.0)
     multiplier: float = opt(_p_float(1.0, 100.0), 2.0)
     jitter: float = opt(_p_float(0.0, 1.0), 0.2)
@@ -519,7 +519,7 @@ def load(path: str | Path) -> Config:
         with open(p, "rb") as fp:
             raw = fp.read(MAX_BYTES + 1)  # a bound, so a huge file is never read whole
         if len(raw) > MAX_BYTES:
-            return parse(" " * len(raw), str(p))  # refused in words by the YAML reader
+            raise ConfigError([ConfigIssue(str(p), None, "", TOO_LARGE)])
         text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read: {exc.strerror}")]) \

@@ -25,6 +25,7 @@ MAX_DEPTH = 64
 MAX_ALIASES = 1000
 MAX_NODES = 100_000
 MERGE_TAG = "tag:yaml.org,2002:merge"
+TOO_LARGE = f"the file is larger than {MAX_BYTES // 1024} KiB; a configuration is a few KiB"
 
 
 class YamlProblem(Exception):
@@ -74,8 +75,7 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path, int], list[YamlProblem]]
     reported but do not stop parsing, so a single run lists every problem in the file.
     """
     if len(text) > MAX_BYTES:
-        raise YamlProblem(None, (), f"the file is larger than {MAX_BYTES // 1024} KiB; a "
-                          "configuration is a few KiB")
+        raise YamlProblem(None, (), TOO_LARGE)
     loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()

@@ -43,7 +43,7 @@ def issues(text: str) -> list[str]:
     (("    path: /tmp/fwd-bounds/in\n", "    path: /tmp/fwd-bounds/in\n    rescan: 0\n"),
      "f.yaml:5: watch[0].rescan: must be at least 100ms"),
     (("port: 104}", "port: 104, retry: {initial: 0}}"),
-     "f.yaml:6: destinations.pacs.retry.initial: must be at least 10ms"),
+     "f.yaml:6: destinations.pacs.retry.initial: must be at least 100ms"),
     (("port: 104}", "port: 104, retry: {initial: 10s, max: 5s}}"),
      "f.yaml:6: destinations.pacs.retry.max: the longest delay (5s) is below the first"),
     (("port: 104}", "port: 104, max_association_age: 0}"),
