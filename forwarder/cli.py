@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 from forwarder import __version__
-from forwarder.errors import EXIT_USAGE, ConfigError, ForwarderError
+from forwarder.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
             "receive", "spool", "purge")
@@ -87,6 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ForwarderError as exc:
         print(f"dicom-forwarder: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:  # damage found by a query, after the open
+        from forwarder import spoolindex
+
+        if not spoolindex.is_damage(exc):
+            raise
+        print(f"dicom-forwarder: the spool index is damaged ({exc}); {spoolindex.HOW}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

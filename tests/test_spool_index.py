@@ -139,3 +139,18 @@ def test_a_new_spool_and_an_empty_objects_folder_start_as_before(tmp_path: Path)
         (tmp_path / "new" / "index.sqlite").unlink()
         (tmp_path / "new" / "objects" / "x").write_bytes(b"x")
         Spool(tmp_path / "new")
+
+
+def test_commands_on_a_damaged_index_say_so_without_a_traceback(tmp_path: Path,
+                                                                 capsys) -> None:
+    cfg, _files = _spool_with_jobs(tmp_path, free_port())
+    index = tmp_path / "spool" / "index.sqlite"
+    data = bytearray(index.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    for at in range(2 * page, len(data), page):
+        data[at:at + 64] = b"\xff" * 64
+    index.write_bytes(bytes(data))
+    for command in ("status", "failed", "quarantine"):
+        assert main([command, "-c", str(cfg)]) == 78, command
+        err = capsys.readouterr().err
+        assert "damaged" in err and "spool rebuild" in err, err
