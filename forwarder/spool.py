@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import durable, recovery, retry, spoolindex
+from forwarder import durable, recovery, retry, room, spoolindex
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -207,7 +207,7 @@ class Spool:
         now = time.time() if now is None else now
         placed: list[tuple[Incoming, str, str, int]] = []
         batch = list(items)
-        self._check_room(batch)
+        room.check(self.root, self.reserve, [(i.fd, i.link_ok) for i in batch])
         group = len(batch) > 1 and self._syncfs_ok
         names = [uuid.uuid4().hex for _ in batch]
         tracked = [(n, i.source, i.stat.st_ino, i.stat.st_size, i.stat.st_mtime_ns)
@@ -222,7 +222,7 @@ class Spool:
                 placed.append((item, *self._place(item, name, group)))
             if not placed:
                 return []
-            self._refuse_below_reserve(0)  # what was really written: undone when too much
+            room.check(self.root, self.reserve, [])  # as really written: undone if too much
             if group and durable.syncfs(self.objects):
                 pass  # one flush of the spool's filesystem covered every file and rename
             else:
@@ -284,37 +284,6 @@ class Spool:
                 db.executemany("DELETE FROM intake WHERE name = ?", [(n,) for n in names])
         except (SpoolError, sqlite3.Error):
             pass  # left for the next start, where the names match no object
-
-    def _check_room(self, batch: list[Incoming]) -> None:
-        """Refuse a batch that would leave less than ``reserve`` bytes free: the senders
-        need room to record outcomes (and so free space) even when intake has filled
-        the disk. Counted is what a copy really writes (a sparse file's allocated
-        blocks), nothing for a file that may be hard-linked; :meth:`_check_left`
-        checks again once the batch is placed."""
-        try:
-            spool_dev = os.stat(self.objects).st_dev
-        except OSError:
-            spool_dev = -1
-        need = 0
-        for item in batch:
-            try:
-                st = os.fstat(item.fd)
-            except OSError:
-                continue
-            if not (item.link_ok and st.st_dev == spool_dev):
-                need += min(st.st_size, st.st_blocks * 512)
-        self._refuse_below_reserve(need)
-
-    def _refuse_below_reserve(self, need: int) -> None:
-        try:
-            st = os.statvfs(self.root)
-        except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
-        if free - need < self.reserve:
-            raise SpoolFull(f"spool full: {free // 1024} KiB free on {self.root}, "
-                            f"{need // 1024} KiB to take, {self.reserve // 1024} KiB kept "
-                            "in reserve for the senders")
 
     def is_seen(self, path: str, st: os.stat_result) -> bool:
         """keep_source: was this exact file (path, inode, size, mtime) taken before?"""
