@@ -20,7 +20,7 @@ from typing import Any
 from forwarder import cfgcheck
 from forwarder.errors import ConfigError, ConfigIssue
 from forwarder.negotiation import PROPOSE_MODES
-from forwarder.yamlsrc import MAX_BYTES, TOO_LARGE, YamlProblem, load_with_lines
+from forwarder.yamlsrc import YamlProblem, load_with_lines, read_bounded
 
 KeyPath = tuple[str | int, ...]
 Parser = Callable[["_Ctx", Any, KeyPath], Any]
@@ -516,14 +516,7 @@ def load(path: str | Path) -> Config:
     """Read and parse a configuration file; relative paths in it stay as written."""
     p = Path(path)
     try:
-        with open(p, "rb") as fp:
-            raw = fp.read(MAX_BYTES + 1)  # a bound, so a huge file is never read whole
-        if len(raw) > MAX_BYTES:
-            raise ConfigError([ConfigIssue(str(p), None, "", TOO_LARGE)])
-        text = raw.decode("utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read: {exc.strerror}")]) \
-            from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue(str(p), None, "", f"not UTF-8 text: {exc}")]) from exc
+        text = read_bounded(p)
+    except YamlProblem as exc:
+        raise ConfigError([ConfigIssue(str(p), None, "", exc.message)]) from exc
     return parse(text, str(p))

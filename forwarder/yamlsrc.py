@@ -14,6 +14,7 @@ levels of nesting (after aliases are followed), :data:`MAX_ALIASES` alias uses a
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -66,6 +67,21 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def read_bounded(path: str | os.PathLike[str]) -> str:
+    """The text of a file of at most :data:`MAX_BYTES` (a larger one is never read whole)."""
+    try:
+        with open(path, "rb") as fp:
+            raw = fp.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise YamlProblem(None, (), f"cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_BYTES:
+        raise YamlProblem(None, (), TOO_LARGE)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlProblem(None, (), f"not UTF-8 text: {exc}") from exc
 
 
 def load_with_lines(text: str) -> tuple[Any, dict[Path, int], list[YamlProblem]]:
