@@ -114,7 +114,8 @@ class Spool:
         index = self.root / "index.sqlite"
         try:
             if not index.exists():  # SQLite gives its -wal and -shm the index's mode
-                os.close(durable.create(index))
+                with contextlib.suppress(FileExistsError):  # made by another process
+                    os.close(durable.create(index))
             self.db = sqlite3.connect(index, check_same_thread=False,
                                       isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
