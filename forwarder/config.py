@@ -108,8 +108,8 @@ def _p_period(lo: float) -> Parser:
     def parse(ctx: _Ctx, v: Any, path: KeyPath) -> float:
         n = parse_duration(v)
         if n < lo:
-            raise _Bad(f"must be at least {lo * 1000:g}ms (shorter makes the daemon spin), "
-                       f"got {v!r}")
+            least = f"{lo:g}s" if lo >= 1 else f"{lo * 1000:g}ms"
+            raise _Bad(f"must be at least {least} (shorter makes the daemon spin), got {v!r}")
         return n
     return parse
 

@@ -47,7 +47,7 @@ def issues(text: str) -> list[str]:
     (("port: 104}", "port: 104, retry: {initial: 10s, max: 5s}}"),
      "f.yaml:6: destinations.pacs.retry.max: the longest delay (5s) is below the first"),
     (("port: 104}", "port: 104, max_association_age: 0}"),
-     "f.yaml:6: destinations.pacs.max_association_age: must be at least 1000ms"),
+     "f.yaml:6: destinations.pacs.max_association_age: must be at least 1s"),
     (("port: 104}", "port: 104, called_ae_title: PACSÉ}"),
      "f.yaml:6: destinations.pacs.called_ae_title: an AE title is 1 to 16 printable ASCII"),
     (("spool: /tmp/fwd-bounds/spool", "spool: /tmp/fwd-bounds/in/.spool"),
