@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 from forwarder import __version__
-from forwarder.errors import EXIT_USAGE, ConfigError, ForwarderError
+from forwarder.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
-            "receive")
+            "receive", "spool", "purge")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("--json", action="store_true")
     qu = with_config("quarantine", "list quarantined inputs with their reasons")
     qu.add_argument("--json", action="store_true")
+    sp = with_config("spool", "spool maintenance, with the service stopped")
+    sp.add_argument("action", choices=("rebuild",),
+                    help="rebuild: a new index, the spool's objects taken again through "
+                    "the current routes (for a missing, empty or damaged index)")
+    sp.add_argument("--force", action="store_true",
+                    help="rebuild even though the index is readable")
+    pg = with_config("purge", "delete failed jobs and quarantined files older than an age")
+    pg.add_argument("--failed-older-than", metavar="AGE",
+                    help="failed jobs last touched longer ago than AGE (30d, 12h...)")
+    pg.add_argument("--quarantine-older-than", metavar="AGE",
+                    help="quarantined files (and their .json) older than AGE")
+    pg.add_argument("--dry-run", action="store_true", help="only count what would go")
     ec = with_config("echo", "C-ECHO each destination with its full settings")
     ec.add_argument("names", nargs="*", metavar="NAME")
     rc = sub.add_parser("receive", help="a small storage SCP for trying things out")
@@ -75,6 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ForwarderError as exc:
         print(f"dicom-forwarder: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:  # damage found by a query, after the open
+        from forwarder import spoolindex
+
+        if not spoolindex.is_damage(exc):
+            raise
+        print(f"dicom-forwarder: the spool index is damaged ({exc}); {spoolindex.HOW}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

@@ -90,6 +90,48 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return _listing(args, rows, "{file}: from {source}: {reason}", "{n} quarantined file(s)")
 
 
+def cmd_spool(args: argparse.Namespace) -> int:
+    """``spool rebuild``: a new index from the objects the spool holds."""
+    from forwarder import spoolindex
+
+    cfg = config.load(args.config)
+    report = spoolindex.rebuild(cfg, force=args.force)
+    print(f"spool {cfg.spool} rebuilt: {report['queued']} object(s) queued again, "
+          f"{report['quarantined']} quarantined, {report['quarantine_listed']} quarantine "
+          f"record(s) listed again, {report['moved_aside']} old index file(s) moved aside")
+    return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Delete failed jobs and quarantined files older than the ages given."""
+    from forwarder import retention
+
+    ages = {}
+    for key in ("failed_older_than", "quarantine_older_than"):
+        value = getattr(args, key)
+        if value is not None:
+            try:
+                ages[key] = config.parse_duration(value)
+            except Exception as exc:  # noqa: BLE001 - the parser's message says what is wrong
+                raise UsageError(f"--{key.replace('_', '-')}: {exc}") from exc
+    if not ages:
+        raise UsageError("say what to purge: --failed-older-than AGE and/or "
+                         "--quarantine-older-than AGE")
+    _cfg, spool = _open_spool(args)
+    verb = "would delete" if args.dry_run else "deleted"
+    with spool:
+        if "failed_older_than" in ages:
+            n = retention.purge_failed(spool, ages["failed_older_than"], dry_run=args.dry_run)
+            print(f"{verb} {n} failed job(s) older than {args.failed_older_than}")
+        if "quarantine_older_than" in ages:
+            n = retention.purge_quarantine(spool, ages["quarantine_older_than"],
+                                           dry_run=args.dry_run)
+            print(f"{verb} {n} quarantined file(s) older than {args.quarantine_older_than}")
+        if not args.dry_run:
+            retention.prune_bookkeeping(spool)
+    return EXIT_OK
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     """C-ECHO each named destination (all by default) with its full settings."""
     import time

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forwarder import cfgcheck
 from forwarder.errors import ConfigError, ConfigIssue
 from forwarder.negotiation import PROPOSE_MODES
-from forwarder.yamlsrc import YamlProblem, load_with_lines
+from forwarder.yamlsrc import YamlProblem, load_with_lines, read_bounded
 
 KeyPath = tuple[str | int, ...]
 Parser = Callable[["_Ctx", Any, KeyPath], Any]
@@ -102,6 +103,17 @@ def _p_duration(ctx: _Ctx, v: Any, path: KeyPath) -> float:
     return parse_duration(v)
 
 
+def _p_period(lo: float) -> Parser:
+    """A duration of at least ``lo`` seconds: shorter would make a loop spin."""
+    def parse(ctx: _Ctx, v: Any, path: KeyPath) -> float:
+        n = parse_duration(v)
+        if n < lo:
+            least = f"{lo:g}s" if lo >= 1 else f"{lo * 1000:g}ms"
+            raise _Bad(f"must be at least {least} (shorter makes the daemon spin), got {v!r}")
+        return n
+    return parse
+
+
 def _p_size(lo: int, hi: int) -> Parser:
     def parse(ctx: _Ctx, v: Any, path: KeyPath) -> int:
         n = parse_size(v)
@@ -143,8 +155,9 @@ def _p_list(inner: Parser) -> Parser:
 
 def _p_ae(ctx: _Ctx, v: Any, path: KeyPath) -> str:
     s = _p_str(ctx, v, path)
-    if len(s) > 16 or "\\" in s or not s.strip() or not s.isprintable():
-        raise _Bad(f"an AE title is 1 to 16 printable characters without backslash, got {s!r}")
+    if len(s) > 16 or "\\" in s or not s.strip() or not s.isprintable() or not s.isascii():
+        raise _Bad("an AE title is 1 to 16 printable ASCII characters without backslash, "
+                   f"got {s!r}")
     return s
 
 
@@ -179,7 +192,7 @@ class Watch:
     ignore: tuple[str, ...] = opt(_p_list(_p_str), (".*", "*.tmp", "*.part", "*.partial"))
     recursive: bool = opt(_p_bool, True)
     min_age: float = opt(_p_duration, 2.0)
-    rescan: float = opt(_p_duration, 60.0)
+    rescan: float = opt(_p_period(0.1), 60.0)
     polling: bool = opt(_p_bool, False)
     keep_source: bool = opt(_p_bool, False)
 
@@ -196,7 +209,7 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    initial: float = opt(_p_duration, 10.0)
+    initial: float = opt(_p_period(0.1), 10.0)
     max: float = opt(_p_duration, 600.0)
     multiplier: float = opt(_p_float(1.0, 100.0), 2.0)
     jitter: float = opt(_p_float(0.0, 1.0), 0.2)
@@ -245,7 +258,7 @@ class Destination:
     associations: int = opt(_p_int(1, 64), 1)
     batch: int = opt(_p_int(1, 10000), 100)
     idle_release: float = opt(_p_duration, 5.0)
-    max_association_age: float = opt(_p_duration, 300.0)
+    max_association_age: float = opt(_p_period(1.0), 300.0)
     warning_is_success: bool = opt(_p_bool, True)
     retry: RetryPolicy = opt(_p_section(RetryPolicy), RetryPolicy())
     tls: TLSConfig = opt(_p_section(TLSConfig), TLSConfig())
@@ -278,11 +291,19 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Retention:
+    failed: float | None = opt(_p_opt(_p_duration))  # None: kept until an operator acts
+    quarantine: float | None = opt(_p_opt(_p_duration))
+    every: float = opt(_p_period(60.0), 3600.0)
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = ""
     ae_title: str = opt(_p_ae, "FORWARDER")
     spool: str = opt(_p_str, "/var/lib/dicom-forwarder")
     log: LogConfig = opt(_p_section(LogConfig), LogConfig())
+    retention: Retention = opt(_p_section(Retention), Retention())
     watch: tuple[Watch, ...] = ()
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
@@ -314,10 +335,13 @@ class _Ctx:
                 return self.lines[path[:n]]
         return None
 
+    @staticmethod
+    def dotted(path: KeyPath) -> str:
+        return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path) \
+            .replace(".[", "[")
+
     def error(self, path: KeyPath, message: str) -> None:
-        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
-        self.issues.append(ConfigIssue(self.file, self.line(path), dotted.replace(".[", "["),
-                                       message))
+        self.issues.append(ConfigIssue(self.file, self.line(path), self.dotted(path), message))
 
     def build(self, cls: type, value: Any, path: KeyPath, extra: Mapping[str, Any] = {}) -> Any:
         """Build dataclass ``cls`` from mapping ``value``, reporting every bad key."""
@@ -397,8 +421,10 @@ def parse(text: str, file: str = "<config>") -> Config:
     try:
         data, lines, dups = load_with_lines(text)
     except YamlProblem as exc:
-        raise ConfigError([ConfigIssue(file, exc.line, "", exc.message +
-                                       " (check indentation and quoting near this line)")]) from exc
+        hint = " (check indentation and quoting near this line)" \
+            if exc.message.startswith("YAML") else ""
+        raise ConfigError([ConfigIssue(file, exc.line, _Ctx.dotted(exc.path),
+                                       exc.message + hint)]) from exc
     ctx = _Ctx(file, lines)
     for d in dups:
         ctx.error(d.path, d.message)
@@ -478,6 +504,8 @@ def parse(text: str, file: str = "<config>") -> Config:
             ctx.error((*base, "name"), f"duplicate route name '{built.name}'")
         routes.append(built)
 
+    if top is not None:
+        cfgcheck.cross_check(ctx, top.spool, watches, dests)
     if ctx.issues or top is None:
         raise ConfigError(ctx.issues)
     return dataclasses.replace(top, source=file, watch=tuple(watches), destinations=dests,
@@ -488,10 +516,7 @@ def load(path: str | Path) -> Config:
     """Read and parse a configuration file; relative paths in it stay as written."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read: {exc.strerror}")]) \
-            from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue(str(p), None, "", f"not UTF-8 text: {exc}")]) from exc
+        text = read_bounded(p)
+    except YamlProblem as exc:
+        raise ConfigError([ConfigIssue(str(p), None, "", exc.message)]) from exc
     return parse(text, str(p))

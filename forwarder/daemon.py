@@ -21,6 +21,7 @@ from forwarder.config import Config
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
 from forwarder.logs import event
+from forwarder.retention import Keeper
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
 from forwarder.watcher import Watcher
@@ -41,6 +42,7 @@ class Daemon:
         self.intake: Intake | None = None
         self.watchers: dict[str, Watcher] = {}
         self.senders: dict[str, DestinationSender] = {}
+        self.keeper: Keeper | None = None
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
@@ -97,6 +99,7 @@ class Daemon:
         self._hold_removed(cfg)
         for dest in cfg.destinations.values():
             self._start_sender(cfg, dest.name)
+        self.keeper = Keeper(self.spool)
         self.intake = Intake(cfg, self.spool, on_fatal=self.fatal).start()
         for w in cfg.watch:
             self._start_watcher(w)
@@ -141,10 +144,15 @@ class Daemon:
                 return EXIT_OK
             if self._reload:
                 self._reload = False
-                self.reload()
+                try:
+                    self.reload()
+                except Exception as exc:  # noqa: BLE001 - a reload never stops the daemon
+                    self._reload_failed(f"{type(exc).__name__}: {exc}", exc_info=True)
             if not self._alive():
                 LOGGER.critical("a worker thread or process died; stopping so the service restarts")
                 return EXIT_FAILURE
+            if self.keeper is not None and self.cfg is not None:
+                self.keeper.tick(self.cfg.retention)
             if ping:
                 notify.watchdog()
             if time.monotonic() >= next_status:
@@ -189,11 +197,11 @@ class Daemon:
                                    "the spool cannot move while running; restart the "
                                    "service to use a new spool")])
         except ConfigError as exc:
-            errors = "; ".join(str(i) for i in exc.issues)
-            event(LOGGER, "reload_failed", "reload refused, still running the previous "
-                  "configuration: %s", errors, level=logging.ERROR, CONFIG_FILE=self.config_path,
-                  ERRORS=errors)
-            notify.ready(self._summary())
+            self._reload_failed("; ".join(str(i) for i in exc.issues))
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, we keep running
+            self._reload_failed(f"{self.config_path}: {type(exc).__name__}: {exc}",
+                                exc_info=True)
             return
         old = self.cfg
         logs.setup(new.log.level, self.log_target or new.log.target, new.log.phi)
@@ -223,6 +231,14 @@ class Daemon:
               CONFIG_FILE=self.config_path)
         notify.ready(self._summary())
 
+    def _reload_failed(self, errors: str, exc_info: bool = False) -> None:
+        event(LOGGER, "reload_failed", "reload refused, still running the previous "
+              "configuration: %s", errors, level=logging.ERROR, CONFIG_FILE=self.config_path,
+              ERRORS=errors)
+        if exc_info:
+            LOGGER.debug("the reload's traceback", exc_info=True)
+        notify.ready(self._summary())
+
     # --- stop --------------------------------------------------------------------
 
     def _shutdown(self) -> None:
@@ -235,6 +251,8 @@ class Daemon:
             t.start()
         for t in stoppers:
             t.join()
+        if self.keeper is not None:
+            self.keeper.join()
         if self.spool is not None:
             self.spool.close()
 

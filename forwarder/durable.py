@@ -15,9 +15,56 @@ from pathlib import Path
 
 from forwarder.errors import SpoolError
 
+FILE_MODE = 0o640  # spool files and directories: explicit modes, whatever the umask
+DIR_MODE = 0o750
 REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
              "glusterfs", "fuse.glusterfs", "lustre"}
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def make_dir(path: Path) -> None:
+    """Create a spool directory (and its parents) with :data:`DIR_MODE` exactly; one that
+    exists is left as its owner set it."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def create(path: Path) -> int:
+    """A new file opened for writing, mode :data:`FILE_MODE` exactly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_durably(data: bytes, tmp: Path, final: Path) -> None:
+    """``data`` at ``final``, fsynced before the rename (the directory is the caller's)."""
+    fd = create(tmp)
+    try:
+        write_all(fd, data)
+        fsync(fd, str(tmp))
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+
+
+def sync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fsync(fd, str(path))
+    finally:
+        os.close(fd)
 
 
 def fsync(fd: int, what: str) -> None:
@@ -99,14 +146,9 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
                 digest.update(chunk)
                 size += len(chunk)
         else:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            out = create(tmp)
             try:
-                while chunk := os.read(fd, 1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view):]
+                size = copy_sparse(fd, out, digest)
                 if not defer_sync:
                     fsync(out, str(tmp))
             finally:
@@ -118,10 +160,67 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
     return digest.hexdigest(), size
 
 
+_ZEROS = bytes(1 << 20)
+
+
+def _data_extents(fd: int, end: int) -> list[tuple[int, int]]:
+    """The (start, stop) ranges of ``fd`` that hold data; holes read as zeros. The whole
+    file where the filesystem cannot tell (no SEEK_DATA)."""
+    extents: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole up to the end
+                    break
+                raise
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+            extents.append((start, stop))
+            pos = stop
+    except (OSError, AttributeError):
+        return [(0, end)]
+    return extents
+
+
+def copy_sparse(fd: int, out: int, digest: hashlib._Hash) -> int:
+    """Copy ``fd`` to the empty file ``out`` leaving its holes as holes (a private element
+    of zeros stays a few blocks, not gigabytes); hash every byte, holes as zeros. Returns
+    the size."""
+    end = os.fstat(fd).st_size
+    pos = 0
+    for start, stop in _data_extents(fd, end):
+        _hash_zeros(digest, start - pos)
+        os.lseek(fd, start, os.SEEK_SET)
+        os.lseek(out, start, os.SEEK_SET)
+        pos = start
+        while pos < stop:
+            chunk = os.read(fd, min(1 << 20, stop - pos))
+            if not chunk:  # shrank while being read: what was read is what is kept
+                break
+            digest.update(chunk)
+            write_all(out, chunk)
+            pos += len(chunk)
+        if pos < stop:
+            end = pos
+            break
+    _hash_zeros(digest, end - pos)
+    os.ftruncate(out, end)  # a hole at the end too
+    return end
+
+
+def _hash_zeros(digest: hashlib._Hash, n: int) -> None:
+    while n > 0:
+        step = min(n, len(_ZEROS))
+        digest.update(_ZEROS[:step] if step < len(_ZEROS) else _ZEROS)
+        n -= step
+
+
 def copy(fd: int, dest: Path) -> None:
     """Copy open file ``fd`` from its start to a new file ``dest``, fsynced."""
     os.lseek(fd, 0, os.SEEK_SET)
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    out = create(dest)
     try:
         while chunk := os.read(fd, 1 << 20):
             view = memoryview(chunk)

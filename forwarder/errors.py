@@ -54,3 +54,11 @@ class SpoolFull(ForwarderError):
 
 class NotDicomError(ForwarderError):
     """An input is not a storable DICOM object; the message says why."""
+
+
+class SpoolIndexError(ForwarderError):
+    """The spool index is missing, empty or damaged next to spooled objects: starting
+    would lose every queued job, so the daemon refuses (exit 78, no restart loop) and
+    says how to rebuild it."""
+
+    exit_code = EXIT_CONFIG

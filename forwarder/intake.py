@@ -168,6 +168,9 @@ class Intake:
                         event(LOGGER, "spool_full", "%s: intake paused, files stay in the "
                               "watch folders; sending goes on and frees space", exc,
                               level=logging.ERROR)
+                    with self._cond:  # to the back of the line: smaller files may fit
+                        self._backlog.extend(cands)
+                    cands = []
                     self._stop.wait(self.full_pause)
                 except BaseException as exc:  # SpoolError or a bug: the daemon must stop
                     for c in cands:

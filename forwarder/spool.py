@@ -9,6 +9,7 @@ with nothing half-written left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import durable, retry
+from forwarder import durable, recovery, retry, room, spoolindex
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -50,6 +51,10 @@ CREATE TABLE IF NOT EXISTS seen (
   PRIMARY KEY (path, inode));
 CREATE TABLE IF NOT EXISTS quarantine (
   id INTEGER PRIMARY KEY, name TEXT NOT NULL, source TEXT, reason TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS intake (
+  name TEXT PRIMARY KEY, source TEXT NOT NULL, inode INTEGER, size INTEGER, mtime_ns INTEGER,
+  committed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS delivered (sha256 TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 
@@ -91,21 +96,27 @@ class Spool:
     """The spool directory. Thread-safe: one connection, serialised by a lock."""
 
     def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None,
-                 reserve: int = 1 << 20):
+                 reserve: int = 1 << 20, rebuild: bool = False):
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
         self.tmp = self.root / "tmp"
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+            durable.make_dir(d)
         kind = filesystem_type(self.root)
         if kind in durable.REMOTE_FS:
             raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
                              "disk; put the spool on local storage (watch folders may be remote)")
         self._lock = threading.RLock()
         self._rand = rand or random.Random()
+        if not rebuild:
+            spoolindex.check_before_open(self.root)
+        index = self.root / "index.sqlite"
         try:
-            self.db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
+            if not index.exists():  # SQLite gives its -wal and -shm the index's mode
+                with contextlib.suppress(FileExistsError):  # made by another process
+                    os.close(durable.create(index))
+            self.db = sqlite3.connect(index, check_same_thread=False,
                                       isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -116,6 +127,8 @@ class Spool:
             self.db.execute("PRAGMA journal_size_limit=1048576")
             self.db.executescript(SCHEMA)
         except sqlite3.Error as exc:
+            if spoolindex.is_damage(exc):
+                raise spoolindex.damaged(self.root / "index.sqlite", exc) from exc
             raise SpoolError(f"cannot open the spool index {self.root / 'index.sqlite'}: "
                              f"{exc} (check its permissions and free space)") from exc
         self._listeners: list[Callable[[], None]] = []  # told when jobs may have become due
@@ -177,9 +190,8 @@ class Spool:
 
     # --- intake ------------------------------------------------------------------
 
-    def _place(self, item: Incoming, defer_sync: bool) -> tuple[str, str, int]:
+    def _place(self, item: Incoming, name: str, defer_sync: bool) -> tuple[str, str, int]:
         """Put the source's bytes at objects/<name>; return (name, sha256, size)."""
-        name = uuid.uuid4().hex
         try:
             sha, size = durable.place(item.fd, item.source, self.tmp / name,
                                       self.objects / name, item.link_ok, defer_sync)
@@ -196,13 +208,22 @@ class Spool:
         now = time.time() if now is None else now
         placed: list[tuple[Incoming, str, str, int]] = []
         batch = list(items)
-        self._check_room(batch)
+        room.check(self.root, self.reserve, [(i.fd, i.link_ok) for i in batch])
         group = len(batch) > 1 and self._syncfs_ok
+        names = [uuid.uuid4().hex for _ in batch]
+        tracked = [(n, i.source, i.stat.st_ino, i.stat.st_size, i.stat.st_mtime_ns)
+                   for n, i in zip(names, batch, strict=True)
+                   if i.stat is not None and not i.remember]
+        with self._tx(durable=False) as db:  # see forwarder.recovery
+            db.execute("DELETE FROM intake WHERE committed = 1")  # the previous batch
+            db.executemany("INSERT INTO intake (name, source, inode, size, mtime_ns) VALUES "
+                           "(?, ?, ?, ?, ?)", tracked)
         try:
-            for item in batch:
-                placed.append((item, *self._place(item, group)))
+            for item, name in zip(batch, names, strict=True):
+                placed.append((item, *self._place(item, name, group)))
             if not placed:
                 return []
+            room.check(self.root, self.reserve, [])  # as really written: undone if too much
             if group and durable.syncfs(self.objects):
                 pass  # one flush of the spool's filesystem covered every file and rename
             else:
@@ -245,9 +266,12 @@ class Spool:
                         "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
                         [(oid, d, now, now, now) for d in dests])
                     ids.append(oid)
+                db.executemany("UPDATE intake SET committed = 1 WHERE name = ?",
+                               [(n,) for n in names])
         except BaseException:
             for _item, name, _sha, _size in placed:
                 (self.objects / name).unlink(missing_ok=True)
+            self._forget_intake(names)
             raise
         for (_item, name, _sha, _size), oid in zip(placed, ids, strict=False):
             if oid == 0:
@@ -255,25 +279,12 @@ class Spool:
         self._notify()
         return ids
 
-    def _check_room(self, batch: list[Incoming]) -> None:
-        """Refuse a batch that would leave less than ``reserve`` bytes free: the senders
-        need room to record outcomes (and so free space) even when intake has filled
-        the disk."""
-        need = 0
-        for item in batch:
-            try:
-                need += os.fstat(item.fd).st_size
-            except OSError:
-                pass
+    def _forget_intake(self, names: list[str]) -> None:
         try:
-            st = os.statvfs(self.root)
-        except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
-        if free - need < self.reserve:
-            raise SpoolFull(f"spool full: {free // 1024} KiB free on {self.root}, "
-                            f"{need // 1024} KiB to take, {self.reserve // 1024} KiB kept "
-                            "in reserve for the senders")
+            with self._tx(durable=False) as db:
+                db.executemany("DELETE FROM intake WHERE name = ?", [(n,) for n in names])
+        except (SpoolError, sqlite3.Error):
+            pass  # left for the next start, where the names match no object
 
     def is_seen(self, path: str, st: os.stat_result) -> bool:
         """keep_source: was this exact file (path, inode, size, mtime) taken before?"""
@@ -294,21 +305,31 @@ class Spool:
         now = time.time() if now is None else now
         name = uuid.uuid4().hex
         dest = self.quarantine_dir / name
-        try:
+        meta = self.quarantine_dir / f"{name}.json"
+        info = {"source": source, "reason": reason, "at": now, "file": name}
+        try:  # the reason first, then the data, each durable before the source is gone
+            durable.write_durably((json.dumps(info, indent=1) + "\n").encode(),
+                                  self.tmp / f"{name}.json", meta)
             if move is not None:
                 try:
+                    if fd is not None:
+                        durable.fsync(fd, source)
+                    else:
+                        durable.sync_path(move)
                     os.rename(move, dest)
                 except OSError as exc:
                     if exc.errno != errno.EXDEV:
                         raise
                     move = None
+                else:
+                    with contextlib.suppress(OSError):  # another account's file: as it is
+                        os.chmod(dest, durable.FILE_MODE)
             if move is None and fd is not None:
                 durable.copy(fd, dest)
-            info = {"source": source, "reason": reason, "at": now, "file": name}
-            meta = self.quarantine_dir / f"{name}.json"
-            meta.write_text(json.dumps(info, indent=1) + "\n")
             durable.fsync_dir(self.quarantine_dir)
         except OSError as exc:
+            if not dest.exists():
+                meta.unlink(missing_ok=True)
             if exc.errno in durable.FULL:
                 raise SpoolFull(f"spool full while quarantining {source}") from exc
             raise SpoolError(f"cannot write quarantine: {exc.strerror}") from exc
@@ -375,10 +396,14 @@ class Spool:
                                    "state != 'done'", (oid,)).fetchone()[0]
             if left:
                 return
-            row = self.db.execute("SELECT name FROM objects WHERE id=?", (oid,)).fetchone()
+            row = self.db.execute("SELECT name, sha256 FROM objects WHERE id=?",
+                                  (oid,)).fetchone()
             if row:
                 (self.objects / row[0]).unlink(missing_ok=True)
             with self._tx(durable=False) as db:
+                if row:  # kept a while: recovery knows this content was delivered
+                    db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)",
+                               (row[1], time.time()))
                 db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
                 db.execute("DELETE FROM objects WHERE id=?", (oid,))
 
@@ -467,7 +492,10 @@ class Spool:
         """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
         now = time.time() if now is None else now
         report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0,
-                  "orphan_links_removed": 0, "missing_objects": 0, "finished_cleanup": 0}
+                  "orphan_links_removed": 0, "orphans_source_remains": 0,
+                  "orphans_already_queued": 0, "missing_objects": 0, "finished_cleanup": 0}
+        with self._lock:
+            spoolindex.quick_check(self.db, self.root / "index.sqlite")
         for f in self.tmp.iterdir():
             f.unlink(missing_ok=True)
             report["tmp_removed"] += 1
@@ -482,20 +510,10 @@ class Spool:
         with self._lock:
             known = {r[0]: r[1] for r in self.db.execute("SELECT name, id FROM objects")}
         on_disk = {p.name for p in self.objects.iterdir()}
-        for name in on_disk - set(known):
-            orphan = self.objects / name
-            try:
-                links = orphan.stat().st_nlink
-            except OSError:
-                continue
-            if links > 1:  # a hard link to a source that still exists: it is taken again
-                orphan.unlink()
-                report["orphan_links_removed"] += 1
-                continue
-            self.quarantine(None, str(orphan), "orphan object: in objects/ with no job "
-                            "(interrupted before its commit); its source may still exist",
-                            move=orphan, now=now)
-            report["orphan_objects"] += 1
+        report["committed_sources_removed"] = recovery.committed_sources(self)
+        report["quarantine_relisted"] = recovery.quarantine_records(self, now)
+        recovery.orphans(self, on_disk - set(known), report, now)
+        recovery.finish(self, now)
         for name in set(known) - on_disk:
             oid = known[name]
             with self._tx() as db:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from forwarder.spool import Spool
 from tests.corpus import tiny_template, unique_copies
@@ -68,6 +69,14 @@ def test_sigkill_at_random_moments_during_a_500_file_transfer(make_scp, tmp_path
     view = spool_view(tmp_path / "spool")
     assert not view["pending"] and not view["sending"] and not view["failed"]
     assert not sources(tmp_path / "in", uids)
+    # every input is valid and routed: a kill never makes one look like an orphan that
+    # must be kept, so nothing delivered is also in quarantine
+    quarantined = {str(dcmread(p, stop_before_pixels=True, force=True).SOPInstanceUID)
+                   for p in (tmp_path / "spool" / "quarantine").iterdir()
+                   if p.suffix != ".json"}
+    assert not quarantined & set(counts), f"{len(quarantined & set(counts))} delivered and " \
+        "quarantined"
+    assert not quarantined and not view["quarantined"], view["quarantined"]
 
 
 def test_peer_down_at_start_backs_off_without_a_storm(make_scp, tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""What a killed intake left behind, settled at start without losing or resending.
+
+Before a batch's objects are placed, :meth:`Spool.accept` records each one's name with its
+source's identity (path, inode, size, mtime) in the ``intake`` table; the commit marks
+them ``committed``; the next batch clears them (by then intake has removed the sources).
+So at start:
+
+- a committed source still there (killed after the commit, before its removal) is
+  removed as intake would have done, instead of being taken and sent again;
+- an object without jobs (killed before the commit) is removed when its source is still
+  there unchanged (it is taken again), or its content is already queued or was delivered
+  lately; only an object that would otherwise be lost is quarantined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forwarder.spool import Spool
+
+DELIVERED_KEEP = 7 * 86400.0  # how long the digest of a delivered object is kept
+
+
+def _unchanged(source: str, inode: int, size: int, mtime_ns: int) -> bool:
+    try:
+        st = os.lstat(source)
+    except OSError:
+        return False
+    return (st.st_ino, st.st_size, st.st_mtime_ns) == (inode, size, mtime_ns)
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fp:
+            while chunk := fp.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def committed_sources(spool: Spool) -> int:
+    """Remove sources whose batch committed but which intake had not removed yet."""
+    with spool._lock:
+        rows = spool.db.execute("SELECT source, inode, size, mtime_ns FROM intake WHERE "
+                                "committed = 1").fetchall()
+    removed = 0
+    for source, inode, size, mtime_ns in rows:
+        if _unchanged(source, inode, size, mtime_ns):
+            try:
+                os.unlink(source)
+                removed += 1
+            except OSError:
+                pass  # left for intake: at worst it is taken (and sent) once more
+    return removed
+
+
+def orphans(spool: Spool, names: set[str], report: dict[str, int], now: float) -> None:
+    """Objects in objects/ without a row: remove what is not the last copy, quarantine
+    the rest with the reason."""
+    with spool._lock:
+        intents = {r[0]: r[1:] for r in spool.db.execute(
+            "SELECT name, source, inode, size, mtime_ns FROM intake WHERE committed = 0")}
+    for name in sorted(names):
+        orphan = spool.objects / name
+        try:
+            links = orphan.stat().st_nlink
+        except OSError:
+            continue
+        intent = intents.get(name)
+        if links > 1 or (intent is not None and _unchanged(*intent)):
+            orphan.unlink()  # the source is still there and is taken again
+            report["orphan_links_removed" if links > 1 else "orphans_source_remains"] += 1
+            continue
+        sha = _sha256(orphan)
+        with spool._lock:
+            known = sha is not None and spool.db.execute(
+                "SELECT 1 FROM objects WHERE sha256 = ? UNION ALL SELECT 1 FROM delivered "
+                "WHERE sha256 = ? LIMIT 1", (sha, sha)).fetchone()
+        if known:
+            orphan.unlink()
+            report["orphans_already_queued"] += 1
+            continue
+        source = intent[0] if intent else None
+        spool.quarantine(None, source or str(orphan),
+                         "orphan object: in objects/ with no job (interrupted before its "
+                         "commit) and its source is gone or changed; this is the last copy",
+                         move=orphan, now=now)
+        report["orphan_objects"] += 1
+
+
+def quarantine_records(spool: Spool, now: float) -> int:
+    """The quarantine table agrees with quarantine/ again after a kill inside
+    :meth:`Spool.quarantine`: a record whose data never arrived is dropped (the input is
+    still at its source), data with no row is listed, with its reason when known."""
+    with spool._lock:
+        listed = {r[0] for r in spool.db.execute("SELECT name FROM quarantine")}
+    present = {p.name for p in spool.quarantine_dir.iterdir()}
+    rows = []
+    for name in sorted(present - listed):
+        if name.endswith(".json"):
+            if name[:-5] not in present and name[:-5] not in listed:
+                (spool.quarantine_dir / name).unlink(missing_ok=True)
+            continue
+        info: dict = {}
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads((spool.quarantine_dir / f"{name}.json").read_text())
+        rows.append((name, info.get("source"), info.get("reason") or "found in quarantine "
+                     "without its record", info.get("at") or now))
+    if rows:
+        with spool._tx() as db:
+            db.executemany("INSERT INTO quarantine (name, source, reason, at) "
+                           "VALUES (?,?,?,?)", rows)
+    return len(rows)
+
+
+def finish(spool: Spool, now: float | None = None) -> None:
+    """Forget the last batch's record and digests of deliveries past keeping."""
+    now = time.time() if now is None else now
+    with spool._tx(durable=False) as db:
+        db.execute("DELETE FROM intake")
+        db.execute("DELETE FROM delivered WHERE at < ?", (now - DELIVERED_KEEP,))

@@ -1,0 +1,152 @@
+"""Bounded growth: failed jobs and quarantine older than an age removed on request (the
+``purge`` command) or by the configured ``retention``, and the spool's own bookkeeping
+(the ``seen`` rows of files no longer there, digests of old deliveries) pruned.
+
+Nothing is removed unless an operator asked for it, by command or configuration: a
+failed job is deleted with its object once no other destination still needs it; a
+quarantined file with its ``.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from forwarder.logs import event
+from forwarder.recovery import DELIVERED_KEEP
+
+if TYPE_CHECKING:
+    from forwarder.config import Retention
+    from forwarder.spool import Spool
+
+LOGGER = logging.getLogger(__name__)
+
+
+def purge_failed(spool: Spool, older_than: float, now: float | None = None,
+                 dry_run: bool = False) -> int:
+    """Delete failed jobs last touched more than ``older_than`` seconds ago, and each
+    object no job needs any more."""
+    now = time.time() if now is None else now
+    cutoff = now - older_than
+    with spool._lock:
+        rows = spool.db.execute("SELECT id, object_id FROM jobs WHERE state='failed' AND "
+                                "coalesce(updated_at, created_at) < ?", (cutoff,)).fetchall()
+    if dry_run or not rows:
+        return len(rows)
+    objects = {r[1] for r in rows}
+    with spool._tx() as db:
+        db.executemany("DELETE FROM jobs WHERE id=?", [(r[0],) for r in rows])
+    for oid in objects:
+        with spool._lock:
+            left = spool.db.execute("SELECT count(*) FROM jobs WHERE object_id=? AND "
+                                    "state != 'done'", (oid,)).fetchone()[0]
+            name = spool.db.execute("SELECT name FROM objects WHERE id=?", (oid,)).fetchone()
+        if left or name is None:
+            continue
+        with spool._tx() as db:  # the row first: a kill leaves an orphan, never a hole
+            db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
+            db.execute("DELETE FROM objects WHERE id=?", (oid,))
+        (spool.objects / name[0]).unlink(missing_ok=True)
+    return len(rows)
+
+
+def purge_quarantine(spool: Spool, older_than: float, now: float | None = None,
+                     dry_run: bool = False) -> int:
+    """Delete quarantined files (and their ``.json``) older than ``older_than`` seconds."""
+    now = time.time() if now is None else now
+    with spool._lock:
+        rows = spool.db.execute("SELECT id, name FROM quarantine WHERE at < ?",
+                                (now - older_than,)).fetchall()
+    if dry_run or not rows:
+        return len(rows)
+    for _qid, name in rows:
+        (spool.quarantine_dir / name).unlink(missing_ok=True)
+        (spool.quarantine_dir / f"{name}.json").unlink(missing_ok=True)
+    with spool._tx() as db:
+        db.executemany("DELETE FROM quarantine WHERE id=?", [(r[0],) for r in rows])
+    return len(rows)
+
+
+def prune_bookkeeping(spool: Spool, now: float | None = None) -> dict[str, int]:
+    """``seen`` rows whose file is gone or is another file now; delivery digests older
+    than their keeping time."""
+    now = time.time() if now is None else now
+    with spool._lock:
+        seen = spool.db.execute("SELECT path, inode FROM seen").fetchall()
+    gone = []
+    present: dict[str, bool] = {}
+    for path, inode in seen:
+        try:
+            if os.lstat(path).st_ino == inode:
+                continue
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # cannot tell: kept
+        parent = os.path.dirname(path)
+        if parent not in present:
+            present[parent] = _holds_files(parent)
+        if present[parent]:
+            gone.append((path, inode))
+    with spool._tx(durable=False) as db:
+        db.executemany("DELETE FROM seen WHERE path=? AND inode=?", gone)
+        digests = db.execute("DELETE FROM delivered WHERE at < ?",
+                             (now - DELIVERED_KEEP,)).rowcount
+    return {"seen_pruned": len(gone), "delivered_digests_pruned": digests}
+
+
+def _holds_files(folder: str) -> bool:
+    """The folder is there with something in it: an empty or missing one may be a share
+    not mounted now, whose files would be taken again if their rows were pruned."""
+    try:
+        with os.scandir(folder) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
+
+
+def apply(spool: Spool, policy: Retention, now: float | None = None) -> dict[str, int]:
+    """One run of the configured retention; an event when anything was purged."""
+    report = prune_bookkeeping(spool, now)
+    report["failed_purged"] = purge_failed(spool, policy.failed, now) \
+        if policy.failed is not None else 0
+    report["quarantine_purged"] = purge_quarantine(spool, policy.quarantine, now) \
+        if policy.quarantine is not None else 0
+    if report["failed_purged"] or report["quarantine_purged"]:
+        event(LOGGER, "purged", "retention: %d failed job(s) and %d quarantined file(s) "
+              "past their keeping time deleted", report["failed_purged"],
+              report["quarantine_purged"], FAILED=report["failed_purged"],
+              QUARANTINE=report["quarantine_purged"])
+    LOGGER.debug("retention: %s", report)
+    return report
+
+
+class Keeper:
+    """Runs :func:`apply` in a thread of its own every ``policy.every`` (first at once), so
+    the daemon's main loop never waits for it; a failure is logged, never fatal."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self._thread: threading.Thread | None = None
+        self._due = 0.0
+
+    def tick(self, policy: Retention) -> None:
+        if time.monotonic() < self._due or (self._thread and self._thread.is_alive()):
+            return
+        self._due = time.monotonic() + policy.every
+        self._thread = threading.Thread(target=self._run, args=(policy,),
+                                        name="fwd-retention", daemon=True)
+        self._thread.start()
+
+    def _run(self, policy: Retention) -> None:
+        try:
+            apply(self.spool, policy)
+        except Exception as exc:  # noqa: BLE001 - retention never stops the daemon
+            LOGGER.error("retention run failed: %s", exc)
+
+    def join(self, timeout: float = 30.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,141 @@
+"""A process killed in the middle of taking a batch in: at restart nothing is lost, nothing
+is quarantined that is still at its source or already queued or delivered, and a batch
+whose commit happened is not taken (and sent) a second time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from forwarder.spool import Spool
+from tests.spoolutil import accept_file
+
+REPO = Path(__file__).resolve().parent.parent
+N = 8
+
+# takes every file of SRC in one batch and is SIGKILLed at the moment named by WHEN
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from forwarder import durable
+    from forwarder.spool import Incoming, Spool
+    from tests.spoolutil import fake_probe
+    src, root, when = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    spool = Spool(root)
+    spool.recover()
+    real_syncfs = durable.syncfs
+    def syncfs(path):
+        ok = real_syncfs(path)
+        if when == "before-commit":        # every object placed and flushed, no commit
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ok
+    durable.syncfs = syncfs
+    paths = sorted(src.iterdir())
+    fds = [os.open(p, os.O_RDONLY | os.O_NOFOLLOW) for p in paths]
+    items = [Incoming(fd, str(p), fake_probe(int(p.stem[2:])), ("pacs",), stat=os.fstat(fd))
+             for fd, p in zip(fds, paths)]
+    spool.accept(items)
+    if when == "after-commit":             # committed, sources not yet removed
+        os.kill(os.getpid(), signal.SIGKILL)
+    for p in paths:
+        p.unlink()
+""")
+
+
+def _inputs(folder: Path, n: int = N) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i in range(n):
+        data = os.urandom(1500)
+        (folder / f"in{i}.dcm").write_bytes(data)
+        out[f"1.2.3.{i}"] = data
+    return out
+
+
+def _killed(src: Path, root: Path, when: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(root), when],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert proc.returncode == -9
+
+
+def _objects(spool: Spool) -> list[bytes]:
+    return sorted(p.read_bytes() for p in spool.objects.iterdir())
+
+
+def test_killed_before_the_commit_objects_are_removed_sources_taken_again(
+        tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "spool"
+    data = _inputs(src)
+    _killed(src, root, "before-commit")
+    with Spool(root) as spool:
+        assert len(list(spool.objects.iterdir())) == N  # placed, never committed
+        report = spool.recover()
+        assert report["orphans_source_remains"] == N and report["orphan_objects"] == 0
+        assert spool.quarantined() == [] and list(spool.quarantine_dir.iterdir()) == []
+        assert list(spool.objects.iterdir()) == []
+    assert sorted(p.read_bytes() for p in src.iterdir()) == sorted(data.values())
+    subprocess.run([sys.executable, "-c", CHILD, str(src), str(root), "never"], cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=True)
+    with Spool(root) as spool:
+        assert spool.counts() == {"pending": N}
+        assert _objects(spool) == sorted(data.values())
+
+
+def test_killed_after_the_commit_the_batch_is_not_taken_twice(tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "spool"
+    data = _inputs(src)
+    _killed(src, root, "after-commit")
+    assert len(list(src.iterdir())) == N  # the sources were still there at the kill
+    with Spool(root) as spool:
+        report = spool.recover()
+        assert report["committed_sources_removed"] == N
+        assert list(src.iterdir()) == []  # removed now, as intake would have
+        assert spool.counts() == {"pending": N}
+        assert _objects(spool) == sorted(data.values())
+        assert spool.quarantined() == []
+        assert spool.recover()["committed_sources_removed"] == 0  # only once
+
+
+def test_a_committed_source_replaced_since_is_left_alone(tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "spool"
+    _inputs(src, 2)
+    _killed(src, root, "after-commit")
+    (src / "in0.dcm").unlink()
+    (src / "in0.dcm").write_bytes(b"a new file under the old name")
+    with Spool(root) as spool:
+        assert spool.recover()["committed_sources_removed"] == 1
+    assert [p.name for p in src.iterdir()] == ["in0.dcm"]
+
+
+@pytest.mark.parametrize("case", ["source-gone", "already-queued", "already-delivered"])
+def test_an_orphan_is_quarantined_only_when_it_is_the_last_copy(case: str,
+                                                                tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "spool"
+    data = _inputs(src, 3)
+    _killed(src, root, "before-commit")
+    orphan_of_in1 = next(p for p in (root / "objects").iterdir()
+                         if p.read_bytes() == data["1.2.3.1"])
+    (src / "in1.dcm").rename(tmp_path / "moved-away.dcm")  # its source gone
+    with Spool(root) as spool:
+        if case != "source-gone":
+            accept_file(spool, tmp_path / "moved-away.dcm", ("pacs",), 1)
+        if case == "already-delivered":
+            job = spool.claim("pacs", 10)
+            spool.done([j.id for j in job])
+            assert spool.counts() == {}
+        report = spool.recover()
+        q = spool.quarantined()
+        assert report["orphans_source_remains"] == 2  # in0 and in2 are taken again
+        if case == "source-gone":
+            assert report["orphan_objects"] == 1 and len(q) == 1
+            assert q[0]["source"] == str(src / "in1.dcm") and "last copy" in q[0]["reason"]
+            assert Path(q[0]["file"]).read_bytes() == data["1.2.3.1"]
+        else:
+            assert report["orphans_already_queued"] == 1 and q == []
+        assert not orphan_of_in1.exists()
+        assert len(list(spool.objects.iterdir())) == (1 if case == "already-queued" else 0)

@@ -1,0 +1,110 @@
+"""Failed jobs and quarantine kept until an operator purges them (by command or by the
+configured retention), and the spool's own bookkeeping bounded."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from forwarder import retention
+from forwarder.cli import main
+from forwarder.spool import Spool
+from tests.corpus import unique_copies
+from tests.daemonutil import DaemonProcess, write_config
+from tests.peers import free_port, wait_for
+from tests.sendutil import enqueue
+
+DAY = 86400.0
+
+
+def _aged_spool(tmp_path: Path, now: float) -> tuple[Path, dict[str, Path]]:
+    """Two failed jobs 40 days old (one object also pending for another destination),
+    one failed yesterday; two quarantined files 40 days old, one from yesterday."""
+    files = unique_copies(tmp_path / "corpus", 4)
+    paths = list(files.values())
+    with Spool(tmp_path / "spool") as spool:
+        enqueue(spool, paths[:2], ("pacs",))
+        enqueue(spool, paths[2:3], ("pacs", "ai"))
+        enqueue(spool, paths[3:], ("pacs",))
+        jobs = spool.claim("pacs", 10)
+        by_uid = {j.probe.sop_instance_uid: j for j in jobs}
+        uids = list(files)
+        spool.fail(by_uid[uids[0]].id, "A900 refused", now=now - 40 * DAY)
+        spool.fail(by_uid[uids[2]].id, "A900 refused", now=now - 40 * DAY)
+        spool.fail(by_uid[uids[1]].id, "A900 refused", now=now - 1 * DAY)
+        spool.done([by_uid[uids[3]].id])
+        for i, age in enumerate((40, 40, 1)):
+            junk = tmp_path / f"junk{i}.bin"
+            junk.write_bytes(b"junk %d" % i)
+            spool.quarantine(None, str(junk), "not DICOM", move=junk, now=now - age * DAY)
+    return write_config(tmp_path, free_port()), files
+
+
+def test_purge_command_deletes_only_what_is_older(tmp_path: Path, capsys) -> None:
+    now = time.time()
+    cfg, files = _aged_spool(tmp_path, now)
+    uids = list(files)
+    args = ["purge", "-c", str(cfg), "--failed-older-than", "30d",
+            "--quarantine-older-than", "30d"]
+    assert main([*args, "--dry-run"]) == 0
+    assert "would delete 2 failed job(s)" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "deleted 2 failed job(s) older than 30d" in out
+    assert "deleted 2 quarantined file(s) older than 30d" in out
+    with Spool(tmp_path / "spool") as spool:
+        assert [j["sop_instance_uid"] for j in spool.failed_jobs()] == [uids[1]]
+        assert spool.counts() == {"failed": 1, "pending": 1}  # uids[2] still goes to ai
+        objects = sorted(p.read_bytes() for p in spool.objects.iterdir())
+        assert objects == sorted([files[uids[1]].read_bytes(), files[uids[2]].read_bytes()])
+        q = spool.quarantined()
+        assert [Path(r["source"]).name for r in q] == ["junk2.bin"]
+        assert sorted(p.name for p in spool.quarantine_dir.iterdir()) == \
+            sorted([Path(q[0]["file"]).name, Path(q[0]["file"]).name + ".json"])
+    assert main(["purge", "-c", str(cfg)]) == 2
+    assert main(["purge", "-c", str(cfg), "--failed-older-than", "soon"]) == 2
+
+
+def test_configured_retention_runs_in_the_daemon(tmp_path: Path) -> None:
+    now = time.time()
+    cfg, files = _aged_spool(tmp_path, now)
+    cfg.write_text(cfg.read_text().replace(
+        "log: {level: info}\n", "log: {level: info}\nretention: {failed: 30d, "
+        "quarantine: 30d, every: 1m}\n"))
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: "retention: 2 failed job(s) and 2 quarantined file(s)" in d.output(),
+                 30, "the retention run at start")
+    finally:
+        assert d.stop() == 0
+    with Spool(tmp_path / "spool") as spool:
+        assert len(spool.failed_jobs()) == 1 and len(spool.quarantined()) == 1
+
+
+def test_seen_rows_of_files_gone_are_pruned_but_not_for_an_empty_folder(
+        tmp_path: Path) -> None:
+    present, emptied = tmp_path / "share", tmp_path / "unmounted"
+    present.mkdir()
+    emptied.mkdir()
+    with Spool(tmp_path / "spool") as spool:
+        for folder, n in ((present, 3), (emptied, 2)):
+            for i in range(n):
+                f = folder / f"f{i}.dcm"
+                f.write_bytes(b"x")
+                spool.remember(str(f), f.stat())
+        (present / "f0.dcm").unlink()
+        (present / "f1.dcm").unlink()
+        (present / "f1.dcm").write_bytes(b"another file, same name")
+        for f in emptied.iterdir():
+            f.unlink()  # as a share looks when it is not mounted
+        report = retention.prune_bookkeeping(spool)
+        assert report["seen_pruned"] == 2
+        left = {Path(r[0]).relative_to(tmp_path).as_posix() for r in
+                spool.db.execute("SELECT path FROM seen")}
+        assert left == {"share/f2.dcm", "unmounted/f0.dcm", "unmounted/f1.dcm"}
+        spool.db.execute("INSERT INTO delivered VALUES ('old', ?), ('new', ?)",
+                         (time.time() - 8 * DAY, time.time()))
+        assert retention.prune_bookkeeping(spool)["delivered_digests_pruned"] == 1
+    assert os.path.isdir(emptied)

@@ -1,0 +1,156 @@
+"""A missing, empty or damaged spool index next to queued objects: the daemon refuses to
+start (exit 78, the file and the way out named), and ``spool rebuild`` takes the objects
+again through the current routes, so every queued file is still delivered once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from forwarder.cli import main
+from forwarder.errors import SpoolIndexError
+from forwarder.spool import Spool
+from tests.corpus import unique_copies
+from tests.daemonutil import DaemonProcess, write_config
+from tests.peers import free_port, wait_for
+from tests.sendutil import enqueue
+
+COUNT = 12
+
+
+def _spool_with_jobs(tmp_path: Path, port: int) -> tuple[Path, dict[str, Path]]:
+    cfg = write_config(tmp_path, port)
+    files = unique_copies(tmp_path / "corpus", COUNT)
+    with Spool(tmp_path / "spool") as spool:
+        enqueue(spool, list(files.values()))
+        assert spool.counts() == {"pending": COUNT}
+    return cfg, files
+
+
+def _refused(cfg: Path, tmp_path: Path, *words: str) -> str:
+    d = DaemonProcess(cfg, tmp_path)
+    assert d.wait(60) == 78, d.output()
+    out = d.output()
+    for w in words:
+        assert w in out, out
+    assert "permissions" not in out and "Traceback" not in out, out
+    return out
+
+
+def _rebuild_and_deliver(cfg: Path, tmp_path: Path, make_scp, port: int,
+                         files: dict[str, Path], capsys) -> None:
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 0
+    assert f"{COUNT} object(s) queued again" in capsys.readouterr().out
+    peer = make_scp(port=port)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: len(peer.counts()) == COUNT, 60, "every rebuilt job delivered")
+    finally:
+        assert d.stop() == 0
+    assert peer.counts() == {uid: 1 for uid in files}
+    assert not list((tmp_path / "spool" / "objects").iterdir())
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_missing_or_empty_index_is_refused_then_rebuilt(how: str, tmp_path: Path, make_scp,
+                                                        capsys) -> None:
+    port = free_port()
+    cfg, files = _spool_with_jobs(tmp_path, port)
+    index = tmp_path / "spool" / "index.sqlite"
+    for extra in ("-wal", "-shm"):
+        Path(f"{index}{extra}").unlink(missing_ok=True)
+    if how == "deleted":
+        index.unlink()
+    else:
+        index.write_bytes(b"")
+    state = "missing" if how == "deleted" else "empty"
+    _refused(cfg, tmp_path, f"the spool index {index} is {state}",
+             f"holds {COUNT} object(s)", "dicom-forwarder spool rebuild")
+    assert len(list((tmp_path / "spool" / "objects").iterdir())) == COUNT  # nothing touched
+    assert not list((tmp_path / "spool" / "quarantine").iterdir())
+    assert main(["status", "-c", str(cfg)]) == 78  # the commands refuse it too
+    _rebuild_and_deliver(cfg, tmp_path, make_scp, port, files, capsys)
+
+
+@pytest.mark.parametrize("damage", ["not-a-database", "malformed"])
+def test_damaged_index_names_the_file_and_the_way_out(damage: str, tmp_path: Path, make_scp,
+                                                      capsys) -> None:
+    port = free_port()
+    cfg, files = _spool_with_jobs(tmp_path, port)
+    index = tmp_path / "spool" / "index.sqlite"
+    data = bytearray(index.read_bytes())
+    if damage == "not-a-database":
+        data[:100] = b"\x5a" * 100
+    else:  # the header survives; every page after the schema is overwritten
+        page = int.from_bytes(data[16:18], "big")
+        for at in range(2 * page, len(data), page):
+            data[at:at + 64] = b"\xff" * 64
+    index.write_bytes(bytes(data))
+    _refused(cfg, tmp_path, f"the spool index {index} is damaged",
+             "dicom-forwarder spool rebuild")
+    _rebuild_and_deliver(cfg, tmp_path, make_scp, port, files, capsys)
+    assert list((tmp_path / "spool").glob("index.sqlite.damaged-*"))  # kept for a look
+
+
+def test_rebuild_quarantines_what_it_cannot_route_and_keeps_quarantine(tmp_path: Path,
+                                                                      capsys) -> None:
+    cfg, files = _spool_with_jobs(tmp_path, free_port())
+    root = tmp_path / "spool"
+    earlier = tmp_path / "earlier.bin"
+    earlier.write_bytes(b"earlier")
+    with Spool(root) as spool:
+        spool.quarantine(None, "/in/earlier.bin", "not DICOM: earlier", move=earlier)
+        before = spool.quarantined()
+    (root / "objects" / "stray").write_bytes(b"not a DICOM object")
+    shutil.move(root / "index.sqlite", tmp_path / "lost.sqlite")
+    for extra in ("-wal", "-shm"):
+        Path(f"{root / 'index.sqlite'}{extra}").unlink(missing_ok=True)
+    cfg.write_text(cfg.read_text() + "    match: {Modality: MR}\n")  # CT matches no route now
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["quarantine", "-c", str(cfg), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["source"] == "/in/earlier.bin" and rows[0] == before[0]
+    reasons = [r["reason"] for r in rows[1:]]
+    assert len(rows) == COUNT + 2
+    assert sum("no route matches it now" in r for r in reasons) == COUNT
+    assert sum("spool rebuild" in r and "DICOM" in r for r in reasons) == 1, reasons
+    assert all(Path(r["file"]).exists() for r in rows)
+    assert not list((root / "objects").iterdir())
+
+
+def test_rebuild_refuses_a_readable_index(tmp_path: Path, capsys) -> None:
+    cfg, _files = _spool_with_jobs(tmp_path, free_port())
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 2
+    assert "is readable and holds 12 job(s)" in capsys.readouterr().err
+    with Spool(tmp_path / "spool") as spool:
+        assert spool.counts() == {"pending": COUNT}
+
+
+def test_a_new_spool_and_an_empty_objects_folder_start_as_before(tmp_path: Path) -> None:
+    Spool(tmp_path / "new").close()
+    (tmp_path / "new" / "index.sqlite").unlink()
+    Spool(tmp_path / "new").close()  # no objects: nothing to lose, a new index is made
+    with pytest.raises(SpoolIndexError):
+        (tmp_path / "new" / "index.sqlite").unlink()
+        (tmp_path / "new" / "objects" / "x").write_bytes(b"x")
+        Spool(tmp_path / "new")
+
+
+def test_commands_on_a_damaged_index_say_so_without_a_traceback(tmp_path: Path,
+                                                                 capsys) -> None:
+    cfg, _files = _spool_with_jobs(tmp_path, free_port())
+    index = tmp_path / "spool" / "index.sqlite"
+    data = bytearray(index.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    for at in range(2 * page, len(data), page):
+        data[at:at + 64] = b"\xff" * 64
+    index.write_bytes(bytes(data))
+    for command in ("status", "failed", "quarantine"):
+        assert main([command, "-c", str(cfg)]) == 78, command
+        err = capsys.readouterr().err
+        assert "damaged" in err and "spool rebuild" in err, err
