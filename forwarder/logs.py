@@ -54,6 +54,7 @@ EVENTS: dict[str, str] = {
     "watch_fallback": "84b44d848e6f49fe9b2a779562b93ec4",
     "expired": "22df1056bc3f426a8459ce532b85f8be",
     "association": "af2fb285b7ab47a6af342ee41c45f7b9",
+    "sender_restart": "6b0e2f4c9d7a4e21a3c58f1d0b7e9c42",
 }
 
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")

@@ -62,6 +62,7 @@ class StoreSCP:
         ALL_TRANSFER_SYNTAXES, key=lambda ts: ts != "1.2.840.10008.1.2.1"))
     sop_classes: list[str] | None = None
     status: Callable[[Any], int] | None = None  # event -> status
+    comment: str | None = None  # Error Comment (0000,0902) sent with every failure status
     require_called_aet: bool = False
     maximum_associations: int = 10
     ssl_context: Any = None
@@ -124,6 +125,13 @@ class StoreSCP:
                 self.received.append(Received(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                                               str(ts), raw,
                                               id(event.assoc)))
+        elif self.comment:
+            from pydicom.dataset import Dataset
+
+            rsp = Dataset()
+            rsp.Status = status
+            rsp.ErrorComment = self.comment
+            return rsp  # type: ignore[return-value]
         return status
 
     def counts(self) -> Counter[str]:

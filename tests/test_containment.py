@@ -1,0 +1,166 @@
+"""Containment at the sending end, against real pynetdicom peers: a job that raises or kills
+its worker fails alone; faults that hit every file back the destination off and fail none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from forwarder import claims, outcome
+from forwarder.sender import DestinationSender
+from forwarder.spool import Spool
+from tests.corpus import data_file, unique_copies
+from tests.peers import wait_for
+from tests.sendutil import destination, enqueue, settled, states
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def big_endian_with_wrong_rows(folder: Path) -> Path:
+    """pydicom's Explicit VR Big Endian file with Rows that no longer match its pixels: a
+    little-endian-only peer needs a conversion, and decoding the pixels raises ValueError."""
+    ds = dcmread(data_file("ExplVR_BigEnd.dcm"))
+    ds.Rows = ds.Rows + 7
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bad-rows.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_an_unexpected_error_fails_that_job_and_keeps_the_association(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    peer = make_scp(transfer_syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    bad = big_endian_with_wrong_rows(tmp_path / "bad")
+    good = list(unique_copies(tmp_path / "c", 4).values())
+    bad_uid, *uids = enqueue(spool, [bad, *good])
+    with DestinationSender(destination(peer.port, "batch: 10"), "FORWARDER", spool) as sender:
+        wait_for(lambda: settled(spool), 30, "the queue to settle")
+        assert sender.restarts == 0
+    assert peer.counts() == {u: 1 for u in uids}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad_uid and "ValueError" in f["reason"]
+    assert "pixel data" in f["reason"] and "no response" not in f["reason"]
+    assert peer.associations == 1 and peer.aborts_seen == 0
+    assert spool.health("pacs").state == "ok"
+
+
+def test_a_job_that_kills_its_worker_fails_after_a_bounded_number_of_deaths(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    files = list(unique_copies(tmp_path / "c", 4).values())
+    bad = str(dcmread(files[1]).SOPInstanceUID)
+    holder: dict[str, DestinationSender] = {}
+    kills: list[int] = []
+
+    def status(event) -> int:  # noqa: ANN001
+        if event.request.AffectedSOPInstanceUID == bad:  # the worker dies sending it
+            pid = holder["sender"].pids[0]
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=status)
+    uids = enqueue(spool, files)
+    faults: list[BaseException] = []
+    sender = DestinationSender(destination(peer.port), "FORWARDER", spool,
+                               on_fatal=faults.append)
+    holder["sender"] = sender
+    with sender:
+        wait_for(lambda: settled(spool), 60, "the queue to settle")
+        assert sender.alive
+    assert faults == [] and len(kills) == claims.MAX_DEATHS
+    assert sender.restarts == claims.MAX_DEATHS
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad
+    assert f"died {claims.MAX_DEATHS} times" in f["reason"]
+
+
+def test_a_file_refused_a700_while_others_are_stored_fails_with_the_peers_comment(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    files = list(unique_copies(tmp_path / "c", 3).values())
+    bad = str(dcmread(files[1]).SOPInstanceUID)
+
+    refusals: list[str] = []
+
+    def status(event) -> int:  # noqa: ANN001 - as Orthanc answers a file it cannot index
+        if event.request.AffectedSOPInstanceUID == bad:
+            refusals.append(bad)
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=status, comment="missing PatientID")
+    uids = enqueue(spool, files)
+    more = iter(unique_copies(tmp_path / "more", 20, prefix="m").values())
+    with DestinationSender(destination(peer.port), "FORWARDER", spool):
+        while not spool.failed_jobs():  # files keep coming and are stored around it
+            seen = len(refusals)
+            uids += enqueue(spool, [next(more)])
+            wait_for(lambda n=seen, u=set(uids): set(peer.counts()) >= u - {bad}
+                     and (len(refusals) > n or spool.failed_jobs()), 20,
+                     "a neighbour stored and the file tried again")
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad and f["attempts"] == outcome.REFUSALS_ALONE
+    assert "0xA700 (missing PatientID)" in f["reason"] and "while it stored other" in f["reason"]
+    assert spool.health("pacs").state == "ok"
+
+
+class Sick:
+    """A peer that misbehaves on every C-STORE until ``cured``: abort, stall past our DIMSE
+    timeout, or A700."""
+
+    def __init__(self, how: str):
+        self.how = how
+        self.cured = threading.Event()
+        self.sick_answers = 0
+        self.release = threading.Event()
+
+    def __call__(self, event) -> int:  # noqa: ANN001
+        if self.cured.is_set():
+            return 0
+        self.sick_answers += 1
+        if self.how == "abort":
+            event.assoc.abort()
+            return 0xA700  # never sent: the abort went out first
+        if self.how == "stall":
+            self.release.wait(3)  # past our DIMSE timeout (500 ms)
+            return 0xA700  # too late: we have given up on it
+        return 0xA700
+
+
+@pytest.mark.parametrize("how", ["abort", "stall", "a700"])
+def test_a_peer_sick_for_every_file_backs_off_fails_nothing_then_delivers_once(
+        make_scp, spool: Spool, tmp_path: Path, how: str) -> None:
+    sick = Sick(how)
+    peer = make_scp(status=sick)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 12).values()))
+    dest = destination(peer.port, "timeouts: {connect: 2s, acse: 5s, dimse: 500ms, "
+                       "network: 5s}\nretry: {initial: 100ms, max: 400ms, jitter: 0.1}")
+    try:
+        with DestinationSender(dest, "FORWARDER", spool):
+            wait_for(lambda: spool.health("pacs").state == "backoff", 30,
+                     "the destination to back off")
+            reason = spool.health("pacs").reason or ""
+            assert "in a row failed alike" in reason
+            wait_for(lambda: sick.sick_answers >= 12, 60, "the peer to stay sick for a while")
+            assert states(spool)["failed"] == 0
+            report = spool.status(["pacs"])["destinations"]["pacs"]
+            assert report["done"] == 0 and report["failed"] == 0
+            sick.cured.set()
+            wait_for(lambda: settled(spool), 60, "the queue to drain after the cure")
+    finally:
+        sick.release.set()
+    assert peer.counts() == {u: 1 for u in uids}
+    assert states(spool) == {"pending": 0, "sending": 0, "done": 12, "failed": 0}
