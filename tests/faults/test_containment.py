@@ -1,0 +1,120 @@
+"""The running daemon contains faults at the sending end: a job that kills its worker, a
+peer sick for every file then well again, a stop of the whole process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from pathlib import Path
+
+from pydicom import dcmread
+
+from forwarder import claims
+from forwarder.cli import main
+from tests.corpus import unique_copies
+from tests.daemonutil import DaemonProcess, process_tree, worker_pids, write_config
+from tests.faults.harness import spool_view
+from tests.peers import wait_for
+
+ERROR_LINE = re.compile(r"^(\S+ \S+ )?(ERROR|CRITICAL) ", re.MULTILINE)
+
+
+def status_json(cfg: Path, capsys) -> dict:  # noqa: ANN001
+    capsys.readouterr()
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["destinations"]["pacs"]
+
+
+def test_a_job_that_kills_its_worker_fails_and_the_daemon_never_exits(
+        make_scp, tmp_path: Path) -> None:
+    uids = unique_copies(tmp_path / "c", 6)
+    bad = str(dcmread(sorted(uids.values())[2]).SOPInstanceUID)
+    holder: dict[str, int] = {}
+    kills: list[int] = []
+
+    def status(event) -> int:  # noqa: ANN001 - the worker sending this file dies
+        if event.request.AffectedSOPInstanceUID == bad:
+            [pid] = worker_pids(holder["daemon"], "pacs")
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=status)
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    d = DaemonProcess(cfg, tmp_path)
+    holder["daemon"] = d.proc.pid
+    try:
+        d.wait_ready()
+        for p in uids.values():
+            os.rename(p, tmp_path / "in" / p.name)
+        wait_for(lambda: spool_view(tmp_path / "spool")["failed"] == {bad}
+                 and len(peer.counts()) == 5, 90, "the poison job failed, the others stored")
+        assert d.proc.poll() is None and len(kills) == claims.MAX_DEATHS
+        wait_for(lambda: len(worker_pids(d.proc.pid, "pacs")) == 1, 10, "a worker running")
+    finally:
+        rc = d.stop()
+    assert rc == 0
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    out = d.output()
+    assert out.count("FORWARDER_EVENT=sender_restart") == claims.MAX_DEATHS
+    assert f"died {claims.MAX_DEATHS} times" in out and "exited with status" not in out
+
+
+def test_a_peer_that_aborts_every_store_backs_off_then_everything_arrives_once(
+        make_scp, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    cured = threading.Event()
+    sick: list[str] = []
+
+    def status(event) -> int:  # noqa: ANN001
+        if cured.is_set():
+            return 0
+        sick.append(event.request.AffectedSOPInstanceUID)
+        event.assoc.abort()
+        return 0xA700
+
+    peer = make_scp(status=status)
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    uids = unique_copies(tmp_path / "in", 20)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: status_json(cfg, capsys)["state"] == "backoff", 30,
+                 "status to show the destination backing off")
+        assert "in a row failed alike" in status_json(cfg, capsys)["last_error"]
+        wait_for(lambda: len(sick) >= 25, 60, "the peer to stay sick a while")
+        report = status_json(cfg, capsys)
+        assert report["failed"] == 0 and report["done"] == 0
+        cured.set()
+        wait_for(lambda: len(peer.counts()) == 20, 60, "all 20 files after the cure")
+        wait_for(lambda: status_json(cfg, capsys)["state"] == "ok", 10, "the destination ok")
+        assert d.proc.poll() is None
+    finally:
+        cured.set()
+        assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids}
+    view = spool_view(tmp_path / "spool")
+    assert not view["pending"] and not view["failed"] and not view["sending"]
+
+
+def test_a_stop_of_the_whole_process_group_while_busy_logs_no_error(
+        make_scp, tmp_path: Path) -> None:
+    def slow(event) -> int:  # noqa: ANN001
+        threading.Event().wait(0.01)
+        return 0
+
+    peer = make_scp(status=slow)
+    cfg = write_config(tmp_path, peer.port, "    associations: 2\n")
+    unique_copies(tmp_path / "in", 200)
+    d = DaemonProcess(cfg, tmp_path)
+    d.wait_ready()
+    wait_for(lambda: len(peer.received) >= 30, 30, "the transfer under way")
+    for pid in process_tree(d.proc.pid):  # as systemd's KillMode=control-group does
+        os.kill(pid, signal.SIGTERM)
+    assert d.wait(60) == 0
+    out = d.output()
+    assert not ERROR_LINE.search(out), out[-3000:]
+    assert peer.aborts_seen == 0
