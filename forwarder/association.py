@@ -352,9 +352,15 @@ def echo(peer: PeerSettings) -> str:
     """C-ECHO with the peer's full settings; the answer in words, or AssociationFailed.
 
     A peer that accepts the association but not the Verification SOP class is still
-    reachable with these settings, and that is what a health probe needs to know.
+    reachable with these settings, and that is what a health probe needs to know: its
+    A-ASSOCIATE-AC with the context rejected (pynetdicom then aborts) counts as an answer.
     """
-    assoc = open_association(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
+    try:
+        assoc = open_association(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
+    except AssociationFailed as exc:
+        if exc.kind == "no_contexts":
+            return "association accepted (the peer does not offer C-ECHO)"
+        raise
     try:
         if not any(str(cx.abstract_syntax) == VERIFICATION for cx in assoc.accepted_contexts):
             return "association accepted (the peer does not offer C-ECHO)"

@@ -164,3 +164,23 @@ def test_a_peer_sick_for_every_file_backs_off_fails_nothing_then_delivers_once(
         sick.release.set()
     assert peer.counts() == {u: 1 for u in uids}
     assert states(spool) == {"pending": 0, "sending": 0, "done": 12, "failed": 0}
+
+
+def test_a_peer_without_verification_is_healthy_again_after_an_outage(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from tests.faults.harness import Gate
+
+    peer = make_scp(verification=False)
+    gate = Gate(peer.port, down=True)
+    try:
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 5).values()))
+        with DestinationSender(destination(gate.port), "FORWARDER", spool):
+            wait_for(lambda: spool.health("pacs").state == "backoff", 20, "backoff while down")
+            wait_for(lambda: gate.attempts >= 3, 20, "probes while the peer is down")
+            assert states(spool)["pending"] == 5
+            gate.down = False
+            wait_for(lambda: settled(spool), 30, "the queue to drain once the peer is up")
+            assert spool.health("pacs").state == "ok"
+    finally:
+        gate.close()
+    assert peer.counts() == {u: 1 for u in uids} and states(spool)["failed"] == 0
