@@ -184,3 +184,42 @@ def test_a_peer_without_verification_is_healthy_again_after_an_outage(
     finally:
         gate.close()
     assert peer.counts() == {u: 1 for u in uids} and states(spool)["failed"] == 0
+
+
+def test_outcomes_from_a_stale_owner_are_ignored(spool: Spool, tmp_path: Path) -> None:
+    """A worker that outlived its daemon records nothing over a job claimed again since."""
+    from forwarder.worker import backoff_policy
+
+    policy = backoff_policy(destination(1))
+    enqueue(spool, list(unique_copies(tmp_path / "c", 4).values()))
+    old, new = claims.owner_of("old", 111), claims.owner_of("new", 222)
+    stale = spool.claim("pacs", 4, owner=old)
+    spool.recover()  # the next daemon's start: every claim back to pending
+    fresh = spool.claim("pacs", 4, owner=new)
+    assert {j.id for j in fresh} == {j.id for j in stale}
+    a, b, c, d = (j.id for j in stale)
+    spool.done([a], owner=old)
+    assert spool.retry(b, "A700", policy, owner=old) is None
+    assert not spool.fail(c, "late", owner=old)
+    spool.release([d], owner=old)
+    assert states(spool) == {"pending": 0, "sending": 4, "done": 0, "failed": 0}
+    spool.done([a], owner=new)
+    assert spool.retry(b, "A700", policy, owner=new) is not None
+    assert spool.fail(c, "0xA900", owner=new)
+    spool.release([d], owner=new)
+    assert states(spool) == {"pending": 2, "sending": 0, "done": 1, "failed": 1}
+    assert spool.failed_jobs()[0]["reason"] == "0xA900"
+
+
+def test_a_dead_workers_claims_come_back_and_its_file_counts_a_death(
+        spool: Spool, tmp_path: Path) -> None:
+    enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    for death in range(1, claims.MAX_DEATHS + 1):
+        owner = claims.owner_of("t", 1000 + death)
+        first, *_ = spool.claim("pacs", 3, owner=owner)
+        back = claims.reclaim(spool, owner, "killed by signal 9")
+        assert back.released == 2 and back.blamed == first.probe.sop_instance_uid
+        assert back.deaths == death and back.failed == (death == claims.MAX_DEATHS)
+    [f] = spool.failed_jobs()
+    assert f"died {claims.MAX_DEATHS} times" in f["reason"] and "signal 9" in f["reason"]
+    assert states(spool)["pending"] == 2
