@@ -483,6 +483,21 @@ class Spool:
                                   "WHERE name=?", (destination,)).fetchone()
         return Health(*row) if row else Health("ok", None, None, 0)
 
+    def resume(self, destination: str, now: float | None = None) -> tuple[Health, int]:
+        """Operator resume: a held or backed-off destination is probed at once (its worker
+        polls its health every second) and its pending jobs are due now; the health it
+        had and how many jobs were waiting."""
+        now = time.time() if now is None else now
+        before = self.health(destination)
+        with self._tx(durable=False) as db:
+            db.execute("UPDATE destinations SET until=? WHERE name=? AND state != 'ok'",
+                       (now, destination))
+            n = db.execute("UPDATE jobs SET next_attempt_at=? WHERE destination=? AND "
+                           "state='pending' AND next_attempt_at > ?",
+                           (now, destination, now)).rowcount
+        self._notify()
+        return before, n
+
     def set_health(self, destination: str, state: str, until: float | None = None,
                    reason: str | None = None, now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -126,12 +126,19 @@ class Worker:
         self.last_used = 0.0
         self.msg_id = 0
         self.next_expire = 0.0
+        self.calling_ae = spec.calling_ae
         self.peer: PeerSettings | None = None
         self._peer_error: str | None = None
+        self._read_peer()
+
+    def _read_peer(self) -> PeerSettings | None:
+        """The peer's settings with its secrets read now: a fixed password, key password
+        or token file is used by the next association or probe, without a restart."""
         try:
-            self.peer = peer_for(spec.dest, spec.calling_ae)
+            self.peer, self._peer_error = peer_for(self.dest, self.calling_ae), None
         except ForwarderError as exc:  # an unreadable secret: hold, keep the jobs
-            self._peer_error = str(exc)
+            self.peer, self._peer_error = None, str(exc)
+        return self.peer
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -256,11 +263,12 @@ class Worker:
 
     def probe(self) -> bool:
         """C-ECHO with the full settings; on success the destination is ``ok`` again."""
-        if self.peer is None:
+        peer = self._read_peer()
+        if peer is None:
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"))
             return False
         try:
-            answer = echo(self.peer)
+            answer = echo(peer)
         except AssociationFailed as exc:
             self.degrade(outcome.association_failure(exc.kind, str(exc), exc.result,
                                                      exc.source, exc.reason))
@@ -317,12 +325,13 @@ class Worker:
         take, rest, contexts = self._fit(jobs)
         if rest:
             self.spool.release([j.id for j in rest], owner=self.owner)
-        if self.peer is None:  # another worker may not have marked the destination held yet
+        peer = self._read_peer()
+        if peer is None:
             self.spool.release([j.id for j in take], owner=self.owner)
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"))
             return None
         try:
-            assoc = open_association(self.peer, contexts)
+            assoc = open_association(peer, contexts)
         except AssociationFailed as exc:
             action = outcome.association_failure(exc.kind, str(exc), exc.result, exc.source,
                                                  exc.reason)

@@ -118,3 +118,37 @@ def test_a_stop_of_the_whole_process_group_while_busy_logs_no_error(
     out = d.output()
     assert not ERROR_LINE.search(out), out[-3000:]
     assert peer.aborts_seen == 0
+
+
+def test_resume_releases_a_held_destination_at_once_with_the_fixed_secret(
+        make_scp, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The password file is read at every association and probe; `resume` probes now
+    instead of after retry.max (10 minutes here), while the daemon runs."""
+    peer = make_scp(user_check=lambda e: (e.secondary_field == b"right", None))
+    pw = tmp_path / "pw"
+    pw.write_text("wrong\n")
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    cfg.write_text(cfg.read_text().replace(
+        "retry: {initial: 200ms, max: 1s}",
+        f"retry: {{initial: 10m, max: 10m}}\n    identity: {{user: alice, password_file: {pw}}}"))
+    uids = unique_copies(tmp_path / "in", 5)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: status_json(cfg, capsys)["state"] == "held", 30, "held")
+        assert peer.received == [] and status_json(cfg, capsys)["pending"] == 5
+        pw.write_text("right\n")  # the operator fixes the secret ...
+        capsys.readouterr()
+        assert main(["resume", "-c", str(cfg), "pacs"]) == 0  # ... and resumes
+        assert "pacs: was held" in capsys.readouterr().out
+        wait_for(lambda: len(peer.counts()) == 5, 20, "all 5 files after resume")
+        wait_for(lambda: status_json(cfg, capsys)["state"] == "ok", 10, "ok again")
+    finally:
+        assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids}
+
+
+def test_resume_of_an_unknown_destination_is_a_usage_error(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    cfg = write_config(tmp_path, 1)
+    assert main(["resume", "-c", str(cfg), "nope"]) == 2
+    assert "no destination named 'nope'" in capsys.readouterr().err
