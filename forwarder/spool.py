@@ -440,6 +440,16 @@ class Spool:
                              "created_at < ?", (now, destination, now - max_age))
             return cur.rowcount
 
+    def older_than(self, destination: str, age: float,
+                   now: float | None = None) -> tuple[int, float]:
+        """Pending jobs that have waited more than ``age``: how many, and the oldest's age."""
+        now = time.time() if now is None else now
+        with self._lock:
+            n, first = self.db.execute("SELECT count(*), min(created_at) FROM jobs WHERE "
+                                       "destination=? AND state='pending' AND created_at < ?",
+                                       (destination, now - age)).fetchone()
+        return int(n), (now - first) if first is not None else 0.0
+
     def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
         """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
         now = time.time() if now is None else now

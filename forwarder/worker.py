@@ -48,6 +48,8 @@ from forwarder.spool import Job, Spool
 
 LOGGER = logging.getLogger(__name__)
 EXPIRE_EVERY = 60.0
+EXPIRY_WARNING = 0.8        # jobs this far into max_age are announced (``expiring``) ...
+EXPIRY_WARN_EVERY = 3600.0  # ... again when more join them, or after this long
 DONE_FLUSH = 1  # done is committed per file (no fsync needed): a kill resends only in-flight
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
 
@@ -126,6 +128,8 @@ class Worker:
         self.last_used = 0.0
         self.msg_id = 0
         self.next_expire = 0.0
+        self._ageing = 0
+        self._ageing_said = -EXPIRY_WARN_EVERY
         self.calling_ae = spec.calling_ae
         self.peer: PeerSettings | None = None
         self._peer_error: str | None = None
@@ -179,10 +183,10 @@ class Worker:
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error))
         try:
             while not self.stopping:
+                if self.index == 0 and time.monotonic() >= self.next_expire:
+                    self._expire()  # during outages too: max_age is wall-clock age
                 if not self._healthy():
                     continue
-                if self.index == 0 and time.monotonic() >= self.next_expire:
-                    self._expire()
                 jobs = self.spool.claim(self.name, self.dest.batch, owner=self.owner)
                 if not jobs:
                     self._idle()
@@ -224,6 +228,19 @@ class Worker:
             event(LOGGER, "expired", "%d job(s) for %s older than %.0fs failed: expired (kept; "
                   "requeue with 'dicom-forwarder retry')", n, self.name, self.policy.max_age,
                   level=logging.ERROR, **self.fields)
+        warn_age = self.policy.max_age * EXPIRY_WARNING
+        ageing, oldest = self.spool.older_than(self.name, warn_age)
+        now = time.monotonic()
+        if ageing and (ageing > self._ageing or now >= self._ageing_said + EXPIRY_WARN_EVERY):
+            self._ageing_said = now
+            left = max(0.0, self.policy.max_age - oldest)
+            health = self.spool.health(self.name)
+            event(LOGGER, "expiring", "%d job(s) for %s waited more than %.0f%% of max_age "
+                  "(%.0fs); the oldest expires in %.0fs unless it is delivered (destination "
+                  "%s%s)", ageing, self.name, EXPIRY_WARNING * 100, self.policy.max_age, left,
+                  health.state, f": {health.reason}" if health.reason else "",
+                  level=logging.WARNING, JOBS=ageing, **self.fields)
+        self._ageing = ageing
 
     def _idle(self) -> None:
         now = time.monotonic()

@@ -152,3 +152,41 @@ def test_resume_of_an_unknown_destination_is_a_usage_error(tmp_path: Path, capsy
     cfg = write_config(tmp_path, 1)
     assert main(["resume", "-c", str(cfg), "nope"]) == 2
     assert "no destination named 'nope'" in capsys.readouterr().err
+
+
+def test_jobs_expire_during_an_outage_after_an_alert(make_scp, tmp_path: Path,
+                                                      capsys) -> None:  # noqa: ANN001
+    from forwarder.spool import Spool
+    from tests.faults.harness import Gate
+    from tests.sendutil import enqueue
+
+    peer = make_scp()
+    gate = Gate(peer.port, down=True)  # the peer is down for the whole test
+    files = list(unique_copies(tmp_path / "c", 4).values())
+    with Spool(tmp_path / "spool") as spool:
+        old = enqueue(spool, files[:1])
+        ageing = enqueue(spool, files[1:3])
+        enqueue(spool, files[3:])
+        with spool._tx() as db:  # max_age is 1h: 66 and 54 minutes old
+            db.execute("UPDATE jobs SET created_at = created_at - 3960 WHERE id = 1")
+            db.execute("UPDATE jobs SET created_at = created_at - 3240 WHERE id IN (2, 3)")
+    cfg = write_config(tmp_path, gate.port)
+    cfg.write_text(cfg.read_text().replace("retry: {initial: 200ms, max: 1s}",
+                                           "retry: {initial: 200ms, max: 1s, max_age: 1h}"))
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: spool_view(tmp_path / "spool")["failed"] == set(old), 20,
+                 "the job past max_age expired while the peer is down")
+        wait_for(lambda: "FORWARDER_EVENT=expiring" in d.output(), 20, "the expiry alert")
+        report = status_json(cfg, capsys)
+        assert report["state"] == "backoff" and report["pending"] == 3
+        out = d.output()
+        line = next(x for x in out.splitlines() if "FORWARDER_EVENT=expiring" in x)
+        assert "2 job(s) for pacs waited more than 80% of max_age" in line and "JOBS=2" in line
+        assert d.proc.poll() is None
+    finally:
+        rc = d.stop()
+        gate.close()
+    assert rc == 0 and peer.received == []
+    assert spool_view(tmp_path / "spool")["pending"] >= set(ageing)
