@@ -223,3 +223,74 @@ def test_a_dead_workers_claims_come_back_and_its_file_counts_a_death(
     [f] = spool.failed_jobs()
     assert f"died {claims.MAX_DEATHS} times" in f["reason"] and "signal 9" in f["reason"]
     assert states(spool)["pending"] == 2
+
+
+def tls_yaml(pki: dict[str, Path], ca: Path | None = None, key: Path | None = None,
+             password_file: Path | None = None) -> str:
+    text = (f"tls: {{enabled: true, cert: {pki['client.pem']}, key: {key or pki['client.key']}, "
+            f"ca: [{ca or pki['ca.pem']}]")
+    if password_file:
+        text += f", key_password_file: {password_file}"
+    return text + "}"
+
+
+def test_tls_material_errors_hold_with_a_reason_and_connect_nowhere(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from forwarder.cli import main
+    from tests.faults.harness import Gate
+    from tests.tlsutil import make_pki, server_context
+
+    pki = make_pki(tmp_path / "pki")
+    peer = make_scp(ssl_context=server_context(pki))
+    gate = Gate(peer.port, down=False)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    missing = tmp_path / "no-such-ca.pem"
+    try:
+        with DestinationSender(destination(gate.port, tls_yaml(pki, ca=missing)), "FORWARDER",
+                               spool):
+            wait_for(lambda: spool.health("pacs").state == "held", 20, "held: CA file missing")
+        reason = spool.health("pacs").reason or ""
+        assert "TLS settings unusable" in reason and "No such file" in reason
+        assert gate.attempts == 0 and peer.received == []
+
+        key = serialization.load_pem_private_key(pki["client.key"].read_bytes(), None)
+        locked = tmp_path / "client-locked.key"
+        locked.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"right")))
+        pw = tmp_path / "key-pw"
+        pw.write_text("wrong\n")
+        spool.set_health("pacs", "ok")
+        dest = destination(gate.port, tls_yaml(pki, key=locked, password_file=pw)
+                           + "\nretry: {initial: 10m, max: 10m}")
+        with DestinationSender(dest, "FORWARDER", spool):
+            wait_for(lambda: spool.health("pacs").state == "held"
+                     and "TLS settings unusable" in (spool.health("pacs").reason or ""), 20,
+                     "held: wrong key password")
+            assert gate.attempts == 0
+            pw.write_text("right\n")
+            cfg = tmp_path / "f.yaml"
+            cfg.write_text(f"spool: {spool.root}\ndestinations:\n  pacs: {{host: 127.0.0.1, "
+                           f"port: {gate.port}}}\nroutes:\n  - to: [pacs]\n")
+            assert main(["resume", "-c", str(cfg), "pacs"]) == 0
+            wait_for(lambda: settled(spool), 20, "delivery with the fixed key password")
+    finally:
+        gate.close()
+    assert peer.counts() == {u: 1 for u in uids}
+
+
+def test_tls_to_a_plain_peer_is_a_handshake_failure_and_sends_nothing_in_the_clear(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from tests.tlsutil import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    peer = make_scp()  # plain DICOM
+    enqueue(spool, list(unique_copies(tmp_path / "c", 2).values()))
+    with DestinationSender(destination(peer.port, tls_yaml(pki)), "FORWARDER", spool):
+        wait_for(lambda: spool.health("pacs").state == "held", 20, "held")
+    reason = spool.health("pacs").reason or ""
+    assert "TLS handshake" in reason and "failed" in reason and "cannot connect" not in reason
+    assert peer.associations == 0 and peer.received == []
+

@@ -190,3 +190,26 @@ def test_jobs_expire_during_an_outage_after_an_alert(make_scp, tmp_path: Path,
         gate.close()
     assert rc == 0 and peer.received == []
     assert spool_view(tmp_path / "spool")["pending"] >= set(ageing)
+
+
+def test_a_peer_refusing_our_certificate_holds_and_logs_no_traceback(
+        make_scp, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from tests.tlsutil import make_pki, server_context
+
+    ours, theirs = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other", "self-signed")
+    peer = make_scp(ssl_context=server_context(theirs))  # trusts neither our CA nor we its
+    cfg = write_config(tmp_path, peer.port, min_age="100ms", extra_dest=(
+        f"    tls: {{enabled: true, cert: {ours['client.pem']}, key: {ours['client.key']}, "
+        f"ca: [{ours['ca.pem']}]}}\n"))
+    unique_copies(tmp_path / "in", 2)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: status_json(cfg, capsys)["state"] == "held", 30, "held")
+        reason = status_json(cfg, capsys)["last_error"]
+        assert "TLS handshake" in reason and "CERTIFICATE_VERIFY_FAILED" in reason
+    finally:
+        assert d.stop() == 0
+    out = d.output()
+    assert "Traceback" not in out and "TCP Initialisation Error" not in out
+    assert peer.received == []
