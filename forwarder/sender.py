@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from forwarder import claims, worker
 from forwarder.config import Destination
@@ -64,6 +65,8 @@ class DestinationSender:
         self._procs: list[BaseProcess] = []
         self._bells: list[Connection] = []
         self._started: list[float] = []
+        self._beats: list[Any] = []  # per worker: monotonic time of its last heartbeat
+        self.stall_limit = worker.stall_limit(dest)
         self._bells_lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
@@ -73,7 +76,12 @@ class DestinationSender:
         spec = WorkerSpec(self.dest, self.calling_ae, str(self.spool.root), i, self.log,
                           self.token)
         reader, writer = _CONTEXT.Pipe(duplex=False)
-        proc = _CONTEXT.Process(target=worker.main, args=(spec, reader),
+        beat = _CONTEXT.RawValue("d", time.monotonic())
+        if i < len(self._beats):
+            self._beats[i] = beat
+        else:
+            self._beats.append(beat)
+        proc = _CONTEXT.Process(target=worker.main, args=(spec, reader, beat),
                                 name=f"fwd-send-{self.name}-{i}", daemon=True)
         proc.start()  # the reader end is passed to the worker here, then closed here
         reader.close()
@@ -138,6 +146,15 @@ class DestinationSender:
     def alive(self) -> bool:
         """Every worker process runs or is being started again."""
         return self._reaper is not None and self._reaper.is_alive() or self._stopping
+
+    def wedged(self, now: float | None = None) -> list[str]:
+        """Workers running but without a heartbeat for longer than ``stall_limit``: each
+        beats at every turn of its loop and every second while it waits by choice."""
+        now = time.monotonic() if now is None else now
+        with self._bells_lock:
+            return [f"{p.name} (no progress for {now - b.value:.0f}s)"
+                    for p, b in zip(self._procs, self._beats, strict=False)
+                    if p.exitcode is None and now - b.value > self.stall_limit]
 
     def _reap(self) -> None:
         """Start again a worker that ends on its own; report one the spool stopped."""

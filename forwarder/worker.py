@@ -71,7 +71,15 @@ def backoff_policy(dest: Destination) -> retry.Backoff:
     return retry.Backoff(r.initial, r.max, r.multiplier, r.jitter, r.max_age)
 
 
-def main(spec: WorkerSpec, bell_end: Connection) -> None:
+def stall_limit(dest: Destination) -> float:
+    """How long a worker may go without a heartbeat before it counts as wedged: its
+    longest legitimate wait (connect, associate, send a file, wait for the response)."""
+    t = dest.timeouts
+    return 10.0 + 2 * sum(60.0 if v is None else v for v in (t.connect, t.acse, t.dimse,
+                                                              t.network))
+
+
+def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
     """The worker process: runs until the bell reaches end of file, SIGTERM, or a fault.
     Exit status 0 after a clean stop, ``EXIT_SPOOL`` when the spool cannot be used (the
     daemon stops), anything else after a bug (the daemon starts the worker again)."""
@@ -96,7 +104,7 @@ def main(spec: WorkerSpec, bell_end: Connection) -> None:
         LOGGER.critical("sender %s-%d cannot open the spool: %s", spec.dest.name, spec.index,
                         exc)
         sys.exit(EXIT_SPOOL)
-    worker = Worker(spec, spool, bell, wakeup_r)
+    worker = Worker(spec, spool, bell, wakeup_r, beat=beat)
     signal.signal(signal.SIGTERM, lambda *_: worker.halt())
     if term:
         worker.halt()
@@ -110,7 +118,7 @@ class Worker:
     """One association's worth of work for a destination."""
 
     def __init__(self, spec: WorkerSpec, spool: Spool, bell: int, wakeup: int | None = None,
-                 rand: random.Random | None = None):
+                 rand: random.Random | None = None, beat: Any = None):
         self.dest = spec.dest
         self.name = spec.dest.name
         self.index = spec.index
@@ -119,6 +127,7 @@ class Worker:
         self.policy = backoff_policy(spec.dest)
         self.rand = rand or random.Random()
         self.tag = f"{self.name}-{self.index}"
+        self.beat = beat  # shared double: time.monotonic() of the last sign of progress
         self.owner = claims.owner_of(spec.token)
         self._halted = False
         self._waits = [bell] if wakeup is None else [bell, wakeup]
@@ -173,8 +182,14 @@ class Worker:
 
     def _wait(self, timeout: float) -> None:
         """Until the bell rings, a signal comes, or ``timeout``."""
+        self._beat()
         if not self._halted:
             select.select(self._waits, [], [], max(0.0, timeout))
+        self._beat()
+
+    def _beat(self) -> None:
+        if self.beat is not None:
+            self.beat.value = time.monotonic()
 
     # --- the loop ----------------------------------------------------------------
 
@@ -183,6 +198,7 @@ class Worker:
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error))
         try:
             while not self.stopping:
+                self._beat()
                 if self.index == 0 and time.monotonic() >= self.next_expire:
                     self._expire()  # during outages too: max_age is wall-clock age
                 if not self._healthy():

@@ -213,3 +213,81 @@ def test_a_peer_refusing_our_certificate_holds_and_logs_no_traceback(
     out = d.output()
     assert "Traceback" not in out and "TCP Initialisation Error" not in out
     assert peer.received == []
+
+
+def pings_between(d: DaemonProcess, start: float, end: float) -> int:
+    return sum(1 for t, m in list(d.messages) if "WATCHDOG=1" in m and start <= t <= end)
+
+
+def test_the_watchdog_is_pinged_only_while_every_worker_makes_progress(
+        make_scp, tmp_path: Path) -> None:
+    import time
+
+    from forwarder import config
+    from forwarder.worker import stall_limit
+
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    cfg.write_text(cfg.read_text().replace(
+        "timeouts: {connect: 2s, acse: 5s, dimse: 10s, network: 10s}",
+        "timeouts: {connect: 250ms, acse: 250ms, dimse: 250ms, network: 250ms}"))
+    limit = stall_limit(config.load(str(cfg)).destinations["pacs"])
+    assert limit == 12.0
+    d = DaemonProcess(cfg, tmp_path, env={"WATCHDOG_USEC": "1000000"})
+    try:
+        d.wait_ready()
+        [worker] = worker_pids(d.proc.pid, "pacs")
+        idle_from = time.monotonic()  # idle by choice, longer than the stall limit
+        wait_for(lambda: time.monotonic() > idle_from + limit + 2, limit + 10, "a long idle")
+        now = time.monotonic()
+        assert pings_between(d, now - 2, now) >= 2, "an idle worker must keep the pings going"
+        os.kill(worker, signal.SIGSTOP)  # wedged: alive, but makes no progress
+        try:
+            wait_for(lambda: "no progress: fwd-send-pacs-0" in d.output(), limit + 10,
+                     "the wedged worker noticed")
+            stopped = time.monotonic()
+            wait_for(lambda: time.monotonic() > stopped + 2, 5, "two seconds")
+            assert pings_between(d, stopped + 0.1, time.monotonic()) == 0
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        resumed = time.monotonic()
+        wait_for(lambda: pings_between(d, resumed, time.monotonic()) >= 2, 10,
+                 "the pings to come back once the worker goes on")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+
+
+def test_reload_stops_changed_senders_in_parallel_and_keeps_pinging(
+        make_scp, tmp_path: Path) -> None:
+    import time
+
+    def slow(event) -> int:  # noqa: ANN001 - each C-STORE takes 2 s
+        threading.Event().wait(2.0)
+        return 0
+
+    a, b = make_scp(status=slow), make_scp(status=slow)
+    timeouts = "    timeouts: {connect: 2s, acse: 5s, dimse: 10s, network: 10s}\n"
+    cfg = write_config(tmp_path, a.port, extra="  - to: [other]\n")
+    text = cfg.read_text().replace("routes:", (
+        f"  other:\n    host: 127.0.0.1\n    port: {b.port}\n{timeouts}routes:"))
+    assert text.count(timeouts) == 2
+    cfg.write_text(text)
+    unique_copies(tmp_path / "in", 6)
+    d = DaemonProcess(cfg, tmp_path, env={"WATCHDOG_USEC": "1000000"})
+    try:
+        d.wait_ready()
+        wait_for(lambda: a.associations and b.associations, 20, "both transfers under way")
+        cfg.write_text(text.replace("dimse: 10s", "dimse: 11s"))  # both destinations change
+        start = time.monotonic()
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        took = time.monotonic() - start
+        pings = [t for t, m in list(d.messages) if "WATCHDOG=1" in m and t >= start - 0.6]
+        assert took < 3.5, f"reload took {took:.1f}s: the two senders stopped one by one"
+        assert all(y - x < 1.0 for x, y in zip(pings, pings[1:], strict=False)), \
+            "the pings paused during the reload"
+        wait_for(lambda: len(a.counts()) == 6 and len(b.counts()) == 6, 60, "all delivered")
+    finally:
+        assert d.stop() == 0
+    assert set(a.counts().values()) == {1} and set(b.counts().values()) == {1}
