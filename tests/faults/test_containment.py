@@ -10,6 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from forwarder import claims
@@ -18,6 +19,7 @@ from tests.corpus import unique_copies
 from tests.daemonutil import DaemonProcess, process_tree, worker_pids, write_config
 from tests.faults.harness import spool_view
 from tests.peers import wait_for
+from tests.test_containment import Sick
 
 ERROR_LINE = re.compile(r"^(\S+ \S+ )?(ERROR|CRITICAL) ", re.MULTILINE)
 
@@ -64,20 +66,13 @@ def test_a_job_that_kills_its_worker_fails_and_the_daemon_never_exits(
     assert f"died {claims.MAX_DEATHS} times" in out and "exited with status" not in out
 
 
-def test_a_peer_that_aborts_every_store_backs_off_then_everything_arrives_once(
-        make_scp, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    cured = threading.Event()
-    sick: list[str] = []
-
-    def status(event) -> int:  # noqa: ANN001
-        if cured.is_set():
-            return 0
-        sick.append(event.request.AffectedSOPInstanceUID)
-        event.assoc.abort()
-        return 0xA700
-
-    peer = make_scp(status=status)
+@pytest.mark.parametrize("how", ["abort", "stall", "a700"])
+def test_a_peer_sick_for_every_store_backs_off_then_everything_arrives_once(
+        make_scp, tmp_path: Path, capsys, how: str) -> None:  # noqa: ANN001
+    sick = Sick(how)
+    peer = make_scp(status=sick)
     cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    cfg.write_text(cfg.read_text().replace("dimse: 10s", "dimse: 500ms"))
     uids = unique_copies(tmp_path / "in", 20)
     d = DaemonProcess(cfg, tmp_path)
     try:
@@ -85,15 +80,16 @@ def test_a_peer_that_aborts_every_store_backs_off_then_everything_arrives_once(
         wait_for(lambda: status_json(cfg, capsys)["state"] == "backoff", 30,
                  "status to show the destination backing off")
         assert "in a row failed alike" in status_json(cfg, capsys)["last_error"]
-        wait_for(lambda: len(sick) >= 25, 60, "the peer to stay sick a while")
+        wait_for(lambda: sick.sick_answers >= 15, 60, "the peer to stay sick a while")
         report = status_json(cfg, capsys)
         assert report["failed"] == 0 and report["done"] == 0
-        cured.set()
+        sick.cured.set()
         wait_for(lambda: len(peer.counts()) == 20, 60, "all 20 files after the cure")
         wait_for(lambda: status_json(cfg, capsys)["state"] == "ok", 10, "the destination ok")
         assert d.proc.poll() is None
     finally:
-        cured.set()
+        sick.cured.set()
+        sick.release.set()
         assert d.stop() == 0
     assert peer.counts() == {u: 1 for u in uids}
     view = spool_view(tmp_path / "spool")
