@@ -175,8 +175,8 @@ def test_jobs_expire_during_an_outage_after_an_alert(make_scp, tmp_path: Path,
         wait_for(lambda: spool_view(tmp_path / "spool")["failed"] == set(old), 20,
                  "the job past max_age expired while the peer is down")
         wait_for(lambda: "FORWARDER_EVENT=expiring" in d.output(), 20, "the expiry alert")
-        report = status_json(cfg, capsys)
-        assert report["state"] == "backoff" and report["pending"] == 3
+        wait_for(lambda: status_json(cfg, capsys)["state"] == "backoff", 20, "backoff")
+        assert status_json(cfg, capsys)["pending"] == 3
         out = d.output()
         line = next(x for x in out.splitlines() if "FORWARDER_EVENT=expiring" in x)
         assert "2 job(s) for pacs waited more than 80% of max_age" in line and "JOBS=2" in line
