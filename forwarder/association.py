@@ -134,6 +134,15 @@ class _RecordingSocket(ssl.SSLSocket):
             self.context.handshake_error = exc  # type: ignore[attr-defined]
             raise
 
+    def do_handshake(self, block: bool = False) -> None:
+        """TCP is up by now: a reset or end of file here (a peer that speaks plain DICOM
+        drops our ClientHello) is a failed handshake, not a refused connection."""
+        try:
+            super().do_handshake(block)
+        except OSError as exc:
+            self.context.handshake_error = exc  # type: ignore[attr-defined]
+            raise
+
 
 def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     """A client context: PS3.15 profile, trusted CAs, our certificate for mutual TLS.
@@ -212,7 +221,10 @@ def make_ae(peer: PeerSettings, contexts: Sequence[Context]) -> AE:
 def open_association(peer: PeerSettings, contexts: Sequence[Context]) -> Association:
     """Associate, or raise :class:`AssociationFailed` saying why (PS3.8 9.3.4 for rejects)."""
     ae = make_ae(peer, contexts)
-    ctx = ssl_context(peer.tls) if peer.tls else None
+    try:  # a missing CA file or a wrong key password: nothing is sent, the link is held
+        ctx = ssl_context(peer.tls) if peer.tls else None
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise AssociationFailed("tls", f"TLS settings unusable: {exc}") from exc
     tls_args = (ctx, None) if ctx else None
     ident = identity_item(peer.identity)
     ext_neg: list[Any] | None = [ident] if ident else None
@@ -352,9 +364,15 @@ def echo(peer: PeerSettings) -> str:
     """C-ECHO with the peer's full settings; the answer in words, or AssociationFailed.
 
     A peer that accepts the association but not the Verification SOP class is still
-    reachable with these settings, and that is what a health probe needs to know.
+    reachable with these settings, and that is what a health probe needs to know: its
+    A-ASSOCIATE-AC with the context rejected (pynetdicom then aborts) counts as an answer.
     """
-    assoc = open_association(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
+    try:
+        assoc = open_association(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
+    except AssociationFailed as exc:
+        if exc.kind == "no_contexts":
+            return "association accepted (the peer does not offer C-ECHO)"
+        raise
     try:
         if not any(str(cx.abstract_syntax) == VERIFICATION for cx in assoc.accepted_contexts):
             return "association accepted (the peer does not offer C-ECHO)"

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from forwarder import __version__
 from forwarder.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, ForwarderError
 
-COMMANDS = ("run", "check-config", "status", "retry", "failed", "quarantine", "echo", "send",
-            "receive", "spool", "purge")
+COMMANDS = ("run", "check-config", "status", "retry", "resume", "failed", "quarantine", "echo",
+            "send", "receive", "spool", "purge")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     rt = with_config("retry", "requeue failed jobs")
     rt.add_argument("--destination", metavar="NAME", help="only this destination")
     rt.add_argument("--all-failed", action="store_true", help="every failed job")
+    rs = with_config("resume", "probe a held or backed-off destination now; its jobs due now")
+    rs.add_argument("name", metavar="NAME")
     fl = with_config("failed", "list failed jobs with their reasons")
     fl.add_argument("--json", action="store_true")
     qu = with_config("quarantine", "list quarantined inputs with their reasons")

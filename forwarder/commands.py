@@ -63,6 +63,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Probe a held or backed-off destination at once and make its waiting jobs due now;
+    the running daemon notices within a second (the spool is the flag)."""
+    cfg, spool = _open_spool(args)
+    if args.name not in cfg.destinations:
+        raise UsageError(f"no destination named '{args.name}' in {args.config} "
+                         f"(defined: {', '.join(cfg.destinations)})")
+    with spool:
+        before, waiting = spool.resume(args.name)
+    was = before.state + (f" ({before.reason})" if before.reason else "")
+    print(f"{args.name}: was {was}; probing now, {waiting} waiting job(s) due now")
+    return EXIT_OK
+
+
 def _listing(args: argparse.Namespace, rows: list[dict], line: str, summary: str) -> int:
     """Print spool rows as JSON (``--json``) or one formatted line each and a summary."""
     if args.json:

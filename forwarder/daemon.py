@@ -1,18 +1,23 @@
 """The daemon: composition root for spool, intake, watchers and senders; signals; sd_notify.
 
 Start order: recover the spool, start senders, intake and watchers, and only then
-READY=1. The main thread does nothing but wait: for a signal (TERM/INT drain and stop,
-HUP reload), for a fatal fault in a worker (the spool cannot write: exit 1 so systemd
-restarts us), and for the next WATCHDOG=1 ping or STATUS= line. A worker thread or process
-that dies stops the pings, so a wedged daemon is restarted rather than silently idle.
+READY=1. The main thread does nothing but wait on a pipe: signals write into it
+(``signal.set_wakeup_fd``; the handlers only set flags), and so does a fatal fault in a
+worker (the spool cannot write: exit 1 so systemd restarts us). Between wake-ups it sends
+WATCHDOG=1 and STATUS=. It pings only while intake and every worker show progress (their
+heartbeats) or wait by choice, so a wedged daemon is restarted rather than silently idle;
+a worker process that dies is started again by its sender.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -43,26 +48,45 @@ class Daemon:
         self.watchers: dict[str, Watcher] = {}
         self.senders: dict[str, DestinationSender] = {}
         self.keeper: Keeper | None = None
-        self._wake = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._stop = False
         self._reload = False
         self._fatal: BaseException | None = None
         self._status = ""
+        self._stuck = False
 
     # --- signals and faults ----------------------------------------------------
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Flags only: the wakeup fd has already woken the main loop (no lock is taken
+        here, so a signal can never deadlock against the code it interrupted)."""
         if signum == signal.SIGHUP:
             self._reload = True
         else:
             self._stop = True
-        self._wake.set()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:  # full: a wake-up is pending anyway
+            pass
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a signal, a fatal fault or ``timeout``; take every wake-up pending."""
+        select.select([self._wake_r], [], [], max(0.0, timeout))
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def fatal(self, exc: BaseException) -> None:
         """A worker met a fault the daemon must not survive (spool write or fsync)."""
         if self._fatal is None:
             self._fatal = exc
-        self._wake.set()
+        self._wake()
 
     # --- life --------------------------------------------------------------------
 
@@ -71,6 +95,7 @@ class Daemon:
         logs.setup(cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             self._start(cfg)
         except (ForwarderError, OSError) as exc:
@@ -135,8 +160,7 @@ class Daemon:
         next_status = 0.0
         while True:
             timeout = min(ping or STATUS_EVERY, STATUS_EVERY)
-            self._wake.wait(timeout)
-            self._wake.clear()
+            self._sleep(timeout)
             if self._fatal is not None:
                 LOGGER.critical("stopping after a fatal fault: %s", self._fatal)
                 return EXIT_FAILURE
@@ -153,7 +177,7 @@ class Daemon:
                 return EXIT_FAILURE
             if self.keeper is not None and self.cfg is not None:
                 self.keeper.tick(self.cfg.retention)
-            if ping:
+            if ping and self._progressing():
                 notify.watchdog()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY
@@ -161,6 +185,30 @@ class Daemon:
                 if text != self._status:
                     self._status = text
                     notify.status(text)
+
+    def _progressing(self) -> bool:
+        """Intake and every worker show a recent heartbeat; a stall is logged once."""
+        stuck = [f"intake (no progress for {time.monotonic() - self.intake.beat:.0f}s)"] \
+            if self.intake is not None and self.intake.stalled() else []
+        for s in self.senders.values():
+            stuck += s.wedged()
+        if stuck and not self._stuck:
+            LOGGER.error("no progress: %s; withholding the watchdog ping so the service is "
+                         "restarted", ", ".join(stuck))
+        self._stuck = bool(stuck)
+        return not stuck
+
+    def _parallel(self, jobs: Sequence[Callable[[], None]], name: str) -> None:
+        """Run ``jobs`` at once in threads; keep pinging the watchdog while they run."""
+        ping = notify.watchdog_interval()
+        threads = [threading.Thread(target=j, name=name) for j in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(ping or 1.0)
+                if ping and t.is_alive():
+                    notify.watchdog()
 
     def _alive(self) -> bool:
         intake_alive = self.intake is None or self.intake.alive
@@ -217,11 +265,13 @@ class Daemon:
                     self._start_watcher(w)
                 except OSError as exc:
                     LOGGER.error("watch %s not started: %s", name, exc)
+        changed: list[Callable[[], None]] = []
         for name, dest in old.destinations.items():
             now = new.destinations.get(name)
             if now is None or now != dest or new.calling_ae(now) != old.calling_ae(dest) \
                     or self._log(new) != self._log(old):
-                self.senders.pop(name).stop()
+                changed.append(self.senders.pop(name).stop)
+        self._parallel(changed, "fwd-stop")  # each drains its C-STORE in flight at once
         self._hold_removed(new)
         for name in new.destinations:
             if name not in self.senders:
@@ -246,11 +296,8 @@ class Daemon:
             w.stop()
         if self.intake is not None:
             self.intake.stop()
-        stoppers = [threading.Thread(target=s.stop, name="fwd-stop") for s in self.senders.values()]
-        for t in stoppers:  # every destination drains at once, within the stop timeout
-            t.start()
-        for t in stoppers:
-            t.join()
+        # every destination drains at once, within the stop timeout
+        self._parallel([s.stop for s in self.senders.values()], "fwd-stop")
         if self.keeper is not None:
             self.keeper.join()
         if self.spool is not None:

@@ -66,6 +66,7 @@ class Intake:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.paused_full = False
+        self.beat = time.monotonic()  # the intake thread's last sign of progress
         self.accepted = 0
         self.quarantined = 0
         self.seen_skipped = 0
@@ -89,6 +90,12 @@ class Intake:
         """The intake thread runs (or was never started)."""
         return self._thread is None or self._thread.is_alive()
 
+    def stalled(self, limit: float = 120.0) -> bool:
+        """Running, but without a heartbeat for ``limit`` seconds (it beats every second
+        while it waits for files, and after every batch)."""
+        return self._thread is not None and self._thread.is_alive() and \
+            time.monotonic() - self.beat > limit
+
     @property
     def queued(self) -> int:
         with self._cond:
@@ -99,6 +106,7 @@ class Intake:
         self.cfg = cfg
 
     def start(self) -> Intake:
+        self.beat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="fwd-intake", daemon=True)
         self._thread.start()
         return self
@@ -126,6 +134,7 @@ class Intake:
     def _take(self) -> list[Candidate]:
         with self._cond:
             while not self._fresh and not self._backlog and not self._stop.is_set():
+                self.beat = time.monotonic()
                 self._cond.wait(1.0)
             # group commit: give a burst a moment to fill the batch (one fsync for many)
             deadline = time.monotonic() + self.gather
@@ -148,6 +157,7 @@ class Intake:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.beat = time.monotonic()
             cands = self._take()
             while cands and not self._stop.is_set():
                 try:
@@ -172,6 +182,7 @@ class Intake:
                         self._backlog.extend(cands)
                     cands = []
                     self._stop.wait(self.full_pause)
+                    self.beat = time.monotonic()
                 except BaseException as exc:  # SpoolError or a bug: the daemon must stop
                     for c in cands:
                         c.finished(False)

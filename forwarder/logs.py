@@ -53,8 +53,10 @@ EVENTS: dict[str, str] = {
     "ignored": "76944aef4c7240068086412147d7704f",
     "watch_fallback": "84b44d848e6f49fe9b2a779562b93ec4",
     "expired": "22df1056bc3f426a8459ce532b85f8be",
+    "expiring": "9d4a1c7e5f2b4e8a8c3d6b0f1e2a7c59",
     "association": "af2fb285b7ab47a6af342ee41c45f7b9",
     "purged": "83163ece6cdd4e2ab5ebdd209faf0296",
+    "sender_restart": "6b0e2f4c9d7a4e21a3c58f1d0b7e9c42",
 }
 
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")

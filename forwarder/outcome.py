@@ -24,7 +24,9 @@ BACKOFF = "backoff"      # transient: the whole destination waits, with jitter
 HOLD = "hold"            # configuration or credentials: held, probed slowly, loud log
 
 PROCESSING_FAILURE_TRIES = 3  # 0110 and unknown failure codes: then the job fails
-ABORTS_IN_A_ROW = 3           # a file that makes the peer abort this often fails
+ABORTS_IN_A_ROW = 3           # a file that fails alone (others stored) this often fails
+REFUSALS_ALONE = 5            # ... or is refused out of resources (A7xx) this often
+STREAK = 3                    # this many failures in a row, no store between: the peer's
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def store_status(status: int, comment: str | None = None, attempts: int = 0,
         if warning_is_success:
             return Action(DONE, f"stored with {what} {said}", warning=True)
         return Action(FAIL, f"peer answered {what} {said} and warning_is_success is false")
-    if (status >> 8) == 0xA7 or status == 0x0213:
+    if out_of_resources(status):
         return Action(RETRY, f"peer out of resources {said}")
     if (status >> 8) == 0xA9:
         return Action(FAIL, f"data set does not match SOP class {said} (PS3.4 B.2.3)")
@@ -75,13 +77,47 @@ def store_status(status: int, comment: str | None = None, attempts: int = 0,
     return Action(RETRY, f"peer failed to process it {said}")
 
 
-def no_response(aborts_in_a_row: int, what: str) -> Action:
-    """No C-STORE response (abort, DIMSE timeout, connection lost mid-store): resend on a
-    new association; ``aborts_in_a_row`` counts earlier ones for this file."""
-    if aborts_in_a_row + 1 >= ABORTS_IN_A_ROW:
-        return Action(FAIL, f"{what} while sending this file {aborts_in_a_row + 1} times in a "
-                      "row; given up so it cannot block the queue")
-    return Action(RESEND, f"{what} during the C-STORE; sending it again on a new association")
+def out_of_resources(status: int) -> bool:
+    """A7xx and 0213: transient by the standard, whether the peer means this file or all."""
+    return (status >> 8) == 0xA7 or status == 0x0213
+
+
+def no_response(aborts_alone: int, what: str) -> Action:
+    """No C-STORE response (abort, DIMSE timeout, connection lost mid-store) while other
+    files are being stored (see :func:`alike`): resend on a new association;
+    ``aborts_alone`` counts earlier such failures of this file."""
+    return alike(Action(RESEND, f"{what} during the C-STORE; sending it again on a new "
+                        "association"), aborts_alone, 1, True)[0]
+
+
+def alike(action: Action, alone: int, streak: int, stored_since: bool,
+          refused: bool = False) -> tuple[Action, bool]:
+    """Whose fault is a failure that a file or its peer could cause (no response, stall,
+    A7xx)? Returns the action and whether this failure counts against the file alone.
+
+    ``alone``: earlier failures of this file that counted; ``streak``: different files
+    failing in a row at this destination, this one included, none stored between;
+    ``stored_since``: the destination stored a file since this one last failed (true at
+    its first failure). ``STREAK`` files failing alike are the destination's fault: it
+    backs off, no file is blamed, and a peer that refuses or aborts everything fails
+    nothing. A failure counts against the file when other files are being stored around
+    it; after ``ABORTS_IN_A_ROW`` (``REFUSALS_ALONE`` for A7xx, which the standard calls
+    transient) the file fails so it cannot block the queue. A file failing again with
+    nothing stored between proves nothing: it waits its (growing) backoff."""
+    if streak >= STREAK:
+        return Action(BACKOFF, f"{streak} files in a row failed alike, none stored between "
+                      f"(last: {action.reason}); the peer, not the files"), False
+    if streak > 1 or not stored_since:
+        return action, False
+    n = alone + 1
+    if n >= (REFUSALS_ALONE if refused else ABORTS_IN_A_ROW):
+        if refused:
+            return Action(FAIL, f"{action.reason} for this file {n} times while it stored "
+                          "other files; given up so it cannot block the queue"), True
+        what = action.reason.split(" during the C-STORE")[0]
+        return Action(FAIL, f"{what} while sending this file {n} times while other files "
+                      "were stored; given up so it cannot block the queue"), True
+    return action, True
 
 
 # PS3.8 9.3.4 A-ASSOCIATE-RJ: source 1 service user, 2 provider (ACSE), 3 provider

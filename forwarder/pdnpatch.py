@@ -1,4 +1,4 @@
-"""Two small, documented fixes to pynetdicom's association machinery.
+"""Three small, documented fixes to pynetdicom's association machinery.
 
 1. **The reactor pause race** (pynetdicom issue #875, seen with 3.0.4). ``send_c_store()``
    clears ``_reactor_checkpoint`` and waits for ``_is_paused``; the association thread
@@ -15,10 +15,17 @@
    it the kernel delays the ACK of a C-STORE response and a peer running with Nagle on
    (DCMTK storescp as shipped) holds its next response until that ACK comes. Re-arming
    it after each ``recv()`` on our sockets keeps one round trip per C-STORE.
+
+3. **Connection failures are reported once, by us.** pynetdicom's transport logs a failed
+   connect at ERROR and, for a TLS error, the Python traceback too (a peer that refuses
+   our certificate, or whose certificate we refuse, is a configuration matter, not a
+   bug). The caller names the failure (``TLS handshake with ... failed: ...``, ``cannot
+   connect``) in its own event, so those records are dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from typing import Any, cast
@@ -123,11 +130,19 @@ def pace(assoc: Association, idle: bool) -> None:
         assoc.dul._run_loop_delay = delay
 
 
+def _not_a_connect_failure(record: logging.LogRecord) -> bool:
+    text = str(record.msg)
+    return not (text.startswith(("Association request failed: unable to connect",
+                                 "TCP Initialisation Error"))
+                or (record.exc_info is not None and record.funcName == "connect"))
+
+
 def apply() -> None:
-    """Install both fixes once, for every association in this process."""
+    """Install the fixes once, for every association in this process."""
     global _applied
     if _applied:
         return
+    logging.getLogger("pynetdicom.transport").addFilter(_not_a_connect_failure)
     Association._run_reactor = _run_reactor  # type: ignore[method-assign]
     if hasattr(socket, "TCP_QUICKACK"):
         AssociationSocket.recv = _recv  # type: ignore[method-assign]

@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
-from forwarder import worker
+from forwarder import claims, worker
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
+from forwarder.logs import event
 from forwarder.spool import Spool
 from forwarder.worker import WorkerSpec, backoff_policy
 
@@ -32,11 +34,22 @@ __all__ = ["DestinationSender", "backoff_policy"]
 
 LOGGER = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["forwarder.worker"])
+_CONTEXT.set_forkserver_preload(["forwarder.forkserve", "forwarder.worker"])
+
+
+RESTART_FIRST = 1.0    # a worker that died is started again after this ...
+RESTART_MAX = 60.0     # ... doubling up to this while it keeps dying soon after its start
+STABLE_AFTER = 60.0    # a worker that ran this long starts over at RESTART_FIRST
+STOP_GRACE = 2.0       # a worker that ends while the whole service stops is not a fault
 
 
 class DestinationSender:
-    """The worker processes of one destination; a context manager."""
+    """The worker processes of one destination; a context manager.
+
+    A worker that dies is started again (after a growing delay, never a tight loop); the
+    job it was sending counts one death (:mod:`forwarder.claims`). Only a worker that
+    cannot use the spool (exit status ``worker.EXIT_SPOOL``) is fatal: ``on_fatal``.
+    """
 
     def __init__(self, dest: Destination, calling_ae: str, spool: Spool,
                  on_fatal: Callable[[BaseException], None] | None = None,
@@ -47,23 +60,40 @@ class DestinationSender:
         self.spool = spool
         self.on_fatal = on_fatal
         self.log = log
+        self.token = claims.new_token()
+        self.restarts = 0
         self._procs: list[BaseProcess] = []
         self._bells: list[Connection] = []
+        self._started: list[float] = []
+        self._beats: list[Any] = []  # per worker: monotonic time of its last heartbeat
+        self.stall_limit = worker.stall_limit(dest)
         self._bells_lock = threading.Lock()
         self._stopping = False
+        self._stopped = threading.Event()
         self._reaper: threading.Thread | None = None
+
+    def _spawn(self, i: int) -> tuple[BaseProcess, Connection]:
+        spec = WorkerSpec(self.dest, self.calling_ae, str(self.spool.root), i, self.log,
+                          self.token)
+        reader, writer = _CONTEXT.Pipe(duplex=False)
+        beat = _CONTEXT.RawValue("d", time.monotonic())
+        if i < len(self._beats):
+            self._beats[i] = beat
+        else:
+            self._beats.append(beat)
+        proc = _CONTEXT.Process(target=worker.main, args=(spec, reader, beat),
+                                name=f"fwd-send-{self.name}-{i}", daemon=True)
+        proc.start()  # the reader end is passed to the worker here, then closed here
+        reader.close()
+        os.set_blocking(writer.fileno(), False)
+        return proc, writer
 
     def start(self) -> DestinationSender:
         for i in range(self.dest.associations):
-            spec = WorkerSpec(self.dest, self.calling_ae, str(self.spool.root), i, self.log)
-            reader, writer = _CONTEXT.Pipe(duplex=False)
-            proc = _CONTEXT.Process(target=worker.main, args=(spec, reader),
-                                    name=f"fwd-send-{self.name}-{i}", daemon=True)
-            proc.start()  # the reader end is passed to the worker here, then closed here
-            reader.close()
-            os.set_blocking(writer.fileno(), False)
+            proc, writer = self._spawn(i)
             self._procs.append(proc)
             self._bells.append(writer)
+            self._started.append(time.monotonic())
         self.spool.listen(self.wake)
         LOGGER.info("%s: %d worker process(es), pid %s", self.name, len(self._procs),
                     " ".join(map(str, self.pids)))
@@ -75,14 +105,16 @@ class DestinationSender:
     def stop(self, timeout: float = 30.0) -> None:
         """Close the bells: every worker finishes its C-STORE in flight, returns its other
         claimed jobs and releases its association (A-RELEASE); wait up to ``timeout``."""
-        self._stopping = True
         self.spool.unlisten(self.wake)
         with self._bells_lock:
+            self._stopping = True
             bells, self._bells = self._bells, []
+            procs = list(self._procs)
+        self._stopped.set()
         for bell in bells:
             bell.close()
         deadline = time.monotonic() + timeout
-        for proc in self._procs:
+        for proc in procs:
             proc.join(max(0.1, deadline - time.monotonic()))
             if proc.exitcode is None:
                 LOGGER.warning("sender %s still busy after %.0fs; it stops after its C-STORE "
@@ -112,19 +144,77 @@ class DestinationSender:
 
     @property
     def alive(self) -> bool:
-        """Every worker process runs."""
-        return all(p.is_alive() for p in self._procs)
+        """Every worker process runs or is being started again."""
+        return self._reaper is not None and self._reaper.is_alive() or self._stopping
+
+    def wedged(self, now: float | None = None) -> list[str]:
+        """Workers running but without a heartbeat for longer than ``stall_limit``: each
+        beats at every turn of its loop and every second while it waits by choice."""
+        now = time.monotonic() if now is None else now
+        with self._bells_lock:
+            return [f"{p.name} (no progress for {now - b.value:.0f}s)"
+                    for p, b in zip(self._procs, self._beats, strict=False)
+                    if p.exitcode is None and now - b.value > self.stall_limit]
 
     def _reap(self) -> None:
-        """Report a worker that ends on its own: the daemon must not go on without it."""
-        running = {p.sentinel: p for p in self._procs}
-        while running:
-            for sentinel in wait(list(running)):
-                proc = running.pop(sentinel)  # type: ignore[arg-type]
+        """Start again a worker that ends on its own; report one the spool stopped."""
+        due: dict[int, float] = {}  # worker index -> when to start it again (monotonic)
+        delays: dict[int, float] = {}
+        while True:
+            with self._bells_lock:
+                if self._stopping:
+                    return
+                running = {p.sentinel: i for i, p in enumerate(self._procs) if i not in due}
+            now = time.monotonic()
+            timeout = max(0.0, min(due.values()) - now) if due else 1.0
+            for sentinel in wait(list(running), min(timeout, 1.0)):
+                i = running[sentinel]  # type: ignore[index]
+                proc = self._procs[i]
                 proc.join()
-                if proc.exitcode != 0 and not self._stopping:
-                    LOGGER.critical("sender %s exited with status %s", proc.name,
-                                    proc.exitcode)
+                if self._stopped.wait(STOP_GRACE):  # the service stops: not a fault
+                    return
+                if proc.exitcode == worker.EXIT_SPOOL:
+                    LOGGER.critical("sender %s exited with status %s: the spool cannot record "
+                                    "outcomes", proc.name, proc.exitcode)
                     if self.on_fatal is not None:
                         self.on_fatal(ForwarderError(f"sender {proc.name} exited with status "
-                                                 f"{proc.exitcode}"))
+                                                     f"{proc.exitcode}"))
+                    return
+                ran = time.monotonic() - self._started[i]
+                delay = RESTART_FIRST if ran >= STABLE_AFTER else \
+                    min(RESTART_MAX, delays.get(i, RESTART_FIRST / 2) * 2)
+                delays[i] = delay
+                due[i] = time.monotonic() + delay
+                self._died(proc, delay)
+            for i, at in list(due.items()):
+                if time.monotonic() >= at:
+                    del due[i]
+                    self._restart(i)
+
+    def _died(self, proc: BaseProcess, delay: float) -> None:
+        code = proc.exitcode
+        why = f"killed by signal {-code}" if code is not None and code < 0 else \
+            f"exit status {code}"
+        back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why)
+        event(LOGGER, "sender_restart", "sender %s died (%s); starting it again in %.0fs%s",
+              proc.name, why, delay, f"; it was sending {back.blamed} (death {back.deaths} "
+              f"of {claims.MAX_DEATHS})" if back.blamed else "", level=logging.ERROR,
+              DESTINATION=self.name, REASON=why, SOP_INSTANCE_UID=back.blamed)
+        if back.failed:
+            reason = f"its sender process died {back.deaths} times while sending this file"
+            event(LOGGER, "failed", "%s failed at %s: %s (kept; 'dicom-forwarder retry' "
+                  "requeues it)", back.blamed, self.name, reason, level=logging.ERROR,
+                  DESTINATION=self.name, REASON=reason, SOP_INSTANCE_UID=back.blamed)
+
+    def _restart(self, i: int) -> None:
+        with self._bells_lock:
+            if self._stopping:
+                return
+            proc, writer = self._spawn(i)
+            old = self._bells[i]
+            self._procs[i], self._bells[i] = proc, writer
+            self._started[i] = time.monotonic()
+            self.restarts += 1
+        old.close()
+        LOGGER.info("sender %s started again, pid %s", proc.name, proc.pid)
+        self.wake()

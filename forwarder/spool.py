@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import durable, recovery, retry, room, spoolindex
+from forwarder import claims, durable, recovery, retry, room, spoolindex
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -39,13 +39,15 @@ CREATE TABLE IF NOT EXISTS jobs (
   id INTEGER PRIMARY KEY, object_id INTEGER NOT NULL REFERENCES objects(id),
   destination TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
   aborts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,
-  updated_at REAL, last_error TEXT);
+  updated_at REAL, last_error TEXT, owner TEXT, claim_seq INTEGER,
+  deaths INTEGER NOT NULL DEFAULT 0, done_mark INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(destination, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_object ON jobs(object_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(destination, state);
 CREATE TABLE IF NOT EXISTS destinations (
   name TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'ok', until REAL, reason TEXT,
-  failures INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0, updated_at REAL);
+  failures INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0, updated_at REAL,
+  streak INTEGER NOT NULL DEFAULT 0, last_failed INTEGER);
 CREATE TABLE IF NOT EXISTS seen (
   path TEXT NOT NULL, inode INTEGER NOT NULL, size INTEGER, mtime_ns INTEGER,
   PRIMARY KEY (path, inode));
@@ -126,6 +128,7 @@ class Spool:
             self.db.execute("PRAGMA wal_autocheckpoint=200")
             self.db.execute("PRAGMA journal_size_limit=1048576")
             self.db.executescript(SCHEMA)
+            claims.add_columns(self.db)
         except sqlite3.Error as exc:
             if spoolindex.is_damage(exc):
                 raise spoolindex.damaged(self.root / "index.sqlite", exc) from exc
@@ -341,8 +344,9 @@ class Spool:
     # --- sending -----------------------------------------------------------------
 
     def claim(self, destination: str, limit: int, now: float | None = None,
-              exclude_classes: Iterable[str] = ()) -> list[Job]:
-        """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``.
+              exclude_classes: Iterable[str] = (), owner: str | None = None) -> list[Job]:
+        """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``,
+        claimed by ``owner`` (a worker; see :mod:`forwarder.claims`) in the order returned.
 
         Half the batch is the longest-waiting jobs, half the newest, so a backlog of
         thousands does not make a study that arrives now wait behind all of it.
@@ -365,25 +369,29 @@ class Spool:
                     query + f"AND j.id NOT IN ({','.join('?' * len(taken))}) "
                     "ORDER BY j.id DESC LIMIT ?",
                     (destination, now, *excluded, *taken, limit // 2)).fetchall()
-            db.executemany("UPDATE jobs SET state='sending', updated_at=? WHERE id=?",
-                           [(now, r[0]) for r in rows])
+            db.executemany("UPDATE jobs SET state='sending', updated_at=?, owner=?, "
+                           "claim_seq=? WHERE id=?",
+                           [(now, owner, i, r[0]) for i, r in enumerate(rows)])
         return [Job(r[0], r[1], destination, r[2], r[3], r[4], self.objects / r[5],
                     Probe(r[6], r[7], r[8], r[9], True, bool(r[10]))) for r in rows]
 
-    def done(self, job_ids: Iterable[int], now: float | None = None) -> None:
-        """Mark stored; delete each object whose jobs are all done."""
+    def done(self, job_ids: Iterable[int], now: float | None = None,
+             owner: str | None = None) -> None:
+        """Mark stored; delete each object whose jobs are all done. With ``owner``, only
+        jobs that owner still claims (so does every outcome below)."""
         now = time.time() if now is None else now
         ids = list(job_ids)
         if not ids:
             return
         with self._tx(durable=False) as db:
             for jid in ids:
-                row = db.execute("UPDATE jobs SET state='done', updated_at=? WHERE id=? AND "
-                                 "state='sending' RETURNING destination, object_id",
-                                 (now, jid)).fetchone()
+                row = db.execute("UPDATE jobs SET state='done', updated_at=?, deaths=0 WHERE "
+                                 f"id=? AND {claims.MINE} RETURNING destination, object_id",
+                                 (now, jid, owner, owner)).fetchone()
                 if row:
                     db.execute("INSERT INTO destinations (name, done) VALUES (?, 1) "
-                               "ON CONFLICT(name) DO UPDATE SET done = done + 1", (row[0],))
+                               "ON CONFLICT(name) DO UPDATE SET done = done + 1, streak = 0",
+                               (row[0],))
             objects = {r[0] for r in db.execute(
                 f"SELECT DISTINCT object_id FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
                 ids)}
@@ -409,36 +417,44 @@ class Spool:
 
     def retry(self, job_id: int, error: str, policy: Backoff, now: float | None = None,
               aborted: bool = False, count_attempt: bool = True,
-              delay: float | None = None) -> float:
+              delay: float | None = None, owner: str | None = None) -> float | None:
         """Back to ``pending`` for a later attempt (after ``delay``, or the job's backoff);
-        return when it is due."""
+        return when it is due, None when the job is no longer claimed (by ``owner``)."""
         now = time.time() if now is None else now
         with self._tx(durable=False) as db:
-            row = db.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
-            attempts = (row[0] if row else 0) + (1 if count_attempt else 0)
+            row = db.execute(f"SELECT attempts FROM jobs WHERE id=? AND {claims.MINE}",
+                             (job_id, owner, owner)).fetchone()
+            if row is None:
+                return None
+            attempts = row[0] + (1 if count_attempt else 0)
             due = now + delay if delay is not None else \
                 retry.next_attempt(now, max(attempts, 1), policy, self._rand.random())
             db.execute("UPDATE jobs SET state='pending', attempts=?, aborts=aborts+?, "
-                       "next_attempt_at=?, last_error=?, updated_at=? WHERE id=?",
+                       "next_attempt_at=?, last_error=?, updated_at=?, deaths=0, owner=NULL "
+                       "WHERE id=?",
                        (attempts, 1 if aborted else 0, due, error, now, job_id))
         self._notify()
         return due
 
-    def release(self, job_ids: Iterable[int], now: float | None = None) -> None:
+    def release(self, job_ids: Iterable[int], now: float | None = None,
+                owner: str | None = None) -> None:
         """Return claimed jobs unattempted (shutdown, or the association cannot carry them)."""
         now = time.time() if now is None else now
         with self._tx(durable=False) as db:
-            db.executemany("UPDATE jobs SET state='pending', updated_at=? WHERE id=? AND "
-                           "state='sending'", [(now, j) for j in job_ids])
+            db.executemany("UPDATE jobs SET state='pending', updated_at=?, owner=NULL WHERE "
+                           f"id=? AND {claims.MINE}", [(now, j, owner, owner) for j in job_ids])
         self._notify()
 
     def fail(self, job_id: int, reason: str, now: float | None = None,
-             attempted: bool = True) -> None:
-        """``failed`` with the reason; the object is kept until an operator acts."""
+             attempted: bool = True, owner: str | None = None) -> bool:
+        """``failed`` with the reason; the object is kept until an operator acts. False
+        when the job is no longer claimed (by ``owner``): nothing changed."""
         now = time.time() if now is None else now
         with self._tx(durable=False) as db:
-            db.execute("UPDATE jobs SET state='failed', attempts=attempts+?, last_error=?, "
-                       "updated_at=? WHERE id=?", (1 if attempted else 0, reason, now, job_id))
+            return db.execute("UPDATE jobs SET state='failed', attempts=attempts+?, "
+                              "last_error=?, updated_at=?, owner=NULL WHERE id=? AND "
+                              f"{claims.MINE}", (1 if attempted else 0, reason, now, job_id,
+                                                 owner, owner)).rowcount > 0
 
     def expire(self, destination: str, max_age: float, now: float | None = None) -> int:
         """Pending jobs older than ``max_age`` end ``failed``, reason ``expired``."""
@@ -449,6 +465,16 @@ class Spool:
                              "created_at < ?", (now, destination, now - max_age))
             return cur.rowcount
 
+    def older_than(self, destination: str, age: float,
+                   now: float | None = None) -> tuple[int, float]:
+        """Pending jobs that have waited more than ``age``: how many, and the oldest's age."""
+        now = time.time() if now is None else now
+        with self._lock:
+            n, first = self.db.execute("SELECT count(*), min(created_at) FROM jobs WHERE "
+                                       "destination=? AND state='pending' AND created_at < ?",
+                                       (destination, now - age)).fetchone()
+        return int(n), (now - first) if first is not None else 0.0
+
     def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
         """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
         now = time.time() if now is None else now
@@ -456,7 +482,7 @@ class Spool:
         args = (now, now, destination) if destination else (now, now)
         with self._tx() as db:
             cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
-                             f"next_attempt_at=?, updated_at=? WHERE {where}", args)
+                             f"deaths=0, next_attempt_at=?, updated_at=? WHERE {where}", args)
             n = cur.rowcount
         self._notify()
         return n
@@ -469,11 +495,43 @@ class Spool:
 
     # --- destination health ------------------------------------------------------
 
+    def note_failure(self, destination: str, job_id: int) -> tuple[int, bool]:
+        """A C-STORE of ``job_id`` failed without an answer that blames the file: the run
+        of different files failing at the destination with none stored between, and
+        whether a file was stored there since this job's previous such failure."""
+        with self._tx(durable=False) as db:
+            db.execute("INSERT INTO destinations (name) VALUES (?) ON CONFLICT DO NOTHING",
+                       (destination,))
+            done, streak, last = db.execute("SELECT done, streak, last_failed FROM "
+                                            "destinations WHERE name=?", (destination,)).fetchone()
+            mark = db.execute("SELECT done_mark FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if last != job_id or streak == 0:
+                streak += 1
+            db.execute("UPDATE destinations SET streak=?, last_failed=? WHERE name=?",
+                       (streak, job_id, destination))
+            db.execute("UPDATE jobs SET done_mark=? WHERE id=?", (done, job_id))
+        return streak, mark is None or mark[0] is None or done > mark[0]
+
     def health(self, destination: str) -> Health:
         with self._lock:
             row = self.db.execute("SELECT state, until, reason, failures FROM destinations "
                                   "WHERE name=?", (destination,)).fetchone()
         return Health(*row) if row else Health("ok", None, None, 0)
+
+    def resume(self, destination: str, now: float | None = None) -> tuple[Health, int]:
+        """Operator resume: a held or backed-off destination is probed at once (its worker
+        polls its health every second) and its pending jobs are due now; the health it
+        had and how many jobs were waiting."""
+        now = time.time() if now is None else now
+        before = self.health(destination)
+        with self._tx(durable=False) as db:
+            db.execute("UPDATE destinations SET until=? WHERE name=? AND state != 'ok'",
+                       (now, destination))
+            n = db.execute("UPDATE jobs SET next_attempt_at=? WHERE destination=? AND "
+                           "state='pending' AND next_attempt_at > ?",
+                           (now, destination, now)).rowcount
+        self._notify()
+        return before, n
 
     def set_health(self, destination: str, state: str, until: float | None = None,
                    reason: str | None = None, now: float | None = None) -> None:
@@ -501,7 +559,8 @@ class Spool:
             report["tmp_removed"] += 1
         with self._tx() as db:
             report["requeued"] = db.execute(
-                "UPDATE jobs SET state='pending', updated_at=? WHERE state='sending'",
+                "UPDATE jobs SET state='pending', updated_at=?, owner=NULL "
+                "WHERE state='sending'",
                 (now,)).rowcount
             if cap is not None:
                 limit = now + cap.max * (1 + cap.jitter)

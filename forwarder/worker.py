@@ -31,13 +31,11 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import logs, outcome, pdnpatch, retry
+from forwarder import claims, health, logs, outcome, pdnpatch, retry
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
-    echo,
     open_association,
-    peer_for,
 )
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
@@ -47,8 +45,8 @@ from forwarder.negotiation import Context, TooManyContexts, plan_contexts
 from forwarder.spool import Job, Spool
 
 LOGGER = logging.getLogger(__name__)
-EXPIRE_EVERY = 60.0
 DONE_FLUSH = 1  # done is committed per file (no fsync needed): a kill resends only in-flight
+EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,7 @@ class WorkerSpec:
     spool: str
     index: int
     log: tuple[str, str, bool] | None = None  # logs.setup(level, target, phi); None: as is
+    token: str = ""  # the sender's start: with the PID, the owner of this worker's claims
 
 
 def backoff_policy(dest: Destination) -> retry.Backoff:
@@ -67,9 +66,18 @@ def backoff_policy(dest: Destination) -> retry.Backoff:
     return retry.Backoff(r.initial, r.max, r.multiplier, r.jitter, r.max_age)
 
 
-def main(spec: WorkerSpec, bell_end: Connection) -> None:
+def stall_limit(dest: Destination) -> float:
+    """How long a worker may go without a heartbeat before it counts as wedged: its
+    longest legitimate wait (connect, associate, send a file, wait for the response)."""
+    t = dest.timeouts
+    return 10.0 + 2 * sum(60.0 if v is None else v for v in (t.connect, t.acse, t.dimse,
+                                                              t.network))
+
+
+def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
     """The worker process: runs until the bell reaches end of file, SIGTERM, or a fault.
-    Exit status 0 after a clean stop, 1 after a fault the daemon must not survive."""
+    Exit status 0 after a clean stop, ``EXIT_SPOOL`` when the spool cannot be used (the
+    daemon stops), anything else after a bug (the daemon starts the worker again)."""
     term: list[int] = []  # a SIGTERM before the worker exists is kept, never fatal
     signal.signal(signal.SIGTERM, lambda signum, _frame: term.append(signum))
     bell = bell_end.fileno()  # read raw: single bytes, no message framing
@@ -90,8 +98,8 @@ def main(spec: WorkerSpec, bell_end: Connection) -> None:
     except ForwarderError as exc:
         LOGGER.critical("sender %s-%d cannot open the spool: %s", spec.dest.name, spec.index,
                         exc)
-        sys.exit(1)
-    worker = Worker(spec, spool, bell, wakeup_r)
+        sys.exit(EXIT_SPOOL)
+    worker = Worker(spec, spool, bell, wakeup_r, beat=beat)
     signal.signal(signal.SIGTERM, lambda *_: worker.halt())
     if term:
         worker.halt()
@@ -101,11 +109,11 @@ def main(spec: WorkerSpec, bell_end: Connection) -> None:
         spool.close()
 
 
-class Worker:
+class Worker(health.DestinationHealth):
     """One association's worth of work for a destination."""
 
     def __init__(self, spec: WorkerSpec, spool: Spool, bell: int, wakeup: int | None = None,
-                 rand: random.Random | None = None):
+                 rand: random.Random | None = None, beat: Any = None):
         self.dest = spec.dest
         self.name = spec.dest.name
         self.index = spec.index
@@ -114,6 +122,8 @@ class Worker:
         self.policy = backoff_policy(spec.dest)
         self.rand = rand or random.Random()
         self.tag = f"{self.name}-{self.index}"
+        self.beat = beat  # shared double: time.monotonic() of the last sign of progress
+        self.owner = claims.owner_of(spec.token)
         self._halted = False
         self._waits = [bell] if wakeup is None else [bell, wakeup]
         self.assoc: Association | None = None
@@ -122,17 +132,12 @@ class Worker:
         self.last_used = 0.0
         self.msg_id = 0
         self.next_expire = 0.0
+        self._ageing = 0
+        self._ageing_said = -health.EXPIRY_WARN_EVERY
+        self.calling_ae = spec.calling_ae
         self.peer: PeerSettings | None = None
         self._peer_error: str | None = None
-        try:
-            self.peer = peer_for(spec.dest, spec.calling_ae)
-        except ForwarderError as exc:  # an unreadable secret: hold, keep the jobs
-            self._peer_error = str(exc)
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        return {"DESTINATION": self.name, "PEER": self.dest.peer,
-                "CALLED_AE": self.dest.called_ae_title}
+        self._read_peer()
 
     # --- stopping and waiting ------------------------------------------------------
 
@@ -158,8 +163,14 @@ class Worker:
 
     def _wait(self, timeout: float) -> None:
         """Until the bell rings, a signal comes, or ``timeout``."""
+        self._beat()
         if not self._halted:
             select.select(self._waits, [], [], max(0.0, timeout))
+        self._beat()
+
+    def _beat(self) -> None:
+        if self.beat is not None:
+            self.beat.value = time.monotonic()
 
     # --- the loop ----------------------------------------------------------------
 
@@ -168,11 +179,12 @@ class Worker:
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error))
         try:
             while not self.stopping:
+                self._beat()
+                if self.index == 0 and time.monotonic() >= self.next_expire:
+                    self._expire()  # during outages too: max_age is wall-clock age
                 if not self._healthy():
                     continue
-                if self.index == 0 and time.monotonic() >= self.next_expire:
-                    self._expire()
-                jobs = self.spool.claim(self.name, self.dest.batch)
+                jobs = self.spool.claim(self.name, self.dest.batch, owner=self.owner)
                 if not jobs:
                     self._idle()
                     continue
@@ -180,36 +192,17 @@ class Worker:
         except SpoolFull:  # the spool's reserve should prevent it; if not, restart clean
             LOGGER.error("spool full: sender %s cannot record outcomes; stopping the daemon",
                          self.tag)
-            return 1
-        except Exception as exc:  # a spool fault or a bug: never a silently dead destination
-            LOGGER.critical("sender %s stopped: %s", self.tag, exc,
-                            exc_info=not isinstance(exc, SpoolError))
+            return EXIT_SPOOL
+        except SpoolError as exc:
+            LOGGER.critical("sender %s stopped: %s", self.tag, exc)
+            return EXIT_SPOOL
+        except Exception as exc:  # a bug: this worker ends, the daemon starts another
+            LOGGER.error("sender %s stopped by an unexpected error: %s: %s", self.tag,
+                         type(exc).__name__, exc, exc_info=True)
             return 1
         finally:
             self._close()
         return 0
-
-    def _healthy(self) -> bool:
-        health = self.spool.health(self.name)
-        if health.state == "ok":
-            return True
-        self._close()
-        now = time.time()
-        if health.until is not None and now < health.until:
-            self._wait(min(health.until - now, 1.0))
-        elif self.index == 0:  # one probe per destination, not a storm
-            self.probe()
-        else:
-            self._wait(0.2)
-        return False
-
-    def _expire(self) -> None:
-        self.next_expire = time.monotonic() + EXPIRE_EVERY
-        n = self.spool.expire(self.name, self.policy.max_age)
-        if n:
-            event(LOGGER, "expired", "%d job(s) for %s older than %.0fs failed: expired (kept; "
-                  "requeue with 'dicom-forwarder retry')", n, self.name, self.policy.max_age,
-                  level=logging.ERROR, **self.fields)
 
     def _idle(self) -> None:
         now = time.monotonic()
@@ -224,44 +217,6 @@ class Worker:
         due = self.spool.next_due(self.name)
         wait = 5.0 if due is None else max(0.0, min(5.0, due - time.time()))
         self._wait(max(wait, 0.01))
-
-    # --- destination health ----------------------------------------------------------
-
-    def degrade(self, action: outcome.Action, now: float | None = None) -> None:
-        """Destination-level fault: backoff with jitter, or held and probed slowly."""
-        now = time.time() if now is None else now
-        health = self.spool.health(self.name)
-        if action.kind == outcome.HOLD:
-            until = now + self.policy.max
-            self.spool.set_health(self.name, "held", until, action.reason, now=now)
-            event(LOGGER, "destination_held", "%s held: %s; jobs are kept, next probe in %.0fs",
-                  self.name, action.reason, until - now, level=logging.ERROR,
-                  REASON=action.reason, **self.fields)
-        else:
-            until = now + retry.delay(health.failures + 1, self.policy, self.rand.random())
-            self.spool.set_health(self.name, "backoff", until, action.reason, now=now)
-            event(LOGGER, "destination_backoff", "%s unavailable: %s; next try in %.1fs",
-                  self.name, action.reason, until - now, level=logging.WARNING,
-                  REASON=action.reason, **self.fields)
-
-    def probe(self) -> bool:
-        """C-ECHO with the full settings; on success the destination is ``ok`` again."""
-        if self.peer is None:
-            self.degrade(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"))
-            return False
-        try:
-            answer = echo(self.peer)
-        except AssociationFailed as exc:
-            self.degrade(outcome.association_failure(exc.kind, str(exc), exc.result,
-                                                     exc.source, exc.reason))
-            return False
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            self.degrade(outcome.Action(outcome.BACKOFF, f"cannot reach the peer: {exc}"))
-            return False
-        self.spool.set_health(self.name, "ok")
-        event(LOGGER, "destination_ok", "%s reachable again (%s)", self.name, answer,
-              **self.fields)
-        return True
 
     # --- associations ------------------------------------------------------------
 
@@ -300,13 +255,14 @@ class Worker:
         """Associate for ``jobs``; the jobs it carries, or None when it failed (handled)."""
         take, rest, contexts = self._fit(jobs)
         if rest:
-            self.spool.release([j.id for j in rest])
-        if self.peer is None:  # another worker may not have marked the destination held yet
-            self.spool.release([j.id for j in take])
+            self.spool.release([j.id for j in rest], owner=self.owner)
+        peer = self._read_peer()
+        if peer is None:
+            self.spool.release([j.id for j in take], owner=self.owner)
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"))
             return None
         try:
-            assoc = open_association(self.peer, contexts)
+            assoc = open_association(peer, contexts)
         except AssociationFailed as exc:
             action = outcome.association_failure(exc.kind, str(exc), exc.result, exc.source,
                                                  exc.reason)
@@ -314,13 +270,20 @@ class Worker:
                 for j in take:
                     self._fail(j, action.reason, attempted=False)
                 return None
-            self.spool.release([j.id for j in take])
+            self.spool.release([j.id for j in take], owner=self.owner)
             self.degrade(action)
             return None
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self.spool.release([j.id for j in take])
+            self.spool.release([j.id for j in take], owner=self.owner)
             self.degrade(outcome.Action(outcome.BACKOFF,
                                         f"cannot set up the association: {exc}"))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug or a missing module: not the files'
+            LOGGER.error("%s: cannot set up the association: %s: %s", self.name,
+                         type(exc).__name__, exc, exc_info=True)
+            self.spool.release([j.id for j in take], owner=self.owner)
+            self.degrade(outcome.Action(outcome.BACKOFF, "cannot set up the association: "
+                                        f"{type(exc).__name__}: {exc}"))
             return None
         self.assoc = assoc
         self.proposed = {(j.probe.sop_class_uid, j.probe.transfer_syntax) for j in take}
@@ -345,44 +308,49 @@ class Worker:
         try:
             for i, job in enumerate(jobs):
                 if self.stopping or not self.assoc.is_established:
-                    self.spool.release([j.id for j in jobs[i:]])
+                    self.spool.release([j.id for j in jobs[i:]], owner=self.owner)
                     return
                 if not self._store(job, done):
-                    self.spool.release([j.id for j in jobs[i + 1:]])
+                    self.spool.release([j.id for j in jobs[i + 1:]],
+                                       owner=self.owner)
                     return
                 if len(done) >= DONE_FLUSH:
-                    self.spool.done(done)
+                    self.spool.done(done, owner=self.owner)
                     done = []
         finally:
-            self.spool.done(done)
+            self.spool.done(done, owner=self.owner)
             self.last_used = time.monotonic()
 
     def _store(self, job: Job, done: list[int]) -> bool:
         """Send one job and record what happened; False when the association is unusable."""
         assert self.assoc is not None
         self.msg_id = self.msg_id % 65535 + 1
+        lost = ""
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
                                 self.msg_id)
         except FileNotFoundError:
             self._fail(job, "the spool's copy of the file is missing")
             return True
-        except (OSError, RuntimeError, AttributeError) as exc:  # connection lost mid-store
-            LOGGER.debug("C-STORE interrupted: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the fault boundary around one job
+            what = f"{type(exc).__name__}: {exc}"
+            if self.assoc.is_established:  # the file's fault: it fails, the association stays
+                LOGGER.error("%s: cannot prepare or send it to %s: %s",
+                             job.probe.sop_instance_uid, self.name, what, exc_info=True)
+                self._fail(job, f"cannot prepare or send this file: {what}")
+                return True
+            lost = f" ({what})"
             result = StoreResult(None)
         if result.refused:
             self._fail(job, result.refused)
             return True
         if result.status is None:
-            action = outcome.no_response(job.aborts, "no response (association aborted, "
-                                         "connection lost or DIMSE timeout)")
-            if action.kind == outcome.FAIL:
-                self._fail(job, action.reason)
-            else:
-                self.spool.retry(job.id, action.reason, self.policy, aborted=True, delay=0.0)
-                event(LOGGER, "retry", "%s: %s", job.probe.sop_instance_uid, action.reason,
-                      level=logging.WARNING, ATTEMPT=job.attempts + 1, **self._fields(job))
-            if self.assoc.is_established:
+            what = ("no response (association aborted, connection lost or DIMSE timeout)"
+                    + lost)
+            self._alike(job, outcome.Action(
+                outcome.RESEND, f"{what} during the C-STORE; sending it again on a new "
+                "association"), None)
+            if self.assoc is not None and self.assoc.is_established:
                 self.assoc.abort()
             self._close()
             return False
@@ -399,28 +367,54 @@ class Worker:
         if action.kind == outcome.FAIL:
             self._fail(job, action.reason, status)
             return True
+        if action.kind == outcome.RETRY and outcome.out_of_resources(result.status):
+            return self._alike(job, action, status, refused=True)
         if action.kind == outcome.RETRY:
-            due = self.spool.retry(job.id, action.reason, self.policy)
-            event(LOGGER, "retry", "%s: %s; next attempt in %.0fs", job.probe.sop_instance_uid,
-                  action.reason, due - time.time(), level=logging.WARNING, DICOM_STATUS=status,
-                  ATTEMPT=job.attempts + 1, **self._fields(job))
+            self._retry(job, action.reason, status)
             return True
         if action.kind == outcome.RESEND:
-            self.spool.retry(job.id, action.reason, self.policy, delay=0.0)
+            self.spool.retry(job.id, action.reason, self.policy, delay=0.0, owner=self.owner)
             self._close()
             return False
         # HOLD: the peer refuses us, not the file
-        self.spool.release([job.id])
+        self.spool.release([job.id], owner=self.owner)
         self.degrade(action)
         self._close()
         return False
+
+    def _alike(self, job: Job, action: outcome.Action, status: str | None,
+               refused: bool = False) -> bool:
+        """A failure the file or its peer may have caused: the file's when others are being
+        stored around it, the destination's when they fail alike (:func:`outcome.alike`).
+        False when the destination backs off (the association is not used further)."""
+        streak, stored_since = self.spool.note_failure(self.name, job.id)
+        verdict, alone = outcome.alike(action, job.aborts, streak, stored_since, refused)
+        if verdict.kind == outcome.FAIL:
+            self._fail(job, verdict.reason, status)
+            return True
+        if verdict.kind == outcome.BACKOFF:  # the file waits its turn, its count unchanged
+            self._retry(job, action.reason, status)
+            self.degrade(verdict, attempts=streak - outcome.STREAK + 1)
+            self._close()
+            return False
+        # the others go first: a file that fails alone must not be next in line again
+        self._retry(job, verdict.reason, status, alone=alone)
+        return True
+
+    def _retry(self, job: Job, reason: str, status: str | None, alone: bool = False) -> None:
+        due = self.spool.retry(job.id, reason, self.policy, aborted=alone, owner=self.owner)
+        if due is not None:
+            event(LOGGER, "retry", "%s: %s; next attempt in %.1fs", job.probe.sop_instance_uid,
+                  reason, due - time.time(), level=logging.WARNING, DICOM_STATUS=status,
+                  ATTEMPT=job.attempts + 1, **self._fields(job))
 
     def _fields(self, job: Job) -> dict[str, Any]:
         return {**probe_fields(job.probe), **self.fields}
 
     def _fail(self, job: Job, reason: str, status: str | None = None,
               attempted: bool = True) -> None:
-        self.spool.fail(job.id, reason, attempted=attempted)
+        if not self.spool.fail(job.id, reason, attempted=attempted, owner=self.owner):
+            return  # claimed again by a newer worker: not ours to record
         event(LOGGER, "failed", "%s failed at %s: %s (kept; 'dicom-forwarder retry' requeues "
               "it)", job.probe.sop_instance_uid, self.name, reason, level=logging.ERROR,
               DICOM_STATUS=status, ATTEMPT=job.attempts + 1, REASON=reason, **self._fields(job))

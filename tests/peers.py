@@ -62,6 +62,8 @@ class StoreSCP:
         ALL_TRANSFER_SYNTAXES, key=lambda ts: ts != "1.2.840.10008.1.2.1"))
     sop_classes: list[str] | None = None
     status: Callable[[Any], int] | None = None  # event -> status
+    comment: str | None = None  # Error Comment (0000,0902) sent with every failure status
+    verification: bool = True  # offer the Verification SOP class (C-ECHO)
     require_called_aet: bool = False
     maximum_associations: int = 10
     ssl_context: Any = None
@@ -82,7 +84,8 @@ class StoreSCP:
         classes = self.sop_classes or [c.abstract_syntax for c in AllStoragePresentationContexts]
         for sop in classes:
             ae.add_supported_context(sop, self.transfer_syntaxes)
-        ae.add_supported_context(Verification)
+        if self.verification:
+            ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_request),
                     (evt.EVT_ABORTED, self._on_abort), (evt.EVT_RELEASED, self._on_release)]
         if self.user_check:
@@ -124,6 +127,13 @@ class StoreSCP:
                 self.received.append(Received(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                                               str(ts), raw,
                                               id(event.assoc)))
+        elif self.comment:
+            from pydicom.dataset import Dataset
+
+            rsp = Dataset()
+            rsp.Status = status
+            rsp.ErrorComment = self.comment
+            return rsp  # type: ignore[return-value]
         return status
 
     def counts(self) -> Counter[str]:

@@ -46,3 +46,32 @@ def test_lost_responses_resend_then_fail() -> None:
 def test_association_failures(kind: str, result: int | None, source: int | None,
                               reason: int | None, action: str) -> None:
     assert o.association_failure(kind, "x", result, source, reason).kind == action
+
+
+def test_a_failure_right_after_stores_counts_against_the_file() -> None:
+    resend = o.Action(o.RESEND, "no response during the C-STORE")
+    assert o.alike(resend, 0, 1, True) == (resend, True)
+    kind, alone = o.alike(resend, o.ABORTS_IN_A_ROW - 1, 1, True)
+    assert kind.kind == o.FAIL and alone and "while other files were stored" in kind.reason
+
+
+def test_a_700_fails_a_file_only_after_more_refusals_alone() -> None:
+    refused = o.store_status(0xA700, "missing PatientID")
+    assert o.alike(refused, o.ABORTS_IN_A_ROW - 1, 1, True, refused=True) == (refused, True)
+    verdict, _ = o.alike(refused, o.REFUSALS_ALONE - 1, 1, True, refused=True)
+    assert verdict.kind == o.FAIL and "0xA700 (missing PatientID)" in verdict.reason
+
+
+@pytest.mark.parametrize("alone", [0, 1, 10])
+def test_files_failing_alike_in_a_row_back_the_destination_off(alone: int) -> None:
+    refused = o.store_status(0xA700)
+    for streak in range(o.STREAK, o.STREAK + 5):
+        verdict, counted = o.alike(refused, alone, streak, True, refused=True)
+        assert verdict.kind == o.BACKOFF and not counted and "in a row" in verdict.reason
+
+
+def test_a_file_failing_again_with_nothing_stored_between_proves_nothing() -> None:
+    resend = o.Action(o.RESEND, "no response")
+    for streak in (1, 2):
+        assert o.alike(resend, o.ABORTS_IN_A_ROW - 1, streak, False) == (resend, False)
+    assert o.alike(resend, o.ABORTS_IN_A_ROW - 1, 2, True) == (resend, False)

@@ -1,0 +1,296 @@
+"""Containment at the sending end, against real pynetdicom peers: a job that raises or kills
+its worker fails alone; faults that hit every file back the destination off and fail none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from forwarder import claims, outcome
+from forwarder.sender import DestinationSender
+from forwarder.spool import Spool
+from tests.corpus import data_file, unique_copies
+from tests.peers import wait_for
+from tests.sendutil import destination, enqueue, settled, states
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def big_endian_with_wrong_rows(folder: Path) -> Path:
+    """pydicom's Explicit VR Big Endian file with Rows that no longer match its pixels: a
+    little-endian-only peer needs a conversion, and decoding the pixels raises ValueError."""
+    ds = dcmread(data_file("ExplVR_BigEnd.dcm"))
+    ds.Rows = ds.Rows + 7
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bad-rows.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_an_unexpected_error_fails_that_job_and_keeps_the_association(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    peer = make_scp(transfer_syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    bad = big_endian_with_wrong_rows(tmp_path / "bad")
+    good = list(unique_copies(tmp_path / "c", 4).values())
+    bad_uid, *uids = enqueue(spool, [bad, *good])
+    with DestinationSender(destination(peer.port, "batch: 10"), "FORWARDER", spool) as sender:
+        wait_for(lambda: settled(spool), 30, "the queue to settle")
+        assert sender.restarts == 0
+    assert peer.counts() == {u: 1 for u in uids}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad_uid and "ValueError" in f["reason"]
+    assert "pixel data" in f["reason"] and "no response" not in f["reason"]
+    assert peer.associations == 1 and peer.aborts_seen == 0
+    assert spool.health("pacs").state == "ok"
+
+
+def test_a_job_that_kills_its_worker_fails_after_a_bounded_number_of_deaths(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    files = list(unique_copies(tmp_path / "c", 4).values())
+    bad = str(dcmread(files[1]).SOPInstanceUID)
+    holder: dict[str, DestinationSender] = {}
+    kills: list[int] = []
+
+    def status(event) -> int:  # noqa: ANN001
+        if event.request.AffectedSOPInstanceUID == bad:  # the worker dies sending it
+            pid = holder["sender"].pids[0]
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=status)
+    uids = enqueue(spool, files)
+    faults: list[BaseException] = []
+    sender = DestinationSender(destination(peer.port), "FORWARDER", spool,
+                               on_fatal=faults.append)
+    holder["sender"] = sender
+    with sender:
+        wait_for(lambda: settled(spool), 60, "the queue to settle")
+        assert sender.alive
+    assert faults == [] and len(kills) == claims.MAX_DEATHS
+    assert sender.restarts == claims.MAX_DEATHS
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad
+    assert f"died {claims.MAX_DEATHS} times" in f["reason"]
+
+
+def test_a_file_refused_a700_while_others_are_stored_fails_with_the_peers_comment(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    files = list(unique_copies(tmp_path / "c", 3).values())
+    bad = str(dcmread(files[1]).SOPInstanceUID)
+
+    refusals: list[str] = []
+
+    def status(event) -> int:  # noqa: ANN001 - as Orthanc answers a file it cannot index
+        if event.request.AffectedSOPInstanceUID == bad:
+            refusals.append(bad)
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=status, comment="missing PatientID")
+    uids = enqueue(spool, files)
+    more = iter(unique_copies(tmp_path / "more", 20, prefix="m").values())
+    with DestinationSender(destination(peer.port), "FORWARDER", spool):
+        while not spool.failed_jobs():  # files keep coming and are stored around it
+            seen = len(refusals)
+            uids += enqueue(spool, [next(more)])
+            wait_for(lambda n=seen, u=set(uids): set(peer.counts()) >= u - {bad}
+                     and (len(refusals) > n or spool.failed_jobs()), 20,
+                     "a neighbour stored and the file tried again")
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad and f["attempts"] == outcome.REFUSALS_ALONE
+    assert "0xA700 (missing PatientID)" in f["reason"] and "while it stored other" in f["reason"]
+    assert spool.health("pacs").state == "ok"
+
+
+class Sick:
+    """A peer that misbehaves on every C-STORE until ``cured``: abort, stall past our DIMSE
+    timeout, or A700."""
+
+    def __init__(self, how: str):
+        self.how = how
+        self.cured = threading.Event()
+        self.sick_answers = 0
+        self.release = threading.Event()
+
+    def __call__(self, event) -> int:  # noqa: ANN001
+        if self.cured.is_set():
+            return 0
+        self.sick_answers += 1
+        if self.how == "abort":
+            event.assoc.abort()
+            return 0xA700  # never sent: the abort went out first
+        if self.how == "stall":
+            self.release.wait(3)  # past our DIMSE timeout (500 ms)
+            return 0xA700  # too late: we have given up on it
+        return 0xA700
+
+
+@pytest.mark.parametrize("how", ["abort", "stall", "a700"])
+def test_a_peer_sick_for_every_file_backs_off_fails_nothing_then_delivers_once(
+        make_scp, spool: Spool, tmp_path: Path, how: str) -> None:
+    sick = Sick(how)
+    peer = make_scp(status=sick)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 12).values()))
+    dest = destination(peer.port, "timeouts: {connect: 2s, acse: 5s, dimse: 500ms, "
+                       "network: 5s}\nretry: {initial: 100ms, max: 400ms, jitter: 0.1}")
+    try:
+        with DestinationSender(dest, "FORWARDER", spool):
+            wait_for(lambda: spool.health("pacs").state == "backoff", 30,
+                     "the destination to back off")
+            reason = spool.health("pacs").reason or ""
+            assert "in a row failed alike" in reason
+            wait_for(lambda: sick.sick_answers >= 12, 60, "the peer to stay sick for a while")
+            assert states(spool)["failed"] == 0
+            report = spool.status(["pacs"])["destinations"]["pacs"]
+            assert report["done"] == 0 and report["failed"] == 0
+            sick.cured.set()
+            wait_for(lambda: settled(spool), 60, "the queue to drain after the cure")
+    finally:
+        sick.release.set()
+    assert peer.counts() == {u: 1 for u in uids}
+    assert states(spool) == {"pending": 0, "sending": 0, "done": 12, "failed": 0}
+
+
+def test_a_peer_without_verification_is_healthy_again_after_an_outage(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from tests.faults.harness import Gate
+
+    peer = make_scp(verification=False)
+    gate = Gate(peer.port, down=True)
+    try:
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 5).values()))
+        with DestinationSender(destination(gate.port), "FORWARDER", spool):
+            wait_for(lambda: spool.health("pacs").state == "backoff", 20, "backoff while down")
+            wait_for(lambda: gate.attempts >= 3, 20, "probes while the peer is down")
+            assert states(spool)["pending"] == 5
+            gate.down = False
+            wait_for(lambda: settled(spool), 30, "the queue to drain once the peer is up")
+            assert spool.health("pacs").state == "ok"
+    finally:
+        gate.close()
+    assert peer.counts() == {u: 1 for u in uids} and states(spool)["failed"] == 0
+
+
+def test_outcomes_from_a_stale_owner_are_ignored(spool: Spool, tmp_path: Path) -> None:
+    """A worker that outlived its daemon records nothing over a job claimed again since."""
+    from forwarder.worker import backoff_policy
+
+    policy = backoff_policy(destination(1))
+    enqueue(spool, list(unique_copies(tmp_path / "c", 4).values()))
+    old, new = claims.owner_of("old", 111), claims.owner_of("new", 222)
+    stale = spool.claim("pacs", 4, owner=old)
+    spool.recover()  # the next daemon's start: every claim back to pending
+    fresh = spool.claim("pacs", 4, owner=new)
+    assert {j.id for j in fresh} == {j.id for j in stale}
+    a, b, c, d = (j.id for j in stale)
+    spool.done([a], owner=old)
+    assert spool.retry(b, "A700", policy, owner=old) is None
+    assert not spool.fail(c, "late", owner=old)
+    spool.release([d], owner=old)
+    assert states(spool) == {"pending": 0, "sending": 4, "done": 0, "failed": 0}
+    spool.done([a], owner=new)
+    assert spool.retry(b, "A700", policy, owner=new) is not None
+    assert spool.fail(c, "0xA900", owner=new)
+    spool.release([d], owner=new)
+    assert states(spool) == {"pending": 2, "sending": 0, "done": 1, "failed": 1}
+    assert spool.failed_jobs()[0]["reason"] == "0xA900"
+
+
+def test_a_dead_workers_claims_come_back_and_its_file_counts_a_death(
+        spool: Spool, tmp_path: Path) -> None:
+    enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    for death in range(1, claims.MAX_DEATHS + 1):
+        owner = claims.owner_of("t", 1000 + death)
+        first, *_ = spool.claim("pacs", 3, owner=owner)
+        back = claims.reclaim(spool, owner, "killed by signal 9")
+        assert back.released == 2 and back.blamed == first.probe.sop_instance_uid
+        assert back.deaths == death and back.failed == (death == claims.MAX_DEATHS)
+    [f] = spool.failed_jobs()
+    assert f"died {claims.MAX_DEATHS} times" in f["reason"] and "signal 9" in f["reason"]
+    assert states(spool)["pending"] == 2
+
+
+def tls_yaml(pki: dict[str, Path], ca: Path | None = None, key: Path | None = None,
+             password_file: Path | None = None) -> str:
+    text = (f"tls: {{enabled: true, cert: {pki['client.pem']}, key: {key or pki['client.key']}, "
+            f"ca: [{ca or pki['ca.pem']}]")
+    if password_file:
+        text += f", key_password_file: {password_file}"
+    return text + "}"
+
+
+def test_tls_material_errors_hold_with_a_reason_and_connect_nowhere(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from forwarder.cli import main
+    from tests.faults.harness import Gate
+    from tests.tlsutil import make_pki, server_context
+
+    pki = make_pki(tmp_path / "pki")
+    peer = make_scp(ssl_context=server_context(pki))
+    gate = Gate(peer.port, down=False)
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    missing = tmp_path / "no-such-ca.pem"
+    try:
+        with DestinationSender(destination(gate.port, tls_yaml(pki, ca=missing)), "FORWARDER",
+                               spool):
+            wait_for(lambda: spool.health("pacs").state == "held", 20, "held: CA file missing")
+        reason = spool.health("pacs").reason or ""
+        assert "TLS settings unusable" in reason and "No such file" in reason
+        assert gate.attempts == 0 and peer.received == []
+
+        key = serialization.load_pem_private_key(pki["client.key"].read_bytes(), None)
+        locked = tmp_path / "client-locked.key"
+        locked.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"right")))
+        pw = tmp_path / "key-pw"
+        pw.write_text("wrong\n")
+        spool.set_health("pacs", "ok")
+        dest = destination(gate.port, tls_yaml(pki, key=locked, password_file=pw)
+                           + "\nretry: {initial: 10m, max: 10m}")
+        with DestinationSender(dest, "FORWARDER", spool):
+            wait_for(lambda: spool.health("pacs").state == "held"
+                     and "TLS settings unusable" in (spool.health("pacs").reason or ""), 20,
+                     "held: wrong key password")
+            assert gate.attempts == 0
+            pw.write_text("right\n")
+            cfg = tmp_path / "f.yaml"
+            cfg.write_text(f"spool: {spool.root}\ndestinations:\n  pacs: {{host: 127.0.0.1, "
+                           f"port: {gate.port}}}\nroutes:\n  - to: [pacs]\n")
+            assert main(["resume", "-c", str(cfg), "pacs"]) == 0
+            wait_for(lambda: settled(spool), 20, "delivery with the fixed key password")
+    finally:
+        gate.close()
+    assert peer.counts() == {u: 1 for u in uids}
+
+
+def test_tls_to_a_plain_peer_is_a_handshake_failure_and_sends_nothing_in_the_clear(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    from tests.tlsutil import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    peer = make_scp()  # plain DICOM
+    enqueue(spool, list(unique_copies(tmp_path / "c", 2).values()))
+    with DestinationSender(destination(peer.port, tls_yaml(pki)), "FORWARDER", spool):
+        wait_for(lambda: spool.health("pacs").state == "held", 20, "held")
+    reason = spool.health("pacs").reason or ""
+    assert "TLS handshake" in reason and "failed" in reason and "cannot connect" not in reason
+    assert peer.associations == 0 and peer.received == []
+
