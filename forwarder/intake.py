@@ -69,6 +69,7 @@ class Intake:
         self.accepted = 0
         self.quarantined = 0
         self.seen_skipped = 0
+        self.kept = 0  # taken, but the source could not be removed
 
     # --- the queue ---------------------------------------------------------------
 
@@ -205,8 +206,7 @@ class Intake:
                 ready = []
                 raise
             for o, oid in zip(ready, ids, strict=True):
-                self._accepted(o, oid)
-                o.cand.finished(o.cand.watch.keep_source)
+                o.cand.finished(self._accepted(o, oid))
             ready = []
         finally:
             for o in ready:
@@ -243,7 +243,7 @@ class Intake:
                 cand.finished(False)
                 return None
             watch = cand.watch
-            if watch.keep_source and self.spool.is_seen(cand.path, st):
+            if self.spool.is_seen(cand.path, st):  # kept, or could not be removed
                 self.seen_skipped += 1
                 cand.finished(True)
                 return None
@@ -263,8 +263,7 @@ class Intake:
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
                           "(unrouted: delete)", cand.path, FORWARDER_FILE=cand.path,
                           **probe_fields(found))
-                    self._dispose(cand, st)
-                    cand.finished(watch.keep_source)
+                    cand.finished(self._dispose(cand, st))
                     return None
                 self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)", found)
                 return None
@@ -284,11 +283,13 @@ class Intake:
         event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.path, where.name, reason,
               level=logging.WARNING, FORWARDER_FILE=cand.path, REASON=reason,
               QUARANTINE_FILE=str(where), **probe_fields(found))
+        left = keep_source
         if move is None or os.path.lexists(cand.path):
-            self._dispose(cand, st)
-        cand.finished(keep_source)
+            left = self._dispose(cand, st)
+        cand.finished(left)
 
-    def _accepted(self, o: _Open, oid: int) -> None:
+    def _accepted(self, o: _Open, oid: int) -> bool:
+        """Report one accepted file and remove its source; True if it stays in place."""
         self.accepted += 1
         fields = {"FORWARDER_FILE": o.cand.path, "DESTINATION": ",".join(o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
@@ -299,8 +300,9 @@ class Intake:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
                   o.cand.path, ", ".join(o.destinations), **fields)
         os.close(o.fd)
-        if not o.cand.watch.keep_source:  # kept sources were remembered in the commit
-            self._dispose(o.cand, o.st)
+        if o.cand.watch.keep_source:  # kept sources were remembered in the commit
+            return True
+        return self._dispose(o.cand, o.st)
 
     @staticmethod
     def _same_file(path: str, st: os.stat_result) -> bool:
@@ -310,20 +312,26 @@ class Intake:
             return False
         return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
-    def _dispose(self, cand: Candidate, st: os.stat_result) -> None:
+    def _dispose(self, cand: Candidate, st: os.stat_result) -> bool:
         """After the spool holds it: remove the source, or remember it (keep_source).
-        A source that cannot be removed is remembered, so it is not taken twice."""
+        A source that cannot be removed (a subfolder of another account, a read-only
+        mount) is remembered and reported once, so it is never taken twice while it is
+        unchanged. True when the source stays in place."""
         if cand.watch.keep_source:
             self.spool.remember(cand.path, st)
-            return
+            return True
         if not self._same_file(cand.path, st):
-            return  # replaced by a new file of the same name: that one is new work
+            return False  # replaced by a new file of the same name: that one is new work
         try:
             os.unlink(cand.path)
         except FileNotFoundError:
-            pass
+            return False
         except OSError as exc:
-            LOGGER.warning("%s: taken, but cannot remove the source (%s); it is remembered "
-                           "and will not be taken again while unchanged", cand.path,
-                           exc.strerror, extra={"FORWARDER_FILE": cand.path})
             self.spool.remember(cand.path, st)
+            self.kept += 1
+            event(LOGGER, "source_kept", "%s: taken, but the source cannot be removed (%s); "
+                  "it is left in place and will not be taken again while unchanged",
+                  cand.path, exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.path,
+                  WATCH=cand.watch.name, ERROR=exc.strerror)
+            return True
+        return False

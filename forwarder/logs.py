@@ -54,6 +54,7 @@ EVENTS: dict[str, str] = {
     "watch_fallback": "84b44d848e6f49fe9b2a779562b93ec4",
     "expired": "22df1056bc3f426a8459ce532b85f8be",
     "association": "af2fb285b7ab47a6af342ee41c45f7b9",
+    "source_kept": "9a3c4bc647c6495aa4b379643cd1e6cf",
 }
 
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")

@@ -1,0 +1,99 @@
+"""Containment at intake, against the real daemon: one bad file or folder never stops the
+rest, and every bad item ends where the operator can see it, with its reason."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.corpus import unique_copies
+from tests.daemonutil import REPO, DaemonProcess, drop, write_config
+from tests.peers import wait_for
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A work folder other accounts can reach (pytest's own is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="fwd-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_nobody() -> tuple[str, ...]:
+    pw = pwd.getpwnam("nobody")
+    return ("setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups")
+
+
+SMOKE = ("import multiprocessing as m; c = m.get_context('forkserver'); "
+         "p = c.Process(target=print); p.start(); p.join(); assert p.exitcode == 0")
+
+
+def python_for_nobody() -> tuple[str, dict[str, str]]:
+    """An interpreter (and PYTHONPATH) with which the account ``nobody`` runs the daemon
+    and its fork server: this virtualenv's, or the system's with its site-packages when
+    the virtualenv's base interpreter lives in a folder private to root."""
+    site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    for python, path in ((sys.executable, str(REPO)), ("/usr/bin/python3", f"{REPO}:{site}")):
+        env = {**os.environ, "PYTHONPATH": path}
+        if os.access(python, os.X_OK) and subprocess.run(
+                [*as_nobody(), python, "-c", SMOKE], env=env, cwd="/", capture_output=True,
+                timeout=60).returncode == 0:
+            return python, {"PYTHONPATH": path}
+    pytest.fail("no Python interpreter the account nobody can run the daemon with")
+
+
+def test_a_source_the_daemon_cannot_remove_is_sent_once_and_reported_once(
+        make_scp, shared_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test runs the daemon as another account: run it as root (CI does)")
+    nobody = pwd.getpwnam("nobody")
+    peer = make_scp()
+    cfg = write_config(shared_dir, peer.port)
+    inbox, spool = shared_dir / "in", shared_dir / "spool"
+    spool.mkdir()
+    for d in (inbox, spool):
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    files = unique_copies(shared_dir / "corpus", 4)
+    (shared_dir / "corpus").chmod(0o755)
+    (kept_uid, kept), (uid1, first), (uid2, second), (uid3, third) = files.items()
+    study = inbox / "study"  # a modality's subfolder, created by root with umask 022
+    study.mkdir(mode=0o755)
+    shutil.copy(kept, study / kept.name)
+    (study / kept.name).chmod(0o644)
+    python, env = python_for_nobody()
+    d = DaemonProcess(cfg, shared_dir, argv_prefix=as_nobody(), python=python, env=env)
+    try:
+        d.wait_ready()
+        wait_for(lambda: peer.counts()[kept_uid] == 1, 30, "the kept file delivered")
+        shutil.copy(first, inbox / "first.dcm")
+        os.chown(inbox / "first.dcm", nobody.pw_uid, nobody.pw_gid)
+        wait_for(lambda: peer.counts()[uid1] == 1, 30, "a removable file delivered")
+        wait_for(lambda: not (inbox / "first.dcm").exists(), 10, "its source removed")
+        drop([second], inbox)
+        wait_for(lambda: peer.counts()[uid2] == 1, 30, "a file dropped later delivered")
+    finally:
+        assert d.stop() == 0, d.output()
+    first_run = d.output()
+    # a restart: the folder is scanned again
+    d = DaemonProcess(cfg, shared_dir, argv_prefix=as_nobody(), python=python, env=env)
+    try:
+        d.wait_ready()
+        drop([third], inbox)
+        wait_for(lambda: peer.counts()[uid3] == 1, 30, "a file dropped after the restart")
+    finally:
+        assert d.stop() == 0, d.output()
+    log = first_run + d.output()
+    assert (study / kept.name).read_bytes() == kept.read_bytes(), "left in place, unchanged"
+    assert peer.counts() == {kept_uid: 1, uid1: 1, uid2: 1, uid3: 1}, "each exactly once"
+    assert log.count("FORWARDER_EVENT=source_kept") == 1, log
+    line = next(x for x in log.splitlines() if "source_kept" in x)
+    assert "cannot be removed" in line and "Permission denied" in line and kept.name in line
