@@ -194,7 +194,7 @@ class Intake:
                     ready.append(opened)
             if not ready:
                 return
-            incoming = [Incoming(o.fd, o.cand.path, o.probe, o.destinations, o.cand.watch.name,
+            incoming = [Incoming(o.fd, o.cand.shown, o.probe, o.destinations, o.cand.watch.name,
                                  link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
                                  stat=o.st, remember=o.cand.watch.keep_source)
                         for o in ready]
@@ -219,15 +219,15 @@ class Intake:
             fd = os.open(cand.path, OPEN_FLAGS)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                event(LOGGER, "ignored", "%s: became a symlink, left alone", cand.path,
-                      level=logging.WARNING, FORWARDER_FILE=cand.path)
+                event(LOGGER, "ignored", "%s: became a symlink, left alone", cand.shown,
+                      level=logging.WARNING, FORWARDER_FILE=cand.shown)
                 cand.finished(True)
             elif exc.errno == errno.ENOENT:
                 cand.finished(False)
             else:
                 event(LOGGER, "intake_error", "%s: cannot open: %s; left in place until it "
-                      "changes", cand.path, exc.strerror, level=logging.ERROR,
-                      FORWARDER_FILE=cand.path)
+                      "changes", cand.shown, exc.strerror, level=logging.ERROR,
+                      FORWARDER_FILE=cand.shown)
                 cand.finished(True)
             return None
         keep = False
@@ -235,15 +235,15 @@ class Intake:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 keep = True
-                event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.path,
-                      level=logging.WARNING, FORWARDER_FILE=cand.path)
+                event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.shown,
+                      level=logging.WARNING, FORWARDER_FILE=cand.shown)
                 cand.finished(True)
                 return None
             if Signature.of(st) != cand.sig:  # written to since it settled: settle again
                 cand.finished(False)
                 return None
             watch = cand.watch
-            if self.spool.is_seen(cand.path, st):  # kept, or could not be removed
+            if self.spool.is_seen(cand.shown, st):  # kept, or could not be removed
                 self.seen_skipped += 1
                 cand.finished(True)
                 return None
@@ -261,7 +261,7 @@ class Intake:
             if not decision.destinations:
                 if self.cfg.unrouted == "delete":
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
-                          "(unrouted: delete)", cand.path, FORWARDER_FILE=cand.path,
+                          "(unrouted: delete)", cand.shown, FORWARDER_FILE=cand.shown,
                           **probe_fields(found))
                     cand.finished(self._dispose(cand, st))
                     return None
@@ -278,10 +278,10 @@ class Intake:
         keep_source = cand.watch.keep_source
         move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
             self._same_file(cand.path, st) else None
-        where = self.spool.quarantine(fd, cand.path, reason, move=move)
+        where = self.spool.quarantine(fd, cand.shown, reason, move=move)
         self.quarantined += 1
-        event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.path, where.name, reason,
-              level=logging.WARNING, FORWARDER_FILE=cand.path, REASON=reason,
+        event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.shown, where.name, reason,
+              level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
               QUARANTINE_FILE=str(where), **probe_fields(found))
         left = keep_source
         if move is None or os.path.lexists(cand.path):
@@ -291,14 +291,14 @@ class Intake:
     def _accepted(self, o: _Open, oid: int) -> bool:
         """Report one accepted file and remove its source; True if it stays in place."""
         self.accepted += 1
-        fields = {"FORWARDER_FILE": o.cand.path, "DESTINATION": ",".join(o.destinations),
+        fields = {"FORWARDER_FILE": o.cand.shown, "DESTINATION": ",".join(o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
         if oid:
-            event(LOGGER, "accepted", "%s: accepted for %s", o.cand.path,
+            event(LOGGER, "accepted", "%s: accepted for %s", o.cand.shown,
                   ", ".join(o.destinations), **fields)
         else:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
-                  o.cand.path, ", ".join(o.destinations), **fields)
+                  o.cand.shown, ", ".join(o.destinations), **fields)
         os.close(o.fd)
         if o.cand.watch.keep_source:  # kept sources were remembered in the commit
             return True
@@ -318,7 +318,7 @@ class Intake:
         mount) is remembered and reported once, so it is never taken twice while it is
         unchanged. True when the source stays in place."""
         if cand.watch.keep_source:
-            self.spool.remember(cand.path, st)
+            self.spool.remember(cand.shown, st)
             return True
         if not self._same_file(cand.path, st):
             return False  # replaced by a new file of the same name: that one is new work
@@ -327,11 +327,11 @@ class Intake:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            self.spool.remember(cand.path, st)
+            self.spool.remember(cand.shown, st)
             self.kept += 1
             event(LOGGER, "source_kept", "%s: taken, but the source cannot be removed (%s); "
                   "it is left in place and will not be taken again while unchanged",
-                  cand.path, exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.path,
+                  cand.shown, exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.shown,
                   WATCH=cand.watch.name, ERROR=exc.strerror)
             return True
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import heapq
 import logging
 import os
@@ -36,6 +37,7 @@ from watchdog.observers.polling import PollingObserver
 
 from forwarder.config import Watch
 from forwarder.logs import event
+from forwarder.paths import shown
 from forwarder.settle import Settler, Signature, ignored, wanted
 
 LOGGER = logging.getLogger(__name__)
@@ -57,6 +59,11 @@ class Candidate:
     sig: Signature
     fresh: bool  # seen through an event (new work) rather than found by a scan
     owner: Watcher | None = None
+
+    @functools.cached_property
+    def shown(self) -> str:
+        """The path as text for the index, logs and journal (see :mod:`forwarder.paths`)."""
+        return shown(self.path)
 
     def finished(self, left_in_place: bool) -> None:
         """Intake is done with it; ``left_in_place``: the file stays and must not be
@@ -212,7 +219,7 @@ class Watcher:
             it = os.scandir(folder)
         except OSError as exc:
             if folder == self.root:
-                LOGGER.error("watch %s: cannot list %s: %s", self.watch.name, folder,
+                LOGGER.error("watch %s: cannot list %s: %s", self.watch.name, shown(folder),
                              exc.strerror, extra={"WATCH": self.watch.name})
             return
         with it:
@@ -258,7 +265,7 @@ class Watcher:
                 self._reported.add(path)
                 kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 event(LOGGER, "ignored", "%s: %s, left alone (its target is never read)",
-                      path, kind, level=logging.WARNING, FORWARDER_FILE=path,
+                      shown(path), kind, level=logging.WARNING, FORWARDER_FILE=shown(path),
                       WATCH=self.watch.name)
             return
         sig = Signature.of(st)

@@ -3,8 +3,10 @@ rest, and every bad item ends where the operator can see it, with its reason."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from forwarder.paths import shown, unshown
 from tests.corpus import unique_copies
 from tests.daemonutil import REPO, DaemonProcess, drop, write_config
 from tests.peers import wait_for
@@ -97,3 +102,51 @@ def test_a_source_the_daemon_cannot_remove_is_sent_once_and_reported_once(
     assert log.count("FORWARDER_EVENT=source_kept") == 1, log
     line = next(x for x in log.splitlines() if "source_kept" in x)
     assert "cannot be removed" in line and "Permission denied" in line and kept.name in line
+
+
+def test_names_of_any_bytes_are_taken_and_shown_faithfully(make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    inbox = os.fsencode(tmp_path / "in")
+    files = unique_copies(tmp_path / "corpus", 4)
+    latin1 = b"caf\xe9-\xc9TUDE.dcm"  # a Latin-1 name from an SMB share
+    forged = b"x.dcm\n2026-01-01 00:00:00 CRITICAL forged line"
+    long_name = ("\u00e9" * 120 + ".dcm").encode()  # 244 bytes of UTF-8
+    names = [latin1, forged, long_name, b"back\\slash\t.dcm"]
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        for name, path in zip(names, files.values(), strict=True):
+            with open(os.path.join(inbox, name), "wb") as fp:
+                fp.write(path.read_bytes())
+        bad = b"notes-\xff\xfe\nFATAL forged.txt"  # not DICOM, a name neither UTF-8 nor one line
+        with open(os.path.join(inbox, bad), "wb") as fp:
+            fp.write(b"just some text, not DICOM\n")
+        wait_for(lambda: len(peer.counts()) == 4, 30, "the four valid files delivered")
+        wait_for(lambda: not os.listdir(inbox), 15, "every source taken out of the folder")
+        listed = subprocess.run([sys.executable, "-m", "forwarder", "quarantine", "-c", str(cfg),
+                                 "--json"], capture_output=True, timeout=60, cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert listed.returncode == 0, listed.stderr
+        assert d.proc.poll() is None, "the daemon is still running"
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == dict.fromkeys(files, 1)
+    [q] = json.loads(listed.stdout)
+    shown_bad = str(tmp_path / "in") + "/notes-\\xff\\xfe\\nFATAL forged.txt"
+    assert q["source"] == shown_bad and "not DICOM" in q["reason"]
+    assert Path(q["file"]).read_bytes() == b"just some text, not DICOM\n"
+    assert unshown(q["source"]) == os.fsdecode(os.path.join(inbox, bad))
+    log = d.output()
+    assert not re.search(r"^\S* ?\S* ?(CRITICAL|FATAL) forged", log, re.M), log
+    assert "caf\\xe9-\\xc9TUDE.dcm: accepted" in log and "x.dcm\\n2026-01-01" in log
+    assert "back\\\\slash\\t.dcm: accepted" in log and "\u00e9" * 120 + ".dcm: accepted" in log
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=1, max_size=300))
+def test_shown_names_are_printable_one_line_and_give_the_name_back(name: bytes) -> None:
+    text = shown(os.fsdecode(name))
+    text.encode("utf-8")  # valid UTF-8: no lone surrogates
+    assert text.isprintable() and "\n" not in text
+    assert os.fsencode(unshown(text)) == name
