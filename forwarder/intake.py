@@ -25,6 +25,7 @@ from forwarder import router
 from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe
 from forwarder.errors import NotDicomError, SpoolError, SpoolFull
+from forwarder.faults import in_words, spool_wide, trace
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
 from forwarder.spool import Incoming, Spool
@@ -185,33 +186,71 @@ class Intake:
 
     def process(self, cands: list[Candidate]) -> None:
         """Take a batch: quarantine the bad, accept the rest with one commit, then
-        remove (or remember) the sources. Raises SpoolFull with every source untouched."""
+        remove (or remember) the sources. Raises SpoolFull with every source untouched.
+        An unexpected error about one file is contained to it (see :mod:`.faults`)."""
         ready: list[_Open] = []
         try:
             for cand in cands:
-                opened = self._open(cand)
+                opened = self._guarded_open(cand)
                 if opened is not None:
                     ready.append(opened)
-            if not ready:
-                return
-            incoming = [Incoming(o.fd, o.cand.shown, o.probe, o.destinations, o.cand.watch.name,
-                                 link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
-                                 stat=o.st, remember=o.cand.watch.keep_source)
-                        for o in ready]
-            try:
-                ids = self.spool.accept(incoming)
-            except SpoolFull:  # the caller retries these very candidates: keep them ours
-                for o in ready:
-                    os.close(o.fd)
-                ready = []
-                raise
-            for o, oid in zip(ready, ids, strict=True):
-                o.cand.finished(self._accepted(o, oid))
-            ready = []
+            self._accept(ready)
         finally:
             for o in ready:
                 os.close(o.fd)
                 o.cand.finished(False)
+
+    def _accept(self, ready: list[_Open]) -> None:
+        """Commit ``ready`` in one batch; each file dealt with leaves the list. When the
+        batch fails for a reason other than the spool's, each file is taken alone and
+        the one that still fails is quarantined."""
+        if not ready:
+            return
+        incoming = [Incoming(o.fd, o.cand.shown, o.probe, o.destinations, o.cand.watch.name,
+                             link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
+                             stat=o.st, remember=o.cand.watch.keep_source)
+                    for o in ready]
+        try:
+            ids = self.spool.accept(incoming)
+        except Exception as exc:
+            if spool_wide(exc):
+                raise
+            if len(ready) > 1:
+                for o in list(ready):
+                    self._accept([o])
+                    ready.remove(o)
+                return
+            [o] = ready
+            self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe)
+            ready.clear()
+            os.close(o.fd)
+            return
+        for o, oid in zip(list(ready), ids, strict=True):
+            ready.remove(o)
+            o.cand.finished(self._accepted(o, oid))
+
+    def _guarded_open(self, cand: Candidate) -> _Open | None:
+        try:
+            return self._open(cand)
+        except Exception as exc:
+            if spool_wide(exc):
+                raise
+            # the file could not even be quarantined: leave it, say so, once per change
+            event(LOGGER, "intake_error", "%s: %s; left in place until it changes", cand.shown,
+                  in_words(exc, "taking this file"), level=logging.ERROR,
+                  FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, TRACEBACK=trace(exc))
+            cand.finished(True)
+            return None
+
+    def _contain(self, cand: Candidate, fd: int, st: os.stat_result, exc: Exception,
+                 doing: str, found: Probe | None = None) -> None:
+        """An unexpected error about this one file: quarantine it with the error in words,
+        and the traceback in the journal."""
+        reason = in_words(exc, doing)
+        event(LOGGER, "intake_error", "%s: %s", cand.shown, reason, level=logging.ERROR,
+              FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, REASON=reason,
+              TRACEBACK=trace(exc))
+        self._quarantine(cand, fd, st, reason, found)
 
     def _open(self, cand: Candidate) -> _Open | None:
         """Open and probe one candidate; None when it was dealt with here."""
@@ -247,17 +286,21 @@ class Intake:
                 self.seen_skipped += 1
                 cand.finished(True)
                 return None
+            found: Probe | None = None
             try:
                 with open(fd, "rb", closefd=False) as fp:
                     found = probe(fp, self.cfg.attribute_keywords)
+                decision = router.route(self.cfg.routes, watch.name, cand.relpath,
+                                        found.attributes)
             except NotDicomError as exc:
                 self._quarantine(cand, fd, st, str(exc))
                 return None
-            except Exception as exc:  # noqa: BLE001 - a reader bug must not stop intake
-                self._quarantine(cand, fd, st, f"not readable as DICOM: {type(exc).__name__}: "
-                                 f"{str(exc)[:200]}")
+            except Exception as exc:  # a reader or routing bug must not stop intake
+                if spool_wide(exc):
+                    raise
+                self._contain(cand, fd, st, exc, "reading it as DICOM" if found is None
+                              else "routing it", found)
                 return None
-            decision = router.route(self.cfg.routes, watch.name, cand.relpath, found.attributes)
             if not decision.destinations:
                 if self.cfg.unrouted == "delete":
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "

@@ -150,3 +150,78 @@ def test_shown_names_are_printable_one_line_and_give_the_name_back(name: bytes) 
     text.encode("utf-8")  # valid UTF-8: no lone surrogates
     assert text.isprintable() and "\n" not in text
     assert os.fsencode(unshown(text)) == name
+
+
+INJECTED = '''\
+"""Bugs planted in the daemon under test, each set off by one file only."""
+import os
+
+import forwarder.dicomfile as dicomfile
+import forwarder.router as router
+import forwarder.spool as spool
+
+_encoding_matches, _route, _accept = dicomfile._encoding_matches, router.route, spool.Spool.accept
+
+
+def encoding_matches(ds, ts):
+    if ds.SOPInstanceUID == os.environ["PROBE_BUG_UID"]:
+        return "a" + None
+    return _encoding_matches(ds, ts)
+
+
+def route(routes, watch, relpath, attributes):
+    if "routebug" in relpath:
+        return "a" + None
+    return _route(routes, watch, relpath, attributes)
+
+
+def accept(self, items, now=None):
+    items = list(items)
+    if any("acceptbug" in i.source for i in items):
+        return "a" + None
+    return _accept(self, items, now)
+
+
+dicomfile._encoding_matches, router.route, spool.Spool.accept = encoding_matches, route, accept
+'''
+
+
+def test_an_unexpected_error_about_one_file_quarantines_that_file_only(
+        make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECTED)
+    files = unique_copies(tmp_path / "corpus", 12)
+    uids = list(files)
+    names = {uids[0]: "probe.dcm", uids[1]: "routebug.dcm", uids[2]: "acceptbug.dcm"}
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for uid, path in files.items():
+        shutil.copy(path, staged / names.get(uid, path.name))
+    d = DaemonProcess(cfg, tmp_path, env={"PYTHONPATH": f"{tmp_path / 'inject'}:{REPO}",
+                                          "PROBE_BUG_UID": uids[0]})
+    try:
+        d.wait_ready()
+        drop(sorted(staged.iterdir()), tmp_path / "in")
+        good = uids[3:]
+        wait_for(lambda: all(peer.counts()[u] == 1 for u in good), 30, "the good files")
+        wait_for(lambda: not any((tmp_path / "in").iterdir()), 15, "the folder emptied")
+        listed = subprocess.run([sys.executable, "-m", "forwarder", "quarantine", "-c", str(cfg),
+                                 "--json"], capture_output=True, timeout=60, cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert d.proc.poll() is None, "the daemon is still running"
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == dict.fromkeys(uids[3:], 1)
+    rows = {Path(q["source"]).name: q for q in json.loads(listed.stdout)}
+    assert sorted(rows) == ["acceptbug.dcm", "probe.dcm", "routebug.dcm"]
+    doing = {"probe.dcm": "reading it as DICOM", "routebug.dcm": "routing it",
+             "acceptbug.dcm": "taking it into the spool"}
+    for name, q in rows.items():
+        assert q["reason"].startswith(doing[name] + " failed with an internal error"), q
+        assert "concatenate" not in q["reason"] and "NoneType" not in q["reason"]
+        assert Path(q["file"]).read_bytes() == (staged / name).read_bytes()
+    log = d.output()
+    assert log.count("FORWARDER_EVENT=intake_error") == 3
+    assert "TRACEBACK=" in log and "concatenate" in log  # the details, for a bug report
