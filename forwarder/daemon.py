@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, logs, notify
+from forwarder import config, logs, notify, watchstate
 from forwarder.config import Config
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
@@ -46,6 +46,8 @@ class Daemon:
         self._reload = False
         self._fatal: BaseException | None = None
         self._status = ""
+        self._unavailable: dict[str, str] = {}
+        self._unavailable_since: dict[str, float] = {}
 
     # --- signals and faults ----------------------------------------------------
 
@@ -116,7 +118,7 @@ class Daemon:
 
     def _start_watcher(self, w: config.Watch) -> None:
         assert self.intake is not None
-        self.watchers[w.name] = Watcher(w, self.intake.offer).start()
+        self.watchers[w.name] = Watcher(w, self.intake.offer, on_state=self._wake.set).start()
 
     def _hold_removed(self, cfg: Config) -> None:
         """A destination gone from the file but with jobs left is held, never dropped."""
@@ -147,12 +149,29 @@ class Daemon:
                 return EXIT_FAILURE
             if ping:
                 notify.watchdog()
+            self._watch_state()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY
                 text = self._summary()
                 if text != self._status:
                     self._status = text
                     notify.status(text)
+
+    def _watch_state(self) -> None:
+        """Publish which watch folders are unavailable (``status``, STATUS=) on a change."""
+        now = {n: w.unavailable for n, w in self.watchers.items() if w.unavailable}
+        if now == self._unavailable or self.cfg is None:
+            return
+        for name in now:
+            self._unavailable_since.setdefault(name, time.time())
+        for name in set(self._unavailable_since) - set(now):
+            del self._unavailable_since[name]
+        self._unavailable = now
+        watchstate.write(self.cfg.spool, now, self._unavailable_since)
+        text = self._summary()
+        if text != self._status:
+            self._status = text
+            notify.status(text)
 
     def _alive(self) -> bool:
         intake_alive = self.intake is None or self.intake.alive
@@ -174,6 +193,9 @@ class Daemon:
                 text += f"; {state}: {', '.join(names)}"
         if self.intake is not None and self.intake.paused_full:
             text += "; intake paused: spool full"
+        gone = [n for n, w in self.watchers.items() if w.unavailable]
+        if gone:
+            text += f"; watch unavailable: {', '.join(gone)}"
         return text
 
     # --- reload ------------------------------------------------------------------
@@ -236,6 +258,8 @@ class Daemon:
         for t in stoppers:
             t.join()
         if self.spool is not None:
+            if self.cfg is not None:
+                watchstate.clear(self.cfg.spool)
             self.spool.close()
 
 

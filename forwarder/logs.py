@@ -55,6 +55,8 @@ EVENTS: dict[str, str] = {
     "expired": "22df1056bc3f426a8459ce532b85f8be",
     "association": "af2fb285b7ab47a6af342ee41c45f7b9",
     "source_kept": "9a3c4bc647c6495aa4b379643cd1e6cf",
+    "watch_unavailable": "6c9cb14aea1e46cfa98601be3d586ce9",
+    "watch_available": "c70ee9120ea545f9805618284b13389b",
 }
 
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")

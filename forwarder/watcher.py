@@ -45,6 +45,8 @@ LOGGER = logging.getLogger(__name__)
 # What makes a file known: created, renamed into place, closed after writing. Writes and
 # attribute changes (IN_MODIFY, IN_ATTRIB) are not subscribed: they could not shorten
 # the settling wait, and our own links and unlinks would flood the observer.
+RETRY = 10.0  # seconds between looks for a folder that is unavailable
+
 EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent,
                 FileClosedEvent]
 
@@ -113,12 +115,14 @@ class Watcher:
     """One folder: its observer, its scans and its settling files; one thread."""
 
     def __init__(self, watch: Watch, deliver: Callable[[Candidate], bool],
-                 observer_factory: Callable[[], Any] | None = None, events: bool = True):
+                 observer_factory: Callable[[], Any] | None = None, events: bool = True,
+                 on_state: Callable[[], None] | None = None):
         self.watch = watch
         self.root = os.path.abspath(watch.path)
         self.deliver = deliver  # False: intake is full (or stopping): offer it again later
         self._observer_factory = observer_factory
         self._use_events = events
+        self._on_state = on_state  # told when the folder becomes unavailable or available
         self.settler = Settler(watch.min_age, trust_ctime=not watch.polling)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._heap: list[tuple[float, str]] = []
@@ -134,30 +138,65 @@ class Watcher:
         self.observer: Any = None
         self.polling = watch.polling
         self.scans = 0
+        self.unavailable: str | None = None  # why the folder cannot be watched now
+        self.retry = max(0.5, min(RETRY, watch.rescan))
 
     # --- lifecycle ---------------------------------------------------------------
 
     def start(self) -> Watcher:
-        if not os.path.isdir(self.root):
-            raise FileNotFoundError(errno.ENOENT, f"watch folder {self.watch.name} does not "
-                                    "exist or is not a directory", self.root)
-        if self._use_events:
-            self.observer, self.polling = start_observer(
-                self.watch, _Events(self._queue.put), self._observer_factory)
+        """Start the folder's thread. A folder that is missing or cannot be read (not yet
+        mounted, removed, no permission) does not stop anything: it is reported as
+        unavailable and looked for again every ``RETRY`` seconds (at most ``rescan``)."""
+        self._attach()  # the observer runs before start returns: no event is missed
         self._thread = threading.Thread(target=self._run, name=f"fwd-watch-{self.watch.name}",
                                         daemon=True)
         self._thread.start()
         return self
 
+    def _attach(self) -> bool:
+        """Check the folder and start its observer; False (and reported) when unavailable."""
+        try:
+            if not os.path.isdir(self.root):
+                raise FileNotFoundError(errno.ENOENT, "does not exist or is not a directory")
+            with os.scandir(self.root):
+                pass
+            if self._use_events and self.observer is None:
+                self.observer, self.polling = start_observer(
+                    self.watch, _Events(self._queue.put), self._observer_factory)
+        except OSError as exc:
+            self._unavailable(exc.strerror or str(exc))
+            return False
+        if self.unavailable is not None:
+            self.unavailable = None
+            event(LOGGER, "watch_available", "watch %s: %s is available again; scanning it",
+                  self.watch.name, shown(self.root), WATCH=self.watch.name)
+            if self._on_state:
+                self._on_state()
+        return True
+
+    def _unavailable(self, why: str) -> None:
+        self._detach()
+        if self.unavailable != why:
+            self.unavailable = why
+            event(LOGGER, "watch_unavailable", "watch %s: %s: %s; files there wait, every "
+                  "other folder and destination goes on; looking again every %gs",
+                  self.watch.name, shown(self.root), why, self.retry, level=logging.ERROR,
+                  WATCH=self.watch.name, REASON=why)
+            if self._on_state:
+                self._on_state()
+
+    def _detach(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(10)
+            self.observer = None
+
     def stop(self) -> None:
         self._stop.set()
         self._queue.put(None)
-        if self.observer is not None:
-            self.observer.stop()
         if self._thread is not None:
             self._thread.join(30)
-        if self.observer is not None:
-            self.observer.join(10)
+        self._detach()
 
     def __enter__(self) -> Watcher:
         return self.start()
@@ -190,9 +229,11 @@ class Watcher:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_scan:
-                self._scan(self.root, fresh=False)
-                self.scans += 1
-                next_scan = time.monotonic() + self.watch.rescan
+                if self._attach() and self._scan(self.root, fresh=False):
+                    self.scans += 1
+                    next_scan = time.monotonic() + self.watch.rescan
+                else:
+                    next_scan = time.monotonic() + self.retry
             self._flush_waiting()
             wake = min(next_scan, self._heap[0][0] if self._heap else next_scan)
             if self._waiting:
@@ -214,18 +255,19 @@ class Watcher:
                     del self._scheduled[path]
                     self._check(path)
 
-    def _scan(self, folder: str, fresh: bool) -> None:
+    def _scan(self, folder: str, fresh: bool) -> bool:
+        """Scan ``folder`` (recursively); False when the watch folder itself is unavailable."""
         try:
             it = os.scandir(folder)
         except OSError as exc:
             if folder == self.root:
-                LOGGER.error("watch %s: cannot list %s: %s", self.watch.name, shown(folder),
-                             exc.strerror, extra={"WATCH": self.watch.name})
-            return
+                self._unavailable(exc.strerror or str(exc))
+                return False
+            return True
         with it:
             for entry in it:
                 if self._stop.is_set():
-                    return
+                    return True
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if self.watch.recursive and not ignored(entry.name, self.watch.ignore):
@@ -235,6 +277,7 @@ class Watcher:
                 except OSError:
                     continue
                 self._seen(entry.path, st, fresh)
+        return True
 
     def _consider(self, path: str, fresh: bool) -> None:
         try:

@@ -19,9 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forwarder.paths import shown, unshown
+from forwarder.spool import Spool
 from tests.corpus import unique_copies
 from tests.daemonutil import REPO, DaemonProcess, drop, write_config
 from tests.peers import wait_for
+from tests.sendutil import enqueue
 
 
 @pytest.fixture
@@ -225,3 +227,63 @@ def test_an_unexpected_error_about_one_file_quarantines_that_file_only(
     log = d.output()
     assert log.count("FORWARDER_EVENT=intake_error") == 3
     assert "TRACEBACK=" in log and "concatenate" in log  # the details, for a bug report
+
+
+def status_json(cfg: Path, cwd: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg), "--json"],
+                         capture_output=True, timeout=60, cwd=cwd,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_watch_folder_missing_at_start_or_removed_later_stops_nothing(
+        make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    late = tmp_path / "late"  # not yet mounted or created
+    text = cfg.read_text().replace(
+        "destinations:", f"  - {{name: late, path: {late}, min_age: 200ms, rescan: 1s}}\n"
+        "destinations:", 1)
+    cfg.write_text(text)
+    files = list(unique_copies(tmp_path / "corpus", 4).items())
+    with Spool(tmp_path / "spool") as spool:  # a backlog waiting in the spool
+        enqueue(spool, [files[0][1]])
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: peer.counts()[files[0][0]] == 1, 30, "the spool's backlog sent")
+        wait_for(lambda: any("watch unavailable: late" in s for s in d.states("STATUS")), 15,
+                 "STATUS naming the missing folder")
+        wait_for(lambda: status_json(cfg, tmp_path)["watch"]["late"]["state"] != "ok", 15,
+                 "status naming the missing folder")
+        state = status_json(cfg, tmp_path)["watch"]
+        assert state["modality"]["state"] == "ok" and state["late"]["state"] == "unavailable"
+        assert "does not exist" in state["late"]["reason"]
+        drop([files[1][1]], tmp_path / "in")  # the other folder goes on
+        wait_for(lambda: peer.counts()[files[1][0]] == 1, 30, "a file in the other folder")
+        late.mkdir()
+        drop([files[2][1]], late)
+        wait_for(lambda: peer.counts()[files[2][0]] == 1, 30, "a file in the folder once there")
+        wait_for(lambda: status_json(cfg, tmp_path)["watch"]["late"]["state"] == "ok", 15,
+                 "the folder reported available")
+        shutil.rmtree(late)  # removed while running
+        wait_for(lambda: status_json(cfg, tmp_path)["watch"]["late"]["state"] == "unavailable",
+                 15, "the removed folder reported again")
+        drop([files[3][1]], tmp_path / "in")
+        wait_for(lambda: peer.counts()[files[3][0]] == 1, 30, "the other folder still taken")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == {uid: 1 for uid, _ in files}
+    log = d.output()
+    assert log.count("FORWARDER_EVENT=watch_unavailable") == 2, log
+    assert log.count("FORWARDER_EVENT=watch_available") == 1, log
+    assert "late" not in status_text(cfg, tmp_path), "no daemon: nothing stale is shown"
+
+
+def status_text(cfg: Path, cwd: Path) -> str:
+    """``status`` as an operator reads it."""
+    return subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg)],
+                          capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout

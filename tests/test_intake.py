@@ -273,7 +273,13 @@ def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
         assert "no route matched" in p.spool.quarantined()[0]["reason"]
 
 
-def test_watch_folder_missing_is_a_clear_error(tmp_path: Path) -> None:
-    w = Watch(name="gone", path=str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="watch folder gone does not exist"):
-        Watcher(w, lambda c: True).start()
+def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Path) -> None:
+    w = Watch(name="gone", path=str(tmp_path / "nope"), min_age=0.1, rescan=0.5)
+    taken: list[str] = []
+    with Watcher(w, lambda c: taken.append(c.relpath) is None) as watcher:
+        wait_for(lambda: watcher.unavailable is not None, 10, "the folder reported unavailable")
+        assert "does not exist" in watcher.unavailable
+        (tmp_path / "nope").mkdir()
+        shutil.copy(CT, tmp_path / "nope" / "ct.dcm")
+        wait_for(lambda: taken == ["ct.dcm"], 10, "the file taken once the folder exists")
+        assert watcher.unavailable is None
