@@ -282,7 +282,7 @@ class Intake:
                 cand.finished(False)
                 return None
             watch = cand.watch
-            if self.spool.is_seen(cand.shown, st):  # kept, or could not be removed
+            if self.spool.is_seen(cand.shown, st, fd):  # kept, or could not be removed
                 self.seen_skipped += 1
                 cand.finished(True)
                 return None

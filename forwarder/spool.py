@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import durable, retry
+from forwarder import durable, retry, seen
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -115,6 +115,7 @@ class Spool:
             self.db.execute("PRAGMA wal_autocheckpoint=200")
             self.db.execute("PRAGMA journal_size_limit=1048576")
             self.db.executescript(SCHEMA)
+            seen.migrate(self.db)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the spool index {self.root / 'index.sqlite'}: "
                              f"{exc} (check its permissions and free space)") from exc
@@ -225,9 +226,7 @@ class Spool:
                         "WHERE o.sha256 = ? AND j.destination = ? AND j.state IN "
                         "('pending', 'sending') LIMIT 1", (sha, d)).fetchone()]
                     if item.remember and item.stat is not None:
-                        db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
-                                   (item.source, item.stat.st_ino, item.stat.st_size,
-                                    item.stat.st_mtime_ns))
+                        seen.record(db, item.source, item.stat, sha)
                     if not dests:
                         ids.append(0)
                         continue
@@ -275,18 +274,16 @@ class Spool:
                             f"{need // 1024} KiB to take, {self.reserve // 1024} KiB kept "
                             "in reserve for the senders")
 
-    def is_seen(self, path: str, st: os.stat_result) -> bool:
-        """keep_source: was this exact file (path, inode, size, mtime) taken before?"""
+    def is_seen(self, path: str, st: os.stat_result, fd: int | None = None) -> bool:
+        """Was this file taken before and left in place, and is it unchanged since
+        (see :mod:`forwarder.seen`)? ``fd``: the file, open, to compare content."""
         with self._lock:
-            row = self.db.execute("SELECT size, mtime_ns FROM seen WHERE path=? AND inode=?",
-                                  (path, st.st_ino)).fetchone()
-        return bool(row) and tuple(row) == (st.st_size, st.st_mtime_ns)
+            return seen.lookup(self.db, path, st, fd)
 
-    def remember(self, path: str, st: os.stat_result) -> None:
-        """Record a file left in place (keep_source) so it is never taken twice."""
+    def remember(self, path: str, st: os.stat_result, sha: str | None = None) -> None:
+        """Record a file left in place so it is never taken twice while unchanged."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
-                       (path, st.st_ino, st.st_size, st.st_mtime_ns))
+            seen.record(db, path, st, sha)
 
     def quarantine(self, fd: int | None, source: str, reason: str, move: Path | None = None,
                    now: float | None = None) -> Path:

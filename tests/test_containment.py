@@ -8,6 +8,7 @@ import os
 import pwd
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -287,3 +288,44 @@ def status_text(cfg: Path, cwd: Path) -> str:
     return subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg)],
                           capture_output=True, text=True, timeout=60, cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+
+
+def seen_row(spool: Path, path: Path) -> tuple | None:
+    db = sqlite3.connect(f"file:{spool / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("SELECT size, mtime_ns, ctime_ns, sha256 FROM seen WHERE path=?",
+                          (str(path),)).fetchone()
+    finally:
+        db.close()
+
+
+def test_keep_source_takes_a_file_rewritten_with_its_old_size_and_mtime_again(
+        make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    cfg.write_text(cfg.read_text().replace("rescan: 2s}", "rescan: 500ms, keep_source: true}"))
+    (uid1, first), (uid2, second) = unique_copies(tmp_path / "corpus", 2).items()
+    target = tmp_path / "in" / "slice.dcm"
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        shutil.copy(first, target)
+        wait_for(lambda: peer.counts()[uid1] == 1, 30, "the file sent")
+        wait_for(lambda: seen_row(tmp_path / "spool", target) is not None, 10, "it remembered")
+        before = target.stat()
+        with open(target, "r+b") as fp:  # rsync -t --inplace: new bytes, same size, old mtime
+            fp.write(second.read_bytes())
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = target.stat()
+        assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        wait_for(lambda: peer.counts()[uid2] == 1, 30, "the rewritten file sent again")
+        wait_for(lambda: (seen_row(tmp_path / "spool", target) or (0, 0, 0))[2] ==
+                 target.stat().st_ctime_ns, 10, "the rewrite remembered")
+        target.chmod(0o600)  # touched, not rewritten: a new ctime, the same content
+        wait_for(lambda: (seen_row(tmp_path / "spool", target) or (0, 0, 0))[2] ==
+                 target.stat().st_ctime_ns, 15, "the new ctime looked at and remembered")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == {uid1: 1, uid2: 1}
+    assert target.read_bytes() == second.read_bytes(), "the source is left as it is"
