@@ -182,6 +182,7 @@ class Watch:
     rescan: float = opt(_p_duration, 60.0)
     polling: bool = opt(_p_bool, False)
     keep_source: bool = opt(_p_bool, False)
+    truncated_after: float = opt(_p_duration, 600.0)
 
     REQUIRED = ("name", "path")
 

@@ -26,6 +26,7 @@ from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe
 from forwarder.errors import NotDicomError, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
+from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
 from forwarder.spool import Incoming, Spool
@@ -71,6 +72,7 @@ class Intake:
         self.quarantined = 0
         self.seen_skipped = 0
         self.kept = 0  # taken, but the source could not be removed
+        self.incomplete = Incomplete()  # files that look cut short, waiting for their writer
 
     # --- the queue ---------------------------------------------------------------
 
@@ -293,7 +295,8 @@ class Intake:
                 decision = router.route(self.cfg.routes, watch.name, cand.relpath,
                                         found.attributes)
             except NotDicomError as exc:
-                self._quarantine(cand, fd, st, str(exc))
+                if not self._waits(cand, fd, st, str(exc)):
+                    self._quarantine(cand, fd, st, str(exc))
                 return None
             except Exception as exc:  # a reader or routing bug must not stop intake
                 if spool_wide(exc):
@@ -316,9 +319,28 @@ class Intake:
             if not keep:
                 os.close(fd)
 
+    def _waits(self, cand: Candidate, fd: int, st: os.stat_result, reason: str) -> bool:
+        """A file that looks cut short may still be written: leave it, look again when it
+        changes; after ``truncated_after`` unchanged, quarantine a copy and leave it."""
+        if not looks_incomplete(reason):
+            return False
+        patience = cand.watch.truncated_after
+        left, new = self.incomplete.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
+        if left > 0:
+            if new:
+                event(LOGGER, "incomplete", "%s: %s; left in place and looked at again when it "
+                      "changes; quarantined (by copy) if unchanged for %gs", cand.shown, reason,
+                      patience, level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
+                      WATCH=cand.watch.name)
+            cand.finished(True, again_after=left)
+            return True
+        self._quarantine(cand, fd, st, f"{reason} (unchanged for {patience:g}s; the source "
+                         "is left in place)", leave=True)
+        return True
+
     def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
-                    found: Probe | None = None) -> None:
-        keep_source = cand.watch.keep_source
+                    found: Probe | None = None, leave: bool = False) -> None:
+        keep_source = cand.watch.keep_source or leave
         move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
             self._same_file(cand.path, st) else None
         where = self.spool.quarantine(fd, cand.shown, reason, move=move)
@@ -327,12 +349,15 @@ class Intake:
               level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
               QUARANTINE_FILE=str(where), **probe_fields(found))
         left = keep_source
-        if move is None or os.path.lexists(cand.path):
+        if leave:
+            self.spool.remember(cand.shown, st)
+        elif move is None or os.path.lexists(cand.path):
             left = self._dispose(cand, st)
         cand.finished(left)
 
     def _accepted(self, o: _Open, oid: int) -> bool:
         """Report one accepted file and remove its source; True if it stays in place."""
+        self.incomplete.forget(o.cand.shown)
         self.accepted += 1
         fields = {"FORWARDER_FILE": o.cand.shown, "DESTINATION": ",".join(o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}

@@ -57,6 +57,7 @@ EVENTS: dict[str, str] = {
     "source_kept": "9a3c4bc647c6495aa4b379643cd1e6cf",
     "watch_unavailable": "6c9cb14aea1e46cfa98601be3d586ce9",
     "watch_available": "c70ee9120ea545f9805618284b13389b",
+    "incomplete": "ca2302976b614c44aa387928f25656c0",
 }
 
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")

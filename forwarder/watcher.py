@@ -67,11 +67,12 @@ class Candidate:
         """The path as text for the index, logs and journal (see :mod:`forwarder.paths`)."""
         return shown(self.path)
 
-    def finished(self, left_in_place: bool) -> None:
+    def finished(self, left_in_place: bool, again_after: float | None = None) -> None:
         """Intake is done with it; ``left_in_place``: the file stays and must not be
-        offered again while it is unchanged (keep_source, symlink, unreadable...)."""
+        offered again while it is unchanged (keep_source, symlink, unreadable...), or
+        not before ``again_after`` seconds (the next scan after that offers it again)."""
         if self.owner is not None:
-            self.owner.finished(self, left_in_place)
+            self.owner.finished(self, left_in_place, again_after)
 
 
 class _Events(FileSystemEventHandler):
@@ -129,7 +130,8 @@ class Watcher:
         self._scheduled: dict[str, float] = {}
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
-        self._left: dict[str, Signature] = {}  # left in place on purpose, while unchanged
+        # left in place on purpose, while unchanged (and until a monotonic time, if set)
+        self._left: dict[str, tuple[Signature, float | None]] = {}
         self._reported: set[str] = set()
         self._fresh: set[str] = set()
         self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
@@ -204,11 +206,13 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def finished(self, cand: Candidate, left_in_place: bool) -> None:
+    def finished(self, cand: Candidate, left_in_place: bool,
+                 again_after: float | None = None) -> None:
         with self._lock:
             self._inflight.discard(cand.path)
             if left_in_place:
-                self._left[cand.path] = cand.sig
+                until = None if again_after is None else time.monotonic() + again_after
+                self._left[cand.path] = (cand.sig, until)
         if not left_in_place:
             self._queue.put(cand.path)  # still there (intake paused)? it is looked at again
 
@@ -313,7 +317,9 @@ class Watcher:
             return
         sig = Signature.of(st)
         with self._lock:
-            if path in self._inflight or self._left.get(path) == sig:
+            left = self._left.get(path)
+            if path in self._inflight or (left is not None and left[0] == sig and (
+                    left[1] is None or time.monotonic() < left[1])):
                 return
             self._left.pop(path, None)
         if fresh:

@@ -329,3 +329,38 @@ def test_keep_source_takes_a_file_rewritten_with_its_old_size_and_mtime_again(
         assert d.stop() == 0, d.output()
     assert peer.counts() == {uid1: 1, uid2: 1}
     assert target.read_bytes() == second.read_bytes(), "the source is left as it is"
+
+
+def test_a_paused_writer_completes_its_file_and_a_cut_one_is_quarantined_by_copy(
+        make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    cfg.write_text(cfg.read_text().replace("rescan: 2s}", "rescan: 500ms, truncated_after: 3s}"))
+    (uid1, first), (uid2, second) = unique_copies(tmp_path / "corpus", 2).items()
+    paused, cut = tmp_path / "in" / "paused.dcm", tmp_path / "in" / "cut.dcm"
+    data = first.read_bytes()
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        with open(paused, "wb") as fp:  # the writer stops half-way, longer than min_age
+            fp.write(data[:len(data) // 2])
+            fp.flush()
+            wait_for(lambda: "paused.dcm: truncated" in d.output(), 15, "the pause noticed")
+            fp.write(data[len(data) // 2:])
+        cut.write_bytes(second.read_bytes()[:-1000])  # never completed
+        wait_for(lambda: peer.counts()[uid1] == 1, 30, "the paused writer's file, once complete")
+        wait_for(lambda: not paused.exists(), 10, "its source removed")
+        wait_for(lambda: "cut.dcm: quarantined" in d.output(), 30, "the cut file quarantined")
+        listed = subprocess.run([sys.executable, "-m", "forwarder", "quarantine", "-c", str(cfg),
+                                 "--json"], capture_output=True, timeout=60, cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == {uid1: 1}
+    [q] = json.loads(listed.stdout)
+    assert q["source"] == str(cut) and q["reason"].startswith("truncated")
+    assert "unchanged for 3s" in q["reason"] and "left in place" in q["reason"]
+    assert Path(q["file"]).read_bytes() == cut.read_bytes() == second.read_bytes()[:-1000]
+    log = d.output()
+    assert log.count("cut.dcm: quarantined") == 1 and "paused.dcm: quarantined" not in log

@@ -164,7 +164,7 @@ def test_hard_linked_file_is_copied_and_its_other_link_untouched(tmp_path: Path)
 
 
 def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, watch="truncated_after: 1s\nrescan: 300ms")
     data = CT.read_bytes()
     with Pipeline(cfg) as p:
         inbox = tmp_path / "in"
@@ -179,7 +179,10 @@ def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
         assert "truncated" in reasons["pixels.dcm"]
         assert "not DICOM" in reasons["report.pdf"] and "%PDF" in reasons["report.pdf"]
         assert p.objects() == []
-        wait_for(lambda: not any(inbox.iterdir()), 10, "every bad input moved out")
+        assert "unchanged for 1s" in reasons["head.dcm"] and "0 bytes" in reasons["empty.dcm"]
+        wait_for(lambda: not (inbox / "report.pdf").exists(), 10, "the PDF moved out")
+        # what may still be written is quarantined by copy and stays where its writer is
+        assert sorted(f.name for f in inbox.iterdir()) == ["empty.dcm", "head.dcm", "pixels.dcm"]
         for q in p.spool.quarantined():  # each kept with its reason beside it
             saved = json.loads(Path(q["file"] + ".json").read_text())
             assert saved["reason"] == q["reason"] and Path(q["file"]).exists()
