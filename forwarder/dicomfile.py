@@ -178,6 +178,21 @@ def _starts_like_dataset(head: bytes) -> bool:
     return 0x0002 <= le <= 0x0008 or 0x0002 <= be <= 0x0008
 
 
+def uid_problem(uid: str, what: str = "SOP Instance UID") -> str | None:
+    """Why ``uid`` cannot be sent as a UID (PS3.5 9.1), or None. Refused: empty, longer
+    than 64 characters, anything but digits and dots, an empty component (a leading,
+    trailing or doubled dot). Leading zeros in a component are tolerated: older devices
+    write them and peers store them."""
+    if not uid:
+        return f"empty {what}"
+    if len(uid) > 64:
+        return f"{what} is {len(uid)} characters long, more than the 64 allowed"
+    if not _UID.match(uid):
+        return (f"{what} {uid[:70]!r} is not a UID: only digits in components separated "
+                "by single dots are allowed")
+    return None
+
+
 def _where(fp: IO[bytes]) -> str:
     try:
         return str(fp.tell())

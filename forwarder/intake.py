@@ -23,7 +23,7 @@ from pathlib import Path
 
 from forwarder import router
 from forwarder.config import Config
-from forwarder.dicomfile import Probe, probe
+from forwarder.dicomfile import Probe, probe, uid_problem
 from forwarder.errors import NotDicomError, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
 from forwarder.incomplete import Incomplete, looks_incomplete
@@ -292,6 +292,9 @@ class Intake:
             try:
                 with open(fd, "rb", closefd=False) as fp:
                     found = probe(fp, self.cfg.attribute_keywords)
+                bad_uid = uid_problem(found.sop_instance_uid)
+                if bad_uid:
+                    raise NotDicomError(bad_uid)
                 decision = router.route(self.cfg.routes, watch.name, cand.relpath,
                                         found.attributes)
             except NotDicomError as exc:

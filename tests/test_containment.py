@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom import dcmread
 
 from forwarder.paths import shown, unshown
 from forwarder.spool import Spool
@@ -364,3 +365,36 @@ def test_a_paused_writer_completes_its_file_and_a_cut_one_is_quarantined_by_copy
     assert Path(q["file"]).read_bytes() == cut.read_bytes() == second.read_bytes()[:-1000]
     log = d.output()
     assert log.count("cut.dcm: quarantined") == 1 and "paused.dcm: quarantined" not in log
+
+
+def quarantine_json(cfg: Path, cwd: Path) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "forwarder", "quarantine", "-c", str(cfg),
+                          "--json"], capture_output=True, timeout=60, cwd=cwd,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_malformed_sop_instance_uids_are_quarantined_and_the_rest_delivered(
+        make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    good = unique_copies(tmp_path / "corpus", 3)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for name, uid in {"long.dcm": "1." + "2" * 198, "path.dcm": "../../../etc/x"}.items():
+        ds = dcmread(next(iter(good.values())))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.save_as(staged / name)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop([*good.values(), *staged.iterdir()], tmp_path / "in")
+        wait_for(lambda: len(peer.counts()) == 3, 30, "the valid files delivered")
+        wait_for(lambda: len(quarantine_json(cfg, tmp_path)) == 2, 15, "the bad UIDs listed")
+        rows = {Path(q["source"]).name: q["reason"] for q in quarantine_json(cfg, tmp_path)}
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == dict.fromkeys(good, 1)
+    assert "200 characters long, more than the 64 allowed" in rows["long.dcm"]
+    assert "'../../../etc/x' is not a UID" in rows["path.dcm"]

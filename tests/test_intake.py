@@ -211,16 +211,25 @@ def test_dicomdir_set_images_taken_dicomdir_quarantined(tmp_path: Path) -> None:
         assert q["source"].endswith("/DICOMDIR") and "DICOMDIR" in q["reason"]
 
 
-def test_sop_instance_uid_never_makes_a_path(tmp_path: Path) -> None:
-    ds = dcmread(CT)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+def test_malformed_sop_instance_uids_are_quarantined_with_reasons(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
+    bad = {"evil.dcm": "../../x", "long.dcm": "1." + "2" * 199, "dots.dcm": "1..2.3",
+           "letters.dcm": "1.2.abc"}
     with Pipeline(cfg) as p:
-        ds.save_as(tmp_path / "in" / "evil.dcm")
-        wait_for(lambda: p.objects(), 10, "the file in the spool")
-        [obj] = p.objects()
-        assert obj["sop_instance"] == "../../x"
-        assert (p.spool.objects / obj["name"]).exists() and "/" not in obj["name"]
+        for name, uid in bad.items():
+            ds = dcmread(CT)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+            ds.save_as(tmp_path / "in" / name)
+        ds = dcmread(CT)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.03.4"
+        ds.save_as(tmp_path / "in" / "zeros.dcm")  # tolerated, as older devices write it
+        wait_for(lambda: len(p.spool.quarantined()) == 4 and p.objects(), 10, "all five")
+        reasons = quarantine_reasons(p)
+        assert [o["sop_instance"] for o in p.objects()] == ["1.2.03.4"]
+    assert "'../../x' is not a UID" in reasons["evil.dcm"]
+    assert "201 characters long, more than the 64 allowed" in reasons["long.dcm"]
+    assert "'1..2.3' is not a UID" in reasons["dots.dcm"]
+    assert "not a UID" in reasons["letters.dcm"]
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
 
