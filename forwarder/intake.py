@@ -77,13 +77,14 @@ class Intake:
     # --- the queue ---------------------------------------------------------------
 
     def offer(self, cand: Candidate) -> bool:
-        """Called by a watcher; never blocks. Files seen through events are always taken;
-        scan-found ones only while fewer than ``capacity`` wait (False: offer it later)."""
+        """Called by a watcher; never blocks. Files seen through events are taken while
+        fewer than ``capacity`` of them wait, scan-found ones while fewer than ``capacity``
+        wait in all (False: offer it later)."""
         with self._cond:
             if self._stop.is_set():
                 return False
-            if not cand.fresh and len(self._fresh) + len(self._backlog) >= self.capacity:
-                return False
+            if len(self._fresh) + (0 if cand.fresh else len(self._backlog)) >= self.capacity:
+                return False  # the watcher keeps it (bounded) or its next scan finds it
             (self._fresh if cand.fresh else self._backlog).append(cand)
             self._cond.notify_all()
         return True

@@ -45,6 +45,10 @@ LOGGER = logging.getLogger(__name__)
 # What makes a file known: created, renamed into place, closed after writing. Writes and
 # attribute changes (IN_MODIFY, IN_ATTRIB) are not subscribed: they could not shorten
 # the settling wait, and our own links and unlinks would flood the observer.
+# Files remembered in memory per map (left in place, reported, settled and waiting for
+# intake): beyond this the oldest are forgotten. Nothing is lost: a forgotten file is still
+# in the folder, the next scan finds it, and the spool's seen table keeps kept sources.
+MEMORY_LIMIT = 10000
 RETRY = 10.0  # seconds between looks for a folder that is unavailable
 
 EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent,
@@ -132,7 +136,7 @@ class Watcher:
         self._inflight: set[str] = set()
         # left in place on purpose, while unchanged (and until a monotonic time, if set)
         self._left: dict[str, tuple[Signature, float | None]] = {}
-        self._reported: set[str] = set()
+        self._reported: dict[str, None] = {}  # special files already reported (ordered)
         self._fresh: set[str] = set()
         self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
         self._stop = threading.Event()
@@ -140,6 +144,8 @@ class Watcher:
         self.observer: Any = None
         self.polling = watch.polling
         self.scans = 0
+        self.limit = MEMORY_LIMIT  # at most this many entries in each map kept here
+        self.dropped = 0  # settled files forgotten while intake was full (found by a scan)
         self.unavailable: str | None = None  # why the folder cannot be watched now
         self.retry = max(0.5, min(RETRY, watch.rescan))
 
@@ -212,7 +218,10 @@ class Watcher:
             self._inflight.discard(cand.path)
             if left_in_place:
                 until = None if again_after is None else time.monotonic() + again_after
+                self._left.pop(cand.path, None)
                 self._left[cand.path] = (cand.sig, until)
+                while len(self._left) > self.limit:
+                    del self._left[next(iter(self._left))]
         if not left_in_place:
             self._queue.put(cand.path)  # still there (intake paused)? it is looked at again
 
@@ -235,6 +244,7 @@ class Watcher:
             if now >= next_scan:
                 if self._attach() and self._scan(self.root, fresh=False):
                     self.scans += 1
+                    self._sweep()
                     next_scan = time.monotonic() + self.watch.rescan
                 else:
                     next_scan = time.monotonic() + self.retry
@@ -283,11 +293,25 @@ class Watcher:
                 self._seen(entry.path, st, fresh)
         return True
 
+    def _sweep(self) -> None:
+        """After a full scan: forget what was left in place or reported and is gone."""
+        with self._lock:
+            left = list(self._left)
+        gone = [p for p in [*left, *self._reported] if not os.path.lexists(p)]
+        with self._lock:
+            for p in gone:
+                self._left.pop(p, None)
+        for p in gone:
+            self._reported.pop(p, None)
+
     def _consider(self, path: str, fresh: bool) -> None:
         try:
             st = os.lstat(path)
         except OSError:
             self.settler.forget(path)
+            self._reported.pop(path, None)
+            with self._lock:
+                self._left.pop(path, None)
             return
         if stat.S_ISDIR(st.st_mode):
             # a new subfolder may already hold files its watch was too late for
@@ -309,7 +333,9 @@ class Watcher:
             return
         if not stat.S_ISREG(st.st_mode):
             if path not in self._reported:
-                self._reported.add(path)
+                self._reported[path] = None
+                while len(self._reported) > self.limit:
+                    del self._reported[next(iter(self._reported))]
                 kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 event(LOGGER, "ignored", "%s: %s, left alone (its target is never read)",
                       shown(path), kind, level=logging.WARNING, FORWARDER_FILE=shown(path),
@@ -360,6 +386,11 @@ class Watcher:
         self._fresh.discard(path)
         cand = Candidate(self.watch, path, rel, sig, fresh=fresh, owner=self)
         if (self._waiting and not fresh) or not self.deliver(cand):
+            if len(self._waiting) >= self.limit:  # intake is paused: the next scan finds it
+                self.dropped += 1
+                with self._lock:
+                    self._inflight.discard(path)
+                return
             self._waiting.append(cand)  # intake is busy with a backlog: later, in order
 
     def _flush_waiting(self) -> None:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
+from forwarder.config import Watch
 from forwarder.paths import shown, unshown
 from forwarder.spool import Spool
+from forwarder.watcher import Candidate, Watcher
 from tests.corpus import unique_copies
 from tests.daemonutil import REPO, DaemonProcess, drop, write_config
 from tests.peers import wait_for
@@ -398,3 +401,40 @@ def test_malformed_sop_instance_uids_are_quarantined_and_the_rest_delivered(
     assert peer.counts() == dict.fromkeys(good, 1)
     assert "200 characters long, more than the 64 allowed" in rows["long.dcm"]
     assert "'../../../etc/x' is not a UID" in rows["path.dcm"]
+
+
+def test_the_watchers_memory_stays_bounded_while_intake_is_paused(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    paused = threading.Event()
+    paused.set()
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def deliver(cand: Candidate) -> bool:
+        if paused.is_set():
+            return False  # intake paused (spool full): offer it again later
+        with lock:
+            taken.append(cand.relpath)
+        cand.finished(cand.relpath.startswith("keep"))  # kept files stay in place
+        return True
+
+    w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=0.3)
+    watcher = Watcher(w, deliver)
+    watcher.limit = 10
+    with watcher:
+        for i in range(40):
+            (inbox / f"f{i:02d}.dcm").write_bytes(b"x" * (i + 1))
+        for i in range(25):
+            (inbox / f"link{i:02d}").symlink_to("/etc/hostname")
+        wait_for(lambda: watcher.dropped > 0 and watcher.scans >= 3, 15, "a paused intake")
+        assert len(watcher._waiting) <= 10 and len(watcher._reported) <= 10
+        for i in range(30):
+            (inbox / f"keep{i:02d}.dcm").write_bytes(b"k")
+        paused.clear()
+        wait_for(lambda: len(set(taken) - {f"keep{i:02d}.dcm" for i in range(30)}) == 40, 20,
+                 "every file offered once intake resumes")
+        wait_for(lambda: {f"keep{i:02d}.dcm" for i in range(30)} <= set(taken), 20,
+                 "the kept files offered")
+        assert len(watcher._left) <= 10 and len(watcher._reported) <= 10
+    assert all(taken.count(f"f{i:02d}.dcm") >= 1 for i in range(40))
