@@ -24,7 +24,7 @@ from pathlib import Path
 from forwarder import router
 from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe, uid_problem
-from forwarder.errors import NotDicomError, SpoolError, SpoolFull
+from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
 from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event, probe_fields
@@ -211,13 +211,19 @@ class Intake:
             return
         incoming = [Incoming(o.fd, o.cand.shown, o.probe, o.destinations, o.cand.watch.name,
                              link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
-                             stat=o.st, remember=o.cand.watch.keep_source)
+                             stat=o.st, remember=o.cand.watch.keep_source, path=o.cand.path)
                     for o in ready]
         try:
             ids = self.spool.accept(incoming)
         except Exception as exc:
             if spool_wide(exc):
                 raise
+            if isinstance(exc, SourceChanged) and len(ready) == 1:  # written to: later
+                [o] = ready
+                ready.clear()
+                os.close(o.fd)
+                o.cand.finished(False)
+                return
             if len(ready) > 1:
                 for o in list(ready):
                     self._accept([o])

@@ -65,6 +65,7 @@ class Incoming:
     link_ok: bool = True  # False: copy even on the same filesystem (other hard links)
     stat: os.stat_result | None = None
     remember: bool = False  # keep_source: record (path, inode, size, mtime) as seen
+    path: str | None = None  # the source's real path, to hard-link it by (None: copy)
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class Spool:
         name = uuid.uuid4().hex
         try:
             sha, size = durable.place(item.fd, item.source, self.tmp / name,
-                                      self.objects / name, item.link_ok, defer_sync)
+                                      self.objects / name, item.link_ok, defer_sync, item.path)
         except OSError as exc:
             if exc.errno in durable.FULL:
                 raise SpoolFull(f"spool full while taking {item.source}") from exc

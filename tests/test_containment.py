@@ -21,13 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
+from forwarder import durable, linking
 from forwarder.config import Watch
+from forwarder.errors import SourceChanged
 from forwarder.paths import shown, unshown
 from forwarder.spool import Spool
 from forwarder.watcher import Candidate, Watcher
 from tests.corpus import unique_copies
 from tests.daemonutil import REPO, DaemonProcess, drop, write_config
-from tests.peers import wait_for
+from tests.peers import free_port, wait_for
 from tests.sendutil import enqueue
 
 
@@ -438,3 +440,57 @@ def test_the_watchers_memory_stays_bounded_while_intake_is_paused(tmp_path: Path
                  "the kept files offered")
         assert len(watcher._left) <= 10 and len(watcher._reported) <= 10
     assert all(taken.count(f"f{i:02d}.dcm") >= 1 for i in range(40))
+
+
+def test_files_are_hard_linked_into_the_spool_by_path(make_scp, tmp_path: Path) -> None:
+    port = free_port()  # the peer is down at first: the objects wait in the spool
+    cfg = write_config(tmp_path, port)
+    files = unique_copies(tmp_path / "corpus", 3)
+    inodes = {uid: p.stat().st_ino for uid, p in files.items()}
+    spool = tmp_path / "spool"
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        for p in files.values():
+            os.rename(p, tmp_path / "in" / p.name)
+        wait_for(lambda: not any((tmp_path / "in").iterdir()), 15, "the sources taken")
+        db = sqlite3.connect(f"file:{spool / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
+        rows = dict(db.execute("SELECT sop_instance, name FROM objects").fetchall())
+        db.close()
+        # linked, not copied: the spool's object is the dropped file's inode
+        assert {u: (spool / "objects" / rows[u]).stat().st_ino for u in files} == inodes
+        peer = make_scp(port=port)
+        wait_for(lambda: len(peer.counts()) == 3, 30, "the files delivered")
+    finally:
+        assert d.stop() == 0, d.output()
+    assert peer.counts() == dict.fromkeys(files, 1)
+
+
+def test_a_link_is_made_only_to_the_inode_probed_and_a_changed_source_refused(
+        tmp_path: Path) -> None:
+    src = tmp_path / "a.dcm"
+    src.write_bytes(b"first")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        other = tmp_path / "b.dcm"
+        other.write_bytes(b"second")
+        os.rename(other, src)  # the name now names another file
+        assert not linking.link(fd, str(src), tmp_path / "t1")
+        assert not (tmp_path / "t1").exists()
+        sha, size = durable.place(fd, "a.dcm", tmp_path / "t2", tmp_path / "o2", True, False,
+                                  str(src))
+        assert (tmp_path / "o2").read_bytes() == b"first" and size == 5, "copied instead"
+        assert (tmp_path / "o2").stat().st_ino != src.stat().st_ino
+    finally:
+        os.close(fd)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert linking.link(fd, str(src), tmp_path / "t3")
+        assert (tmp_path / "t3").stat().st_ino == src.stat().st_ino
+        before = os.fstat(fd)
+        with open(src, "ab") as fp:  # a writer still at work
+            fp.write(b" and more")
+        with pytest.raises(SourceChanged, match="changed while it was being taken"):
+            linking.unchanged(fd, before, "a.dcm")
+    finally:
+        os.close(fd)
