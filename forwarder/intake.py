@@ -230,9 +230,15 @@ class Intake:
                     ready.remove(o)
                 return
             [o] = ready
-            self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe)
             ready.clear()
-            os.close(o.fd)
+            try:
+                self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe)
+            except Exception as again:
+                if spool_wide(again):
+                    raise
+                self._left_alone(o.cand, again)
+            finally:
+                os.close(o.fd)
             return
         for o, oid in zip(list(ready), ids, strict=True):
             ready.remove(o)
@@ -244,12 +250,15 @@ class Intake:
         except Exception as exc:
             if spool_wide(exc):
                 raise
-            # the file could not even be quarantined: leave it, say so, once per change
-            event(LOGGER, "intake_error", "%s: %s; left in place until it changes", cand.shown,
-                  in_words(exc, "taking this file"), level=logging.ERROR,
-                  FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, TRACEBACK=trace(exc))
-            cand.finished(True)
+            self._left_alone(cand, exc)
             return None
+
+    def _left_alone(self, cand: Candidate, exc: Exception) -> None:
+        """The file could not even be quarantined: leave it, say so, once per change."""
+        event(LOGGER, "intake_error", "%s: %s; left in place until it changes", cand.shown,
+              in_words(exc, "taking this file"), level=logging.ERROR,
+              FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, TRACEBACK=trace(exc))
+        cand.finished(True)
 
     def _contain(self, cand: Candidate, fd: int, st: os.stat_result, exc: Exception,
                  doing: str, found: Probe | None = None) -> None:

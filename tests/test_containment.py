@@ -494,3 +494,22 @@ def test_a_link_is_made_only_to_the_inode_probed_and_a_changed_source_refused(
             linking.unchanged(fd, before, "a.dcm")
     finally:
         os.close(fd)
+
+
+def test_a_reader_that_trips_on_the_bytes_gives_a_reason_about_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder import dicomfile
+    from forwarder.errors import NotDicomError
+
+    path = next(iter(unique_copies(tmp_path, 1).values()))
+
+    def trips(fp, **kw):  # noqa: ANN001, ANN003, ANN202 - as pydicom fails on odd bytes
+        fp.read(300)
+        return "a" + None
+
+    monkeypatch.setattr(dicomfile, "dcmread", trips)
+    with pytest.raises(NotDicomError) as err:
+        dicomfile.probe(path)
+    reason = str(err.value)
+    assert reason.startswith("not readable as DICOM: malformed data near byte 300 of ")
+    assert "concatenate" not in reason and "NoneType" not in reason
