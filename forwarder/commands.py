@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from forwarder import config
+from forwarder import config, watchstate
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 
@@ -28,6 +28,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg, spool = _open_spool(args)
     with spool:
         report = spool.status(cfg.destinations)
+    seen = watchstate.read(cfg.spool)
+    report["watch"] = {w.name: seen.get(w.name, {"state": "ok", "reason": None})
+                       for w in cfg.watch}
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -41,6 +44,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
     print(f"quarantined: {report['quarantined']}")
+    for name, w in report["watch"].items():
+        if w["state"] != "ok":
+            print(f"watch {name}: {w['state']}: {w['reason']}")
     return EXIT_OK
 
 

@@ -195,6 +195,7 @@ class Watch:
     rescan: float = opt(_p_period(0.1), 60.0)
     polling: bool = opt(_p_bool, False)
     keep_source: bool = opt(_p_bool, False)
+    truncated_after: float = opt(_p_duration, 600.0)
 
     REQUIRED = ("name", "path")
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, logs, notify
+from forwarder import config, logs, notify, watchstate
 from forwarder.config import Config
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
@@ -56,6 +56,8 @@ class Daemon:
         self._fatal: BaseException | None = None
         self._status = ""
         self._stuck = False
+        self._unavailable: dict[str, str] = {}
+        self._unavailable_since: dict[str, float] = {}
 
     # --- signals and faults ----------------------------------------------------
 
@@ -144,7 +146,7 @@ class Daemon:
 
     def _start_watcher(self, w: config.Watch) -> None:
         assert self.intake is not None
-        self.watchers[w.name] = Watcher(w, self.intake.offer).start()
+        self.watchers[w.name] = Watcher(w, self.intake.offer, on_state=self._wake).start()
 
     def _hold_removed(self, cfg: Config) -> None:
         """A destination gone from the file but with jobs left is held, never dropped."""
@@ -179,6 +181,7 @@ class Daemon:
                 self.keeper.tick(self.cfg.retention)
             if ping and self._progressing():
                 notify.watchdog()
+            self._watch_state()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY
                 text = self._summary()
@@ -209,6 +212,21 @@ class Daemon:
                 t.join(ping or 1.0)
                 if ping and t.is_alive():
                     notify.watchdog()
+    def _watch_state(self) -> None:
+        """Publish which watch folders are unavailable (``status``, STATUS=) on a change."""
+        now = {n: w.unavailable for n, w in self.watchers.items() if w.unavailable}
+        if now == self._unavailable or self.cfg is None:
+            return
+        for name in now:
+            self._unavailable_since.setdefault(name, time.time())
+        for name in set(self._unavailable_since) - set(now):
+            del self._unavailable_since[name]
+        self._unavailable = now
+        watchstate.write(self.cfg.spool, now, self._unavailable_since)
+        text = self._summary()
+        if text != self._status:
+            self._status = text
+            notify.status(text)
 
     def _alive(self) -> bool:
         intake_alive = self.intake is None or self.intake.alive
@@ -230,6 +248,9 @@ class Daemon:
                 text += f"; {state}: {', '.join(names)}"
         if self.intake is not None and self.intake.paused_full:
             text += "; intake paused: spool full"
+        gone = [n for n, w in self.watchers.items() if w.unavailable]
+        if gone:
+            text += f"; watch unavailable: {', '.join(gone)}"
         return text
 
     # --- reload ------------------------------------------------------------------
@@ -301,6 +322,8 @@ class Daemon:
         if self.keeper is not None:
             self.keeper.join()
         if self.spool is not None:
+            if self.cfg is not None:
+                watchstate.clear(self.cfg.spool)
             self.spool.close()
 
 

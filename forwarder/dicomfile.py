@@ -101,10 +101,13 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 if meta_ts != "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
                     _check_extent(ds, size)
                 _parse_sequences(ds)
-            except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                    OverflowError, NotImplementedError, AttributeError, OSError,
-                    struct.error) as exc:
+            except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
+            except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
+                    AttributeError, struct.error) as exc:  # the reader tripped on the bytes
+                raise NotDicomError(f"not readable as DICOM: malformed data near byte "
+                                    f"{_where(fp)} of {size} (an element's tag, VR or length "
+                                    "that the reader cannot follow)") from exc
             except (RecursionError, MemoryError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {type(exc).__name__}") from exc
         for w in caught:
@@ -173,6 +176,28 @@ def _starts_like_dataset(head: bytes) -> bool:
         return False
     le, be = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
     return 0x0002 <= le <= 0x0008 or 0x0002 <= be <= 0x0008
+
+
+def uid_problem(uid: str, what: str = "SOP Instance UID") -> str | None:
+    """Why ``uid`` cannot be sent as a UID (PS3.5 9.1), or None. Refused: empty, longer
+    than 64 characters, anything but digits and dots, an empty component (a leading,
+    trailing or doubled dot). Leading zeros in a component are tolerated: older devices
+    write them and peers store them."""
+    if not uid:
+        return f"empty {what}"
+    if len(uid) > 64:
+        return f"{what} is {len(uid)} characters long, more than the 64 allowed"
+    if not _UID.match(uid):
+        return (f"{what} {uid[:70]!r} is not a UID: only digits in components separated "
+                "by single dots are allowed")
+    return None
+
+
+def _where(fp: IO[bytes]) -> str:
+    try:
+        return str(fp.tell())
+    except (OSError, ValueError):
+        return "?"
 
 
 def _short(exc: BaseException) -> str:

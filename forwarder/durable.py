@@ -13,6 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from forwarder import linking
 from forwarder.errors import SpoolError
 
 FILE_MODE = 0o640  # spool files and directories: explicit modes, whatever the umask
@@ -123,20 +124,16 @@ def filesystem_type(path: Path) -> str:
 
 
 def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
-          defer_sync: bool) -> tuple[str, int]:
-    """Put the bytes of open file ``fd`` at ``final`` by way of ``tmp``: hard-linked when
-    ``link_ok`` and the filesystem allows it, else copied. Returns (sha256, size). With
-    ``defer_sync`` the caller makes the data durable (one syncfs for a whole batch);
-    nothing is left at ``tmp`` after an error."""
+          defer_sync: bool, path: str | None = None) -> tuple[str, int]:
+    """Put the bytes of open file ``fd`` at ``final`` by way of ``tmp``: hard-linked
+    through ``path`` when ``link_ok`` and the filesystem allows it (see
+    :mod:`forwarder.linking`), else copied. Returns (sha256, size). With ``defer_sync``
+    the caller makes the data durable (one syncfs for a whole batch); nothing is left at
+    ``tmp`` after an error."""
     digest = hashlib.sha256()
     size = 0
-    linked = False
-    if link_ok:
-        try:
-            os.link(f"/proc/self/fd/{fd}", tmp, follow_symlinks=True)
-            linked = True
-        except OSError:
-            linked = False
+    before = os.fstat(fd)
+    linked = link_ok and linking.link(fd, path, tmp)
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         if linked:  # the writer may never have fsynced its data: do it for it
@@ -145,6 +142,7 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
             while chunk := os.read(fd, 1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
+            linking.unchanged(fd, before, source)  # a writer at work would change the object
         else:
             out = create(tmp)
             try:

@@ -52,6 +52,10 @@ class SpoolFull(ForwarderError):
     """No space left for a new object: intake leaves sources in place and tries later."""
 
 
+class SourceChanged(ForwarderError):
+    """A source was written to while it was taken: it is not accepted, it settles again."""
+
+
 class NotDicomError(ForwarderError):
     """An input is not a storable DICOM object; the message says why."""
 

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from forwarder import router
 from forwarder.config import Config
-from forwarder.dicomfile import Probe, probe
-from forwarder.errors import NotDicomError, SpoolError, SpoolFull
+from forwarder.dicomfile import Probe, probe, uid_problem
+from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
+from forwarder.faults import in_words, spool_wide, trace
+from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
 from forwarder.spool import Incoming, Spool
@@ -70,17 +72,20 @@ class Intake:
         self.accepted = 0
         self.quarantined = 0
         self.seen_skipped = 0
+        self.kept = 0  # taken, but the source could not be removed
+        self.incomplete = Incomplete()  # files that look cut short, waiting for their writer
 
     # --- the queue ---------------------------------------------------------------
 
     def offer(self, cand: Candidate) -> bool:
-        """Called by a watcher; never blocks. Files seen through events are always taken;
-        scan-found ones only while fewer than ``capacity`` wait (False: offer it later)."""
+        """Called by a watcher; never blocks. Files seen through events are taken while
+        fewer than ``capacity`` of them wait, scan-found ones while fewer than ``capacity``
+        wait in all (False: offer it later)."""
         with self._cond:
             if self._stop.is_set():
                 return False
-            if not cand.fresh and len(self._fresh) + len(self._backlog) >= self.capacity:
-                return False
+            if len(self._fresh) + (0 if cand.fresh else len(self._backlog)) >= self.capacity:
+                return False  # the watcher keeps it (bounded) or its next scan finds it
             (self._fresh if cand.fresh else self._backlog).append(cand)
             self._cond.notify_all()
         return True
@@ -198,34 +203,86 @@ class Intake:
 
     def process(self, cands: list[Candidate]) -> None:
         """Take a batch: quarantine the bad, accept the rest with one commit, then
-        remove (or remember) the sources. Raises SpoolFull with every source untouched."""
+        remove (or remember) the sources. Raises SpoolFull with every source untouched.
+        An unexpected error about one file is contained to it (see :mod:`.faults`)."""
         ready: list[_Open] = []
         try:
             for cand in cands:
-                opened = self._open(cand)
+                opened = self._guarded_open(cand)
                 if opened is not None:
                     ready.append(opened)
-            if not ready:
-                return
-            incoming = [Incoming(o.fd, o.cand.path, o.probe, o.destinations, o.cand.watch.name,
-                                 link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
-                                 stat=o.st, remember=o.cand.watch.keep_source)
-                        for o in ready]
-            try:
-                ids = self.spool.accept(incoming)
-            except SpoolFull:  # the caller retries these very candidates: keep them ours
-                for o in ready:
-                    os.close(o.fd)
-                ready = []
-                raise
-            for o, oid in zip(ready, ids, strict=True):
-                self._accepted(o, oid)
-                o.cand.finished(o.cand.watch.keep_source)
-            ready = []
+            self._accept(ready)
         finally:
             for o in ready:
                 os.close(o.fd)
                 o.cand.finished(False)
+
+    def _accept(self, ready: list[_Open]) -> None:
+        """Commit ``ready`` in one batch; each file dealt with leaves the list. When the
+        batch fails for a reason other than the spool's, each file is taken alone and
+        the one that still fails is quarantined."""
+        if not ready:
+            return
+        incoming = [Incoming(o.fd, o.cand.shown, o.probe, o.destinations, o.cand.watch.name,
+                             link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
+                             stat=o.st, remember=o.cand.watch.keep_source, path=o.cand.path)
+                    for o in ready]
+        try:
+            ids = self.spool.accept(incoming)
+        except Exception as exc:
+            if spool_wide(exc):
+                raise
+            if isinstance(exc, SourceChanged) and len(ready) == 1:  # written to: later
+                [o] = ready
+                ready.clear()
+                os.close(o.fd)
+                o.cand.finished(False)
+                return
+            if len(ready) > 1:
+                for o in list(ready):
+                    self._accept([o])
+                    ready.remove(o)
+                return
+            [o] = ready
+            ready.clear()
+            try:
+                self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe)
+            except Exception as again:
+                if spool_wide(again):
+                    raise
+                self._left_alone(o.cand, again)
+            finally:
+                os.close(o.fd)
+            return
+        for o, oid in zip(list(ready), ids, strict=True):
+            ready.remove(o)
+            o.cand.finished(self._accepted(o, oid))
+
+    def _guarded_open(self, cand: Candidate) -> _Open | None:
+        try:
+            return self._open(cand)
+        except Exception as exc:
+            if spool_wide(exc):
+                raise
+            self._left_alone(cand, exc)
+            return None
+
+    def _left_alone(self, cand: Candidate, exc: Exception) -> None:
+        """The file could not even be quarantined: leave it, say so, once per change."""
+        event(LOGGER, "intake_error", "%s: %s; left in place until it changes", cand.shown,
+              in_words(exc, "taking this file"), level=logging.ERROR,
+              FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, TRACEBACK=trace(exc))
+        cand.finished(True)
+
+    def _contain(self, cand: Candidate, fd: int, st: os.stat_result, exc: Exception,
+                 doing: str, found: Probe | None = None) -> None:
+        """An unexpected error about this one file: quarantine it with the error in words,
+        and the traceback in the journal."""
+        reason = in_words(exc, doing)
+        event(LOGGER, "intake_error", "%s: %s", cand.shown, reason, level=logging.ERROR,
+              FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, REASON=reason,
+              TRACEBACK=trace(exc))
+        self._quarantine(cand, fd, st, reason, found)
 
     def _open(self, cand: Candidate) -> _Open | None:
         """Open and probe one candidate; None when it was dealt with here."""
@@ -233,15 +290,15 @@ class Intake:
             fd = os.open(cand.path, OPEN_FLAGS)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                event(LOGGER, "ignored", "%s: became a symlink, left alone", cand.path,
-                      level=logging.WARNING, FORWARDER_FILE=cand.path)
+                event(LOGGER, "ignored", "%s: became a symlink, left alone", cand.shown,
+                      level=logging.WARNING, FORWARDER_FILE=cand.shown)
                 cand.finished(True)
             elif exc.errno == errno.ENOENT:
                 cand.finished(False)
             else:
                 event(LOGGER, "intake_error", "%s: cannot open: %s; left in place until it "
-                      "changes", cand.path, exc.strerror, level=logging.ERROR,
-                      FORWARDER_FILE=cand.path)
+                      "changes", cand.shown, exc.strerror, level=logging.ERROR,
+                      FORWARDER_FILE=cand.shown)
                 cand.finished(True)
             return None
         keep = False
@@ -249,36 +306,43 @@ class Intake:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 keep = True
-                event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.path,
-                      level=logging.WARNING, FORWARDER_FILE=cand.path)
+                event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.shown,
+                      level=logging.WARNING, FORWARDER_FILE=cand.shown)
                 cand.finished(True)
                 return None
             if Signature.of(st) != cand.sig:  # written to since it settled: settle again
                 cand.finished(False)
                 return None
             watch = cand.watch
-            if watch.keep_source and self.spool.is_seen(cand.path, st):
+            if self.spool.is_seen(cand.shown, st, fd):  # kept, or could not be removed
                 self.seen_skipped += 1
                 cand.finished(True)
                 return None
+            found: Probe | None = None
             try:
                 with open(fd, "rb", closefd=False) as fp:
                     found = probe(fp, self.cfg.attribute_keywords)
+                bad_uid = uid_problem(found.sop_instance_uid)
+                if bad_uid:
+                    raise NotDicomError(bad_uid)
+                decision = router.route(self.cfg.routes, watch.name, cand.relpath,
+                                        found.attributes)
             except NotDicomError as exc:
-                self._quarantine(cand, fd, st, str(exc))
+                if not self._waits(cand, fd, st, str(exc)):
+                    self._quarantine(cand, fd, st, str(exc))
                 return None
-            except Exception as exc:  # noqa: BLE001 - a reader bug must not stop intake
-                self._quarantine(cand, fd, st, f"not readable as DICOM: {type(exc).__name__}: "
-                                 f"{str(exc)[:200]}")
+            except Exception as exc:  # a reader or routing bug must not stop intake
+                if spool_wide(exc):
+                    raise
+                self._contain(cand, fd, st, exc, "reading it as DICOM" if found is None
+                              else "routing it", found)
                 return None
-            decision = router.route(self.cfg.routes, watch.name, cand.relpath, found.attributes)
             if not decision.destinations:
                 if self.cfg.unrouted == "delete":
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
-                          "(unrouted: delete)", cand.path, FORWARDER_FILE=cand.path,
+                          "(unrouted: delete)", cand.shown, FORWARDER_FILE=cand.shown,
                           **probe_fields(found))
-                    self._dispose(cand, st)
-                    cand.finished(watch.keep_source)
+                    cand.finished(self._dispose(cand, st))
                     return None
                 self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)", found)
                 return None
@@ -288,33 +352,58 @@ class Intake:
             if not keep:
                 os.close(fd)
 
+    def _waits(self, cand: Candidate, fd: int, st: os.stat_result, reason: str) -> bool:
+        """A file that looks cut short may still be written: leave it, look again when it
+        changes; after ``truncated_after`` unchanged, quarantine a copy and leave it."""
+        if not looks_incomplete(reason):
+            return False
+        patience = cand.watch.truncated_after
+        left, new = self.incomplete.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
+        if left > 0:
+            if new:
+                event(LOGGER, "incomplete", "%s: %s; left in place and looked at again when it "
+                      "changes; quarantined (by copy) if unchanged for %gs", cand.shown, reason,
+                      patience, level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
+                      WATCH=cand.watch.name)
+            cand.finished(True, again_after=left)
+            return True
+        self._quarantine(cand, fd, st, f"{reason} (unchanged for {patience:g}s; the source "
+                         "is left in place)", leave=True)
+        return True
+
     def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
-                    found: Probe | None = None) -> None:
-        keep_source = cand.watch.keep_source
+                    found: Probe | None = None, leave: bool = False) -> None:
+        keep_source = cand.watch.keep_source or leave
         move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
             self._same_file(cand.path, st) else None
-        where = self.spool.quarantine(fd, cand.path, reason, move=move)
+        where = self.spool.quarantine(fd, cand.shown, reason, move=move)
         self.quarantined += 1
-        event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.path, where.name, reason,
-              level=logging.WARNING, FORWARDER_FILE=cand.path, REASON=reason,
+        event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.shown, where.name, reason,
+              level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
               QUARANTINE_FILE=str(where), **probe_fields(found))
-        if move is None or os.path.lexists(cand.path):
-            self._dispose(cand, st)
-        cand.finished(keep_source)
+        left = keep_source
+        if leave:
+            self.spool.remember(cand.shown, st)
+        elif move is None or os.path.lexists(cand.path):
+            left = self._dispose(cand, st)
+        cand.finished(left)
 
-    def _accepted(self, o: _Open, oid: int) -> None:
+    def _accepted(self, o: _Open, oid: int) -> bool:
+        """Report one accepted file and remove its source; True if it stays in place."""
+        self.incomplete.forget(o.cand.shown)
         self.accepted += 1
-        fields = {"FORWARDER_FILE": o.cand.path, "DESTINATION": ",".join(o.destinations),
+        fields = {"FORWARDER_FILE": o.cand.shown, "DESTINATION": ",".join(o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
         if oid:
-            event(LOGGER, "accepted", "%s: accepted for %s", o.cand.path,
+            event(LOGGER, "accepted", "%s: accepted for %s", o.cand.shown,
                   ", ".join(o.destinations), **fields)
         else:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
-                  o.cand.path, ", ".join(o.destinations), **fields)
+                  o.cand.shown, ", ".join(o.destinations), **fields)
         os.close(o.fd)
-        if not o.cand.watch.keep_source:  # kept sources were remembered in the commit
-            self._dispose(o.cand, o.st)
+        if o.cand.watch.keep_source:  # kept sources were remembered in the commit
+            return True
+        return self._dispose(o.cand, o.st)
 
     @staticmethod
     def _same_file(path: str, st: os.stat_result) -> bool:
@@ -324,20 +413,26 @@ class Intake:
             return False
         return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
-    def _dispose(self, cand: Candidate, st: os.stat_result) -> None:
+    def _dispose(self, cand: Candidate, st: os.stat_result) -> bool:
         """After the spool holds it: remove the source, or remember it (keep_source).
-        A source that cannot be removed is remembered, so it is not taken twice."""
+        A source that cannot be removed (a subfolder of another account, a read-only
+        mount) is remembered and reported once, so it is never taken twice while it is
+        unchanged. True when the source stays in place."""
         if cand.watch.keep_source:
-            self.spool.remember(cand.path, st)
-            return
+            self.spool.remember(cand.shown, st)
+            return True
         if not self._same_file(cand.path, st):
-            return  # replaced by a new file of the same name: that one is new work
+            return False  # replaced by a new file of the same name: that one is new work
         try:
             os.unlink(cand.path)
         except FileNotFoundError:
-            pass
+            return False
         except OSError as exc:
-            LOGGER.warning("%s: taken, but cannot remove the source (%s); it is remembered "
-                           "and will not be taken again while unchanged", cand.path,
-                           exc.strerror, extra={"FORWARDER_FILE": cand.path})
-            self.spool.remember(cand.path, st)
+            self.spool.remember(cand.shown, st)
+            self.kept += 1
+            event(LOGGER, "source_kept", "%s: taken, but the source cannot be removed (%s); "
+                  "it is left in place and will not be taken again while unchanged",
+                  cand.shown, exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.shown,
+                  WATCH=cand.watch.name, ERROR=exc.strerror)
+            return True
+        return False

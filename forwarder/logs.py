@@ -57,6 +57,10 @@ EVENTS: dict[str, str] = {
     "association": "af2fb285b7ab47a6af342ee41c45f7b9",
     "purged": "83163ece6cdd4e2ab5ebdd209faf0296",
     "sender_restart": "6b0e2f4c9d7a4e21a3c58f1d0b7e9c42",
+    "source_kept": "9a3c4bc647c6495aa4b379643cd1e6cf",
+    "watch_unavailable": "6c9cb14aea1e46cfa98601be3d586ce9",
+    "watch_available": "c70ee9120ea545f9805618284b13389b",
+    "incomplete": "ca2302976b614c44aa387928f25656c0",
 }
 
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forwarder import paths
+
 if TYPE_CHECKING:
     from forwarder.spool import Spool
 
@@ -29,8 +31,9 @@ DELIVERED_KEEP = 7 * 86400.0  # how long the digest of a delivered object is kep
 
 
 def _unchanged(source: str, inode: int, size: int, mtime_ns: int) -> bool:
+    """``source`` (as the index shows it) still names that file, unwritten since."""
     try:
-        st = os.lstat(source)
+        st = os.lstat(paths.unshown(source))
     except OSError:
         return False
     return (st.st_ino, st.st_size, st.st_mtime_ns) == (inode, size, mtime_ns)
@@ -56,7 +59,7 @@ def committed_sources(spool: Spool) -> int:
     for source, inode, size, mtime_ns in rows:
         if _unchanged(source, inode, size, mtime_ns):
             try:
-                os.unlink(source)
+                os.unlink(paths.unshown(source))
                 removed += 1
             except OSError:
                 pass  # left for intake: at worst it is taken (and sent) once more

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from forwarder import paths
 from forwarder.logs import event
 from forwarder.recovery import DELIVERED_KEEP
 
@@ -79,14 +80,15 @@ def prune_bookkeeping(spool: Spool, now: float | None = None) -> dict[str, int]:
     gone = []
     present: dict[str, bool] = {}
     for path, inode in seen:
+        real = paths.unshown(path)  # the index holds the shown form
         try:
-            if os.lstat(path).st_ino == inode:
+            if os.lstat(real).st_ino == inode:
                 continue
         except FileNotFoundError:
             pass
         except OSError:
             continue  # cannot tell: kept
-        parent = os.path.dirname(path)
+        parent = os.path.dirname(real)
         if parent not in present:
             present[parent] = _holds_files(parent)
         if present[parent]:

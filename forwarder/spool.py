@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarder import claims, durable, recovery, retry, room, spoolindex
+from forwarder import claims, durable, recovery, retry, room, seen, spoolindex
 from forwarder.dicomfile import Probe
 from forwarder.durable import filesystem_type
 from forwarder.errors import SpoolError, SpoolFull
@@ -72,6 +72,7 @@ class Incoming:
     link_ok: bool = True  # False: copy even on the same filesystem (other hard links)
     stat: os.stat_result | None = None
     remember: bool = False  # keep_source: record (path, inode, size, mtime) as seen
+    path: str | None = None  # the source's real path, to hard-link it by (None: copy)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class Spool:
             self.db.execute("PRAGMA journal_size_limit=1048576")
             self.db.executescript(SCHEMA)
             claims.add_columns(self.db)
+            seen.migrate(self.db)
         except sqlite3.Error as exc:
             if spoolindex.is_damage(exc):
                 raise spoolindex.damaged(self.root / "index.sqlite", exc) from exc
@@ -197,7 +199,7 @@ class Spool:
         """Put the source's bytes at objects/<name>; return (name, sha256, size)."""
         try:
             sha, size = durable.place(item.fd, item.source, self.tmp / name,
-                                      self.objects / name, item.link_ok, defer_sync)
+                                      self.objects / name, item.link_ok, defer_sync, item.path)
         except OSError as exc:
             if exc.errno in durable.FULL:
                 raise SpoolFull(f"spool full while taking {item.source}") from exc
@@ -249,9 +251,7 @@ class Spool:
                         "WHERE o.sha256 = ? AND j.destination = ? AND j.state IN "
                         "('pending', 'sending') LIMIT 1", (sha, d)).fetchone()]
                     if item.remember and item.stat is not None:
-                        db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
-                                   (item.source, item.stat.st_ino, item.stat.st_size,
-                                    item.stat.st_mtime_ns))
+                        seen.record(db, item.source, item.stat, sha)
                     if not dests:
                         ids.append(0)
                         continue
@@ -289,18 +289,16 @@ class Spool:
         except (SpoolError, sqlite3.Error):
             pass  # left for the next start, where the names match no object
 
-    def is_seen(self, path: str, st: os.stat_result) -> bool:
-        """keep_source: was this exact file (path, inode, size, mtime) taken before?"""
+    def is_seen(self, path: str, st: os.stat_result, fd: int | None = None) -> bool:
+        """Was this file taken before and left in place, and is it unchanged since
+        (see :mod:`forwarder.seen`)? ``fd``: the file, open, to compare content."""
         with self._lock:
-            row = self.db.execute("SELECT size, mtime_ns FROM seen WHERE path=? AND inode=?",
-                                  (path, st.st_ino)).fetchone()
-        return bool(row) and tuple(row) == (st.st_size, st.st_mtime_ns)
+            return seen.lookup(self.db, path, st, fd)
 
-    def remember(self, path: str, st: os.stat_result) -> None:
-        """Record a file left in place (keep_source) so it is never taken twice."""
+    def remember(self, path: str, st: os.stat_result, sha: str | None = None) -> None:
+        """Record a file left in place so it is never taken twice while unchanged."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
-                       (path, st.st_ino, st.st_size, st.st_mtime_ns))
+            seen.record(db, path, st, sha)
 
     def quarantine(self, fd: int | None, source: str, reason: str, move: Path | None = None,
                    now: float | None = None) -> Path:

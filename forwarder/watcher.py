@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import heapq
 import logging
 import os
@@ -36,6 +37,7 @@ from watchdog.observers.polling import PollingObserver
 
 from forwarder.config import Watch
 from forwarder.logs import event
+from forwarder.paths import shown
 from forwarder.settle import Settler, Signature, ignored, wanted
 
 LOGGER = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ LOGGER = logging.getLogger(__name__)
 # What makes a file known: created, renamed into place, closed after writing. Writes and
 # attribute changes (IN_MODIFY, IN_ATTRIB) are not subscribed: they could not shorten
 # the settling wait, and our own links and unlinks would flood the observer.
+# Files remembered in memory per map (left in place, reported, settled and waiting for
+# intake): beyond this the oldest are forgotten. Nothing is lost: a forgotten file is still
+# in the folder, the next scan finds it, and the spool's seen table keeps kept sources.
+MEMORY_LIMIT = 10000
+RETRY = 10.0  # seconds between looks for a folder that is unavailable
+
 EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent,
                 FileClosedEvent]
 
@@ -58,11 +66,17 @@ class Candidate:
     fresh: bool  # seen through an event (new work) rather than found by a scan
     owner: Watcher | None = None
 
-    def finished(self, left_in_place: bool) -> None:
+    @functools.cached_property
+    def shown(self) -> str:
+        """The path as text for the index, logs and journal (see :mod:`forwarder.paths`)."""
+        return shown(self.path)
+
+    def finished(self, left_in_place: bool, again_after: float | None = None) -> None:
         """Intake is done with it; ``left_in_place``: the file stays and must not be
-        offered again while it is unchanged (keep_source, symlink, unreadable...)."""
+        offered again while it is unchanged (keep_source, symlink, unreadable...), or
+        not before ``again_after`` seconds (the next scan after that offers it again)."""
         if self.owner is not None:
-            self.owner.finished(self, left_in_place)
+            self.owner.finished(self, left_in_place, again_after)
 
 
 class _Events(FileSystemEventHandler):
@@ -106,20 +120,23 @@ class Watcher:
     """One folder: its observer, its scans and its settling files; one thread."""
 
     def __init__(self, watch: Watch, deliver: Callable[[Candidate], bool],
-                 observer_factory: Callable[[], Any] | None = None, events: bool = True):
+                 observer_factory: Callable[[], Any] | None = None, events: bool = True,
+                 on_state: Callable[[], None] | None = None):
         self.watch = watch
         self.root = os.path.abspath(watch.path)
         self.deliver = deliver  # False: intake is full (or stopping): offer it again later
         self._observer_factory = observer_factory
         self._use_events = events
+        self._on_state = on_state  # told when the folder becomes unavailable or available
         self.settler = Settler(watch.min_age, trust_ctime=not watch.polling)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._heap: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
-        self._left: dict[str, Signature] = {}  # left in place on purpose, while unchanged
-        self._reported: set[str] = set()
+        # left in place on purpose, while unchanged (and until a monotonic time, if set)
+        self._left: dict[str, tuple[Signature, float | None]] = {}
+        self._reported: dict[str, None] = {}  # special files already reported (ordered)
         self._fresh: set[str] = set()
         self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
         self._stop = threading.Event()
@@ -127,30 +144,67 @@ class Watcher:
         self.observer: Any = None
         self.polling = watch.polling
         self.scans = 0
+        self.limit = MEMORY_LIMIT  # at most this many entries in each map kept here
+        self.dropped = 0  # settled files forgotten while intake was full (found by a scan)
+        self.unavailable: str | None = None  # why the folder cannot be watched now
+        self.retry = max(0.5, min(RETRY, watch.rescan))
 
     # --- lifecycle ---------------------------------------------------------------
 
     def start(self) -> Watcher:
-        if not os.path.isdir(self.root):
-            raise FileNotFoundError(errno.ENOENT, f"watch folder {self.watch.name} does not "
-                                    "exist or is not a directory", self.root)
-        if self._use_events:
-            self.observer, self.polling = start_observer(
-                self.watch, _Events(self._queue.put), self._observer_factory)
+        """Start the folder's thread. A folder that is missing or cannot be read (not yet
+        mounted, removed, no permission) does not stop anything: it is reported as
+        unavailable and looked for again every ``RETRY`` seconds (at most ``rescan``)."""
+        self._attach()  # the observer runs before start returns: no event is missed
         self._thread = threading.Thread(target=self._run, name=f"fwd-watch-{self.watch.name}",
                                         daemon=True)
         self._thread.start()
         return self
 
+    def _attach(self) -> bool:
+        """Check the folder and start its observer; False (and reported) when unavailable."""
+        try:
+            if not os.path.isdir(self.root):
+                raise FileNotFoundError(errno.ENOENT, "does not exist or is not a directory")
+            with os.scandir(self.root):
+                pass
+            if self._use_events and self.observer is None:
+                self.observer, self.polling = start_observer(
+                    self.watch, _Events(self._queue.put), self._observer_factory)
+        except OSError as exc:
+            self._unavailable(exc.strerror or str(exc))
+            return False
+        if self.unavailable is not None:
+            self.unavailable = None
+            event(LOGGER, "watch_available", "watch %s: %s is available again; scanning it",
+                  self.watch.name, shown(self.root), WATCH=self.watch.name)
+            if self._on_state:
+                self._on_state()
+        return True
+
+    def _unavailable(self, why: str) -> None:
+        self._detach()
+        if self.unavailable != why:
+            self.unavailable = why
+            event(LOGGER, "watch_unavailable", "watch %s: %s: %s; files there wait, every "
+                  "other folder and destination goes on; looking again every %gs",
+                  self.watch.name, shown(self.root), why, self.retry, level=logging.ERROR,
+                  WATCH=self.watch.name, REASON=why)
+            if self._on_state:
+                self._on_state()
+
+    def _detach(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(10)
+            self.observer = None
+
     def stop(self) -> None:
         self._stop.set()
         self._queue.put(None)
-        if self.observer is not None:
-            self.observer.stop()
         if self._thread is not None:
             self._thread.join(30)
-        if self.observer is not None:
-            self.observer.join(10)
+        self._detach()
 
     def __enter__(self) -> Watcher:
         return self.start()
@@ -158,11 +212,16 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def finished(self, cand: Candidate, left_in_place: bool) -> None:
+    def finished(self, cand: Candidate, left_in_place: bool,
+                 again_after: float | None = None) -> None:
         with self._lock:
             self._inflight.discard(cand.path)
             if left_in_place:
-                self._left[cand.path] = cand.sig
+                until = None if again_after is None else time.monotonic() + again_after
+                self._left.pop(cand.path, None)
+                self._left[cand.path] = (cand.sig, until)
+                while len(self._left) > self.limit:
+                    del self._left[next(iter(self._left))]
         if not left_in_place:
             self._queue.put(cand.path)  # still there (intake paused)? it is looked at again
 
@@ -183,9 +242,12 @@ class Watcher:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_scan:
-                self._scan(self.root, fresh=False)
-                self.scans += 1
-                next_scan = time.monotonic() + self.watch.rescan
+                if self._attach() and self._scan(self.root, fresh=False):
+                    self.scans += 1
+                    self._sweep()
+                    next_scan = time.monotonic() + self.watch.rescan
+                else:
+                    next_scan = time.monotonic() + self.retry
             self._flush_waiting()
             wake = min(next_scan, self._heap[0][0] if self._heap else next_scan)
             if self._waiting:
@@ -207,18 +269,19 @@ class Watcher:
                     del self._scheduled[path]
                     self._check(path)
 
-    def _scan(self, folder: str, fresh: bool) -> None:
+    def _scan(self, folder: str, fresh: bool) -> bool:
+        """Scan ``folder`` (recursively); False when the watch folder itself is unavailable."""
         try:
             it = os.scandir(folder)
         except OSError as exc:
             if folder == self.root:
-                LOGGER.error("watch %s: cannot list %s: %s", self.watch.name, folder,
-                             exc.strerror, extra={"WATCH": self.watch.name})
-            return
+                self._unavailable(exc.strerror or str(exc))
+                return False
+            return True
         with it:
             for entry in it:
                 if self._stop.is_set():
-                    return
+                    return True
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if self.watch.recursive and not ignored(entry.name, self.watch.ignore):
@@ -228,12 +291,27 @@ class Watcher:
                 except OSError:
                     continue
                 self._seen(entry.path, st, fresh)
+        return True
+
+    def _sweep(self) -> None:
+        """After a full scan: forget what was left in place or reported and is gone."""
+        with self._lock:
+            left = list(self._left)
+        gone = [p for p in [*left, *self._reported] if not os.path.lexists(p)]
+        with self._lock:
+            for p in gone:
+                self._left.pop(p, None)
+        for p in gone:
+            self._reported.pop(p, None)
 
     def _consider(self, path: str, fresh: bool) -> None:
         try:
             st = os.lstat(path)
         except OSError:
             self.settler.forget(path)
+            self._reported.pop(path, None)
+            with self._lock:
+                self._left.pop(path, None)
             return
         if stat.S_ISDIR(st.st_mode):
             # a new subfolder may already hold files its watch was too late for
@@ -255,15 +333,19 @@ class Watcher:
             return
         if not stat.S_ISREG(st.st_mode):
             if path not in self._reported:
-                self._reported.add(path)
+                self._reported[path] = None
+                while len(self._reported) > self.limit:
+                    del self._reported[next(iter(self._reported))]
                 kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 event(LOGGER, "ignored", "%s: %s, left alone (its target is never read)",
-                      path, kind, level=logging.WARNING, FORWARDER_FILE=path,
+                      shown(path), kind, level=logging.WARNING, FORWARDER_FILE=shown(path),
                       WATCH=self.watch.name)
             return
         sig = Signature.of(st)
         with self._lock:
-            if path in self._inflight or self._left.get(path) == sig:
+            left = self._left.get(path)
+            if path in self._inflight or (left is not None and left[0] == sig and (
+                    left[1] is None or time.monotonic() < left[1])):
                 return
             self._left.pop(path, None)
         if fresh:
@@ -304,6 +386,11 @@ class Watcher:
         self._fresh.discard(path)
         cand = Candidate(self.watch, path, rel, sig, fresh=fresh, owner=self)
         if (self._waiting and not fresh) or not self.deliver(cand):
+            if len(self._waiting) >= self.limit:  # intake is paused: the next scan finds it
+                self.dropped += 1
+                with self._lock:
+                    self._inflight.discard(path)
+                return
             self._waiting.append(cand)  # intake is busy with a backlog: later, in order
 
     def _flush_waiting(self) -> None:

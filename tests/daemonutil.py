@@ -20,11 +20,13 @@ class DaemonProcess:
     """``dicom-forwarder run -c CONFIG``; records every sd_notify message with its time."""
 
     def __init__(self, config: Path, work: Path, env: dict[str, str] | None = None,
-                 argv_prefix: tuple[str, ...] = (), log_target: str = "stderr"):
+                 argv_prefix: tuple[str, ...] = (), log_target: str = "stderr",
+                 python: str = sys.executable):
         self.work = work
         self.notify_path = work / f"notify-{time.monotonic_ns()}.sock"
         self.rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.rx.bind(str(self.notify_path))
+        os.chmod(self.notify_path, 0o777)  # a daemon run as another account may notify too
         self.rx.settimeout(0.2)
         self.messages: list[tuple[float, str]] = []
         self._closed = threading.Event()
@@ -35,7 +37,7 @@ class DaemonProcess:
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": str(self.notify_path),
                     **(env or {})}
         self.proc = subprocess.Popen(
-            [*argv_prefix, sys.executable, "-m", "forwarder", "run", "-c", str(config),
+            [*argv_prefix, python, "-m", "forwarder", "run", "-c", str(config),
              "--log-target", log_target],
             cwd=work, env=full_env, stdout=self._log_fp, stderr=subprocess.STDOUT)
 

@@ -164,7 +164,7 @@ def test_hard_linked_file_is_copied_and_its_other_link_untouched(tmp_path: Path)
 
 
 def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, watch="truncated_after: 1s\nrescan: 300ms")
     data = CT.read_bytes()
     with Pipeline(cfg) as p:
         inbox = tmp_path / "in"
@@ -179,7 +179,10 @@ def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
         assert "truncated" in reasons["pixels.dcm"]
         assert "not DICOM" in reasons["report.pdf"] and "%PDF" in reasons["report.pdf"]
         assert p.objects() == []
-        wait_for(lambda: not any(inbox.iterdir()), 10, "every bad input moved out")
+        assert "unchanged for 1s" in reasons["head.dcm"] and "0 bytes" in reasons["empty.dcm"]
+        wait_for(lambda: not (inbox / "report.pdf").exists(), 10, "the PDF moved out")
+        # what may still be written is quarantined by copy and stays where its writer is
+        assert sorted(f.name for f in inbox.iterdir()) == ["empty.dcm", "head.dcm", "pixels.dcm"]
         for q in p.spool.quarantined():  # each kept with its reason beside it
             saved = json.loads(Path(q["file"] + ".json").read_text())
             assert saved["reason"] == q["reason"] and Path(q["file"]).exists()
@@ -208,16 +211,25 @@ def test_dicomdir_set_images_taken_dicomdir_quarantined(tmp_path: Path) -> None:
         assert q["source"].endswith("/DICOMDIR") and "DICOMDIR" in q["reason"]
 
 
-def test_sop_instance_uid_never_makes_a_path(tmp_path: Path) -> None:
-    ds = dcmread(CT)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+def test_malformed_sop_instance_uids_are_quarantined_with_reasons(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
+    bad = {"evil.dcm": "../../x", "long.dcm": "1." + "2" * 199, "dots.dcm": "1..2.3",
+           "letters.dcm": "1.2.abc"}
     with Pipeline(cfg) as p:
-        ds.save_as(tmp_path / "in" / "evil.dcm")
-        wait_for(lambda: p.objects(), 10, "the file in the spool")
-        [obj] = p.objects()
-        assert obj["sop_instance"] == "../../x"
-        assert (p.spool.objects / obj["name"]).exists() and "/" not in obj["name"]
+        for name, uid in bad.items():
+            ds = dcmread(CT)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+            ds.save_as(tmp_path / "in" / name)
+        ds = dcmread(CT)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.03.4"
+        ds.save_as(tmp_path / "in" / "zeros.dcm")  # tolerated, as older devices write it
+        wait_for(lambda: len(p.spool.quarantined()) == 4 and p.objects(), 10, "all five")
+        reasons = quarantine_reasons(p)
+        assert [o["sop_instance"] for o in p.objects()] == ["1.2.03.4"]
+    assert "'../../x' is not a UID" in reasons["evil.dcm"]
+    assert "201 characters long, more than the 64 allowed" in reasons["long.dcm"]
+    assert "'1..2.3' is not a UID" in reasons["dots.dcm"]
+    assert "not a UID" in reasons["letters.dcm"]
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
 
@@ -273,7 +285,13 @@ def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
         assert "no route matched" in p.spool.quarantined()[0]["reason"]
 
 
-def test_watch_folder_missing_is_a_clear_error(tmp_path: Path) -> None:
-    w = Watch(name="gone", path=str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="watch folder gone does not exist"):
-        Watcher(w, lambda c: True).start()
+def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Path) -> None:
+    w = Watch(name="gone", path=str(tmp_path / "nope"), min_age=0.1, rescan=0.5)
+    taken: list[str] = []
+    with Watcher(w, lambda c: taken.append(c.relpath) is None) as watcher:
+        wait_for(lambda: watcher.unavailable is not None, 10, "the folder reported unavailable")
+        assert "does not exist" in watcher.unavailable
+        (tmp_path / "nope").mkdir()
+        shutil.copy(CT, tmp_path / "nope" / "ct.dcm")
+        wait_for(lambda: taken == ["ct.dcm"], 10, "the file taken once the folder exists")
+        assert watcher.unavailable is None

@@ -19,7 +19,7 @@ from tests.corpus import unique_copies
 from tests.daemonutil import DaemonProcess, process_tree, worker_pids, write_config
 from tests.faults.harness import spool_view
 from tests.peers import wait_for
-from tests.test_containment import Sick
+from tests.test_sender_containment import Sick
 
 ERROR_LINE = re.compile(r"^(\S+ \S+ )?(ERROR|CRITICAL) ", re.MULTILINE)
 

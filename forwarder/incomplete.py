@@ -1,0 +1,50 @@
+"""Pure: files that look cut short, and how long they have looked so.
+
+A writer that pauses longer than ``min_age`` (a modality waiting on its network, a copy
+that stalls) leaves a file that settled but reads as truncated or empty. It is left in
+place and looked at again when it changes; only when it has stayed the same for
+``truncated_after`` is it quarantined, by copy, with the source left where it is. The
+clock starts again at each change. At most ``limit`` files are tracked: beyond that the
+oldest entries are forgotten (their clocks start again), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+LIMIT = 10000
+
+
+def looks_incomplete(reason: str) -> bool:
+    """Is a probe's refusal one a writer still at work could cause?"""
+    return reason.startswith(("truncated", "empty file"))
+
+
+class Incomplete:
+    def __init__(self, limit: int = LIMIT):
+        self.limit = limit
+        self._since: OrderedDict[str, tuple[float, Hashable]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def wait_left(self, key: str, sig: Hashable, now: float, patience: float) -> tuple[float, bool]:
+        """(seconds still to wait, 0 when the wait is over; True if ``sig`` is new for
+        ``key``, the moment to say the file waits)."""
+        entry = self._since.get(key)
+        new = entry is None or entry[1] != sig
+        if new:
+            self._since.pop(key, None)
+            self._since[key] = entry = (now, sig)
+            while len(self._since) > self.limit:
+                self._since.popitem(last=False)
+        assert entry is not None
+        left = patience - (now - entry[0])
+        if left <= 0:
+            self._since.pop(key, None)
+            return 0.0, new
+        return left, new
+
+    def forget(self, key: str) -> None:
+        self._since.pop(key, None)

@@ -1,0 +1,62 @@
+"""Files left in place (``keep_source``, or a source that cannot be removed): never taken twice
+while unchanged, taken again after any rewrite.
+
+A file is known by path and inode; it is unchanged while its size, mtime and ctime are
+what they were when it was taken. ``cp -p``, ``rsync -t --inplace`` and unzip rewrite
+a file and set its old mtime back, and slices of one series often have the same size,
+but none of them can set the ctime back: a changed ctime makes the content itself
+decide (its SHA-256 against the one recorded at intake). The same content under a new
+ctime (chmod, chown, a hard link made) is remembered with that ctime, so it is hashed
+once. Rows written before ctime and content were recorded fall back to size and mtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+
+COLUMNS = (("ctime_ns", "INTEGER"), ("sha256", "TEXT"))
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the columns this module needs to a spool made by an older version."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(seen)")}
+    for name, kind in COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE seen ADD COLUMN {name} {kind}")
+
+
+def digest(fd: int) -> str:
+    """SHA-256 of open file ``fd`` from its start (the offset is left at the end)."""
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None) -> bool:
+    """Was this very file (``st``, open as ``fd``) taken before and is it unchanged?"""
+    row = db.execute("SELECT size, mtime_ns, ctime_ns, sha256 FROM seen WHERE path=? AND "
+                     "inode=?", (path, st.st_ino)).fetchone()
+    if not row or (row[0], row[1]) != (st.st_size, st.st_mtime_ns):
+        return False
+    ctime, sha = row[2], row[3]
+    if ctime == st.st_ctime_ns:
+        return True
+    if sha is None or fd is None:  # recorded without content: size and mtime decide
+        same = sha is None
+        now = digest(fd) if fd is not None else None
+    else:
+        now = digest(fd)
+        same = now == sha
+    if same:  # touched, not rewritten: remember the new ctime so it is hashed once
+        record(db, path, st, now or sha)
+    return same
+
+
+def record(db: sqlite3.Connection, path: str, st: os.stat_result, sha: str | None) -> None:
+    db.execute("INSERT OR REPLACE INTO seen (path, inode, size, mtime_ns, ctime_ns, sha256) "
+               "VALUES (?, ?, ?, ?, ?, ?)",
+               (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha))
