@@ -12,6 +12,7 @@ import os
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from forwarder.byteorder import ByteOrderError, change_byte_order
 from forwarder.dicomfile import read_dataset
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
 
@@ -44,27 +45,31 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     """The dataset of ``path`` ready to be sent in ``target_ts`` (pynetdicom encodes it).
 
     The dataset's own SOP Class and Instance UIDs are what the peer gets, whatever the
-    file meta says.
+    file meta says. A compressed file sent in its own syntax (its file meta disagrees with
+    its dataset) is re-encoded with its encapsulated pixel data as it is.
     """
     ds = read_dataset(path)
-    if not is_plain(source_ts):
+    decode = not is_plain(source_ts) and source_ts != target_ts
+    if decode:
         try:
             ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001 - every decoder fault is the same outcome
             raise CannotConvert(f"cannot decompress {UID(source_ts).name}: {exc}") from exc
         if source_ts not in LOSSLESS:
             ds.LossyImageCompression = "01"
-    if not is_plain(target_ts):
+    if not is_plain(target_ts) and target_ts != source_ts:
         raise CannotConvert(f"cannot compress to {UID(target_ts).name}")
     target = UID(target_ts)
     implicit, little = ds.original_encoding
+    if decode:
+        little = True  # decoded pixels are little endian
     for _elem in ds.iterall():  # convert raw elements: implicit VR ones get their VR here
         pass
-    if little is False and target.is_little_endian and "PixelData" in ds:
-        # OW pixel data keeps its byte order when pydicom re-encodes: swap it here
-        arr = ds.pixel_array
-        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-        ds["PixelData"].VR = "OW" if arr.dtype.itemsize > 1 else "OB"
+    try:
+        change_byte_order(ds, bool(little), target.is_little_endian)
+    except ByteOrderError as exc:
+        raise CannotConvert(f"cannot convert {UID(source_ts).name} to {target.name}: "
+                            f"{exc}") from exc
     ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian,
                              ds.original_character_set)
     meta = ds.file_meta
