@@ -29,19 +29,19 @@ def change_byte_order(ds: Dataset, source_little: bool, target_little: bool) -> 
         return
     # 'OB or OW', 'US or SS', 'US or OW' resolved while the values are still as read
     correct_ambiguous_vr(ds, source_little)
-    _walk(ds)
+    _walk(ds, source_little)
 
 
-def _walk(ds: Dataset) -> None:
+def _walk(ds: Dataset, source_little: bool) -> None:
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value or ():
-                _walk(item)
+                _walk(item, source_little)
             continue
         if elem.value is None or elem.is_empty or not isinstance(elem.value, bytes):
             continue
         if elem.tag == PIXEL_DATA:
-            size = _pixel_word(ds, elem)
+            size = _pixel_word(ds, elem, source_little)
         elif elem.tag == WAVEFORM_DATA and elem.VR == "OW":
             bits = int(ds.get("WaveformBitsAllocated", 16))
             size = max(2, bits // 8)
@@ -57,10 +57,13 @@ def _walk(ds: Dataset) -> None:
         elem.value = _swapped(elem, size)
 
 
-def _pixel_word(ds: Dataset, elem: DataElement) -> int:
+def _pixel_word(ds: Dataset, elem: DataElement, source_little: bool) -> int:
     if elem.is_undefined_length:
         raise ByteOrderError("encapsulated pixel data cannot change byte order")
     bits = ds.get("BitsAllocated")
+    if bits in (1, 8) and source_little:
+        elem.VR = "OB"  # little endian OW bytes are OB bytes; big endian takes OB as is
+        return 1
     if bits == 1:
         if elem.VR == "OW":
             raise ByteOrderError("1-bit pixel data encoded as OW in big endian: the order "

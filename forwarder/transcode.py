@@ -65,6 +65,8 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
         little = True  # decoded pixels are little endian
     for _elem in ds.iterall():  # convert raw elements: implicit VR ones get their VR here
         pass
+    if source_ts != target_ts:
+        drop_group_lengths(ds)
     try:
         change_byte_order(ds, bool(little), target.is_little_endian)
     except ByteOrderError as exc:
@@ -77,6 +79,17 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
+
+
+def drop_group_lengths(ds: Dataset) -> None:
+    """Remove (gggg,0000) group lengths, nested ones included: re-encoding in another
+    syntax changes the lengths they state (PS3.5 7.2 makes them optional)."""
+    for tag in [t for t in ds.keys() if t.element == 0]:
+        del ds[tag]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                drop_group_lengths(item)
 
 
 def describe_refusal(sop_class: str, source_ts: str, accepted: list[tuple[str, str]],

@@ -1,0 +1,87 @@
+"""The daemon's sender converting real files for real peers: the files that used to arrive
+changed (big endian planar and 1-bit data, compressed files whose meta disagrees) and the
+conversions that must fail with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from forwarder.spool import Spool
+from tests.corpus import data_file
+from tests.peers import StoreSCPProcess
+from tests.sendutil import destination, enqueue, run, settled, states
+
+EXPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def test_big_endian_planar_and_one_bit_files_arrive_exact_at_dcmtk(spool: Spool,
+                                                                   tmp_path: Path) -> None:
+    """DCMTK storescp taking implicit VR little endian only: it decodes what we sent."""
+    names = ["ExplVR_BigEnd.dcm", "liver_expb_1frame.dcm", "rtdose_expb.dcm",
+             "SC_rgb_small_odd_big_endian.dcm", "MR_small_expb.dcm"]
+    files = [data_file(n) for n in names]
+    peer = StoreSCPProcess(tmp_path / "out", ("+xi",))
+    try:
+        uids = enqueue(spool, files)
+        run(spool, destination(peer.port), lambda: settled(spool))
+        got = {str(dcmread(f).SOPInstanceUID): f for f in peer.files()}
+    finally:
+        peer.stop()
+    assert set(got) == set(uids) and states(spool)["done"] == len(files)
+    for uid, src in zip(uids, files, strict=True):
+        original, stored = dcmread(src), dcmread(got[uid])
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        for key in ("BitsAllocated", "PlanarConfiguration", "SamplesPerPixel", "NumberOfFrames"):
+            assert stored.get(key) == original.get(key), (src.name, key)
+        assert len(stored.PixelData) == len(original.PixelData), src.name
+        assert np.array_equal(stored.pixel_array, original.pixel_array), src.name
+
+
+def test_compressed_file_with_disagreeing_meta_goes_in_its_own_syntax(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    """The peer accepts only JPEG 2000: the dataset is re-encoded around its fragments."""
+    src = data_file("JPEG2000.dcm")
+    ds = dcmread(src)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # meta disagrees
+    path = tmp_path / "j2k.dcm"
+    ds.save_as(path)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    peer = make_scp(transfer_syntaxes=[ts])
+    [uid] = enqueue(spool, [path])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert uid == ds.SOPInstanceUID and peer.counts() == {uid: 1}
+    assert peer.received[0].transfer_syntax == ts and states(spool)["done"] == 1
+    arrived = dcmread(data_file("JPEG2000.dcm"))
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    got = read_dataset(DicomBytesIO(peer.received[0].dataset_bytes), False, True)
+    assert got.PixelData == arrived.PixelData  # the encapsulated fragments, byte for byte
+    assert got.SOPInstanceUID == arrived.SOPInstanceUID
+
+
+def test_one_bit_ow_big_endian_fails_with_a_reason(make_scp, spool: Spool,
+                                                   tmp_path: Path) -> None:
+    ds = dcmread(data_file("liver_expb_1frame.dcm"))
+    ds["PixelData"].VR = "OW"
+    path = tmp_path / "ow.dcm"
+    ds.save_as(path)
+    peer = make_scp(transfer_syntaxes=[EXPLICIT_LE])
+    enqueue(spool, [path])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.received == []
+    [job] = spool.failed_jobs()
+    assert "1-bit pixel data encoded as OW in big endian" in job["reason"]
+    assert "Explicit VR Big Endian" in job["reason"]
