@@ -301,3 +301,23 @@ def test_every_layout_arrives_with_its_pixels_and_attributes(
         if unlisted:
             problems.append(f"{label} -> {UID(target).name} ({kind}): {sorted(unlisted)}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_corpus_covers_every_layout(corpus: list[tuple[str, Path]]) -> None:
+    seen: dict[str, set] = {k: set() for k in ("bits", "samples", "planar", "frames", "sign",
+                                                 "float", "syntax")}
+    for _, path in corpus:
+        ds = dcmread(path, stop_before_pixels=True)
+        seen["syntax"].add(str(ds.file_meta.TransferSyntaxUID))
+        seen["float"].add("FloatPixelData" in dcmread(path))
+        if "BitsAllocated" not in ds:
+            continue
+        seen["bits"].add(ds.BitsAllocated)
+        seen["samples"].add(ds.SamplesPerPixel)
+        seen["planar"].add(ds.get("PlanarConfiguration", 0))
+        seen["frames"].add(int(ds.get("NumberOfFrames", 1) or 1) > 1)
+        seen["sign"].add(ds.get("PixelRepresentation", 0))
+    assert {1, 8, 16, 32} <= seen["bits"] and seen["samples"] >= {1, 3}
+    assert seen["planar"] >= {0, 1} and seen["frames"] == {False, True}
+    assert seen["sign"] == {0, 1} and seen["float"] == {False, True}
+    assert set(PLAIN) <= seen["syntax"] and len(seen["syntax"]) >= len(PLAIN) + 5
