@@ -79,9 +79,18 @@ def no_response(aborts_in_a_row: int, what: str) -> Action:
     """No C-STORE response (abort, DIMSE timeout, connection lost mid-store): resend on a
     new association; ``aborts_in_a_row`` counts earlier ones for this file."""
     if aborts_in_a_row + 1 >= ABORTS_IN_A_ROW:
-        return Action(FAIL, f"{what} while sending this file {aborts_in_a_row + 1} times in a "
-                      "row; given up so it cannot block the queue")
-    return Action(RESEND, f"{what} during the C-STORE; sending it again on a new association")
+        return Action(FAIL, f"{what}, {aborts_in_a_row + 1} times in a row; given up so it "
+                      "cannot block the queue")
+    return Action(RESEND, f"{what}; sending it again on a new association")
+
+
+def no_response_cause(elapsed: float, dimse_timeout: float | None, aborted: bool) -> str:
+    """Why a C-STORE got no response, in words about this file."""
+    if dimse_timeout and elapsed >= dimse_timeout * 0.95:
+        return f"no response to the C-STORE of this file within the DIMSE timeout ({dimse_timeout:g}s)"
+    if aborted:
+        return "the peer aborted the association (or closed the connection) while receiving this file"
+    return "the connection was lost while sending this file"
 
 
 # PS3.8 9.3.4 A-ASSOCIATE-RJ: source 1 service user, 2 provider (ACSE), 3 provider

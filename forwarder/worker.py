@@ -361,6 +361,7 @@ class Worker:
         """Send one job and record what happened; False when the association is unusable."""
         assert self.assoc is not None
         self.msg_id = self.msg_id % 65535 + 1
+        started = time.monotonic()
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
                                 self.msg_id)
@@ -374,8 +375,10 @@ class Worker:
             self._fail(job, result.refused)
             return True
         if result.status is None:
-            action = outcome.no_response(job.aborts, "no response (association aborted, "
-                                         "connection lost or DIMSE timeout)")
+            elapsed = time.monotonic() - started
+            self.assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
+            action = outcome.no_response(job.aborts, outcome.no_response_cause(
+                elapsed, self.dest.timeouts.dimse, self.assoc.is_aborted))
             if action.kind == outcome.FAIL:
                 self._fail(job, action.reason)
             else:

@@ -4,6 +4,7 @@ conversions that must fail with a reason."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,10 @@ from pydicom.uid import generate_uid
 
 from forwarder.spool import Spool
 from tests.corpus import data_file
-from tests.peers import StoreSCPProcess
+from tests.peers import OrthancProcess, StoreSCPProcess
 from tests.sendutil import destination, enqueue, run, settled, states
 
-EXPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
+EXPLICIT_LE, DEFLATED_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"
 
 
 @pytest.fixture
@@ -85,3 +86,55 @@ def test_one_bit_ow_big_endian_fails_with_a_reason(make_scp, spool: Spool,
     [job] = spool.failed_jobs()
     assert "1-bit pixel data encoded as OW in big endian" in job["reason"]
     assert "Explicit VR Big Endian" in job["reason"]
+
+
+def odd_deflated(folder: Path) -> Path:
+    """CT_small deflated by hand with an odd-length stream (no pad byte), as some writers
+    leave it; its Study Description varies until the stream comes out odd."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = dcmread(data_file("CT_small.dcm"))
+    for n in range(64):
+        ds.StudyDescription = "ODD" + "X" * n
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, ds)
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        stream = z.compress(fp.getvalue()) + z.flush()
+        if len(stream) % 2:
+            break
+    assert len(stream) % 2
+    ds.file_meta.TransferSyntaxUID = DEFLATED_LE
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    path = folder / "odd-deflated.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + stream)
+    assert dcmread(path).StudyDescription == ds.StudyDescription
+    return path
+
+
+@pytest.mark.parametrize("peer_kind", ["storescp", "orthanc"])
+def test_odd_length_deflated_stream_is_delivered(spool: Spool, tmp_path: Path,
+                                                 peer_kind: str) -> None:
+    path = odd_deflated(tmp_path)
+    original = dcmread(path)
+    if peer_kind == "storescp":
+        peer = StoreSCPProcess(tmp_path / "out", ("+xa",))  # accepts deflated
+    else:
+        peer = OrthancProcess(tmp_path / "orthanc")
+    try:
+        [uid] = enqueue(spool, [path])
+        run(spool, destination(peer.port, "propose: deflated"), lambda: settled(spool))
+        assert states(spool)["done"] == 1, spool.failed_jobs()
+        if isinstance(peer, StoreSCPProcess):
+            [f] = peer.files()
+            stored = dcmread(f)
+            assert stored.file_meta.TransferSyntaxUID == DEFLATED_LE
+            assert stored.StudyDescription == original.StudyDescription
+            assert stored.PixelData == original.PixelData
+        else:
+            assert peer.sop_instance_uids() == {uid: 1}
+    finally:
+        peer.stop()
