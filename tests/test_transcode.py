@@ -4,6 +4,7 @@ conversions that must fail with a reason."""
 
 from __future__ import annotations
 
+import struct
 import zlib
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from forwarder.cli import main
 from forwarder.spool import Spool
 from tests.corpus import data_file
 from tests.peers import OrthancProcess, StoreSCPProcess
@@ -133,6 +135,48 @@ def test_odd_length_deflated_stream_is_delivered(spool: Spool, tmp_path: Path,
             stored = dcmread(f)
             assert stored.file_meta.TransferSyntaxUID == DEFLATED_LE
             assert stored.StudyDescription == original.StudyDescription
+            assert stored.PixelData == original.PixelData
+        else:
+            assert peer.sop_instance_uids() == {uid: 1}
+    finally:
+        peer.stop()
+
+
+def un_encoded(folder: Path) -> Path:
+    """CT_small with its UIDs, Patient ID and Rows encoded with VR UN (explicit VR LE)."""
+    ds = dcmread(data_file("CT_small.dcm"))
+    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
+        value = ds[kw].value.encode()
+        ds[kw].VR, ds[kw].value = "UN", value + b"\0" * (len(value) % 2)
+    ds["Rows"].VR, ds["Rows"].value = "UN", struct.pack("<H", ds.Rows)
+    path = folder / "un.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("via", ["daemon", "send"])
+@pytest.mark.parametrize("peer_kind", ["storescp", "orthanc"])
+def test_un_encoded_elements_go_with_their_own_vr(spool: Spool, tmp_path: Path,
+                                                  peer_kind: str, via: str) -> None:
+    path = un_encoded(tmp_path)
+    original = dcmread(data_file("CT_small.dcm"))
+    uid = str(original.SOPInstanceUID)
+    peer = (StoreSCPProcess(tmp_path / "out") if peer_kind == "storescp"
+            else OrthancProcess(tmp_path / "orthanc"))
+    try:
+        if via == "daemon":
+            enqueue(spool, [path])
+            run(spool, destination(peer.port), lambda: settled(spool))
+            assert states(spool)["done"] == 1, spool.failed_jobs()
+        else:
+            assert main(["send", "-R", "127.0.0.1", str(peer.port), str(path)]) == 0
+        if isinstance(peer, StoreSCPProcess):
+            [f] = peer.files()
+            stored = dcmread(f)
+            for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+                assert stored[kw].VR == "UI" and stored[kw].value == original[kw].value
+            assert stored["Rows"].VR == "US" and stored.Rows == original.Rows
+            assert stored["PatientID"].VR == "LO" and stored.PatientID == original.PatientID
             assert stored.PixelData == original.PixelData
         else:
             assert peer.sop_instance_uids() == {uid: 1}
