@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
@@ -47,6 +48,11 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
     if chosen is None:
+        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
+        if probe.sop_class_uid not in proposed:
+            return StoreResult(None, refused=f"{UID(probe.sop_class_uid).name} was not "
+                               f"proposed on this association (not in the SOP classes "
+                               f"proposed; storescu -R proposes the files' own)")
         return StoreResult(None, refused=describe_refusal(
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
     streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None

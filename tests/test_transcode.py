@@ -182,3 +182,63 @@ def test_un_encoded_elements_go_with_their_own_vr(spool: Spool, tmp_path: Path,
             assert peer.sop_instance_uids() == {uid: 1}
     finally:
         peer.stop()
+
+
+def retired_and_private(folder: Path) -> list[Path]:
+    """Ultrasound Image Storage (Retired) uncompressed and JPEG, Ultrasound Multi-frame
+    (Retired), and a private SOP class."""
+    out = []
+    for name, sop in (("SC_rgb_small_odd.dcm", "1.2.840.10008.5.1.4.1.1.6"),
+                      ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.5.1.4.1.1.6"),
+                      ("CT_small.dcm", "1.2.840.10008.5.1.4.1.1.3"),
+                      ("MR_small.dcm", "1.2.826.0.1.3680043.9.9999.1")):
+        ds = dcmread(data_file(name))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(folder / f"{len(out)}.dcm")
+        ds.save_as(out[-1])
+    return out
+
+
+@pytest.mark.parametrize("peer_kind", ["storescp", "orthanc"])
+def test_retired_and_private_sop_classes_are_proposed_as_dcmsend_does(
+        spool: Spool, tmp_path: Path, peer_kind: str) -> None:
+    """The files' own SOP classes are proposed, retired or private, as dcmsend does: a
+    storescp accepting every syntax and unknown classes (+xa -pm) takes all four; Orthanc
+    (unknown SOP classes refused by default) the three retired ones, and the private one
+    fails with a reason naming it."""
+    files = retired_and_private(tmp_path)
+    peer = (StoreSCPProcess(tmp_path / "out", ("+xa", "-pm")) if peer_kind == "storescp"
+            else OrthancProcess(tmp_path / "orthanc"))
+    try:
+        uids = enqueue(spool, files)
+        run(spool, destination(peer.port, "decompress: never"), lambda: settled(spool))
+        if isinstance(peer, StoreSCPProcess):
+            assert states(spool)["done"] == len(files), spool.failed_jobs()
+            got = {str(dcmread(f).SOPInstanceUID): dcmread(f).SOPClassUID for f in peer.files()}
+            assert got == {u: dcmread(f).SOPClassUID for u, f in zip(uids, files, strict=True)}
+        else:
+            assert peer.sop_instance_uids() == {u: 1 for u in uids[:3]}
+            [failed] = spool.failed_jobs()
+            assert failed["sop_instance_uid"] == uids[3]
+            assert failed["reason"].startswith("1.2.826.0.1.3680043.9.9999.1 in Explicit VR "
+                                               "Little Endian: the peer accepted nothing")
+    finally:
+        peer.stop()
+
+
+def test_send_without_r_does_not_propose_a_retired_class_like_storescu(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """storescu's default list has no retired classes: storescu and `send` both refuse the
+    file, and `send` says it was not proposed; with -R it goes."""
+    [usr] = retired_and_private(tmp_path)[:1]
+    peer = StoreSCPProcess(tmp_path / "out")
+    try:
+        assert main(["send", "127.0.0.1", str(peer.port), str(usr)]) == 1
+        err = capsys.readouterr().err
+        assert "Ultrasound Image Storage was not proposed on this association" in err
+        assert peer.files() == []
+        assert main(["send", "-R", "127.0.0.1", str(peer.port), str(usr)]) == 0
+        assert len(peer.files()) == 1
+    finally:
+        peer.stop()
