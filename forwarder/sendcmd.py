@@ -13,6 +13,7 @@ import logging.config as logging_config
 import shlex
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
-from forwarder import __version__
+from forwarder import __version__, emptypasscode, outcome
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.association import (
     AssociationFailed,
@@ -31,6 +32,7 @@ from forwarder.association import (
     open_association,
     ssl_context,
 )
+from forwarder.ciphers import iana_name, openssl_names
 from forwarder.cstore import store_file
 from forwarder.dicomfile import Probe, probe
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, NotDicomError, UsageError
@@ -284,6 +286,7 @@ def _modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a cal
 def peer_settings(args: argparse.Namespace) -> PeerSettings:
     if args.empty_password and args.password is None:
         args.password = ""
+        emptypasscode.apply()
     if args.password is not None and not args.user:
         raise UsageError("-pwd/-epw need --user")
     identity: IdentitySettings = identity_from_files(
@@ -295,7 +298,7 @@ def peer_settings(args: argparse.Namespace) -> PeerSettings:
                           prompt_password=args.passwd is None and sys.stdin.isatty(),
                           der=args.der, ca_files=tuple(args.add_cert_file),
                           ca_dirs=tuple(args.add_cert_dir), verify_peer=args.verify,
-                          profile=args.profile, ciphers=tuple(args.cipher))
+                          profile=args.profile, ciphers=openssl_names(args.cipher))
     try:
         port = int(args.port)
         if not 0 < port < 65536:
@@ -327,8 +330,9 @@ def run(argv: Sequence[str]) -> int:
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
     if args.list_ciphers:
+        print("Supported TLS ciphersuites are:")
         for c in ssl_context(TLSSettings(verify_peer=False)).get_ciphers():
-            print(c["name"])
+            print(f"  {iana_name(c['name'])}")
         return EXIT_OK
     if args.seed or args.write_seed or args.write_seed_file:
         LOGGER.warning("+rs/+ws/+wf ignored: the TLS library seeds its generator itself")
@@ -396,12 +400,14 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
                         return EXIT_FAILURE
                     continue
                 msg_id = msg_id % 65535 + 1
+                started = time.monotonic()
                 result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
-                ok = result.status is not None and (
-                    result.status == 0 or (result.status >> 12) == 0xB
-                    or result.status in (0x0001, 0x0107, 0x0116))
-                if ok:
-                    LOGGER.info("%s: stored, status 0x%04X", item.path, result.status)
+                # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
+                action = (outcome.store_status(result.status, result.comment)
+                          if result.status is not None else None)
+                if action is not None and action.kind == outcome.DONE:
+                    LOGGER.info("%s: stored, status 0x%04X%s", item.path, result.status,
+                                f" ({action.reason})" if action.warning else "")
                     progress.advance(item.size)
                     continue
                 failed = True
@@ -409,7 +415,9 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
                     LOGGER.error("%s: no presentation context fits: %s", item.path,
                                  result.refused)
                 elif result.status is None:
-                    LOGGER.error("%s: no response from the peer (timeout or abort)", item.path)
+                    assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
+                    LOGGER.error("%s: %s", item.path, outcome.no_response_cause(
+                        time.monotonic() - started, peer.dimse_timeout, assoc.is_aborted))
                 else:
                     comment = f" ({result.comment})" if result.comment else ""
                     LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,

@@ -1,0 +1,63 @@
+"""`send` and the daemon agree on what a peer's answer means, and `send` takes storescu's
+options as storescu does."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from forwarder import outcome
+from forwarder.cli import main
+from forwarder.spool import Spool
+from tests.corpus import data_file
+from tests.sendutil import destination, enqueue, run, settled, states
+from tests.tlsutil import make_pki, server_context
+
+CT = str(data_file("CT_small.dcm"))
+
+
+@pytest.mark.parametrize("status", [0x0000, 0x0111, 0xB000, 0x0001, 0xA900, 0xC000, 0x0117])
+def test_send_and_the_daemon_count_a_status_alike(make_scp, tmp_path: Path,
+                                                   status: int) -> None:
+    peer = make_scp(status=lambda event: status)
+    sent = main(["send", "127.0.0.1", str(peer.port), CT]) == 0
+    spool = Spool(tmp_path / "spool")
+    try:
+        enqueue(spool, [Path(CT)])
+        run(spool, destination(peer.port), lambda: settled(spool))
+        stored = states(spool)["done"] == 1
+    finally:
+        spool.close()
+    assert sent == stored == (outcome.store_status(status).kind == outcome.DONE)
+
+
+def test_empty_password_is_sent_without_a_hang(make_scp, capsys) -> None:
+    seen = []
+
+    def check(event) -> tuple[bool, None]:  # noqa: ANN001
+        seen.append((event.primary_field, event.secondary_field))
+        return True, None
+
+    peer = make_scp(user_check=check)
+    started = time.monotonic()
+    assert main(["send", "-usr", "bob", "-epw", "127.0.0.1", str(peer.port), CT]) == 0
+    assert time.monotonic() - started < 10
+    assert seen == [(b"bob", b"")] and len(peer.received) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_cipher_suites_by_their_iana_names(make_scp, tmp_path: Path, capsys) -> None:
+    pki = make_pki(tmp_path / "pki")
+    peer = make_scp(ssl_context=server_context(pki, require_client=False))
+    tls = ["+tla", "+cf", str(pki["ca.pem"])]
+    assert main(["send", "+cc"]) == 0
+    listed = capsys.readouterr().out
+    assert "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" in listed  # storescu's spelling
+    assert main(["send", *tls, "+cs", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                 "127.0.0.1", str(peer.port), CT]) == 0
+    assert len(peer.received) == 1
+    assert main(["send", *tls, "+cs", "TLS_NO_SUCH_SUITE", "127.0.0.1", str(peer.port),
+                 CT]) != 0
+    assert "unknown ciphersuite 'TLS_NO_SUCH_SUITE'" in capsys.readouterr().err
