@@ -215,6 +215,7 @@ class TLSConfig:
     profile: str = opt(_p_enum("bcp195", "bcp195-nd", "bcp195-ex", "basic", "aes", "null"),
                        "bcp195")
     ciphers: tuple[str, ...] = opt(_p_list(_p_str), ())
+    server_name: str | None = opt(_p_opt(_p_str))
     der: bool = opt(_p_bool, False)
     anonymous: bool = opt(_p_bool, False)
 

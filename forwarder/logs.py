@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from forwarder import nosecrets
 from forwarder.dicomfile import Probe
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -241,6 +242,7 @@ def setup(level: str = "info", target: str = "auto", phi: bool = False,
         root.addHandler(h)
     lvl = LEVELS[level]
     root.setLevel(lvl)
+    nosecrets.install()
     # pynetdicom narrates every PDU at INFO; keep it for debug and trace
     logging.getLogger("pynetdicom").setLevel(lvl if lvl <= logging.DEBUG else logging.WARNING)
     if target == "journal" and not to_journal:

@@ -7,6 +7,7 @@ rightmost of mutually exclusive ones wins, and ``@file`` expands to the file's w
 from __future__ import annotations
 
 import argparse
+import configparser
 import fnmatch
 import logging
 import logging.config as logging_config
@@ -21,7 +22,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
-from forwarder import __version__, emptypasscode, outcome
+from forwarder import __version__, emptypasscode, nosecrets, outcome
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.association import (
     AssociationFailed,
@@ -432,11 +433,22 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    nosecrets.install()
     if args.log_config:
         try:
+            text = Path(args.log_config).read_text(errors="replace")
+        except OSError as exc:
+            raise UsageError(f"cannot read log config {args.log_config}: {exc.strerror}") from exc
+        if "log4cplus." in text:
+            raise UsageError(f"{args.log_config} is a DCMTK (log4cplus) logger configuration; "
+                             "-lc takes a Python logging.config file ([loggers], [handlers], "
+                             "[formatters]); use -ll/-v/-d for the level")
+        try:
             logging_config.fileConfig(args.log_config, disable_existing_loggers=False)
-        except (OSError, KeyError, ValueError) as exc:
-            raise UsageError(f"cannot use log config {args.log_config}: {exc}") from exc
+        except (OSError, KeyError, ValueError, configparser.Error, ImportError,
+                AttributeError, TypeError) as exc:
+            raise UsageError(f"cannot use log config {args.log_config}: not a Python "
+                             f"logging.config file ({type(exc).__name__}: {exc})") from exc
         return
     level = LOG_LEVELS[args.log_level]
     handler = logging.StreamHandler(sys.stderr)
