@@ -61,3 +61,27 @@ def test_cipher_suites_by_their_iana_names(make_scp, tmp_path: Path, capsys) -> 
     assert main(["send", *tls, "+cs", "TLS_NO_SUCH_SUITE", "127.0.0.1", str(peer.port),
                  CT]) != 0
     assert "unknown ciphersuite 'TLS_NO_SUCH_SUITE'" in capsys.readouterr().err
+
+
+def test_an_unanswered_association_request_is_an_acse_timeout(tmp_path: Path, capsys) -> None:
+    """A peer that takes the connection and never answers: both paths say ACSE timeout."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    try:
+        assert main(["send", "-ta", "2", "127.0.0.1", str(port), CT]) == 1
+        err = capsys.readouterr().err
+        assert "within the ACSE timeout (2s)" in err and "aborted by" not in err
+        spool = Spool(tmp_path / "spool")
+        try:
+            enqueue(spool, [Path(CT)])
+            dest = destination(port, "timeouts: {connect: 2s, acse: 2s, dimse: 5s, network: 5s}")
+            run(spool, dest, lambda: spool.health("pacs").state == "backoff")
+            assert "within the ACSE timeout (2s)" in (spool.health("pacs").reason or "")
+        finally:
+            spool.close()
+    finally:
+        server.close()
