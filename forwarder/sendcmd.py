@@ -227,33 +227,50 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
 
 
 class UidInventor:
-    """storescu's +II/+IR/+IS/+IP: fresh instance UIDs, new series/study/patient every n."""
+    """storescu's +II/+IR/+IS/+IP: every image gets a new SOP Instance UID and invented
+    patient, study and series: a new series after n images (+IR, default 100), a new
+    study after n series (+IS, 50), a new patient after n studies (+IP, 25). Patient ID,
+    Patient Name, Study ID, Series Number and Instance Number are set as storescu sets
+    them (a counter after the time in seconds)."""
 
     def __init__(self, series_every: int, study_every: int, patient_every: int):
         self.series_every, self.study_every, self.patient_every = (
             series_every, study_every, patient_every)
-        self.images = self.series = self.studies = 0
+        self.stamp = str(int(time.time()))
+        self.images = self.series = self.studies = self.patients = 0
+        self._new_series()
+        self._new_study()
+        self._new_patient()
+
+    def _new_series(self) -> None:
         self.series_uid = generate_uid()
+        self.series_number = str(self.series)  # kept when a new study resets the count
+
+    def _new_study(self) -> None:
         self.study_uid = generate_uid()
-        self.patient = 1
+        self.study_id = f"SID_{self.stamp}{self.studies}"
+
+    def _new_patient(self) -> None:
+        self.patient_id = f"PID_{self.stamp}{self.patients}"
+        self.patient_name = f"FORWARDER^TEST_PN_{self.stamp}{self.patients}"
 
     def __call__(self, ds: Dataset) -> None:
-        if self.images and self.images % self.series_every == 0:
-            self.series_uid = generate_uid()
-            self.series += 1
-            if self.series % self.study_every == 0:
-                self.study_uid = generate_uid()
-                self.studies += 1
-                if self.studies % self.patient_every == 0:
-                    self.patient += 1
-        self.images += 1
+        if self.images >= self.series_every:
+            self.images, self.series = 0, self.series + 1
+            self._new_series()
+        if self.series >= self.study_every:
+            self.series, self.studies = 0, self.studies + 1
+            self._new_study()
+        if self.studies >= self.patient_every:
+            self.studies, self.patients = 0, self.patients + 1
+            self._new_patient()
+        ds.PatientID, ds.PatientName = self.patient_id, self.patient_name
+        ds.StudyID, ds.StudyInstanceUID = self.study_id, self.study_uid
+        ds.SeriesInstanceUID, ds.SeriesNumber = self.series_uid, self.series_number
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesInstanceUID = self.series_uid
-        ds.StudyInstanceUID = self.study_uid
-        if self.patient > 1:
-            ds.PatientID = f"FWD{self.patient:06d}"
-            ds.PatientName = f"FORWARDER^{self.patient:06d}"
+        ds.InstanceNumber = str(self.images)
+        self.images += 1
 
 
 def _modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a callable
@@ -392,39 +409,39 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     progress = Progress(len(items) * args.repeat, sum(i.size for i in items) * args.repeat)
     msg_id = 0
     try:
-        for _ in range(max(args.repeat, 1)):
-            for item in items:
-                if not assoc.is_established:
-                    LOGGER.error("%s: not sent, the association is gone", item.path)
-                    failed = True
-                    if not args.no_halt:
-                        return EXIT_FAILURE
-                    continue
-                msg_id = msg_id % 65535 + 1
-                started = time.monotonic()
-                result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
-                # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
-                action = (outcome.store_status(result.status, result.comment)
-                          if result.status is not None else None)
-                if action is not None and action.kind == outcome.DONE:
-                    LOGGER.info("%s: stored, status 0x%04X%s", item.path, result.status,
-                                f" ({action.reason})" if action.warning else "")
-                    progress.advance(item.size)
-                    continue
+        # storescu --repeat sends each file n times before the next one
+        for item in [it for it in items for _ in range(max(args.repeat, 1))]:
+            if not assoc.is_established:
+                LOGGER.error("%s: not sent, the association is gone", item.path)
                 failed = True
-                if result.refused:
-                    LOGGER.error("%s: no presentation context fits: %s", item.path,
-                                 result.refused)
-                elif result.status is None:
-                    assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
-                    LOGGER.error("%s: %s", item.path, outcome.no_response_cause(
-                        time.monotonic() - started, peer.dimse_timeout, assoc.is_aborted))
-                else:
-                    comment = f" ({result.comment})" if result.comment else ""
-                    LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,
-                                 comment)
                 if not args.no_halt:
                     return EXIT_FAILURE
+                continue
+            msg_id = msg_id % 65535 + 1
+            started = time.monotonic()
+            result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
+            # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
+            action = (outcome.store_status(result.status, result.comment)
+                      if result.status is not None else None)
+            if action is not None and action.kind == outcome.DONE:
+                LOGGER.info("%s: stored, status 0x%04X%s", item.path, result.status,
+                            f" ({action.reason})" if action.warning else "")
+                progress.advance(item.size)
+                continue
+            failed = True
+            if result.refused:
+                LOGGER.error("%s: no presentation context fits: %s", item.path,
+                             result.refused)
+            elif result.status is None:
+                assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
+                LOGGER.error("%s: %s", item.path, outcome.no_response_cause(
+                    time.monotonic() - started, peer.dimse_timeout, assoc.is_aborted))
+            else:
+                comment = f" ({result.comment})" if result.comment else ""
+                LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,
+                             comment)
+            if not args.no_halt:
+                return EXIT_FAILURE
     finally:
         progress.close()
         if assoc.is_established:

@@ -85,3 +85,37 @@ def test_an_unanswered_association_request_is_an_acse_timeout(tmp_path: Path, ca
             spool.close()
     finally:
         server.close()
+
+
+def _shape(peer) -> list[tuple]:  # noqa: ANN001
+    """What arrived, with invented values replaced by their order of first appearance."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    seen: dict[str, dict[str, int]] = {}
+    out = []
+    for rec in peer.received:
+        ds = read_dataset(DicomBytesIO(rec.dataset_bytes), "1.2" == rec.transfer_syntax,
+                          True)
+        row: list = [rec.sop_class]
+        for kw in ("PatientID", "PatientName", "StudyInstanceUID", "StudyID",
+                   "SeriesInstanceUID"):
+            ids = seen.setdefault(kw, {})
+            row.append(ids.setdefault(str(ds.get(kw)), len(ids)))
+        row += [str(ds.get("SeriesNumber")), str(ds.get("InstanceNumber"))]
+        out.append(tuple(row))
+    return out
+
+
+@pytest.mark.parametrize("options", [["--repeat", "2"],
+                                     ["+IR", "1", "+IS", "1", "+IP", "2", "--repeat", "2"],
+                                     ["+II", "+IR", "2", "--repeat", "3"]])
+def test_repeat_and_invented_patients_as_storescu(make_scp, options: list[str]) -> None:
+    import subprocess
+
+    files = [CT, str(data_file("MR_small.dcm"))]
+    ours, theirs = make_scp(), make_scp()
+    assert main(["send", *options, "127.0.0.1", str(ours.port), *files]) == 0
+    subprocess.run(["storescu", *options, "127.0.0.1", str(theirs.port), *files],
+                   check=True, capture_output=True, timeout=60)
+    assert _shape(ours) == _shape(theirs)
