@@ -169,6 +169,7 @@ class LogConfig:
     level: str = opt(_p_enum("fatal", "error", "warn", "info", "debug", "trace"), "info")
     target: str = opt(_p_enum("auto", "journal", "stderr"), "auto")
     phi: bool = opt(_p_bool, False)
+    paths: str = opt(_p_enum("keep", "redact"), "keep")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 from forwarder import nosecrets
 from forwarder.dicomfile import Probe
+from forwarder.redact import PathFilter
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "dicom-forwarder"
@@ -221,7 +222,7 @@ def choose_target(target: str, socket_path: str = JOURNAL_SOCKET) -> tuple[bool,
 
 
 def setup(level: str = "info", target: str = "auto", phi: bool = False,
-          socket_path: str = JOURNAL_SOCKET) -> list[logging.Handler]:
+          socket_path: str = JOURNAL_SOCKET, paths: str = "keep") -> list[logging.Handler]:
     """Install handlers on the root logger (only ``cli``/``daemon`` call this)."""
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -238,6 +239,8 @@ def setup(level: str = "info", target: str = "auto", phi: bool = False,
         handlers.append(h)
     for h in handlers:
         h.addFilter(PHIFilter(phi))
+        if paths == "redact":
+            h.addFilter(PathFilter())
         h._forwarder = True  # type: ignore[attr-defined]
         root.addHandler(h)
     lvl = LEVELS[level]

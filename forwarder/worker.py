@@ -24,14 +24,14 @@ import ssl
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import logs, outcome, pdnpatch, retry
+from forwarder import logs, outcome, pdnpatch, redact, retry
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -114,6 +114,7 @@ class Worker:
         self.policy = backoff_policy(spec.dest)
         self.rand = rand or random.Random()
         self.tag = f"{self.name}-{self.index}"
+        self.phi = spec.log[2] if spec.log else True  # peers' error comments in reasons
         self._halted = False
         self._waits = [bell] if wakeup is None else [bell, wakeup]
         self.assoc: Association | None = None
@@ -371,6 +372,7 @@ class Worker:
         except (OSError, RuntimeError, AttributeError) as exc:  # connection lost mid-store
             LOGGER.debug("C-STORE interrupted: %s", exc)
             result = StoreResult(None)
+        result = replace(result, comment=redact.comment(result.comment, self.phi))
         if result.refused:
             self._fail(job, result.refused)
             return True
