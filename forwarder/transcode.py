@@ -8,6 +8,7 @@ pixel handlers and the pylibjpeg plugins, per the destination's ``decompress`` p
 from __future__ import annotations
 
 import os
+import re
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -48,6 +49,18 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     file meta says. A compressed file sent in its own syntax (its file meta disagrees with
     its dataset) is re-encoded with its encapsulated pixel data as it is.
     """
+    try:
+        return _prepare(path, source_ts, target_ts)
+    except CannotConvert:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a value pydicom cannot re-encode: this file fails
+        text = str(exc).split(". ")[0][:200]
+        tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
+        where = f" (element {tag.group(0)})" if tag and tag.group(0) not in text else ""
+        raise CannotConvert(f"cannot re-encode the dataset{where}: {text}") from exc
+
+
+def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:
     ds = read_dataset(path)
     decode = not is_plain(source_ts) and source_ts != target_ts
     if decode:

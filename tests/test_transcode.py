@@ -242,3 +242,20 @@ def test_send_without_r_does_not_propose_a_retired_class_like_storescu(
         assert len(peer.files()) == 1
     finally:
         peer.stop()
+
+
+def test_a_un_value_that_does_not_fit_its_vr_fails_the_file_alone(make_scp, spool: Spool,
+                                                                   tmp_path: Path) -> None:
+    """Rows encoded as UN with 3 bytes cannot become US: that file fails with the element
+    named, the next one is stored, and the worker carries on."""
+    ds = dcmread(data_file("CT_small.dcm"))
+    ds["Rows"].VR, ds["Rows"].value = "UN", b"\x01\x02\x03"
+    bad = tmp_path / "bad-un.dcm"
+    ds.save_as(bad)
+    peer = make_scp()
+    uids = enqueue(spool, [bad, data_file("MR_small.dcm")])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    [failed] = spool.failed_jobs()
+    assert failed["sop_instance_uid"] == uids[0]
+    assert failed["reason"].startswith("cannot re-encode the dataset (element (0028,0010))")
+    assert peer.counts() == {uids[1]: 1}
