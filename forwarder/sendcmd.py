@@ -430,8 +430,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
                 continue
             failed = True
             if result.refused:
-                LOGGER.error("%s: no presentation context fits: %s", item.path,
-                             result.refused)
+                LOGGER.error("%s: not sent: %s", item.path, result.refused)
             elif result.status is None:
                 assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
                 LOGGER.error("%s: %s", item.path, outcome.no_response_cause(
