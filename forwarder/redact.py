@@ -30,8 +30,9 @@ class PathFilter(logging.Filter):
         if isinstance(path, str):
             token = path_token(path)
             record.__dict__[PATH_FIELD] = token
-            if isinstance(record.args, tuple):
-                record.args = tuple(token if a == path else a for a in record.args)
+            if isinstance(record.args, tuple):  # the path itself, or quoted in a reason
+                record.args = tuple(a.replace(path, token) if isinstance(a, str) else a
+                                    for a in record.args)
         return True
 
 
