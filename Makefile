@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := dcmtk orthanc libsystemd-dev pkg-config gcc python3-venv systemd
+DEBS := dcmtk orthanc ctn libsystemd-dev pkg-config gcc python3-venv systemd
 
 .PHONY: deps venv test run check bench lint
 

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class TLSSettings:
     verify_peer: bool = True
     profile: str = "bcp195"
     ciphers: tuple[str, ...] = ()
+    server_name: str | None = None  # the name the certificate must carry (default: host)
 
 
 @dataclass(frozen=True)
@@ -147,14 +149,19 @@ class _RecordingSocket(ssl.SSLSocket):
 def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     """A client context: PS3.15 profile, trusted CAs, our certificate for mutual TLS.
 
-    Like DCMTK, the peer's certificate chain is verified (``-rc``) but not its host name.
+    A verified peer's certificate must also name the host we connect to (or
+    ``server_name``), unlike DCMTK, which checks the chain only.
     """
     ctx = _RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.sslsocket_class = _RecordingSocket
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_peer else ssl.CERT_NONE
+    ctx.check_hostname = tls.verify_peer
     minimum, ciphers = TLS_PROFILES[tls.profile]
     ctx.minimum_version = minimum
+    if tls.profile in ("basic", "aes", "null") or tls.ciphers:
+        # set_ciphers() does not reach TLS 1.3: these suites exist up to TLS 1.2 only
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if ciphers:
         ctx.set_ciphers(ciphers)
     if tls.ciphers:
@@ -225,7 +232,11 @@ def open_association(peer: PeerSettings, contexts: Sequence[Context]) -> Associa
         ctx = ssl_context(peer.tls) if peer.tls else None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise AssociationFailed("tls", f"TLS settings unusable: {exc}") from exc
-    tls_args = (ctx, None) if ctx else None
+    server_name = None
+    if peer.tls and ctx and ctx.check_hostname:
+        server_name = peer.tls.server_name or peer.host
+    tls_args = (ctx, server_name) if ctx else None
+    started = time.monotonic()
     ident = identity_item(peer.identity)
     ext_neg: list[Any] | None = [ident] if ident else None
     connected: list[bool] = []
@@ -247,7 +258,14 @@ def open_association(peer: PeerSettings, contexts: Sequence[Context]) -> Associa
                 raise AssociationFailed("identity", "the peer did not confirm the user "
                                         "identity (a positive response was required)")
         return assoc
-    raise describe_failure(assoc, peer, getattr(ctx, "handshake_error", None), bool(connected))
+    failure = describe_failure(assoc, peer, getattr(ctx, "handshake_error", None),
+                               bool(connected))
+    if (failure.kind == "aborted" and peer.acse_timeout
+            and time.monotonic() - started >= peer.acse_timeout * 0.95):
+        failure = AssociationFailed("timeout", f"no answer from {peer.called_ae}@{peer.host}:"
+                                    f"{peer.port} to the association request within the "
+                                    f"ACSE timeout ({peer.acse_timeout:g}s)")
+    raise failure
 
 
 def describe_failure(assoc: Association, peer: PeerSettings,
@@ -348,7 +366,8 @@ def peer_for(dest: Destination, calling_ae: str) -> PeerSettings:
                           key=None if t.anonymous else t.key,
                           key_password=secret(t.key_password_file), der=t.der,
                           ca_files=t.ca, ca_dirs=(t.ca_dir,) if t.ca_dir else (),
-                          verify_peer=t.verify_peer, profile=t.profile, ciphers=t.ciphers)
+                          verify_peer=t.verify_peer, profile=t.profile, ciphers=t.ciphers,
+                          server_name=t.server_name)
     i = dest.identity
     identity = identity_from_files(i.user, secret(i.password_file), i.kerberos_file,
                                    i.saml_file, i.jwt_file, i.positive_response)

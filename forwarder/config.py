@@ -182,6 +182,7 @@ class LogConfig:
     level: str = opt(_p_enum("fatal", "error", "warn", "info", "debug", "trace"), "info")
     target: str = opt(_p_enum("auto", "journal", "stderr"), "auto")
     phi: bool = opt(_p_bool, False)
+    paths: str = opt(_p_enum("keep", "redact"), "keep")
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class TLSConfig:
     profile: str = opt(_p_enum("bcp195", "bcp195-nd", "bcp195-ex", "basic", "aes", "null"),
                        "bcp195")
     ciphers: tuple[str, ...] = opt(_p_list(_p_str), ())
+    server_name: str | None = opt(_p_opt(_p_str))
     der: bool = opt(_p_bool, False)
     anonymous: bool = opt(_p_bool, False)
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 
 from forwarder.association import accepted_pairs
 from forwarder.dicomfile import Probe
-from forwarder.negotiation import choose_context
+from forwarder.negotiation import DEFLATED_LE, choose_context
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
 
 
@@ -37,15 +40,23 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
     exact transfer syntax and its file meta agrees with the dataset; otherwise the
     dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
-    attribute value).
+    attribute value). A deflated file whose deflated stream has odd length is deflated
+    again (pynetdicom pads the new stream to even length, PS3.5 A.5): a PDV carries an
+    even number of bytes, and peers abort on the odd one.
     """
     pairs = accepted_pairs(assoc)
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
     if chosen is None:
+        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
+        if probe.sop_class_uid not in proposed:
+            return StoreResult(None, refused=f"{UID(probe.sop_class_uid).name} was not "
+                               f"proposed on this association (not in the SOP classes "
+                               f"proposed; storescu -R proposes the files' own)")
         return StoreResult(None, refused=describe_refusal(
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
-    streamed = chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
+    streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
+                and not odd_deflated_stream(path, probe.transfer_syntax))
     payload: Dataset | str
     if streamed:
         payload = os.fspath(path)
@@ -64,3 +75,11 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
         return StoreResult(None, streamed=streamed)
     comment = rsp.get("ErrorComment")
     return StoreResult(int(rsp.Status), str(comment) if comment else None, streamed=streamed)
+
+
+def odd_deflated_stream(path: str | os.PathLike[str], transfer_syntax: str) -> bool:
+    """A deflated file whose dataset (the bytes after the file meta) has odd length."""
+    if transfer_syntax != DEFLATED_LE:
+        return False
+    _, offset = split_dataset(Path(path))
+    return (os.path.getsize(path) - offset) % 2 == 1

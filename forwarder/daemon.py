@@ -94,7 +94,8 @@ class Daemon:
 
     def run(self) -> int:
         cfg = config.load(self.config_path)
-        logs.setup(cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi)
+        logs.setup(cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi,
+                   paths=cfg.log.paths)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -273,7 +274,8 @@ class Daemon:
                                 exc_info=True)
             return
         old = self.cfg
-        logs.setup(new.log.level, self.log_target or new.log.target, new.log.phi)
+        logs.setup(new.log.level, self.log_target or new.log.target, new.log.phi,
+                   paths=new.log.paths)
         self.intake.set_config(new)
         old_watch = {w.name: w for w in old.watch}
         new_watch = {w.name: w for w in new.watch}

@@ -35,7 +35,8 @@ class Probe:
     transfer_syntax: str
     study_instance_uid: str | None = None
     has_meta: bool = True
-    meta_consistent: bool = True  # file meta agrees with the dataset: safe to stream as is
+    # file meta agrees with the dataset and no element needs its VR back: safe to stream as is
+    meta_consistent: bool = True
     attributes: dict[str, str] = field(default_factory=dict)
     phi: dict[str, str] = field(default_factory=dict)
 
@@ -101,6 +102,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 if meta_ts != "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
                     _check_extent(ds, size)
                 _parse_sequences(ds)
+                retype = _has_known_un(ds)  # before any value is read: reading re-types
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
@@ -137,6 +139,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             has_meta and meta_class == sop_class
             and _value(meta, "MediaStorageSOPInstanceUID") == sop_instance
             and _encoding_matches(ds, ts)
+            and not retype
         )
         attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
         phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
@@ -167,6 +170,21 @@ def _parse_sequences(ds: Dataset, depth: int = 0) -> None:
         if elem.VR == "SQ":
             for item in elem.value:
                 _parse_sequences(item, depth + 1)
+
+
+def _has_known_un(ds: Dataset) -> bool:
+    """An element encoded with VR UN whose tag the data dictionary knows (nested ones
+    included): such a file is re-encoded with the element's own VR (PS3.5 6.2.2)."""
+    from pydicom.datadict import dictionary_has_tag
+
+    for tag, raw in ds._dict.items():
+        if getattr(raw, "VR", None) == "UN" and dictionary_has_tag(tag):
+            return True
+        value = getattr(raw, "value", None)
+        if getattr(raw, "VR", None) == "SQ" and isinstance(value, list):
+            if any(_has_known_un(item) for item in value):
+                return True
+    return False
 
 
 def _starts_like_dataset(head: bytes) -> bool:

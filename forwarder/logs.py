@@ -21,7 +21,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from forwarder import nosecrets
 from forwarder.dicomfile import Probe
+from forwarder.redact import PathFilter
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "dicom-forwarder"
@@ -227,7 +229,7 @@ def choose_target(target: str, socket_path: str = JOURNAL_SOCKET) -> tuple[bool,
 
 
 def setup(level: str = "info", target: str = "auto", phi: bool = False,
-          socket_path: str = JOURNAL_SOCKET) -> list[logging.Handler]:
+          socket_path: str = JOURNAL_SOCKET, paths: str = "keep") -> list[logging.Handler]:
     """Install handlers on the root logger (only ``cli``/``daemon`` call this)."""
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -244,10 +246,13 @@ def setup(level: str = "info", target: str = "auto", phi: bool = False,
         handlers.append(h)
     for h in handlers:
         h.addFilter(PHIFilter(phi))
+        if paths == "redact":
+            h.addFilter(PathFilter())
         h._forwarder = True  # type: ignore[attr-defined]
         root.addHandler(h)
     lvl = LEVELS[level]
     root.setLevel(lvl)
+    nosecrets.install()
     # pynetdicom narrates every PDU at INFO; keep it for debug and trace
     logging.getLogger("pynetdicom").setLevel(lvl if lvl <= logging.DEBUG else logging.WARNING)
     if target == "journal" and not to_journal:

@@ -82,14 +82,6 @@ def out_of_resources(status: int) -> bool:
     return (status >> 8) == 0xA7 or status == 0x0213
 
 
-def no_response(aborts_alone: int, what: str) -> Action:
-    """No C-STORE response (abort, DIMSE timeout, connection lost mid-store) while other
-    files are being stored (see :func:`alike`): resend on a new association;
-    ``aborts_alone`` counts earlier such failures of this file."""
-    return alike(Action(RESEND, f"{what} during the C-STORE; sending it again on a new "
-                        "association"), aborts_alone, 1, True)[0]
-
-
 def alike(action: Action, alone: int, streak: int, stored_since: bool,
           refused: bool = False) -> tuple[Action, bool]:
     """Whose fault is a failure that a file or its peer could cause (no response, stall,
@@ -115,9 +107,18 @@ def alike(action: Action, alone: int, streak: int, stored_since: bool,
             return Action(FAIL, f"{action.reason} for this file {n} times while it stored "
                           "other files; given up so it cannot block the queue"), True
         what = action.reason.split(" during the C-STORE")[0]
-        return Action(FAIL, f"{what} while sending this file {n} times while other files "
-                      "were stored; given up so it cannot block the queue"), True
+        return Action(FAIL, f"{what}, {n} times while other files were stored; given up so "
+                      "it cannot block the queue"), True
     return action, True
+
+
+def no_response_cause(elapsed: float, dimse_timeout: float | None, aborted: bool) -> str:
+    """Why a C-STORE got no response, in words about this file."""
+    if dimse_timeout and elapsed >= dimse_timeout * 0.95:
+        return f"no response to the C-STORE of this file within the DIMSE timeout ({dimse_timeout:g}s)"
+    if aborted:
+        return "the peer aborted the association (or closed the connection) while receiving this file"
+    return "the connection was lost while sending this file"
 
 
 # PS3.8 9.3.4 A-ASSOCIATE-RJ: source 1 service user, 2 provider (ACSE), 3 provider

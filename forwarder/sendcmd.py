@@ -7,12 +7,14 @@ rightmost of mutually exclusive ones wins, and ``@file`` expands to the file's w
 from __future__ import annotations
 
 import argparse
+import configparser
 import fnmatch
 import logging
 import logging.config as logging_config
 import shlex
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
-from forwarder import __version__
+from forwarder import __version__, emptypasscode, nosecrets, outcome
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.association import (
     AssociationFailed,
@@ -31,6 +33,7 @@ from forwarder.association import (
     open_association,
     ssl_context,
 )
+from forwarder.ciphers import iana_name, openssl_names
 from forwarder.cstore import store_file
 from forwarder.dicomfile import Probe, probe
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, NotDicomError, UsageError
@@ -224,33 +227,50 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
 
 
 class UidInventor:
-    """storescu's +II/+IR/+IS/+IP: fresh instance UIDs, new series/study/patient every n."""
+    """storescu's +II/+IR/+IS/+IP: every image gets a new SOP Instance UID and invented
+    patient, study and series: a new series after n images (+IR, default 100), a new
+    study after n series (+IS, 50), a new patient after n studies (+IP, 25). Patient ID,
+    Patient Name, Study ID, Series Number and Instance Number are set as storescu sets
+    them (a counter after the time in seconds)."""
 
     def __init__(self, series_every: int, study_every: int, patient_every: int):
         self.series_every, self.study_every, self.patient_every = (
             series_every, study_every, patient_every)
-        self.images = self.series = self.studies = 0
+        self.stamp = str(int(time.time()))
+        self.images = self.series = self.studies = self.patients = 0
+        self._new_series()
+        self._new_study()
+        self._new_patient()
+
+    def _new_series(self) -> None:
         self.series_uid = generate_uid()
+        self.series_number = str(self.series)  # kept when a new study resets the count
+
+    def _new_study(self) -> None:
         self.study_uid = generate_uid()
-        self.patient = 1
+        self.study_id = f"SID_{self.stamp}{self.studies}"
+
+    def _new_patient(self) -> None:
+        self.patient_id = f"PID_{self.stamp}{self.patients}"
+        self.patient_name = f"FORWARDER^TEST_PN_{self.stamp}{self.patients}"
 
     def __call__(self, ds: Dataset) -> None:
-        if self.images and self.images % self.series_every == 0:
-            self.series_uid = generate_uid()
-            self.series += 1
-            if self.series % self.study_every == 0:
-                self.study_uid = generate_uid()
-                self.studies += 1
-                if self.studies % self.patient_every == 0:
-                    self.patient += 1
-        self.images += 1
+        if self.images >= self.series_every:
+            self.images, self.series = 0, self.series + 1
+            self._new_series()
+        if self.series >= self.study_every:
+            self.series, self.studies = 0, self.studies + 1
+            self._new_study()
+        if self.studies >= self.patient_every:
+            self.studies, self.patients = 0, self.patients + 1
+            self._new_patient()
+        ds.PatientID, ds.PatientName = self.patient_id, self.patient_name
+        ds.StudyID, ds.StudyInstanceUID = self.study_id, self.study_uid
+        ds.SeriesInstanceUID, ds.SeriesNumber = self.series_uid, self.series_number
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesInstanceUID = self.series_uid
-        ds.StudyInstanceUID = self.study_uid
-        if self.patient > 1:
-            ds.PatientID = f"FWD{self.patient:06d}"
-            ds.PatientName = f"FORWARDER^{self.patient:06d}"
+        ds.InstanceNumber = str(self.images)
+        self.images += 1
 
 
 def _modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a callable
@@ -284,6 +304,7 @@ def _modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a cal
 def peer_settings(args: argparse.Namespace) -> PeerSettings:
     if args.empty_password and args.password is None:
         args.password = ""
+        emptypasscode.apply()
     if args.password is not None and not args.user:
         raise UsageError("-pwd/-epw need --user")
     identity: IdentitySettings = identity_from_files(
@@ -295,7 +316,7 @@ def peer_settings(args: argparse.Namespace) -> PeerSettings:
                           prompt_password=args.passwd is None and sys.stdin.isatty(),
                           der=args.der, ca_files=tuple(args.add_cert_file),
                           ca_dirs=tuple(args.add_cert_dir), verify_peer=args.verify,
-                          profile=args.profile, ciphers=tuple(args.cipher))
+                          profile=args.profile, ciphers=openssl_names(args.cipher))
     try:
         port = int(args.port)
         if not 0 < port < 65536:
@@ -327,8 +348,9 @@ def run(argv: Sequence[str]) -> int:
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
     if args.list_ciphers:
+        print("Supported TLS ciphersuites are:")
         for c in ssl_context(TLSSettings(verify_peer=False)).get_ciphers():
-            print(c["name"])
+            print(f"  {iana_name(c['name'])}")
         return EXIT_OK
     if args.seed or args.write_seed or args.write_seed_file:
         LOGGER.warning("+rs/+ws/+wf ignored: the TLS library seeds its generator itself")
@@ -387,35 +409,38 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     progress = Progress(len(items) * args.repeat, sum(i.size for i in items) * args.repeat)
     msg_id = 0
     try:
-        for _ in range(max(args.repeat, 1)):
-            for item in items:
-                if not assoc.is_established:
-                    LOGGER.error("%s: not sent, the association is gone", item.path)
-                    failed = True
-                    if not args.no_halt:
-                        return EXIT_FAILURE
-                    continue
-                msg_id = msg_id % 65535 + 1
-                result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
-                ok = result.status is not None and (
-                    result.status == 0 or (result.status >> 12) == 0xB
-                    or result.status in (0x0001, 0x0107, 0x0116))
-                if ok:
-                    LOGGER.info("%s: stored, status 0x%04X", item.path, result.status)
-                    progress.advance(item.size)
-                    continue
+        # storescu --repeat sends each file n times before the next one
+        for item in [it for it in items for _ in range(max(args.repeat, 1))]:
+            if not assoc.is_established:
+                LOGGER.error("%s: not sent, the association is gone", item.path)
                 failed = True
-                if result.refused:
-                    LOGGER.error("%s: no presentation context fits: %s", item.path,
-                                 result.refused)
-                elif result.status is None:
-                    LOGGER.error("%s: no response from the peer (timeout or abort)", item.path)
-                else:
-                    comment = f" ({result.comment})" if result.comment else ""
-                    LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,
-                                 comment)
                 if not args.no_halt:
                     return EXIT_FAILURE
+                continue
+            msg_id = msg_id % 65535 + 1
+            started = time.monotonic()
+            result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
+            # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
+            action = (outcome.store_status(result.status, result.comment)
+                      if result.status is not None else None)
+            if action is not None and action.kind == outcome.DONE:
+                LOGGER.info("%s: stored, status 0x%04X%s", item.path, result.status,
+                            f" ({action.reason})" if action.warning else "")
+                progress.advance(item.size)
+                continue
+            failed = True
+            if result.refused:
+                LOGGER.error("%s: not sent: %s", item.path, result.refused)
+            elif result.status is None:
+                assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
+                LOGGER.error("%s: %s", item.path, outcome.no_response_cause(
+                    time.monotonic() - started, peer.dimse_timeout, assoc.is_aborted))
+            else:
+                comment = f" ({result.comment})" if result.comment else ""
+                LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,
+                             comment)
+            if not args.no_halt:
+                return EXIT_FAILURE
     finally:
         progress.close()
         if assoc.is_established:
@@ -424,11 +449,22 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    nosecrets.install()
     if args.log_config:
         try:
+            text = Path(args.log_config).read_text(errors="replace")
+        except OSError as exc:
+            raise UsageError(f"cannot read log config {args.log_config}: {exc.strerror}") from exc
+        if "log4cplus." in text:
+            raise UsageError(f"{args.log_config} is a DCMTK (log4cplus) logger configuration; "
+                             "-lc takes a Python logging.config file ([loggers], [handlers], "
+                             "[formatters]); use -ll/-v/-d for the level")
+        try:
             logging_config.fileConfig(args.log_config, disable_existing_loggers=False)
-        except (OSError, KeyError, ValueError) as exc:
-            raise UsageError(f"cannot use log config {args.log_config}: {exc}") from exc
+        except (OSError, KeyError, ValueError, configparser.Error, ImportError,
+                AttributeError, TypeError) as exc:
+            raise UsageError(f"cannot use log config {args.log_config}: not a Python "
+                             f"logging.config file ({type(exc).__name__}: {exc})") from exc
         return
     level = LOG_LEVELS[args.log_level]
     handler = logging.StreamHandler(sys.stderr)

@@ -8,10 +8,12 @@ pixel handlers and the pylibjpeg plugins, per the destination's ``decompress`` p
 from __future__ import annotations
 
 import os
+import re
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from forwarder.byteorder import ByteOrderError, change_byte_order
 from forwarder.dicomfile import read_dataset
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
 
@@ -44,27 +46,45 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     """The dataset of ``path`` ready to be sent in ``target_ts`` (pynetdicom encodes it).
 
     The dataset's own SOP Class and Instance UIDs are what the peer gets, whatever the
-    file meta says.
+    file meta says. A compressed file sent in its own syntax (its file meta disagrees with
+    its dataset) is re-encoded with its encapsulated pixel data as it is.
     """
+    try:
+        return _prepare(path, source_ts, target_ts)
+    except CannotConvert:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a value pydicom cannot re-encode: this file fails
+        text = str(exc).split(". ")[0][:200]
+        tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
+        where = f" (element {tag.group(0)})" if tag and tag.group(0) not in text else ""
+        raise CannotConvert(f"cannot re-encode the dataset{where}: {text}") from exc
+
+
+def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:
     ds = read_dataset(path)
-    if not is_plain(source_ts):
+    decode = not is_plain(source_ts) and source_ts != target_ts
+    if decode:
         try:
             ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001 - every decoder fault is the same outcome
             raise CannotConvert(f"cannot decompress {UID(source_ts).name}: {exc}") from exc
         if source_ts not in LOSSLESS:
             ds.LossyImageCompression = "01"
-    if not is_plain(target_ts):
+    if not is_plain(target_ts) and target_ts != source_ts:
         raise CannotConvert(f"cannot compress to {UID(target_ts).name}")
     target = UID(target_ts)
     implicit, little = ds.original_encoding
+    if decode:
+        little = True  # decoded pixels are little endian
     for _elem in ds.iterall():  # convert raw elements: implicit VR ones get their VR here
         pass
-    if little is False and target.is_little_endian and "PixelData" in ds:
-        # OW pixel data keeps its byte order when pydicom re-encodes: swap it here
-        arr = ds.pixel_array
-        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-        ds["PixelData"].VR = "OW" if arr.dtype.itemsize > 1 else "OB"
+    if source_ts != target_ts:
+        drop_group_lengths(ds)
+    try:
+        change_byte_order(ds, bool(little), target.is_little_endian)
+    except ByteOrderError as exc:
+        raise CannotConvert(f"cannot convert {UID(source_ts).name} to {target.name}: "
+                            f"{exc}") from exc
     ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian,
                              ds.original_character_set)
     meta = ds.file_meta
@@ -72,6 +92,17 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
+
+
+def drop_group_lengths(ds: Dataset) -> None:
+    """Remove (gggg,0000) group lengths, nested ones included: re-encoding in another
+    syntax changes the lengths they state (PS3.5 7.2 makes them optional)."""
+    for tag in [t for t in ds.keys() if t.element == 0]:
+        del ds[tag]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                drop_group_lengths(item)
 
 
 def describe_refusal(sop_class: str, source_ts: str, accepted: list[tuple[str, str]],

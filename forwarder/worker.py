@@ -24,14 +24,14 @@ import ssl
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import claims, health, logs, outcome, pdnpatch, retry
+from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -124,6 +124,7 @@ class Worker(health.DestinationHealth):
         self.tag = f"{self.name}-{self.index}"
         self.beat = beat  # shared double: time.monotonic() of the last sign of progress
         self.owner = claims.owner_of(spec.token)
+        self.phi = spec.log[2] if spec.log else True  # peers' error comments in reasons
         self._halted = False
         self._waits = [bell] if wakeup is None else [bell, wakeup]
         self.assoc: Association | None = None
@@ -326,6 +327,7 @@ class Worker(health.DestinationHealth):
         assert self.assoc is not None
         self.msg_id = self.msg_id % 65535 + 1
         lost = ""
+        started = time.monotonic()
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
                                 self.msg_id)
@@ -341,12 +343,15 @@ class Worker(health.DestinationHealth):
                 return True
             lost = f" ({what})"
             result = StoreResult(None)
+        result = replace(result, comment=redact.comment(result.comment, self.phi))
         if result.refused:
             self._fail(job, result.refused)
             return True
         if result.status is None:
-            what = ("no response (association aborted, connection lost or DIMSE timeout)"
-                    + lost)
+            elapsed = time.monotonic() - started
+            self.assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
+            what = outcome.no_response_cause(elapsed, self.dest.timeouts.dimse,
+                                             self.assoc.is_aborted) + lost
             self._alike(job, outcome.Action(
                 outcome.RESEND, f"{what} during the C-STORE; sending it again on a new "
                 "association"), None)

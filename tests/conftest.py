@@ -48,6 +48,23 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCPProcess]:
 
 
 @pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """`send` and the daemon's log setup replace the root logger's handlers (in-process
+    CLI runs): give the next test the logging this one found."""
+    import logging
+
+    root, pdn = logging.getLogger(), logging.getLogger("pynetdicom")
+    saved = (list(root.handlers), root.level, pdn.level)
+    yield
+    for h in root.handlers:
+        if h not in saved[0]:
+            h.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    pdn.setLevel(saved[2])
+
+
+@pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
     """Fail a test that leaves our own threads or worker processes running (pynetdicom's
     threads may linger briefly)."""

@@ -30,11 +30,6 @@ def test_processing_failure_is_retried_a_few_times_then_fails() -> None:
         [o.FAIL] * (4 - o.PROCESSING_FAILURE_TRIES + 1)
 
 
-def test_lost_responses_resend_then_fail() -> None:
-    assert o.no_response(0, "abort").kind == o.RESEND
-    assert o.no_response(o.ABORTS_IN_A_ROW - 1, "abort").kind == o.FAIL
-
-
 @pytest.mark.parametrize(("kind", "result", "source", "reason", "action"), [
     ("refused", None, None, None, o.BACKOFF), ("timeout", None, None, None, o.BACKOFF),
     ("aborted", None, None, None, o.BACKOFF), ("tls", None, None, None, o.HOLD),

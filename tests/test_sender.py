@@ -133,6 +133,7 @@ def test_a_file_that_always_makes_the_peer_abort_fails(make_scp, spool: Spool,
     [f] = spool.failed_jobs()
     assert f["sop_instance_uid"] == bad and f"{outcome.ABORTS_IN_A_ROW} times" in f["reason"]
     assert "while other files were stored" in f["reason"]
+    assert "the peer aborted the association" in f["reason"], f["reason"]
 
 
 def test_stalled_peer_past_the_dimse_timeout(make_scp, spool: Spool, tmp_path: Path) -> None:

@@ -17,6 +17,13 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _write(path: Path, key, cert) -> None:
     path.with_suffix(".key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -24,8 +31,10 @@ def _write(path: Path, key, cert) -> None:
     path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_pki(folder: Path, ca_name: str = "test-ca") -> dict[str, Path]:
-    """Write ``ca.pem``, ``server.{pem,key}``, ``client.{pem,key}``; return their paths."""
+def make_pki(folder: Path, ca_name: str = "test-ca",
+             names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> dict[str, Path]:
+    """Write ``ca.pem``, ``server.{pem,key}``, ``client.{pem,key}``; return their paths.
+    ``names``: the DNS names and addresses the certificates carry."""
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -43,9 +52,8 @@ def make_pki(folder: Path, ca_name: str = "test-ca") -> dict[str, Path]:
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1))
                 .not_valid_after(now + datetime.timedelta(days=2))
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                    critical=False)
+                .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]),
+                               critical=False)
                 .sign(ca_key, hashes.SHA256()))
         _write(folder / who, key, cert)
     return {n: folder / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",

@@ -1,0 +1,53 @@
+"""The Central Test Node's simple_storage (Debian package ctn) as a third-party storage SCP."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.peers import free_port, wait_for
+
+
+class CTNStorage:
+    """simple_storage writing each object to ``out/<modality>/<SOP Instance UID>``."""
+
+    def __init__(self, out: Path):
+        exe = shutil.which("simple_storage")
+        if exe is None:
+            raise RuntimeError("CTN simple_storage is not installed: run 'make deps', which "
+                               "installs Debian's ctn")
+        self.out = out
+        self.port = free_port()
+        out.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([exe, "-s", "-x", str(out), str(self.port)], cwd=out,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(self._listening, 10, "simple_storage to listen")
+
+    def _listening(self) -> bool:
+        """Read from /proc/net/tcp: a probing connection would end simple_storage, which
+        serves one connection after another and stops at one without an association."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"simple_storage exited: {self.proc.stderr.read().decode()[:300]}")
+        wanted = f":{self.port:04X}"
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            if any(f[1].endswith(wanted) and f[3] == "0A" for f in (ln.split() for ln in lines)):
+                return True
+        return False
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out.rglob("*") if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

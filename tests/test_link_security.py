@@ -1,0 +1,121 @@
+"""The link: the peer's certificate must name the host (or `server_name`), TLS profiles
+hold, and no user identity secret reaches a log at any level."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from forwarder import logs
+from forwarder.association import open_association, peer_for
+from forwarder.cli import main
+from forwarder.negotiation import Context
+from forwarder.spool import Spool
+from tests.corpus import data_file
+from tests.sendutil import destination, enqueue, run, settled
+from tests.tlsutil import make_pki, server_context
+
+CT = data_file("CT_small.dcm")
+SECRET = "s3cr3t-Passw0rd-42"
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def tls_yaml(pki: dict[str, Path], extra: str = "") -> str:
+    return (f"tls: {{enabled: true, cert: {pki['client.pem']}, key: {pki['client.key']}, "
+            f"ca: [{pki['ca.pem']}]{extra}}}")
+
+
+def test_a_certificate_for_another_name_is_refused(make_scp, spool: Spool,
+                                                   tmp_path: Path) -> None:
+    """Signed by the trusted CA, but for pacs.example.org: held, nothing sent."""
+    pki = make_pki(tmp_path / "pki", names=("pacs.example.org",))
+    peer = make_scp(ssl_context=server_context(pki))
+    enqueue(spool, [CT])
+    run(spool, destination(peer.port, tls_yaml(pki)),
+        lambda: spool.health("pacs").state == "held")
+    reason = spool.health("pacs").reason or ""
+    assert "TLS" in reason and "127.0.0.1" in reason and peer.received == []
+    # the same peer, told which name its certificate carries: delivered
+    spool.set_health("pacs", "ok")
+    run(spool, destination(peer.port, tls_yaml(pki, ", server_name: pacs.example.org")),
+        lambda: settled(spool))
+    assert len(peer.received) == 1
+
+
+def test_a_certificate_naming_the_address_is_accepted(make_scp, spool: Spool,
+                                                      tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", names=("127.0.0.1",))
+    peer = make_scp(ssl_context=server_context(pki))
+    enqueue(spool, [CT])
+    run(spool, destination(peer.port, tls_yaml(pki)), lambda: settled(spool))
+    assert len(peer.received) == 1
+
+
+def test_send_checks_the_host_name_too(make_scp, tmp_path: Path, capsys) -> None:
+    pki = make_pki(tmp_path / "pki", names=("pacs.example.org",))
+    peer = make_scp(ssl_context=server_context(pki, require_client=False))
+    args = ["send", "+tla", "+cf", str(pki["ca.pem"]), "127.0.0.1", str(peer.port), str(CT)]
+    assert main(args) == 1
+    assert "certificate" in capsys.readouterr().err.lower() and peer.received == []
+    assert main(["send", "+tla", "-ic", *args[2 + 2:]]) == 0  # -ic: nothing checked
+
+
+def test_null_profile_is_enforced(make_scp, tmp_path: Path) -> None:
+    """A peer offering no NULL cipher: +pn refuses rather than encrypting with TLS 1.3."""
+    pki = make_pki(tmp_path / "pki")
+    peer = make_scp(ssl_context=server_context(pki, require_client=False))
+    base = ["+tla", "+cf", str(pki["ca.pem"]), "127.0.0.1", str(peer.port), str(CT)]
+    assert main(["send", "+pn", *base]) == 1
+    assert peer.received == []
+    assert main(["send", *base]) == 0 and len(peer.received) == 1
+
+
+def test_send_debug_log_has_no_password(make_scp, capsys) -> None:
+    peer = make_scp(user_check=lambda event: (True, None))
+    assert main(["send", "-d", "-usr", "alice", "-pwd", SECRET, "127.0.0.1", str(peer.port),
+                 str(CT)]) == 0
+    err = capsys.readouterr().err
+    assert "Requested User Identity Negotiation" in err  # the narration is there
+    assert "Password: [(not logged)]" in err and SECRET not in err
+
+
+def test_daemon_trace_log_has_no_password(make_scp, tmp_path: Path, capfd) -> None:
+    peer = make_scp(user_check=lambda event: (True, None))
+    secret = tmp_path / "password"
+    secret.write_text(SECRET + "\n")
+    dest = destination(peer.port, f"identity: {{user: alice, password_file: {secret}}}")
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), logging.getLogger("pynetdicom").level)
+    try:
+        logs.setup(level="trace", target="stderr")
+        assoc = open_association(peer_for(dest, "FORWARDER"),
+                                 [Context("1.2.840.10008.1.1", ("1.2.840.10008.1.2",))])
+        assoc.release()
+    finally:
+        for h in list(root.handlers):
+            if getattr(h, "_forwarder", False):
+                root.removeHandler(h)
+        root.setLevel(saved[0])
+        logging.getLogger("pynetdicom").setLevel(saved[2])
+    err = capfd.readouterr().err
+    assert "Requested User Identity Negotiation" in err and "alice" in err
+    assert SECRET not in err
+
+
+def test_a_dcmtk_logger_file_gets_a_clear_message(make_scp, capsys) -> None:
+    peer = make_scp()
+    cfg = "/etc/dcmtk/logger.cfg"
+    if not Path(cfg).exists():
+        pytest.fail("DCMTK's logger.cfg is missing: install Debian's dcmtk")
+    assert main(["send", "-lc", cfg, "127.0.0.1", str(peer.port), str(CT)]) != 0
+    err = capsys.readouterr().err
+    assert "DCMTK (log4cplus) logger configuration" in err and "Traceback" not in err
+    assert peer.received == []

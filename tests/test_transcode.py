@@ -1,0 +1,261 @@
+"""The daemon's sender converting real files for real peers: the files that used to arrive
+changed (big endian planar and 1-bit data, compressed files whose meta disagrees) and the
+conversions that must fail with a reason."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from forwarder.cli import main
+from forwarder.spool import Spool
+from tests.corpus import data_file
+from tests.peers import OrthancProcess, StoreSCPProcess
+from tests.sendutil import destination, enqueue, run, settled, states
+
+EXPLICIT_LE, DEFLATED_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def test_big_endian_planar_and_one_bit_files_arrive_exact_at_dcmtk(spool: Spool,
+                                                                   tmp_path: Path) -> None:
+    """DCMTK storescp taking implicit VR little endian only: it decodes what we sent."""
+    names = ["ExplVR_BigEnd.dcm", "liver_expb_1frame.dcm", "rtdose_expb.dcm",
+             "SC_rgb_small_odd_big_endian.dcm", "MR_small_expb.dcm"]
+    files = [data_file(n) for n in names]
+    peer = StoreSCPProcess(tmp_path / "out", ("+xi",))
+    try:
+        uids = enqueue(spool, files)
+        run(spool, destination(peer.port), lambda: settled(spool))
+        got = {str(dcmread(f).SOPInstanceUID): f for f in peer.files()}
+    finally:
+        peer.stop()
+    assert set(got) == set(uids) and states(spool)["done"] == len(files)
+    for uid, src in zip(uids, files, strict=True):
+        original, stored = dcmread(src), dcmread(got[uid])
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        for key in ("BitsAllocated", "PlanarConfiguration", "SamplesPerPixel", "NumberOfFrames"):
+            assert stored.get(key) == original.get(key), (src.name, key)
+        assert len(stored.PixelData) == len(original.PixelData), src.name
+        assert np.array_equal(stored.pixel_array, original.pixel_array), src.name
+
+
+def test_compressed_file_with_disagreeing_meta_goes_in_its_own_syntax(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    """The peer accepts only JPEG 2000: the dataset is re-encoded around its fragments."""
+    src = data_file("JPEG2000.dcm")
+    ds = dcmread(src)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # meta disagrees
+    path = tmp_path / "j2k.dcm"
+    ds.save_as(path)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    peer = make_scp(transfer_syntaxes=[ts])
+    [uid] = enqueue(spool, [path])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert uid == ds.SOPInstanceUID and peer.counts() == {uid: 1}
+    assert peer.received[0].transfer_syntax == ts and states(spool)["done"] == 1
+    arrived = dcmread(data_file("JPEG2000.dcm"))
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    got = read_dataset(DicomBytesIO(peer.received[0].dataset_bytes), False, True)
+    assert got.PixelData == arrived.PixelData  # the encapsulated fragments, byte for byte
+    assert got.SOPInstanceUID == arrived.SOPInstanceUID
+
+
+def test_one_bit_ow_big_endian_fails_with_a_reason(make_scp, spool: Spool,
+                                                   tmp_path: Path) -> None:
+    ds = dcmread(data_file("liver_expb_1frame.dcm"))
+    ds["PixelData"].VR = "OW"
+    path = tmp_path / "ow.dcm"
+    ds.save_as(path)
+    peer = make_scp(transfer_syntaxes=[EXPLICIT_LE])
+    enqueue(spool, [path])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert peer.received == []
+    [job] = spool.failed_jobs()
+    assert "1-bit pixel data encoded as OW in big endian" in job["reason"]
+    assert "Explicit VR Big Endian" in job["reason"]
+
+
+def odd_deflated(folder: Path) -> Path:
+    """CT_small deflated by hand with an odd-length stream (no pad byte), as some writers
+    leave it; its Study Description varies until the stream comes out odd."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = dcmread(data_file("CT_small.dcm"))
+    for n in range(64):
+        ds.StudyDescription = "ODD" + "X" * n
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, ds)
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        stream = z.compress(fp.getvalue()) + z.flush()
+        if len(stream) % 2:
+            break
+    assert len(stream) % 2
+    ds.file_meta.TransferSyntaxUID = DEFLATED_LE
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    path = folder / "odd-deflated.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + stream)
+    assert dcmread(path).StudyDescription == ds.StudyDescription
+    return path
+
+
+@pytest.mark.parametrize("peer_kind", ["storescp", "orthanc"])
+def test_odd_length_deflated_stream_is_delivered(spool: Spool, tmp_path: Path,
+                                                 peer_kind: str) -> None:
+    path = odd_deflated(tmp_path)
+    original = dcmread(path)
+    if peer_kind == "storescp":
+        peer = StoreSCPProcess(tmp_path / "out", ("+xa",))  # accepts deflated
+    else:
+        peer = OrthancProcess(tmp_path / "orthanc")
+    try:
+        [uid] = enqueue(spool, [path])
+        run(spool, destination(peer.port, "propose: deflated"), lambda: settled(spool))
+        assert states(spool)["done"] == 1, spool.failed_jobs()
+        if isinstance(peer, StoreSCPProcess):
+            [f] = peer.files()
+            stored = dcmread(f)
+            assert stored.file_meta.TransferSyntaxUID == DEFLATED_LE
+            assert stored.StudyDescription == original.StudyDescription
+            assert stored.PixelData == original.PixelData
+        else:
+            assert peer.sop_instance_uids() == {uid: 1}
+    finally:
+        peer.stop()
+
+
+def un_encoded(folder: Path) -> Path:
+    """CT_small with its UIDs, Patient ID and Rows encoded with VR UN (explicit VR LE)."""
+    ds = dcmread(data_file("CT_small.dcm"))
+    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
+        value = ds[kw].value.encode()
+        ds[kw].VR, ds[kw].value = "UN", value + b"\0" * (len(value) % 2)
+    ds["Rows"].VR, ds["Rows"].value = "UN", struct.pack("<H", ds.Rows)
+    path = folder / "un.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("via", ["daemon", "send"])
+@pytest.mark.parametrize("peer_kind", ["storescp", "orthanc"])
+def test_un_encoded_elements_go_with_their_own_vr(spool: Spool, tmp_path: Path,
+                                                  peer_kind: str, via: str) -> None:
+    path = un_encoded(tmp_path)
+    original = dcmread(data_file("CT_small.dcm"))
+    uid = str(original.SOPInstanceUID)
+    peer = (StoreSCPProcess(tmp_path / "out") if peer_kind == "storescp"
+            else OrthancProcess(tmp_path / "orthanc"))
+    try:
+        if via == "daemon":
+            enqueue(spool, [path])
+            run(spool, destination(peer.port), lambda: settled(spool))
+            assert states(spool)["done"] == 1, spool.failed_jobs()
+        else:
+            assert main(["send", "-R", "127.0.0.1", str(peer.port), str(path)]) == 0
+        if isinstance(peer, StoreSCPProcess):
+            [f] = peer.files()
+            stored = dcmread(f)
+            for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+                assert stored[kw].VR == "UI" and stored[kw].value == original[kw].value
+            assert stored["Rows"].VR == "US" and stored.Rows == original.Rows
+            assert stored["PatientID"].VR == "LO" and stored.PatientID == original.PatientID
+            assert stored.PixelData == original.PixelData
+        else:
+            assert peer.sop_instance_uids() == {uid: 1}
+    finally:
+        peer.stop()
+
+
+def retired_and_private(folder: Path) -> list[Path]:
+    """Ultrasound Image Storage (Retired) uncompressed and JPEG, Ultrasound Multi-frame
+    (Retired), and a private SOP class."""
+    out = []
+    for name, sop in (("SC_rgb_small_odd.dcm", "1.2.840.10008.5.1.4.1.1.6"),
+                      ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.5.1.4.1.1.6"),
+                      ("CT_small.dcm", "1.2.840.10008.5.1.4.1.1.3"),
+                      ("MR_small.dcm", "1.2.826.0.1.3680043.9.9999.1")):
+        ds = dcmread(data_file(name))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(folder / f"{len(out)}.dcm")
+        ds.save_as(out[-1])
+    return out
+
+
+@pytest.mark.parametrize("peer_kind", ["storescp", "orthanc"])
+def test_retired_and_private_sop_classes_are_proposed_as_dcmsend_does(
+        spool: Spool, tmp_path: Path, peer_kind: str) -> None:
+    """The files' own SOP classes are proposed, retired or private, as dcmsend does: a
+    storescp accepting every syntax and unknown classes (+xa -pm) takes all four; Orthanc
+    (unknown SOP classes refused by default) the three retired ones, and the private one
+    fails with a reason naming it."""
+    files = retired_and_private(tmp_path)
+    peer = (StoreSCPProcess(tmp_path / "out", ("+xa", "-pm")) if peer_kind == "storescp"
+            else OrthancProcess(tmp_path / "orthanc"))
+    try:
+        uids = enqueue(spool, files)
+        run(spool, destination(peer.port, "decompress: never"), lambda: settled(spool))
+        if isinstance(peer, StoreSCPProcess):
+            assert states(spool)["done"] == len(files), spool.failed_jobs()
+            got = {str(dcmread(f).SOPInstanceUID): dcmread(f).SOPClassUID for f in peer.files()}
+            assert got == {u: dcmread(f).SOPClassUID for u, f in zip(uids, files, strict=True)}
+        else:
+            assert peer.sop_instance_uids() == {u: 1 for u in uids[:3]}
+            [failed] = spool.failed_jobs()
+            assert failed["sop_instance_uid"] == uids[3]
+            assert failed["reason"].startswith("1.2.826.0.1.3680043.9.9999.1 in Explicit VR "
+                                               "Little Endian: the peer accepted nothing")
+    finally:
+        peer.stop()
+
+
+def test_send_without_r_does_not_propose_a_retired_class_like_storescu(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """storescu's default list has no retired classes: storescu and `send` both refuse the
+    file, and `send` says it was not proposed; with -R it goes."""
+    [usr] = retired_and_private(tmp_path)[:1]
+    peer = StoreSCPProcess(tmp_path / "out")
+    try:
+        assert main(["send", "127.0.0.1", str(peer.port), str(usr)]) == 1
+        err = capsys.readouterr().err
+        assert "Ultrasound Image Storage was not proposed on this association" in err
+        assert peer.files() == []
+        assert main(["send", "-R", "127.0.0.1", str(peer.port), str(usr)]) == 0
+        assert len(peer.files()) == 1
+    finally:
+        peer.stop()
+
+
+def test_a_un_value_that_does_not_fit_its_vr_fails_the_file_alone(make_scp, spool: Spool,
+                                                                   tmp_path: Path) -> None:
+    """Rows encoded as UN with 3 bytes cannot become US: that file fails with the element
+    named, the next one is stored, and the worker carries on."""
+    ds = dcmread(data_file("CT_small.dcm"))
+    ds["Rows"].VR, ds["Rows"].value = "UN", b"\x01\x02\x03"
+    bad = tmp_path / "bad-un.dcm"
+    ds.save_as(bad)
+    peer = make_scp()
+    uids = enqueue(spool, [bad, data_file("MR_small.dcm")])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    [failed] = spool.failed_jobs()
+    assert failed["sop_instance_uid"] == uids[0]
+    assert failed["reason"].startswith("cannot re-encode the dataset (element (0028,0010))")
+    assert peer.counts() == {uids[1]: 1}
