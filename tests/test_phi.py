@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
 
 from forwarder import logs
 from forwarder.redact import path_token
@@ -60,22 +59,14 @@ def test_file_paths_in_intake_events(tmp_path: Path, capfd, stderr_logs, paths: 
         assert str(good) in err
 
 
-class CommentingSCP(StoreSCP):
-    """Refuses every file with 0xC000 and an error comment that quotes the patient."""
-
-    comment = "Patient DOE^JOHN (1234567) already exists with another name"
-
-    def _on_store(self, event) -> Dataset:  # noqa: ANN001
-        ds = Dataset()
-        ds.Status = 0xC000
-        ds.ErrorComment = self.comment
-        return ds
+# every file refused with 0xC000 and an error comment that quotes the patient
+COMMENT = "Patient DOE^JOHN (1234567) already exists with another name"
 
 
 @pytest.mark.parametrize("phi", [False, True])
 def test_a_peers_error_comment_reaches_reasons_only_with_phi(tmp_path: Path,
                                                               phi: bool) -> None:
-    peer = CommentingSCP().start()
+    peer = StoreSCP(status=lambda event: 0xC000, comment=COMMENT).start()
     spool = Spool(tmp_path / "spool")
     try:
         enqueue(spool, [CT])
@@ -89,7 +80,7 @@ def test_a_peers_error_comment_reaches_reasons_only_with_phi(tmp_path: Path,
         peer.stop()
     assert "0xC000" in failed["reason"]
     if phi:
-        assert CommentingSCP.comment in failed["reason"]
+        assert COMMENT in failed["reason"]
     else:
         assert "DOE^JOHN" not in failed["reason"] and "1234567" not in failed["reason"]
         assert "error comment withheld, 59 characters" in failed["reason"]

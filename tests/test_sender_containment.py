@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from forwarder import claims, outcome
 from forwarder.sender import DestinationSender
 from forwarder.spool import Spool
-from tests.corpus import data_file, unique_copies
+from tests.corpus import unique_copies
 from tests.peers import wait_for
 from tests.sendutil import destination, enqueue, settled, states
 
@@ -27,30 +27,28 @@ def spool(tmp_path: Path):  # noqa: ANN201
     s.close()
 
 
-def big_endian_with_wrong_rows(folder: Path) -> Path:
-    """pydicom's Explicit VR Big Endian file with Rows that no longer match its pixels: a
-    little-endian-only peer needs a conversion, and decoding the pixels raises ValueError."""
-    ds = dcmread(data_file("ExplVR_BigEnd.dcm"))
-    ds.Rows = ds.Rows + 7
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bad-rows.dcm"
-    ds.save_as(path)
-    return path
+def break_object(spool: Spool, sop_instance_uid: str) -> None:
+    """Put a directory where the spool keeps the file of ``sop_instance_uid``: reading it
+    raises IsADirectoryError, an error about that one job that no layer expects."""
+    [(name,)] = spool.db.execute("SELECT name FROM objects WHERE sop_instance = ?",
+                                 (sop_instance_uid,)).fetchall()
+    (spool.objects / name).unlink()
+    (spool.objects / name).mkdir()
 
 
 def test_an_unexpected_error_fails_that_job_and_keeps_the_association(
         make_scp, spool: Spool, tmp_path: Path) -> None:
     peer = make_scp(transfer_syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    bad = big_endian_with_wrong_rows(tmp_path / "bad")
-    good = list(unique_copies(tmp_path / "c", 4).values())
-    bad_uid, *uids = enqueue(spool, [bad, *good])
+    bad_uid, *uids = enqueue(spool, list(unique_copies(tmp_path / "c", 5).values()))
+    break_object(spool, bad_uid)
     with DestinationSender(destination(peer.port, "batch: 10"), "FORWARDER", spool) as sender:
         wait_for(lambda: settled(spool), 30, "the queue to settle")
         assert sender.restarts == 0
     assert peer.counts() == {u: 1 for u in uids}
     [f] = spool.failed_jobs()
-    assert f["sop_instance_uid"] == bad_uid and "ValueError" in f["reason"]
-    assert "pixel data" in f["reason"] and "no response" not in f["reason"]
+    assert f["sop_instance_uid"] == bad_uid and "IsADirectoryError" in f["reason"]
+    assert "cannot prepare or send this file" in f["reason"]
+    assert "no response" not in f["reason"]
     assert peer.associations == 1 and peer.aborts_seen == 0
     assert spool.health("pacs").state == "ok"
 
