@@ -5,38 +5,74 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from forwarder import config
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from forwarder import config, envcheck
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UsageError
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    """The file, then what it needs from this machine as the user running the check."""
+    cfg = envcheck.load(args.config)
+    found = envcheck.check(cfg)
+    for issue in found.warnings:
+        print(f"warning: {issue}", file=sys.stderr)
+    if found.errors:
+        raise ConfigError(found.errors)
     print(f"{args.config}: ok ({len(cfg.watch)} watch folders, {len(cfg.destinations)} "
-          f"destinations, {len(cfg.routes)} routes)", file=sys.stderr)
+          f"destinations, {len(cfg.routes)} routes"
+          f"{f', {len(found.warnings)} warning(s)' if found.warnings else ''})", file=sys.stderr)
     return EXIT_OK
 
 
-def _open_spool(args: argparse.Namespace):  # noqa: ANN202
+def _open_spool(args: argparse.Namespace, readonly: bool = True):  # noqa: ANN202
+    """The configuration and its spool; read-only unless the command changes jobs."""
+    from forwarder.errors import SpoolError
     from forwarder.spool import Spool
 
     cfg = config.load(args.config)
-    return cfg, Spool(cfg.spool)
+    if not readonly and not (Path(cfg.spool) / "index.sqlite").is_file():
+        raise SpoolError(f"no spool at {cfg.spool}: check the configuration's 'spool' path; "
+                         "nothing was created")
+    return cfg, Spool(cfg.spool, readonly=readonly)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from forwarder import spoollock
+
     cfg, spool = _open_spool(args)
     with spool:
         report = spool.status(cfg.destinations)
+        last = spool.last_success()
+    holder = spoollock.holder(cfg.spool)
+    report["daemon"] = None if holder is None else {
+        "pid": holder.get("pid"), "version": holder.get("version"),
+        "config": holder.get("config"), "started_at": holder.get("started_at"),
+        "uptime_s": round(time.time() - holder["started_at"], 3)
+        if isinstance(holder.get("started_at"), (int, float)) else None}
+    for name, row in report["destinations"].items():
+        row["last_success_at"] = last.get(name)
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    head = ("destination", "state", "pending", "sending", "done", "failed", "oldest", "last error")
+    d = report["daemon"]
+    if d is None:
+        print(f"daemon: not running on {cfg.spool}")
+    else:
+        up = "?" if d["uptime_s"] is None else _age(d["uptime_s"])
+        print(f"daemon: running, pid {d['pid']}, up {up}, version {d['version']}, "
+              f"spool {cfg.spool}")
+    head = ("destination", "state", "pending", "sending", "done", "failed", "oldest",
+            "last success", "last error")
     rows = [head]
-    for name, d in report["destinations"].items():
-        oldest = "-" if d["oldest_pending_s"] is None else _age(d["oldest_pending_s"])
-        rows.append((name, d["state"], str(d["pending"]), str(d["sending"]), str(d["done"]),
-                     str(d["failed"]), oldest, (d["last_error"] or "-")[:60]))
+    for name, r in report["destinations"].items():
+        oldest = "-" if r["oldest_pending_s"] is None else _age(r["oldest_pending_s"])
+        success = "-" if r["last_success_at"] is None else \
+            _age(max(time.time() - r["last_success_at"], 0)) + " ago"
+        rows.append((name, r["state"], str(r["pending"]), str(r["sending"]), str(r["done"]),
+                     str(r["failed"]), oldest, success, (r["last_error"] or "-")[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
@@ -54,7 +90,7 @@ def _age(seconds: float) -> str:
 def cmd_retry(args: argparse.Namespace) -> int:
     if not args.all_failed and not args.destination:
         raise UsageError("say which failed jobs to requeue: --destination NAME or --all-failed")
-    cfg, spool = _open_spool(args)
+    cfg, spool = _open_spool(args, readonly=False)
     if args.destination and args.destination not in cfg.destinations:
         raise UsageError(f"no destination named '{args.destination}' in {args.config}")
     with spool:

@@ -171,7 +171,7 @@ def _unit(tmp_path: Path) -> Path:
     assert exe.exists(), "the package's console script is installed in the virtualenv"
     text = (REPO / "systemd/dicom-forwarder.service").read_text()
     unit = tmp_path / "dicom-forwarder.service"
-    unit.write_text(text.replace("/usr/local/bin/dicom-forwarder", str(exe)))
+    unit.write_text(text.replace("/opt/dicom-forwarder/bin/dicom-forwarder", str(exe)))
     return unit
 
 
