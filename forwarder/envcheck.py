@@ -102,8 +102,10 @@ class _Checker:
         if not os.access(parent, os.W_OK | os.X_OK):
             self.issue(("spool",), f"{shown} does not exist and user {self.user} cannot "
                        f"create it ({parent} is not writable{_why(parent)}): create it "
-                       f"(install -d -o {self.user} -m 750 {spool.absolute()}) or, under "
-                       "systemd, use the unit's StateDirectory= (/var/lib/dicom-forwarder)")
+                       f"(install -d -o {self.user} -m 750 {spool.absolute()}); under "
+                       "systemd the unit's StateDirectory= (/var/lib/dicom-forwarder, or "
+                       "/var/lib/dicom-forwarder-NAME for dicom-forwarder@NAME) is made at "
+                       "start")
 
     # --- watch folders -----------------------------------------------------------
 
