@@ -54,7 +54,7 @@ EVENTS: dict[str, str] = {
     "watch_fallback": "84b44d848e6f49fe9b2a779562b93ec4",
     "expired": "22df1056bc3f426a8459ce532b85f8be",
     "association": "af2fb285b7ab47a6af342ee41c45f7b9",
-    "source_kept": "6f0b7c3e1a9d4b0e8a51c2d7e4f93a16",
+    "source_kept": "9a3c4bc647c6495aa4b379643cd1e6cf",
     "environment": "e3b4a0d25c6f47a19e7d8b2c5f1a0d34",
     "start_refused": "9a2e6c41d7b84f03a5c1e8d2b6f7a490",
     # records that are not one of the events above: still found by MESSAGE_ID
