@@ -67,7 +67,13 @@ class Daemon:
     # --- life --------------------------------------------------------------------
 
     def run(self) -> int:
-        cfg = envcheck.load(self.config_path)
+        try:
+            cfg = envcheck.load(self.config_path)
+        except ConfigError as exc:  # logged as an event, found by its MESSAGE_ID
+            logs.setup("info", self.log_target or "auto")
+            event(LOGGER, "start_refused", "cannot start: %s", exc, level=logging.CRITICAL,
+                  CONFIG_FILE=self.config_path)
+            return exc.exit_code
         logs.setup(cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
