@@ -368,6 +368,20 @@ def test_a_second_instance_watching_a_folder_under_home(day: Day) -> None:
     assert day.show("ActiveState")["ActiveState"] == "active"  # both run at once
 
 
+def test_make_install_again_upgrades_in_place(day: Day) -> None:
+    """An upgrade is the same command: running instances restart, the configuration stays."""
+    text = day.box.path(CONFIG).read_text() + "# edited by the operator\n"
+    day.write(CONFIG, text)
+    main = day.show("MainPID")["MainPID"]
+    day.sh("cd /usr/src/dicom-forwarder && make install", timeout=900,
+           env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/var/cache/wheelhouse"})
+    assert day.box.path(CONFIG).read_text() == text
+    s = day.show("MainPID", "ActiveState")
+    assert s["ActiveState"] == "active" and s["MainPID"] not in ("0", main), s
+    uid = day.drop()
+    day.delivered(uid)
+
+
 def test_uninstall_removes_the_service_and_keeps_config_and_spool(day: Day) -> None:
     day.sh("cd /usr/src/dicom-forwarder && make uninstall")
     units = day.sh("systemctl list-unit-files --no-legend 'dicom-forwarder*'", check=False)
