@@ -210,6 +210,9 @@ class Daemon:
             found = envcheck.check(new)
             if found.errors:
                 raise ConfigError(found.errors)
+            for issue in found.warnings:
+                event(LOGGER, "environment", "%s", issue, level=logging.WARNING,
+                      CONFIG_FILE=self.config_path)
             if Path(new.spool).resolve() != Path(self.cfg.spool).resolve():
                 raise ConfigError([config.ConfigIssue(self.config_path, None, "spool",
                                    "the spool cannot move while running; restart the "

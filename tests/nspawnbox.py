@@ -63,7 +63,29 @@ class Box:
 
     # --- life ----------------------------------------------------------------------
 
+    @staticmethod
+    def sweep() -> None:
+        """Remove what an earlier run that was killed outright left behind: its container
+        (by the PID it recorded, if that is still its systemd-nspawn), its overlay mount
+        and its directory. Boxes of runs still alive are left alone."""
+        for work in Path("/var/tmp").glob("dicom-forwarder-nspawn-*"):
+            try:
+                owner = int((work / "owner.pid").read_text())
+            except (OSError, ValueError):
+                continue
+            if Path(f"/proc/{owner}").exists():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                pid = int((work / "nspawn.pid").read_text())
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if cmd and cmd[0].endswith(b"systemd-nspawn") and str(work).encode() in b" ".join(cmd):
+                    os.killpg(pid, signal.SIGKILL)
+                    time.sleep(1)
+            subprocess.run(["umount", "-l", str(work / "merged")], capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
+
     def boot(self, lower: Path, timeout: float = 120) -> Box:
+        (self.work / "owner.pid").write_text(str(os.getpid()))
         for d in ("upper", "ovlwork", "merged"):
             (self.work / d).mkdir()
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
@@ -83,6 +105,7 @@ class Box:
              "--console=read-only", "-b"], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        (self.work / "nspawn.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         while self.leader is None:
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")

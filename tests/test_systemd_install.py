@@ -137,6 +137,7 @@ def day() -> Iterator[Day]:
     if missing_tools():
         pytest.fail(f"missing {missing_tools()}: `make deps` installs systemd-container "
                     "and debootstrap")
+    Box.sweep()
     lower = cached_rootfs()
     scp = StoreSCP().start()
     box = Box()
