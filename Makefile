@@ -50,10 +50,12 @@ install:         ## as root: the service (virtualenv in /opt/dicom-forwarder, un
 	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv; }
 	[ -x $(INSTALL_VENV)/bin/python ] || python3 -m venv $(INSTALL_VENV)
-	@# build from a copy: nothing root-owned is left in this checkout
+	@# build from a copy: nothing root-owned is left in this checkout; the second pip
+	@# call replaces the package even when its version did not change (an upgrade from git)
 	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
 	  cp -r pyproject.toml README.md forwarder "$$src"/ && \
-	  $(INSTALL_VENV)/bin/python -m pip install -q --upgrade "$$src[$(EXTRAS)]"
+	  $(INSTALL_VENV)/bin/python -m pip install -q --upgrade "$$src[$(EXTRAS)]" && \
+	  $(INSTALL_VENV)/bin/python -m pip install -q --force-reinstall --no-deps "$$src"
 	ln -sfn $(INSTALL_VENV)/bin/dicom-forwarder /usr/local/bin/dicom-forwarder
 	install -m644 systemd/dicom-forwarder.service systemd/dicom-forwarder@.service $(UNITDIR)/
 	install -D -m644 systemd/dicom-forwarder.sysusers /etc/sysusers.d/dicom-forwarder.conf

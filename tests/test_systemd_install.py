@@ -374,9 +374,12 @@ def test_make_install_again_upgrades_in_place(day: Day) -> None:
     text = day.box.path(CONFIG).read_text() + "# edited by the operator\n"
     day.write(CONFIG, text)
     main = day.show("MainPID")["MainPID"]
+    commands = day.box.path("/usr/src/dicom-forwarder/forwarder/commands.py")
+    commands.write_text(commands.read_text() + "\nUPGRADED = True\n")  # the new version
     day.sh("cd /usr/src/dicom-forwarder && make install", timeout=900,
            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/var/cache/wheelhouse"})
     assert day.box.path(CONFIG).read_text() == text
+    day.sh("/opt/dicom-forwarder/bin/python -c 'import forwarder.commands as c; c.UPGRADED'")
     s = day.show("MainPID", "ActiveState")
     assert s["ActiveState"] == "active" and s["MainPID"] not in ("0", main), s
     uid = day.drop()
