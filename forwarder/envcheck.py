@@ -26,6 +26,9 @@ from forwarder.errors import ConfigError, ConfigIssue
 from forwarder.yamlsrc import YamlProblem, load_with_lines
 
 KeyPath = tuple[str | int, ...]
+# what the daemon writes in the spool directory
+SPOOL_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "daemon.lock")
+SPOOL_DIRS = ("objects", "quarantine", "tmp")
 
 
 @dataclass
@@ -91,10 +94,14 @@ class _Checker:
                            "under systemd use the unit's StateDirectory= "
                            "(/var/lib/dicom-forwarder) or add it to ReadWritePaths=")
                 return
-            index = spool / "index.sqlite"
-            if index.exists() and not os.access(index, os.R_OK | os.W_OK):
-                self.issue(("spool",), f"{index} is not readable and writable by user "
-                           f"{self.user}: chown -R {self.user} {spool.absolute()}")
+            # e.g. left by a run as root: the daemon could open none of them
+            needs = {**dict.fromkeys(SPOOL_FILES, os.R_OK | os.W_OK),
+                     **dict.fromkeys(SPOOL_DIRS, os.W_OK | os.X_OK)}
+            bad = [str(spool / n) for n, mode in needs.items()
+                   if os.path.lexists(spool / n) and not os.access(spool / n, mode)]
+            if bad:
+                self.issue(("spool",), f"{', '.join(bad)} cannot be written by user "
+                           f"{self.user}: chown -R {self.user}: {spool.absolute()}")
             return
         parent = spool.absolute().parent
         while not parent.exists() and parent != parent.parent:

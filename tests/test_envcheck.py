@@ -105,6 +105,11 @@ def _spool_not_writable(tmp_path: Path) -> None:
     assert f"{cfg}:1: spool: {tmp_path / 'spool'} is not writable by user nobody" in r.stderr
     assert f"password_file: {secret} is not readable by user nobody" in r.stderr
     assert f"watch[0].path: {tmp_path / 'in'} is not writable by user nobody" in r.stderr
+    (tmp_path / "spool").chmod(0o777)  # writable now, but a file in it is root's
+    (tmp_path / "spool" / "daemon.lock").write_text("")
+    r = _as_nobody(["check-config", "-c", str(cfg)])
+    assert f"spool: {tmp_path / 'spool' / 'daemon.lock'} cannot be written by user nobody: " \
+        f"chown -R nobody: {tmp_path / 'spool'}" in r.stderr, r.stderr
     cfg.chmod(0o600)
     r = _as_nobody(["check-config", "-c", str(cfg)])
     assert r.returncode == 78 and "chgrp dicom-forwarder" in r.stderr, r.stderr
