@@ -258,6 +258,24 @@ def test_reload_good_and_broken(day: Day) -> None:
     day.sh(f"systemctl reload {UNIT}")
 
 
+def test_a_peer_down_is_a_warning_not_an_error(day: Day) -> None:
+    """Routine backoff (pynetdicom's own refusal lines included) stays out of -p err."""
+    since = day.now()
+    day.scp.stop()
+    for assoc in day.scp.server.active_associations:  # one left idle by the last transfer
+        assoc.abort()
+    try:
+        uid = day.drop()
+        wait_for(lambda: day.journal(f"MESSAGE_ID={logs.EVENTS['destination_backoff']}",
+                                     since=since), 60, "the destination to back off", 0.5)
+    finally:
+        day.scp.start()
+    day.delivered(uid)
+    assert day.journal("-p", "3", since=since) == []
+    lines = day.journal(f"MESSAGE_ID={logs.EVENTS['pynetdicom']}", since=since)
+    assert all(e["PRIORITY"] == "4" for e in lines), lines
+
+
 def test_sigkill_then_restart(day: Day) -> None:
     before = day.show("MainPID", "NRestarts")
     day.sh(f"systemctl kill -s KILL --kill-who=main {UNIT}")
