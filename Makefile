@@ -93,8 +93,8 @@ uninstall:       ## as root: remove the service; keeps the configuration and the
 	rm -rf $(INSTALL_VENV)
 	-@[ -d /run/systemd/system ] && systemctl daemon-reload && systemctl reset-failed 'dicom-forwarder*' 2>/dev/null; true
 	@if [ "$(PURGE)" = 1 ]; then \
-	  echo "PURGE=1: removing $(CONFDIR), the spools /var/lib/dicom-forwarder*, and the user"; \
-	  rm -rf $(CONFDIR) /var/lib/dicom-forwarder /var/lib/dicom-forwarder-*; \
+	  echo "PURGE=1: removing $(CONFDIR), drop-ins, the spools /var/lib/dicom-forwarder*, and the user"; \
+	  rm -rf $(CONFDIR) /var/lib/dicom-forwarder /var/lib/dicom-forwarder-* $(UNITDIR)/dicom-forwarder*.service.d; \
 	  rmdir /srv/dicom/incoming /srv/dicom 2>/dev/null; \
 	  userdel $(SERVICE_USER) 2>/dev/null; groupdel $(SERVICE_USER) 2>/dev/null; true; \
-	else echo "kept $(CONFDIR), the spool /var/lib/dicom-forwarder (files not yet delivered) and the user; PURGE=1 removes them"; fi
+	else echo "kept $(CONFDIR), drop-ins in $(UNITDIR), the spools /var/lib/dicom-forwarder* (files not yet delivered) and the user; PURGE=1 removes them"; fi

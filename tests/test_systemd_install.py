@@ -412,3 +412,8 @@ def test_uninstall_removes_the_service_and_keeps_config_and_spool(day: Day) -> N
     assert not day.box.path("/usr/local/bin/dicom-forwarder").is_symlink()
     assert day.box.path(CONFIG).exists() and day.box.path(SPOOL + "/index.sqlite").exists()
     assert day.sh("pgrep -u dicom-forwarder", check=False).returncode == 1  # none left
+    day.sh("cd /usr/src/dicom-forwarder && make uninstall PURGE=1")
+    for gone in (CONFIG, SPOOL, "/var/lib/dicom-forwarder-second",
+                 "/etc/systemd/system/dicom-forwarder@second.service.d"):
+        assert not day.box.path(gone).exists(), gone
+    assert day.sh("getent passwd dicom-forwarder", check=False).returncode != 0
