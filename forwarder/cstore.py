@@ -15,6 +15,8 @@ from pynetdicom.association import Association
 from forwarder.association import accepted_pairs
 from forwarder.dicomfile import Probe
 from forwarder.negotiation import choose_context
+from forwarder.scu import Association as ScuAssociation
+from forwarder.scu.store import store_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
 
 
@@ -28,7 +30,7 @@ class StoreResult:
     streamed: bool = False
 
 
-def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
+def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str], probe: Probe,
                decompress: str = "lossless",
                modify: Callable[[Dataset], None] | None = None,
                message_id: int = 1) -> StoreResult:
@@ -39,6 +41,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
     attribute value).
     """
+    if isinstance(assoc, ScuAssociation):
+        return store_on(assoc, path, probe, decompress, modify, message_id)
     pairs = accepted_pairs(assoc)
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)

@@ -826,3 +826,43 @@ def _no_raw_peer_left() -> Iterator[None]:
     yield
     wait_for(lambda: not [t for t in threading.enumerate() if t.name == "raw-peer"
                           and t.is_alive()], 30, "raw peers to finish")
+
+
+# -- `dicom-forwarder send` on this transport --------------------------------------------
+
+def test_send_proposes_its_pdu_size_and_names_a_malformed_answer(ct, capsys) -> None:
+    from forwarder.cli import main
+
+    def script(conn: socket.socket, peer: RawPeer) -> None:
+        rq = accept(conn, max_pdu=4096)
+        peer.log.append(rq.maximum_length_received)
+        _, dataset, largest = read_message(conn)
+        peer.log += [dataset, largest]
+        conn.sendall(b"\x09\x00\x00\x00\x00\x04abcd")  # no such PDU type
+        peer.log.append(read_pdu(conn)[0])
+
+    peer = RawPeer(script)
+    assert main(["send", "-pdu", "65536", "-aec", "ANY-SCP", "127.0.0.1", str(peer.port),
+                 str(ct[0])]) == 1
+    peer.join()
+    assert peer.log == [65536, dataset_bytes(ct[0]), 4096, P.ABORT]
+    assert "no response from the peer (unknown PDU type 0x09 at offset" in capsys.readouterr().err
+
+
+def test_send_converts_on_this_transport(make_scp, tmp_path: Path) -> None:
+    """A peer that takes only implicit VR: the explicit VR file is re-encoded, every
+    attribute kept."""
+    from forwarder.cli import main
+
+    scp = make_scp(transfer_syntaxes=[IMPLICIT_LE])
+    path = data_file("CT_small.dcm")
+    assert main(["send", "-R", "127.0.0.1", str(scp.port), str(path)]) == 0
+    got = scp.received[0]
+    assert got.transfer_syntax == IMPLICIT_LE
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    sent = read_dataset(DicomBytesIO(got.dataset_bytes), True, True)
+    original = dcmread(path)
+    assert sent.PixelData == original.PixelData
+    assert [e.tag for e in sent] == [e.tag for e in original]

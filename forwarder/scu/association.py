@@ -249,7 +249,10 @@ class Association:
         """A-RELEASE; an abort when the peer does not answer within the ACSE timeout."""
         if self.state != "established":
             return
-        self._write(A_RELEASE_RQ().encode())
+        try:
+            self._write(A_RELEASE_RQ().encode())
+        except AssociationLost:
+            return  # gone already: nothing left to release
         try:
             while True:
                 pdu_type, body, offset = self.reader.read(
