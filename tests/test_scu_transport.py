@@ -657,15 +657,21 @@ def test_a_peer_that_stalls_mid_pdu_times_out_with_a_clear_error(ct) -> None:
     assert a.state == "aborted"
 
 
-def test_no_response_within_the_dimse_timeout_aborts(ct) -> None:
+@pytest.mark.parametrize("dimse, network, name", [(0.5, 10.0, "DIMSE"),
+                                                  (None, 0.5, "network")])
+def test_no_response_within_the_dimse_or_network_timeout_aborts(ct, dimse: float | None,
+                                                                network: float,
+                                                                name: str) -> None:
     def script(conn: socket.socket, peer: RawPeer) -> None:
         accept(conn)
         read_message(conn)
         peer.log.append(read_pdu(conn))
 
     peer = RawPeer(script)
-    a = Association.open(settings_for(peer.port, dimse_timeout=0.5), contexts_for([ct[0]]))
-    with pytest.raises(AssociationLost, match=r"no C-STORE response .*DIMSE timeout"):
+    a = Association.open(settings_for(peer.port, dimse_timeout=dimse, network_timeout=network),
+                         contexts_for([ct[0]]))
+    with pytest.raises(AssociationLost, match=rf"no C-STORE response .*\({name} timeout\) "
+                       r"after 0.5s"):
         store_one(a, ct)
     peer.join()
     assert peer.log[0][0] == P.ABORT
@@ -866,3 +872,30 @@ def test_send_converts_on_this_transport(make_scp, tmp_path: Path) -> None:
     original = dcmread(path)
     assert sent.PixelData == original.PixelData
     assert [e.tag for e in sent] == [e.tag for e in original]
+
+
+def test_role_selection_is_proposed_and_its_answer_applied() -> None:
+    def script(conn: socket.socket, peer: RawPeer) -> None:
+        pdu_type, body = read_pdu(conn)
+        rq = A_ASSOCIATE_RQ()
+        rq.decode(body)
+        prim = rq.to_primitive()
+        roles = [i for i in prim.user_information
+                 if isinstance(i, SCP_SCU_RoleSelectionNegotiation)]
+        peer.log.append([(str(r.sop_class_uid), r.scu_role, r.scp_role) for r in roles])
+        ac = accept_primitive(prim, 16384)
+        reply = SCP_SCU_RoleSelectionNegotiation()
+        reply.sop_class_uid, reply.scu_role, reply.scp_role = CT, True, True
+        ac.user_information = [*ac.user_information, reply]
+        conn.sendall(A_ASSOCIATE_AC(ac).encode())
+        peer.log.append(read_pdu(conn)[0])
+
+    peer = RawPeer(script)
+    a = Association.open(settings_for(peer.port), [Context(CT, (EXPLICIT_LE,)),
+                                                   Context(dimse.VERIFICATION, (IMPLICIT_LE,))],
+                         roles={CT: (True, True)})
+    assert [(c.abstract_syntax, c.as_scu, c.as_scp) for c in a.accepted] == [
+        (CT, True, True), (dimse.VERIFICATION, True, False)]
+    a.abort()
+    peer.join()
+    assert peer.log == [[(CT, True, True)], P.ABORT]

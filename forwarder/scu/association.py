@@ -209,8 +209,7 @@ class Association:
         response: dimse.Response | None = None
         while True:
             pdu_type, body, offset = self._read(self.peer.dimse_timeout,
-                                                f"{label} response from {self.where} "
-                                                "(DIMSE timeout)")
+                                                f"{label} response from {self.where}", "DIMSE")
             if pdu_type != P.P_DATA_TF:
                 self._control_pdu(pdu_type, body, offset, f"a {label} response was awaited")
             for pcid, control, data in self._pdvs(body, offset):
@@ -256,7 +255,7 @@ class Association:
         try:
             while True:
                 pdu_type, body, offset = self.reader.read(
-                    self.peer.acse_timeout, f"A-RELEASE-RP from {self.where} (ACSE timeout)")
+                    self.peer.acse_timeout, f"A-RELEASE-RP from {self.where}", "ACSE")
                 if pdu_type == P.RELEASE_RP or pdu_type == P.ABORT:
                     break
                 if pdu_type == P.RELEASE_RQ:  # release collision, we requested (PS3.8 9.2.8)
@@ -310,9 +309,10 @@ class Association:
         self._drop("aborted")
         raise exc
 
-    def _read(self, timeout: float | None, waiting_for: str) -> tuple[int, bytes, int]:
+    def _read(self, timeout: float | None, waiting_for: str,
+              timeout_name: str = "network") -> tuple[int, bytes, int]:
         try:
-            return self.reader.read(timeout, waiting_for)
+            return self.reader.read(timeout, waiting_for, timeout_name)
         except MalformedPDU as exc:
             self._malformed(exc)
         except AssociationLost as exc:
@@ -354,7 +354,7 @@ class Association:
         except AssociationLost:
             self._drop("closed")
             raise
-        pdu_type, body, offset = self._read(self.peer.network_timeout, "the rest of a PDU")
+        pdu_type, body, offset = self._read(self.peer.network_timeout, "rest of a PDU")
         self._control_pdu(pdu_type, body, offset, "the association was idle")
 
     def _write(self, data: bytes | memoryview) -> None:

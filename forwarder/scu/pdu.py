@@ -211,11 +211,16 @@ class PDUReader:
         self._buf += data
         return True
 
-    def read(self, timeout: float | None, waiting_for: str) -> tuple[int, bytes, int]:
-        """(PDU type, the whole PDU, its offset in the stream); wait ``timeout`` for the
-        first byte (``waiting_for`` says what for), the network timeout for the rest."""
+    def read(self, timeout: float | None, waiting_for: str,
+             timeout_name: str = "network") -> tuple[int, bytes, int]:
+        """(PDU type, the whole PDU, its offset in the stream); wait ``timeout`` (the
+        ``timeout_name`` timeout) for the first byte, or the network timeout when it is
+        shorter (any read is bounded by it), and the network timeout for the rest."""
+        net = self.network_timeout
+        if net is not None and (timeout is None or net < timeout):
+            timeout, timeout_name = net, "network"
         while not self._buf:
-            self._fill(timeout, f"no {waiting_for}")
+            self._fill(timeout, f"no {waiting_for} ({timeout_name} timeout)")
         pdu_type = self._buf[0]
         if pdu_type not in NAMES:
             raise MalformedPDU(f"{name(pdu_type)} at offset {self.offset}",

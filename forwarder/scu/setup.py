@@ -101,8 +101,8 @@ def associate(peer: PeerSettings, contexts: Sequence[Context],
 def _negotiate(sock: socket.socket, reader: PDUReader, peer: PeerSettings,
            proposed: list[PresentationContext], where: str) -> Negotiated:
     try:
-        pdu_type, body, offset = reader.read(peer.acse_timeout, "association answer from "
-                                             f"{where} (ACSE timeout)")
+        pdu_type, body, offset = reader.read(peer.acse_timeout,
+                                             f"association answer from {where}", "ACSE")
         answer = P.decode(pdu_type, body, offset)
     except MalformedPDU as exc:
         send_quietly(sock, P.encode_abort(2, exc.reason))
