@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -373,6 +374,18 @@ def test_tls_mutual_and_untrusted(make_scp, tmp_path: Path) -> None:
     with pytest.raises(AssociationFailed) as failed:
         Association.open(settings_for(scp.port, tls=bad), contexts_for(paths))
     assert failed.value.kind == "tls" and "TLS handshake" in str(failed.value)
+
+
+@pytest.mark.parametrize("profile", ["bcp195", "bcp195-nd", "bcp195-ex", "aes"])
+def test_tls_profiles(make_scp, tmp_path: Path, profile: str) -> None:
+    pki = make_pki(tmp_path / "pki")
+    scp = make_scp(ssl_context=server_context(pki, require_client=False))
+    tls = TLSSettings(ca_files=(str(pki["ca.pem"]),), profile=profile)
+    path = data_file("CT_small.dcm")
+    with Association.open(settings_for(scp.port, tls=tls), contexts_for([path])) as a:
+        assert isinstance(a.sock, ssl.SSLSocket)
+        assert store_all(a, [path]) == [0]
+    assert scp.received[0].dataset_bytes == dataset_bytes(path)
 
 
 def test_release_and_abort_from_our_side(scp) -> None:
