@@ -2,9 +2,18 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := dcmtk orthanc ctn libsystemd-dev pkg-config gcc python3-venv systemd
+DEBS := dcmtk orthanc ctn libsystemd-dev pkg-config gcc python3-venv systemd systemd-container debootstrap
 
-.PHONY: deps venv test run check bench lint
+# `sudo make install` / `sudo make uninstall`: the service on a Debian/Ubuntu box
+# (docs/operations.md). Only wheels are needed: the systemd binding is optional
+# (EXTRAS=codecs,systemd builds it, which needs libsystemd-dev pkg-config gcc python3-dev).
+INSTALL_VENV := /opt/dicom-forwarder
+EXTRAS ?= codecs
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/dicom-forwarder
+SERVICE_USER := dicom-forwarder
+
+.PHONY: deps venv test run check bench lint install uninstall
 
 deps:            ## Debian packages the tests need (DCMTK, Orthanc, libsystemd headers)
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -45,3 +54,57 @@ lint: venv
 
 bench: deps venv ## benchmarks against DCMTK storescu; prints a table, writes bench/results/latest.md
 	$(PY) bench/run.py
+
+install:         ## as root: the service (virtualenv in /opt/dicom-forwarder, unit, user, config)
+	@[ "$$(id -u)" = 0 ] || { echo "run it as root: sudo make install" >&2; exit 1; }
+	@python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv; }
+	[ -x $(INSTALL_VENV)/bin/python ] || python3 -m venv $(INSTALL_VENV)
+	@# build from a copy: nothing root-owned is left in this checkout; the second pip
+	@# call replaces the package even when its version did not change (an upgrade from git)
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	  cp -r pyproject.toml README.md forwarder "$$src"/ && \
+	  $(INSTALL_VENV)/bin/python -m pip install -q --upgrade "$$src[$(EXTRAS)]" && \
+	  $(INSTALL_VENV)/bin/python -m pip install -q --force-reinstall --no-deps "$$src"
+	ln -sfn $(INSTALL_VENV)/bin/dicom-forwarder /usr/local/bin/dicom-forwarder
+	install -m644 systemd/dicom-forwarder.service systemd/dicom-forwarder@.service $(UNITDIR)/
+	install -D -m644 systemd/dicom-forwarder.sysusers /etc/sysusers.d/dicom-forwarder.conf
+	install -D -m644 systemd/dicom-forwarder.tmpfiles /etc/tmpfiles.d/dicom-forwarder.conf
+	systemd-sysusers /etc/sysusers.d/dicom-forwarder.conf
+	systemd-tmpfiles --create /etc/tmpfiles.d/dicom-forwarder.conf
+	install -d -m750 -g $(SERVICE_USER) $(CONFDIR)
+	@# an existing configuration is never overwritten (upgrades keep it)
+	@if [ ! -e $(CONFDIR)/forwarder.yaml ]; then \
+	  sed -e 's|^spool: ./var/spool |spool: /var/lib/dicom-forwarder|' \
+	      -e 's|path: ./var/incoming|path: /srv/dicom/incoming|' etc/forwarder.yaml \
+	    > $(CONFDIR)/forwarder.yaml.new && \
+	  ! grep -nE '^[^#]*\./var/' $(CONFDIR)/forwarder.yaml.new && \
+	  chgrp $(SERVICE_USER) $(CONFDIR)/forwarder.yaml.new && \
+	  chmod 640 $(CONFDIR)/forwarder.yaml.new && \
+	  mv $(CONFDIR)/forwarder.yaml.new $(CONFDIR)/forwarder.yaml && \
+	  echo "installed $(CONFDIR)/forwarder.yaml (watch /srv/dicom/incoming, spool /var/lib/dicom-forwarder)"; \
+	else echo "kept $(CONFDIR)/forwarder.yaml"; fi
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload && \
+	  for u in $$(systemctl list-units --plain --no-legend --state=active 'dicom-forwarder*.service' | cut -d' ' -f1); do \
+	    echo "restarting $$u (upgrade)"; systemctl try-restart "$$u"; done; fi
+	@echo "next: edit $(CONFDIR)/forwarder.yaml (destinations, routes), then"
+	@echo "  sudo -u $(SERVICE_USER) dicom-forwarder check-config -c $(CONFDIR)/forwarder.yaml"
+	@echo "  sudo systemctl enable --now dicom-forwarder"
+
+uninstall:       ## as root: remove the service; keeps the configuration and the spool (PURGE=1 removes them too)
+	@[ "$$(id -u)" = 0 ] || { echo "run it as root: sudo make uninstall" >&2; exit 1; }
+	-@if [ -d /run/systemd/system ]; then \
+	  for u in $$(systemctl list-units --all --plain --no-legend 'dicom-forwarder*.service' | cut -d' ' -f1) \
+	           $$(systemctl list-unit-files --plain --no-legend 'dicom-forwarder*.service' | cut -d' ' -f1); do \
+	    case "$$u" in *@.service) ;; *) systemctl disable --now "$$u" 2>/dev/null;; esac; done; fi
+	rm -f $(UNITDIR)/dicom-forwarder.service $(UNITDIR)/dicom-forwarder@.service
+	rm -f /etc/sysusers.d/dicom-forwarder.conf /etc/tmpfiles.d/dicom-forwarder.conf
+	rm -f /usr/local/bin/dicom-forwarder
+	rm -rf $(INSTALL_VENV)
+	-@[ -d /run/systemd/system ] && systemctl daemon-reload && systemctl reset-failed 'dicom-forwarder*' 2>/dev/null; true
+	@if [ "$(PURGE)" = 1 ]; then \
+	  echo "PURGE=1: removing $(CONFDIR), drop-ins, the spools /var/lib/dicom-forwarder*, and the user"; \
+	  rm -rf $(CONFDIR) /var/lib/dicom-forwarder /var/lib/dicom-forwarder-* $(UNITDIR)/dicom-forwarder*.service.d; \
+	  rmdir /srv/dicom/incoming /srv/dicom 2>/dev/null; \
+	  userdel $(SERVICE_USER) 2>/dev/null; groupdel $(SERVICE_USER) 2>/dev/null; true; \
+	else echo "kept $(CONFDIR), drop-ins in $(UNITDIR), the spools /var/lib/dicom-forwarder* (files not yet delivered) and the user; PURGE=1 removes them"; fi

@@ -4,10 +4,15 @@ Generates its corpus (500 CT files of about 0.5 MB and 2,000 small ones at --sca
 starts DCMTK storescp (as Debian ships it, and with TCP_NODELAY=1 in its environment;
 with --fork for parallel associations) and Orthanc, and runs DCMTK storescu, pynetdicom's
 own storescu app, `dicom-forwarder send`, and the daemon end to end (files renamed into
-its watch folder until the last is stored at the peer) with 1 and 4 associations. Prints
-files/s, MB/s, CPU seconds per 1,000 files, peak RSS and the ratio to storescu; then the
-watch-to-stored latency at a steady 20 files/s and the daemon's idle CPU; and writes it all
-to bench/results/latest.md.
+its watch folder until the last is stored at the peer) with 1 and 4 associations.
+
+Each peer's rows are anchored on a storescu configured like that peer: against stock
+storescp, both DCMTK tools stock (Nagle on, no TCP_NODELAY anywhere in their
+environment); against tuned storescp, TCP_NODELAY=1 in the environment of storescu and of
+storescp; against Orthanc, storescu with TCP_NODELAY=1. Every row names its anchor.
+Prints files/s, MB/s, CPU milliseconds per file, peak RSS and proportional set size (PSS)
+for every sender, and the ratio to the anchor; then the watch-to-stored latency at a
+steady 20 files/s and the daemon's idle CPU; and writes it all to bench/results/latest.md.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from tests.daemonutil import DaemonProcess, process_tree  # noqa: E402
 from tests.peers import OrthancProcess, StoreSCP, StoreSCPProcess  # noqa: E402
 
 PY = sys.executable
+# DCMTK reads TCP_NODELAY from its environment: the bench sets it per row, never inherits it
+os.environ.pop("TCP_NODELAY", None)
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+NODELAY = {"TCP_NODELAY": "1"}
 
 
 @dataclass
@@ -40,13 +48,14 @@ class Result:
     wall: float
     cpu: float
     rss_mib: float
-    pss_mib: float | None = None  # the daemon's, all processes, after the run
+    pss_mib: float  # one sender: its peak; the daemon: all its processes after the run
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> Result:
-    """Run a sender to completion; its own CPU time and peak RSS (wait4, not the group)."""
+    """Run a sender to completion with ``env`` added to its environment; its own CPU time
+    (wait4, not the group), peak RSS and peak PSS."""
     start = time.monotonic()
-    proc = subprocess.Popen(argv, env=env or ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, env={**ENV, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     peak = HighWater(proc.pid)
     _pid, status, usage = os.wait4(proc.pid, 0)
@@ -54,16 +63,19 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> Result:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:4]} exited {proc.returncode}")
-    return Result(wall, usage.ru_utime + usage.ru_stime, peak.stop())
+    rss, pss = peak.stop()
+    return Result(wall, usage.ru_utime + usage.ru_stime, rss, pss)
 
 
 class HighWater:
-    """Peak RSS (VmHWM) of a running process, read until it exits: ru_maxrss of a child
-    counts the memory of the forked copy of this process before exec."""
+    """Peak RSS (VmHWM) and peak PSS (smaps_rollup, sampled every 20 ms) of a running
+    process, read until it exits: ru_maxrss of a child counts the memory of the forked
+    copy of this process before exec."""
 
     def __init__(self, pid: int):
-        self.path = Path(f"/proc/{pid}/status")
+        self.proc = Path(f"/proc/{pid}")
         self.kib = 0
+        self.pss_kib = 0
         self._done = threading.Event()
         self._t = threading.Thread(target=self._watch, daemon=True)
         self._t.start()
@@ -71,18 +83,23 @@ class HighWater:
     def _watch(self) -> None:
         while not self._done.is_set():
             try:
-                text = self.path.read_text()
+                status = (self.proc / "status").read_text()
+                rollup = (self.proc / "smaps_rollup").read_text()
             except OSError:
                 return
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.kib = max(self.kib, int(line.split()[1]))
+            self.kib = max(self.kib, _kib(status, "VmHWM:"))
+            self.pss_kib = max(self.pss_kib, _kib(rollup, "Pss:"))
             self._done.wait(0.02)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
         self._done.set()
         self._t.join(2)
-        return self.kib / 1024
+        return self.kib / 1024, self.pss_kib / 1024
+
+
+def _kib(text: str, key: str) -> int:
+    """The sum of ``key``'s values (kB) in a /proc status or smaps_rollup text."""
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(key))
 
 
 class Daemon(DaemonProcess):
@@ -143,8 +160,7 @@ class Daemon(DaemonProcess):
                 text = Path(f"/proc/{pid}/{name}").read_text()
             except OSError:
                 continue
-            kib += sum(int(line.split()[1]) for line in text.splitlines()
-                       if line.startswith(key))
+            kib += _kib(text, key)
         return kib
 
 
@@ -226,14 +242,15 @@ def main(argv: list[str] | None = None) -> int:
             "CT 0.5 MB": make_corpus(work / "ct", max(4, int(500 * args.scale)), 512),
             "small 10 KB": make_corpus(work / "small", max(4, int(2000 * args.scale)), 64),
         }
-        flavours: list[tuple[str, str, dict[str, str] | None]] = [
-            ("stock", "storescp (stock)", {}),
-            ("nodelay", "storescp TCP_NODELAY=1", {"TCP_NODELAY": "1"})]
+        # key, peer, storescp's environment (None: Orthanc), storescu's environment, anchor
+        flavours: list[tuple[str, str, dict[str, str] | None, dict[str, str], str]] = [
+            ("stock", "storescp (stock)", {}, {}, "storescu (stock)"),
+            ("nodelay", "storescp TCP_NODELAY=1", NODELAY, NODELAY, "storescu TCP_NODELAY=1")]
         if not args.no_orthanc:
-            flavours.append(("orthanc", "Orthanc", None))
-        peers = [(name, env) for key, name, env in flavours if not args.only or key in args.only]
+            flavours.append(("orthanc", "Orthanc", None, NODELAY, "storescu TCP_NODELAY=1"))
+        peers = [f[1:] for f in flavours if not args.only or f[0] in args.only]
         n = 0
-        for peer_name, env in peers:
+        for peer_name, env, scu_env, anchor in peers:
             for corpus_name, files in corpora.items():
                 mb = sum(f.stat().st_size for f in files) / 1e6
                 results: dict[str, Result] = {}
@@ -245,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                       else ())), env)
 
                 jobs = {
-                    "DCMTK storescu": lambda p, files=files: run(
+                    f"DCMTK {anchor}": lambda p, files=files, scu_env=scu_env: run(
                         ["storescu", "-R", "-aec", getattr(p, "aet", "ANY-SCP"), "127.0.0.1",
-                         str(p.port), *map(str, files)]),
+                         str(p.port), *map(str, files)], scu_env),
                     "pynetdicom storescu": lambda p, files=files: run(
                         [PY, "-m", "pynetdicom", "storescu", "-aec", getattr(p, "aet", "ANY-SCP"),
                          "127.0.0.1", str(p.port), str(files[0].parent)]),
@@ -272,28 +289,34 @@ def main(argv: list[str] | None = None) -> int:
                                               getattr(p, "aet", "ANY-SCP"))
                     finally:
                         p.stop()
-                base = len(files) / results["DCMTK storescu"].wall
+                base = results[f"DCMTK {anchor}"]
                 for name, r in results.items():
                     rate = len(files) / r.wall
                     rows.append((peer_name, corpus_name, name, f"{rate:.0f}", f"{mb / r.wall:.1f}",
-                                 f"{r.cpu * 1000 / len(files):.1f}", f"{r.rss_mib:.0f}" + (
-                                     f" (PSS {r.pss_mib:.0f})" if r.pss_mib else ""),
-                                 f"{rate / base:.2f}x"))
+                                 f"{r.cpu * 1000 / len(files):.2f}",
+                                 f"{r.cpu / base.cpu:.1f}x" if base.cpu else "-",
+                                 f"{r.rss_mib:.0f}", f"{r.pss_mib:.0f}",
+                                 f"{base.wall / r.wall:.2f}x vs {anchor}"))
                 print(f"done: {peer_name}, {corpus_name}", file=sys.stderr)
         lat, idle_open, idle_none = latency(work / "latency", make_corpus(
             work / "lat", max(20, int(400 * args.scale)), 64), 20.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    head = ("peer", "corpus", "sender", "files/s", "MB/s", "CPU s / 1000 files",
-            "peak RSS MiB", "vs storescu")
+    head = ("peer", "corpus", "sender", "files/s", "MB/s", "CPU ms per file",
+            "CPU vs anchor", "peak RSS MiB", "PSS MiB", "files/s vs anchor")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     p50 = statistics.median(lat) if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
-    lines += ["", "Daemon rows: CPU and peak RSS summed over all its processes (daemon, fork "
+    lines += ["", "Anchors: against stock storescp, storescu stock too (neither DCMTK tool has "
+              "TCP_NODELAY in its environment, so both keep Nagle on); against storescp "
+              "TCP_NODELAY=1, storescu with TCP_NODELAY=1 as well; against Orthanc, storescu "
+              "with TCP_NODELAY=1. CPU is user plus system time of the sender's own process.",
+              "", "PSS: a single sender's peak proportional set size, sampled every 20 ms. "
+              "Daemon rows: CPU and peak RSS summed over all its processes (daemon, fork "
               "server, resource tracker, one worker per association); the workers share code "
-              "pages with the fork server, so in brackets their proportional set size after "
-              "the run, where a shared page counts once.",
+              "pages with the fork server, so its PSS is taken over all of them after the "
+              "run, where a shared page counts once.",
               "", f"Watch-to-stored latency at a steady 20 files/s (min_age 500 ms, pynetdicom "
               f"SCP timestamping arrivals, {len(lat)} files): p50 {p50 * 1000:.0f} ms, "
               f"p99 {p99 * 1000:.0f} ms.",

@@ -1,7 +1,8 @@
 """`dicom-forwarder send` against DCMTK storescu, same corpus, same run, two storescp flavours.
 
-Prints files/s, MB/s and the ratio to storescu, for storescp as Debian ships it and
-started with TCP_NODELAY=1 in its environment. `--scale 0.1` for a quick run.
+Prints files/s, MB/s and the ratio to storescu, for storescp as Debian ships it (storescu
+stock too) and with TCP_NODELAY=1 in the environment of both storescp and storescu.
+`--scale 0.1` for a quick run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from bench.corpus import make_corpus  # noqa: E402
 from tests.peers import StoreSCPProcess  # noqa: E402
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, **env})
     return time.monotonic() - start
 
 
@@ -30,6 +32,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full corpus")
     args = ap.parse_args()
+    os.environ.pop("TCP_NODELAY", None)  # set per row for both DCMTK tools, never inherited
     work = Path(tempfile.mkdtemp(prefix="fwd-bench-"))
     try:
         corpora = {
@@ -41,15 +44,15 @@ def main() -> int:
             "dicom-forwarder send": [sys.executable, "-m", "forwarder", "send", "-R"],
         }
         rows = []
-        for peer_name, env in (("stock storescp", {}), ("storescp TCP_NODELAY=1",
-                                                         {"TCP_NODELAY": "1"})):
+        for peer_name, env in (("stock storescp and storescu", {}),
+                               ("storescp and storescu TCP_NODELAY=1", {"TCP_NODELAY": "1"})):
             for corpus_name, files in corpora.items():
                 mb = sum(f.stat().st_size for f in files) / 1e6
                 results = {}
                 for sender, argv in senders.items():
                     peer = StoreSCPProcess(work / "out", ("--ignore",), env)
                     try:
-                        secs = timed([*argv, "127.0.0.1", str(peer.port), *map(str, files)])
+                        secs = timed([*argv, "127.0.0.1", str(peer.port), *map(str, files)], env)
                     finally:
                         peer.stop()
                     results[sender] = secs

@@ -5,41 +5,77 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from forwarder import config, watchstate
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from forwarder import config, envcheck, watchstate
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UsageError
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    """The file, then what it needs from this machine as the user running the check."""
+    cfg = envcheck.load(args.config)
+    found = envcheck.check(cfg)
+    for issue in found.warnings:
+        print(f"warning: {issue}", file=sys.stderr)
+    if found.errors:
+        raise ConfigError(found.errors)
     print(f"{args.config}: ok ({len(cfg.watch)} watch folders, {len(cfg.destinations)} "
-          f"destinations, {len(cfg.routes)} routes)", file=sys.stderr)
+          f"destinations, {len(cfg.routes)} routes"
+          f"{f', {len(found.warnings)} warning(s)' if found.warnings else ''})", file=sys.stderr)
     return EXIT_OK
 
 
-def _open_spool(args: argparse.Namespace):  # noqa: ANN202
+def _open_spool(args: argparse.Namespace, readonly: bool = False):  # noqa: ANN202
+    """The configuration and its spool; ``readonly`` for the commands that only look."""
+    from forwarder.errors import SpoolError
     from forwarder.spool import Spool
 
     cfg = config.load(args.config)
-    return cfg, Spool(cfg.spool)
+    if not readonly and not (Path(cfg.spool) / "index.sqlite").is_file():
+        raise SpoolError(f"no spool at {cfg.spool}: check the configuration's 'spool' path; "
+                         "nothing was created")
+    return cfg, Spool(cfg.spool, readonly=readonly)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg, spool = _open_spool(args)
+    import time
+
+    from forwarder import spoollock
+
+    cfg, spool = _open_spool(args, readonly=True)
     with spool:
         report = spool.status(cfg.destinations)
+        last = spool.last_success()
+    holder = spoollock.holder(cfg.spool)
+    report["daemon"] = None if holder is None else {
+        "pid": holder.get("pid"), "version": holder.get("version"),
+        "config": holder.get("config"), "started_at": holder.get("started_at"),
+        "uptime_s": round(time.time() - holder["started_at"], 3)
+        if isinstance(holder.get("started_at"), (int, float)) else None}
+    for name, row in report["destinations"].items():
+        row["last_success_at"] = last.get(name)
     seen = watchstate.read(cfg.spool)
     report["watch"] = {w.name: seen.get(w.name, {"state": "ok", "reason": None})
                        for w in cfg.watch}
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    head = ("destination", "state", "pending", "sending", "done", "failed", "oldest", "last error")
+    d = report["daemon"]
+    if d is None:
+        print(f"daemon: not running on {cfg.spool}")
+    else:
+        up = "?" if d["uptime_s"] is None else _age(d["uptime_s"])
+        print(f"daemon: running, pid {d['pid']}, up {up}, version {d['version']}, "
+              f"spool {cfg.spool}")
+    head = ("destination", "state", "pending", "sending", "done", "failed", "oldest",
+            "last success", "last error")
     rows = [head]
-    for name, d in report["destinations"].items():
-        oldest = "-" if d["oldest_pending_s"] is None else _age(d["oldest_pending_s"])
-        rows.append((name, d["state"], str(d["pending"]), str(d["sending"]), str(d["done"]),
-                     str(d["failed"]), oldest, (d["last_error"] or "-")[:60]))
+    for name, r in report["destinations"].items():
+        oldest = "-" if r["oldest_pending_s"] is None else _age(r["oldest_pending_s"])
+        success = "-" if r["last_success_at"] is None else \
+            _age(max(time.time() - r["last_success_at"], 0)) + " ago"
+        rows.append((name, r["state"], str(r["pending"]), str(r["sending"]), str(r["done"]),
+                     str(r["failed"]), oldest, success, (r["last_error"] or "-")[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
@@ -95,7 +131,7 @@ def _listing(args: argparse.Namespace, rows: list[dict], line: str, summary: str
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    _cfg, spool = _open_spool(args)
+    _cfg, spool = _open_spool(args, readonly=True)
     with spool:
         rows = spool.failed_jobs()
     return _listing(args, rows, "job {job} -> {destination}: {sop_instance_uid} ({attempts} "
@@ -104,7 +140,7 @@ def cmd_failed(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    _cfg, spool = _open_spool(args)
+    _cfg, spool = _open_spool(args, readonly=True)
     with spool:
         rows = spool.quarantined()
     return _listing(args, rows, "{file}: from {source}: {reason}", "{n} quarantined file(s)")
@@ -112,9 +148,13 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_spool(args: argparse.Namespace) -> int:
     """``spool rebuild``: a new index from the objects the spool holds."""
-    from forwarder import spoolindex
+    from forwarder import spoolindex, spoollock
 
     cfg = config.load(args.config)
+    running = spoollock.holder(cfg.spool)
+    if running is not None:
+        raise UsageError(f"a daemon (pid {running.get('pid', '?')}) is running on the spool "
+                         f"{cfg.spool}: stop it first (systemctl stop dicom-forwarder)")
     report = spoolindex.rebuild(cfg, force=args.force)
     print(f"spool {cfg.spool} rebuilt: {report['queued']} object(s) queued again, "
           f"{report['quarantined']} quarantined, {report['quarantine_listed']} quarantine "

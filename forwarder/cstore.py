@@ -18,6 +18,8 @@ from pynetdicom.dsutils import split_dataset
 from forwarder.association import accepted_pairs
 from forwarder.dicomfile import Probe
 from forwarder.negotiation import DEFLATED_LE, choose_context
+from forwarder.scu import Association as ScuAssociation
+from forwarder.scu.store import send_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
 
 
@@ -31,7 +33,7 @@ class StoreResult:
     streamed: bool = False
 
 
-def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
+def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str], probe: Probe,
                decompress: str = "lossless",
                modify: Callable[[Dataset], None] | None = None,
                message_id: int = 1) -> StoreResult:
@@ -44,12 +46,12 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     again (pynetdicom pads the new stream to even length, PS3.5 A.5): a PDV carries an
     even number of bytes, and peers abort on the odd one.
     """
-    pairs = accepted_pairs(assoc)
+    pairs = assoc.accepted_pairs() if isinstance(assoc, ScuAssociation) else \
+        accepted_pairs(assoc)
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
     if chosen is None:
-        proposed = {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
-        if probe.sop_class_uid not in proposed:
+        if probe.sop_class_uid not in _proposed(assoc):
             return StoreResult(None, refused=f"{UID(probe.sop_class_uid).name} was not "
                                f"proposed on this association (not in the SOP classes "
                                f"proposed; storescu -R proposes the files' own)")
@@ -67,6 +69,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             return StoreResult(None, refused=str(exc))
         if modify is not None:
             modify(payload)
+    if isinstance(assoc, ScuAssociation):
+        return send_on(assoc, payload, chosen, message_id, streamed, probe)
     try:
         rsp = assoc.send_c_store(payload, msg_id=message_id)
     except ValueError as exc:  # no accepted context after all
@@ -75,6 +79,14 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
         return StoreResult(None, streamed=streamed)
     comment = rsp.get("ErrorComment")
     return StoreResult(int(rsp.Status), str(comment) if comment else None, streamed=streamed)
+
+
+def _proposed(assoc: Association | ScuAssociation) -> set[str]:
+    """The SOP classes proposed on ``assoc``."""
+    if isinstance(assoc, ScuAssociation):
+        return {cx.abstract_syntax for cx in assoc.accepted} | \
+            {cx.abstract_syntax for cx in assoc.rejected}
+    return {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
 
 
 def odd_deflated_stream(path: str | os.PathLike[str], transfer_syntax: str) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, logs, notify, watchstate
+from forwarder import config, envcheck, logs, notify, watchstate
 from forwarder.config import Config
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
@@ -29,6 +29,7 @@ from forwarder.logs import event
 from forwarder.retention import Keeper
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
+from forwarder.spoollock import SpoolLock
 from forwarder.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Daemon:
         self._stuck = False
         self._unavailable: dict[str, str] = {}
         self._unavailable_since: dict[str, float] = {}
+        self.lock: SpoolLock | None = None
 
     # --- signals and faults ----------------------------------------------------
 
@@ -93,16 +95,26 @@ class Daemon:
     # --- life --------------------------------------------------------------------
 
     def run(self) -> int:
-        cfg = config.load(self.config_path)
+        try:
+            cfg = envcheck.load(self.config_path)
+        except ConfigError as exc:  # logged as an event, found by its MESSAGE_ID
+            logs.setup("info", self.log_target or "auto")
+            event(LOGGER, "start_refused", "cannot start: %s", exc, level=logging.CRITICAL,
+                  CONFIG_FILE=self.config_path)
+            return exc.exit_code
         logs.setup(cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi,
                    paths=cfg.log.paths)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
+            self._check(cfg)
             self._start(cfg)
         except (ForwarderError, OSError) as exc:
-            LOGGER.critical("cannot start: %s", exc)
+            # exit 78 (not restarted) for what a restart cannot fix: the configuration,
+            # the spool's permissions, a missing secret, a second daemon on the spool
+            event(LOGGER, "start_refused", "cannot start: %s", exc, level=logging.CRITICAL,
+                  CONFIG_FILE=self.config_path)
             self._shutdown()
             return exc.exit_code if isinstance(exc, ForwarderError) else EXIT_FAILURE
         notify.ready(self._summary())
@@ -116,8 +128,19 @@ class Daemon:
         LOGGER.info("stopped")
         return rc
 
+    def _check(self, cfg: Config) -> None:
+        """The environment, before anything in the spool is touched."""
+        found = envcheck.check(cfg)
+        for issue in found.warnings:
+            event(LOGGER, "environment", "%s", issue, level=logging.WARNING,
+                  CONFIG_FILE=self.config_path)
+        if found.errors:
+            raise ConfigError(found.errors)
+
     def _start(self, cfg: Config) -> None:
         self.cfg = cfg
+        Path(cfg.spool).mkdir(parents=True, exist_ok=True)
+        self.lock = SpoolLock(cfg.spool).acquire(self.config_path)
         self.spool = Spool(cfg.spool)
         caps = [backoff_policy(d) for d in cfg.destinations.values()]
         cap = max(caps, key=lambda p: p.max) if caps else None
@@ -261,7 +284,13 @@ class Daemon:
         assert self.cfg is not None and self.intake is not None and self.spool is not None
         notify.reloading()
         try:
-            new = config.load(self.config_path)
+            new = envcheck.load(self.config_path)
+            found = envcheck.check(new)
+            if found.errors:
+                raise ConfigError(found.errors)
+            for issue in found.warnings:
+                event(LOGGER, "environment", "%s", issue, level=logging.WARNING,
+                      CONFIG_FILE=self.config_path)
             if Path(new.spool).resolve() != Path(self.cfg.spool).resolve():
                 raise ConfigError([config.ConfigIssue(self.config_path, None, "spool",
                                    "the spool cannot move while running; restart the "
@@ -327,6 +356,8 @@ class Daemon:
             if self.cfg is not None:
                 watchstate.clear(self.cfg.spool)
             self.spool.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def run(config_path: str, log_target: str | None = None) -> int:

@@ -63,8 +63,15 @@ EVENTS: dict[str, str] = {
     "watch_unavailable": "6c9cb14aea1e46cfa98601be3d586ce9",
     "watch_available": "c70ee9120ea545f9805618284b13389b",
     "incomplete": "ca2302976b614c44aa387928f25656c0",
+    "environment": "e3b4a0d25c6f47a19e7d8b2c5f1a0d34",
+    "start_refused": "9a2e6c41d7b84f03a5c1e8d2b6f7a490",
+    # records that are not one of the events above: still found by MESSAGE_ID
+    "log": "4c8d1e2f7a3b45c69d0e1f2a3b4c5d6e",
+    "python_warning": "b7e1d9c2a4f3480e9c6d5b1a2e3f4c70",
+    "pynetdicom": "0d6a3f8e2b1c47d59e4a7c1b3d2f6e85",
 }
 
+GENERIC = frozenset({"log", "python_warning", "pynetdicom"})
 PHI_FIELDS = ("PATIENT_NAME", "PATIENT_ID")
 _FIELD = re.compile(r"^[A-Z0-9][A-Z0-9_]*$")
 _RECORD_KEYS = frozenset(vars(logging.makeLogRecord({})))
@@ -109,6 +116,30 @@ class PHIFilter(logging.Filter):
         return True
 
 
+class EventFilter(logging.Filter):
+    """Gives every record a ``MESSAGE_ID``: Python warnings (``py.warnings``, captured by
+    :func:`setup`) and pynetdicom's own lines get their own, anything else not logged
+    through :func:`event` the generic ``log`` one. pynetdicom reports every refused or
+    timed-out association at ERROR; the daemon already reports those as
+    ``destination_backoff``/``destination_held`` events at their own priority, so its
+    lines go no higher than WARNING and ``journalctl -p err`` stays for real faults."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "MESSAGE_ID" in record.__dict__:
+            return True
+        if record.name == "py.warnings":
+            kind = "python_warning"
+        elif record.name.split(".", 1)[0] == "pynetdicom":
+            kind = "pynetdicom"
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        else:
+            kind = "log"
+        record.__dict__["FORWARDER_EVENT"] = kind
+        record.__dict__["MESSAGE_ID"] = EVENTS[kind]
+        return True
+
+
 class KeyValueFormatter(logging.Formatter):
     """``2026-11-25 09:30:00 INFO message KEY=value ...`` for stderr."""
 
@@ -120,6 +151,8 @@ class KeyValueFormatter(logging.Formatter):
         text = super().format(record)
         fields = fields_of(record)
         fields.pop("MESSAGE_ID", None)
+        if fields.get("FORWARDER_EVENT") in GENERIC:
+            fields.pop("FORWARDER_EVENT")
         if fields:
             text += " " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
         return text
@@ -248,11 +281,13 @@ def setup(level: str = "info", target: str = "auto", phi: bool = False,
         h.addFilter(PHIFilter(phi))
         if paths == "redact":
             h.addFilter(PathFilter())
+        h.addFilter(EventFilter())
         h._forwarder = True  # type: ignore[attr-defined]
         root.addHandler(h)
     lvl = LEVELS[level]
     root.setLevel(lvl)
     nosecrets.install()
+    logging.captureWarnings(True)  # warnings.warn() -> the "py.warnings" logger, structured
     # pynetdicom narrates every PDU at INFO; keep it for debug and trace
     logging.getLogger("pynetdicom").setLevel(lvl if lvl <= logging.DEBUG else logging.WARNING)
     if target == "journal" and not to_journal:

@@ -30,7 +30,6 @@ from forwarder.association import (
     PeerSettings,
     TLSSettings,
     identity_from_files,
-    open_association,
     ssl_context,
 )
 from forwarder.ciphers import iana_name, openssl_names
@@ -39,6 +38,7 @@ from forwarder.dicomfile import Probe, probe
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, NotDicomError, UsageError
 from forwarder.negotiation import OPTION_TO_MODE, TooManyContexts, storescu_contexts
 from forwarder.progress import Progress
+from forwarder.scu import Association
 
 LOGGER = logging.getLogger("forwarder.send")
 
@@ -392,7 +392,7 @@ def run(argv: Sequence[str]) -> int:
 def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[Item],
           had_errors: bool) -> int:
     try:
-        assoc = open_association(peer, contexts)
+        assoc = Association.open(peer, contexts)
     except AssociationFailed as exc:
         LOGGER.error("%s", exc)
         return EXIT_FAILURE
@@ -400,10 +400,11 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
         LOGGER.error("cannot set up the association: %s", exc)
         return EXIT_FAILURE
     if args.verbose_pc:
-        for cx in assoc.accepted_contexts + assoc.rejected_contexts:
+        for cx in assoc.accepted:
             LOGGER.info("presentation context %s: %s %s", cx.context_id,
-                        UID(cx.abstract_syntax or "").name,
-                        cx.as_scu and cx.transfer_syntax and cx.transfer_syntax[0])
+                        UID(cx.abstract_syntax).name, cx.transfer_syntax)
+        for rejected in assoc.rejected:
+            LOGGER.info("presentation context rejected: %s", UID(rejected.abstract_syntax).name)
     modify = _modifier(args)
     failed = had_errors
     progress = Progress(len(items) * args.repeat, sum(i.size for i in items) * args.repeat)
@@ -431,10 +432,9 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
             failed = True
             if result.refused:
                 LOGGER.error("%s: not sent: %s", item.path, result.refused)
-            elif result.status is None:
-                assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
-                LOGGER.error("%s: %s", item.path, outcome.no_response_cause(
-                    time.monotonic() - started, peer.dimse_timeout, assoc.is_aborted))
+            elif result.status is None:  # the transport says why, in words
+                LOGGER.error("%s: %s", item.path, result.comment or outcome.no_response_cause(
+                    time.monotonic() - started, peer.dimse_timeout, False))
             else:
                 comment = f" ({result.comment})" if result.comment else ""
                 LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,

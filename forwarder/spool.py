@@ -99,18 +99,25 @@ class Spool:
     """The spool directory. Thread-safe: one connection, serialised by a lock."""
 
     def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None,
-                 reserve: int = 1 << 20, rebuild: bool = False):
+                 reserve: int = 1 << 20, rebuild: bool = False,
+                 readonly: bool = False):
+        """``readonly``: for the commands that only look (status, failed, quarantine):
+        nothing is created or changed, and a path without a spool index is an error."""
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
         self.tmp = self.root / "tmp"
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[], None]] = []
+        if readonly:
+            self._open_readonly()
+            return
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
             durable.make_dir(d)
         kind = filesystem_type(self.root)
         if kind in durable.REMOTE_FS:
             raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
                              "disk; put the spool on local storage (watch folders may be remote)")
-        self._lock = threading.RLock()
         self._rand = rand or random.Random()
         if not rebuild:
             spoolindex.check_before_open(self.root)
@@ -131,15 +138,36 @@ class Spool:
             self.db.executescript(SCHEMA)
             claims.add_columns(self.db)
             seen.migrate(self.db)
+            if "last_done_at" not in {r[1] for r in self.db.execute(
+                    "PRAGMA table_info(destinations)")}:  # spools made before it existed
+                self.db.execute("ALTER TABLE destinations ADD COLUMN last_done_at REAL")
         except sqlite3.Error as exc:
             if spoolindex.is_damage(exc):
                 raise spoolindex.damaged(self.root / "index.sqlite", exc) from exc
             raise SpoolError(f"cannot open the spool index {self.root / 'index.sqlite'}: "
                              f"{exc} (check its permissions and free space)") from exc
-        self._listeners: list[Callable[[], None]] = []  # told when jobs may have become due
         self._syncfs_ok = True
         # free space kept for the index: outcomes must be recordable when the disk fills
         self.reserve = reserve
+
+    def _open_readonly(self) -> None:
+        index = self.root / "index.sqlite"
+        if not index.is_file():
+            raise SpoolError(f"no spool at {self.root} ({index} does not exist): check the "
+                             "configuration's 'spool' path; nothing was created")
+        # no WAL file: everything is in the index and no daemon writes (it keeps one while
+        # it runs); immutable then stops SQLite creating -wal/-shm files beside it
+        wal = index.with_name(index.name + "-wal").exists()
+        mode = "mode=ro" if wal else "mode=ro&immutable=1"
+        try:
+            self.db = sqlite3.connect(f"{index.absolute().as_uri()}?{mode}", uri=True,
+                                      check_same_thread=False, isolation_level=None, timeout=30)
+            self.db.execute("SELECT count(*) FROM jobs").fetchone()
+        except sqlite3.Error as exc:
+            if spoolindex.is_damage(exc):
+                raise spoolindex.damaged(index, exc) from exc
+            raise SpoolError(f"cannot read the spool index {index}: {exc} (run this as root "
+                             "or as the service user)") from exc
 
     def listen(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (quick, never blocking) whenever jobs may have become due."""
@@ -387,9 +415,10 @@ class Spool:
                                  f"id=? AND {claims.MINE} RETURNING destination, object_id",
                                  (now, jid, owner, owner)).fetchone()
                 if row:
-                    db.execute("INSERT INTO destinations (name, done) VALUES (?, 1) "
-                               "ON CONFLICT(name) DO UPDATE SET done = done + 1, streak = 0",
-                               (row[0],))
+                    db.execute("INSERT INTO destinations (name, done, last_done_at) VALUES "
+                               "(?, 1, ?) ON CONFLICT(name) DO UPDATE SET done = done + 1, "
+                               "streak = 0, last_done_at = excluded.last_done_at",
+                               (row[0], now))
             objects = {r[0] for r in db.execute(
                 f"SELECT DISTINCT object_id FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
                 ids)}
@@ -621,6 +650,16 @@ class Spool:
                 }
             quarantined = self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         return {"destinations": out, "quarantined": quarantined}
+
+    def last_success(self) -> dict[str, float]:
+        """Per destination, when the peer last confirmed a C-STORE (epoch seconds)."""
+        with self._lock:
+            try:
+                rows = self.db.execute("SELECT name, last_done_at FROM destinations "
+                                       "WHERE last_done_at IS NOT NULL").fetchall()
+            except sqlite3.OperationalError:  # a spool from before the column, read-only
+                return {}
+        return dict(rows)
 
     def failed_jobs(self, destination: str | None = None) -> list[dict]:
         with self._lock:

@@ -166,24 +166,26 @@ def test_structured_events_in_a_real_journal(make_scp, private_journald, tmp_pat
     assert {e["FORWARDER_EVENT"] for e in by_destination} >= {"accepted", "stored"}
 
 
-def _unit(tmp_path: Path) -> Path:
+def _unit(tmp_path: Path, name: str = "dicom-forwarder.service") -> Path:
     exe = Path(sys.executable).parent / "dicom-forwarder"
     assert exe.exists(), "the package's console script is installed in the virtualenv"
-    text = (REPO / "systemd/dicom-forwarder.service").read_text()
-    unit = tmp_path / "dicom-forwarder.service"
-    unit.write_text(text.replace("/usr/local/bin/dicom-forwarder", str(exe)))
+    text = (REPO / "systemd" / name).read_text()
+    unit = tmp_path / name.replace("@.", "@test.")
+    unit.write_text(text.replace("/opt/dicom-forwarder/bin/dicom-forwarder", str(exe)))
     return unit
 
 
-def test_unit_file_verifies_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["dicom-forwarder.service", "dicom-forwarder@.service"])
+def test_unit_file_verifies_clean(tmp_path: Path, name: str) -> None:
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no",
-                        str(_unit(tmp_path))], capture_output=True, text=True)
+                        str(_unit(tmp_path, name))], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
-def test_unit_file_security_score(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["dicom-forwarder.service", "dicom-forwarder@.service"])
+def test_unit_file_security_score(tmp_path: Path, name: str) -> None:
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20",
-                        str(_unit(tmp_path))], capture_output=True, text=True)
+                        str(_unit(tmp_path, name))], capture_output=True, text=True)
     score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
     assert r.returncode == 0 and score and float(score.group(1)) <= 2.0, r.stdout[-500:]
 
@@ -192,9 +194,18 @@ def test_unit_file_contract() -> None:
     text = (REPO / "systemd/dicom-forwarder.service").read_text()
     for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
                  "RestartPreventExitStatus=78", "StateDirectory=dicom-forwarder",
-                 "User=dicom-forwarder"):
+                 "User=dicom-forwarder", "StartLimitBurst=5", "PrivateTmp=yes",
+                 "SystemCallFilter=mbind set_mempolicy get_mempolicy"):
         assert line in text.splitlines(), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    # RestartPreventExitStatus= covers the main process only: no ExecStartPre= to loop on
+    assert not re.search(r"^ExecStartPre=", text, re.M)
+    # reload validates before it signals: a broken file fails the reload
+    reloads = re.findall(r"^ExecReload=(.*)$", text, re.M)
+    assert "check-config" in reloads[0] and reloads[-1] == "/bin/kill -HUP $MAINPID"
+    template = (REPO / "systemd/dicom-forwarder@.service").read_text()
+    assert "StateDirectory=dicom-forwarder-%i" in template.splitlines()
+    assert "run -c /etc/dicom-forwarder/%i.yaml" in template
     sysusers = (REPO / "systemd/dicom-forwarder.sysusers").read_text()
     assert re.search(r"^u dicom-forwarder ", sysusers, re.M)
 

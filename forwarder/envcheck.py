@@ -1,0 +1,214 @@
+"""What the configuration needs from the machine, checked as the user who runs the check.
+
+`check-config` and the daemon's start both call :func:`check`: under systemd they run as
+the service user inside the unit's sandbox, so "writable" here means writable for the
+daemon. Each finding is a :class:`ConfigIssue` (``FILE:LINE: key.path: message``) saying
+what is wrong with which path and how to fix it.
+
+Errors are what no restart can fix: the spool cannot be created or written, a secret,
+key, certificate or CA file is missing or unreadable, a watch folder overlaps another or
+the spool. Warnings leave the daemon running: a watch folder that does not exist yet is
+watched once it appears; one the daemon cannot write into is read, its files sent once,
+left in place and remembered.
+"""
+
+from __future__ import annotations
+
+import errno
+import getpass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forwarder import config
+from forwarder.config import Config
+from forwarder.errors import ConfigError, ConfigIssue
+from forwarder.yamlsrc import YamlProblem, load_with_lines
+
+KeyPath = tuple[str | int, ...]
+# what the daemon writes in the spool directory
+SPOOL_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "daemon.lock")
+SPOOL_DIRS = ("objects", "quarantine", "tmp")
+
+
+@dataclass
+class Findings:
+    errors: list[ConfigIssue] = field(default_factory=list)
+    warnings: list[ConfigIssue] = field(default_factory=list)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def load(path: str) -> Config:
+    """:func:`config.load`, with the fix spelled out when the file exists but this user
+    cannot read it (the service reads it as its own user)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise ConfigError([ConfigIssue(path, None, "", (
+            f"cannot read: {exc.strerror} (as user {_user()}); make it readable by the "
+            f"service's group: chgrp dicom-forwarder {path} && chmod 640 {path}"))]) from exc
+    except OSError:
+        pass  # config.load says what is wrong
+    return config.load(path)
+
+
+class _Checker:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.file = cfg.source or "<config>"
+        self.found = Findings()
+        self.user = _user()
+        try:
+            _, self.lines, _ = load_with_lines(Path(self.file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, YamlProblem):
+            self.lines = {}
+
+    def issue(self, path: KeyPath, message: str, error: bool = True) -> None:
+        line = next((self.lines[path[:n]] for n in range(len(path), 0, -1)
+                     if path[:n] in self.lines), None)
+        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
+        item = ConfigIssue(self.file, line, dotted.replace(".[", "["), message)
+        (self.found.errors if error else self.found.warnings).append(item)
+
+    # --- the spool ---------------------------------------------------------------
+
+    def spool(self) -> None:
+        raw = self.cfg.spool
+        spool = Path(raw)
+        shown = raw if spool.is_absolute() else f"{raw} (= {spool.absolute()}, relative " \
+            f"to the current directory; use an absolute path)"
+        if spool.exists():
+            if not spool.is_dir():
+                self.issue(("spool",), f"{shown} is not a directory")
+                return
+            if not os.access(spool, os.W_OK | os.X_OK):
+                self.issue(("spool",), f"{shown} is not writable by user {self.user}"
+                           f"{_why(spool)}: chown -R {self.user} {spool.absolute()}, or "
+                           "under systemd use the unit's StateDirectory= "
+                           "(/var/lib/dicom-forwarder) or add it to ReadWritePaths=")
+                return
+            # e.g. left by a run as root: the daemon could open none of them
+            needs = {**dict.fromkeys(SPOOL_FILES, os.R_OK | os.W_OK),
+                     **dict.fromkeys(SPOOL_DIRS, os.W_OK | os.X_OK)}
+            bad = [str(spool / n) for n, mode in needs.items()
+                   if os.path.lexists(spool / n) and not os.access(spool / n, mode)]
+            if bad:
+                self.issue(("spool",), f"{', '.join(bad)} cannot be written by user "
+                           f"{self.user}: chown -R {self.user}: {spool.absolute()}")
+            return
+        parent = spool.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.issue(("spool",), f"{shown} does not exist and user {self.user} cannot "
+                       f"create it ({parent} is not writable{_why(parent)}): create it "
+                       f"(install -d -o {self.user} -m 750 {spool.absolute()}); under "
+                       "systemd the unit's StateDirectory= (/var/lib/dicom-forwarder, or "
+                       "/var/lib/dicom-forwarder-NAME for dicom-forwarder@NAME) is made at "
+                       "start")
+
+    # --- watch folders -----------------------------------------------------------
+
+    def watch(self) -> None:
+        spool = _real(self.cfg.spool)
+        seen: list[tuple[int, Path]] = []
+        for i, w in enumerate(self.cfg.watch):
+            at = ("watch", i, "path")
+            path = Path(w.path)
+            real = _real(w.path)
+            if _inside(spool, real) or _inside(real, spool):
+                self.issue(at, f"{w.path} overlaps the spool {self.cfg.spool}: the daemon "
+                           "would take its own files; keep them apart")
+            for j, other in seen:
+                if _inside(real, other) or _inside(other, real):
+                    self.issue(at, f"{w.path} overlaps watch[{j}] ({self.cfg.watch[j].path}): "
+                               "a file would be taken twice; keep watch folders apart")
+            seen.append((i, real))
+            if not path.exists():
+                self.issue(at, f"{w.path} does not exist yet; it is watched once it appears "
+                           f"(create it: install -d -g {self.user} -m 2770 {path.absolute()})",
+                           error=False)
+                continue
+            if not path.is_dir():
+                self.issue(at, f"{w.path} is not a directory")
+                continue
+            if not os.access(path, os.R_OK | os.X_OK):
+                self.issue(at, f"{w.path} is not readable by user {self.user}{_why(path)}: "
+                           "its files cannot be taken; give the service's group read access",
+                           error=False)
+            elif not w.keep_source and not os.access(path, os.W_OK | os.X_OK):
+                self.issue(at, f"{w.path} is not writable by user {self.user}{_why(path)}: "
+                           "files are sent once and left in place; to have them removed give "
+                           "the service's group write access (chmod g+w) and, under systemd, "
+                           "list the folder in ReadWritePaths=", error=False)
+
+    # --- secrets, keys, certificates -----------------------------------------------
+
+    def files(self) -> None:
+        for name, dest in self.cfg.destinations.items():
+            base: KeyPath = ("destinations", name)
+            tls = dest.tls
+            if tls.enabled:
+                for key in ("cert", "key", "key_password_file"):
+                    self._readable((*base, "tls", key), getattr(tls, key))
+                for i, ca in enumerate(tls.ca):
+                    self._readable((*base, "tls", "ca", i), ca)
+                if tls.ca_dir:
+                    self._readable((*base, "tls", "ca_dir"), tls.ca_dir, directory=True)
+            ident = dest.identity
+            for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
+                self._readable((*base, "identity", key), getattr(ident, key))
+
+    def _readable(self, at: KeyPath, value: str | None, directory: bool = False) -> None:
+        if not value:
+            return
+        path = Path(value)
+        try:
+            if directory:
+                os.listdir(path)
+            else:
+                with open(path, "rb"):
+                    pass
+        except FileNotFoundError:
+            self.issue(at, f"{value} does not exist (as seen by user {self.user}); put the "
+                       "file there or correct the path")
+        except OSError as exc:
+            self.issue(at, f"{value} is not readable by user {self.user}: {exc.strerror}; "
+                       f"make it readable by the service's group (chgrp dicom-forwarder "
+                       f"{value} && chmod 640 {value})")
+
+
+def _why(path: Path) -> str:
+    """' (read-only file system)' when the mount, not the permissions, refuses writes."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f" ({os.strerror(errno.EROFS).lower()} here: under systemd, list it in " \
+               "ReadWritePaths=)"
+    return ""
+
+
+def _real(path: str) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check(cfg: Config) -> Findings:
+    """Every environment finding for ``cfg``, as the current user."""
+    c = _Checker(cfg)
+    c.spool()
+    c.watch()
+    c.files()
+    return c.found

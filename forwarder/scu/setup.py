@@ -1,0 +1,213 @@
+"""Opening an association: connect, TLS, A-ASSOCIATE-RQ from pynetdicom's primitives, the answer.
+
+The A-ASSOCIATE-RQ is built from pynetdicom's primitives (presentation contexts with IDs
+1, 3, 5, ..., our maximum PDU length, pynetdicom's implementation class and version,
+SCP/SCU role selection, user identity) and encoded by pynetdicom; the answer is decoded
+by pynetdicom and negotiated with :func:`pynetdicom.presentation.negotiate_as_requestor`.
+Every failure is an :class:`~forwarder.association.AssociationFailed` saying whose fault.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_requestor
+
+from forwarder.association import AssociationFailed, PeerSettings, identity_item, ssl_context
+from forwarder.negotiation import MAX_CONTEXTS, Context
+from forwarder.scu import pdu as P
+from forwarder.scu.pdu import AssociationLost, MalformedPDU, PDUReader, close_socket, send_quietly
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An accepted presentation context and our negotiated roles on it."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    as_scu: bool = True
+    as_scp: bool = False
+
+
+@dataclass
+class Negotiated:
+    """An established association's socket, reader and what was agreed."""
+
+    sock: socket.socket
+    reader: PDUReader
+    accepted: list[Accepted]
+    rejected: list[Context]
+    peer_max_pdu: int  # 0: no limit
+    identity_response: bytes | None  # None: the peer sent no user identity item
+
+
+def associate(peer: PeerSettings, contexts: Sequence[Context],
+          roles: Mapping[str, tuple[bool | None, bool | None]] | None = None,
+          tls_context: ssl.SSLContext | None = None) -> Negotiated:
+    """Connect and negotiate ``contexts`` (IDs 1, 3, 5, ... in order) with optional
+    SCP/SCU role selection per SOP class; raise :class:`AssociationFailed`."""
+    if not contexts or len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"1 to {MAX_CONTEXTS} presentation contexts can be proposed, "
+                         f"not {len(contexts)}")
+    for sop_class, (scu, scp) in (roles or {}).items():
+        if not scu and not scp:
+            raise ValueError(f"SCP/SCU role selection for {sop_class}: neither role")
+    where = f"{peer.called_ae}@{peer.host}:{peer.port}"
+    proposed = []
+    for i, cx in enumerate(contexts):
+        pc = build_context(cx.abstract_syntax, list(cx.transfer_syntaxes))
+        pc.context_id = 2 * i + 1
+        if roles and cx.abstract_syntax in roles:
+            pc.scu_role, pc.scp_role = (bool(r) for r in roles[cx.abstract_syntax])
+        proposed.append(pc)
+    request = A_ASSOCIATE_RQ(_request_primitive(peer, proposed, roles)).encode()
+    try:
+        sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout)
+    except OSError as exc:
+        raise AssociationFailed("refused", f"cannot connect to {where} "
+                                f"({exc.strerror or exc})") from exc
+    try:
+        tune(sock)
+        if peer.tls:
+            sock = _handshake(sock, tls_context or ssl_context(peer.tls), peer, where)
+        reader = PDUReader(sock, peer.network_timeout)
+        sock.settimeout(peer.network_timeout)
+        sock.sendall(request)
+        return _negotiate(sock, reader, peer, proposed, where)
+    except AssociationFailed:
+        close_socket(sock)
+        raise
+    except OSError as exc:
+        close_socket(sock)
+        raise AssociationFailed("aborted", f"connection to {where} lost during association "
+                                f"setup ({exc.strerror or exc})") from exc
+
+def _negotiate(sock: socket.socket, reader: PDUReader, peer: PeerSettings,
+           proposed: list[PresentationContext], where: str) -> Negotiated:
+    try:
+        pdu_type, body, offset = reader.read(peer.acse_timeout,
+                                             f"association answer from {where}", "ACSE")
+        answer = P.decode(pdu_type, body, offset)
+    except MalformedPDU as exc:
+        send_quietly(sock, P.encode_abort(2, exc.reason))
+        raise AssociationFailed("aborted", f"association with {where} aborted: "
+                                f"{exc}") from exc
+    except AssociationLost as exc:
+        if exc.kind == "timeout":
+            send_quietly(sock, P.encode_abort(0, 0))
+            raise AssociationFailed("timeout", str(exc)) from exc
+        raise AssociationFailed("aborted", f"association with {where} failed: "
+                                f"{exc}") from exc
+    if isinstance(answer, A_ASSOCIATE_RJ):
+        rj = answer.to_primitive()
+        raise AssociationFailed(
+            "rejected", f"association rejected by {where}: "
+            f"{'permanent' if rj.result == 1 else 'transient'}, {rj.reason_str}",
+            rj.result, rj.result_source, rj.diagnostic)
+    if isinstance(answer, A_ABORT_RQ):
+        raise AssociationFailed("aborted", f"association aborted by {where}")
+    if not isinstance(answer, A_ASSOCIATE_AC):
+        send_quietly(sock, P.encode_abort(2, P.REASON_UNEXPECTED_PDU))
+        raise AssociationFailed("aborted", f"association with {where} aborted: unexpected "
+                                f"{P.name(pdu_type)} at offset {offset}")
+    ac = answer.to_primitive()
+    ac_roles = {str(i.sop_class_uid): (i.scu_role, i.scp_role) for i in ac.user_information
+                if isinstance(i, SCP_SCU_RoleSelectionNegotiation)}
+    outcome = negotiate_as_requestor(proposed, ac.presentation_context_definition_results_list,
+                                     ac_roles)  # type: ignore[arg-type]
+    by_id = {pc.context_id: pc for pc in proposed}
+    accepted = [Accepted(int(cx.context_id or 0), str(cx.abstract_syntax),
+                         str(cx.transfer_syntax[0]), bool(cx.as_scu), bool(cx.as_scp))
+                for cx in outcome if cx.result == 0]
+    rejected = [Context(str(cx.abstract_syntax),
+                        tuple(str(t) for t in by_id[cx.context_id].transfer_syntax))
+                for cx in outcome if cx.result != 0]
+    identity = next((i for i in ac.user_information
+                     if isinstance(i, UserIdentityNegotiation)), None)
+    response = (identity.server_response or b"") if identity is not None else None
+    peer_max = ac.maximum_length_received or 0
+    failure = None
+    if not accepted:
+        from pydicom.uid import UID
+
+        names = "; ".join(sorted({f"{UID(cx.abstract_syntax).name} in "
+                                  + ", ".join(UID(ts).name for ts in cx.transfer_syntaxes)
+                                  for cx in rejected})[:5])
+        failure = AssociationFailed("no_contexts", f"{where} accepted no presentation "
+                                    f"context (proposed: {names})")
+    elif peer.identity.kind and peer.identity.positive_response and response is None:
+        failure = AssociationFailed("identity", "the peer did not confirm the user identity "
+                                    "(a positive response was required)")
+    elif 0 < peer_max < 8 or 0 < (peer.max_send_pdu or 8) < 8:
+        failure = AssociationFailed("aborted", f"{where} takes PDUs of at most {peer_max} "
+                                    "bytes, too small to carry data")
+    if failure is not None:
+        send_quietly(sock, P.encode_abort(0, 0))
+        raise failure
+    return Negotiated(sock, reader, accepted, rejected, peer_max, response)
+
+
+
+def _request_primitive(peer: PeerSettings, proposed: list[PresentationContext],
+                       roles: Mapping[str, tuple[bool | None, bool | None]] | None
+                       ) -> A_ASSOCIATE:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT  # type: ignore[assignment]
+    primitive.calling_ae_title = peer.calling_ae
+    primitive.called_ae_title = peer.called_ae
+    primitive.presentation_context_definition_list = proposed
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = peer.max_pdu
+    klass = ImplementationClassUIDNotification()
+    klass.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    items: list = [maximum, klass, version]
+    for sop_class, (scu, scp) in (roles or {}).items():
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = sop_class  # type: ignore[assignment]
+        role.scu_role, role.scp_role = scu, scp
+        items.append(role)
+    identity = identity_item(peer.identity)
+    if identity is not None:
+        items.append(identity)
+    primitive.user_information = items
+    return primitive
+
+
+def _handshake(sock: socket.socket, context: ssl.SSLContext, peer: PeerSettings,
+               where: str) -> ssl.SSLSocket:
+    sock.settimeout(peer.acse_timeout)
+    try:
+        return context.wrap_socket(sock, server_hostname=peer.host)
+    except TimeoutError as exc:
+        raise AssociationFailed("timeout", f"TLS handshake with {where} timed out") from exc
+    except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+        raise AssociationFailed("tls", f"TLS handshake with {where} failed: {exc}") from exc
+
+
+def tune(sock: socket.socket) -> None:
+    """TCP_NODELAY: a request is not held by Nagle; QUICKACK: the response is ACKed at
+    once, so a peer with Nagle on does not hold the next one (re-armed per read)."""
+    for opt in ("TCP_NODELAY", "TCP_QUICKACK"):
+        if hasattr(socket, opt):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), 1)
+            except OSError:
+                pass

@@ -1,0 +1,179 @@
+"""check-config's environment checks, the spool lock, read-only status, and log capture."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+
+from forwarder import envcheck, logs, spoollock
+from forwarder.cli import main
+from forwarder.config import load
+from forwarder.spool import Spool
+from forwarder.spoollock import SpoolLock, SpoolLocked
+
+as_root = os.geteuid() == 0
+
+
+def write(tmp_path: Path, spool: Path, watch: list[Path], dest_extra: str = "") -> Path:
+    lines = [f"spool: {spool}", "watch:"]
+    for i, w in enumerate(watch):
+        lines += [f"  - name: w{i}", f"    path: {w}"]
+    lines += ["destinations:", "  pacs:", "    host: 127.0.0.1", "    port: 11112"]
+    lines += [dest_extra] if dest_extra else []
+    lines += ["routes:", "  - to: [pacs]"]
+    cfg = tmp_path / "forwarder.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def test_a_clean_environment_has_no_findings(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"])
+    found = envcheck.check(load(cfg))
+    assert found.errors == [] and found.warnings == []
+
+
+def test_missing_watch_folder_is_a_warning_with_its_line(tmp_path: Path, capsys) -> None:
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "later"])
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {cfg}:4: watch[0].path: {tmp_path / 'later'} does not exist yet" in err
+    assert "1 warning(s)" in err
+
+
+def test_overlapping_watch_folders_and_spool_are_errors(tmp_path: Path, capsys) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    cfg = write(tmp_path, tmp_path / "in" / "spool",
+                [tmp_path / "in", tmp_path / "in" / "sub"])
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"{cfg}:4: watch[0].path: {tmp_path / 'in'} overlaps the spool" in err
+    assert f"{cfg}:6: watch[1].path: {tmp_path / 'in' / 'sub'} overlaps watch[0]" in err
+
+
+def test_missing_secret_and_tls_files_are_errors_naming_them(tmp_path: Path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                f"    tls: {{enabled: true, ca: [{tmp_path}/ca.pem]}}\n"
+                f"    identity: {{user: u, password_file: {tmp_path}/pw}}")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"destinations.pacs.tls.ca[0]: {tmp_path}/ca.pem does not exist" in err
+    assert f"destinations.pacs.identity.password_file: {tmp_path}/pw does not exist" in err
+
+
+def _as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           sys.executable, "-c",
+                           "import sys; from forwarder.cli import main; sys.exit(main(sys.argv[1:]))",
+                           *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+
+
+@pytest.mark.skipif(not as_root, reason="checks as another user: needs root to switch to nobody")
+def test_spool_not_writable_and_unreadable_files_as_the_user_who_runs_it() -> None:
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))  # pytest's tmp_path is root's alone
+    try:
+        _spool_not_writable(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _spool_not_writable(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    for d in ("in", "spool"):
+        (tmp_path / d).mkdir(mode=0o755)
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                f"    identity: {{user: u, password_file: {secret}}}")
+    cfg.chmod(0o644)
+    if _as_nobody(["--version"]).returncode != 0:
+        pytest.skip("the interpreter is not reachable for user nobody here")
+    r = _as_nobody(["check-config", "-c", str(cfg)])
+    assert r.returncode == 78, r.stderr
+    assert f"{cfg}:1: spool: {tmp_path / 'spool'} is not writable by user nobody" in r.stderr
+    assert f"password_file: {secret} is not readable by user nobody" in r.stderr
+    assert f"watch[0].path: {tmp_path / 'in'} is not writable by user nobody" in r.stderr
+    (tmp_path / "spool").chmod(0o777)  # writable now, but a file in it is root's
+    (tmp_path / "spool" / "daemon.lock").write_text("")
+    r = _as_nobody(["check-config", "-c", str(cfg)])
+    assert f"spool: {tmp_path / 'spool' / 'daemon.lock'} cannot be written by user nobody: " \
+        f"chown -R nobody: {tmp_path / 'spool'}" in r.stderr, r.stderr
+    cfg.chmod(0o600)
+    r = _as_nobody(["check-config", "-c", str(cfg)])
+    assert r.returncode == 78 and "chgrp dicom-forwarder" in r.stderr, r.stderr
+
+
+def test_a_second_lock_on_the_spool_is_refused_and_status_sees_the_holder(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    assert spoollock.holder(spool) is None
+    first = SpoolLock(spool).acquire("/etc/x.yaml")
+    try:
+        assert spoollock.holder(spool)["pid"] == os.getpid()
+        with pytest.raises(SpoolLocked, match=r"another dicom-forwarder \(pid \d+, "
+                                               r"configuration /etc/x.yaml\)") as exc:
+            SpoolLock(spool).acquire("/etc/y.yaml", wait=0.3)
+        assert exc.value.exit_code == 78
+    finally:
+        first.release()
+    assert spoollock.holder(spool) is None  # the file stays; nobody holds it
+
+
+def test_status_never_creates_a_spool_and_reads_it_read_only(tmp_path: Path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    missing = tmp_path / "typo"
+    cfg = write(tmp_path, missing, [tmp_path / "in"])
+    assert main(["status", "-c", str(cfg)]) == 1
+    assert f"no spool at {missing}" in capsys.readouterr().err
+    assert main(["retry", "-c", str(cfg), "--all-failed"]) == 1
+    assert not missing.exists()
+    spool = tmp_path / "spool"
+    Spool(spool).close()
+    before = {p.name: p.stat().st_mtime_ns for p in spool.iterdir()}
+    cfg = write(tmp_path, spool, [tmp_path / "in"])
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["daemon"] is None
+    assert report["destinations"]["pacs"]["last_success_at"] is None
+    assert {p.name: p.stat().st_mtime_ns for p in spool.iterdir()} == before
+
+
+def test_every_record_gets_a_message_id_and_pynetdicom_stays_below_error(tmp_path: Path) -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    h = Keep()
+    h.addFilter(logs.EventFilter())
+    root = logging.getLogger()
+    root.addHandler(h)
+    logging.captureWarnings(True)
+    try:
+        logging.getLogger("pynetdicom.assoc").error("Association request failed: unable to "
+                                                    "connect to remote")
+        logging.getLogger("forwarder.daemon").warning("stopped")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("something old", DeprecationWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(h)
+    by = {r.__dict__["FORWARDER_EVENT"]: r for r in seen}
+    assert by["pynetdicom"].levelno == logging.WARNING
+    assert by["log"].__dict__["MESSAGE_ID"] == logs.EVENTS["log"]
+    assert by["python_warning"].__dict__["MESSAGE_ID"] == logs.EVENTS["python_warning"]
+    assert logs.priority(by["pynetdicom"].levelno) == 4
