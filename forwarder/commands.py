@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from forwarder import config, envcheck, watchstate
+from forwarder import config, watchstate
+from forwarder.config import envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UsageError
 
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, envcheck, logs, notify, watchstate
-from forwarder.config import Config
+from forwarder import config, logs, notify, watchstate
+from forwarder.config import Config, envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
 from forwarder.logs import event

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import envcheck, logs, spoollock
+from forwarder import logs, spoollock
 from forwarder.cli import main
-from forwarder.config import load
+from forwarder.config import envcheck, load
 from forwarder.spool import Spool
 from forwarder.spoollock import SpoolLock, SpoolLocked
 

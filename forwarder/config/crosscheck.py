@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from forwarder.config import Destination, Watch, _Ctx
+    from forwarder.config.engine import Ctx
+    from forwarder.config.schema import Destination, Watch
 
 
 def _real(path: str) -> str:
@@ -25,7 +26,7 @@ def _inside(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
-def cross_check(ctx: _Ctx, spool: str, watches: list[Watch],
+def cross_check(ctx: Ctx, spool: str, watches: list[Watch],
                 dests: Mapping[str, Destination]) -> None:
     for name, d in dests.items():
         if d.retry.max < d.retry.initial:

@@ -20,12 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forwarder import config
-from forwarder.config import Config
+from forwarder.config import loader
+from forwarder.config.engine import Ctx, KeyPath
+from forwarder.config.schema import Config
+from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
-from forwarder.yamlsrc import YamlProblem, load_with_lines
 
-KeyPath = tuple[str | int, ...]
 # what the daemon writes in the spool directory
 SPOOL_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "daemon.lock")
 SPOOL_DIRS = ("objects", "quarantine", "tmp")
@@ -45,7 +45,7 @@ def _user() -> str:
 
 
 def load(path: str) -> Config:
-    """:func:`config.load`, with the fix spelled out when the file exists but this user
+    """:func:`loader.load`, with the fix spelled out when the file exists but this user
     cannot read it (the service reads it as its own user)."""
     try:
         with open(path, "rb"):
@@ -55,8 +55,8 @@ def load(path: str) -> Config:
             f"cannot read: {exc.strerror} (as user {_user()}); make it readable by the "
             f"service's group: chgrp dicom-forwarder {path} && chmod 640 {path}"))]) from exc
     except OSError:
-        pass  # config.load says what is wrong
-    return config.load(path)
+        pass  # loader.load says what is wrong
+    return loader.load(path)
 
 
 class _Checker:
@@ -66,15 +66,13 @@ class _Checker:
         self.found = Findings()
         self.user = _user()
         try:
-            _, self.lines, _ = load_with_lines(Path(self.file).read_text(encoding="utf-8"))
+            _, lines, _ = load_with_lines(Path(self.file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, YamlProblem):
-            self.lines = {}
+            lines = {}
+        self.where = Ctx(self.file, lines)  # the file's key lines, as the loader names them
 
     def issue(self, path: KeyPath, message: str, error: bool = True) -> None:
-        line = next((self.lines[path[:n]] for n in range(len(path), 0, -1)
-                     if path[:n] in self.lines), None)
-        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
-        item = ConfigIssue(self.file, line, dotted.replace(".[", "["), message)
+        item = self.where.issue(path, message)
         (self.found.errors if error else self.found.warnings).append(item)
 
     # --- the spool ---------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""Reading a configuration file: YAML with line numbers -> the schema's dataclasses.
+
+Every problem (unknown key, wrong type, bad duration, a route naming an undefined
+destination, ...) becomes a :class:`~forwarder.errors.ConfigIssue` that names the
+file, the line and the key path; :func:`load` raises one :class:`ConfigError` with all
+of them, so ``check-config`` can print the whole list at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from forwarder.config.crosscheck import cross_check
+from forwarder.config.engine import Ctx, KeyPath
+from forwarder.config.schema import Condition, Config, Destination, Route, Watch
+from forwarder.config.yamlsrc import YamlProblem, load_with_lines, read_bounded
+from forwarder.errors import ConfigError, ConfigIssue
+
+
+def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
+    from pydicom.datadict import dictionary_VR, keyword_dict
+
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        ctx.error(path, f"expected a mapping of conditions, got {value!r}")
+        return ()
+    out = []
+    for key, v in value.items():
+        kp = (*path, key)
+        if key not in ("watch", "path"):
+            if key not in keyword_dict:
+                close = difflib.get_close_matches(key, keyword_dict, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                ctx.error(kp, f"unknown DICOM keyword{hint}; conditions are watch, path "
+                              "or a DICOM keyword such as Modality")
+                continue
+            if dictionary_VR(keyword_dict[key]) == "SQ":
+                ctx.error(kp, "a sequence attribute cannot be matched")
+                continue
+        if isinstance(v, dict):
+            if set(v) != {"regex"} or not isinstance(v["regex"], str):
+                ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
+                continue
+            try:
+                out.append(Condition(key, regex=re.compile(v["regex"])))
+            except re.error as exc:
+                ctx.error((*kp, "regex"), f"bad regular expression: {exc}")
+            continue
+        items = v if isinstance(v, list) else [v]
+        if not items or any(isinstance(i, (dict, list)) or i is None for i in items):
+            ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
+            continue
+        out.append(Condition(key, values=tuple(str(i) for i in items)))
+    return tuple(out)
+
+
+def _check_name(ctx: Ctx, name: Any, path: KeyPath) -> bool:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        ctx.error(path, f"a name uses letters, digits, '_', '.' and '-', got {name!r}")
+        return False
+    return True
+
+
+def parse(text: str, file: str = "<config>") -> Config:
+    """Parse configuration text; raise :class:`ConfigError` listing every problem."""
+    try:
+        data, lines, dups = load_with_lines(text)
+    except YamlProblem as exc:
+        hint = " (check indentation and quoting near this line)" \
+            if exc.message.startswith("YAML") else ""
+        raise ConfigError([ConfigIssue(file, exc.line, Ctx.dotted(exc.path),
+                                       exc.message + hint)]) from exc
+    ctx = Ctx(file, lines)
+    for d in dups:
+        ctx.error(d.path, d.message)
+    if data is None:
+        ctx.error((), "the file is empty; it needs at least 'spool', 'destinations' and "
+                      "'routes' (see etc/forwarder.yaml)")
+        raise ConfigError(ctx.issues)
+    if not isinstance(data, dict):
+        ctx.error((), f"expected a mapping of top-level keys, got {type(data).__name__}")
+        raise ConfigError(ctx.issues)
+
+    sections = {"watch", "destinations", "routes"}
+    top = ctx.build(Config, {k: v for k, v in data.items() if k not in sections}, ())
+
+    watches: list[Watch] = []
+    raw_watch = data.get("watch") or []
+    if not isinstance(raw_watch, list):
+        ctx.error(("watch",), "expected a list of watch folders")
+        raw_watch = []
+    for i, w in enumerate(raw_watch):
+        built = ctx.build(Watch, w, ("watch", i))
+        if built is None:
+            continue
+        if not _check_name(ctx, built.name, ("watch", i, "name")):
+            continue
+        if any(x.name == built.name for x in watches):
+            ctx.error(("watch", i, "name"), f"duplicate watch name '{built.name}'")
+        watches.append(built)
+
+    dests: dict[str, Destination] = {}
+    raw_dests = data.get("destinations") or {}
+    if not isinstance(raw_dests, dict):
+        ctx.error(("destinations",), "expected a mapping of destination names to settings")
+        raw_dests = {}
+    for name, d in raw_dests.items():
+        if not _check_name(ctx, name, ("destinations", name)):
+            continue
+        built = ctx.build(Destination, d, ("destinations", name), {"name": name})
+        if built is None:
+            continue
+        tls = built.tls
+        if tls.enabled and not tls.anonymous and bool(tls.cert) != bool(tls.key):
+            ctx.error(("destinations", name, "tls"), "cert and key go together")
+        ident = built.identity
+        if ident.password_file and not ident.user:
+            ctx.error(("destinations", name, "identity", "password_file"),
+                      "a password needs 'user'")
+        dests[name] = built
+
+    routes: list[Route] = []
+    raw_routes = data.get("routes") or []
+    if not isinstance(raw_routes, list):
+        ctx.error(("routes",), "expected a list of routes")
+        raw_routes = []
+    for i, r in enumerate(raw_routes):
+        base = ("routes", i)
+        if isinstance(r, dict):
+            match = _parse_match(ctx, r.get("match"), (*base, "match"))
+            built = ctx.build(Route, {k: v for k, v in r.items() if k != "match"}, base,
+                              {"match": match})
+        else:
+            built = ctx.build(Route, r, base)
+        if built is None:
+            continue
+        if not built.to:
+            ctx.error((*base, "to"), "a route needs at least one destination")
+        for j, dest in enumerate(built.to):
+            if dest not in raw_dests:
+                known = "defined: " + ", ".join(sorted(map(str, raw_dests))) if raw_dests else "none defined"
+                ctx.error((*base, "to", j), f"undefined destination '{dest}' ({known})")
+        for c in built.match:
+            if c.key == "watch" and c.values:
+                for v in c.values:
+                    if not any(w.name == v for w in watches):
+                        ctx.error((*base, "match", "watch"), f"no watch folder is named '{v}'")
+        if built.name and any(x.name == built.name for x in routes):
+            ctx.error((*base, "name"), f"duplicate route name '{built.name}'")
+        routes.append(built)
+
+    if top is not None:
+        cross_check(ctx, top.spool, watches, dests)
+    if ctx.issues or top is None:
+        raise ConfigError(ctx.issues)
+    return dataclasses.replace(top, source=file, watch=tuple(watches), destinations=dests,
+                               routes=tuple(routes))
+
+
+def load(path: str | Path) -> Config:
+    """Read and parse a configuration file; relative paths in it stay as written."""
+    p = Path(path)
+    try:
+        text = read_bounded(p)
+    except YamlProblem as exc:
+        raise ConfigError([ConfigIssue(str(p), None, "", exc.message)]) from exc
+    return parse(text, str(p))
