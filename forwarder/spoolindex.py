@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder import recovery, router
-from forwarder.dicomfile import probe
 from forwarder.errors import NotDicomError, SpoolIndexError, UsageError
 
 if TYPE_CHECKING:
@@ -119,6 +118,8 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
 
 def _retake(cfg: Config, spool: Spool, path: Path, now: float,
             report: dict[str, int]) -> None:
+    from forwarder.dicomfile import probe  # pydicom: only a rebuild reads headers
+
     source = f"{path} (spool rebuild)"
     try:
         with open(path, "rb") as fp:

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from forwarder.config import keywords
 from forwarder.config.crosscheck import cross_check
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Condition, Config, Destination, Route, Watch
@@ -22,8 +23,6 @@ from forwarder.errors import ConfigError, ConfigIssue
 
 
 def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
-    from pydicom.datadict import dictionary_VR, keyword_dict
-
     if value is None:
         return ()
     if not isinstance(value, dict):
@@ -33,13 +32,14 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
     for key, v in value.items():
         kp = (*path, key)
         if key not in ("watch", "path"):
+            keyword_dict = keywords.keyword_tags()
             if key not in keyword_dict:
                 close = difflib.get_close_matches(key, keyword_dict, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 ctx.error(kp, f"unknown DICOM keyword{hint}; conditions are watch, path "
                               "or a DICOM keyword such as Modality")
                 continue
-            if dictionary_VR(keyword_dict[key]) == "SQ":
+            if keywords.vr(keyword_dict[key]) == "SQ":
                 ctx.error(kp, "a sequence attribute cannot be matched")
                 continue
         if isinstance(v, dict):
