@@ -68,9 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args_list and args_list[0] == "send":
-            from forwarder import sendcmd
+            from forwarder.send import run as send
 
-            return sendcmd.run(args_list[1:])
+            return send(args_list[1:])
         parser = _parser()
         try:
             args = parser.parse_args(args_list)

@@ -43,3 +43,14 @@ def test_route_keywords_are_pydicoms_dictionary() -> None:
             "assert vrs == {k: dictionary_VR(t) for k, t in keyword_dict.items()}\n"
             "assert vrs['Modality'] == 'CS' and vrs['ReferencedImageSequence'] == 'SQ'\n")
     assert loaded_after(code)["pydicom"] is True
+
+
+def test_send_help_and_usage_errors_import_no_dicom_library() -> None:
+    found = loaded_after("import contextlib, io\n"
+                         "from forwarder.cli import main\n"
+                         "with contextlib.redirect_stdout(io.StringIO()) as out, "
+                         "contextlib.redirect_stderr(io.StringIO()):\n"
+                         "    assert main(['send', '--help']) == 0\n"
+                         "    assert main(['send', '-aet', 'ME', '127.0.0.1']) == 2\n"
+                         "assert 'storescu' in out.getvalue()\n")
+    assert found == dict.fromkeys(HEAVY, False)

@@ -1,0 +1,87 @@
+"""`send`'s changes to each data set before it is sent: storescu's invented patient,
+study, series and instance UIDs (``+II``, ``+IR``, ``+IS``, ``+IP``), UIDs stripped of
+padding (``-up``) and the newer VRs sent as OB (``-u``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+
+class UidInventor:
+    """storescu's +II/+IR/+IS/+IP: every image gets a new SOP Instance UID and invented
+    patient, study and series: a new series after n images (+IR, default 100), a new
+    study after n series (+IS, 50), a new patient after n studies (+IP, 25). Patient ID,
+    Patient Name, Study ID, Series Number and Instance Number are set as storescu sets
+    them (a counter after the time in seconds)."""
+
+    def __init__(self, series_every: int, study_every: int, patient_every: int):
+        self.series_every, self.study_every, self.patient_every = (
+            series_every, study_every, patient_every)
+        self.stamp = str(int(time.time()))
+        self.images = self.series = self.studies = self.patients = 0
+        self._new_series()
+        self._new_study()
+        self._new_patient()
+
+    def _new_series(self) -> None:
+        self.series_uid = generate_uid()
+        self.series_number = str(self.series)  # kept when a new study resets the count
+
+    def _new_study(self) -> None:
+        self.study_uid = generate_uid()
+        self.study_id = f"SID_{self.stamp}{self.studies}"
+
+    def _new_patient(self) -> None:
+        self.patient_id = f"PID_{self.stamp}{self.patients}"
+        self.patient_name = f"FORWARDER^TEST_PN_{self.stamp}{self.patients}"
+
+    def __call__(self, ds: Dataset) -> None:
+        if self.images >= self.series_every:
+            self.images, self.series = 0, self.series + 1
+            self._new_series()
+        if self.series >= self.study_every:
+            self.series, self.studies = 0, self.studies + 1
+            self._new_study()
+        if self.studies >= self.patient_every:
+            self.studies, self.patients = 0, self.patients + 1
+            self._new_patient()
+        ds.PatientID, ds.PatientName = self.patient_id, self.patient_name
+        ds.StudyID, ds.StudyInstanceUID = self.study_id, self.study_uid
+        ds.SeriesInstanceUID, ds.SeriesNumber = self.series_uid, self.series_number
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = str(self.images)
+        self.images += 1
+
+
+def modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a callable
+    steps: list[Callable[[Dataset], None]] = []
+    if args.invent_instance or args.invent_series or args.invent_study or args.invent_patient:
+        steps.append(UidInventor(args.invent_series or 100, args.invent_study or 50,
+                                 args.invent_patient or 25))
+    if args.uid_padding:
+        def fix_uids(ds: Dataset) -> None:
+            for elem in ds.iterall():
+                if elem.VR == "UI" and isinstance(elem.value, str):
+                    elem.value = elem.value.rstrip(" \0")
+        steps.append(fix_uids)
+    if not args.new_vr:
+        def old_vrs(ds: Dataset) -> None:
+            for elem in ds.iterall():
+                if elem.VR in ("UN", "UT", "UC", "UR", "OV", "SV", "UV"):
+                    if isinstance(elem.value, str):
+                        elem.value = elem.value.encode("utf-8")
+                    elem.VR = "OB"
+        steps.append(old_vrs)
+    if not steps:
+        return None
+
+    def apply(ds: Dataset) -> None:
+        for step in steps:
+            step(ds)
+    return apply

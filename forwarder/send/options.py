@@ -1,0 +1,199 @@
+"""`send`'s command line: DCMTK storescu's options, spellings and defaults, and the
+peer settings they describe.
+
+Options may stand anywhere and the rightmost of mutually exclusive ones wins (the
+parser is used with ``parse_intermixed_args``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from forwarder.errors import UsageError
+from forwarder.negotiation import OPTION_TO_MODE
+
+if TYPE_CHECKING:
+    from forwarder.association import PeerSettings
+
+LOG_LEVELS = {"fatal": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+              "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see 'dicom-forwarder send --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dicom-forwarder send", prefix_chars="-+", add_help=False,
+                allow_abbrev=False,
+                usage="dicom-forwarder send [options] peer port dcmfile-in...",
+                description="DICOM storage (C-STORE) SCU with DCMTK storescu's options.")
+    a = p.add_argument
+    g = p.add_argument_group("general options")
+    g.add_argument("-h", "--help", action="store_true", help="print this help text and exit")
+    g.add_argument("--version", action="store_true", help="print version information and exit")
+    g.add_argument("--arguments", action="store_true", help="print expanded command line arguments")
+    g.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="fatal",
+                   help="quiet mode, print no warnings and errors")
+    g.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="info",
+                   help="verbose mode, print processing details")
+    g.add_argument("-d", "--debug", dest="log_level", action="store_const", const="debug",
+                   help="debug mode, print debug information")
+    g.add_argument("-ll", "--log-level", dest="log_level", choices=list(LOG_LEVELS),
+                   help="use level l for the logger")
+    g.add_argument("-lc", "--log-config", metavar="FILE",
+                   help="use config file f for the logger (Python logging.config format)")
+    g.add_argument("+v", "--verbose-pc", action="store_true",
+                   help="show presentation contexts in verbose mode")
+    i = p.add_argument_group("input options")
+    i.add_argument("+f", "--read-file", dest="read", action="store_const", const="file",
+                   help="read file format or data set (default)")
+    i.add_argument("+fo", "--read-file-only", dest="read", action="store_const",
+                   const="file-only", help="read file format only")
+    i.add_argument("-f", "--read-dataset", dest="read", action="store_const", const="dataset",
+                   help="read data set without file meta information")
+    i.add_argument("+sd", "--scan-directories", action="store_true",
+                   help="scan directories for input files (dcmfile-in)")
+    i.add_argument("+sp", "--scan-pattern", metavar="PATTERN",
+                   help="pattern for filename matching (wildcards)")
+    i.add_argument("-r", "--no-recurse", dest="recurse", action="store_false",
+                   help="do not recurse within directories (default)")
+    i.add_argument("+r", "--recurse", dest="recurse", action="store_true",
+                   help="recurse within specified directories")
+    n = p.add_argument_group("network options")
+    n.add_argument("-aet", "--aetitle", default="STORESCU", help="set my calling AE title")
+    n.add_argument("-aec", "--call", default="ANY-SCP", help="set called AE title of peer")
+    n.add_argument("-xf", "--config-file", nargs=2, metavar=("FILE", "PROFILE"),
+                   help="use profile p from config file f")
+    for opt, mode in OPTION_TO_MODE.items():
+        long = {"-x=": "--propose-uncompr"}.get(opt, f"--propose-{mode}")
+        n.add_argument(opt, long, dest="mode", action="store_const", const=mode,
+                       help=f"propose the {mode} transfer syntaxes (storescu {opt})")
+    n.add_argument("-R", "--required", action="store_true",
+                   help="propose only required presentation contexts")
+    n.add_argument("+C", "--combine", action="store_true",
+                   help="combine proposed transfer syntaxes")
+    n.add_argument("+u", "--enable-new-vr", dest="new_vr", action="store_true", default=True,
+                   help="enable support for new VRs (UN/UT) (default)")
+    n.add_argument("-u", "--disable-new-vr", dest="new_vr", action="store_false",
+                   help="disable support for new VRs, convert to OB")
+    n.add_argument("+cl", "--compression-level", type=int, default=6, choices=range(10),
+                   metavar="[0-9]", help="deflate compression level (default: 6)")
+    n.add_argument("-usr", "--user", help="authenticate using user name u")
+    n.add_argument("-pwd", "--password", help="authenticate using password p")
+    n.add_argument("-epw", "--empty-password", action="store_true", help="send empty password")
+    n.add_argument("-kt", "--kerberos", metavar="FILE", help="read kerberos ticket from file f")
+    n.add_argument("--saml", metavar="FILE", help="read SAML request from file f")
+    n.add_argument("--jwt", metavar="FILE", help="read JWT data from file f")
+    n.add_argument("-rsp", "--pos-response", action="store_true", help="expect positive response")
+    n.add_argument("-to", "--timeout", type=int, help="timeout for connection requests")
+    n.add_argument("-ts", "--socket-timeout", type=int, default=60,
+                   help="timeout for network socket (0 for none)")
+    n.add_argument("-ta", "--acse-timeout", type=int, default=30, help="timeout for ACSE messages")
+    n.add_argument("-td", "--dimse-timeout", type=int, help="timeout for DIMSE messages")
+    n.add_argument("-pdu", "--max-pdu", type=int, default=16384, help="set max receive pdu")
+    n.add_argument("--max-send-pdu", type=int, help="restrict max send pdu to n bytes")
+    n.add_argument("--repeat", type=int, default=1, help="repeat n times")
+    n.add_argument("--abort", action="store_true", help="abort association instead of releasing it")
+    n.add_argument("-nh", "--no-halt", action="store_true",
+                   help="do not halt if unsuccessful store encountered")
+    n.add_argument("-up", "--uid-padding", action="store_true",
+                   help="silently correct space-padded UIDs")
+    n.add_argument("+II", "--invent-instance", action="store_true",
+                   help="invent a new SOP instance UID for every image sent")
+    n.add_argument("+IR", "--invent-series", type=int, metavar="N",
+                   help="invent a new series UID after n images have been sent (default: 100)")
+    n.add_argument("+IS", "--invent-study", type=int, metavar="N",
+                   help="invent a new study UID after n series have been sent (default: 50)")
+    n.add_argument("+IP", "--invent-patient", type=int, metavar="N",
+                   help="invent a new patient ID and name after n studies (default: 25)")
+    t = p.add_argument_group("transport layer security (TLS) options")
+    t.add_argument("-tls", "--disable-tls", dest="tls", action="store_const", const=None,
+                   help="use normal TCP/IP connection (default)")
+    t.add_argument("+tls", "--enable-tls", dest="tls", nargs=2, metavar=("KEY", "CERT"),
+                   help="use authenticated secure TLS connection")
+    t.add_argument("+tla", "--anonymous-tls", dest="tls", action="store_const", const=[],
+                   help="use secure TLS connection without certificate")
+    t.add_argument("+ps", "--std-passwd", dest="passwd", action="store_const", const=None,
+                   help="prompt user to type password on stdin (default)")
+    t.add_argument("+pw", "--use-passwd", dest="passwd", help="use specified password")
+    t.add_argument("-pw", "--null-passwd", dest="passwd", action="store_const", const="",
+                   help="use empty string as password")
+    t.add_argument("-pem", "--pem-keys", dest="der", action="store_false",
+                   help="read keys and certificates as PEM file (default)")
+    t.add_argument("-der", "--der-keys", dest="der", action="store_true",
+                   help="read keys and certificates as DER file")
+    t.add_argument("+cf", "--add-cert-file", action="append", default=[], metavar="FILE",
+                   help="add certificate file to list of certificates")
+    t.add_argument("+cd", "--add-cert-dir", action="append", default=[], metavar="DIR",
+                   help="add certificates in d to list of certificates")
+    for opt, long, prof in (("+px", "--profile-bcp195", "bcp195"),
+                            ("+py", "--profile-bcp195-nd", "bcp195-nd"),
+                            ("+pb", "--profile-basic", "basic"),
+                            ("+pa", "--profile-aes", "aes"),
+                            ("+pn", "--profile-null", "null")):
+        t.add_argument(opt, long, dest="profile", action="store_const", const=prof,
+                       help=f"{prof} TLS profile")
+    t.add_argument("+cc", "--list-ciphers", action="store_true",
+                   help="show list of supported TLS ciphersuites and exit")
+    t.add_argument("+cs", "--cipher", action="append", default=[],
+                   help="add ciphersuite to list of negotiated suites")
+    t.add_argument("+rs", "--seed", metavar="FILE", help="accepted; the TLS library seeds itself")
+    t.add_argument("+ws", "--write-seed", action="store_true", help="accepted; see +rs")
+    t.add_argument("+wf", "--write-seed-file", metavar="FILE", help="accepted; see +rs")
+    t.add_argument("-rc", "--require-peer-cert", dest="verify", action="store_true",
+                   default=True, help="verify peer certificate, fail if absent (default)")
+    t.add_argument("-ic", "--ignore-peer-cert", dest="verify", action="store_false",
+                   help="don't verify peer certificate")
+    a("peer", nargs="?", help="hostname of DICOM peer")
+    a("port", nargs="?", help="tcp/ip port number of peer")
+    a("files", nargs="*", metavar="dcmfile-in", help="DICOM file or directory to be transmitted")
+    p.set_defaults(mode="uncompressed", read="file", recurse=False, profile="bcp195",
+                   log_level="warn", tls=None, der=False)
+    return p
+
+
+def peer_settings(args: argparse.Namespace) -> PeerSettings:
+    """The association's settings from the network, identity and TLS options."""
+    from forwarder import emptypasscode
+    from forwarder.association import (
+        IdentitySettings,
+        PeerSettings,
+        TLSSettings,
+        identity_from_files,
+    )
+    from forwarder.ciphers import openssl_names
+
+    if args.empty_password and args.password is None:
+        args.password = ""
+        emptypasscode.apply()
+    if args.password is not None and not args.user:
+        raise UsageError("-pwd/-epw need --user")
+    identity: IdentitySettings = identity_from_files(
+        args.user, args.password, args.kerberos, args.saml, args.jwt, args.pos_response)
+    tls = None
+    if args.tls is not None:
+        key, cert = (args.tls if args.tls else (None, None))
+        tls = TLSSettings(cert=cert, key=key, key_password=args.passwd,
+                          prompt_password=args.passwd is None and sys.stdin.isatty(),
+                          der=args.der, ca_files=tuple(args.add_cert_file),
+                          ca_dirs=tuple(args.add_cert_dir), verify_peer=args.verify,
+                          profile=args.profile, ciphers=openssl_names(args.cipher))
+    try:
+        port = int(args.port)
+        if not 0 < port < 65536:
+            raise ValueError
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"port must be a number from 1 to 65535, got {args.port!r}") from exc
+    if not 4096 <= args.max_pdu <= 131072 and args.max_pdu != 0:
+        raise UsageError("-pdu must be from 4096 to 131072")
+    return PeerSettings(
+        host=args.peer, port=port, called_ae=args.call, calling_ae=args.aetitle,
+        max_pdu=args.max_pdu, max_send_pdu=args.max_send_pdu,
+        connect_timeout=args.timeout, acse_timeout=args.acse_timeout,
+        dimse_timeout=args.dimse_timeout, network_timeout=args.socket_timeout or None,
+        tls=tls, identity=identity)

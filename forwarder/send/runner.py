@@ -1,0 +1,177 @@
+"""`send`'s run: options, inputs, one association, a C-STORE per file, the exit code.
+
+Success is the daemon's rule (:func:`forwarder.outcome.store_status`). pydicom and
+pynetdicom are imported once the options say there is something to send, so ``--help``,
+``--version`` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import logging
+import logging.config as logging_config
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from forwarder import __version__, nosecrets, outcome
+from forwarder.asconfig import ProfileError, parse_profile
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from forwarder.negotiation import TooManyContexts, storescu_contexts
+from forwarder.send.inputs import Item, collect_inputs, expand_command_files, probe_inputs
+from forwarder.send.options import LOG_LEVELS, build_parser, peer_settings
+
+if TYPE_CHECKING:
+    from forwarder.association import PeerSettings
+
+LOGGER = logging.getLogger("forwarder.send")
+
+
+def run(argv: Sequence[str]) -> int:
+    """Parse storescu's options and send; 0 only when every file was stored."""
+    argv = expand_command_files(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.help:
+        parser.print_help()
+        return EXIT_OK
+    if args.version:
+        print(f"dicom-forwarder send {__version__} (storescu-compatible C-STORE SCU)")
+        return EXIT_OK
+    _setup_logging(args)
+    if args.arguments:
+        print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
+    if args.list_ciphers:
+        from forwarder.association import TLSSettings, ssl_context
+        from forwarder.ciphers import iana_name
+
+        print("Supported TLS ciphersuites are:")
+        for c in ssl_context(TLSSettings(verify_peer=False)).get_ciphers():
+            print(f"  {iana_name(c['name'])}")
+        return EXIT_OK
+    if args.seed or args.write_seed or args.write_seed_file:
+        LOGGER.warning("+rs/+ws/+wf ignored: the TLS library seeds its generator itself")
+    if not args.peer or not args.port or not args.files:
+        raise UsageError("missing parameter: peer port dcmfile-in...")
+    peer = peer_settings(args)
+
+    paths, errors = collect_inputs(args)
+    items = probe_inputs(args, paths, errors)
+    for line in errors:
+        LOGGER.error("%s", line)
+    if errors and not args.no_halt:
+        return EXIT_FAILURE
+    if not items:
+        LOGGER.error("no DICOM files to send")
+        return EXIT_FAILURE
+
+    try:
+        if args.config_file:
+            file, profile = args.config_file
+            contexts = parse_profile(Path(file).read_text(), profile, file)
+        else:
+            required = [it.probe.sop_class_uid for it in items] if args.required else None
+            contexts = storescu_contexts(args.mode, args.combine, required)
+    except (ProfileError, TooManyContexts, OSError) as exc:
+        raise UsageError(str(exc)) from exc
+    return _send(args, peer, contexts, items, bool(errors))
+
+
+def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[Item],
+          had_errors: bool) -> int:
+    import ssl
+
+    from pydicom.uid import UID
+
+    from forwarder.association import AssociationFailed
+    from forwarder.cstore import store_file
+    from forwarder.progress import Progress
+    from forwarder.scu import Association
+    from forwarder.send.invent import modifier
+
+    try:
+        assoc = Association.open(peer, contexts)
+    except AssociationFailed as exc:
+        LOGGER.error("%s", exc)
+        return EXIT_FAILURE
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        LOGGER.error("cannot set up the association: %s", exc)
+        return EXIT_FAILURE
+    if args.verbose_pc:
+        for cx in assoc.accepted:
+            LOGGER.info("presentation context %s: %s %s", cx.context_id,
+                        UID(cx.abstract_syntax).name, cx.transfer_syntax)
+        for rejected in assoc.rejected:
+            LOGGER.info("presentation context rejected: %s", UID(rejected.abstract_syntax).name)
+    modify = modifier(args)
+    failed = had_errors
+    progress = Progress(len(items) * args.repeat, sum(i.size for i in items) * args.repeat)
+    msg_id = 0
+    try:
+        # storescu --repeat sends each file n times before the next one
+        for item in [it for it in items for _ in range(max(args.repeat, 1))]:
+            if not assoc.is_established:
+                LOGGER.error("%s: not sent, the association is gone", item.path)
+                failed = True
+                if not args.no_halt:
+                    return EXIT_FAILURE
+                continue
+            msg_id = msg_id % 65535 + 1
+            started = time.monotonic()
+            result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
+            # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
+            action = (outcome.store_status(result.status, result.comment)
+                      if result.status is not None else None)
+            if action is not None and action.kind == outcome.DONE:
+                LOGGER.info("%s: stored, status 0x%04X%s", item.path, result.status,
+                            f" ({action.reason})" if action.warning else "")
+                progress.advance(item.size)
+                continue
+            failed = True
+            if result.refused:
+                LOGGER.error("%s: not sent: %s", item.path, result.refused)
+            elif result.status is None:  # the transport says why, in words
+                LOGGER.error("%s: %s", item.path, result.comment or outcome.no_response_cause(
+                    time.monotonic() - started, peer.dimse_timeout, False))
+            else:
+                comment = f" ({result.comment})" if result.comment else ""
+                LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,
+                             comment)
+            if not args.no_halt:
+                return EXIT_FAILURE
+    finally:
+        progress.close()
+        if assoc.is_established:
+            assoc.abort() if args.abort else assoc.release()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    nosecrets.install()
+    if args.log_config:
+        try:
+            text = Path(args.log_config).read_text(errors="replace")
+        except OSError as exc:
+            raise UsageError(f"cannot read log config {args.log_config}: {exc.strerror}") from exc
+        if "log4cplus." in text:
+            raise UsageError(f"{args.log_config} is a DCMTK (log4cplus) logger configuration; "
+                             "-lc takes a Python logging.config file ([loggers], [handlers], "
+                             "[formatters]); use -ll/-v/-d for the level")
+        try:
+            logging_config.fileConfig(args.log_config, disable_existing_loggers=False)
+        except (OSError, KeyError, ValueError, configparser.Error, ImportError,
+                AttributeError, TypeError) as exc:
+            raise UsageError(f"cannot use log config {args.log_config}: not a Python "
+                             f"logging.config file ({type(exc).__name__}: {exc})") from exc
+        return
+    level = LOG_LEVELS[args.log_level]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname).1s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level > logging.DEBUG else level)
+
