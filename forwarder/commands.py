@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forwarder import config, watchstate
 from forwarder.config import envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from forwarder.spool import Spool
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -120,8 +125,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _listing(args: argparse.Namespace, rows: list[dict], line: str, summary: str) -> int:
-    """Print spool rows as JSON (``--json``) or one formatted line each and a summary."""
+def _listing(args: argparse.Namespace, query: Callable[[Spool], list[dict]], line: str,
+             summary: str) -> int:
+    """Spool rows (``query`` on the spool, opened read-only) as JSON (``--json``) or one
+    formatted line each and a summary."""
+    _cfg, spool = _open_spool(args, readonly=True)
+    with spool:
+        rows = query(spool)
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -132,19 +142,14 @@ def _listing(args: argparse.Namespace, rows: list[dict], line: str, summary: str
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    _cfg, spool = _open_spool(args, readonly=True)
-    with spool:
-        rows = spool.failed_jobs()
-    return _listing(args, rows, "job {job} -> {destination}: {sop_instance_uid} ({attempts} "
-                    "attempts): {reason}", "{n} failed job(s); requeue with 'dicom-forwarder "
-                    "retry'")
+    return _listing(args, lambda spool: spool.failed_jobs(),
+                    "job {job} -> {destination}: {sop_instance_uid} ({attempts} attempts): "
+                    "{reason}", "{n} failed job(s); requeue with 'dicom-forwarder retry'")
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    _cfg, spool = _open_spool(args, readonly=True)
-    with spool:
-        rows = spool.quarantined()
-    return _listing(args, rows, "{file}: from {source}: {reason}", "{n} quarantined file(s)")
+    return _listing(args, lambda spool: spool.quarantined(), "{file}: from {source}: {reason}",
+                    "{n} quarantined file(s)")
 
 
 def cmd_spool(args: argparse.Namespace) -> int:

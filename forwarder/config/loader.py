@@ -66,6 +66,16 @@ def _check_name(ctx: Ctx, name: Any, path: KeyPath) -> bool:
     return True
 
 
+def _section(ctx: Ctx, data: dict[Any, Any], key: str, kind: type, what: str) -> Any:
+    """Top-level section ``key`` when it is a ``kind`` (absent: empty), else an error and
+    an empty one."""
+    raw = data.get(key) or kind()
+    if not isinstance(raw, kind):
+        ctx.error((key,), f"expected {what}")
+        return kind()
+    return raw
+
+
 def parse(text: str, file: str = "<config>") -> Config:
     """Parse configuration text; raise :class:`ConfigError` listing every problem."""
     try:
@@ -90,11 +100,7 @@ def parse(text: str, file: str = "<config>") -> Config:
     top = ctx.build(Config, {k: v for k, v in data.items() if k not in sections}, ())
 
     watches: list[Watch] = []
-    raw_watch = data.get("watch") or []
-    if not isinstance(raw_watch, list):
-        ctx.error(("watch",), "expected a list of watch folders")
-        raw_watch = []
-    for i, w in enumerate(raw_watch):
+    for i, w in enumerate(_section(ctx, data, "watch", list, "a list of watch folders")):
         built = ctx.build(Watch, w, ("watch", i))
         if built is None:
             continue
@@ -105,10 +111,8 @@ def parse(text: str, file: str = "<config>") -> Config:
         watches.append(built)
 
     dests: dict[str, Destination] = {}
-    raw_dests = data.get("destinations") or {}
-    if not isinstance(raw_dests, dict):
-        ctx.error(("destinations",), "expected a mapping of destination names to settings")
-        raw_dests = {}
+    raw_dests = _section(ctx, data, "destinations", dict,
+                         "a mapping of destination names to settings")
     for name, d in raw_dests.items():
         if not _check_name(ctx, name, ("destinations", name)):
             continue
@@ -125,11 +129,7 @@ def parse(text: str, file: str = "<config>") -> Config:
         dests[name] = built
 
     routes: list[Route] = []
-    raw_routes = data.get("routes") or []
-    if not isinstance(raw_routes, list):
-        ctx.error(("routes",), "expected a list of routes")
-        raw_routes = []
-    for i, r in enumerate(raw_routes):
+    for i, r in enumerate(_section(ctx, data, "routes", list, "a list of routes")):
         base = ("routes", i)
         if isinstance(r, dict):
             match = _parse_match(ctx, r.get("match"), (*base, "match"))
