@@ -31,12 +31,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_spool(args: argparse.Namespace, readonly: bool = False):  # noqa: ANN202
-    """The configuration and its spool; ``readonly`` for the commands that only look."""
+def _open_spool(args: argparse.Namespace, readonly: bool = False,  # noqa: ANN202
+                destination: str | None = None):
+    """The configuration and its spool; ``readonly`` for the commands that only look.
+    ``destination``, when given, must be configured (checked before the spool opens)."""
+    from forwarder import spoolindex
     from forwarder.errors import SpoolError
     from forwarder.spool import Spool
 
     cfg = config.load(args.config)
+    if destination is not None and destination not in cfg.destinations:
+        raise UsageError(f"no destination named '{destination}' in {args.config} "
+                         f"(defined: {', '.join(cfg.destinations)})")
+    spoolindex.check_before_open(Path(cfg.spool))  # objects without an index: exit 78
     if not readonly and not (Path(cfg.spool) / "index.sqlite").is_file():
         raise SpoolError(f"no spool at {cfg.spool}: check the configuration's 'spool' path; "
                          "nothing was created")
@@ -102,9 +109,7 @@ def _age(seconds: float) -> str:
 def cmd_retry(args: argparse.Namespace) -> int:
     if not args.all_failed and not args.destination:
         raise UsageError("say which failed jobs to requeue: --destination NAME or --all-failed")
-    cfg, spool = _open_spool(args)
-    if args.destination and args.destination not in cfg.destinations:
-        raise UsageError(f"no destination named '{args.destination}' in {args.config}")
+    _cfg, spool = _open_spool(args, destination=args.destination)
     with spool:
         n = spool.requeue_failed(args.destination)
     print(f"requeued {n} failed job(s)")
@@ -114,10 +119,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Probe a held or backed-off destination at once and make its waiting jobs due now;
     the running daemon notices within a second (the spool is the flag)."""
-    cfg, spool = _open_spool(args)
-    if args.name not in cfg.destinations:
-        raise UsageError(f"no destination named '{args.name}' in {args.config} "
-                         f"(defined: {', '.join(cfg.destinations)})")
+    _cfg, spool = _open_spool(args, destination=args.name)
     with spool:
         before, waiting = spool.resume(args.name)
     was = before.state + (f" ({before.reason})" if before.reason else "")

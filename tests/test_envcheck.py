@@ -56,7 +56,8 @@ def test_overlapping_watch_folders_and_spool_are_errors(tmp_path: Path, capsys) 
                 [tmp_path / "in", tmp_path / "in" / "sub"])
     assert main(["check-config", "-c", str(cfg)]) == 78
     err = capsys.readouterr().err
-    assert f"{cfg}:4: watch[0].path: {tmp_path / 'in'} overlaps the spool" in err
+    assert f"{cfg}:4: watch[0].path: the spool {tmp_path / 'in' / 'spool'} is inside this " \
+        "watch folder" in err
     assert f"{cfg}:6: watch[1].path: {tmp_path / 'in' / 'sub'} overlaps watch[0]" in err
 
 

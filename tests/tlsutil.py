@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -32,12 +32,19 @@ def _write(path: Path, key, cert) -> None:
 
 
 def make_pki(folder: Path, ca_name: str = "test-ca",
-             names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> dict[str, Path]:
+             names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+             rsa_keys: bool = False) -> dict[str, Path]:
     """Write ``ca.pem``, ``server.{pem,key}``, ``client.{pem,key}``; return their paths.
-    ``names``: the DNS names and addresses the certificates carry."""
+    ``names``: the DNS names and addresses the certificates carry; ``rsa_keys``: RSA
+    instead of EC P-256 keys (the older PS3.15 profiles use RSA key exchange)."""
+
+    def new_key():  # noqa: ANN202
+        return rsa.generate_private_key(65537, 2048) if rsa_keys else \
+            ec.generate_private_key(ec.SECP256R1())
+
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = new_key()
     ca = (x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(days=1))
@@ -46,7 +53,7 @@ def make_pki(folder: Path, ca_name: str = "test-ca",
           .sign(ca_key, hashes.SHA256()))
     _write(folder / "ca", ca_key, ca)
     for who in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         cert = (x509.CertificateBuilder().subject_name(_name(f"{ca_name}-{who}"))
                 .issuer_name(ca.subject).public_key(key.public_key())
                 .serial_number(x509.random_serial_number())

@@ -1,8 +1,10 @@
 """Checks across configuration values that each parse well alone.
 
-A retry ceiling below its first delay, or a spool that lives inside a watch folder (the
-daemon would take its own index and objects as input), or a watch folder inside the
-spool: each is refused with the key path and line of the value to change.
+A retry ceiling below its first delay, a spool that lives inside a watch folder (the
+daemon would take its own index and objects as input), a watch folder inside the spool,
+or two watch folders of which one holds the other (a file would be taken twice): each is
+refused with the key path and line of the value to change. Paths are compared with
+symlinks resolved as far as they exist.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def cross_check(ctx: Ctx, spool: str, watches: list[Watch],
                       f"the longest delay ({d.retry.max:g}s) is below the first "
                       f"(initial: {d.retry.initial:g}s); raise max or lower initial")
     spool_real = _real(spool)
+    seen: list[tuple[int, str]] = []
     for i, w in enumerate(watches):
         where: Any = ("watch", i, "path")
         watch_real = _real(w.path)
@@ -43,3 +46,8 @@ def cross_check(ctx: Ctx, spool: str, watches: list[Watch],
         elif _inside(watch_real, spool_real):
             ctx.error(where, f"this watch folder is inside the spool {spool}; put incoming "
                       "files outside the spool")
+        for j, other in seen:
+            if _inside(watch_real, other) or _inside(other, watch_real):
+                ctx.error(where, f"{w.path} overlaps watch[{j}] ({watches[j].path}): a file "
+                          "would be taken twice; keep watch folders apart")
+        seen.append((i, watch_real))

@@ -6,8 +6,8 @@ daemon. Each finding is a :class:`ConfigIssue` (``FILE:LINE: key.path: message``
 what is wrong with which path and how to fix it.
 
 Errors are what no restart can fix: the spool cannot be created or written, a secret,
-key, certificate or CA file is missing or unreadable, a watch folder overlaps another or
-the spool. Warnings leave the daemon running: a watch folder that does not exist yet is
+key, certificate or CA file is missing or unreadable (folders that overlap each other or
+the spool are refused earlier, by the configuration's cross-checks). Warnings leave the daemon running: a watch folder that does not exist yet is
 watched once it appears; one the daemon cannot write into is read, its files sent once,
 left in place and remembered.
 """
@@ -115,20 +115,9 @@ class _Checker:
     # --- watch folders -----------------------------------------------------------
 
     def watch(self) -> None:
-        spool = _real(self.cfg.spool)
-        seen: list[tuple[int, Path]] = []
         for i, w in enumerate(self.cfg.watch):
             at = ("watch", i, "path")
             path = Path(w.path)
-            real = _real(w.path)
-            if _inside(spool, real) or _inside(real, spool):
-                self.issue(at, f"{w.path} overlaps the spool {self.cfg.spool}: the daemon "
-                           "would take its own files; keep them apart")
-            for j, other in seen:
-                if _inside(real, other) or _inside(other, real):
-                    self.issue(at, f"{w.path} overlaps watch[{j}] ({self.cfg.watch[j].path}): "
-                               "a file would be taken twice; keep watch folders apart")
-            seen.append((i, real))
             if not path.exists():
                 self.issue(at, f"{w.path} does not exist yet; it is watched once it appears "
                            f"(create it: install -d -g {self.user} -m 2770 {path.absolute()})",
@@ -193,14 +182,6 @@ def _why(path: Path) -> str:
         return f" ({os.strerror(errno.EROFS).lower()} here: under systemd, list it in " \
                "ReadWritePaths=)"
     return ""
-
-
-def _real(path: str) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
 
 
 def check(cfg: Config) -> Findings:

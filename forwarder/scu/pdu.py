@@ -175,7 +175,7 @@ class PDUReader:
         try:
             data = self.sock.recv(262144)
         except TimeoutError as exc:
-            raise AssociationLost("timeout", f"{what} after {timeout:g}s") from exc
+            raise AssociationLost("timeout", f"{what} ({timeout:g}s)") from exc
         except ssl.SSLError as exc:
             raise AssociationLost("closed", f"TLS error from the peer: {exc}") from exc
         except OSError as exc:
@@ -220,14 +220,15 @@ class PDUReader:
         if net is not None and (timeout is None or net < timeout):
             timeout, timeout_name = net, "network"
         while not self._buf:
-            self._fill(timeout, f"no {waiting_for} ({timeout_name} timeout)")
+            self._fill(timeout, f"no {waiting_for} within the {timeout_name} timeout")
         pdu_type = self._buf[0]
         if pdu_type not in NAMES:
             raise MalformedPDU(f"{name(pdu_type)} at offset {self.offset}",
                                REASON_UNRECOGNIZED_PDU)
         while len(self._buf) < 6:
             self._fill(self.network_timeout, f"the peer stalled in the header of "
-                       f"{name(pdu_type)} at offset {self.offset}")
+                       f"{name(pdu_type)} at offset {self.offset}: nothing more within the "
+                       "network timeout")
         length = _UINT4.unpack_from(self._buf, 2)[0]
         fixed = _FIXED_LENGTH.get(pdu_type)
         if (fixed is not None and length != fixed) or length > MAX_PDU_BODY:
@@ -236,7 +237,7 @@ class PDUReader:
         while len(self._buf) < 6 + length:
             self._fill(self.network_timeout, f"the peer stalled in the middle of "
                        f"{name(pdu_type)} at offset {self.offset} ({len(self._buf)} of "
-                       f"{6 + length} bytes)")
+                       f"{6 + length} bytes): nothing more within the network timeout")
         body = bytes(self._buf[:6 + length])
         del self._buf[:6 + length]
         start = self.offset

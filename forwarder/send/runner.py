@@ -134,8 +134,9 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
             if result.refused:
                 LOGGER.error("%s: not sent: %s", item.path, result.refused)
             elif result.status is None:  # the transport says why, in words
-                LOGGER.error("%s: %s", item.path, result.comment or outcome.no_response_cause(
-                    time.monotonic() - started, peer.dimse_timeout, False))
+                LOGGER.error("%s: no response from the peer (%s)", item.path,
+                             result.comment or outcome.no_response_cause(
+                                 time.monotonic() - started, peer.dimse_timeout, False))
             else:
                 comment = f" ({result.comment})" if result.comment else ""
                 LOGGER.error("%s: store failed, status 0x%04X%s", item.path, result.status,
