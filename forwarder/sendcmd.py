@@ -22,7 +22,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
-from forwarder import __version__, emptypasscode, nosecrets, outcome
+from forwarder import __version__, emptypasscode, nosecrets, outcome, runtime
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.association import (
     AssociationFailed,
@@ -344,6 +344,7 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(f"dicom-forwarder send {__version__} (storescu-compatible C-STORE SCU)")
         return EXIT_OK
+    runtime.setup()
     _setup_logging(args)
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)

@@ -31,7 +31,7 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry
+from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry, runtime
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -87,6 +87,7 @@ def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    runtime.setup()
     if spec.log is not None:
         logs.setup(*spec.log)
     os.set_blocking(bell, False)
