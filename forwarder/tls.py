@@ -52,7 +52,11 @@ def _read_key_material(path: str, der: bool, is_key: bool, password: bytes | Non
         return data.decode("ascii", "replace")
     if not is_key:
         return ssl.DER_cert_to_PEM_cert(data)
-    from cryptography.hazmat.primitives import serialization
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError as exc:
+        raise ValueError("a DER private key needs the 'cryptography' package (pip install "
+                         "'dicom-forwarder[tls]')") from exc
 
     key = serialization.load_der_private_key(data, password=password)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
