@@ -204,8 +204,11 @@ def cmd_echo(args: argparse.Namespace) -> int:
     """C-ECHO each named destination (all by default) with its full settings."""
     import time
 
-    from forwarder.association import AssociationFailed, echo, peer_for
+    from forwarder import runtime
+    from forwarder.association import AssociationFailed, echo
+    from forwarder.peers import peer_for
 
+    runtime.setup()
     cfg = config.load(args.config)
     names = args.names or list(cfg.destinations)
     unknown = [n for n in names if n not in cfg.destinations]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, logs, notify, watchstate
+from forwarder import config, logs, notify, runtime, watchstate
 from forwarder.config import Config, envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
@@ -95,6 +95,7 @@ class Daemon:
     # --- life --------------------------------------------------------------------
 
     def run(self) -> int:
+        runtime.setup()
         try:
             cfg = envcheck.load(self.config_path)
         except ConfigError as exc:  # logged as an event, found by its MESSAGE_ID

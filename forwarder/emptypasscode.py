@@ -27,4 +27,6 @@ def _from_primitive(self: UserIdentityNegotiation) -> Any:
 
 
 def apply() -> None:
+    """Installed by :func:`forwarder.runtime.setup` for the whole process (it changes only
+    what pynetdicom would refuse to encode)."""
     UserIdentityNegotiation.from_primitive = _from_primitive  # type: ignore[method-assign]

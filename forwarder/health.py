@@ -15,10 +15,11 @@ import time
 from typing import Any
 
 from forwarder import outcome, retry
-from forwarder.association import AssociationFailed, PeerSettings, echo, peer_for
+from forwarder.association import AssociationFailed, PeerSettings, echo
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
 from forwarder.logs import event
+from forwarder.peers import peer_for
 from forwarder.spool import Spool
 
 LOGGER = logging.getLogger("forwarder.worker")

@@ -21,14 +21,13 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from forwarder import nosecrets
+from forwarder import nosecrets, runtime
 from forwarder.dicomfile import Probe
 from forwarder.redact import PathFilter
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "dicom-forwarder"
-TRACE = 5
-logging.addLevelName(TRACE, "TRACE")
+TRACE = runtime.TRACE  # named by runtime.setup()
 
 # storescu's --log-level names -> logging levels
 LEVELS = {"fatal": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,

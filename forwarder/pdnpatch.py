@@ -21,22 +21,69 @@
    our certificate, or whose certificate we refuse, is a configuration matter, not a
    bug). The caller names the failure (``TLS handshake with ... failed: ...``, ``cannot
    connect``) in its own event, so those records are dropped.
+
+Nothing here changes pynetdicom on import. :func:`install` puts fixes 1 and 2 on one
+association (the requestor :func:`forwarder.association.open_association` opens), so the
+in-process acceptors of a test or of ``receive`` run pynetdicom's own code; fix 3 is a
+logger filter that :func:`forwarder.runtime.setup` adds. Fix 1 replaces a private method:
+:func:`check` refuses to install it over a reactor whose source is not the one it was
+written for (pynetdicom 3.0.4), so a pynetdicom that changed it (perhaps fixing the race)
+is noticed at start, not guessed at.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import socket
 import threading
+from types import MethodType
 from typing import Any, cast
 
+import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import LOGGER as PDN_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
-_applied = False
-ORIGINAL_RUN_REACTOR = Association._run_reactor  # kept for the test that shows the race
+from forwarder.errors import ForwarderError
+
+# sha256 of inspect.getsource(Association._run_reactor) in pynetdicom 3.0.4, the reactor
+# whose race fix 1 closes and whose loop body _reactor_step repeats
+WRITTEN_FOR = "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee"
+_checked: list[object] = []  # the upstream reactor function that passed check()
+
+
+class ReactorChanged(ForwarderError):
+    """pynetdicom's association reactor is not the one the fix was written for."""
+
+
+def reactor_source_hash() -> str:
+    return hashlib.sha256(inspect.getsource(Association._run_reactor).encode()).hexdigest()
+
+
+def reactor_is_known() -> bool:
+    """pynetdicom's reactor is the one fix 1 was written for (and still has the race)."""
+    return reactor_source_hash() == WRITTEN_FOR
+
+
+def check() -> None:
+    """Refuse (:class:`ReactorChanged`) to replace a reactor that is not the one the fix
+    was written for: its loop body is repeated here, and a changed one may have fixed the
+    race, or moved it."""
+    upstream = Association._run_reactor
+    if _checked and _checked[0] is upstream:
+        return
+    found = reactor_source_hash()
+    if found != WRITTEN_FOR:
+        raise ReactorChanged(
+            f"pynetdicom {pynetdicom.__version__}: Association._run_reactor is not the one "
+            "the fix in forwarder/pdnpatch.py was written for (pynetdicom 3.0.4; source "
+            f"sha256 {found[:12]}, expected {WRITTEN_FOR[:12]}); install pynetdicom 3.0.4, "
+            "or check whether pynetdicom issue #875 is fixed in this version and update "
+            "forwarder/pdnpatch.py (tests/test_pdnpatch.py shows the race)")
+    _checked[:] = [upstream]
 
 
 class _WakingCheckpoint(threading.Event):
@@ -51,6 +98,8 @@ class _WakingCheckpoint(threading.Event):
 
 
 def _run_reactor(self: Association) -> None:
+    """Fix 1: pynetdicom's reactor loop with each step under a lock (installed per
+    association by :func:`install`)."""
     lock = self.__dict__.setdefault("_fwd_step_lock", threading.Lock())
     checkpoint = self._reactor_checkpoint
     if type(checkpoint) is threading.Event:  # the same object send_c_store() uses
@@ -109,6 +158,7 @@ _original_recv = AssociationSocket.recv
 
 
 def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """Fix 2: pynetdicom's ``recv``, then QUICKACK armed again."""
     data = _original_recv(self, nr_bytes)
     sock: Any = self.socket
     if sock is not None and getattr(self, "_fwd_quickack", True):
@@ -130,20 +180,31 @@ def pace(assoc: Association, idle: bool) -> None:
         assoc.dul._run_loop_delay = delay
 
 
-def _not_a_connect_failure(record: logging.LogRecord) -> bool:
+def not_a_connect_failure(record: logging.LogRecord) -> bool:
+    """Fix 3, a filter for the ``pynetdicom.transport`` logger."""
     text = str(record.msg)
     return not (text.startswith(("Association request failed: unable to connect",
                                  "TCP Initialisation Error"))
                 or (record.exc_info is not None and record.funcName == "connect"))
 
 
-def apply() -> None:
-    """Install the fixes once, for every association in this process."""
-    global _applied
-    if _applied:
-        return
-    logging.getLogger("pynetdicom.transport").addFilter(_not_a_connect_failure)
-    Association._run_reactor = _run_reactor  # type: ignore[method-assign]
-    if hasattr(socket, "TCP_QUICKACK"):
-        AssociationSocket.recv = _recv  # type: ignore[method-assign]
-    _applied = True
+def install_log_filter() -> None:
+    """Fix 3, for the whole process (called by :func:`forwarder.runtime.setup`)."""
+    transport = logging.getLogger("pynetdicom.transport")
+    if not_a_connect_failure not in transport.filters:
+        transport.addFilter(not_a_connect_failure)
+
+
+def install(assoc: Association) -> None:
+    """Fixes 1 and 2 on this association only: called when its connection opens, before
+    its reactor starts (the caller has run :func:`check`)."""
+    assoc._run_reactor = MethodType(_run_reactor, assoc)  # type: ignore[method-assign]
+    sock = assoc.dul.socket if assoc.dul is not None else None
+    if hasattr(socket, "TCP_QUICKACK") and sock is not None:
+        sock.recv = MethodType(_recv, sock)  # type: ignore[method-assign]
+
+
+def installed(assoc: Association) -> bool:
+    """Fix 1 runs this association's reactor."""
+    method = assoc.__dict__.get("_run_reactor")
+    return getattr(method, "__func__", None) is _run_reactor

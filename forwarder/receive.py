@@ -19,6 +19,7 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from forwarder import runtime
 from forwarder.errors import ForwarderError
 
 LOGGER = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Receiver:
 
 def run(output: str, port: int, aet: str, bind: str) -> int:
     """Serve until SIGTERM or SIGINT."""
+    runtime.setup()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     done = threading.Event()

@@ -3,8 +3,8 @@
 Each of a destination's ``associations`` runs in a worker process
 (:mod:`forwarder.worker`), so parallel associations use every core instead of sharing one
 interpreter lock with intake and with each other. The processes are forked from a
-``multiprocessing`` fork server that has pynetdicom and pydicom loaded, so starting one
-takes milliseconds. Daemon and workers share the spool (SQLite in WAL mode serialises
+``multiprocessing`` fork server that has pynetdicom and pydicom loaded (its preload is set
+by :func:`forwarder.runtime.setup`), so starting one takes milliseconds. Daemon and workers share the spool (SQLite in WAL mode serialises
 their writes) and one pipe per worker, the bell: the daemon writes a byte when jobs may
 have become due, and closes it to stop the worker, which then finishes the C-STORE in
 flight, returns its other claimed jobs and releases its association. A daemon that dies
@@ -14,7 +14,6 @@ closes the bells too, so no worker outlives it by more than one C-STORE.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from forwarder import claims, worker
+from forwarder import claims, runtime, worker
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
 from forwarder.logs import event
@@ -33,8 +32,6 @@ from forwarder.worker import WorkerSpec, backoff_policy
 __all__ = ["DestinationSender", "backoff_policy"]
 
 LOGGER = logging.getLogger(__name__)
-_CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["forwarder.forkserve", "forwarder.worker"])
 
 
 RESTART_FIRST = 1.0    # a worker that died is started again after this ...
@@ -75,13 +72,14 @@ class DestinationSender:
     def _spawn(self, i: int) -> tuple[BaseProcess, Connection]:
         spec = WorkerSpec(self.dest, self.calling_ae, str(self.spool.root), i, self.log,
                           self.token)
-        reader, writer = _CONTEXT.Pipe(duplex=False)
-        beat = _CONTEXT.RawValue("d", time.monotonic())
+        context = runtime.worker_context()  # its preload is set by runtime.setup()
+        reader, writer = context.Pipe(duplex=False)
+        beat = context.RawValue("d", time.monotonic())
         if i < len(self._beats):
             self._beats[i] = beat
         else:
             self._beats.append(beat)
-        proc = _CONTEXT.Process(target=worker.main, args=(spec, reader, beat),
+        proc = context.Process(target=worker.main, args=(spec, reader, beat),
                                 name=f"fwd-send-{self.name}-{i}", daemon=True)
         proc.start()  # the reader end is passed to the worker here, then closed here
         reader.close()

@@ -2,8 +2,9 @@
 
 A worker claims up to ``batch`` due jobs, sends them on its association, and keeps that
 association open for ``idle_release`` so the next files go without a new handshake; a
-ring on its bell (a new job) wakes it at once. What a response means is decided by
-:mod:`forwarder.outcome`; this module only carries it out: the spool records job
+ring on its bell (a new job) wakes it at once. What to do next (open, store, record,
+degrade, wait) is decided by :mod:`forwarder.sendcore`, without I/O, by the rules of
+:mod:`forwarder.outcome`; this module is its I/O shell and carries it out: the spool records job
 outcomes, destination-level faults put the destination in ``backoff`` or ``held``, and a
 C-ECHO probe with the full settings (by worker 0 only, so never a storm) decides when it
 is healthy again. Workers share nothing but the spool, so a slow or dead peer never delays
@@ -23,7 +24,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry
+from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry, runtime, sendcore
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -41,11 +42,9 @@ from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
 from forwarder.logs import event, probe_fields
-from forwarder.negotiation import Context, TooManyContexts, plan_contexts
 from forwarder.spool import Job, Spool
 
 LOGGER = logging.getLogger(__name__)
-DONE_FLUSH = 1  # done is committed per file (no fsync needed): a kill resends only in-flight
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
 
 
@@ -87,6 +86,7 @@ def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    runtime.setup()
     if spec.log is not None:
         logs.setup(*spec.log)
     os.set_blocking(bell, False)
@@ -128,9 +128,10 @@ class Worker(health.DestinationHealth):
         self._halted = False
         self._waits = [bell] if wakeup is None else [bell, wakeup]
         self.assoc: Association | None = None
-        self.proposed: set[tuple[str, str]] = set()
-        self.opened_at = 0.0
-        self.last_used = 0.0
+        d = spec.dest
+        self.core = sendcore.SendCore(sendcore.Policy(
+            d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success))
+        self.claimed: dict[int, Job] = {}  # the jobs of the batch the core is sending
         self.msg_id = 0
         self.next_expire = 0.0
         self._ageing = 0
@@ -206,125 +207,111 @@ class Worker(health.DestinationHealth):
         return 0
 
     def _idle(self) -> None:
-        now = time.monotonic()
-        if self.assoc is not None:
-            left = self.last_used + self.dest.idle_release - now
-            if left <= 0:
-                self._close()
-                return
-            pdnpatch.pace(self.assoc, idle=True)
-            self._wait(min(left, 1.0))
-            return
-        due = self.spool.next_due(self.name)
-        wait = 5.0 if due is None else max(0.0, min(5.0, due - time.time()))
-        self._wait(max(wait, 0.01))
+        due_in = None
+        if not self.core.open:
+            due = self.spool.next_due(self.name)
+            due_in = None if due is None else due - time.time()
+        self._carry_out(self.core.handle(sendcore.Tick(time.monotonic(), due_in)))
+
+    # --- the I/O shell of sendcore ------------------------------------------------
+
+    def _send(self, jobs: list[Job]) -> None:
+        self.claimed = {j.id: j for j in jobs}
+        items = tuple(sendcore.Item(j.id, j.probe.sop_class_uid, j.probe.transfer_syntax,
+                                    j.attempts, j.aborts) for j in jobs)
+        link_up = self.assoc is not None and self.assoc.is_established
+        self._carry_out(self.core.handle(sendcore.Claimed(items, time.monotonic(), link_up)))
+
+    def _carry_out(self, commands: list[sendcore.Command]) -> None:
+        """Do what the core decided; feed back the answers of the commands that have one."""
+        queue = deque(commands)
+        while queue:
+            answer = self._do(queue.popleft())
+            if answer is not None:
+                queue.extend(self.core.handle(answer))
+
+    def _do(self, cmd: sendcore.Command) -> sendcore.Event | None:
+        if isinstance(cmd, sendcore.Store):
+            return self._store(self.claimed[cmd.job])
+        if isinstance(cmd, sendcore.Done):
+            job = self.claimed[cmd.job]
+            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
+                  self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
+                  level=logging.WARNING if cmd.warning else logging.INFO,
+                  DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
+            self.spool.done([cmd.job], owner=self.owner)  # per file: a kill resends only
+            # the file in flight (no fsync: a lost "done" resends, never loses)
+        elif isinstance(cmd, sendcore.Retry):
+            if cmd.delay is not None:  # at once, on a new association: no news for a user
+                self.spool.retry(cmd.job, cmd.reason, self.policy, delay=cmd.delay,
+                                 owner=self.owner)
+            else:
+                self._retry(self.claimed[cmd.job], cmd.reason, cmd.status, alone=cmd.alone)
+        elif isinstance(cmd, sendcore.Fail):
+            self._fail(self.claimed[cmd.job], cmd.reason, cmd.status, attempted=cmd.attempted)
+        elif isinstance(cmd, sendcore.Release):
+            self.spool.release(list(cmd.jobs), owner=self.owner)
+        elif isinstance(cmd, sendcore.NoteFailure):
+            return sendcore.FailureNoted(*self.spool.note_failure(self.name, cmd.job))
+        elif isinstance(cmd, sendcore.Degrade):
+            self.degrade(cmd.action, attempts=cmd.attempts)
+        elif isinstance(cmd, sendcore.Open):
+            return self._open(cmd)
+        elif isinstance(cmd, sendcore.Close):
+            if cmd.abort and self.assoc is not None and self.assoc.is_established:
+                self.assoc.abort()
+            self._close()
+        elif isinstance(cmd, sendcore.Pace):
+            if self.assoc is not None:
+                pdnpatch.pace(self.assoc, idle=cmd.idle)
+        elif isinstance(cmd, sendcore.Wait):
+            self._wait(cmd.seconds)
+        return None
 
     # --- associations ------------------------------------------------------------
 
     def _close(self) -> None:
         assoc, self.assoc = self.assoc, None
-        self.proposed = set()
+        self.core.handle(sendcore.Closed())
         if assoc is not None and assoc.is_established:
             try:
                 assoc.release()
             except Exception:  # noqa: BLE001 - a release that fails leaves nothing to keep
                 assoc.abort()
 
-    def _covers(self, jobs: Sequence[Job]) -> bool:
-        return (self.assoc is not None and self.assoc.is_established
-                and time.monotonic() - self.opened_at < self.dest.max_association_age
-                and all((j.probe.sop_class_uid, j.probe.transfer_syntax) in self.proposed
-                        for j in jobs))
-
-    def _fit(self, jobs: list[Job]) -> tuple[list[Job], list[Job], list[Context]]:
-        """The leading jobs whose contexts fit in one association (PS3.8 9.3.2.2: 128),
-        the others, and the contexts planned for the first."""
-        needs: list[tuple[str, str]] = []
-        contexts: list[Context] = []
-        for i, j in enumerate(jobs):
-            need = (j.probe.sop_class_uid, j.probe.transfer_syntax)
-            if need in needs:
-                continue
-            try:
-                contexts = plan_contexts([*needs, need], self.dest.propose, self.dest.combine)
-            except TooManyContexts:
-                return jobs[:i], jobs[i:], contexts
-            needs.append(need)
-        return jobs, [], contexts
-
-    def _open(self, jobs: list[Job]) -> list[Job] | None:
-        """Associate for ``jobs``; the jobs it carries, or None when it failed (handled)."""
-        take, rest, contexts = self._fit(jobs)
-        if rest:
-            self.spool.release([j.id for j in rest], owner=self.owner)
+    def _open(self, cmd: sendcore.Open) -> sendcore.Event:
+        """Associate; what came of it."""
+        failed = sendcore.OpenFailed
         peer = self._read_peer()
         if peer is None:
-            self.spool.release([j.id for j in take], owner=self.owner)
-            self.degrade(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"))
-            return None
+            return failed(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"),
+                          time.monotonic())
         try:
-            assoc = open_association(peer, contexts)
+            assoc = open_association(peer, list(cmd.contexts))
         except AssociationFailed as exc:
-            action = outcome.association_failure(exc.kind, str(exc), exc.result, exc.source,
-                                                 exc.reason)
-            if action.kind == outcome.FAIL:  # the peer takes none of these SOP classes
-                for j in take:
-                    self._fail(j, action.reason, attempted=False)
-                return None
-            self.spool.release([j.id for j in take], owner=self.owner)
-            self.degrade(action)
-            return None
+            return failed(outcome.association_failure(exc.kind, str(exc), exc.result,
+                                                      exc.source, exc.reason),
+                          time.monotonic())
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self.spool.release([j.id for j in take], owner=self.owner)
-            self.degrade(outcome.Action(outcome.BACKOFF,
-                                        f"cannot set up the association: {exc}"))
-            return None
+            return failed(outcome.Action(outcome.BACKOFF, "cannot set up the association: "
+                                         f"{exc}"), time.monotonic())
         except Exception as exc:  # noqa: BLE001 - a bug or a missing module: not the files'
             LOGGER.error("%s: cannot set up the association: %s: %s", self.name,
                          type(exc).__name__, exc, exc_info=True)
-            self.spool.release([j.id for j in take], owner=self.owner)
-            self.degrade(outcome.Action(outcome.BACKOFF, "cannot set up the association: "
-                                        f"{type(exc).__name__}: {exc}"))
-            return None
+            return failed(outcome.Action(outcome.BACKOFF, "cannot set up the association: "
+                                         f"{type(exc).__name__}: {exc}"), time.monotonic())
         self.assoc = assoc
-        self.proposed = {(j.probe.sop_class_uid, j.probe.transfer_syntax) for j in take}
-        self.opened_at = time.monotonic()
         event(LOGGER, "association", "%s: association open on worker %d (%d contexts, %d "
-              "accepted)", self.name, self.index, len(contexts), len(assoc.accepted_contexts),
-              level=logging.DEBUG, **self.fields)
-        return take
+              "accepted)", self.name, self.index, len(cmd.contexts),
+              len(assoc.accepted_contexts), level=logging.DEBUG, **self.fields)
+        return sendcore.Opened(time.monotonic())
 
     # --- sending -----------------------------------------------------------------
 
-    def _send(self, jobs: list[Job]) -> None:
-        if not self._covers(jobs):
-            self._close()
-            opened = self._open(jobs)
-            if opened is None:
-                return
-            jobs = opened
-        assert self.assoc is not None
-        pdnpatch.pace(self.assoc, idle=False)
-        done: list[int] = []
-        try:
-            for i, job in enumerate(jobs):
-                if self.stopping or not self.assoc.is_established:
-                    self.spool.release([j.id for j in jobs[i:]], owner=self.owner)
-                    return
-                if not self._store(job, done):
-                    self.spool.release([j.id for j in jobs[i + 1:]],
-                                       owner=self.owner)
-                    return
-                if len(done) >= DONE_FLUSH:
-                    self.spool.done(done, owner=self.owner)
-                    done = []
-        finally:
-            self.spool.done(done, owner=self.owner)
-            self.last_used = time.monotonic()
-
-    def _store(self, job: Job, done: list[int]) -> bool:
-        """Send one job and record what happened; False when the association is unusable."""
-        assert self.assoc is not None
+    def _store(self, job: Job) -> sendcore.Event:
+        """Send one job; what the peer answered, or why there is no answer."""
+        if self.stopping or self.assoc is None or not self.assoc.is_established:
+            return sendcore.Interrupted(time.monotonic())
         self.msg_id = self.msg_id % 65535 + 1
         lost = ""
         started = time.monotonic()
@@ -332,79 +319,26 @@ class Worker(health.DestinationHealth):
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
                                 self.msg_id)
         except FileNotFoundError:
-            self._fail(job, "the spool's copy of the file is missing")
-            return True
+            return sendcore.Refused("the spool's copy of the file is missing", time.monotonic())
         except Exception as exc:  # noqa: BLE001 - the fault boundary around one job
             what = f"{type(exc).__name__}: {exc}"
             if self.assoc.is_established:  # the file's fault: it fails, the association stays
                 LOGGER.error("%s: cannot prepare or send it to %s: %s",
                              job.probe.sop_instance_uid, self.name, what, exc_info=True)
-                self._fail(job, f"cannot prepare or send this file: {what}")
-                return True
+                return sendcore.Refused(f"cannot prepare or send this file: {what}",
+                                        time.monotonic())
             lost = f" ({what})"
             result = StoreResult(None)
         result = replace(result, comment=redact.comment(result.comment, self.phi))
         if result.refused:
-            self._fail(job, result.refused)
-            return True
+            return sendcore.Refused(result.refused, time.monotonic())
         if result.status is None:
             elapsed = time.monotonic() - started
             self.assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
-            what = outcome.no_response_cause(elapsed, self.dest.timeouts.dimse,
-                                             self.assoc.is_aborted) + lost
-            self._alike(job, outcome.Action(
-                outcome.RESEND, f"{what} during the C-STORE; sending it again on a new "
-                "association"), None)
-            if self.assoc is not None and self.assoc.is_established:
-                self.assoc.abort()
-            self._close()
-            return False
-        action = outcome.store_status(result.status, result.comment, job.attempts,
-                                      self.dest.warning_is_success)
-        status = outcome.status_text(result.status)
-        if action.kind == outcome.DONE:
-            done.append(job.id)
-            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
-                  self.name, status, f": {action.reason}" if action.warning else "",
-                  level=logging.WARNING if action.warning else logging.INFO,
-                  DICOM_STATUS=status, ATTEMPT=job.attempts + 1, **self._fields(job))
-            return True
-        if action.kind == outcome.FAIL:
-            self._fail(job, action.reason, status)
-            return True
-        if action.kind == outcome.RETRY and outcome.out_of_resources(result.status):
-            return self._alike(job, action, status, refused=True)
-        if action.kind == outcome.RETRY:
-            self._retry(job, action.reason, status)
-            return True
-        if action.kind == outcome.RESEND:
-            self.spool.retry(job.id, action.reason, self.policy, delay=0.0, owner=self.owner)
-            self._close()
-            return False
-        # HOLD: the peer refuses us, not the file
-        self.spool.release([job.id], owner=self.owner)
-        self.degrade(action)
-        self._close()
-        return False
-
-    def _alike(self, job: Job, action: outcome.Action, status: str | None,
-               refused: bool = False) -> bool:
-        """A failure the file or its peer may have caused: the file's when others are being
-        stored around it, the destination's when they fail alike (:func:`outcome.alike`).
-        False when the destination backs off (the association is not used further)."""
-        streak, stored_since = self.spool.note_failure(self.name, job.id)
-        verdict, alone = outcome.alike(action, job.aborts, streak, stored_since, refused)
-        if verdict.kind == outcome.FAIL:
-            self._fail(job, verdict.reason, status)
-            return True
-        if verdict.kind == outcome.BACKOFF:  # the file waits its turn, its count unchanged
-            self._retry(job, action.reason, status)
-            self.degrade(verdict, attempts=streak - outcome.STREAK + 1)
-            self._close()
-            return False
-        # the others go first: a file that fails alone must not be next in line again
-        self._retry(job, verdict.reason, status, alone=alone)
-        return True
+            cause = outcome.no_response_cause(elapsed, self.dest.timeouts.dimse,
+                                              self.assoc.is_aborted) + lost
+            return sendcore.NoResponse(cause, time.monotonic())
+        return sendcore.Stored(result.status, result.comment, time.monotonic())
 
     def _retry(self, job: Job, reason: str, status: str | None, alone: bool = False) -> None:
         due = self.spool.retry(job.id, reason, self.policy, aborted=alone, owner=self.owner)

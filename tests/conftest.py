@@ -19,6 +19,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="SIGKILL rounds of the daemon in tests/faults (default 20)")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def runtime_setup() -> None:
+    """What every entry point does first (in-process runs of the daemon, `send` and the
+    association code under test share this process)."""
+    from forwarder import runtime
+
+    runtime.setup()
+
+
 @pytest.fixture
 def scp() -> Iterator[StoreSCP]:
     peer = StoreSCP().start()

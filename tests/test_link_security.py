@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from forwarder import logs
-from forwarder.association import open_association, peer_for
+from forwarder.association import open_association
 from forwarder.cli import main
 from forwarder.negotiation import Context
+from forwarder.peers import peer_for
 from forwarder.spool import Spool
 from tests.corpus import data_file
 from tests.sendutil import destination, enqueue, run, settled

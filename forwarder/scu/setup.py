@@ -26,10 +26,12 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_requestor
 
-from forwarder.association import AssociationFailed, PeerSettings, identity_item, ssl_context
+from forwarder.association import AssociationFailed, PeerSettings
+from forwarder.identity import identity_item
 from forwarder.negotiation import MAX_CONTEXTS, Context
 from forwarder.scu import pdu as P
 from forwarder.scu.pdu import AssociationLost, MalformedPDU, PDUReader, close_socket, send_quietly
+from forwarder.tls import ssl_context
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 

@@ -159,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def peer_settings(args: argparse.Namespace) -> PeerSettings:
     """The association's settings from the network, identity and TLS options."""
-    from forwarder import emptypasscode
     from forwarder.association import (
         IdentitySettings,
         PeerSettings,
@@ -169,8 +168,7 @@ def peer_settings(args: argparse.Namespace) -> PeerSettings:
     from forwarder.ciphers import openssl_names
 
     if args.empty_password and args.password is None:
-        args.password = ""
-        emptypasscode.apply()
+        args.password = ""  # runtime.setup() lets pynetdicom encode it
     if args.password is not None and not args.user:
         raise UsageError("-pwd/-epw need --user")
     identity: IdentitySettings = identity_from_files(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forwarder import __version__, nosecrets, outcome
+from forwarder import __version__, outcome, runtime
 from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from forwarder.negotiation import TooManyContexts, storescu_contexts
@@ -41,6 +41,7 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(f"dicom-forwarder send {__version__} (storescu-compatible C-STORE SCU)")
         return EXIT_OK
+    runtime.setup()
     _setup_logging(args)
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
@@ -151,7 +152,6 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    nosecrets.install()
     if args.log_config:
         try:
             text = Path(args.log_config).read_text(errors="replace")

@@ -1,0 +1,55 @@
+"""PS3.7 D.3.3.7 user identity: what storescu's ``--user``/``--password``/``--kerberos``/
+``--saml``/``--jwt`` and the YAML ``identity`` block describe, and its negotiation item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom.pdu_primitives import UserIdentityNegotiation
+
+from forwarder.errors import UsageError
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """PS3.7 D.3.3.7 user identity: type 1..5 and whether a positive response is required."""
+
+    kind: int = 0  # 0 none, 1 user, 2 user+passcode, 3 kerberos, 4 saml, 5 jwt
+    primary: bytes = b""
+    secondary: bytes = b""
+    positive_response: bool = False
+
+
+def identity_item(identity: IdentitySettings) -> UserIdentityNegotiation | None:
+    if not identity.kind:
+        return None
+    item = UserIdentityNegotiation()
+    item.user_identity_type = identity.kind
+    item.primary_field = identity.primary
+    if identity.kind == 2:
+        item.secondary_field = identity.secondary
+    item.positive_response_requested = identity.positive_response
+    return item
+
+
+def identity_from_files(user: str | None, password: str | None, kerberos: str | None,
+                        saml: str | None, jwt: str | None, positive: bool) -> IdentitySettings:
+    """Build the identity from storescu's options or the YAML keys (secrets read from files)."""
+    def read(path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+
+    if kerberos:
+        return IdentitySettings(3, read(kerberos), b"", positive)
+    if saml:
+        return IdentitySettings(4, read(saml), b"", positive)
+    if jwt:
+        return IdentitySettings(5, read(jwt), b"", positive)
+    if user:
+        if password is not None:
+            return IdentitySettings(2, user.encode(), password.encode(), positive)
+        return IdentitySettings(1, user.encode(), b"", positive)
+    return IdentitySettings()

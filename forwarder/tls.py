@@ -1,0 +1,143 @@
+"""TLS for an association (PS3.15 B.9-B.13 secure transport connection profiles): the
+client context, the certificate's host name check, the cipher profiles of storescu's
+``+px +py +pb +pa +pn`` and the YAML ``tls`` block.
+
+Converting a DER key (storescu ``-der``) needs ``cryptography`` (the ``tls`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+LOGGER = logging.getLogger("forwarder.association")
+
+# PS3.15 B.9-B.13 and DCMTK's +px +py +pb +pa +pn
+TLS_PROFILES = {
+    "bcp195": (ssl.TLSVersion.TLSv1_2, None),
+    "bcp195-nd": (ssl.TLSVersion.TLSv1_2, None),
+    "bcp195-ex": (ssl.TLSVersion.TLSv1_2,
+                  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                  "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"),
+    "basic": (ssl.TLSVersion.TLSv1_2, "DES-CBC3-SHA:@SECLEVEL=0"),
+    "aes": (ssl.TLSVersion.TLSv1_2, "AES128-SHA:DES-CBC3-SHA:@SECLEVEL=0"),
+    "null": (ssl.TLSVersion.TLSv1_2, "NULL-SHA:@SECLEVEL=0"),
+}
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """What storescu's TLS options and the YAML ``tls`` block both describe."""
+
+    cert: str | None = None
+    key: str | None = None
+    key_password: str | None = None
+    prompt_password: bool = False
+    der: bool = False
+    ca_files: tuple[str, ...] = ()
+    ca_dirs: tuple[str, ...] = ()
+    verify_peer: bool = True
+    profile: str = "bcp195"
+    ciphers: tuple[str, ...] = ()
+    server_name: str | None = None  # the name the certificate must carry (default: host)
+
+
+def _read_key_material(path: str, der: bool, is_key: bool, password: bytes | None) -> str:
+    """PEM text of a certificate or key, converting DER (``-der``) when asked."""
+    data = Path(path).read_bytes()
+    if not der:
+        return data.decode("ascii", "replace")
+    if not is_key:
+        return ssl.DER_cert_to_PEM_cert(data)
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError as exc:
+        raise ValueError("a DER private key needs the 'cryptography' package (pip install "
+                         "'dicom-forwarder[tls]')") from exc
+
+    key = serialization.load_der_private_key(data, password=password)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return pem.decode("ascii")
+
+
+class _RecordingContext(ssl.SSLContext):
+    """Remembers why a handshake failed: pynetdicom logs and swallows the SSLError in its
+    own thread, and a TLS failure must hold a destination, not look like a refusal."""
+
+    handshake_error: ssl.SSLError | None = None
+
+
+class _RecordingSocket(ssl.SSLSocket):
+    def connect(self, addr: object) -> None:  # type: ignore[override]
+        try:
+            super().connect(addr)  # type: ignore[arg-type]
+        except ssl.SSLError as exc:
+            self.context.handshake_error = exc  # type: ignore[attr-defined]
+            raise
+
+    def do_handshake(self, block: bool = False) -> None:
+        """TCP is up by now: a reset or end of file here (a peer that speaks plain DICOM
+        drops our ClientHello) is a failed handshake, not a refused connection."""
+        try:
+            super().do_handshake(block)
+        except OSError as exc:
+            self.context.handshake_error = exc  # type: ignore[attr-defined]
+            raise
+
+
+def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
+    """A client context: PS3.15 profile, trusted CAs, our certificate for mutual TLS.
+
+    A verified peer's certificate must also name the host we connect to (or
+    ``server_name``), unlike DCMTK, which checks the chain only.
+    """
+    ctx = _RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.sslsocket_class = _RecordingSocket
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_peer else ssl.CERT_NONE
+    ctx.check_hostname = tls.verify_peer
+    minimum, ciphers = TLS_PROFILES[tls.profile]
+    ctx.minimum_version = minimum
+    if tls.profile in ("basic", "aes", "null") or tls.ciphers:
+        # set_ciphers() does not reach TLS 1.3: these suites exist up to TLS 1.2 only
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    if tls.ciphers:
+        ctx.set_ciphers(":".join(tls.ciphers))
+    for ca in tls.ca_files:
+        if tls.der:
+            ctx.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(Path(ca).read_bytes()))
+        else:
+            ctx.load_verify_locations(cafile=ca)
+    for ca_dir in tls.ca_dirs:
+        for entry in sorted(Path(ca_dir).iterdir()):
+            if entry.is_file():
+                try:
+                    ctx.load_verify_locations(cafile=str(entry))
+                except ssl.SSLError:
+                    LOGGER.warning("not a certificate, ignored: %s", entry)
+    if tls.cert:
+        password = tls.key_password
+        if password is None and tls.prompt_password:
+            import getpass
+
+            password = getpass.getpass(f"password for {tls.key}: ")
+        pw = password.encode() if password is not None else None
+        if tls.der:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                cert = Path(tmp, "cert.pem")
+                key = Path(tmp, "key.pem")
+                cert.write_text(_read_key_material(tls.cert, True, False, None))
+                key.write_text(_read_key_material(tls.key or tls.cert, True, True, pw))
+                os.chmod(key, 0o600)
+                ctx.load_cert_chain(cert, key)
+        else:
+            ctx.load_cert_chain(tls.cert, tls.key, password=pw)
+    return ctx
