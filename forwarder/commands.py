@@ -148,14 +148,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_spool(args: argparse.Namespace) -> int:
     """``spool rebuild``: a new index from the objects the spool holds."""
-    from forwarder import spoolindex, spoollock
+    from forwarder import spoollock
+    from forwarder.spool import rebuild
 
     cfg = config.load(args.config)
     running = spoollock.holder(cfg.spool)
     if running is not None:
         raise UsageError(f"a daemon (pid {running.get('pid', '?')}) is running on the spool "
                          f"{cfg.spool}: stop it first (systemctl stop dicom-forwarder)")
-    report = spoolindex.rebuild(cfg, force=args.force)
+    report = rebuild.rebuild(cfg, force=args.force)
     print(f"spool {cfg.spool} rebuilt: {report['queued']} object(s) queued again, "
           f"{report['quarantined']} quarantined, {report['quarantine_listed']} quarantine "
           f"record(s) listed again, {report['moved_aside']} old index file(s) moved aside")
@@ -164,7 +165,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Delete failed jobs and quarantined files older than the ages given."""
-    from forwarder import retention
+    from forwarder.spool import retention
 
     ages = {}
     for key in ("failed_older_than", "quarantine_older_than"):

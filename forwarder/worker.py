@@ -31,7 +31,7 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry
+from forwarder import health, logs, outcome, pdnpatch, redact, retry
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -42,7 +42,7 @@ from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
 from forwarder.logs import event, probe_fields
 from forwarder.negotiation import Context, TooManyContexts, plan_contexts
-from forwarder.spool import Job, Spool
+from forwarder.spool import Job, Spool, claims
 
 LOGGER = logging.getLogger(__name__)
 DONE_FLUSH = 1  # done is committed per file (no fsync needed): a kill resends only in-flight

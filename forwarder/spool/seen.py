@@ -16,16 +16,6 @@ import hashlib
 import os
 import sqlite3
 
-COLUMNS = (("ctime_ns", "INTEGER"), ("sha256", "TEXT"))
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Add the columns this module needs to a spool made by an older version."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(seen)")}
-    for name, kind in COLUMNS:
-        if name not in have:
-            db.execute(f"ALTER TABLE seen ADD COLUMN {name} {kind}")
-
 
 def digest(fd: int) -> str:
     """SHA-256 of open file ``fd`` from its start (the offset is left at the end)."""

@@ -1,11 +1,7 @@
-"""The spool index's health at open, and ``dicom-forwarder spool rebuild``.
-
-An index deleted or emptied while objects wait in ``objects/`` is never silently
-recreated: every queued job would be gone and every object taken for an orphan. A
-damaged index (SQLite: "file is not a database", "malformed") is named with the way
-out. Both refuse with exit 78 (no restart loop). ``spool rebuild`` moves whatever index
-there is aside and takes the spool's objects again through the current routes; objects
-that are not DICOM or match no route go to quarantine with the reason.
+"""``dicom-forwarder spool rebuild``: for an index that is missing, empty or damaged (see
+:mod:`forwarder.spool.db`). It moves whatever index there is aside and takes the spool's
+objects again through the current routes; objects that are not DICOM or match no route go
+to quarantine with the reason.
 """
 
 from __future__ import annotations
@@ -17,57 +13,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forwarder import recovery, router
+from forwarder import router
 from forwarder.dicomfile import probe
-from forwarder.errors import NotDicomError, SpoolIndexError, UsageError
+from forwarder.errors import NotDicomError, UsageError
+from forwarder.spool import recovery
+from forwarder.spool.db import INDEX
 
 if TYPE_CHECKING:
     from forwarder.config import Config
     from forwarder.spool import Spool
-
-INDEX = "index.sqlite"
-DAMAGED = ("not a database", "malformed", "disk image", "corrupt")
-HOW = "run 'dicom-forwarder spool rebuild -c CONFIG' with the service stopped"
-
-
-def check_before_open(root: Path) -> None:
-    """Refuse an index that is missing or empty while ``objects/`` holds objects."""
-    index = root / INDEX
-    try:
-        size: int | None = index.stat().st_size
-    except FileNotFoundError:
-        size = None
-    if size:
-        return
-    objects = root / "objects"
-    count = sum(1 for _ in objects.iterdir()) if objects.is_dir() else 0
-    if count:
-        state = "missing" if size is None else "empty"
-        raise SpoolIndexError(
-            f"the spool index {index} is {state} but {objects} holds {count} object(s): "
-            "starting would lose every queued job. Restore the index from a backup, or "
-            f"{HOW} to take the objects again through the current routes")
-
-
-def is_damage(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.DatabaseError) and \
-        any(word in str(exc).lower() for word in DAMAGED)
-
-
-def damaged(index: Path, detail: object) -> SpoolIndexError:
-    return SpoolIndexError(
-        f"the spool index {index} is damaged ({detail}); {HOW}: it moves the damaged "
-        "index aside and takes the spool's objects again through the current routes")
-
-
-def quick_check(db: sqlite3.Connection, index: Path) -> None:
-    """At start: a damaged index stops the daemon with the way out, not a traceback."""
-    try:
-        rows = db.execute("PRAGMA quick_check(3)").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise damaged(index, exc) from exc
-    if [r[0] for r in rows] != ["ok"]:
-        raise damaged(index, "; ".join(str(r[0]) for r in rows))
 
 
 def _healthy_jobs(index: Path) -> int:
