@@ -51,6 +51,7 @@ class Spool:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
         if readonly:
+            db.check_before_open(self.root)
             self.db = db.connect_readonly(self.root)
             return
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder.errors import SpoolError, SpoolFull
-from forwarder.model import Incoming
+from forwarder.model import Incoming, Probe
 from forwarder.spool import durable, room, seen
 
 if TYPE_CHECKING:
@@ -90,20 +90,8 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
                 if not dests:
                     ids.append(0)
                     continue
-                p = item.probe
-                cur = db.execute(
-                    "INSERT INTO objects (name, sha256, size, sop_class, sop_instance, "
-                    "transfer_syntax, study, meta_consistent, source, watch, accepted_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (name, sha, size, p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax,
-                     p.study_instance_uid, int(p.meta_consistent), item.source, item.watch,
-                     now))
-                oid = int(cur.lastrowid or 0)
-                db.executemany(
-                    "INSERT INTO jobs (object_id, destination, state, next_attempt_at, "
-                    "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
-                    [(oid, d, now, now, now) for d in dests])
-                ids.append(oid)
+                ids.append(add_object(db, name, sha, size, item.probe, item.source,
+                                      item.watch, dests, now))
             db.executemany("UPDATE intake SET committed = 1 WHERE name = ?",
                            [(n,) for n in names])
     except BaseException:
@@ -116,6 +104,23 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
             (spool.objects / name).unlink(missing_ok=True)
     spool._notify()
     return ids
+
+
+def add_object(db: sqlite3.Connection, name: str, sha: str, size: int, probe: Probe,
+               source: str, watch: str, destinations: Iterable[str], now: float) -> int:
+    """The row of an object placed at objects/``name`` and a pending job for each
+    destination, inside the caller's transaction; the object's id."""
+    p = probe
+    cur = db.execute(
+        "INSERT INTO objects (name, sha256, size, sop_class, sop_instance, transfer_syntax, "
+        "study, meta_consistent, source, watch, accepted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (name, sha, size, p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax,
+         p.study_instance_uid, int(p.meta_consistent), source, watch, now))
+    oid = int(cur.lastrowid or 0)
+    db.executemany("INSERT INTO jobs (object_id, destination, state, next_attempt_at, "
+                   "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                   [(oid, d, now, now, now) for d in destinations])
+    return oid
 
 
 def _forget_intake(spool: Spool, names: list[str]) -> None:

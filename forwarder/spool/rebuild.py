@@ -6,7 +6,6 @@ to quarantine with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
@@ -16,7 +15,8 @@ from typing import TYPE_CHECKING
 from forwarder import router
 from forwarder.dicomfile import probe
 from forwarder.errors import NotDicomError, UsageError
-from forwarder.spool import recovery
+from forwarder.spool import durable, recovery
+from forwarder.spool.accept import add_object
 from forwarder.spool.db import INDEX
 
 if TYPE_CHECKING:
@@ -77,11 +77,7 @@ def _retake(cfg: Config, spool: Spool, path: Path, now: float,
     try:
         with open(path, "rb") as fp:
             found = probe(fp, cfg.attribute_keywords)
-            fp.seek(0)
-            sha = hashlib.sha256()
-            while chunk := fp.read(1 << 20):
-                sha.update(chunk)
-            digest = sha.hexdigest()
+            digest = durable.digest(fp.fileno())
         size = path.stat().st_size
     except (NotDicomError, OSError) as exc:
         spool.quarantine(None, source, f"spool rebuild: {exc}", move=path, now=now)
@@ -94,14 +90,5 @@ def _retake(cfg: Config, spool: Spool, path: Path, now: float,
         report["quarantined"] += 1
         return
     with spool._tx() as db:
-        cur = db.execute(
-            "INSERT INTO objects (name, sha256, size, sop_class, sop_instance, "
-            "transfer_syntax, study, meta_consistent, source, watch, accepted_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (path.name, digest, size, found.sop_class_uid, found.sop_instance_uid,
-             found.transfer_syntax, found.study_instance_uid, int(found.meta_consistent),
-             source, "", now))
-        db.executemany("INSERT INTO jobs (object_id, destination, state, next_attempt_at, "
-                       "created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
-                       [(cur.lastrowid, d, now, now, now) for d in dests])
+        add_object(db, path.name, digest, size, found, source, "", dests, now)
     report["queued"] += 1

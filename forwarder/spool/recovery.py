@@ -18,7 +18,6 @@ So at start:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from forwarder import paths, retry
 from forwarder.retry import Backoff
-from forwarder.spool import queue
+from forwarder.spool import durable, queue
 from forwarder.spool.db import INDEX, quick_check
 
 if TYPE_CHECKING:
@@ -94,14 +93,11 @@ def _unchanged(source: str, inode: int, size: int, mtime_ns: int) -> bool:
 
 
 def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as fp:
-            while chunk := fp.read(1 << 20):
-                digest.update(chunk)
+            return durable.digest(fp.fileno())
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def committed_sources(spool: Spool) -> int:
