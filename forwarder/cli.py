@@ -91,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dicom-forwarder: {exc}", file=sys.stderr)
         return exc.exit_code
     except sqlite3.DatabaseError as exc:  # damage found by a query, after the open
-        from forwarder import spoolindex
+        from forwarder.spool import db
 
-        if not spoolindex.is_damage(exc):
+        if not db.is_damage(exc):
             raise
-        print(f"dicom-forwarder: the spool index is damaged ({exc}); {spoolindex.HOW}",
+        print(f"dicom-forwarder: the spool index is damaged ({exc}); {db.HOW}",
               file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

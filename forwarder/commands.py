@@ -35,15 +35,14 @@ def _open_spool(args: argparse.Namespace, readonly: bool = False,  # noqa: ANN20
                 destination: str | None = None):
     """The configuration and its spool; ``readonly`` for the commands that only look.
     ``destination``, when given, must be configured (checked before the spool opens)."""
-    from forwarder import spoolindex
     from forwarder.errors import SpoolError
-    from forwarder.spool import Spool
+    from forwarder.spool import Spool, db
 
     cfg = config.load(args.config)
     if destination is not None and destination not in cfg.destinations:
         raise UsageError(f"no destination named '{destination}' in {args.config} "
                          f"(defined: {', '.join(cfg.destinations)})")
-    spoolindex.check_before_open(Path(cfg.spool))  # objects without an index: exit 78
+    db.check_before_open(Path(cfg.spool))  # objects without an index: exit 78
     if not readonly and not (Path(cfg.spool) / "index.sqlite").is_file():
         raise SpoolError(f"no spool at {cfg.spool}: check the configuration's 'spool' path; "
                          "nothing was created")
@@ -156,14 +155,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_spool(args: argparse.Namespace) -> int:
     """``spool rebuild``: a new index from the objects the spool holds."""
-    from forwarder import spoolindex, spoollock
+    from forwarder import spoollock
+    from forwarder.spool import rebuild
 
     cfg = config.load(args.config)
     running = spoollock.holder(cfg.spool)
     if running is not None:
         raise UsageError(f"a daemon (pid {running.get('pid', '?')}) is running on the spool "
                          f"{cfg.spool}: stop it first (systemctl stop dicom-forwarder)")
-    report = spoolindex.rebuild(cfg, force=args.force)
+    report = rebuild.rebuild(cfg, force=args.force)
     print(f"spool {cfg.spool} rebuilt: {report['queued']} object(s) queued again, "
           f"{report['quarantined']} quarantined, {report['quarantine_listed']} quarantine "
           f"record(s) listed again, {report['moved_aside']} old index file(s) moved aside")
@@ -172,7 +172,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Delete failed jobs and quarantined files older than the ages given."""
-    from forwarder import retention
+    from forwarder.spool import retention
 
     ages = {}
     for key in ("failed_older_than", "quarantine_older_than"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -16,21 +15,11 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
 from forwarder.association import accepted_pairs
-from forwarder.dicomfile import Probe
+from forwarder.model import Probe, StoreResult
 from forwarder.negotiation import DEFLATED_LE, choose_context
 from forwarder.scu import Association as ScuAssociation
 from forwarder.scu.store import send_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """``status`` is the DIMSE status, or None when no response came (timeout, abort)."""
-
-    status: int | None
-    comment: str | None = None
-    refused: str | None = None  # no usable context or conversion failed: why, in words
-    streamed: bool = False
 
 
 def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str], probe: Probe,
@@ -70,15 +59,15 @@ def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str]
         if modify is not None:
             modify(payload)
     if isinstance(assoc, ScuAssociation):
-        return send_on(assoc, payload, chosen, message_id, streamed, probe)
+        return send_on(assoc, payload, chosen, message_id, probe)
     try:
         rsp = assoc.send_c_store(payload, msg_id=message_id)
     except ValueError as exc:  # no accepted context after all
         return StoreResult(None, refused=str(exc))
     if "Status" not in rsp:
-        return StoreResult(None, streamed=streamed)
+        return StoreResult(None)
     comment = rsp.get("ErrorComment")
-    return StoreResult(int(rsp.Status), str(comment) if comment else None, streamed=streamed)
+    return StoreResult(int(rsp.Status), str(comment) if comment else None)
 
 
 def _proposed(assoc: Association | ScuAssociation) -> set[str]:

@@ -26,9 +26,9 @@ from forwarder.config import Config, envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
 from forwarder.logs import event
-from forwarder.retention import Keeper
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
+from forwarder.spool.retention import Keeper
 from forwarder.spoollock import SpoolLock
 from forwarder.watcher import Watcher
 

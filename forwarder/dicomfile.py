@@ -11,7 +11,6 @@ import os
 import re
 import struct
 import warnings
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pydicom import dcmread
@@ -20,25 +19,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from forwarder.errors import NotDicomError
+from forwarder.model import Probe
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TRUNCATION_WORDS = ("end of file", "truncat", "eof", "premature", "not enough")
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What intake and the sender need to know about one DICOM object."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    study_instance_uid: str | None = None
-    has_meta: bool = True
-    # file meta agrees with the dataset and no element needs its VR back: safe to stream as is
-    meta_consistent: bool = True
-    attributes: dict[str, str] = field(default_factory=dict)
-    phi: dict[str, str] = field(default_factory=dict)
 
 
 class _Unnamed:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forwarder import nosecrets, runtime
-from forwarder.dicomfile import Probe
+from forwarder.model import Probe
 from forwarder.redact import PathFilter
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

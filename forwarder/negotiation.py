@@ -138,12 +138,6 @@ def plan_contexts(needs: Iterable[tuple[str, str]], mode: str, combine: bool) ->
     return contexts
 
 
-def contexts_needed(sop_classes: int, file_syntaxes: int, mode: str, combine: bool) -> int:
-    """An upper bound of contexts for a batch, so a sender can stop adding jobs in time."""
-    per_class = len(mode_contexts("1.2", mode, combine))
-    return sop_classes * per_class + file_syntaxes
-
-
 def choose_context(
     accepted: Sequence[tuple[str, str]], sop_class: str, file_syntax: str,
     convertible: Iterable[str] = (),

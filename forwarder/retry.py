@@ -1,4 +1,4 @@
-"""Pure backoff schedule: exponential with a cap and jitter, give-up by age, clock-step guard."""
+"""Pure backoff schedule: exponential with a cap and jitter, clock-step guard."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def next_attempt(now: float, attempts: int, policy: Backoff, rand: float) -> flo
     return now + delay(attempts, policy, rand)
 
 
-def expired(created_at: float, now: float, policy: Backoff) -> bool:
-    """A job older than ``max_age`` ends ``failed`` with reason ``expired`` (kept, not deleted)."""
-    return now - created_at > policy.max_age
+def latest(now: float, policy: Backoff) -> float:
+    """Times are wall-clock (they must survive a restart); after the clock steps back, a job
+    could wait far longer than any backoff: never due later than the cap plus jitter."""
+    return now + policy.max * (1.0 + policy.jitter)
 
 
 def clamp_future(next_at: float, now: float, policy: Backoff) -> float:
-    """Times are wall-clock (they must survive a restart); after the clock steps back, a job
-    could wait far longer than any backoff: never further away than the cap plus jitter."""
-    return min(next_at, now + policy.max * (1.0 + policy.jitter))
+    """``next_at``, or :func:`latest` when that is sooner."""
+    return min(next_at, latest(now, policy))

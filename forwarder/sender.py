@@ -22,11 +22,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from forwarder import claims, runtime, worker
+from forwarder import runtime, worker
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
 from forwarder.logs import event
-from forwarder.spool import Spool
+from forwarder.spool import Spool, claims
 from forwarder.worker import WorkerSpec, backoff_policy
 
 __all__ = ["DestinationSender", "backoff_policy"]
@@ -44,7 +44,7 @@ class DestinationSender:
     """The worker processes of one destination; a context manager.
 
     A worker that dies is started again (after a growing delay, never a tight loop); the
-    job it was sending counts one death (:mod:`forwarder.claims`). Only a worker that
+    job it was sending counts one death (:mod:`forwarder.spool.claims`). Only a worker that
     cannot use the spool (exit status ``worker.EXIT_SPOOL``) is fatal: ``on_fatal``.
     """
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from forwarder import claims, health, logs, outcome, pdnpatch, redact, retry, runtime, sendcore
+from forwarder import health, logs, outcome, pdnpatch, redact, retry, runtime, sendcore
 from forwarder.association import (
     AssociationFailed,
     PeerSettings,
@@ -42,7 +42,7 @@ from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
 from forwarder.logs import event, probe_fields
-from forwarder.spool import Job, Spool
+from forwarder.spool import Job, Spool, claims
 
 LOGGER = logging.getLogger(__name__)
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)

@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
-from forwarder import durable, linking
+from forwarder import linking
 from forwarder.config import Watch
 from forwarder.errors import SourceChanged
 from forwarder.paths import shown, unshown
-from forwarder.spool import Spool
+from forwarder.spool import Spool, durable
 from forwarder.watcher import Candidate, Watcher
 from tests.corpus import unique_copies
 from tests.daemonutil import REPO, DaemonProcess, drop, write_config

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from forwarder import durable
+    from forwarder.spool import durable
     from forwarder.spool import Incoming, Spool
     from tests.spoolutil import fake_probe
     root, src, when, umask = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]

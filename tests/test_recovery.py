@@ -22,7 +22,7 @@ N = 8
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from forwarder import durable
+    from forwarder.spool import durable
     from forwarder.spool import Incoming, Spool
     from tests.spoolutil import fake_probe
     src, root, when = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

@@ -7,9 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from forwarder import retention
 from forwarder.cli import main
-from forwarder.spool import Spool
+from forwarder.spool import Spool, retention
 from tests.corpus import unique_copies
 from tests.daemonutil import DaemonProcess, write_config
 from tests.peers import free_port, wait_for

@@ -12,9 +12,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from forwarder import claims, outcome
+from forwarder import outcome
 from forwarder.sender import DestinationSender
-from forwarder.spool import Spool
+from forwarder.spool import Spool, claims
 from tests.corpus import unique_copies
 from tests.peers import wait_for
 from tests.sendutil import destination, enqueue, settled, states

@@ -7,23 +7,19 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from forwarder.dicomfile import Probe
+from forwarder.model import Probe, StoreResult
 from forwarder.scu.association import Association, NoContext
 from forwarder.scu.pdu import AssociationLost
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from forwarder.cstore import StoreResult
-
 
 def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id: int,
-            streamed: bool, probe: Probe) -> StoreResult:
+            probe: Probe) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
     ``comment``), ``refused`` when no context fits after all or the dataset cannot be
     encoded."""
-    from forwarder.cstore import StoreResult
-
     try:
         if isinstance(payload, (str, os.PathLike)):
             rsp = assoc.send_c_store(payload, probe.sop_class_uid, probe.sop_instance_uid,
@@ -41,5 +37,5 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
     except NoContext as exc:
         return StoreResult(None, refused=str(exc))
     except (AssociationLost, OSError) as exc:  # SourceUnreadable too
-        return StoreResult(None, str(exc), streamed=streamed)
-    return StoreResult(rsp.status, rsp.comment, streamed=streamed)
+        return StoreResult(None, str(exc))
+    return StoreResult(rsp.status, rsp.comment)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from forwarder import claims
 from forwarder.cli import main
+from forwarder.spool import claims
 from tests.corpus import unique_copies
 from tests.daemonutil import DaemonProcess, process_tree, worker_pids, write_config
 from tests.faults.harness import spool_view

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from forwarder import paths
 from forwarder.logs import event
-from forwarder.recovery import DELIVERED_KEEP
+from forwarder.spool.recovery import DELIVERED_KEEP
 
 if TYPE_CHECKING:
     from forwarder.config import Retention

@@ -23,6 +23,15 @@ REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def digest(fd: int) -> str:
+    """SHA-256 of open file ``fd`` from its start (the offset is left at the end)."""
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def make_dir(path: Path) -> None:
     """Create a spool directory (and its parents) with :data:`DIR_MODE` exactly; one that
     exists is left as its owner set it."""

@@ -12,28 +12,10 @@ once. Rows written before ctime and content were recorded fall back to size and 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 
-COLUMNS = (("ctime_ns", "INTEGER"), ("sha256", "TEXT"))
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Add the columns this module needs to a spool made by an older version."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(seen)")}
-    for name, kind in COLUMNS:
-        if name not in have:
-            db.execute(f"ALTER TABLE seen ADD COLUMN {name} {kind}")
-
-
-def digest(fd: int) -> str:
-    """SHA-256 of open file ``fd`` from its start (the offset is left at the end)."""
-    h = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, 1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
+from forwarder.spool.durable import digest
 
 
 def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None) -> bool:

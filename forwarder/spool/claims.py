@@ -16,7 +16,6 @@ down with it, again and again.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,21 +27,6 @@ if TYPE_CHECKING:
 MAX_DEATHS = 3
 # the WHERE clause of every outcome: bind (owner, owner); a None owner checks the state only
 MINE = "state='sending' AND (? IS NULL OR owner=?)"
-
-_COLUMNS = {"jobs": {"owner": "TEXT", "claim_seq": "INTEGER",
-                     "deaths": "INTEGER NOT NULL DEFAULT 0", "done_mark": "INTEGER"},
-            "destinations": {"streak": "INTEGER NOT NULL DEFAULT 0",
-                             "last_failed": "INTEGER"}}
-
-
-def add_columns(db: sqlite3.Connection) -> None:
-    """Bring a spool made by an earlier version up to date (columns are only added)."""
-    for table, columns in _COLUMNS.items():
-        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns.items():
-            if name not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-
 
 def new_token() -> str:
     """One per start of a destination's workers."""

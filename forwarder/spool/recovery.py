@@ -1,7 +1,10 @@
-"""What a killed intake left behind, settled at start without losing or resending.
+"""The spool at start: jobs a killed daemon left ``sending`` go back to ``pending``, due
+no later than the backoff cap (times are wall-clock and survive the restart, so a clock
+stepped back cannot make a job wait longer than any backoff), ``tmp/`` is cleared, and
+what a killed intake left behind, settled at start without losing or resending.
 
-Before a batch's objects are placed, :meth:`Spool.accept` records each one's name with its
-source's identity (path, inode, size, mtime) in the ``intake`` table; the commit marks
+Before a batch's objects are placed, :func:`forwarder.spool.accept.accept` records each
+one's name with its source's identity (path, inode, size, mtime) in the ``intake`` table; the commit marks
 them ``committed``; the next batch clears them (by then intake has removed the sources).
 So at start:
 
@@ -15,19 +18,69 @@ So at start:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forwarder import paths
+from forwarder import paths, retry
+from forwarder.retry import Backoff
+from forwarder.spool import durable, queue
+from forwarder.spool.db import INDEX, quick_check
 
 if TYPE_CHECKING:
     from forwarder.spool import Spool
 
 DELIVERED_KEEP = 7 * 86400.0  # how long the digest of a delivered object is kept
+
+
+def recover(spool: Spool, cap: Backoff | None = None, now: float | None = None) -> dict[str, int]:
+    """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
+    now = time.time() if now is None else now
+    report = {"requeued": 0, "tmp_removed": 0, "orphan_objects": 0,
+              "orphan_links_removed": 0, "orphans_source_remains": 0,
+              "orphans_already_queued": 0, "missing_objects": 0, "finished_cleanup": 0}
+    with spool._lock:
+        quick_check(spool.db, spool.root / INDEX)
+    for f in spool.tmp.iterdir():
+        f.unlink(missing_ok=True)
+        report["tmp_removed"] += 1
+    with spool._tx() as tx:
+        report["requeued"] = tx.execute(
+            "UPDATE jobs SET state='pending', updated_at=?, owner=NULL "
+            "WHERE state='sending'",
+            (now,)).rowcount
+        if cap is not None:
+            latest = retry.latest(now, cap)
+            tx.execute("UPDATE jobs SET next_attempt_at=? WHERE state='pending' AND "
+                       "next_attempt_at > ?", (latest, latest))
+    with spool._lock:
+        known = {r[0]: r[1] for r in spool.db.execute("SELECT name, id FROM objects")}
+    on_disk = {p.name for p in spool.objects.iterdir()}
+    report["committed_sources_removed"] = committed_sources(spool)
+    report["quarantine_relisted"] = quarantine_records(spool, now)
+    orphans(spool, on_disk - set(known), report, now)
+    finish(spool, now)
+    for name in set(known) - on_disk:
+        oid = known[name]
+        with spool._tx() as tx:
+            cur = tx.execute("UPDATE jobs SET state='failed', last_error='object file missing "
+                             "from the spool', updated_at=? WHERE object_id=? AND state "
+                             "!= 'done'", (now, oid))
+        if cur.rowcount:
+            report["missing_objects"] += 1
+        else:
+            queue.collect(spool, oid)
+            report["finished_cleanup"] += 1
+    with spool._lock:
+        done_objects = [r[0] for r in spool.db.execute(
+            "SELECT o.id FROM objects o WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+            "j.object_id = o.id AND j.state != 'done')")]
+    for oid in done_objects:
+        queue.collect(spool, oid)
+        report["finished_cleanup"] += 1
+    return report
 
 
 def _unchanged(source: str, inode: int, size: int, mtime_ns: int) -> bool:
@@ -40,14 +93,11 @@ def _unchanged(source: str, inode: int, size: int, mtime_ns: int) -> bool:
 
 
 def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as fp:
-            while chunk := fp.read(1 << 20):
-                digest.update(chunk)
+            return durable.digest(fp.fileno())
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def committed_sources(spool: Spool) -> int:
@@ -102,8 +152,9 @@ def orphans(spool: Spool, names: set[str], report: dict[str, int], now: float) -
 
 def quarantine_records(spool: Spool, now: float) -> int:
     """The quarantine table agrees with quarantine/ again after a kill inside
-    :meth:`Spool.quarantine`: a record whose data never arrived is dropped (the input is
-    still at its source), data with no row is listed, with its reason when known."""
+    :func:`forwarder.spool.accept.quarantine`: a record whose data never arrived is dropped
+    (the input is still at its source), data with no row is listed, with its reason when
+    known."""
     with spool._lock:
         listed = {r[0] for r in spool.db.execute("SELECT name FROM quarantine")}
     present = {p.name for p in spool.quarantine_dir.iterdir()}

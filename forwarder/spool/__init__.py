@@ -1,0 +1,203 @@
+"""Durable store: SQLite (WAL, synchronous=FULL) index + ``objects/`` files; jobs, claims, outcomes.
+
+:class:`Spool` is the one handle callers hold: the directory, one connection serialised by
+a lock, and the listeners told when jobs may have become due. Its methods are thin; the
+work is in the package's modules:
+
+- :mod:`~forwarder.spool.db`: schema, ``user_version`` migrations, connections, transactions
+- :mod:`~forwarder.spool.accept`: intake and placement, files left in place, quarantine
+- :mod:`~forwarder.spool.queue`: claim and outcomes (done, retry, release, fail, expire)
+- :mod:`~forwarder.spool.claims`: who holds a claim, and a dead worker's claims
+- :mod:`~forwarder.spool.health`: destination health rows
+- :mod:`~forwarder.spool.recovery`: the spool at start
+- :mod:`~forwarder.spool.report`: status, failed, quarantine (read-only)
+- :mod:`~forwarder.spool.retention`, :mod:`~forwarder.spool.rebuild`: purge; a new index
+- :mod:`~forwarder.spool.durable`, :mod:`~forwarder.spool.room`,
+  :mod:`~forwarder.spool.seen`: durable files, the free-space reserve, files left in place
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from forwarder.errors import SpoolError
+from forwarder.model import Incoming, Job
+from forwarder.retry import Backoff
+from forwarder.spool import accept, db, durable, health, queue, recovery, report
+from forwarder.spool.durable import filesystem_type
+from forwarder.spool.health import Health
+
+__all__ = ["Health", "Incoming", "Job", "Spool", "filesystem_type"]
+
+
+class Spool:
+    """The spool directory. Thread-safe: one connection, serialised by a lock."""
+
+    def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None,
+                 reserve: int = 1 << 20, rebuild: bool = False,
+                 readonly: bool = False):
+        """``readonly``: for the commands that only look (status, failed, quarantine):
+        nothing is created or changed, and a path without a spool index is an error."""
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.quarantine_dir = self.root / "quarantine"
+        self.tmp = self.root / "tmp"
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[], None]] = []
+        if readonly:
+            db.check_before_open(self.root)
+            self.db = db.connect_readonly(self.root)
+            return
+        for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
+            durable.make_dir(d)
+        kind = filesystem_type(self.root)
+        if kind in durable.REMOTE_FS:
+            raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
+                             "disk; put the spool on local storage (watch folders may be remote)")
+        self._rand = rand or random.Random()
+        if not rebuild:
+            db.check_before_open(self.root)
+        self.db = db.connect(self.root)
+        self._syncfs_ok = True
+        # free space kept for the index: outcomes must be recordable when the disk fills
+        self.reserve = reserve
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (quick, never blocking) whenever jobs may have become due."""
+        self._listeners = [*self._listeners, listener]
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._listeners = [f for f in self._listeners if f != listener]
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction (see :func:`forwarder.spool.db.transaction`)."""
+        with db.transaction(self.db, self._lock, durable) as conn:
+            yield conn
+
+    # --- intake (forwarder.spool.accept) ------------------------------------------
+
+    def accept(self, items: Iterable[Incoming], now: float | None = None) -> list[int]:
+        """Take a batch durably with one commit; return each item's object id (0 if every
+        destination already had the identical content pending). Only after this returns
+        may the caller remove the sources."""
+        return accept.accept(self, items, now)
+
+    def is_seen(self, path: str, st: os.stat_result, fd: int | None = None) -> bool:
+        """Was this file taken before and left in place, and is it unchanged since?"""
+        return accept.is_seen(self, path, st, fd)
+
+    def remember(self, path: str, st: os.stat_result, sha: str | None = None) -> None:
+        """Record a file left in place so it is never taken twice while unchanged."""
+        accept.remember(self, path, st, sha)
+
+    def quarantine(self, fd: int | None, source: str, reason: str, move: Path | None = None,
+                   now: float | None = None) -> Path:
+        """Keep a rejected input in quarantine/ with ``<id>.json`` saying why."""
+        return accept.quarantine(self, fd, source, reason, move, now)
+
+    # --- sending (forwarder.spool.queue) ------------------------------------------
+
+    def claim(self, destination: str, limit: int, now: float | None = None,
+              owner: str | None = None) -> list[Job]:
+        """Move up to ``limit`` due jobs of ``destination`` to ``sending``, for ``owner``."""
+        return queue.claim(self, destination, limit, now, owner)
+
+    def done(self, job_ids: Iterable[int], now: float | None = None,
+             owner: str | None = None) -> None:
+        """Mark stored; delete each object whose jobs are all done."""
+        queue.done(self, job_ids, now, owner)
+
+    def retry(self, job_id: int, error: str, policy: Backoff, now: float | None = None,
+              aborted: bool = False, count_attempt: bool = True,
+              delay: float | None = None, owner: str | None = None) -> float | None:
+        """Back to ``pending`` for a later attempt; when it is due, None if not claimed."""
+        return queue.retry(self, job_id, error, policy, now, aborted, count_attempt, delay,
+                           owner)
+
+    def release(self, job_ids: Iterable[int], now: float | None = None,
+                owner: str | None = None) -> None:
+        """Return claimed jobs unattempted."""
+        queue.release(self, job_ids, now, owner)
+
+    def fail(self, job_id: int, reason: str, now: float | None = None,
+             attempted: bool = True, owner: str | None = None) -> bool:
+        """``failed`` with the reason; False when the job is no longer claimed."""
+        return queue.fail(self, job_id, reason, now, attempted, owner)
+
+    def expire(self, destination: str, max_age: float, now: float | None = None) -> int:
+        """Pending jobs older than ``max_age`` end ``failed``, reason ``expired``."""
+        return queue.expire(self, destination, max_age, now)
+
+    def older_than(self, destination: str, age: float,
+                   now: float | None = None) -> tuple[int, float]:
+        """Pending jobs that have waited more than ``age``: how many, the oldest's age."""
+        return queue.older_than(self, destination, age, now)
+
+    def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
+        """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
+        return queue.requeue_failed(self, destination, now)
+
+    def next_due(self, destination: str) -> float | None:
+        return queue.next_due(self, destination)
+
+    # --- destination health (forwarder.spool.health) --------------------------------
+
+    def note_failure(self, destination: str, job_id: int) -> tuple[int, bool]:
+        """The failure run at ``destination``, and whether a file was stored since."""
+        return health.note_failure(self, destination, job_id)
+
+    def health(self, destination: str) -> Health:
+        return health.get(self, destination)
+
+    def resume(self, destination: str, now: float | None = None) -> tuple[Health, int]:
+        """Operator resume: probed at once, pending jobs due now."""
+        return health.resume(self, destination, now)
+
+    def set_health(self, destination: str, state: str, until: float | None = None,
+                   reason: str | None = None, now: float | None = None) -> None:
+        health.set_health(self, destination, state, until, reason, now)
+
+    # --- recovery and reporting (forwarder.spool.recovery, .report) -----------------
+
+    def recover(self, cap: Backoff | None = None, now: float | None = None) -> dict[str, int]:
+        """At start: ``sending`` -> ``pending``; clear tmp/; report (never drop) orphans."""
+        return recovery.recover(self, cap, now)
+
+    def status(self, destinations: Iterable[str], now: float | None = None) -> dict:
+        """The ``status --json`` contract."""
+        return report.status(self, destinations, now)
+
+    def last_success(self) -> dict[str, float]:
+        """Per destination, when the peer last confirmed a C-STORE (epoch seconds)."""
+        return report.last_success(self)
+
+    def failed_jobs(self, destination: str | None = None) -> list[dict]:
+        return report.failed_jobs(self, destination)
+
+    def quarantined(self) -> list[dict]:
+        return report.quarantined(self)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state, for tests and the daemon's STATUS= line."""
+        return report.counts(self)

@@ -1,0 +1,178 @@
+"""The job state machine: claim due jobs, record each outcome (done, retry, release, fail),
+expire, requeue; an object is deleted once every job of it is done.
+
+A job is ``pending`` until a worker claims it (``sending``); every outcome is recorded only
+while the job is still claimed by the same owner (see :mod:`forwarder.spool.claims`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from forwarder import retry as backoff
+from forwarder.model import Job, Probe
+from forwarder.retry import Backoff
+from forwarder.spool import claims
+
+if TYPE_CHECKING:
+    from forwarder.spool import Spool
+
+
+def claim(spool: Spool, destination: str, limit: int, now: float | None = None,
+          owner: str | None = None) -> list[Job]:
+    """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``,
+    claimed by ``owner`` (a worker; see :mod:`forwarder.spool.claims`) in the order returned.
+
+    Half the batch is the longest-waiting jobs, half the newest, so a backlog of
+    thousands does not make a study that arrives now wait behind all of it.
+    """
+    now = time.time() if now is None else now
+    query = ("SELECT j.id, j.object_id, j.attempts, j.aborts, j.created_at, o.name, "
+             "o.sop_class, o.sop_instance, o.transfer_syntax, o.study, o.meta_consistent "
+             "FROM jobs j JOIN objects o ON o.id = j.object_id "
+             "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ? ")
+    oldest = limit - limit // 2
+    with spool._tx(durable=False) as db:
+        rows = db.execute(query + "ORDER BY j.next_attempt_at, j.id LIMIT ?",
+                          (destination, now, oldest)).fetchall()
+        if len(rows) == oldest and limit // 2:
+            taken = [r[0] for r in rows]
+            rows += db.execute(
+                query + f"AND j.id NOT IN ({','.join('?' * len(taken))}) "
+                "ORDER BY j.id DESC LIMIT ?",
+                (destination, now, *taken, limit // 2)).fetchall()
+        db.executemany("UPDATE jobs SET state='sending', updated_at=?, owner=?, "
+                       "claim_seq=? WHERE id=?",
+                       [(now, owner, i, r[0]) for i, r in enumerate(rows)])
+    return [Job(r[0], r[1], destination, r[2], r[3], r[4], spool.objects / r[5],
+                Probe(r[6], r[7], r[8], r[9], True, bool(r[10]))) for r in rows]
+
+
+def done(spool: Spool, job_ids: Iterable[int], now: float | None = None,
+         owner: str | None = None) -> None:
+    """Mark stored; delete each object whose jobs are all done. With ``owner``, only
+    jobs that owner still claims (so does every outcome below)."""
+    now = time.time() if now is None else now
+    ids = list(job_ids)
+    if not ids:
+        return
+    with spool._tx(durable=False) as db:
+        for jid in ids:
+            row = db.execute("UPDATE jobs SET state='done', updated_at=?, deaths=0 WHERE "
+                             f"id=? AND {claims.MINE} RETURNING destination, object_id",
+                             (now, jid, owner, owner)).fetchone()
+            if row:
+                db.execute("INSERT INTO destinations (name, done, last_done_at) VALUES "
+                           "(?, 1, ?) ON CONFLICT(name) DO UPDATE SET done = done + 1, "
+                           "streak = 0, last_done_at = excluded.last_done_at",
+                           (row[0], now))
+        objects = {r[0] for r in db.execute(
+            f"SELECT DISTINCT object_id FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
+            ids)}
+    for oid in objects:
+        collect(spool, oid)
+
+
+def collect(spool: Spool, oid: int) -> None:
+    with spool._lock:
+        left = spool.db.execute("SELECT count(*) FROM jobs WHERE object_id=? AND "
+                               "state != 'done'", (oid,)).fetchone()[0]
+        if left:
+            return
+        row = spool.db.execute("SELECT name, sha256 FROM objects WHERE id=?",
+                              (oid,)).fetchone()
+        if row:
+            (spool.objects / row[0]).unlink(missing_ok=True)
+        with spool._tx(durable=False) as db:
+            if row:  # kept a while: recovery knows this content was delivered
+                db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)",
+                           (row[1], time.time()))
+            db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
+            db.execute("DELETE FROM objects WHERE id=?", (oid,))
+
+
+def retry(spool: Spool, job_id: int, error: str, policy: Backoff, now: float | None = None,
+          aborted: bool = False, count_attempt: bool = True,
+          delay: float | None = None, owner: str | None = None) -> float | None:
+    """Back to ``pending`` for a later attempt (after ``delay``, or the job's backoff);
+    return when it is due, None when the job is no longer claimed (by ``owner``)."""
+    now = time.time() if now is None else now
+    with spool._tx(durable=False) as db:
+        row = db.execute(f"SELECT attempts FROM jobs WHERE id=? AND {claims.MINE}",
+                         (job_id, owner, owner)).fetchone()
+        if row is None:
+            return None
+        attempts = row[0] + (1 if count_attempt else 0)
+        due = now + delay if delay is not None else \
+            backoff.next_attempt(now, max(attempts, 1), policy, spool._rand.random())
+        db.execute("UPDATE jobs SET state='pending', attempts=?, aborts=aborts+?, "
+                   "next_attempt_at=?, last_error=?, updated_at=?, deaths=0, owner=NULL "
+                   "WHERE id=?",
+                   (attempts, 1 if aborted else 0, due, error, now, job_id))
+    spool._notify()
+    return due
+
+
+def release(spool: Spool, job_ids: Iterable[int], now: float | None = None,
+            owner: str | None = None) -> None:
+    """Return claimed jobs unattempted (shutdown, or the association cannot carry them)."""
+    now = time.time() if now is None else now
+    with spool._tx(durable=False) as db:
+        db.executemany("UPDATE jobs SET state='pending', updated_at=?, owner=NULL WHERE "
+                       f"id=? AND {claims.MINE}", [(now, j, owner, owner) for j in job_ids])
+    spool._notify()
+
+
+def fail(spool: Spool, job_id: int, reason: str, now: float | None = None,
+         attempted: bool = True, owner: str | None = None) -> bool:
+    """``failed`` with the reason; the object is kept until an operator acts. False
+    when the job is no longer claimed (by ``owner``): nothing changed."""
+    now = time.time() if now is None else now
+    with spool._tx(durable=False) as db:
+        return db.execute("UPDATE jobs SET state='failed', attempts=attempts+?, "
+                          "last_error=?, updated_at=?, owner=NULL WHERE id=? AND "
+                          f"{claims.MINE}", (1 if attempted else 0, reason, now, job_id,
+                                             owner, owner)).rowcount > 0
+
+
+def expire(spool: Spool, destination: str, max_age: float, now: float | None = None) -> int:
+    """Pending jobs older than ``max_age`` end ``failed``, reason ``expired``."""
+    now = time.time() if now is None else now
+    with spool._tx(durable=False) as db:
+        cur = db.execute("UPDATE jobs SET state='failed', last_error='expired', "
+                         "updated_at=? WHERE destination=? AND state='pending' AND "
+                         "created_at < ?", (now, destination, now - max_age))
+        return cur.rowcount
+
+
+def older_than(spool: Spool, destination: str, age: float,
+               now: float | None = None) -> tuple[int, float]:
+    """Pending jobs that have waited more than ``age``: how many, and the oldest's age."""
+    now = time.time() if now is None else now
+    with spool._lock:
+        n, first = spool.db.execute("SELECT count(*), min(created_at) FROM jobs WHERE "
+                                   "destination=? AND state='pending' AND created_at < ?",
+                                   (destination, now - age)).fetchone()
+    return int(n), (now - first) if first is not None else 0.0
+
+
+def requeue_failed(spool: Spool, destination: str | None = None, now: float | None = None) -> int:
+    """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
+    now = time.time() if now is None else now
+    where = "state='failed'" + (" AND destination=?" if destination else "")
+    args = (now, now, destination) if destination else (now, now)
+    with spool._tx() as db:
+        cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
+                         f"deaths=0, next_attempt_at=?, updated_at=? WHERE {where}", args)
+        n = cur.rowcount
+    spool._notify()
+    return n
+
+
+def next_due(spool: Spool, destination: str) -> float | None:
+    with spool._lock:
+        row = spool.db.execute("SELECT min(next_attempt_at) FROM jobs WHERE destination=? "
+                              "AND state='pending'", (destination,)).fetchone()
+    return row[0] if row else None

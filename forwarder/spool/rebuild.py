@@ -1,0 +1,94 @@
+"""``dicom-forwarder spool rebuild``: for an index that is missing, empty or damaged (see
+:mod:`forwarder.spool.db`). It moves whatever index there is aside and takes the spool's
+objects again through the current routes; objects that are not DICOM or match no route go
+to quarantine with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from forwarder import router
+from forwarder.dicomfile import probe
+from forwarder.errors import NotDicomError, UsageError
+from forwarder.spool import durable, recovery
+from forwarder.spool.accept import add_object
+from forwarder.spool.db import INDEX
+
+if TYPE_CHECKING:
+    from forwarder.config import Config
+    from forwarder.spool import Spool
+
+
+def _healthy_jobs(index: Path) -> int:
+    """Jobs in a readable index; -1 when it is missing, empty or damaged."""
+    if not index.exists() or index.stat().st_size == 0:
+        return -1
+    try:
+        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+        try:
+            if db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                return -1
+            return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return -1
+
+
+def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[str, int]:
+    """Move the index aside and take ``objects/`` again through ``cfg``'s routes."""
+    from forwarder.spool import Spool
+
+    now = time.time() if now is None else now
+    root = Path(cfg.spool)
+    index = root / INDEX
+    if not (root / "objects").is_dir():
+        raise UsageError(f"{root} is not a spool (no objects/ directory)")
+    jobs = _healthy_jobs(index)
+    if jobs > 0 and not force:
+        raise UsageError(f"the spool index {index} is readable and holds {jobs} job(s); "
+                         "rebuild is for a missing, empty or damaged index (--force to "
+                         "rebuild anyway)")
+    report = {"moved_aside": 0, "queued": 0, "quarantined": 0, "quarantine_listed": 0}
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    for suffix in ("", "-wal", "-shm"):
+        old = root / (INDEX + suffix)
+        if old.exists():
+            os.rename(old, root / f"{INDEX}{suffix}.damaged-{stamp}")
+            report["moved_aside"] += 1
+    spool = Spool(root, rebuild=True)
+    try:
+        report["quarantine_listed"] = recovery.quarantine_records(spool, now)
+        for path in sorted(spool.objects.iterdir(), key=lambda p: p.stat().st_mtime):
+            _retake(cfg, spool, path, now, report)
+    finally:
+        spool.close()
+    return report
+
+
+def _retake(cfg: Config, spool: Spool, path: Path, now: float,
+            report: dict[str, int]) -> None:
+    source = f"{path} (spool rebuild)"
+    try:
+        with open(path, "rb") as fp:
+            found = probe(fp, cfg.attribute_keywords)
+            digest = durable.digest(fp.fileno())
+        size = path.stat().st_size
+    except (NotDicomError, OSError) as exc:
+        spool.quarantine(None, source, f"spool rebuild: {exc}", move=path, now=now)
+        report["quarantined"] += 1
+        return
+    dests = router.route(cfg.routes, "", path.name, found.attributes).destinations
+    if not dests:
+        spool.quarantine(None, source, "spool rebuild: no route matches it now", move=path,
+                         now=now)
+        report["quarantined"] += 1
+        return
+    with spool._tx() as db:
+        add_object(db, path.name, digest, size, found, source, "", dests, now)
+    report["queued"] += 1
