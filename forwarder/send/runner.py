@@ -41,7 +41,6 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(f"dicom-forwarder send {__version__} (storescu-compatible C-STORE SCU)")
         return EXIT_OK
-    runtime.setup()
     _setup_logging(args)
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
@@ -58,6 +57,7 @@ def run(argv: Sequence[str]) -> int:
     if not args.peer or not args.port or not args.files:
         raise UsageError("missing parameter: peer port dcmfile-in...")
     peer = peer_settings(args)
+    runtime.setup()  # after the usage checks: a mistyped command line loads no DICOM library
 
     paths, errors = collect_inputs(args)
     items = probe_inputs(args, paths, errors)
