@@ -194,22 +194,25 @@ def echo(peer: PeerSettings) -> str:
 
     A peer that accepts the association but not the Verification SOP class is still
     reachable with these settings, and that is what a health probe needs to know: its
-    A-ASSOCIATE-AC with the context rejected (pynetdicom then aborts) counts as an answer.
+    A-ASSOCIATE-AC with the context rejected counts as an answer. The C-ECHO goes on
+    :mod:`forwarder.scu`, the transport the daemon's workers store on.
     """
+    from forwarder.scu import Association as ScuAssociation
+    from forwarder.scu import AssociationLost, MalformedPDU
+
     try:
-        assoc = open_association(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
+        assoc = ScuAssociation.open(peer, [Context(VERIFICATION, (IMPLICIT_LE,))])
     except AssociationFailed as exc:
         if exc.kind == "no_contexts":
             return "association accepted (the peer does not offer C-ECHO)"
         raise
     try:
-        if not any(str(cx.abstract_syntax) == VERIFICATION for cx in assoc.accepted_contexts):
-            return "association accepted (the peer does not offer C-ECHO)"
         rsp = assoc.send_c_echo()
-        if "Status" not in rsp:
-            raise AssociationFailed("aborted", f"no C-ECHO response from {peer.called_ae}@"
-                                    f"{peer.host}:{peer.port}")
-        return f"C-ECHO status 0x{int(rsp.Status):04X}"
+    except (AssociationLost, MalformedPDU) as exc:
+        raise AssociationFailed("aborted", f"no C-ECHO response from {peer.called_ae}@"
+                                f"{peer.host}:{peer.port}: {exc}") from exc
     finally:
-        if assoc.is_established:
-            assoc.release()
+        if not assoc.is_established:
+            assoc.close()
+    assoc.release()
+    return f"C-ECHO status 0x{rsp.status:04X}"
