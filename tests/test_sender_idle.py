@@ -1,5 +1,6 @@
-"""A peer that ends a kept association while it sits idle: the worker notices it before its
-next C-STORE, opens a new one, and charges no file for it (nothing of any file was sent)."""
+"""The daemon's associations on its own requestor: what it proposes, and a peer that ends a
+kept association while it sits idle (the worker notices it before its next C-STORE, opens
+a new one, and charges no file for it: nothing of any file was sent)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,15 @@ def test_an_association_the_peer_ended_while_idle_is_replaced_at_no_files_cost(
     assert spool.health("pacs").failures == 0
     if how == "release":
         assert peer.releases_seen >= 1
+
+
+@pytest.mark.parametrize("max_pdu", [32768, 0])
+def test_the_daemon_proposes_its_max_pdu(make_scp, spool: Spool, tmp_path: Path,
+                                         max_pdu: int) -> None:
+    peer = make_scp()
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 1).values()))
+    with DestinationSender(destination(peer.port, f"max_pdu: {max_pdu}"), "FORWARDER",
+                           spool):
+        wait_for(lambda: states(spool)["done"] == 1, 30, "the file stored")
+    assert peer.counts() == {uids[0]: 1}
+    assert peer.requestor_max_pdu == [max_pdu]  # 0: no limit (PS3.8 D.1)
