@@ -11,18 +11,16 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 
-from forwarder.association import accepted_pairs
 from forwarder.model import Probe, StoreResult
 from forwarder.negotiation import DEFLATED_LE, choose_context
-from forwarder.scu import Association as ScuAssociation
+from forwarder.scu import Association
 from forwarder.scu.store import send_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
 
 
-def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str], probe: Probe,
+def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
                decompress: str = "lossless",
                modify: Callable[[Dataset], None] | None = None,
                message_id: int = 1) -> StoreResult:
@@ -35,8 +33,7 @@ def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str]
     again (pynetdicom pads the new stream to even length, PS3.5 A.5): a PDV carries an
     even number of bytes, and peers abort on the odd one.
     """
-    pairs = assoc.accepted_pairs() if isinstance(assoc, ScuAssociation) else \
-        accepted_pairs(assoc)
+    pairs = assoc.accepted_pairs()
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
     if chosen is None:
@@ -58,24 +55,13 @@ def store_file(assoc: Association | ScuAssociation, path: str | os.PathLike[str]
             return StoreResult(None, refused=str(exc))
         if modify is not None:
             modify(payload)
-    if isinstance(assoc, ScuAssociation):
-        return send_on(assoc, payload, chosen, message_id, probe)
-    try:
-        rsp = assoc.send_c_store(payload, msg_id=message_id)
-    except ValueError as exc:  # no accepted context after all
-        return StoreResult(None, refused=str(exc))
-    if "Status" not in rsp:
-        return StoreResult(None)
-    comment = rsp.get("ErrorComment")
-    return StoreResult(int(rsp.Status), str(comment) if comment else None)
+    return send_on(assoc, payload, chosen, message_id, probe)
 
 
-def _proposed(assoc: Association | ScuAssociation) -> set[str]:
+def _proposed(assoc: Association) -> set[str]:
     """The SOP classes proposed on ``assoc``."""
-    if isinstance(assoc, ScuAssociation):
-        return {cx.abstract_syntax for cx in assoc.accepted} | \
-            {cx.abstract_syntax for cx in assoc.rejected}
-    return {str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts}
+    return {cx.abstract_syntax for cx in assoc.accepted} | \
+        {cx.abstract_syntax for cx in assoc.rejected}
 
 
 def odd_deflated_stream(path: str | os.PathLike[str], transfer_syntax: str) -> bool:

@@ -25,23 +25,18 @@ import ssl
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pynetdicom.association import Association
-
-from forwarder import health, logs, outcome, pdnpatch, redact, retry, runtime, sendcore
-from forwarder.association import (
-    AssociationFailed,
-    PeerSettings,
-    open_association,
-)
+from forwarder import health, logs, outcome, redact, retry, runtime, sendcore
+from forwarder.association import AssociationFailed, PeerSettings
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
 from forwarder.logs import event, probe_fields
+from forwarder.scu import Association
 from forwarder.spool import Job, Spool, claims
 
 LOGGER = logging.getLogger(__name__)
@@ -219,7 +214,9 @@ class Worker(health.DestinationHealth):
         self.claimed = {j.id: j for j in jobs}
         items = tuple(sendcore.Item(j.id, j.probe.sop_class_uid, j.probe.transfer_syntax,
                                     j.attempts, j.aborts) for j in jobs)
-        link_up = self.assoc is not None and self.assoc.is_established
+        # a release or an abort the peer sent while the association was idle is taken
+        # in now: the batch goes on a new association and no file is charged for it
+        link_up = self.assoc is not None and self.assoc.still_up()
         self._carry_out(self.core.handle(sendcore.Claimed(items, time.monotonic(), link_up)))
 
     def _carry_out(self, commands: list[sendcore.Command]) -> None:
@@ -262,8 +259,7 @@ class Worker(health.DestinationHealth):
                 self.assoc.abort()
             self._close()
         elif isinstance(cmd, sendcore.Pace):
-            if self.assoc is not None:
-                pdnpatch.pace(self.assoc, idle=cmd.idle)
+            pass  # one blocking thread per association: nothing polls, idle or busy
         elif isinstance(cmd, sendcore.Wait):
             self._wait(cmd.seconds)
         return None
@@ -287,7 +283,7 @@ class Worker(health.DestinationHealth):
             return failed(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"),
                           time.monotonic())
         try:
-            assoc = open_association(peer, list(cmd.contexts))
+            assoc = Association.open(peer, list(cmd.contexts))
         except AssociationFailed as exc:
             return failed(outcome.association_failure(exc.kind, str(exc), exc.result,
                                                       exc.source, exc.reason),
@@ -303,15 +299,15 @@ class Worker(health.DestinationHealth):
         self.assoc = assoc
         event(LOGGER, "association", "%s: association open on worker %d (%d contexts, %d "
               "accepted)", self.name, self.index, len(cmd.contexts),
-              len(assoc.accepted_contexts), level=logging.DEBUG, **self.fields)
+              len(assoc.accepted), level=logging.DEBUG, **self.fields)
         return sendcore.Opened(time.monotonic())
 
     # --- sending -----------------------------------------------------------------
 
     def _store(self, job: Job) -> sendcore.Event:
         """Send one job; what the peer answered, or why there is no answer."""
-        if self.stopping or self.assoc is None or not self.assoc.is_established:
-            return sendcore.Interrupted(time.monotonic())
+        if self.stopping or self.assoc is None or not self.assoc.still_up():
+            return sendcore.Interrupted(time.monotonic())  # nothing of this file was sent
         self.msg_id = self.msg_id % 65535 + 1
         lost = ""
         started = time.monotonic()
@@ -329,16 +325,17 @@ class Worker(health.DestinationHealth):
                                         time.monotonic())
             lost = f" ({what})"
             result = StoreResult(None)
-        result = replace(result, comment=redact.comment(result.comment, self.phi))
         if result.refused:
             return sendcore.Refused(result.refused, time.monotonic())
         if result.status is None:
             elapsed = time.monotonic() - started
-            self.assoc.join(2.0)  # its reactor records a peer's A-ABORT, then ends
+            if result.comment:  # the transport's reason, in its words (no PHI in it)
+                lost = f" ({result.comment}){lost}"
             cause = outcome.no_response_cause(elapsed, self.dest.timeouts.dimse,
-                                              self.assoc.is_aborted) + lost
+                                              aborted=True) + lost
             return sendcore.NoResponse(cause, time.monotonic())
-        return sendcore.Stored(result.status, result.comment, time.monotonic())
+        return sendcore.Stored(result.status, redact.comment(result.comment, self.phi),
+                               time.monotonic())
 
     def _retry(self, job: Job, reason: str, status: str | None, alone: bool = False) -> None:
         due = self.spool.retry(job.id, reason, self.policy, aborted=alone, owner=self.owner)

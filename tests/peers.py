@@ -70,6 +70,7 @@ class StoreSCP:
     user_check: Callable[[Any], tuple[bool, bytes | None]] | None = None
     received: list[Received] = field(default_factory=list)
     requested: list[list[tuple[str, tuple[str, ...]]]] = field(default_factory=list)
+    requestor_max_pdu: list[int] = field(default_factory=list)  # per association, as proposed
     associations: int = 0
     aborts_seen: int = 0
     releases_seen: int = 0
@@ -101,6 +102,7 @@ class StoreSCP:
     def _on_request(self, event: Any) -> None:
         with self.lock:
             self.associations += 1
+            self.requestor_max_pdu.append(event.assoc.requestor.maximum_length)
             self.requested.append([(str(c.abstract_syntax), tuple(str(t) for t in c.transfer_syntax))
                                    for c in event.assoc.requestor.requested_contexts])
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from forwarder import logs
-from forwarder.association import open_association
 from forwarder.cli import main
 from forwarder.negotiation import Context
 from forwarder.peers import peer_for
+from forwarder.scu import Association
 from forwarder.spool import Spool
 from tests.corpus import data_file
 from tests.sendutil import destination, enqueue, run, settled
@@ -97,7 +97,7 @@ def test_daemon_trace_log_has_no_password(make_scp, tmp_path: Path, capfd) -> No
     saved = (root.level, list(root.handlers), logging.getLogger("pynetdicom").level)
     try:
         logs.setup(level="trace", target="stderr")
-        assoc = open_association(peer_for(dest, "FORWARDER"),
+        assoc = Association.open(peer_for(dest, "FORWARDER"),
                                  [Context("1.2.840.10008.1.1", ("1.2.840.10008.1.2",))])
         assoc.release()
     finally:

@@ -102,6 +102,18 @@ class Association:
     def is_established(self) -> bool:
         return self.state == "established"
 
+    def still_up(self) -> bool:
+        """Whether the association can carry the next request, after taking in what the
+        peer sent while it was idle (a release or an abort ends it here, before any byte
+        of a request is written)."""
+        if self.state != "established":
+            return False
+        try:
+            self._before_request()
+        except (AssociationLost, MalformedPDU):
+            return False
+        return True
+
     # -- DIMSE -------------------------------------------------------------------------
 
     def send_c_store(self, dataset: str | os.PathLike[str] | bytes, sop_class: str,

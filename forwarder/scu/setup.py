@@ -79,6 +79,11 @@ def associate(peer: PeerSettings, contexts: Sequence[Context],
             pc.scu_role, pc.scp_role = (bool(r) for r in roles[cx.abstract_syntax])
         proposed.append(pc)
     request = A_ASSOCIATE_RQ(_request_primitive(peer, proposed, roles)).encode()
+    if peer.tls and tls_context is None:
+        try:  # a missing CA file or a wrong key password: nothing is sent
+            tls_context = ssl_context(peer.tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise AssociationFailed("tls", f"TLS settings unusable: {exc}") from exc
     try:
         sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout)
     except OSError as exc:
@@ -87,7 +92,8 @@ def associate(peer: PeerSettings, contexts: Sequence[Context],
     try:
         tune(sock)
         if peer.tls:
-            sock = _handshake(sock, tls_context or ssl_context(peer.tls), peer, where)
+            assert tls_context is not None
+            sock = _handshake(sock, tls_context, peer, where)
         reader = PDUReader(sock, peer.network_timeout)
         sock.settimeout(peer.network_timeout)
         sock.sendall(request)
@@ -197,7 +203,9 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, peer: PeerSettings,
                where: str) -> ssl.SSLSocket:
     sock.settimeout(peer.acse_timeout)
     try:
-        return context.wrap_socket(sock, server_hostname=peer.host)
+        # the name the certificate must carry (checked when the context checks names)
+        name = (peer.tls.server_name if peer.tls else None) or peer.host
+        return context.wrap_socket(sock, server_hostname=name)
     except TimeoutError as exc:
         raise AssociationFailed("timeout", f"TLS handshake with {where} timed out") from exc
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:

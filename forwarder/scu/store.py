@@ -19,7 +19,7 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
             probe: Probe) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
     ``comment``), ``refused`` when no context fits after all or the dataset cannot be
-    encoded."""
+    encoded; the OSError when the file cannot be opened (nothing was sent)."""
     try:
         if isinstance(payload, (str, os.PathLike)):
             rsp = assoc.send_c_store(payload, probe.sop_class_uid, probe.sop_instance_uid,
@@ -37,5 +37,7 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
     except NoContext as exc:
         return StoreResult(None, refused=str(exc))
     except (AssociationLost, OSError) as exc:  # SourceUnreadable too
+        if not isinstance(exc, AssociationLost) and assoc.is_established:
+            raise  # the file cannot be opened: nothing was sent, the caller says why
         return StoreResult(None, str(exc))
     return StoreResult(rsp.status, rsp.comment)

@@ -88,7 +88,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     from pydicom.uid import UID
 
     from forwarder.association import AssociationFailed
-    from forwarder.cstore import store_file
+    from forwarder.cstore import StoreResult, store_file
     from forwarder.progress import Progress
     from forwarder.scu import Association
     from forwarder.send.invent import modifier
@@ -122,7 +122,10 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
                 continue
             msg_id = msg_id % 65535 + 1
             started = time.monotonic()
-            result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
+            try:
+                result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
+            except OSError as exc:  # gone or unreadable since it was read: nothing was sent
+                result = StoreResult(None, refused=f"cannot read it: {exc.strerror or exc}")
             # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
             action = (outcome.store_status(result.status, result.comment)
                       if result.status is not None else None)
