@@ -3,6 +3,7 @@ options as storescu does."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -101,7 +102,10 @@ def _shape(peer) -> list[tuple]:  # noqa: ANN001
         for kw in ("PatientID", "PatientName", "StudyInstanceUID", "StudyID",
                    "SeriesInstanceUID"):
             ids = seen.setdefault(kw, {})
-            row.append(ids.setdefault(str(ds.get(kw)), len(ids)))
+            # PatientID, PatientName and StudyID are the time in seconds and a counter:
+            # compare the counters (a run may cross a second boundary)
+            value = re.sub(r"^(PID_|SID_|.*TEST_PN_)\d{10}", r"\1", str(ds.get(kw)))
+            row.append(ids.setdefault(value, len(ids)))
         row += [str(ds.get("SeriesNumber")), str(ds.get("InstanceNumber"))]
         out.append(tuple(row))
     return out
