@@ -64,6 +64,8 @@ def root_logging_restored() -> Iterator[None]:
 
     root, pdn = logging.getLogger(), logging.getLogger("pynetdicom")
     saved = (list(root.handlers), root.level, pdn.level)
+    disabled = {name for name, lg in logging.root.manager.loggerDict.items()
+                if isinstance(lg, logging.Logger) and lg.disabled}
     yield
     for h in root.handlers:
         if h not in saved[0]:
@@ -71,6 +73,10 @@ def root_logging_restored() -> Iterator[None]:
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     pdn.setLevel(saved[2])
+    # `send -lc` reads a logging configuration, which disables every other logger
+    for name, lg in logging.root.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger) and lg.disabled and name not in disabled:
+            lg.disabled = False
 
 
 @pytest.fixture(autouse=True)
