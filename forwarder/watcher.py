@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from watchdog.events import (
@@ -57,14 +57,15 @@ EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent
 
 @dataclass(frozen=True)
 class Candidate:
-    """A file that has settled: intake decides its fate, then calls ``finished``."""
+    """A file that has settled: intake decides its fate and says it with ``finished``."""
 
     watch: Watch
     path: str
     relpath: str
     sig: Signature
     fresh: bool  # seen through an event (new work) rather than found by a scan
-    owner: Watcher | None = None
+    # where the verdict goes: the queue its watcher reads (a stopped watcher's is unread)
+    outbox: queue.SimpleQueue[Any] | None = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def shown(self) -> str:
@@ -74,9 +75,19 @@ class Candidate:
     def finished(self, left_in_place: bool, again_after: float | None = None) -> None:
         """Intake is done with it; ``left_in_place``: the file stays and must not be
         offered again while it is unchanged (keep_source, symlink, unreadable...), or
-        not before ``again_after`` seconds (the next scan after that offers it again)."""
-        if self.owner is not None:
-            self.owner.finished(self, left_in_place, again_after)
+        not before ``again_after`` seconds (the next scan after that offers it again).
+        The verdict travels forward as a value: the watcher's own thread applies it."""
+        if self.outbox is not None:
+            self.outbox.put(Finished(self, left_in_place, again_after))
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Intake's verdict on a candidate, read by its watcher from the watcher's queue."""
+
+    cand: Candidate
+    left_in_place: bool
+    again_after: float | None = None
 
 
 class _Events(FileSystemEventHandler):
@@ -129,7 +140,8 @@ class Watcher:
         self._use_events = events
         self._on_state = on_state  # told when the folder becomes unavailable or available
         self.settler = Settler(watch.min_age, trust_ctime=not watch.polling)
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # paths seen by events, intake's verdicts, and None to wake the loop for a stop
+        self._queue: queue.SimpleQueue[str | Finished | None] = queue.SimpleQueue()
         self._heap: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -212,18 +224,20 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def finished(self, cand: Candidate, left_in_place: bool,
-                 again_after: float | None = None) -> None:
+    def _finished(self, verdict: Finished) -> None:
+        """Apply intake's verdict on a candidate (on the watcher's thread)."""
+        cand = verdict.cand
         with self._lock:
             self._inflight.discard(cand.path)
-            if left_in_place:
-                until = None if again_after is None else time.monotonic() + again_after
+            if verdict.left_in_place:
+                until = None if verdict.again_after is None else \
+                    time.monotonic() + verdict.again_after
                 self._left.pop(cand.path, None)
                 self._left[cand.path] = (cand.sig, until)
                 while len(self._left) > self.limit:
                     del self._left[next(iter(self._left))]
-        if not left_in_place:
-            self._queue.put(cand.path)  # still there (intake paused)? it is looked at again
+        if not verdict.left_in_place and not self._stop.is_set():
+            self._consider(cand.path, fresh=True)  # still there (intake paused)? look again
 
     @property
     def alive(self) -> bool:
@@ -252,16 +266,18 @@ class Watcher:
             wake = min(next_scan, self._heap[0][0] if self._heap else next_scan)
             if self._waiting:
                 wake = min(wake, time.monotonic() + 0.1)
-            batch: list[str | None] = []
+            batch: list[str | Finished | None] = []
             try:
                 batch.append(self._queue.get(timeout=max(0.0, wake - time.monotonic())))
                 while len(batch) < 10000:
                     batch.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
-            for path in batch:
-                if path is not None and not self._stop.is_set():
-                    self._consider(path, fresh=True)
+            for item in batch:
+                if isinstance(item, Finished):
+                    self._finished(item)
+                elif item is not None and not self._stop.is_set():
+                    self._consider(item, fresh=True)
             now = time.monotonic()
             while self._heap and self._heap[0][0] <= now and not self._stop.is_set():
                 _due, path = heapq.heappop(self._heap)
@@ -384,7 +400,7 @@ class Watcher:
         self.settler.forget(path)
         fresh = path in self._fresh
         self._fresh.discard(path)
-        cand = Candidate(self.watch, path, rel, sig, fresh=fresh, owner=self)
+        cand = Candidate(self.watch, path, rel, sig, fresh=fresh, outbox=self._queue)
         if (self._waiting and not fresh) or not self.deliver(cand):
             if len(self._waiting) >= self.limit:  # intake is paused: the next scan finds it
                 self.dropped += 1
