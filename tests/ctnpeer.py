@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
-from tests.peers import free_port, wait_for
+from tests.peers import free_port, stop_process, wait_for
 
 
 class CTNStorage:
@@ -44,10 +43,4 @@ class CTNStorage:
         return sorted(p for p in self.out.rglob("*") if p.is_file())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)

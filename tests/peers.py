@@ -42,6 +42,17 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         threading.Event().wait(interval)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM a peer process this test started, SIGKILL it after 5 s, reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @dataclass
 class Received:
     sop_class: str
@@ -169,13 +180,7 @@ class StoreSCPProcess:
         return sorted(p for p in self.out.iterdir() if p.is_file())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class OrthancProcess:

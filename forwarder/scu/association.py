@@ -266,22 +266,17 @@ class Association:
             return  # gone already: nothing left to release
         try:
             while True:
-                pdu_type, body, offset = self.reader.read(
+                pdu_type, body, offset = self._read(
                     self.peer.acse_timeout, f"A-RELEASE-RP from {self.where}", "ACSE")
                 if pdu_type == P.RELEASE_RP or pdu_type == P.ABORT:
                     break
                 if pdu_type == P.RELEASE_RQ:  # release collision, we requested (PS3.8 9.2.8)
                     self._write(P.HEADER.pack(P.RELEASE_RP, 0, 4) + b"\0\0\0\0")
                 elif pdu_type != P.P_DATA_TF:  # a late P-DATA is dropped: we are leaving
-                    raise MalformedPDU(f"unexpected {P.name(pdu_type)} at offset {offset} "
-                                       "while releasing", P.REASON_UNEXPECTED_PDU)
-        except MalformedPDU as exc:
-            self._malformed(exc)
-        except AssociationLost as exc:
-            if exc.kind == "timeout":
-                self.abort()
-            else:
-                self._drop("closed")
+                    self._malformed(MalformedPDU(f"unexpected {P.name(pdu_type)} at offset "
+                                                 f"{offset} while releasing",
+                                                 P.REASON_UNEXPECTED_PDU))
+        except AssociationLost:  # _read aborted (timeout) or closed it
             return
         self._drop("released")
 
