@@ -7,6 +7,7 @@ noticed: a pydicom warning about a premature end counts as an error.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -14,15 +15,18 @@ import warnings
 from typing import IO, Any
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
+from forwarder import headwalk
 from forwarder.errors import NotDicomError
 from forwarder.model import Probe
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_PLAIN_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # pydicom's own check
 _TRUNCATION_WORDS = ("end of file", "truncat", "eof", "premature", "not enough")
 
 
@@ -41,6 +45,18 @@ class _Unnamed:
         return getattr(self._fp, attr)
 
 
+def _tags(keywords: frozenset[str]) -> frozenset[int]:
+    """The tags of the keywords a route matches on (an unknown keyword matches nothing)."""
+    return _keyword_tags(keywords) if keywords else frozenset()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyword_tags(keywords: frozenset[str]) -> frozenset[int]:
+    from pydicom.datadict import tag_for_keyword
+
+    return frozenset(t for k in keywords if (t := tag_for_keyword(k)) is not None)
+
+
 def _value(ds: Dataset, keyword: str) -> str | None:
     try:
         elem = ds.data_element(keyword)
@@ -52,6 +68,18 @@ def _value(ds: Dataset, keyword: str) -> str | None:
     if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
         return "\\".join(str(x) for x in v)
     return str(v).strip()
+
+
+def _uid(ds: Dataset, tag: int, keyword: str) -> str | None:
+    """A UID element's value as :func:`_value` gives it, straight from the raw bytes when
+    they are a valid UID (pydicom decodes those to the same text, with no warning); any
+    other value by pydicom."""
+    raw = ds._dict.get(tag)  # type: ignore[call-overload]
+    if type(raw) is RawDataElement and raw.VR in ("UI", None) and raw.value:
+        text = raw.value.decode("latin-1").rstrip("\0 ")
+        if len(text) <= 64 and _PLAIN_UID.fullmatch(text):
+            return text
+    return _value(ds, keyword)
 
 
 def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] = frozenset(),
@@ -79,6 +107,11 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
         if not has_meta and not _starts_like_dataset(head):
             raise NotDicomError(f"not DICOM: no 'DICM' marker at offset 128 and no DICOM "
                                 f"element at the start (it begins with {head[:8]!r})")
+        if has_meta:
+            found = headwalk.walk(fp.fileno(), size, _tags(keywords))
+            if found is not None:
+                ds, meta = found
+                return _summary(ds, meta, True, size, keywords, retype=False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -91,7 +124,8 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
-                    AttributeError, struct.error) as exc:  # the reader tripped on the bytes
+                    AttributeError, struct.error, BytesLengthException) as exc:
+                # the reader tripped on the bytes
                 raise NotDicomError(f"not readable as DICOM: malformed data near byte "
                                     f"{_where(fp)} of {size} (an element's tag, VR or length "
                                     "that the reader cannot follow)") from exc
@@ -101,38 +135,53 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             text = str(w.message).lower()
             if any(word in text for word in _TRUNCATION_WORDS):
                 raise NotDicomError(f"truncated: {w.message}")
-        meta = getattr(ds, "file_meta", None) or Dataset()
-        group_length = meta.get("FileMetaInformationGroupLength")
-        if has_meta and isinstance(group_length, int) and 144 + group_length > size:
-            raise NotDicomError(f"truncated: the file meta information needs "
-                                f"{144 + group_length} bytes, the file has {size}")
         if has_meta and len(ds._dict) == 0:
             raise NotDicomError("truncated: file meta information but no dataset after it")
-        sop_class = _value(ds, "SOPClassUID")
-        sop_instance = _value(ds, "SOPInstanceUID")
-        meta_class = _value(meta, "MediaStorageSOPClassUID")
-        if sop_class == MEDIA_STORAGE_DIRECTORY or meta_class == MEDIA_STORAGE_DIRECTORY:
-            raise NotDicomError("DICOMDIR (media storage directory), not a storage object")
-        if not sop_class or not sop_instance:
-            raise NotDicomError("no SOP Class UID or SOP Instance UID in the dataset")
-        if not _UID.match(sop_class.rstrip("\0 ")) or len(sop_class) > 64:
-            raise NotDicomError(f"SOP Class UID {sop_class[:70]!r} is not a UID")
-        ts = _value(meta, "TransferSyntaxUID")
-        if not ts:
-            ts = _guess_syntax(ds)
-        consistent = bool(
-            has_meta and meta_class == sop_class
-            and _value(meta, "MediaStorageSOPInstanceUID") == sop_instance
-            and _encoding_matches(ds, ts)
-            and not retype
-        )
-        attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
-        phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
-        return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,
-                     _value(ds, "StudyInstanceUID"), has_meta, consistent, attrs, phi)
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        return _summary(ds, meta, has_meta, size, keywords, retype)
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
+
+
+def _summary(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: frozenset[str],
+             retype: bool) -> Probe:
+    """The probe's answer from a dataset read either way (walked or fully read). A value
+    that cannot be decoded (a 4-byte number cut to 1 byte, say) is a reason, not a crash."""
+    try:
+        return _answer(ds, meta, has_meta, size, keywords, retype)
+    except BytesLengthException as exc:  # pydicom's word for a value of the wrong length
+        raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
+
+
+def _answer(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: frozenset[str],
+            retype: bool) -> Probe:
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if has_meta and isinstance(group_length, int) and 144 + group_length > size:
+        raise NotDicomError(f"truncated: the file meta information needs "
+                            f"{144 + group_length} bytes, the file has {size}")
+    sop_class = _uid(ds, 0x00080016, "SOPClassUID")
+    sop_instance = _uid(ds, 0x00080018, "SOPInstanceUID")
+    meta_class = _uid(meta, 0x00020002, "MediaStorageSOPClassUID")
+    if sop_class == MEDIA_STORAGE_DIRECTORY or meta_class == MEDIA_STORAGE_DIRECTORY:
+        raise NotDicomError("DICOMDIR (media storage directory), not a storage object")
+    if not sop_class or not sop_instance:
+        raise NotDicomError("no SOP Class UID or SOP Instance UID in the dataset")
+    if not _UID.match(sop_class.rstrip("\0 ")) or len(sop_class) > 64:
+        raise NotDicomError(f"SOP Class UID {sop_class[:70]!r} is not a UID")
+    ts = _uid(meta, 0x00020010, "TransferSyntaxUID")
+    if not ts:
+        ts = _guess_syntax(ds)
+    consistent = bool(
+        has_meta and meta_class == sop_class
+        and _uid(meta, 0x00020003, "MediaStorageSOPInstanceUID") == sop_instance
+        and _encoding_matches(ds, ts)
+        and not retype
+    )
+    attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
+    phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
+    return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,
+                 _uid(ds, 0x0020000D, "StudyInstanceUID"), has_meta, consistent, attrs, phi)
 
 
 def _parse_sequences(ds: Dataset, depth: int = 0) -> None:

@@ -1,0 +1,253 @@
+"""The probe's fast path: walk a plain Part 10 file by its element headers alone.
+
+pydicom builds an object for every element it reads (about 1 ms for a file of a few
+hundred elements); the probe needs only a handful of values and the certainty that every
+element, nested ones included, lies whole inside the file. This walker reads the headers
+with :func:`os.pread` a window at a time (no ``mmap``: a file cut while it is read gives
+a short read here, never a SIGBUS), skips values by their lengths, walks sequences and
+encapsulated fragments item by item, and keeps the raw bytes of the elements asked for.
+Their values are then decoded by pydicom itself, from a :class:`~pydicom.dataset.Dataset`
+of those raw elements, so a value reads exactly as it does from a full read.
+
+It takes only the plain case: file meta, a little-endian transfer syntax that is not
+deflated, every explicit VR one pydicom knows and none of them UN, the encoding the meta
+names from the first element on, items that tile their sequences exactly, the last element
+ending at the end of the file, no wanted value longer than the probe reads (4 KiB).
+Anything else returns None and the full reader decides, with its own words for what is
+wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
+from pydicom.dataset import Dataset
+from pydicom.filereader import ENCODED_VR
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+# what the probe always reads: charset, SOP Class and Instance UIDs, Study Instance UID,
+# Patient's Name and ID
+ALWAYS = frozenset({0x00080005, 0x00080016, 0x00080018, 0x0020000D, 0x00100010, 0x00100020})
+KEPT_MAX = 4096  # the full reader defers longer values: they are not read here either
+
+_HEAD = struct.Struct("<HHI")  # a tag and a 4-byte length: implicit VR, items, delimiters
+_EXPLICIT = struct.Struct("<HH2sH")
+_TAG = struct.Struct("<HH")
+_U32 = struct.Struct("<I")
+_LONG = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_KNOWN = frozenset(vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN")
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_WINDOW = 65536
+_MAX_DEPTH = 64
+
+
+class _NotPlain(Exception):
+    """The file is not the plain case: the full reader takes it."""
+
+
+def walk(fd: int, size: int, wanted: frozenset[int]) -> tuple[Dataset, Dataset] | None:
+    """(dataset, file meta) of a plain file opened as ``fd`` of ``size`` bytes, holding
+    the raw top-level elements whose tags are in ``wanted`` (and :data:`ALWAYS`); None
+    when the file is not the plain case."""
+    try:
+        return _Walker(fd, size, wanted | ALWAYS).run()
+    except (_NotPlain, OSError, struct.error):
+        return None
+
+
+class _Walker:
+    def __init__(self, fd: int, size: int, wanted: frozenset[int]):
+        self.fd, self.size, self.wanted = fd, size, wanted
+        self.base, self.buf = 0, b""
+        self.kept: dict[BaseTag, DataElement | RawDataElement] = {}
+
+    def run(self) -> tuple[Dataset, Dataset]:
+        buf, i = self._bytes(128, 4)
+        if buf[i:i + 4] != b"DICM":
+            raise _NotPlain
+        meta_raw, pos = self._meta(132)
+        group_length = meta_raw.get(BaseTag(0x00020000))
+        if group_length is not None and group_length.length != 4:
+            raise _NotPlain  # the reader stops at it, with its own words
+        syntax = meta_raw.get(BaseTag(0x00020010))
+        if syntax is None or not syntax.value:
+            raise _NotPlain
+        uid = UID(syntax.value.decode("ascii", "replace").rstrip("\0 "))  # read, not converted
+        if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+            raise _NotPlain
+        implicit = uid.is_implicit_VR
+        if pos >= self.size:
+            raise _NotPlain  # meta and nothing after it: the full reader says so
+        buf, i = self._bytes(pos, 8)
+        looks_explicit = 0x40 < buf[i + 4] < 0x5B and 0x40 < buf[i + 5] < 0x5B
+        if implicit and looks_explicit:
+            raise _NotPlain  # the reader switches to explicit VR here, with a warning
+        self._dataset(pos, self.size, implicit, 0)
+        ds = Dataset(self.kept)
+        ds.set_original_encoding(implicit, True)
+        return ds, Dataset(meta_raw)
+
+    def _bytes(self, pos: int, n: int) -> tuple[bytes, int]:
+        """The buffer holding bytes ``pos`` to ``pos + n`` of the file, and where they
+        start in it."""
+        start = pos - self.base
+        if start < 0 or start + n > len(self.buf):
+            if pos + n > self.size:
+                raise _NotPlain
+            self.buf = os.pread(self.fd, max(n, _WINDOW), pos)
+            self.base, start = pos, 0
+            if len(self.buf) < n:
+                raise _NotPlain  # shorter than fstat said: cut while being read
+        return self.buf, start
+
+    def _meta(self, pos: int) -> tuple[dict[BaseTag, DataElement | RawDataElement], int]:
+        raw: dict[BaseTag, DataElement | RawDataElement] = {}
+        while pos + 8 <= self.size:
+            buf, i = self._bytes(pos, 8)
+            group, elem, vr, length = _EXPLICIT.unpack_from(buf, i)
+            if group != 2:
+                break
+            if vr not in _KNOWN or vr == b"SQ":
+                raise _NotPlain
+            head = 8
+            if vr in _LONG:
+                buf, i = self._bytes(pos, 12)
+                length, head = _U32.unpack_from(buf, i + 8)[0], 12
+            if length == _UNDEFINED:
+                raise _NotPlain
+            tag = BaseTag(group << 16 | elem)
+            raw[tag] = self._raw(tag, vr.decode(), length, pos + head, False)
+            pos += head + length
+        return raw, pos
+
+    def _raw(self, tag: BaseTag, vr: str | None, length: int, at: int,
+             implicit: bool) -> RawDataElement:
+        if length > KEPT_MAX:
+            raise _NotPlain
+        if length:
+            buf, i = self._bytes(at, length)
+            value: object = buf[i:i + length]
+        else:
+            value = empty_value_for_VR(vr, raw=True)  # what the reader keeps for no value
+        return RawDataElement(tag, vr, length, value, at, implicit, True)  # type: ignore[arg-type]
+
+    def _dataset(self, pos: int, end: int | None, implicit: bool, depth: int) -> int:
+        """Walk one dataset from ``pos`` to ``end``, or to its item delimiter when ``end``
+        is None (an item of undefined length); the offset after it."""
+        top = depth == 0
+        size, wanted, kept = self.size, self.wanted, self.kept
+        head_at, known, long_vrs = _HEAD.unpack_from, _KNOWN, _LONG
+        limit = size if end is None else end
+        buf, base = self.buf, self.base
+        blen = len(buf)
+        while pos < limit:
+            start = pos - base
+            if start < 0 or start + 12 > blen:
+                buf, start = self._bytes(pos, 12 if pos + 12 <= size else 8)
+                base, blen = self.base, len(buf)
+            group, elem, length = head_at(buf, start)
+            if group == 0xFFFE:
+                if elem == 0xE00D and end is None and length == 0 and not top:
+                    return pos + 8
+                raise _NotPlain
+            if implicit:
+                code = None
+                at = pos + 8
+                if self._implicit_sequence(group << 16 | elem, length, at):
+                    pos = self._sequence(at, length, True, depth + 1)
+                    buf, base, blen = self.buf, self.base, len(self.buf)
+                    continue
+            else:
+                code = buf[start + 4:start + 6]
+                if code not in known:
+                    raise _NotPlain  # UN, unknown, or implicit VR inside an explicit file
+                if code in long_vrs:
+                    if code == b"SQ":
+                        at = pos + 12
+                        pos = self._sequence(at, head_at(buf, start + 4)[2], False, depth + 1)
+                        buf, base, blen = self.buf, self.base, len(self.buf)
+                        continue
+                    length, at = head_at(buf, start + 4)[2], pos + 12
+                else:
+                    length, at = buf[start + 6] | buf[start + 7] << 8, pos + 8
+            if length == _UNDEFINED:
+                if code not in (b"OB", b"OW"):
+                    raise _NotPlain
+                pos = self._fragments(at)
+                buf, base, blen = self.buf, self.base, len(self.buf)
+                continue
+            pos = at + length
+            if top and group << 16 | elem in wanted:
+                tag = BaseTag(group << 16 | elem)
+                kept[tag] = self._raw(tag, code.decode() if code else None, length, at, implicit)
+                buf, base, blen = self.buf, self.base, len(self.buf)
+        if pos > limit or (end is None and not top):
+            raise _NotPlain  # cut short (the full reader names the element), or no delimiter
+        return pos
+
+    def _implicit_sequence(self, tag: int, length: int, at: int) -> bool:
+        entry = DicomDictionary.get(tag)
+        if entry is not None:
+            vr = entry[0]
+        elif tag >> 16 & 1:  # private: a sequence only when it has undefined length
+            vr = None
+        else:
+            try:
+                vr = dictionary_VR(tag)  # repeating groups, e.g. (50xx,2600)
+            except KeyError:
+                vr = None
+        if vr == "SQ":
+            return True
+        if length != _UNDEFINED:
+            return False
+        if vr is None:
+            buf, i = self._bytes(at, 4)
+            if _TAG.unpack_from(buf, i) == (0xFFFE, 0xE000):  # items follow: the reader's look
+                return True
+        raise _NotPlain  # an undefined length on a value that is no sequence
+
+    def _sequence(self, pos: int, length: int, implicit: bool, depth: int) -> int:
+        if depth > _MAX_DEPTH:
+            raise _NotPlain
+        end = None if length == _UNDEFINED else pos + length
+        if end is not None and end > self.size:
+            raise _NotPlain
+        while True:
+            if end is not None and pos >= end:
+                if pos != end:
+                    raise _NotPlain
+                return pos
+            buf, i = self._bytes(pos, 8)
+            group, elem, item_length = _HEAD.unpack_from(buf, i)
+            tag = group << 16 | elem
+            if tag == _SEQ_END and end is None and item_length == 0:
+                return pos + 8
+            if tag != _ITEM:
+                raise _NotPlain
+            if item_length == _UNDEFINED:
+                pos = self._dataset(pos + 8, None, implicit, depth)
+            else:
+                item_end = pos + 8 + item_length
+                if item_end > self.size:
+                    raise _NotPlain
+                pos = self._dataset(pos + 8, item_end, implicit, depth)
+
+    def _fragments(self, pos: int) -> int:
+        """Encapsulated pixel data: items of defined length up to the sequence delimiter."""
+        while True:
+            buf, i = self._bytes(pos, 8)
+            group, elem, length = _HEAD.unpack_from(buf, i)
+            tag = group << 16 | elem
+            if tag == _SEQ_END and length == 0:
+                return pos + 8
+            if tag != _ITEM or length == _UNDEFINED:
+                raise _NotPlain
+            pos += 8 + length
+            if pos > self.size:
+                raise _NotPlain

@@ -1,0 +1,136 @@
+"""The probe's fast path (forwarder.headwalk) answers exactly as the full pydicom read:
+for every file pydicom ships, for cuts and for flipped bytes; where it cannot, it leaves
+the file to the full read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+from pydicom.data import get_testdata_file
+
+from forwarder import dicomfile, headwalk
+from forwarder.errors import NotDicomError
+from tests.corpus import data_file
+
+TEST_FILES = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+ALL = sorted(p for p in TEST_FILES.rglob("*") if p.is_file() and p.stat().st_size < 4_000_000)
+# what routes match on: text, numbers, multi-valued, person names, absent ones
+KEYWORDS = frozenset({"Modality", "StationName", "Rows", "ImageType", "InstitutionName",
+                      "ReferringPhysicianName", "BodyPartExamined", "NoSuchKeyword"})
+# explicit and implicit VR, nested and private sequences, encapsulated pixel data
+VARIED = ["CT_small.dcm", "MR_small_implicit.dcm", "rtplan.dcm", "JPEG2000.dcm", "test-SR.dcm",
+          "nested_priv_SQ.dcm", "liver_1frame.dcm", "MR_small_RLE.dcm"]
+
+
+def full_read(path: Path) -> object:
+    """What the probe answers with the fast path switched off."""
+    real, headwalk.walk = headwalk.walk, lambda *a: None
+    try:
+        return dicomfile.probe(path, KEYWORDS)
+    except NotDicomError as exc:
+        return ("refused", str(exc))
+    finally:
+        headwalk.walk = real
+
+
+def answer(path: Path) -> object:
+    try:
+        return dicomfile.probe(path, KEYWORDS)
+    except NotDicomError as exc:
+        return ("refused", str(exc))
+
+
+def walked(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        return headwalk.walk(fp.fileno(), os.fstat(fp.fileno()).st_size,
+                             dicomfile._tags(KEYWORDS)) is not None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_every_shipped_file_probes_alike_either_way():
+    fast = 0
+    for path in ALL:
+        if walked(path):
+            fast += 1
+            assert answer(path) == full_read(path), path
+    assert fast >= 100, f"only {fast} of {len(ALL)} files took the fast path"
+
+
+@pytest.mark.parametrize("name", VARIED)
+def test_plain_files_of_every_shape_take_the_fast_path(name):
+    path = data_file(name)
+    assert walked(path)
+    assert answer(path) == full_read(path)
+
+
+def test_routing_values_come_from_the_walk(tmp_path):
+    probe = dicomfile.probe(data_file("CT_small.dcm"), KEYWORDS)
+    assert probe.attributes["Modality"] == "CT"
+    assert probe.attributes["Rows"] == "128"
+    assert probe.attributes["ImageType"] == "ORIGINAL\\PRIMARY\\AXIAL"
+    assert "NoSuchKeyword" not in probe.attributes
+    assert probe.meta_consistent and probe.transfer_syntax == "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm"])
+def test_a_file_that_ends_early_is_left_to_the_full_read(tmp_path, name):
+    data = data_file(name).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:-1000])
+    assert not walked(cut)
+    assert answer(cut)[0] == "refused" and "truncated" in answer(cut)[1]
+
+
+def test_a_file_shorter_than_its_size_says_is_not_walked(tmp_path):
+    """Cut between fstat and the read: the walk sees a short read, never a crash."""
+    data = data_file("CT_small.dcm").read_bytes()
+    path = tmp_path / "f.dcm"
+    path.write_bytes(data[:5000])
+    with open(path, "rb") as fp:
+        assert headwalk.walk(fp.fileno(), len(data), frozenset()) is None
+
+
+def test_a_known_element_encoded_as_un_is_left_to_the_full_read(tmp_path):
+    """It must be re-encoded with its own VR: only the full read sees that."""
+    data = bytearray(data_file("CT_small.dcm").read_bytes())
+    at = data.index(b"\x08\x00\x60\x00CS")  # (0008,0060) Modality
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    data[at + 4:at + 8] = b"UN\0\0"
+    data[at + 8:at + 8] = length.to_bytes(4, "little")
+    path = tmp_path / "un.dcm"
+    path.write_bytes(bytes(data))
+    assert not walked(path)
+    assert not dicomfile.probe(path).meta_consistent
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(VARIED), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=3),
+       tail=st.binary(max_size=12))
+def test_cut_and_damaged_files_probe_alike_either_way(tmp_path, name, cut, flips, tail):
+    data = bytearray(data_file(name).read_bytes())
+    for where, byte in flips:  # mostly in the header, where the walk looks
+        data[int(where * min(len(data) - 1, 4000))] = byte
+    data = data[:max(1, int(cut * len(data)) if cut < 0.97 else len(data))] + tail
+    path = tmp_path / "x.dcm"
+    path.write_bytes(bytes(data))
+    if walked(path):
+        assert answer(path) == full_read(path)
+    else:
+        answer(path)  # the full read's answer, a Probe or a reason; never a crash
+
+
+@pytest.mark.parametrize("keep", [133, 141, 150, 200])
+def test_a_file_cut_inside_its_meta_is_refused_with_a_reason(tmp_path, keep):
+    """A value cut short inside the file meta (the group length's 4 bytes, say) is a
+    reason in words, never pydicom's exception."""
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data_file("CT_small.dcm").read_bytes()[:keep])
+    with pytest.raises(NotDicomError, match="not readable as DICOM|truncated"):
+        dicomfile.probe(path)
