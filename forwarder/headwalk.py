@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import cast
 
 from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
@@ -47,6 +48,9 @@ _WINDOW = 65536
 _MAX_DEPTH = 64
 
 
+_Elements = dict[BaseTag, DataElement | RawDataElement]
+
+
 class _NotPlain(Exception):
     """The file is not the plain case: the full reader takes it."""
 
@@ -65,7 +69,7 @@ class _Walker:
     def __init__(self, fd: int, size: int, wanted: frozenset[int]):
         self.fd, self.size, self.wanted = fd, size, wanted
         self.base, self.buf = 0, b""
-        self.kept: dict[BaseTag, DataElement | RawDataElement] = {}
+        self.kept: _Elements = {}
 
     def run(self) -> tuple[Dataset, Dataset]:
         buf, i = self._bytes(128, 4)
@@ -91,7 +95,7 @@ class _Walker:
         self._dataset(pos, self.size, implicit, 0)
         ds = Dataset(self.kept)
         ds.set_original_encoding(implicit, True)
-        return ds, Dataset(meta_raw)
+        return ds, Dataset(cast(_Elements, meta_raw))
 
     def _bytes(self, pos: int, n: int) -> tuple[bytes, int]:
         """The buffer holding bytes ``pos`` to ``pos + n`` of the file, and where they
@@ -106,8 +110,8 @@ class _Walker:
                 raise _NotPlain  # shorter than fstat said: cut while being read
         return self.buf, start
 
-    def _meta(self, pos: int) -> tuple[dict[BaseTag, DataElement | RawDataElement], int]:
-        raw: dict[BaseTag, DataElement | RawDataElement] = {}
+    def _meta(self, pos: int) -> tuple[dict[BaseTag, RawDataElement], int]:
+        raw: dict[BaseTag, RawDataElement] = {}
         while pos + 8 <= self.size:
             buf, i = self._bytes(pos, 8)
             group, elem, vr, length = _EXPLICIT.unpack_from(buf, i)
