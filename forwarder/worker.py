@@ -94,6 +94,7 @@ def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
         LOGGER.critical("sender %s-%d cannot open the spool: %s", spec.dest.name, spec.index,
                         exc)
         sys.exit(EXIT_SPOOL)
+    spool.remove_aside()
     worker = Worker(spec, spool, bell, wakeup_r, beat=beat)
     signal.signal(signal.SIGTERM, lambda *_: worker.halt())
     if term:

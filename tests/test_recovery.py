@@ -139,3 +139,37 @@ def test_an_orphan_is_quarantined_only_when_it_is_the_last_copy(case: str,
             assert report["orphans_already_queued"] == 1 and q == []
         assert not orphan_of_in1.exists()
         assert len(list(spool.objects.iterdir())) == (1 if case == "already-queued" else 0)
+
+
+def test_a_delivered_file_not_yet_removed_at_a_kill_is_removed_at_the_start(
+        tmp_path: Path) -> None:
+    """A sender removes delivered files on a thread of its own, after the commit: a kill
+    in between leaves a file with no row, whose content recovery knows as delivered."""
+    src, root = tmp_path / "src", tmp_path / "spool"
+    data = _inputs(src, 2)
+    with Spool(root) as spool:
+        for i, path in enumerate(sorted(src.iterdir())):
+            accept_file(spool, path, ("pacs",), i)
+            path.unlink()  # taken in: intake removes the source
+        kept = {p.name: p.read_bytes() for p in spool.objects.iterdir()}
+        spool._remove = lambda paths: None  # the kill: rows committed, files not removed
+        spool.done([j.id for j in spool.claim("pacs", 10)])
+        assert spool.counts() == {} and sorted(kept.values()) == sorted(data.values())
+        assert {p.name for p in spool.objects.iterdir()} == set(kept)
+    with Spool(root) as spool:
+        report = spool.recover()
+        assert report["orphans_already_queued"] == 2 and report["orphan_objects"] == 0
+        assert list(spool.objects.iterdir()) == [] and spool.quarantined() == []
+
+
+def test_a_sender_removes_delivered_files_beside_it_and_all_of_them_by_its_close(
+        tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "spool"
+    _inputs(src, 5)
+    spool = Spool(root)
+    spool.remove_aside()
+    for i, path in enumerate(sorted(src.iterdir())):
+        accept_file(spool, path, ("pacs",), i)
+    spool.done([j.id for j in spool.claim("pacs", 10)])
+    spool.close()
+    assert list((root / "objects").iterdir()) == []

@@ -14,6 +14,7 @@ work is in the package's modules:
 - :mod:`~forwarder.spool.retention`, :mod:`~forwarder.spool.rebuild`: purge; a new index
 - :mod:`~forwarder.spool.durable`, :mod:`~forwarder.spool.room`,
   :mod:`~forwarder.spool.seen`: durable files, the free-space reserve, files left in place
+- :mod:`~forwarder.spool.removal`: delivered files removed beside a sender
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forwarder.errors import SpoolError
 from forwarder.model import Incoming, Job
@@ -32,6 +34,9 @@ from forwarder.retry import Backoff
 from forwarder.spool import accept, db, durable, health, queue, recovery, report
 from forwarder.spool.durable import filesystem_type
 from forwarder.spool.health import Health
+
+if TYPE_CHECKING:
+    from forwarder.spool.removal import Remover
 
 __all__ = ["Health", "Incoming", "Job", "Spool", "filesystem_type"]
 
@@ -50,6 +55,8 @@ class Spool:
         self.tmp = self.root / "tmp"
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
+        self._sync = db.Synchronous()
+        self._remover: Remover | None = None
         if readonly:
             db.check_before_open(self.root)
             self.db = db.connect_readonly(self.root)
@@ -79,7 +86,23 @@ class Spool:
         for listener in self._listeners:
             listener()
 
+    def remove_aside(self) -> None:
+        """From now on, delivered objects' files are removed on a thread of their own
+        (:mod:`~forwarder.spool.removal`): for a sender, whose next file must not wait."""
+        from forwarder.spool.removal import Remover
+
+        self._remover = Remover()
+
+    def _remove(self, paths: list[Path]) -> None:
+        if self._remover is not None:
+            self._remover.remove(paths)
+            return
+        for path in paths:
+            path.unlink(missing_ok=True)
+
     def close(self) -> None:
+        if self._remover is not None:
+            self._remover.close()
         with self._lock:
             self.db.close()
 
@@ -92,7 +115,7 @@ class Spool:
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction (see :func:`forwarder.spool.db.transaction`)."""
-        with db.transaction(self.db, self._lock, durable) as conn:
+        with db.transaction(self.db, self._lock, durable, self._sync) as conn:
             yield conn
 
     # --- intake (forwarder.spool.accept) ------------------------------------------

@@ -7,6 +7,7 @@ while the job is still claimed by the same owner (see :mod:`forwarder.spool.clai
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -52,8 +53,8 @@ def claim(spool: Spool, destination: str, limit: int, now: float | None = None,
 
 def done(spool: Spool, job_ids: Iterable[int], now: float | None = None,
          owner: str | None = None) -> None:
-    """Mark stored; delete each object whose jobs are all done. With ``owner``, only
-    jobs that owner still claims (so does every outcome below)."""
+    """Mark stored; delete each object whose jobs are all done, in the same transaction.
+    With ``owner``, only jobs that owner still claims (so does every outcome below)."""
     now = time.time() if now is None else now
     ids = list(job_ids)
     if not ids:
@@ -71,26 +72,37 @@ def done(spool: Spool, job_ids: Iterable[int], now: float | None = None,
         objects = {r[0] for r in db.execute(
             f"SELECT DISTINCT object_id FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
             ids)}
-    for oid in objects:
-        collect(spool, oid)
+        gone = [name for oid in objects if (name := _forget(db, oid, now))]
+    _remove(spool, gone)
 
 
 def collect(spool: Spool, oid: int) -> None:
-    with spool._lock:
-        left = spool.db.execute("SELECT count(*) FROM jobs WHERE object_id=? AND "
-                               "state != 'done'", (oid,)).fetchone()[0]
-        if left:
-            return
-        row = spool.db.execute("SELECT name, sha256 FROM objects WHERE id=?",
-                              (oid,)).fetchone()
-        if row:
-            (spool.objects / row[0]).unlink(missing_ok=True)
-        with spool._tx(durable=False) as db:
-            if row:  # kept a while: recovery knows this content was delivered
-                db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)",
-                           (row[1], time.time()))
-            db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
-            db.execute("DELETE FROM objects WHERE id=?", (oid,))
+    """Delete object ``oid`` if every job of it is done."""
+    with spool._tx(durable=False) as db:
+        name = _forget(db, oid, time.time())
+    _remove(spool, [name] if name else [])
+
+
+def _forget(db: sqlite3.Connection, oid: int, now: float) -> str | None:
+    """Inside a transaction: drop a delivered object's rows, remembering its content as
+    delivered; its file's name, or None while a job of it is not done."""
+    if db.execute("SELECT 1 FROM jobs WHERE object_id=? AND state != 'done' LIMIT 1",
+                  (oid,)).fetchone():
+        return None
+    db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
+    row = db.execute("DELETE FROM objects WHERE id=? RETURNING name, sha256",
+                     (oid,)).fetchone()
+    if row is None:
+        return None
+    # kept a while: recovery knows this content was delivered
+    db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)", (row[1], now))
+    return str(row[0])
+
+
+def _remove(spool: Spool, names: list[str]) -> None:
+    """The files of objects whose rows are gone. A crash before this leaves a file with
+    no row whose content is listed as delivered: recovery removes it."""
+    spool._remove([spool.objects / name for name in names])
 
 
 def retry(spool: Spool, job_id: int, error: str, policy: Backoff, now: float | None = None,
