@@ -1,0 +1,75 @@
+"""The fork server and the resource tracker are forks of the daemon, so they share its
+imported libraries' pages instead of holding copies of their own (forwarder.prefork)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.corpus import unique_copies
+from tests.daemonutil import DaemonProcess, drop, process_tree, running, worker_pids, write_config
+from tests.peers import wait_for
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_daemon_forks_its_fork_server_and_resource_tracker(make_scp, tmp_path: Path) -> None:
+    peer = make_scp()
+    cfg = write_config(tmp_path, peer.port)
+    copies = unique_copies(tmp_path / "corpus", 3)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(list(copies.values()), tmp_path / "in")
+        wait_for(lambda: len(peer.received) == 3, 30, "the three files stored at the peer")
+        assert {r.sop_instance for r in peer.received} == set(copies)
+        workers = set(worker_pids(d.proc.pid, "pacs"))
+        helpers = [p for p in process_tree(d.proc.pid)[1:] if p not in workers]
+        assert len(workers) == 1 and len(helpers) == 2, (workers, helpers)
+        # an exec'd one would read "python -B -c from multiprocessing.forkserver import ..."
+        assert all(_cmdline(p) == _cmdline(d.proc.pid) for p in helpers), \
+            [_cmdline(p) for p in helpers]
+    finally:
+        rc = d.stop()
+    assert rc == 0
+    wait_for(lambda: not any(running(p) for p in helpers), 15,
+             "the fork server and the resource tracker to end with the daemon")
+
+
+def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> None:
+    """With a second thread running, nothing is forked (multiprocessing execs them later);
+    once alone, the forked server starts processes and the forked tracker answers."""
+    code = textwrap.dedent("""
+        import os, threading, warnings
+        from multiprocessing import forkserver, resource_tracker
+        from forwarder import prefork, runtime
+        warnings.simplefilter("error")  # a tracker found dead is relaunched with a warning
+        runtime.setup()
+        gate = threading.Event()
+        t = threading.Thread(target=gate.wait)
+        t.start()
+        assert prefork.start() is False
+        assert forkserver._forkserver._forkserver_pid is None
+        gate.set()
+        t.join()
+        assert prefork.start() is True
+        assert prefork.start() is False  # already running
+        server = forkserver._forkserver._forkserver_pid
+        tracker = resource_tracker._resource_tracker._pid
+        p = runtime.worker_context().Process(target=os.getppid)
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0, p.exitcode
+        resource_tracker.ensure_running()  # probes it: no relaunch
+        assert resource_tracker._resource_tracker._pid == tracker
+        assert forkserver._forkserver._forkserver_pid == server
+        assert os.waitpid(server, os.WNOHANG) == (0, 0)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
