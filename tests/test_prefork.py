@@ -44,7 +44,7 @@ def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> No
     """With a second thread running, nothing is forked (multiprocessing execs them later);
     once alone, the forked server starts processes and the forked tracker answers."""
     code = textwrap.dedent("""
-        import os, threading, warnings
+        import gc, os, threading, warnings
         from multiprocessing import forkserver, resource_tracker
         from forwarder import prefork, runtime
         warnings.simplefilter("error")  # a tracker found dead is relaunched with a warning
@@ -57,6 +57,7 @@ def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> No
         gate.set()
         t.join()
         assert prefork.start() is True
+        assert gc.get_freeze_count() > 0
         assert prefork.start() is False  # already running
         server = forkserver._forkserver._forkserver_pid
         tracker = resource_tracker._resource_tracker._pid
