@@ -63,6 +63,9 @@ def start() -> bool:
     # a full collection would write to every tracked object's header, copying each page
     # that holds one (at 2,000 files, 8 MiB more in the daemon alone)
     gc.freeze()
+    for stream in (sys.stdout, sys.stderr):  # or each fork would write it out again
+        if stream is not None:
+            stream.flush()
     with tracker._lock:
         r, w = os.pipe()
         try:

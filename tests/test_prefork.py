@@ -3,6 +3,7 @@ imported libraries' pages instead of holding copies of their own (forwarder.pref
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -42,7 +43,8 @@ def test_daemon_forks_its_fork_server_and_resource_tracker(make_scp, tmp_path: P
 
 def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> None:
     """With a second thread running, nothing is forked (multiprocessing execs them later);
-    once alone, the forked server starts processes and the forked tracker answers."""
+    once alone, the forked server starts processes and the forked tracker answers, and
+    output buffered before the fork is written once."""
     code = textwrap.dedent("""
         import gc, os, threading, warnings
         from multiprocessing import forkserver, resource_tracker
@@ -56,6 +58,7 @@ def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> No
         assert forkserver._forkserver._forkserver_pid is None
         gate.set()
         t.join()
+        print("before")  # still in this process's buffer (stdout is a pipe)
         assert prefork.start() is True
         assert gc.get_freeze_count() > 0
         assert prefork.start() is False  # already running
@@ -71,6 +74,7 @@ def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> No
         assert os.waitpid(server, os.WNOHANG) == (0, 0)
         print("ok")
     """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert out.stdout.strip() == "ok", out.stderr
+                         timeout=120, env=env)
+    assert out.stdout.split() == ["before", "ok"], out.stderr  # written once, not per fork
