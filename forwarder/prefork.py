@@ -19,6 +19,7 @@ does nothing, and ``multiprocessing`` starts both processes the usual way.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import logging
@@ -29,6 +30,7 @@ import sys
 import threading
 from collections.abc import Callable
 from multiprocessing import connection, forkserver, resource_tracker, util
+from pathlib import Path
 from typing import Any
 
 LOGGER = logging.getLogger(__name__)
@@ -69,7 +71,8 @@ def start() -> bool:
     with tracker._lock:
         r, w = os.pipe()
         try:
-            tracker._pid = _fork(lambda: resource_tracker.main(r), keep=(0, 1, 2, r))
+            tracker._pid = _fork(lambda: resource_tracker.main(r), "fwd-tracker",
+                                 keep=(0, 1, 2, r))
         except BaseException:
             os.close(w)
             raise
@@ -86,7 +89,8 @@ def start() -> bool:
         try:
             fd = listener.fileno()
             preload = list(server._preload_modules)
-            pid = _fork(lambda: forkserver.main(fd, alive_r, preload), keep=(0, 1, 2, fd, alive_r))
+            pid = _fork(lambda: forkserver.main(fd, alive_r, preload), "fwd-forkserver",
+                        keep=(0, 1, 2, fd, alive_r))
         except BaseException:
             os.close(alive_w)
             raise
@@ -98,10 +102,10 @@ def start() -> bool:
     return True
 
 
-def _fork(body: Callable[[], object], keep: tuple[int, ...]) -> int:
-    """Run ``body`` in a child process with only the file descriptors ``keep`` open (as
-    an exec'd one would have), and with the signal handlers of a fresh interpreter;
-    it ends with ``body``, never returning into the daemon's code."""
+def _fork(body: Callable[[], object], name: str, keep: tuple[int, ...]) -> int:
+    """Run ``body`` in a child process called ``name`` (``ps -o comm``, ``top``) with
+    only the file descriptors ``keep`` open (as an exec'd one would have); it ends with
+    ``body``, never returning into the daemon's code."""
     pid = os.fork()
     if pid:
         return pid
@@ -112,6 +116,8 @@ def _fork(body: Callable[[], object], keep: tuple[int, ...]) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         _close_all_but(keep)
+        with contextlib.suppress(OSError):
+            Path("/proc/self/comm").write_text(name)
         body()
         status = 0
     except SystemExit as exc:

@@ -34,6 +34,8 @@ def test_daemon_forks_its_fork_server_and_resource_tracker(make_scp, tmp_path: P
         # an exec'd one would read "python -B -c from multiprocessing.forkserver import ..."
         assert all(_cmdline(p) == _cmdline(d.proc.pid) for p in helpers), \
             [_cmdline(p) for p in helpers]
+        assert sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in helpers) == \
+            ["fwd-forkserver", "fwd-tracker"]
     finally:
         rc = d.stop()
     assert rc == 0
