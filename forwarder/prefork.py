@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-import logging
 import os
 import signal
 import socket
@@ -33,7 +32,6 @@ from multiprocessing import connection, forkserver, resource_tracker, util
 from pathlib import Path
 from typing import Any
 
-LOGGER = logging.getLogger(__name__)
 _SERVER_ARGS = ["listener_fd", "alive_r", "preload", "main_path", "sys_path"]
 
 
@@ -56,7 +54,8 @@ def supported() -> bool:
 
 def start() -> bool:
     """Fork the resource tracker and the fork server from this process, which must have a
-    single thread. False (nothing done) where unsupported or already running."""
+    single thread. False where unsupported, already running, or where a fork failed
+    (then ``multiprocessing`` starts what is missing when the first worker starts)."""
     server, tracker = _state()
     if (not supported() or threading.active_count() != 1
             or server._forkserver_pid is not None or tracker._fd is not None):
@@ -73,9 +72,9 @@ def start() -> bool:
         try:
             tracker._pid = _fork(lambda: resource_tracker.main(r), "fwd-tracker",
                                  keep=(0, 1, 2, r))
-        except BaseException:
+        except OSError:  # no process to spare now (EAGAIN, ENOMEM)
             os.close(w)
-            raise
+            return False
         finally:
             os.close(r)
         tracker._fd = w
@@ -91,9 +90,9 @@ def start() -> bool:
             preload = list(server._preload_modules)
             pid = _fork(lambda: forkserver.main(fd, alive_r, preload), "fwd-forkserver",
                         keep=(0, 1, 2, fd, alive_r))
-        except BaseException:
+        except OSError:
             os.close(alive_w)
-            raise
+            return False
         finally:
             os.close(alive_r)
         server._forkserver_address = address

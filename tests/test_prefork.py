@@ -80,3 +80,32 @@ def test_start_forks_only_a_single_threaded_process_and_workers_then_run() -> No
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=env)
     assert out.stdout.split() == ["before", "ok"], out.stderr  # written once, not per fork
+
+
+def test_a_fork_that_fails_leaves_the_start_to_multiprocessing() -> None:
+    """No process to spare at start (fork fails): the daemon goes on, and multiprocessing
+    starts the fork server its own way when the first worker starts."""
+    code = textwrap.dedent("""
+        import errno, os
+        from multiprocessing import forkserver
+        from forwarder import prefork, runtime
+        runtime.setup()
+        real_fork = os.fork
+        def no_fork():
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        os.fork = no_fork
+        assert prefork.start() is False
+        os.fork = real_fork
+        assert forkserver._forkserver._forkserver_pid is None
+        p = runtime.worker_context().Process(target=os.getppid)
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        server = forkserver._forkserver._forkserver_pid
+        with open(f"/proc/{server}/cmdline", "rb") as f:
+            assert b"multiprocessing.forkserver" in f.read()  # exec'd, as without prefork
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
