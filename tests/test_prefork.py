@@ -109,3 +109,35 @@ def test_a_fork_that_fails_leaves_the_start_to_multiprocessing() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_worker_imports_nothing_at_its_start_that_the_daemon_had_not() -> None:
+    """What a worker needs as it starts (its Process object and heartbeat's shared double,
+    the codec socket uses for a host name) is imported before the fork, so its pages are
+    shared, not loaded again privately in each worker."""
+    code = textwrap.dedent("""
+        import socket, sys
+        import forwarder.daemon
+        from forwarder import prefork, runtime
+
+        def child(before, beat, port):
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                pass
+            print(" ".join(sorted(set(sys.modules) - before)), flush=True)
+
+        runtime.setup()
+        assert prefork.start()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            ctx = runtime.worker_context()
+            before = frozenset(sys.modules)
+            p = ctx.Process(target=child, args=(before, ctx.RawValue("d", 0.0),
+                                                listener.getsockname()[1]))
+            p.start()
+            p.join(60)
+        assert p.exitcode == 0, p.exitcode
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    # the fork server's own preload (it ignores SIGTERM) is the one module it adds
+    assert out.stdout.split() == ["forwarder.forkserve"], out.stdout
