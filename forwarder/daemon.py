@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, logs, notify, runtime, watchstate
+from forwarder import config, logs, notify, prefork, runtime, watchstate
 from forwarder.config import Config, envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
@@ -103,6 +103,7 @@ class Daemon:
             event(LOGGER, "start_refused", "cannot start: %s", exc, level=logging.CRITICAL,
                   CONFIG_FILE=self.config_path)
             return exc.exit_code
+        prefork.start()  # while this is the only thread: see forwarder.prefork
         logs.setup(cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi,
                    paths=cfg.log.paths)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

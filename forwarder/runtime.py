@@ -8,7 +8,8 @@ talks DICOM calls :func:`setup` first: the daemon (``run``), ``send``, ``receive
   passcodes out of every log record (:mod:`forwarder.nosecrets`);
 - names the TRACE log level;
 - has the ``forkserver`` that starts worker processes preload pynetdicom, pydicom and
-  the worker, so a worker starts in milliseconds.
+  the worker, so a worker starts in milliseconds (the daemon forks that server from
+  itself, :mod:`forwarder.prefork`, where the preload finds them all imported).
 
 It may be called again: each step is done once.
 """
