@@ -241,3 +241,30 @@ def test_progress_line_on_a_terminal_and_silence_off_it(scp, tmp_path: Path) -> 
     quiet = subprocess.run(argv, capture_output=True, env=env, timeout=30)
     assert quiet.returncode == 0 and b"files/s" not in quiet.stderr
     assert len(scp.received) == 60
+
+
+def test_many_inputs_are_probed_by_two_processes_and_a_bad_one_still_halts_first(
+        scp: StoreSCP, tmp_path: Path) -> None:
+    """Past PARALLEL_FROM files a forked process probes every second one: the answers come
+    back in order, a bad input among them still halts the run before the association, and
+    with -nh every good file arrives once."""
+    from forwarder.send.inputs import PARALLEL_FROM
+    from tests.corpus import unique_copies
+
+    files = unique_copies(tmp_path / "in", PARALLEL_FROM + 17)
+    paths = [str(p) for p in files.values()]
+    junk = tmp_path / "in" / "junk.dcm"
+    junk.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x00")  # cut short
+    paths.insert(PARALLEL_FROM // 2 + 1, str(junk))  # probed by the second process
+
+    def send(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "forwarder", "send", *extra, "127.0.0.1",
+                               str(scp.port), *paths], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parent.parent)
+
+    halted = send()
+    assert halted.returncode == 1 and f"E: {junk}: " in halted.stderr
+    assert scp.received == []
+    kept_going = send("-nh")
+    assert kept_going.returncode == 1 and kept_going.stderr.count(f"E: {junk}: ") == 1
+    assert scp.counts() == dict.fromkeys(files, 1)

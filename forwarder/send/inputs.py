@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import shlex
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,19 +64,56 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
+PARALLEL_FROM = 64  # fewer files are probed faster than a second process starts
+
+
 def probe_inputs(args: argparse.Namespace, paths: list[Path],
                  errors: list[str]) -> list[Item]:
-    """The DICOM files among ``paths``; an error line appended for each other one."""
+    """The DICOM files among ``paths``; an error line appended for each other one. All are
+    probed before anything is sent (a bad input halts the run before the association);
+    many files are probed by two processes where there are two cores to run them."""
+    read = args.read
+    items: list[Item] = []
+    for path, found in zip(paths, _probe_all(paths, read), strict=True):
+        if isinstance(found, str):
+            errors.append(f"{path}: {found}")
+        else:
+            items.append(Item(path, *found))
+    return items
+
+
+def _probe_all(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
+    if len(paths) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or \
+            threading.active_count() > 1:  # never fork a process with other threads
+        return _probe_many(paths, read)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import forwarder.dicomfile  # noqa: F401 - loaded once, before the fork, for both
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        half = pool.submit(_probe_many, paths[1::2], read)
+        mine = _probe_many(paths[0::2], read)
+        try:
+            theirs = half.result()
+        except Exception:  # noqa: BLE001 - no second process after all: probe them here
+            theirs = _probe_many(paths[1::2], read)
+    out: list[tuple[Probe, int] | str] = []
+    for i in range(len(paths)):
+        out.append(mine[i // 2] if i % 2 == 0 else theirs[i // 2])
+    return out
+
+
+def _probe_many(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
+    """Each file's probe and size, or why it cannot be sent."""
     from forwarder.dicomfile import probe
 
-    items: list[Item] = []
+    out: list[tuple[Probe, int] | str] = []
     for path in paths:
         try:
-            pr = probe(path, require_meta=args.read == "file-only",
-                       dataset_only=args.read == "dataset")
-            items.append(Item(path, pr, path.stat().st_size))
+            out.append((probe(path, require_meta=read == "file-only",
+                              dataset_only=read == "dataset"), path.stat().st_size))
         except NotDicomError as exc:
-            errors.append(f"{path}: {exc}")
+            out.append(str(exc))
         except OSError as exc:
-            errors.append(f"{path}: cannot read: {exc.strerror}")
-    return items
+            out.append(f"cannot read: {exc.strerror}")
+    return out
