@@ -9,12 +9,15 @@ encapsulated fragments item by item, and keeps the raw bytes of the elements ask
 Their values are then decoded by pydicom itself, from a :class:`~pydicom.dataset.Dataset`
 of those raw elements, so a value reads exactly as it does from a full read.
 
-It takes only the plain case: file meta, a little-endian transfer syntax that is not
-deflated, every explicit VR one pydicom knows and none of them UN, the encoding the meta
-names from the first element on, items that tile their sequences exactly, the last element
-ending at the end of the file, no wanted value longer than the probe reads (4 KiB).
-Anything else returns None and the full reader decides, with its own words for what is
-wrong.
+It takes only the plain case: file meta starting with its group length or version, a
+little-endian transfer syntax that is not deflated, every explicit VR one pydicom knows
+and none of them UN, the encoding the meta names from the first element on, items that
+tile their sequences exactly, the last element ending at the end of the file, character
+sets pydicom knows (at any depth), no wanted value longer than the probe reads (4 KiB),
+no routing value that is a sequence or (in implicit VR) has a VR that depends on another
+element. The reader decodes some values while it reads, and the probe takes its warnings
+about them for a reason; these rules keep such files for it. Anything else returns None
+and the full reader decides, with its own words for what is wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import struct
 from typing import cast
 
+from pydicom.charset import python_encoding
 from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
@@ -44,6 +48,8 @@ _LONG = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 _KNOWN = frozenset(vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN")
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
+_CHARSET = 0x00080005
+_META_FIRST = (0x00020000, 0x00020001)  # the reader decodes the first meta element it finds
 _WINDOW = 65536
 _MAX_DEPTH = 64
 
@@ -69,6 +75,9 @@ class _Walker:
     def __init__(self, fd: int, size: int, wanted: frozenset[int]):
         self.fd, self.size, self.wanted = fd, size, wanted
         self.base, self.buf = 0, b""
+        # a value whose VR depends on another element ("US or SS"): in implicit VR the
+        # reader resolves it with elements the walk does not keep
+        self.ambiguous = any(" or " in DicomDictionary.get(t, ("",))[0] for t in wanted)
         self.kept: _Elements = {}
 
     def run(self) -> tuple[Dataset, Dataset]:
@@ -76,6 +85,8 @@ class _Walker:
         if buf[i:i + 4] != b"DICM":
             raise _NotPlain
         meta_raw, pos = self._meta(132)
+        if not meta_raw or next(iter(meta_raw)) not in _META_FIRST:
+            raise _NotPlain  # its value, decoded by the reader, could warn
         group_length = meta_raw.get(BaseTag(0x00020000))
         if group_length is not None and group_length.length != 4:
             raise _NotPlain  # the reader stops at it, with its own words
@@ -86,6 +97,8 @@ class _Walker:
         if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
             raise _NotPlain
         implicit = uid.is_implicit_VR
+        if implicit and self.ambiguous:
+            raise _NotPlain
         if pos >= self.size:
             raise _NotPlain  # meta and nothing after it: the full reader says so
         buf, i = self._bytes(pos, 8)
@@ -164,6 +177,8 @@ class _Walker:
                 code = None
                 at = pos + 8
                 if self._implicit_sequence(group << 16 | elem, length, at):
+                    if top and group << 16 | elem in wanted:
+                        raise _NotPlain  # a sequence as a routing value: the reader's text
                     pos = self._sequence(at, length, True, depth + 1)
                     buf, base, blen = self.buf, self.base, len(self.buf)
                     continue
@@ -173,6 +188,8 @@ class _Walker:
                     raise _NotPlain  # UN, unknown, or implicit VR inside an explicit file
                 if code in long_vrs:
                     if code == b"SQ":
+                        if top and group << 16 | elem in wanted:
+                            raise _NotPlain  # a sequence as a routing value: the reader's text
                         at = pos + 12
                         pos = self._sequence(at, head_at(buf, start + 4)[2], False, depth + 1)
                         buf, base, blen = self.buf, self.base, len(self.buf)
@@ -187,6 +204,9 @@ class _Walker:
                 buf, base, blen = self.buf, self.base, len(self.buf)
                 continue
             pos = at + length
+            if group == 8 and elem == 5:  # (0008,0005), at any depth: the reader decodes it
+                self._charset(at, length)
+                buf, base, blen = self.buf, self.base, len(self.buf)
             if top and group << 16 | elem in wanted:
                 tag = BaseTag(group << 16 | elem)
                 kept[tag] = self._raw(tag, code.decode() if code else None, length, at, implicit)
@@ -194,6 +214,16 @@ class _Walker:
         if pos > limit or (end is None and not top):
             raise _NotPlain  # cut short (the full reader names the element), or no delimiter
         return pos
+
+    def _charset(self, at: int, length: int) -> None:
+        """A Specific Character Set the reader knows term by term, or not the plain case
+        (the reader warns about others, with the value in its words)."""
+        if length > KEPT_MAX:
+            raise _NotPlain
+        buf, i = self._bytes(at, length) if length else (b"", 0)
+        for term in buf[i:i + length].decode("latin-1").split("\\"):
+            if term.strip(" \0") and term.strip(" \0") not in python_encoding:
+                raise _NotPlain
 
     def _implicit_sequence(self, tag: int, length: int, at: int) -> bool:
         entry = DicomDictionary.get(tag)

@@ -5,6 +5,7 @@ the file to the full read."""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -134,3 +135,74 @@ def test_a_file_cut_inside_its_meta_is_refused_with_a_reason(tmp_path, keep):
     path.write_bytes(data_file("CT_small.dcm").read_bytes()[:keep])
     with pytest.raises(NotDicomError, match="not readable as DICOM|truncated"):
         dicomfile.probe(path)
+
+
+def _explicit(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr in (b"UI", b"OB") else b" "
+    if vr in (b"OB", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _implicit(group: int, elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", group, elem, len(value)) + value
+
+
+def _part10(dataset: bytes, syntax: bytes = b"1.2.840.10008.1.2.1", full_meta: bool = True,
+            sop_class: bytes = b"1.2.3") -> bytes:
+    body = (_explicit(2, 2, b"UI", sop_class) + _explicit(2, 3, b"UI", b"1.2.3.4")
+            + _explicit(2, 0x10, b"UI", syntax))
+    if full_meta:  # else the first meta element is a UID, which the reader decodes
+        body = _explicit(2, 1, b"OB", b"\0\1") + body
+        body = _explicit(2, 0, b"UL", struct.pack("<I", len(body))) + body
+    return b"\0" * 128 + b"DICM" + body + dataset
+
+
+UIDS = _explicit(8, 0x16, b"UI", b"1.2.3") + _explicit(8, 0x18, b"UI", b"1.2.3.4")
+ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, 12)
+# a value the reader decodes while it reads, whose warning would name the value's text
+ODD_CHARSET = _explicit(8, 5, b"CS", b"EOF")
+IMPLICIT_UIDS = _implicit(8, 0x16, b"1.2.3\0") + _implicit(8, 0x18, b"1.2.3.4\0")
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case, data, keywords", [
+    ("an unknown character set", _part10(ODD_CHARSET + UIDS), ()),
+    ("an unknown character set inside an item",
+     _part10(UIDS + _explicit(8, 0x1110, b"SQ", ITEM + ODD_CHARSET)), ()),
+    ("meta without group length and version, an odd first value",
+     _part10(UIDS, full_meta=False, sop_class=b"1.2.3.eof"), ()),
+    ("a routing value whose VR depends on Pixel Representation (implicit VR)",
+     _part10(IMPLICIT_UIDS + _implicit(0x28, 0x103, b"\1\0") + _implicit(0x28, 0x106, b"\xfb\xff"),
+             syntax=b"1.2.840.10008.1.2"), ("SmallestImagePixelValue",)),
+    ("a sequence as a routing value",
+     _part10(UIDS + _explicit(8, 0x1110, b"SQ", b"")), ("ReferencedStudySequence",)),
+])
+def test_what_the_reader_decodes_on_its_way_is_left_to_it(tmp_path, case, data, keywords):
+    path = tmp_path / "f.dcm"
+    path.write_bytes(data)
+    with open(path, "rb") as fp:
+        assert headwalk.walk(fp.fileno(), len(data), dicomfile._tags(frozenset(keywords))) \
+            is None, case
+    real, headwalk.walk = headwalk.walk, lambda *a: None
+    try:
+        try:
+            expected: object = dicomfile.probe(path, frozenset(keywords))
+        except NotDicomError as exc:
+            expected = str(exc)
+    finally:
+        headwalk.walk = real
+    try:
+        assert dicomfile.probe(path, frozenset(keywords)) == expected, case
+    except NotDicomError as exc:
+        assert str(exc) == expected, case
+
+
+def test_a_known_character_set_is_walked(tmp_path):
+    path = tmp_path / "f.dcm"
+    data = _part10(_explicit(8, 5, b"CS", b"ISO_IR 100") + UIDS
+                   + _explicit(0x10, 0x10, b"PN", "Müller^Jörg".encode("latin-1")))
+    path.write_bytes(data)
+    assert walked(path)
+    assert dicomfile.probe(path).phi["PatientName"] == "Müller^Jörg"

@@ -83,7 +83,7 @@ def probe_inputs(args: argparse.Namespace, paths: list[Path],
 
 
 def _probe_all(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
-    if len(paths) < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or \
+    if len(paths) < PARALLEL_FROM or _cores() < 2 or \
             threading.active_count() > 1:  # never fork a process with other threads
         return _probe_many(paths, read)
     import multiprocessing
@@ -101,6 +101,13 @@ def _probe_all(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
     for i in range(len(paths)):
         out.append(mine[i // 2] if i % 2 == 0 else theirs[i // 2])
     return out
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _probe_many(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
