@@ -45,16 +45,15 @@ class _Unnamed:
         return getattr(self._fp, attr)
 
 
+@functools.lru_cache(maxsize=8)
 def _tags(keywords: frozenset[str]) -> frozenset[int]:
     """The tags of the keywords a route matches on (an unknown keyword matches nothing)."""
-    return _keyword_tags(keywords) if keywords else frozenset()
+    if not keywords:  # send: no routes, no configuration to load
+        return frozenset()
+    from forwarder.config.keywords import keyword_tags
 
-
-@functools.lru_cache(maxsize=8)
-def _keyword_tags(keywords: frozenset[str]) -> frozenset[int]:
-    from pydicom.datadict import tag_for_keyword
-
-    return frozenset(t for k in keywords if (t := tag_for_keyword(k)) is not None)
+    known = keyword_tags()
+    return frozenset(known[k] for k in keywords if k in known)
 
 
 def _value(ds: Dataset, keyword: str) -> str | None:

@@ -22,6 +22,7 @@ and the full reader decides, with its own words for what is wrong.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import cast
@@ -66,18 +67,24 @@ def walk(fd: int, size: int, wanted: frozenset[int]) -> tuple[Dataset, Dataset] 
     the raw top-level elements whose tags are in ``wanted`` (and :data:`ALWAYS`); None
     when the file is not the plain case."""
     try:
-        return _Walker(fd, size, wanted | ALWAYS).run()
+        return _Walker(fd, size, *_plan(wanted)).run()
     except (_NotPlain, OSError, struct.error):
         return None
 
 
+@functools.lru_cache(maxsize=8)
+def _plan(wanted: frozenset[int]) -> tuple[frozenset[int], bool]:
+    """The tags to keep (``wanted`` and :data:`ALWAYS`), and whether one of them has a VR
+    that depends on another element ("US or SS"): in implicit VR the reader resolves it
+    with elements the walk does not keep. Once per configuration, not per file."""
+    return (wanted | ALWAYS,
+            any(" or " in DicomDictionary.get(t, ("",))[0] for t in wanted))
+
+
 class _Walker:
-    def __init__(self, fd: int, size: int, wanted: frozenset[int]):
-        self.fd, self.size, self.wanted = fd, size, wanted
+    def __init__(self, fd: int, size: int, wanted: frozenset[int], ambiguous: bool):
+        self.fd, self.size, self.wanted, self.ambiguous = fd, size, wanted, ambiguous
         self.base, self.buf = 0, b""
-        # a value whose VR depends on another element ("US or SS"): in implicit VR the
-        # reader resolves it with elements the walk does not keep
-        self.ambiguous = any(" or " in DicomDictionary.get(t, ("",))[0] for t in wanted)
         self.kept: _Elements = {}
 
     def run(self) -> tuple[Dataset, Dataset]:
