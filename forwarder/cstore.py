@@ -8,16 +8,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
-from pynetdicom.dsutils import split_dataset
+from typing import TYPE_CHECKING
 
 from forwarder.model import Probe, StoreResult
 from forwarder.negotiation import DEFLATED_LE, choose_context
 from forwarder.scu import Association
 from forwarder.scu.store import send_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
@@ -37,6 +37,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
     if chosen is None:
+        from pydicom.uid import UID
+
         if probe.sop_class_uid not in _proposed(assoc):
             return StoreResult(None, refused=f"{UID(probe.sop_class_uid).name} was not "
                                f"proposed on this association (not in the SOP classes "
@@ -68,5 +70,7 @@ def odd_deflated_stream(path: str | os.PathLike[str], transfer_syntax: str) -> b
     """A deflated file whose dataset (the bytes after the file meta) has odd length."""
     if transfer_syntax != DEFLATED_LE:
         return False
+    from pynetdicom.dsutils import split_dataset
+
     _, offset = split_dataset(Path(path))
     return (os.path.getsize(path) - offset) % 2 == 1

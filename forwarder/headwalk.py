@@ -7,7 +7,13 @@ with :func:`os.pread` a window at a time (no ``mmap``: a file cut while it is re
 a short read here, never a SIGBUS), skips values by their lengths, walks sequences and
 encapsulated fragments item by item, and keeps the raw bytes of the elements asked for.
 Their values are then decoded by pydicom itself, from a :class:`~pydicom.dataset.Dataset`
-of those raw elements, so a value reads exactly as it does from a full read.
+of those raw elements, so a value reads exactly as it does from a full read (or, for the
+few plain values :mod:`forwarder.dicomfile` decodes itself, as it would).
+
+The walk itself needs no pydicom for the common case (explicit VR little endian,
+uncompressed, the default or a Latin-1/UTF-8 character set): ``send`` then starts
+without loading pydicom and numpy. Implicit VR (the data dictionary says which
+elements are sequences), other transfer syntaxes and other character sets ask pydicom.
 
 It takes only the plain case: file meta starting with its group length or version, a
 little-endian transfer syntax that is not deflated, every explicit VR one pydicom knows
@@ -25,16 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from typing import cast
-
-from pydicom.charset import python_encoding
-from pydicom.datadict import DicomDictionary, dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.dataset import Dataset
-from pydicom.filereader import ENCODED_VR
-from pydicom.tag import BaseTag
-from pydicom.uid import UID
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from typing import NamedTuple
 
 # what the probe always reads: charset, SOP Class and Instance UIDs, Study Instance UID,
 # Patient's Name and ID
@@ -45,8 +42,18 @@ _HEAD = struct.Struct("<HHI")  # a tag and a 4-byte length: implicit VR, items, 
 _EXPLICIT = struct.Struct("<HH2sH")
 _TAG = struct.Struct("<HH")
 _U32 = struct.Struct("<I")
-_LONG = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
-_KNOWN = frozenset(vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN")
+# PS3.5 7.1.2: the VRs with a 4-byte length in explicit VR, and every VR but UN (the
+# same sets as pydicom's EXPLICIT_VR_LENGTH_32 and ENCODED_VR; a test compares them)
+_LONG = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                   b"UR", b"UT", b"UV"})
+_KNOWN = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
+                    b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH",
+                    b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
+                    b"US", b"UT", b"UV"})
+EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+# character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
+PLAIN_CHARSETS = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6",
+                            "ISO 2022 IR 100"})
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
@@ -55,17 +62,31 @@ _WINDOW = 65536
 _MAX_DEPTH = 64
 
 
-_Elements = dict[BaseTag, DataElement | RawDataElement]
+class Raw(NamedTuple):
+    """One element as found: its VR (None in implicit VR), length, value bytes and offset."""
+
+    vr: str | None
+    length: int
+    value: bytes
+    at: int
+
+
+class Walked(NamedTuple):
+    """A plain file's kept top-level elements and file meta, by tag, and its encoding."""
+
+    dataset: dict[int, Raw]
+    meta: dict[int, Raw]
+    implicit: bool
 
 
 class _NotPlain(Exception):
     """The file is not the plain case: the full reader takes it."""
 
 
-def walk(fd: int, size: int, wanted: frozenset[int]) -> tuple[Dataset, Dataset] | None:
-    """(dataset, file meta) of a plain file opened as ``fd`` of ``size`` bytes, holding
-    the raw top-level elements whose tags are in ``wanted`` (and :data:`ALWAYS`); None
-    when the file is not the plain case."""
+def walk(fd: int, size: int, wanted: frozenset[int]) -> Walked | None:
+    """The raw top-level elements whose tags are in ``wanted`` (and :data:`ALWAYS`) and
+    the file meta of a plain file opened as ``fd`` of ``size`` bytes; None when the file
+    is not the plain case."""
     try:
         return _Walker(fd, size, *_plan(wanted)).run()
     except (_NotPlain, OSError, struct.error):
@@ -77,6 +98,10 @@ def _plan(wanted: frozenset[int]) -> tuple[frozenset[int], bool]:
     """The tags to keep (``wanted`` and :data:`ALWAYS`), and whether one of them has a VR
     that depends on another element ("US or SS"): in implicit VR the reader resolves it
     with elements the walk does not keep. Once per configuration, not per file."""
+    if not wanted:
+        return ALWAYS, False
+    from pydicom.datadict import DicomDictionary
+
     return (wanted | ALWAYS,
             any(" or " in DicomDictionary.get(t, ("",))[0] for t in wanted))
 
@@ -85,25 +110,22 @@ class _Walker:
     def __init__(self, fd: int, size: int, wanted: frozenset[int], ambiguous: bool):
         self.fd, self.size, self.wanted, self.ambiguous = fd, size, wanted, ambiguous
         self.base, self.buf = 0, b""
-        self.kept: _Elements = {}
+        self.kept: dict[int, Raw] = {}
 
-    def run(self) -> tuple[Dataset, Dataset]:
+    def run(self) -> Walked:
         buf, i = self._bytes(128, 4)
         if buf[i:i + 4] != b"DICM":
             raise _NotPlain
         meta_raw, pos = self._meta(132)
         if not meta_raw or next(iter(meta_raw)) not in _META_FIRST:
             raise _NotPlain  # its value, decoded by the reader, could warn
-        group_length = meta_raw.get(BaseTag(0x00020000))
+        group_length = meta_raw.get(0x00020000)
         if group_length is not None and group_length.length != 4:
             raise _NotPlain  # the reader stops at it, with its own words
-        syntax = meta_raw.get(BaseTag(0x00020010))
+        syntax = meta_raw.get(0x00020010)
         if syntax is None or not syntax.value:
             raise _NotPlain
-        uid = UID(syntax.value.decode("ascii", "replace").rstrip("\0 "))  # read, not converted
-        if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
-            raise _NotPlain
-        implicit = uid.is_implicit_VR
+        implicit = _implicit(syntax.value.decode("ascii", "replace").rstrip("\0 "))
         if implicit and self.ambiguous:
             raise _NotPlain
         if pos >= self.size:
@@ -113,9 +135,7 @@ class _Walker:
         if implicit and looks_explicit:
             raise _NotPlain  # the reader switches to explicit VR here, with a warning
         self._dataset(pos, self.size, implicit, 0)
-        ds = Dataset(self.kept)
-        ds.set_original_encoding(implicit, True)
-        return ds, Dataset(cast(_Elements, meta_raw))
+        return Walked(self.kept, meta_raw, implicit)
 
     def _bytes(self, pos: int, n: int) -> tuple[bytes, int]:
         """The buffer holding bytes ``pos`` to ``pos + n`` of the file, and where they
@@ -130,8 +150,8 @@ class _Walker:
                 raise _NotPlain  # shorter than fstat said: cut while being read
         return self.buf, start
 
-    def _meta(self, pos: int) -> tuple[dict[BaseTag, RawDataElement], int]:
-        raw: dict[BaseTag, RawDataElement] = {}
+    def _meta(self, pos: int) -> tuple[dict[int, Raw], int]:
+        raw: dict[int, Raw] = {}
         while pos + 8 <= self.size:
             buf, i = self._bytes(pos, 8)
             group, elem, vr, length = _EXPLICIT.unpack_from(buf, i)
@@ -145,21 +165,17 @@ class _Walker:
                 length, head = _U32.unpack_from(buf, i + 8)[0], 12
             if length == _UNDEFINED:
                 raise _NotPlain
-            tag = BaseTag(group << 16 | elem)
-            raw[tag] = self._raw(tag, vr.decode(), length, pos + head, False)
+            raw[group << 16 | elem] = self._raw(vr.decode(), length, pos + head)
             pos += head + length
         return raw, pos
 
-    def _raw(self, tag: BaseTag, vr: str | None, length: int, at: int,
-             implicit: bool) -> RawDataElement:
+    def _raw(self, vr: str | None, length: int, at: int) -> Raw:
         if length > KEPT_MAX:
             raise _NotPlain
-        if length:
-            buf, i = self._bytes(at, length)
-            value: object = buf[i:i + length]
-        else:
-            value = empty_value_for_VR(vr, raw=True)  # what the reader keeps for no value
-        return RawDataElement(tag, vr, length, value, at, implicit, True)  # type: ignore[arg-type]
+        if not length:
+            return Raw(vr, 0, b"", at)
+        buf, i = self._bytes(at, length)
+        return Raw(vr, length, buf[i:i + length], at)
 
     def _dataset(self, pos: int, end: int | None, implicit: bool, depth: int) -> int:
         """Walk one dataset from ``pos`` to ``end``, or to its item delimiter when ``end``
@@ -215,8 +231,7 @@ class _Walker:
                 self._charset(at, length)
                 buf, base, blen = self.buf, self.base, len(self.buf)
             if top and group << 16 | elem in wanted:
-                tag = BaseTag(group << 16 | elem)
-                kept[tag] = self._raw(tag, code.decode() if code else None, length, at, implicit)
+                kept[group << 16 | elem] = self._raw(code.decode() if code else None, length, at)
                 buf, base, blen = self.buf, self.base, len(self.buf)
         if pos > limit or (end is None and not top):
             raise _NotPlain  # cut short (the full reader names the element), or no delimiter
@@ -228,12 +243,20 @@ class _Walker:
         if length > KEPT_MAX:
             raise _NotPlain
         buf, i = self._bytes(at, length) if length else (b"", 0)
-        for term in buf[i:i + length].decode("latin-1").split("\\"):
-            if term.strip(" \0") and term.strip(" \0") not in python_encoding:
-                raise _NotPlain
+        value = buf[i:i + length]
+        if b"\0" in value:
+            raise _NotPlain  # the reader may look a NUL up as a codec name, and fail
+        for term in value.decode("latin-1").split("\\"):
+            term = term.strip(" ")
+            if term and term not in PLAIN_CHARSETS:
+                from pydicom.charset import python_encoding
+
+                if term not in python_encoding:
+                    raise _NotPlain
 
     def _implicit_sequence(self, tag: int, length: int, at: int) -> bool:
-        entry = DicomDictionary.get(tag)
+        dictionary, dictionary_VR = _dictionary()
+        entry = dictionary.get(tag)
         if entry is not None:
             vr = entry[0]
         elif tag >> 16 & 1:  # private: a sequence only when it has undefined length
@@ -292,3 +315,25 @@ class _Walker:
             pos += 8 + length
             if pos > self.size:
                 raise _NotPlain
+
+
+@functools.cache
+def _dictionary():  # noqa: ANN202 - pydicom's data dictionary and its VR lookup
+    """pydicom's data dictionary, loaded the first time an implicit VR file needs it."""
+    from pydicom.datadict import DicomDictionary, dictionary_VR
+
+    return DicomDictionary, dictionary_VR
+
+
+def _implicit(syntax: str) -> bool:
+    """Whether ``syntax``, a transfer syntax the walk takes, is implicit VR; a syntax it
+    does not take (big endian, deflated, unknown) is not the plain case. Only syntaxes
+    other than the two uncompressed little-endian ones are looked up in pydicom's table."""
+    if syntax in (EXPLICIT_LE, IMPLICIT_LE):
+        return syntax == IMPLICIT_LE
+    from pydicom.uid import UID
+
+    uid = UID(syntax)
+    if not uid.is_transfer_syntax or not uid.is_little_endian or uid.is_deflated:
+        raise _NotPlain
+    return bool(uid.is_implicit_VR)

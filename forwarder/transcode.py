@@ -3,18 +3,15 @@
 Between the uncompressed syntaxes (implicit/explicit VR, little/big endian, deflated)
 pynetdicom re-encodes as it sends; compressed pixel data is decompressed with pydicom's
 pixel handlers and the pylibjpeg plugins, per the destination's ``decompress`` policy.
+Choosing a syntax needs no pydicom: it is loaded when a file is converted or refused.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
-
-from forwarder.byteorder import ByteOrderError, change_byte_order
-from forwarder.dicomfile import read_dataset
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
 
 PLAIN = (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE, DEFLATED_LE)
@@ -23,6 +20,9 @@ LOSSLESS = {
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.5",
     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
 }
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 class CannotConvert(Exception):
@@ -61,6 +61,11 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
 
 
 def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:
+    from pydicom.uid import UID
+
+    from forwarder.byteorder import ByteOrderError, change_byte_order
+    from forwarder.dicomfile import read_dataset
+
     ds = read_dataset(path)
     decode = not is_plain(source_ts) and source_ts != target_ts
     if decode:
@@ -108,6 +113,8 @@ def drop_group_lengths(ds: Dataset) -> None:
 def describe_refusal(sop_class: str, source_ts: str, accepted: list[tuple[str, str]],
                      decompress: str) -> str:
     """A one-line reason naming the SOP class, the file's syntax and what the peer took."""
+    from pydicom.uid import UID
+
     offered = sorted({UID(ts).name for sop, ts in accepted if sop == sop_class})
     what = ", ".join(offered) if offered else "nothing for this SOP class"
     extra = ""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -27,20 +29,20 @@ VARIED = ["CT_small.dcm", "MR_small_implicit.dcm", "rtplan.dcm", "JPEG2000.dcm",
           "nested_priv_SQ.dcm", "liver_1frame.dcm", "MR_small_RLE.dcm"]
 
 
-def full_read(path: Path) -> object:
+def full_read(path: Path, keywords: frozenset[str] = KEYWORDS) -> object:
     """What the probe answers with the fast path switched off."""
     real, headwalk.walk = headwalk.walk, lambda *a: None
     try:
-        return dicomfile.probe(path, KEYWORDS)
+        return dicomfile.probe(path, keywords)
     except NotDicomError as exc:
         return ("refused", str(exc))
     finally:
         headwalk.walk = real
 
 
-def answer(path: Path) -> object:
+def answer(path: Path, keywords: frozenset[str] = KEYWORDS) -> object:
     try:
-        return dicomfile.probe(path, KEYWORDS)
+        return dicomfile.probe(path, keywords)
     except NotDicomError as exc:
         return ("refused", str(exc))
 
@@ -59,6 +61,71 @@ def test_every_shipped_file_probes_alike_either_way():
             fast += 1
             assert answer(path) == full_read(path), path
     assert fast >= 100, f"only {fast} of {len(ALL)} files took the fast path"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_without_routing_keywords_plain_values_are_read_from_the_bytes(monkeypatch):
+    """As `send` probes: no routing keywords. Most files are answered from the walked
+    bytes alone (pydicom never decodes a value), and every answer is the full read's."""
+    decoded = []
+    real = dicomfile._datasets
+    monkeypatch.setattr(dicomfile, "_datasets", lambda w: decoded.append(1) or real(w))
+    plain = 0
+    for path in ALL:
+        if walked(path):
+            before = len(decoded)
+            assert answer(path, frozenset()) == full_read(path, frozenset()), path
+            plain += len(decoded) == before
+    assert plain >= 80, f"only {plain} of {len(ALL)} files were answered from their bytes"
+
+
+def _with_value(tag: bytes, value: bytes) -> bytes:
+    """CT_small with the explicit VR element ``tag`` (group, element, VR) set to ``value``."""
+    data = data_file("CT_small.dcm").read_bytes()
+    at = data.index(tag)
+    old = int.from_bytes(data[at + 6:at + 8], "little")
+    return data[:at + 6] + len(value).to_bytes(2, "little") + value + data[at + 8 + old:]
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(tag=st.sampled_from([b"\x10\x00\x10\x00PN", b"\x10\x00\x20\x00LO",
+                            b"\x08\x00\x05\x00CS", b"\x08\x00\x18\x00UI"]),
+       value=st.lists(st.sampled_from([b"A", b"z", b"^", b" ", b"\0", b"=", b"\\", b"1",
+                                       b".", b"\xe9", b"\x1b$B", b"ISO_IR 100", b"ISO_IR 13",
+                                       b"ISO 2022 IR 87", b"\x7f", b"\t"]),
+                      max_size=40).map(b"".join))
+def test_names_ids_charsets_and_uids_read_alike_either_way(tmp_path, tag, value):
+    """Patient's Name and ID, the character set and a UID with any mix of padding,
+    separators, non-ASCII and escapes, short and too long: the answer from the bytes (or
+    pydicom's, where they are not plain) is the full read's."""
+    path = tmp_path / "v.dcm"
+    path.write_bytes(_with_value(tag, value + (b" " if len(value) % 2 else b"")))
+    assert answer(path, frozenset()) == full_read(path, frozenset())
+
+
+def test_send_probes_a_plain_file_without_loading_pydicom(tmp_path):
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(data_file("CT_small.dcm").read_bytes())
+    code = ("import sys; from forwarder import dicomfile; p = dicomfile.probe(sys.argv[1]); "
+            "print(p.sop_instance_uid, p.phi['PatientName'], p.meta_consistent, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('pydicom', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == full_read(path, frozenset()).sop_instance_uid  # type: ignore[attr-defined]
+    assert out[1:] == ["CompressedSamples^CT1", "True", "[]"]
+
+
+def test_the_vr_tables_are_pydicoms():
+    from pydicom.filereader import ENCODED_VR
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+    assert headwalk._KNOWN == {vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN"}
+    assert headwalk._LONG == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
+    from pydicom.charset import python_encoding
+
+    assert headwalk.PLAIN_CHARSETS <= set(python_encoding)
 
 
 @pytest.mark.parametrize("name", VARIED)
@@ -113,8 +180,9 @@ def test_a_known_element_encoded_as_un_is_left_to_the_full_read(tmp_path):
                                                                    HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(VARIED), cut=st.floats(0.0, 1.0),
        flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=3),
-       tail=st.binary(max_size=12))
-def test_cut_and_damaged_files_probe_alike_either_way(tmp_path, name, cut, flips, tail):
+       tail=st.binary(max_size=12), keywords=st.sampled_from([KEYWORDS, frozenset()]))
+def test_cut_and_damaged_files_probe_alike_either_way(tmp_path, name, cut, flips, tail,
+                                                      keywords):
     data = bytearray(data_file(name).read_bytes())
     for where, byte in flips:  # mostly in the header, where the walk looks
         data[int(where * min(len(data) - 1, 4000))] = byte
@@ -122,9 +190,9 @@ def test_cut_and_damaged_files_probe_alike_either_way(tmp_path, name, cut, flips
     path = tmp_path / "x.dcm"
     path.write_bytes(bytes(data))
     if walked(path):
-        assert answer(path) == full_read(path)
+        assert answer(path, keywords) == full_read(path, keywords)
     else:
-        answer(path)  # the full read's answer, a Probe or a reason; never a crash
+        answer(path, keywords)  # the full read's answer, a Probe or a reason; never a crash
 
 
 @pytest.mark.parametrize("keep", [133, 141, 150, 200])

@@ -7,9 +7,16 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+
+def generate_uid() -> str:
+    from pydicom.uid import generate_uid as pydicom_uid
+
+    return str(pydicom_uid())
 
 
 class UidInventor:

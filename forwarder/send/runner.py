@@ -85,8 +85,6 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
           had_errors: bool) -> int:
     import ssl
 
-    from pydicom.uid import UID
-
     from forwarder.association import AssociationFailed
     from forwarder.cstore import StoreResult, store_file
     from forwarder.progress import Progress
@@ -102,6 +100,8 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
         LOGGER.error("cannot set up the association: %s", exc)
         return EXIT_FAILURE
     if args.verbose_pc:
+        from pydicom.uid import UID
+
         for cx in assoc.accepted:
             LOGGER.info("presentation context %s: %s %s", cx.context_id,
                         UID(cx.abstract_syntax).name, cx.transfer_syntax)
