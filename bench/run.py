@@ -10,14 +10,25 @@ Each peer's rows are anchored on a storescu configured like that peer: against s
 storescp, both DCMTK tools stock (Nagle on, no TCP_NODELAY anywhere in their
 environment); against tuned storescp, TCP_NODELAY=1 in the environment of storescu and of
 storescp; against Orthanc, storescu with TCP_NODELAY=1. Every row names its anchor.
-Prints files/s, MB/s, CPU milliseconds per file, peak RSS and proportional set size (PSS)
-for every sender, and the ratio to the anchor; then the watch-to-stored latency at a
-steady 20 files/s and the daemon's idle CPU; and writes it all to bench/results/latest.md.
+
+The senders of one peer and corpus run interleaved, each on a fresh peer: round 1 is
+storescu, pynetdicom's storescu, `send`, the daemon with 1 association and with 4; round 2
+the same order again; --repeat rounds in all (default 3). A sender whose first run took
+longer than bench.rounds.SLOW_RUN_S (20 s: the Nagle-bound and Orthanc-bound runs at tens
+of files per second) is not repeated and its row says "1 run". Every figure in a row is
+the median of that sender's runs, the ratio to the anchor is taken from the median walls,
+and the range of its files/s is printed beside the median.
+
+Prints files/s, its range, MB/s, CPU milliseconds per file, peak RSS and proportional set
+size (PSS) for every sender, and the ratio to the anchor; then the watch-to-stored latency
+at a steady 20 files/s and the daemon's idle CPU; and writes it all to
+bench/results/latest.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sqlite3
@@ -27,12 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.corpus import make_corpus  # noqa: E402
+from bench.rounds import SLOW_RUN_S, Result, interleave, row  # noqa: E402
 from tests.daemonutil import DaemonProcess, process_tree  # noqa: E402
 from tests.peers import OrthancProcess, StoreSCP, StoreSCPProcess  # noqa: E402
 
@@ -41,14 +53,6 @@ PY = sys.executable
 os.environ.pop("TCP_NODELAY", None)
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 NODELAY = {"TCP_NODELAY": "1"}
-
-
-@dataclass
-class Result:
-    wall: float
-    cpu: float
-    rss_mib: float
-    pss_mib: float  # one sender: its peak; the daemon: all its processes after the run
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> Result:
@@ -228,13 +232,58 @@ def latency(work: Path, files: list[Path], rate: float) -> tuple[list[float], fl
         peer.stop()
 
 
+def sender_jobs(work: Path, counter: itertools.count, env: dict[str, str] | None,
+                scu_env: dict[str, str], anchor: str,
+                files: list[Path]) -> dict[str, Callable[[], Result]]:
+    """One run of each sender, in the order of a round, each on a peer of its own started
+    for it: storescp with ``env`` in its environment (with --fork for the daemon's parallel
+    associations), or Orthanc where ``env`` is None."""
+
+    def on_peer(fork: bool, send: Callable[[str, int, int], Result]) -> Callable[[], Result]:
+        def job() -> Result:
+            n = next(counter)
+            p: OrthancProcess | StoreSCPProcess
+            if env is None:
+                p = OrthancProcess(work / f"orthanc{n}")
+            else:
+                p = StoreSCPProcess(work / "out", ("--ignore", *(("--fork",) if fork else ())),
+                                    env)
+            try:
+                return send(getattr(p, "aet", "ANY-SCP"), p.port, n)
+            finally:
+                p.stop()
+        return job
+
+    paths = [str(f) for f in files]
+    return {
+        f"DCMTK {anchor}": on_peer(False, lambda aet, port, _n: run(
+            ["storescu", "-R", "-aec", aet, "127.0.0.1", str(port), *paths], scu_env)),
+        "pynetdicom storescu": on_peer(False, lambda aet, port, _n: run(
+            [PY, "-m", "pynetdicom", "storescu", "-aec", aet, "127.0.0.1", str(port),
+             str(files[0].parent)])),
+        "dicom-forwarder send": on_peer(False, lambda aet, port, _n: run(
+            [PY, "-m", "forwarder", "send", "-R", "-aec", aet, "127.0.0.1", str(port),
+             *paths])),
+        "daemon, 1 association": on_peer(False, lambda aet, port, n: daemon_throughput(
+            work / f"d{n}", files, port, 1, aet)),
+        "daemon, 4 associations": on_peer(True, lambda aet, port, n: daemon_throughput(
+            work / f"d{n}", files, port, 4, aet)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full corpus")
     ap.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc rows")
     ap.add_argument("--only", choices=("stock", "nodelay", "orthanc"), action="append",
                     help="only these peers (repeatable); the report is printed, not written")
+    ap.add_argument("--repeat", type=int, default=3, metavar="N",
+                    help="interleaved rounds per peer and corpus; every figure is the median "
+                    f"(default 3; a sender whose first run took over {SLOW_RUN_S:.0f} s runs "
+                    "once)")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="fwd-bench-"))
     rows: list[tuple[str, ...]] = []
     try:
@@ -249,66 +298,43 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_orthanc:
             flavours.append(("orthanc", "Orthanc", None, NODELAY, "storescu TCP_NODELAY=1"))
         peers = [f[1:] for f in flavours if not args.only or f[0] in args.only]
-        n = 0
+        counter = itertools.count(1)
         for peer_name, env, scu_env, anchor in peers:
             for corpus_name, files in corpora.items():
                 mb = sum(f.stat().st_size for f in files) / 1e6
-                results: dict[str, Result] = {}
+                jobs = sender_jobs(work, counter, env, scu_env, anchor, files)
 
-                def peer(n: int, fork: bool = False, env=env):  # noqa: ANN202, ANN001
-                    if env is None:
-                        return OrthancProcess(work / f"orthanc{n}")
-                    return StoreSCPProcess(work / "out", ("--ignore", *(("--fork",) if fork
-                                                                      else ())), env)
+                def progress(rnd: int, name: str, r: Result, files=files,  # noqa: ANN001
+                             where=f"{peer_name}, {corpus_name}") -> None:
+                    print(f"  {where}, round {rnd}: {name}: {r.wall:.2f} s, "
+                          f"{len(files) / r.wall:.0f} files/s", file=sys.stderr)
 
-                jobs = {
-                    f"DCMTK {anchor}": lambda p, files=files, scu_env=scu_env: run(
-                        ["storescu", "-R", "-aec", getattr(p, "aet", "ANY-SCP"), "127.0.0.1",
-                         str(p.port), *map(str, files)], scu_env),
-                    "pynetdicom storescu": lambda p, files=files: run(
-                        [PY, "-m", "pynetdicom", "storescu", "-aec", getattr(p, "aet", "ANY-SCP"),
-                         "127.0.0.1", str(p.port), str(files[0].parent)]),
-                    "dicom-forwarder send": lambda p, files=files: run(
-                        [PY, "-m", "forwarder", "send", "-R", "-aec",
-                         getattr(p, "aet", "ANY-SCP"), "127.0.0.1", str(p.port),
-                         *map(str, files)]),
-                }
-                for name, job in jobs.items():
-                    n += 1
-                    p = peer(n)
-                    try:
-                        results[name] = job(p)
-                    finally:
-                        p.stop()
-                for assocs in (1, 4):
-                    n += 1
-                    p = peer(n, fork=assocs > 1)
-                    try:
-                        results[f"daemon, {assocs} association{'s' if assocs > 1 else ''}"] = \
-                            daemon_throughput(work / f"d{n}", files, p.port, assocs,
-                                              getattr(p, "aet", "ANY-SCP"))
-                    finally:
-                        p.stop()
-                base = results[f"DCMTK {anchor}"]
-                for name, r in results.items():
-                    rate = len(files) / r.wall
-                    rows.append((peer_name, corpus_name, name, f"{rate:.0f}", f"{mb / r.wall:.1f}",
-                                 f"{r.cpu * 1000 / len(files):.2f}",
-                                 f"{r.cpu / base.cpu:.1f}x" if base.cpu else "-",
-                                 f"{r.rss_mib:.0f}", f"{r.pss_mib:.0f}",
-                                 f"{base.wall / r.wall:.2f}x vs {anchor}"))
-                print(f"done: {peer_name}, {corpus_name}", file=sys.stderr)
+                began = time.monotonic()
+                summaries = interleave(jobs, args.repeat, report=progress)
+                base = summaries[f"DCMTK {anchor}"]
+                rows += [(peer_name, corpus_name, name,
+                          *row(summary, base, len(files), mb, anchor))
+                         for name, summary in summaries.items()]
+                print(f"done: {peer_name}, {corpus_name} in {time.monotonic() - began:.0f} s",
+                      file=sys.stderr)
         lat, idle_open, idle_none = latency(work / "latency", make_corpus(
             work / "lat", max(20, int(400 * args.scale)), 64), 20.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    head = ("peer", "corpus", "sender", "files/s", "MB/s", "CPU ms per file",
+    head = ("peer", "corpus", "sender", "files/s", "files/s min–max", "MB/s", "CPU ms per file",
             "CPU vs anchor", "peak RSS MiB", "PSS MiB", "files/s vs anchor")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     p50 = statistics.median(lat) if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
-    lines += ["", "Anchors: against stock storescp, storescu stock too (neither DCMTK tool has "
+    lines += ["", f"Medians of up to {args.repeat} interleaved rounds: per peer and corpus, "
+              "every sender runs once per round in the order of the table, each run on a "
+              "fresh peer. Every figure in a row is the median of that sender's runs; "
+              "files/s vs anchor and CPU vs anchor divide medians; files/s min–max is the "
+              f"slowest and fastest run. A sender whose first run took longer than "
+              f"{SLOW_RUN_S:.0f} s (Nagle-bound or peer-bound, tens of files per second) is "
+              "not repeated: its row says \"1 run\".",
+              "", "Anchors: against stock storescp, storescu stock too (neither DCMTK tool has "
               "TCP_NODELAY in its environment, so both keep Nagle on); against storescp "
               "TCP_NODELAY=1, storescu with TCP_NODELAY=1 as well; against Orthanc, storescu "
               "with TCP_NODELAY=1. CPU is user plus system time of the sender's own process.",
@@ -324,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
               f"open, {idle_none * 100:.2f}% with none."]
     stamp = time.strftime("%Y-%m-%d")
     report = (f"# dicom-forwarder benchmark, {stamp}, {os.cpu_count()} cores, "
-              f"scale {args.scale}\n\n" + "\n".join(lines) + "\n")
+              f"scale {args.scale}, repeat {args.repeat}\n\n" + "\n".join(lines) + "\n")
     print(report)
     if not args.only:
         out = REPO / "bench" / "results" / "latest.md"
