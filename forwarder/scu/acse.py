@@ -155,6 +155,9 @@ def user_identity_item(kind: int, primary: bytes, secondary: bytes = b"",
     if not 1 <= kind <= 5:
         raise ValueError(f"user identity type {kind}: 1 to 5")
     secondary = secondary if kind == 2 else b""
+    if len(primary) + len(secondary) > 0xFFFF - 6:
+        raise ValueError(f"user identity of {len(primary) + len(secondary)} bytes: at most "
+                         f"{0xFFFF - 6} fit (at most 65535 bytes in its item)")
     return _item(0x58, bytes([kind, 1 if positive_response else 0])
                  + _UINT2.pack(len(primary)) + primary + _UINT2.pack(len(secondary)) + secondary)
 
