@@ -41,13 +41,13 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
-from forwarder.association import IdentitySettings, PeerSettings
+from forwarder.association import AssociationFailed, IdentitySettings, PeerSettings
 from forwarder.negotiation import Context
-from forwarder.scu import MalformedPDU, acse, dimse
+from forwarder.scu import Association, MalformedPDU, acse, dimse
 from forwarder.scu import pdu as P
 from forwarder.scu.setup import proposal, request_pdu
 from tests.corpus import data_file
-from tests.peers import StoreSCPProcess, wait_for
+from tests.peers import StoreSCPProcess, free_port, wait_for
 
 uids = st.from_regex(r"\A1\.2(\.[1-9][0-9]{0,5}){1,8}\Z")
 aets = st.from_regex(r"\A[A-Z][A-Z0-9_ ]{0,14}[A-Z0-9]\Z|\A[A-Z]\Z")
@@ -162,6 +162,16 @@ def test_fields_that_cannot_be_encoded_are_a_value_error() -> None:
         acse.user_identity_item(5, b"x" * 70000)
     with pytest.raises(ValueError, match="longer than 16"):
         acse.encode_associate_rq("A" * 17, "B", [acse.Proposed(1, "1.2", ("1.2.3",))], 0)
+
+
+def test_an_identity_too_long_for_its_item_holds_before_connecting() -> None:
+    """Nothing listens on the port: the failure is the identity's, found before connecting."""
+    port = free_port()
+    peer = PeerSettings("127.0.0.1", port, identity=IdentitySettings(5, b"j" * 70000))
+    with pytest.raises(AssociationFailed) as caught:
+        Association.open(peer, [Context(CT, (EXPLICIT_LE,))])
+    assert caught.value.kind == "identity"
+    assert "cannot carry this user identity: user identity of 70000 bytes" in str(caught.value)
 
 
 # -- A-ASSOCIATE-AC, RJ, A-RELEASE, A-ABORT ----------------------------------------------
@@ -398,7 +408,7 @@ def test_an_association_is_opened_used_and_released_without_them(tmp_path: Path)
     try:
         code = textwrap.dedent(f"""
             import sys
-            from forwarder.association import IdentitySettings, PeerSettings, echo
+            from forwarder.association import AssociationFailed, IdentitySettings, PeerSettings, echo
             from forwarder.negotiation import Context
             from forwarder.scu import Association
             peer = PeerSettings("127.0.0.1", {scp.port}, acse_timeout=10, dimse_timeout=20,

@@ -158,9 +158,16 @@ def proposal(contexts: Sequence[Context],
 
 def request_pdu(peer: PeerSettings, proposed: Sequence[acse.Proposed],
                 roles: Mapping[str, tuple[bool | None, bool | None]] | None) -> bytes:
-    """The A-ASSOCIATE-RQ for ``peer``: its AE titles, maximum PDU length, identity."""
-    return acse.encode_associate_rq(peer.called_ae, peer.calling_ae, proposed, peer.max_pdu,
-                                    roles, identity_item(peer.identity))
+    """The A-ASSOCIATE-RQ for ``peer``: its AE titles, maximum PDU length, identity. A user
+    identity too long for its item is an :class:`AssociationFailed` (``identity``)."""
+    try:
+        return acse.encode_associate_rq(peer.called_ae, peer.calling_ae, proposed,
+                                        peer.max_pdu, roles, identity_item(peer.identity))
+    except ValueError as exc:
+        if not peer.identity.kind:
+            raise
+        raise AssociationFailed("identity", "the A-ASSOCIATE-RQ cannot carry this user "
+                                f"identity: {exc}") from exc
 
 
 def _handshake(sock: socket.socket, context: ssl.SSLContext, peer: PeerSettings,
