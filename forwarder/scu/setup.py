@@ -146,14 +146,16 @@ def _negotiate(sock: socket.socket, reader: PDUReader, peer: PeerSettings,
     return Negotiated(sock, reader, accepted, rejected, peer_max, response)
 
 
-
 def proposal(contexts: Sequence[Context],
              roles: Mapping[str, tuple[bool | None, bool | None]] | None) -> list[acse.Proposed]:
     """``contexts`` with IDs 1, 3, 5, ... and the roles proposed for their SOP classes."""
-    return [acse.Proposed(2 * i + 1, cx.abstract_syntax, tuple(cx.transfer_syntaxes),
-                          tuple(bool(r) for r in roles[cx.abstract_syntax])  # type: ignore[arg-type]
-                          if roles and cx.abstract_syntax in roles else (None, None))
-            for i, cx in enumerate(contexts)]
+    proposed = []
+    for i, cx in enumerate(contexts):
+        scu, scp = (roles or {}).get(cx.abstract_syntax, (None, None))
+        mine: acse.Roles = (None, None) if scu is None and scp is None else (bool(scu), bool(scp))
+        proposed.append(acse.Proposed(2 * i + 1, cx.abstract_syntax,
+                                      tuple(cx.transfer_syntaxes), mine))
+    return proposed
 
 
 def request_pdu(peer: PeerSettings, proposed: Sequence[acse.Proposed],
