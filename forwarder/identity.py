@@ -1,12 +1,12 @@
 """PS3.7 D.3.3.7 user identity: what storescu's ``--user``/``--password``/``--kerberos``/
-``--saml``/``--jwt`` and the YAML ``identity`` block describe, and its negotiation item."""
+``--saml``/``--jwt`` and the YAML ``identity`` block describe, and its negotiation item
+(encoded by :mod:`forwarder.scu.acse`; a type 2 passcode may be empty, as storescu's
+``--empty-password`` sends it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 from forwarder.errors import UsageError
 
@@ -21,16 +21,14 @@ class IdentitySettings:
     positive_response: bool = False
 
 
-def identity_item(identity: IdentitySettings) -> UserIdentityNegotiation | None:
+def identity_item(identity: IdentitySettings) -> bytes | None:
+    """The encoded user identity sub-item of an A-ASSOCIATE-RQ; None: no identity."""
     if not identity.kind:
         return None
-    item = UserIdentityNegotiation()
-    item.user_identity_type = identity.kind
-    item.primary_field = identity.primary
-    if identity.kind == 2:
-        item.secondary_field = identity.secondary
-    item.positive_response_requested = identity.positive_response
-    return item
+    from forwarder.scu.acse import user_identity_item
+
+    return user_identity_item(identity.kind, identity.primary, identity.secondary,
+                              identity.positive_response)
 
 
 def identity_from_files(user: str | None, password: str | None, kerberos: str | None,

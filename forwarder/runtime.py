@@ -4,8 +4,7 @@ Importing a module of this package changes nothing outside it. Each entry point 
 talks DICOM calls :func:`setup` first: the daemon (``run``), ``send``, ``receive``,
 ``echo`` and the worker process (:func:`forwarder.worker.main`). It:
 
-- lets a user identity carry an empty passcode (:mod:`forwarder.emptypasscode`) and keeps
-  passcodes out of every log record (:mod:`forwarder.nosecrets`);
+- keeps passcodes out of every log record (:mod:`forwarder.nosecrets`);
 - names the TRACE log level;
 - has the ``forkserver`` that starts worker processes preload pynetdicom, pydicom and
   the worker, so a worker starts in milliseconds (the daemon forks that server from
@@ -30,10 +29,9 @@ def setup() -> None:
     global _done
     if _done:
         return
-    from forwarder import emptypasscode, nosecrets
+    from forwarder import nosecrets
 
     logging.addLevelName(TRACE, "TRACE")
-    emptypasscode.apply()
     nosecrets.install()
     worker_context().set_forkserver_preload(WORKER_PRELOAD)
     _done = True

@@ -46,7 +46,7 @@ from forwarder.dicomfile import probe
 from forwarder.negotiation import PROPOSE_MODES, Context, storescu_contexts
 from forwarder.scu import Association, AssociationLost, MalformedPDU, dimse
 from forwarder.scu import pdu as P
-from forwarder.scu.setup import _request_primitive
+from forwarder.scu.setup import proposal, request_pdu
 from tests.corpus import data_file, unique_copies
 from tests.peers import OrthancProcess, StoreSCPProcess, wait_for
 from tests.tlsutil import make_pki, server_context
@@ -172,12 +172,8 @@ def test_associate_rq_round_trips_through_pynetdicom(
         secondary: bytes, positive: bool, roles: dict) -> None:
     identity = IdentitySettings(kind, primary, secondary if kind == 2 else b"", positive)
     peer = PeerSettings("127.0.0.1", 104, called, calling, max_pdu=max_pdu, identity=identity)
-    proposed = []
-    for i, (sop, syntaxes) in enumerate(contexts):
-        pc = PresentationContext()
-        pc.context_id, pc.abstract_syntax, pc.transfer_syntax = 2 * i + 1, sop, syntaxes
-        proposed.append(pc)
-    raw = A_ASSOCIATE_RQ(_request_primitive(peer, proposed, roles)).encode()
+    raw = request_pdu(peer, proposal([Context(sop, tuple(ts)) for sop, ts in contexts], roles),
+                      roles)
     assert raw[0] == P.ASSOCIATE_RQ and struct.unpack(">I", raw[2:6])[0] == len(raw) - 6
     back = A_ASSOCIATE_RQ()
     back.decode(raw)
@@ -254,9 +250,7 @@ def test_a_damaged_associate_ac_is_read_or_named_never_crashes(cut: int, flip: i
                                                                value: int) -> None:
     rq = A_ASSOCIATE_RQ()
     peer = PeerSettings("127.0.0.1", 104)
-    pc = PresentationContext()
-    pc.context_id, pc.abstract_syntax, pc.transfer_syntax = 1, CT, [EXPLICIT_LE]
-    rq.decode(A_ASSOCIATE_RQ(_request_primitive(peer, [pc], None)).encode())
+    rq.decode(request_pdu(peer, proposal([Context(CT, (EXPLICIT_LE,))], None), None))
     raw = bytearray(A_ASSOCIATE_AC(accept_primitive(rq.to_primitive(), 16384, set(),
                                                     b"ok")).encode())
     if flip < len(raw):

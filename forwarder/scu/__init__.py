@@ -1,9 +1,10 @@
 """Our own storage SCU transport: one association, one blocking socket, one thread.
 
-:mod:`forwarder.scu.pdu` frames PDUs on the socket (codecs from pynetdicom),
-:mod:`forwarder.scu.dimse` packs the C-STORE and C-ECHO command sets and finds a file's
-dataset, :mod:`forwarder.scu.setup` connects and negotiates, :mod:`forwarder.scu.association`
-stores, releases and aborts.
+:mod:`forwarder.scu.pdu` frames PDUs on the socket, :mod:`forwarder.scu.acse` encodes
+and decodes the association control PDUs, :mod:`forwarder.scu.dimse` packs the C-STORE
+and C-ECHO command sets and finds a file's dataset, :mod:`forwarder.scu.setup` connects
+and negotiates, :mod:`forwarder.scu.association` stores, releases and aborts. None of
+them imports pynetdicom or pydicom.
 """
 
 from forwarder.scu.association import Association, NoContext, SourceUnreadable

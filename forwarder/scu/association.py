@@ -21,11 +21,9 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RQ
-
 from forwarder.association import PeerSettings
 from forwarder.negotiation import Context
-from forwarder.scu import dimse
+from forwarder.scu import acse, dimse
 from forwarder.scu import pdu as P
 from forwarder.scu.pdu import (
     AssociationLost,
@@ -261,7 +259,7 @@ class Association:
         if self.state != "established":
             return
         try:
-            self._write(A_RELEASE_RQ().encode())
+            self._write(acse.encode_release())
         except AssociationLost:
             return  # gone already: nothing left to release
         try:
@@ -345,10 +343,10 @@ class Association:
         if pdu_type == P.ABORT:
             self._drop("aborted")
             abort = P.decode(pdu_type, body, offset)
-            assert isinstance(abort, A_ABORT_RQ)
+            assert isinstance(abort, acse.Abort)
             raise AssociationLost("aborted", f"association aborted by {self.where} while "
                                   f"{during} (source {abort.source}, reason "
-                                  f"{abort.reason_diagnostic})")
+                                  f"{abort.reason})")
         self._malformed(MalformedPDU(f"unexpected {P.name(pdu_type)} at offset {offset} "
                                      f"while {during}", P.REASON_UNEXPECTED_PDU))
 

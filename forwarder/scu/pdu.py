@@ -1,9 +1,9 @@
-"""Upper-layer PDU framing on a blocking socket (PS3.8 9.3), decoded with pynetdicom's codecs.
+"""Upper-layer PDU framing on a blocking socket (PS3.8 9.3).
 
 :class:`PDUReader` reads whole PDUs from a socket with the timeouts of the phase the
 association is in, counting every byte, so a PDU that cannot be read names its type and
-its offset in the peer's byte stream. The PDU bodies are decoded by pynetdicom's
-:mod:`pynetdicom.pdu` classes after a structural walk (:func:`check_items`) that reports
+its offset in the peer's byte stream. The control PDUs are decoded by
+:mod:`forwarder.scu.acse` after a structural walk (:func:`check_items`) that reports
 where an item runs past its PDU. P-DATA-TF headers are packed here with ``struct``:
 they frame the file's own bytes (see :mod:`forwarder.scu.association`).
 """
@@ -16,14 +16,7 @@ import ssl
 import struct
 from collections.abc import Iterator
 
-from pynetdicom.pdu import (
-    A_ABORT_RQ,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_RELEASE_RP,
-    A_RELEASE_RQ,
-    PDU,
-)
+from forwarder.scu import acse
 
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF = 0x01, 0x02, 0x03, 0x04
 RELEASE_RQ, RELEASE_RP, ABORT = 0x05, 0x06, 0x07
@@ -132,32 +125,30 @@ def check_items(body: bytes, pdu_type: int, offset: int) -> None:
     walk(74, len(body), False)
 
 
-def decode(pdu_type: int, body: bytes, offset: int) -> PDU:
-    """The pynetdicom PDU object for one received control PDU (not P-DATA-TF)."""
-    classes: dict[int, type[PDU]] = {ASSOCIATE_AC: A_ASSOCIATE_AC, ASSOCIATE_RJ: A_ASSOCIATE_RJ,
-                                     RELEASE_RQ: A_RELEASE_RQ, RELEASE_RP: A_RELEASE_RP,
-                                     ABORT: A_ABORT_RQ}
-    cls = classes.get(pdu_type)
-    if cls is None:
+def decode(pdu_type: int, body: bytes,
+           offset: int) -> acse.AssociateAC | acse.AssociateRJ | acse.Abort | acse.Release:
+    """One received control PDU (not P-DATA-TF), ``body`` with its header."""
+    if pdu_type not in (ASSOCIATE_AC, ASSOCIATE_RJ, RELEASE_RQ, RELEASE_RP, ABORT):
         raise MalformedPDU(f"unexpected {name(pdu_type)} at offset {offset}",
                            REASON_UNEXPECTED_PDU)
     if pdu_type == ASSOCIATE_AC:
         check_items(body, pdu_type, offset)
-    pdu = cls()
     try:
-        pdu.decode(body)
-        if isinstance(pdu, A_ASSOCIATE_AC):
-            pdu.to_primitive()  # every item and sub-item decodes
-    except Exception as exc:  # noqa: BLE001 - any codec failure is a malformed PDU
-        raise MalformedPDU(f"malformed {name(pdu_type)} at offset {offset}: "
-                           f"{type(exc).__name__}: {exc}") from exc
-    return pdu
+        if pdu_type == ASSOCIATE_AC:
+            return acse.decode_associate_ac(body)
+        if pdu_type == ASSOCIATE_RJ:
+            return acse.decode_associate_rj(body)
+        if pdu_type == ABORT:
+            return acse.decode_abort(body)
+        if len(body) != 10:
+            raise acse.ACSEError(f"{len(body)} bytes, 10 expected")
+        return acse.Release(pdu_type)
+    except (ValueError, IndexError, struct.error) as exc:  # ACSEError is a ValueError
+        raise MalformedPDU(f"malformed {name(pdu_type)} at offset {offset}: {exc}") from exc
 
 
 def encode_abort(source: int, reason: int) -> bytes:
-    pdu = A_ABORT_RQ()
-    pdu.source, pdu.reason_diagnostic = source, reason
-    return pdu.encode()
+    return acse.encode_abort(source, reason)
 
 
 class PDUReader:

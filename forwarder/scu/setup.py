@@ -1,10 +1,10 @@
-"""Opening an association: connect, TLS, A-ASSOCIATE-RQ from pynetdicom's primitives, the answer.
+"""Opening an association: connect, TLS, the A-ASSOCIATE-RQ, the answer.
 
-The A-ASSOCIATE-RQ is built from pynetdicom's primitives (presentation contexts with IDs
-1, 3, 5, ..., our maximum PDU length, pynetdicom's implementation class and version,
-SCP/SCU role selection, user identity) and encoded by pynetdicom; the answer is decoded
-by pynetdicom and negotiated with :func:`pynetdicom.presentation.negotiate_as_requestor`.
-Every failure is an :class:`~forwarder.association.AssociationFailed` saying whose fault.
+The A-ASSOCIATE-RQ (presentation contexts with IDs 1, 3, 5, ..., our maximum PDU length,
+the implementation class and version, SCP/SCU role selection, user identity) is encoded
+by :mod:`forwarder.scu.acse`, which also decodes the answer and matches it to the
+proposal (:func:`forwarder.scu.acse.negotiate`). Every failure is an
+:class:`~forwarder.association.AssociationFailed` saying whose fault.
 """
 
 from __future__ import annotations
@@ -14,26 +14,15 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-    UserIdentityNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_requestor
-
 from forwarder.association import AssociationFailed, PeerSettings
 from forwarder.identity import identity_item
 from forwarder.negotiation import MAX_CONTEXTS, Context
+from forwarder.scu import acse
 from forwarder.scu import pdu as P
 from forwarder.scu.pdu import AssociationLost, MalformedPDU, PDUReader, close_socket, send_quietly
 from forwarder.tls import ssl_context
 
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+APPLICATION_CONTEXT = acse.APPLICATION_CONTEXT
 
 
 @dataclass(frozen=True)
@@ -71,14 +60,8 @@ def associate(peer: PeerSettings, contexts: Sequence[Context],
         if not scu and not scp:
             raise ValueError(f"SCP/SCU role selection for {sop_class}: neither role")
     where = f"{peer.called_ae}@{peer.host}:{peer.port}"
-    proposed = []
-    for i, cx in enumerate(contexts):
-        pc = build_context(cx.abstract_syntax, list(cx.transfer_syntaxes))
-        pc.context_id = 2 * i + 1
-        if roles and cx.abstract_syntax in roles:
-            pc.scu_role, pc.scp_role = (bool(r) for r in roles[cx.abstract_syntax])
-        proposed.append(pc)
-    request = A_ASSOCIATE_RQ(_request_primitive(peer, proposed, roles)).encode()
+    proposed = proposal(contexts, roles)
+    request = request_pdu(peer, proposed, roles)
     if peer.tls and tls_context is None:
         try:  # a missing CA file or a wrong key password: nothing is sent
             tls_context = ssl_context(peer.tls)
@@ -107,7 +90,7 @@ def associate(peer: PeerSettings, contexts: Sequence[Context],
                                 f"setup ({exc.strerror or exc})") from exc
 
 def _negotiate(sock: socket.socket, reader: PDUReader, peer: PeerSettings,
-           proposed: list[PresentationContext], where: str) -> Negotiated:
+           proposed: list[acse.Proposed], where: str) -> Negotiated:
     try:
         pdu_type, body, offset = reader.read(peer.acse_timeout,
                                              f"association answer from {where}", "ACSE")
@@ -122,34 +105,26 @@ def _negotiate(sock: socket.socket, reader: PDUReader, peer: PeerSettings,
             raise AssociationFailed("timeout", str(exc)) from exc
         raise AssociationFailed("aborted", f"association with {where} failed: "
                                 f"{exc}") from exc
-    if isinstance(answer, A_ASSOCIATE_RJ):
-        rj = answer.to_primitive()
+    if isinstance(answer, acse.AssociateRJ):
         raise AssociationFailed(
             "rejected", f"association rejected by {where}: "
-            f"{'permanent' if rj.result == 1 else 'transient'}, {rj.reason_str}",
-            rj.result, rj.result_source, rj.diagnostic)
-    if isinstance(answer, A_ABORT_RQ):
+            f"{'permanent' if answer.result == 1 else 'transient'}, {answer.reason_str}",
+            answer.result, answer.source, answer.reason)
+    if isinstance(answer, acse.Abort):
         raise AssociationFailed("aborted", f"association aborted by {where}")
-    if not isinstance(answer, A_ASSOCIATE_AC):
+    if not isinstance(answer, acse.AssociateAC):
         send_quietly(sock, P.encode_abort(2, P.REASON_UNEXPECTED_PDU))
         raise AssociationFailed("aborted", f"association with {where} aborted: unexpected "
                                 f"{P.name(pdu_type)} at offset {offset}")
-    ac = answer.to_primitive()
-    ac_roles = {str(i.sop_class_uid): (i.scu_role, i.scp_role) for i in ac.user_information
-                if isinstance(i, SCP_SCU_RoleSelectionNegotiation)}
-    outcome = negotiate_as_requestor(proposed, ac.presentation_context_definition_results_list,
-                                     ac_roles)  # type: ignore[arg-type]
+    outcome = acse.negotiate(proposed, answer.results, answer.roles)
     by_id = {pc.context_id: pc for pc in proposed}
-    accepted = [Accepted(int(cx.context_id or 0), str(cx.abstract_syntax),
-                         str(cx.transfer_syntax[0]), bool(cx.as_scu), bool(cx.as_scp))
+    accepted = [Accepted(cx.context_id, cx.abstract_syntax, str(cx.transfer_syntax),
+                         cx.as_scu, cx.as_scp)
                 for cx in outcome if cx.result == 0]
-    rejected = [Context(str(cx.abstract_syntax),
-                        tuple(str(t) for t in by_id[cx.context_id].transfer_syntax))
+    rejected = [Context(cx.abstract_syntax, by_id[cx.context_id].transfer_syntaxes)
                 for cx in outcome if cx.result != 0]
-    identity = next((i for i in ac.user_information
-                     if isinstance(i, UserIdentityNegotiation)), None)
-    response = (identity.server_response or b"") if identity is not None else None
-    peer_max = ac.maximum_length_received or 0
+    response = answer.identity_response
+    peer_max = answer.max_pdu or 0
     failure = None
     if not accepted:
         from pydicom.uid import UID
@@ -171,32 +146,30 @@ def _negotiate(sock: socket.socket, reader: PDUReader, peer: PeerSettings,
     return Negotiated(sock, reader, accepted, rejected, peer_max, response)
 
 
+def proposal(contexts: Sequence[Context],
+             roles: Mapping[str, tuple[bool | None, bool | None]] | None) -> list[acse.Proposed]:
+    """``contexts`` with IDs 1, 3, 5, ... and the roles proposed for their SOP classes."""
+    proposed = []
+    for i, cx in enumerate(contexts):
+        scu, scp = (roles or {}).get(cx.abstract_syntax, (None, None))
+        mine: acse.Roles = (None, None) if scu is None and scp is None else (bool(scu), bool(scp))
+        proposed.append(acse.Proposed(2 * i + 1, cx.abstract_syntax,
+                                      tuple(cx.transfer_syntaxes), mine))
+    return proposed
 
-def _request_primitive(peer: PeerSettings, proposed: list[PresentationContext],
-                       roles: Mapping[str, tuple[bool | None, bool | None]] | None
-                       ) -> A_ASSOCIATE:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT  # type: ignore[assignment]
-    primitive.calling_ae_title = peer.calling_ae
-    primitive.called_ae_title = peer.called_ae
-    primitive.presentation_context_definition_list = proposed
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = peer.max_pdu
-    klass = ImplementationClassUIDNotification()
-    klass.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
-    items: list = [maximum, klass, version]
-    for sop_class, (scu, scp) in (roles or {}).items():
-        role = SCP_SCU_RoleSelectionNegotiation()
-        role.sop_class_uid = sop_class  # type: ignore[assignment]
-        role.scu_role, role.scp_role = scu, scp
-        items.append(role)
-    identity = identity_item(peer.identity)
-    if identity is not None:
-        items.append(identity)
-    primitive.user_information = items
-    return primitive
+
+def request_pdu(peer: PeerSettings, proposed: Sequence[acse.Proposed],
+                roles: Mapping[str, tuple[bool | None, bool | None]] | None) -> bytes:
+    """The A-ASSOCIATE-RQ for ``peer``: its AE titles, maximum PDU length, identity. A user
+    identity too long for its item is an :class:`AssociationFailed` (``identity``)."""
+    try:
+        return acse.encode_associate_rq(peer.called_ae, peer.calling_ae, proposed,
+                                        peer.max_pdu, roles, identity_item(peer.identity))
+    except ValueError as exc:
+        if not peer.identity.kind:
+            raise
+        raise AssociationFailed("identity", "the A-ASSOCIATE-RQ cannot carry this user "
+                                f"identity: {exc}") from exc
 
 
 def _handshake(sock: socket.socket, context: ssl.SSLContext, peer: PeerSettings,
