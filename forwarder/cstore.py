@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder.model import Probe, StoreResult
@@ -70,7 +69,8 @@ def odd_deflated_stream(path: str | os.PathLike[str], transfer_syntax: str) -> b
     """A deflated file whose dataset (the bytes after the file meta) has odd length."""
     if transfer_syntax != DEFLATED_LE:
         return False
-    from pynetdicom.dsutils import split_dataset
+    from forwarder.scu.dimse import dataset_offset
 
-    _, offset = split_dataset(Path(path))
+    with open(path, "rb") as fp:
+        offset = dataset_offset(fp.fileno())
     return (os.path.getsize(path) - offset) % 2 == 1
