@@ -1,10 +1,11 @@
 """Start the worker fork server and the resource tracker as forks of the daemon.
 
 ``multiprocessing`` starts its fork server and its resource tracker as fresh interpreters
-(exec): each imports its modules again, so the fork server's copy of pydicom, numpy and
-pynetdicom and the daemon's own copy are two sets of private pages, and the resource
-tracker is one more interpreter besides. The daemon has imported all of them anyway (the
-probe reads headers with pydicom; the sender knows the worker). Forked from the daemon
+(exec): each imports its modules again, so the fork server's copy of the worker's modules
+and the daemon's own copy are two sets of private pages, and the resource tracker is one
+more interpreter besides. The daemon has imported them anyway (the sender knows the
+worker; pydicom, numpy and pynetdicom are loaded by whichever process first meets a file
+that is not plain or must be converted). Forked from the daemon
 while it still has one thread, the two processes share those pages with it
 copy-on-write, and the workers, forked from the fork server, share them too. The
 objects that exist then are frozen (``gc.freeze``): the cyclic collector leaves them

@@ -6,9 +6,9 @@ talks DICOM calls :func:`setup` first: the daemon (``run``), ``send``, ``receive
 
 - keeps passcodes out of every log record (:mod:`forwarder.nosecrets`);
 - names the TRACE log level;
-- has the ``forkserver`` that starts worker processes preload pynetdicom, pydicom and
-  the worker, so a worker starts in milliseconds (the daemon forks that server from
-  itself, :mod:`forwarder.prefork`, where the preload finds them all imported).
+- has the ``forkserver`` that starts worker processes preload the worker, so a worker
+  starts in milliseconds (the daemon forks that server from itself,
+  :mod:`forwarder.prefork`, where the preload finds it imported).
 
 It may be called again: each step is done once.
 """

@@ -169,13 +169,14 @@ import forwarder.dicomfile as dicomfile
 import forwarder.router as router
 import forwarder.spool as spool
 
-_encoding_matches, _route, _accept = dicomfile._encoding_matches, router.route, spool.Spool.accept
+_probe, _route, _accept = dicomfile.probe, router.route, spool.Spool.accept
 
 
-def encoding_matches(ds, ts):
-    if ds.SOPInstanceUID == os.environ["PROBE_BUG_UID"]:
+def probe(*args, **kwargs):
+    found = _probe(*args, **kwargs)
+    if found.sop_instance_uid == os.environ["PROBE_BUG_UID"]:
         return "a" + None
-    return _encoding_matches(ds, ts)
+    return found
 
 
 def route(routes, watch, relpath, attributes):
@@ -191,7 +192,7 @@ def accept(self, items, now=None):
     return _accept(self, items, now)
 
 
-dicomfile._encoding_matches, router.route, spool.Spool.accept = encoding_matches, route, accept
+dicomfile.probe, router.route, spool.Spool.accept = probe, route, accept
 '''
 
 
@@ -507,7 +508,7 @@ def test_a_reader_that_trips_on_the_bytes_gives_a_reason_about_the_file(
         fp.read(300)
         return "a" + None
 
-    monkeypatch.setattr(dicomfile, "dcmread", trips)
+    monkeypatch.setattr("pydicom.dcmread", trips)  # the probe imports it when it reads
     monkeypatch.setattr(headwalk, "walk", lambda *a: None)  # the full read, not the fast walk
     with pytest.raises(NotDicomError) as err:
         dicomfile.probe(path)
