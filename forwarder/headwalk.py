@@ -50,6 +50,7 @@ _KNOWN = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL
                     b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH",
                     b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
                     b"US", b"UT", b"UV"})
+_SHORT_KNOWN, _LONG_KNOWN = _KNOWN - _LONG, _KNOWN & _LONG  # UN is in neither
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 # character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
 PLAIN_CHARSETS = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6",
@@ -182,7 +183,8 @@ class _Walker:
         is None (an item of undefined length); the offset after it."""
         top = depth == 0
         size, wanted, kept = self.size, self.wanted, self.kept
-        head_at, known, long_vrs = _HEAD.unpack_from, _KNOWN, _LONG
+        head_at, explicit_at = _HEAD.unpack_from, _EXPLICIT.unpack_from
+        short_vrs, long_vrs = _SHORT_KNOWN, _LONG_KNOWN
         limit = size if end is None else end
         buf, base = self.buf, self.base
         blen = len(buf)
@@ -191,12 +193,12 @@ class _Walker:
             if start < 0 or start + 12 > blen:
                 buf, start = self._bytes(pos, 12 if pos + 12 <= size else 8)
                 base, blen = self.base, len(buf)
-            group, elem, length = head_at(buf, start)
-            if group == 0xFFFE:
-                if elem == 0xE00D and end is None and length == 0 and not top:
-                    return pos + 8
-                raise _NotPlain
             if implicit:
+                group, elem, length = head_at(buf, start)
+                if group == 0xFFFE:
+                    if elem == 0xE00D and end is None and length == 0 and not top:
+                        return pos + 8
+                    raise _NotPlain
                 code = None
                 at = pos + 8
                 if self._implicit_sequence(group << 16 | elem, length, at):
@@ -206,20 +208,24 @@ class _Walker:
                     buf, base, blen = self.buf, self.base, len(self.buf)
                     continue
             else:
-                code = buf[start + 4:start + 6]
-                if code not in known:
-                    raise _NotPlain  # UN, unknown, or implicit VR inside an explicit file
-                if code in long_vrs:
+                group, elem, code, length = explicit_at(buf, start)
+                if group == 0xFFFE:
+                    length = head_at(buf, start)[2]
+                    if elem == 0xE00D and end is None and length == 0 and not top:
+                        return pos + 8
+                    raise _NotPlain
+                if code in short_vrs:
+                    at = pos + 8
+                elif code in long_vrs:
+                    length, at = head_at(buf, start + 4)[2], pos + 12
                     if code == b"SQ":
                         if top and group << 16 | elem in wanted:
                             raise _NotPlain  # a sequence as a routing value: the reader's text
-                        at = pos + 12
-                        pos = self._sequence(at, head_at(buf, start + 4)[2], False, depth + 1)
+                        pos = self._sequence(at, length, False, depth + 1)
                         buf, base, blen = self.buf, self.base, len(self.buf)
                         continue
-                    length, at = head_at(buf, start + 4)[2], pos + 12
                 else:
-                    length, at = buf[start + 6] | buf[start + 7] << 8, pos + 8
+                    raise _NotPlain  # UN, unknown, or implicit VR inside an explicit file
             if length == _UNDEFINED:
                 if code not in (b"OB", b"OW"):
                     raise _NotPlain
