@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -33,6 +34,9 @@ from forwarder.spool import Incoming, Spool
 from forwarder.watcher import Candidate
 
 LOGGER = logging.getLogger(__name__)
+# A batch is committed once every file in it is durable, so its first file waits for the
+# last: of large files, a batch holds about this many bytes (at least one file).
+BATCH_BYTES = 16 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -46,7 +50,8 @@ class _Open:
 
 
 class Intake:
-    """One thread taking candidates from the watchers in batches of ``batch``.
+    """One thread taking candidates from the watchers in batches of ``batch`` files or
+    ``batch_bytes``, whichever is reached first.
 
     Files seen through events go before files found by a scan, so a backlog found at
     start does not delay what a modality is sending now.
@@ -54,10 +59,12 @@ class Intake:
 
     def __init__(self, cfg: Config, spool: Spool, batch: int = 100, capacity: int = 2000,
                  on_fatal: Callable[[BaseException], None] | None = None,
-                 full_pause: float = 2.0, gather: float = 0.02):
+                 full_pause: float = 2.0, gather: float = 0.02,
+                 batch_bytes: int = BATCH_BYTES):
         self.cfg = cfg
         self.spool = spool
         self.batch = batch
+        self.batch_bytes = batch_bytes
         self.capacity = capacity
         self.on_fatal = on_fatal
         self.full_pause = full_pause
@@ -143,16 +150,30 @@ class Intake:
                 self._cond.wait(1.0)
             # group commit: give a burst a moment to fill the batch (one fsync for many)
             deadline = time.monotonic() + self.gather
-            while len(self._fresh) + len(self._backlog) < self.batch and not self._stop.is_set():
+            while not self._full_batch() and not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             out: list[Candidate] = []
-            while len(out) < self.batch and (self._fresh or self._backlog):
+            size = 0
+            while len(out) < self.batch and (self._fresh or self._backlog) and \
+                    (not out or size < self.batch_bytes):
                 out.append((self._fresh or self._backlog).popleft())
+                size += out[-1].sig.size
             self._cond.notify_all()
             return out
+
+    def _full_batch(self) -> bool:
+        """Enough is queued for a whole batch: ``batch`` files or ``batch_bytes``."""
+        if len(self._fresh) + len(self._backlog) >= self.batch:
+            return True
+        size = 0
+        for cand in itertools.chain(self._fresh, self._backlog):
+            size += cand.sig.size
+            if size >= self.batch_bytes:
+                return True
+        return False
 
     def _requeue(self, cands: list[Candidate]) -> None:
         with self._cond:

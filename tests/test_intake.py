@@ -295,3 +295,33 @@ def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Pa
         shutil.copy(CT, tmp_path / "nope" / "ct.dcm")
         wait_for(lambda: taken == ["ct.dcm"], 10, "the file taken once the folder exists")
         assert watcher.unavailable is None
+
+
+def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
+    """A burst of large files is committed a few at a time, so the first of them is sent
+    without waiting for a hundred others to be made durable; one file larger than the
+    bound is a batch alone; small files still go a hundred at a time."""
+    from forwarder.intake import Intake
+    from forwarder.settle import Signature
+    from forwarder.spool import Spool
+    from forwarder.watcher import Candidate
+
+    cfg = make_config(tmp_path)
+    spool = Spool(cfg.spool)
+    intake = Intake(cfg, spool, batch_bytes=1_000_000)  # not started: _take alone
+
+    def offer(n: int, size: int) -> None:
+        for i in range(n):
+            sig = Signature(size, 0, 0, i)
+            assert intake.offer(Candidate(cfg.watch[0], f"/x/{size}-{i}", "x", sig, True))
+
+    try:
+        offer(7, 300_000)
+        assert [len(intake._take()) for _ in range(2)] == [4, 3]  # 1.2 MB, then the rest
+        offer(1, 5_000_000)
+        offer(2, 300_000)
+        assert [len(intake._take()) for _ in range(2)] == [1, 2]
+        offer(250, 1_000)
+        assert [len(intake._take()) for _ in range(3)] == [100, 100, 50]
+    finally:
+        spool.close()

@@ -28,13 +28,12 @@ CHILD = textwrap.dedent("""
     src, root, when = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     spool = Spool(root)
     spool.recover()
-    real_syncfs = durable.syncfs
-    def syncfs(path):
-        ok = real_syncfs(path)
+    real_flush = durable.flush
+    def flush(paths):
+        real_flush(paths)
         if when == "before-commit":        # every object placed and flushed, no commit
             os.kill(os.getpid(), signal.SIGKILL)
-        return ok
-    durable.syncfs = syncfs
+    durable.flush = flush
     paths = sorted(src.iterdir())
     fds = [os.open(p, os.O_RDONLY | os.O_NOFOLLOW) for p in paths]
     items = [Incoming(fd, str(p), fake_probe(int(p.stem[2:])), ("pacs",), stat=os.fstat(fd))

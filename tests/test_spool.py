@@ -393,6 +393,50 @@ def test_a_batch_costs_one_commit_and_every_file_lands(tmp_path: Path) -> None:
     assert stored == sorted(p.read_bytes() for p in paths)
 
 
+def _accept_batch(spool: Spool, paths: list[Path]) -> list[int]:
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        return spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",))
+                             for n, (fd, p) in enumerate(zip(fds, paths, strict=True))])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_batch_flushes_each_of_its_objects_and_nothing_else(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Every object of a batch is fdatasynced before the commit; a file of the same
+    filesystem that is not in the batch is not (syncfs would have waited for it)."""
+    spool = Spool(tmp_path / "spool")
+    paths = [make_input(tmp_path / "in", n, size=20000) for n in range(4)]
+    other = make_input(tmp_path / "elsewhere", 9)
+    flushed: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (flushed.append(os.fstat(fd).st_ino),
+                                                     real(fd))[1])
+    ids = _accept_batch(spool, paths)
+    assert len(set(ids)) == 4 and spool.counts() == {"pending": 4}
+    objects = sorted(o.stat().st_ino for o in spool.objects.iterdir())
+    assert sorted(flushed) == objects
+    assert other.stat().st_ino not in flushed
+
+
+def test_a_failed_flush_stops_the_spool_and_commits_nothing(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    paths = [make_input(tmp_path / "in", n) for n in range(3)]
+
+    def eio(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", eio)
+    with pytest.raises(SpoolError, match="fsync of .*objects/[0-9a-f]+ failed: Input/output "
+                       "error"):
+        _accept_batch(spool, paths)
+    assert spool.counts() == {} and list(spool.objects.iterdir()) == []
+    assert all(p.exists() for p in paths)  # the sources are the caller's, untouched
+
+
 def test_an_unusable_index_is_a_clear_spool_error(tmp_path: Path) -> None:
     (tmp_path / "spool" / "index.sqlite").mkdir(parents=True)  # not a database file
     with pytest.raises(SpoolError, match="cannot open the spool index .*index.sqlite"):

@@ -71,7 +71,6 @@ class Spool:
         if not rebuild:
             db.check_before_open(self.root)
         self.db = db.connect(self.root)
-        self._syncfs_ok = True
         # free space kept for the index: outcomes must be recordable when the disk fills
         self.reserve = reserve
 

@@ -49,7 +49,7 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
     placed: list[tuple[Incoming, str, str, int]] = []
     batch = list(items)
     room.check(spool.root, spool.reserve, [(i.fd, i.link_ok) for i in batch])
-    group = len(batch) > 1 and spool._syncfs_ok
+    group = len(batch) > 1  # placed unflushed, then flushed together
     names = [uuid.uuid4().hex for _ in batch]
     tracked = [(n, i.source, i.stat.st_ino, i.stat.st_size, i.stat.st_mtime_ns)
                for n, i in zip(names, batch, strict=True)
@@ -64,18 +64,9 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
         if not placed:
             return []
         room.check(spool.root, spool.reserve, [])  # as really written: undone if too much
-        if group and durable.syncfs(spool.objects):
-            pass  # one flush of the spool's filesystem covered every file and rename
-        else:
-            if group:  # syncfs is missing: the deferred per-file fsyncs, now
-                spool._syncfs_ok = False
-                for _item, name, _sha, _size in placed:
-                    fd = os.open(spool.objects / name, os.O_RDONLY)
-                    try:
-                        durable.fsync(fd, name)
-                    finally:
-                        os.close(fd)
-            durable.fsync_dir(spool.objects)
+        if group:
+            durable.flush([spool.objects / name for _item, name, _sha, _size in placed])
+        durable.fsync_dir(spool.objects)
         ids: list[int] = []
         with spool._tx() as db:
             for item, name, sha, size in placed:

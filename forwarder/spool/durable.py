@@ -1,4 +1,4 @@
-"""Files made durable: fsync that never retries, syncfs for a batch, a file placed by hard
+"""Files made durable: fsync that never retries, a batch flushed file by file, a file placed by hard
 link or copy (hashed on the way), the filesystem a path lives on.
 
 An fsync that fails raises :class:`SpoolError` at once (a failed fsync may already have
@@ -9,9 +9,12 @@ caller as :class:`OSError`, so a full disk can be told apart.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from forwarder import linking
 from forwarder.errors import SpoolError
@@ -77,9 +80,14 @@ def sync_path(path: Path) -> None:
         os.close(fd)
 
 
-def fsync(fd: int, what: str) -> None:
+def fsync(fd: int, what: str, data_only: bool = False) -> None:
+    """fsync(2), or fdatasync(2) with ``data_only`` where the system has it (the file's
+    data and what reading it back needs, its size included)."""
     try:
-        os.fsync(fd)
+        if data_only and hasattr(os, "fdatasync"):
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
     except OSError as exc:  # fsyncgate: a failed fsync may have dropped the data already
         raise SpoolError(f"fsync of {what} failed: {exc.strerror}; the spool cannot keep its "
                          "promise, stopping") from exc
@@ -93,25 +101,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def syncfs(path: Path) -> bool:
-    """One syncfs(2) for a whole batch (group commit); False where it is not available."""
+def flush(paths: list[Path]) -> None:
+    """Make the data of the files at ``paths`` durable (group commit of a batch): their
+    writeback is started all at once where the system can (sync_file_range), then each
+    is fdatasynced; their directory is the caller's. Only these files are flushed: the
+    rest of the filesystem's dirty data (a modality still writing its next series beside
+    the spool) is not waited for, as it would be by syncfs(2)."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        start = _writeback()
+        if start is not None:
+            for fd in fds:
+                start(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: fdatasync reports errors
+        for fd, path in zip(fds, paths, strict=True):
+            fsync(fd, str(path), data_only=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _writeback() -> Callable[[int, int, int, int], int] | None:
+    """sync_file_range(2), or None where the C library has none."""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        syncfs = libc.syncfs
+        call = libc.sync_file_range
     except (OSError, AttributeError):
-        return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise SpoolError(f"syncfs of {path} failed: {os.strerror(err)}; the spool cannot "
-                             "keep its promise, stopping")
-    finally:
-        os.close(fd)
-    return True
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", call)
 
 
 def filesystem_type(path: Path) -> str:
@@ -137,7 +164,7 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
     """Put the bytes of open file ``fd`` at ``final`` by way of ``tmp``: hard-linked
     through ``path`` when ``link_ok`` and the filesystem allows it (see
     :mod:`forwarder.linking`), else copied. Returns (sha256, size). With ``defer_sync``
-    the caller makes the data durable (one syncfs for a whole batch); nothing is left at
+    the caller makes the data durable (:func:`flush` for a whole batch); nothing is left at
     ``tmp`` after an error."""
     digest = hashlib.sha256()
     size = 0
