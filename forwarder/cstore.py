@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
                decompress: str = "lossless",
                modify: Callable[[Dataset], None] | None = None,
-               message_id: int = 1) -> StoreResult:
+               message_id: int = 1,
+               while_waiting: Callable[[], None] | None = None) -> StoreResult:
     """Send ``path`` (probed as ``probe``) and return the peer's answer.
 
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
@@ -31,6 +32,9 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     attribute value). A deflated file whose deflated stream has odd length is deflated
     again (pynetdicom pads the new stream to even length, PS3.5 A.5): a PDV carries an
     even number of bytes, and peers abort on the odd one.
+
+    ``while_waiting`` is called once the request is on its way, before the response is
+    read (not at all when nothing is sent).
     """
     pairs = assoc.accepted_pairs()
     options = convertible(probe.transfer_syntax, decompress)
@@ -56,7 +60,7 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             return StoreResult(None, refused=str(exc))
         if modify is not None:
             modify(payload)
-    return send_on(assoc, payload, chosen, message_id, probe)
+    return send_on(assoc, payload, chosen, message_id, probe, while_waiting)
 
 
 def _proposed(assoc: Association) -> set[str]:

@@ -35,6 +35,7 @@ from forwarder.association import AssociationFailed, PeerSettings
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
 from forwarder.errors import ForwarderError, SpoolError, SpoolFull
+from forwarder.faults import spool_wide
 from forwarder.logs import event, probe_fields
 from forwarder.scu import Association
 from forwarder.spool import Job, Spool, claims
@@ -128,6 +129,7 @@ class Worker(health.DestinationHealth):
         self.core = sendcore.SendCore(sendcore.Policy(
             d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success))
         self.claimed: dict[int, Job] = {}  # the jobs of the batch the core is sending
+        self._stored: list[tuple[Job, sendcore.Done]] = []  # stored, not yet marked done
         self.msg_id = 0
         self.next_expire = 0.0
         self._ageing = 0
@@ -177,6 +179,7 @@ class Worker(health.DestinationHealth):
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error))
         try:
             while not self.stopping:
+                self._record_stored()
                 self._beat()
                 if self.index == 0 and time.monotonic() >= self.next_expire:
                     self._expire()  # during outages too: max_age is wall-clock age
@@ -199,7 +202,10 @@ class Worker(health.DestinationHealth):
                          type(exc).__name__, exc, exc_info=True)
             return 1
         finally:
-            self._close()
+            try:
+                self._record_stored()
+            finally:
+                self._close()
         return 0
 
     def _idle(self) -> None:
@@ -232,14 +238,10 @@ class Worker(health.DestinationHealth):
         if isinstance(cmd, sendcore.Store):
             return self._store(self.claimed[cmd.job])
         if isinstance(cmd, sendcore.Done):
-            job = self.claimed[cmd.job]
-            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
-                  self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
-                  level=logging.WARNING if cmd.warning else logging.INFO,
-                  DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
-            self.spool.done([cmd.job], owner=self.owner)  # per file: a kill resends only
-            # the file in flight (no fsync: a lost "done" resends, never loses)
-        elif isinstance(cmd, sendcore.Retry):
+            self._stored.append((self.claimed[cmd.job], cmd))
+            return None
+        self._record_stored()  # every other outcome is recorded after it, in order
+        if isinstance(cmd, sendcore.Retry):
             if cmd.delay is not None:  # at once, on a new association: no news for a user
                 self.spool.retry(cmd.job, cmd.reason, self.policy, delay=cmd.delay,
                                  owner=self.owner)
@@ -264,6 +266,22 @@ class Worker(health.DestinationHealth):
         elif isinstance(cmd, sendcore.Wait):
             self._wait(cmd.seconds)
         return None
+
+    def _record_stored(self) -> None:
+        """Mark done the jobs the peer has stored. A Done is kept until the next file's
+        request is written (or until anything else is recorded, claimed or closed), so
+        the spool's commit runs while the peer takes that file in. A kill in between
+        resends the stored file too; otherwise only the file in flight is resent (no
+        fsync: a lost "done" resends, never loses)."""
+        if not self._stored:
+            return
+        stored, self._stored = self._stored, []
+        for job, cmd in stored:
+            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
+                  self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
+                  level=logging.WARNING if cmd.warning else logging.INFO,
+                  DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
+        self.spool.done([cmd.job for _job, cmd in stored], owner=self.owner)
 
     # --- associations ------------------------------------------------------------
 
@@ -308,16 +326,19 @@ class Worker(health.DestinationHealth):
     def _store(self, job: Job) -> sendcore.Event:
         """Send one job; what the peer answered, or why there is no answer."""
         if self.stopping or self.assoc is None or not self.assoc.still_up():
+            self._record_stored()
             return sendcore.Interrupted(time.monotonic())  # nothing of this file was sent
         self.msg_id = self.msg_id % 65535 + 1
         lost = ""
         started = time.monotonic()
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
-                                self.msg_id)
+                                self.msg_id, while_waiting=self._record_stored)
         except FileNotFoundError:
             return sendcore.Refused("the spool's copy of the file is missing", time.monotonic())
         except Exception as exc:  # noqa: BLE001 - the fault boundary around one job
+            if spool_wide(exc):  # recording the previous file's outcome failed
+                raise
             what = f"{type(exc).__name__}: {exc}"
             if self.assoc.is_established:  # the file's fault: it fails, the association stays
                 LOGGER.error("%s: cannot prepare or send it to %s: %s",
@@ -326,6 +347,8 @@ class Worker(health.DestinationHealth):
                                         time.monotonic())
             lost = f" ({what})"
             result = StoreResult(None)
+        finally:
+            self._record_stored()  # when nothing was sent, or the send failed before it
         if result.refused:
             return sendcore.Refused(result.refused, time.monotonic())
         if result.status is None:

@@ -650,6 +650,51 @@ def test_a_response_that_arrives_before_the_request_is_complete_is_read(tmp_path
     assert peer.log == [len(dataset_bytes(f)) for f in files]
 
 
+def test_while_waiting_runs_after_the_request_and_before_its_response(ct) -> None:
+    """The caller's own work (the worker's previous done mark) runs once the whole
+    request is written and before the response is read; an exception from it aborts the
+    association and leaves, and nothing more is written."""
+    answer = threading.Event()
+
+    def script(conn: socket.socket, peer: RawPeer) -> None:
+        accept(conn)
+        cmd, dataset, _ = read_message(conn)
+        peer.log.append(len(dataset))
+        assert answer.wait(10)
+        conn.sendall(store_rsp(cmd, status=0xB000))
+        cmd, dataset, _ = read_message(conn)
+        peer.log.append(len(dataset))
+        try:
+            peer.log.append(read_pdu(conn)[0])
+        except (EOFError, OSError):
+            peer.log.append("closed")
+
+    peer = RawPeer(script)
+    a = Association.open(settings_for(peer.port), contexts_for([ct[0]]))
+    path, p = ct
+    seen: list[Any] = []
+
+    def during() -> None:  # the peer has the whole file and has not answered yet
+        wait_for(lambda: len(peer.log) == 1, 10, "the whole request at the peer")
+        seen.append(a.reader.pending())
+        answer.set()
+
+    rsp = a.send_c_store(path, p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax,
+                         while_waiting=during)
+    assert rsp.status == 0xB000 and seen == [False]
+
+    def fails() -> None:
+        raise RuntimeError("the spool cannot record it")
+
+    with pytest.raises(RuntimeError, match="cannot record"):
+        a.send_c_store(path, p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax,
+                       while_waiting=fails)
+    assert a.state == "aborted"
+    peer.join()
+    size = len(dataset_bytes(path))
+    assert peer.log == [size, size, P.ABORT]
+
+
 def test_a_peer_that_stalls_mid_pdu_times_out_with_a_clear_error(ct) -> None:
     release = threading.Event()
 

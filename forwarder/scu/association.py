@@ -18,7 +18,7 @@ import itertools
 import os
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 from forwarder.association import PeerSettings
@@ -117,9 +117,13 @@ class Association:
     def send_c_store(self, dataset: str | os.PathLike[str] | bytes, sop_class: str,
                      sop_instance: str, transfer_syntax: str, message_id: int | None = None,
                      priority: int = 0, move_originator: str | None = None,
-                     move_message_id: int | None = None) -> dimse.Response:
+                     move_message_id: int | None = None,
+                     while_waiting: Callable[[], None] | None = None) -> dimse.Response:
         """C-STORE a file's dataset as it lies on disk (or encoded ``bytes``) in the
         accepted context for ``sop_class`` in ``transfer_syntax``; return the response.
+        ``while_waiting`` is called once the request is written, before its response is
+        read: the caller's own work done while the peer takes the file in (an exception
+        from it aborts the association and leaves).
 
         Raises :class:`NoContext` (nothing sent), :class:`OSError` when the file cannot
         be opened (nothing sent), :class:`SourceUnreadable`, :class:`AssociationLost`.
@@ -142,6 +146,12 @@ class Association:
                 self._send_message(cx.context_id, command, fd, start, size - start, path)
             finally:
                 os.close(fd)
+        if while_waiting is not None:
+            try:
+                while_waiting()
+            except BaseException:
+                self.abort()
+                raise
         return self._read_response(cx.context_id, msg_id, dimse.C_STORE_RSP, "C-STORE")
 
     def send_c_echo(self, message_id: int | None = None) -> dimse.Response:

@@ -5,6 +5,7 @@ dataset that store_file prepared, encoded by pynetdicom in the chosen syntax."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from forwarder.model import Probe, StoreResult
@@ -16,14 +17,15 @@ if TYPE_CHECKING:
 
 
 def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id: int,
-            probe: Probe) -> StoreResult:
+            probe: Probe, while_waiting: Callable[[], None] | None = None) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
     ``comment``), ``refused`` when no context fits after all or the dataset cannot be
-    encoded; the OSError when the file cannot be opened (nothing was sent)."""
+    encoded; the OSError when the file cannot be opened (nothing was sent).
+    ``while_waiting``: see :meth:`Association.send_c_store`."""
     try:
         if isinstance(payload, (str, os.PathLike)):
             rsp = assoc.send_c_store(payload, probe.sop_class_uid, probe.sop_instance_uid,
-                                     chosen, message_id)
+                                     chosen, message_id, while_waiting=while_waiting)
         else:
             from pydicom.uid import UID
             from pynetdicom.dsutils import encode
@@ -33,7 +35,8 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
             if data is None:
                 return StoreResult(None, refused="the converted dataset cannot be encoded")
             rsp = assoc.send_c_store(data, str(payload.SOPClassUID),
-                                     str(payload.SOPInstanceUID), chosen, message_id)
+                                     str(payload.SOPInstanceUID), chosen, message_id,
+                                     while_waiting=while_waiting)
     except NoContext as exc:
         return StoreResult(None, refused=str(exc))
     except (AssociationLost, OSError) as exc:  # SourceUnreadable too

@@ -1,0 +1,109 @@
+"""One worker in this process against a real pynetdicom peer: the order of what it writes
+to the peer and what it records in the spool."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from forwarder.errors import SpoolError
+from forwarder.scu.association import Association
+from forwarder.spool import Spool
+from forwarder.worker import EXIT_SPOOL, Worker, WorkerSpec
+from tests.corpus import unique_copies
+from tests.peers import wait_for
+from tests.sendutil import destination, enqueue, states
+
+
+def _worker(spool: Spool, port: int) -> tuple[Worker, int]:
+    bell_r, bell_w = os.pipe()
+    os.set_blocking(bell_r, False)
+    spec = WorkerSpec(destination(port, "batch: 10"), "FORWARDER", str(spool.root), 0)
+    return Worker(spec, spool, bell_r), bell_w
+
+
+def _stop_when_settled(spool: Spool, bell_w: int) -> threading.Thread:
+    """Close the bell (the stop request) once no job is pending or being sent."""
+    def watch() -> None:
+        db = sqlite3.connect(f"file:{spool.root / 'index.sqlite'}?mode=ro", uri=True)
+        try:
+            wait_for(lambda: not db.execute("SELECT count(*) FROM jobs WHERE state IN "
+                                            "('pending', 'sending')").fetchone()[0],
+                     30, "the queue to settle")
+        finally:
+            db.close()
+            os.close(bell_w)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def _trace(monkeypatch, spool: Spool) -> list[Any]:
+    """What the worker does, in order: ("sent", SOP Instance UID) once a request is
+    written, ("done", count) when done marks are recorded."""
+    log: list[Any] = []
+    real_send = Association._send_message
+    real_done = spool.done
+
+    def send(self, context_id, command, *rest):  # noqa: ANN001, ANN202
+        real_send(self, context_id, command, *rest)
+        log.append("sent")
+
+    def done(ids, *a, **kw):  # noqa: ANN001, ANN202
+        log.append(("done", len(ids)))
+        return real_done(ids, *a, **kw)
+
+    monkeypatch.setattr(Association, "_send_message", send)
+    monkeypatch.setattr(spool, "done", done)
+    return log
+
+
+def test_a_done_mark_is_recorded_while_the_next_file_is_at_the_peer(
+        make_scp, tmp_path: Path, monkeypatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    try:
+        peer = make_scp()
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 4).values()))
+        log = _trace(monkeypatch, spool)
+        worker, bell_w = _worker(spool, peer.port)
+        stopper = _stop_when_settled(spool, bell_w)
+        assert worker.run() == 0
+        stopper.join(30)
+        assert peer.counts() == {u: 1 for u in uids}
+        assert states(spool) == {"pending": 0, "sending": 0, "done": 4, "failed": 0}
+        # each file's done mark goes in after the next file's request is written; the
+        # last one's before the worker claims again
+        assert log == ["sent", "sent", ("done", 1), "sent", ("done", 1), "sent", ("done", 1),
+                       ("done", 1)]
+    finally:
+        spool.close()
+
+
+def test_a_done_mark_that_cannot_be_recorded_stops_the_worker_and_loses_nothing(
+        make_scp, tmp_path: Path, monkeypatch) -> None:
+    """The spool fails while the next file is at the peer: the worker aborts that
+    association and stops (the daemon stops with it); both files stay claimed, so the
+    next start sends them again (the third, claimed with them, too): at least once, never
+    lost."""
+    spool = Spool(tmp_path / "spool")
+    try:
+        peer = make_scp()
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+
+        def broken(ids, *a, **kw):  # noqa: ANN001, ANN202
+            raise SpoolError("spool index write failed: disk I/O error")
+
+        monkeypatch.setattr(spool, "done", broken)
+        worker, _bell_w = _worker(spool, peer.port)
+        assert worker.run() == EXIT_SPOOL
+        wait_for(lambda: peer.aborts_seen == 1, 10, "the peer to see the abort")
+        assert set(peer.counts()) <= set(uids[:2]) and uids[0] in peer.counts()
+        assert states(spool) == {"pending": 0, "sending": 3, "done": 0, "failed": 0}
+        spool.recover()
+        assert states(spool) == {"pending": 3, "sending": 0, "done": 0, "failed": 0}
+    finally:
+        spool.close()
+
