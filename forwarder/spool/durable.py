@@ -1,5 +1,5 @@
-"""Files made durable: fsync that never retries, a batch flushed file by file, a file placed by hard
-link or copy (hashed on the way), the filesystem a path lives on.
+"""Files made durable: fsync that never retries, a batch flushed file by file, a file
+placed by hard link or copy (hashed on the way), the filesystem a path lives on.
 
 An fsync that fails raises :class:`SpoolError` at once (a failed fsync may already have
 dropped the data, so retrying could only hide that); other write errors are left to the
