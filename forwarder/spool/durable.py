@@ -111,10 +111,8 @@ def flush(paths: list[Path]) -> None:
     try:
         for path in paths:
             fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        start = _writeback()
-        if start is not None:
-            for fd in fds:
-                start(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: fdatasync reports errors
+        for fd in fds:
+            start_writeback(fd)
         for fd, path in zip(fds, paths, strict=True):
             fsync(fd, str(path), data_only=True)
     finally:
@@ -123,6 +121,15 @@ def flush(paths: list[Path]) -> None:
 
 
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Have the kernel start writing ``fd``'s dirty pages now (sync_file_range), so that
+    the disk works while the next files are hashed and a later fdatasync finds them on
+    their way; a hint (fdatasync reports errors), nothing where the system has none."""
+    call = _writeback()
+    if call is not None:
+        call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 @functools.cache
@@ -175,6 +182,8 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
         if linked:  # the writer may never have fsynced its data: do it for it
             if not defer_sync:
                 fsync(fd, source)
+            else:
+                start_writeback(fd)
             while chunk := os.read(fd, 1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
@@ -185,6 +194,8 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
                 size = copy_sparse(fd, out, digest)
                 if not defer_sync:
                     fsync(out, str(tmp))
+                else:
+                    start_writeback(out)
             finally:
                 os.close(out)
         os.rename(tmp, final)
