@@ -10,9 +10,7 @@ that cannot write durably is (see :class:`~forwarder.errors.SpoolError`).
 
 from __future__ import annotations
 
-import collections
 import errno
-import itertools
 import logging
 import os
 import stat
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forwarder import router
+from forwarder.batches import BATCH_BYTES, Batches
 from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe, uid_problem
 from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
@@ -34,9 +33,6 @@ from forwarder.spool import Incoming, Spool
 from forwarder.watcher import Candidate
 
 LOGGER = logging.getLogger(__name__)
-# A batch is committed once every file in it is durable, so its first file waits for the
-# last: of large files, a batch holds about this many bytes (at least one file).
-BATCH_BYTES = 16 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -51,11 +47,7 @@ class _Open:
 
 class Intake:
     """One thread taking candidates from the watchers in batches of ``batch`` files or
-    ``batch_bytes``, whichever is reached first.
-
-    Files seen through events go before files found by a scan, so a backlog found at
-    start does not delay what a modality is sending now.
-    """
+    ``batch_bytes``, whichever is reached first (see :mod:`forwarder.batches`)."""
 
     def __init__(self, cfg: Config, spool: Spool, batch: int = 100, capacity: int = 2000,
                  on_fatal: Callable[[BaseException], None] | None = None,
@@ -63,15 +55,9 @@ class Intake:
                  batch_bytes: int = BATCH_BYTES):
         self.cfg = cfg
         self.spool = spool
-        self.batch = batch
-        self.batch_bytes = batch_bytes
-        self.capacity = capacity
         self.on_fatal = on_fatal
         self.full_pause = full_pause
-        self.gather = gather
-        self._fresh: collections.deque[Candidate] = collections.deque()
-        self._backlog: collections.deque[Candidate] = collections.deque()
-        self._cond = threading.Condition()
+        self._queue = Batches(batch, capacity, gather, batch_bytes)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.paused_full = False
@@ -85,17 +71,9 @@ class Intake:
     # --- the queue ---------------------------------------------------------------
 
     def offer(self, cand: Candidate) -> bool:
-        """Called by a watcher; never blocks. Files seen through events are taken while
-        fewer than ``capacity`` of them wait, scan-found ones while fewer than ``capacity``
-        wait in all (False: offer it later)."""
-        with self._cond:
-            if self._stop.is_set():
-                return False
-            if len(self._fresh) + (0 if cand.fresh else len(self._backlog)) >= self.capacity:
-                return False  # the watcher keeps it (bounded) or its next scan finds it
-            (self._fresh if cand.fresh else self._backlog).append(cand)
-            self._cond.notify_all()
-        return True
+        """Called by a watcher; never blocks (see :meth:`Batches.offer`; False once
+        stopping)."""
+        return not self._stop.is_set() and self._queue.offer(cand)
 
     @property
     def alive(self) -> bool:
@@ -110,8 +88,7 @@ class Intake:
 
     @property
     def queued(self) -> int:
-        with self._cond:
-            return len(self._fresh) + len(self._backlog)
+        return len(self._queue)
 
     def set_config(self, cfg: Config) -> None:
         """Reload: new routes apply to the next batch."""
@@ -126,15 +103,10 @@ class Intake:
     def stop(self) -> None:
         """Finish the batch in hand; what is still queued stays in the watch folders."""
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._queue.wake()
         if self._thread is not None:
             self._thread.join(60)
-        with self._cond:
-            left = list(self._fresh) + list(self._backlog)
-            self._fresh.clear()
-            self._backlog.clear()
-        for cand in left:
+        for cand in self._queue.close():
             cand.finished(False)
 
     def __enter__(self) -> Intake:
@@ -144,42 +116,10 @@ class Intake:
         self.stop()
 
     def _take(self) -> list[Candidate]:
-        with self._cond:
-            while not self._fresh and not self._backlog and not self._stop.is_set():
-                self.beat = time.monotonic()
-                self._cond.wait(1.0)
-            # group commit: give a burst a moment to fill the batch (one fsync for many)
-            deadline = time.monotonic() + self.gather
-            while not self._full_batch() and not self._stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            out: list[Candidate] = []
-            size = 0
-            while len(out) < self.batch and (self._fresh or self._backlog) and \
-                    (not out or size < self.batch_bytes):
-                out.append((self._fresh or self._backlog).popleft())
-                size += out[-1].sig.size
-            self._cond.notify_all()
-            return out
+        return self._queue.take(self._stop, self._beat)
 
-    def _full_batch(self) -> bool:
-        """Enough is queued for a whole batch: ``batch`` files or ``batch_bytes``."""
-        if len(self._fresh) + len(self._backlog) >= self.batch:
-            return True
-        size = 0
-        for cand in itertools.chain(self._fresh, self._backlog):
-            size += cand.sig.size
-            if size >= self.batch_bytes:
-                return True
-        return False
-
-    def _requeue(self, cands: list[Candidate]) -> None:
-        with self._cond:
-            for c in reversed(cands):
-                (self._fresh if c.fresh else self._backlog).appendleft(c)
-            self._cond.notify_all()
+    def _beat(self) -> None:
+        self.beat = time.monotonic()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -196,7 +136,7 @@ class Intake:
                 except SpoolFull as exc:
                     if len(cands) > 1:  # take what fits; the rest goes back to the front
                         half = len(cands) // 2
-                        self._requeue(cands[half:])
+                        self._queue.requeue(cands[half:])
                         cands = cands[:half]
                         continue
                     if not self.paused_full:
@@ -204,8 +144,7 @@ class Intake:
                         event(LOGGER, "spool_full", "%s: intake paused, files stay in the "
                               "watch folders; sending goes on and frees space", exc,
                               level=logging.ERROR)
-                    with self._cond:  # to the back of the line: smaller files may fit
-                        self._backlog.extend(cands)
+                    self._queue.defer(cands)  # to the back of the line: smaller ones may fit
                     cands = []
                     self._stop.wait(self.full_pause)
                     self.beat = time.monotonic()

@@ -300,28 +300,64 @@ def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Pa
 def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
     """A burst of large files is committed a few at a time, so the first of them is sent
     without waiting for a hundred others to be made durable; one file larger than the
-    bound is a batch alone; small files still go a hundred at a time."""
-    from forwarder.intake import Intake
+    bound is a batch alone; small files still go a hundred at a time; event-found files
+    go before scan-found ones."""
+    import threading
+
+    from forwarder.batches import Batches
     from forwarder.settle import Signature
-    from forwarder.spool import Spool
     from forwarder.watcher import Candidate
 
     cfg = make_config(tmp_path)
-    spool = Spool(cfg.spool)
-    intake = Intake(cfg, spool, batch_bytes=1_000_000)  # not started: _take alone
+    queue = Batches(batch_bytes=1_000_000, gather=0)
+    stop = threading.Event()
 
-    def offer(n: int, size: int) -> None:
+    def offer(n: int, size: int, fresh: bool = True) -> None:
         for i in range(n):
             sig = Signature(size, 0, 0, i)
-            assert intake.offer(Candidate(cfg.watch[0], f"/x/{size}-{i}", "x", sig, True))
+            assert queue.offer(Candidate(cfg.watch[0], f"/x/{size}-{i}", "x", sig, fresh))
 
-    try:
-        offer(7, 300_000)
-        assert [len(intake._take()) for _ in range(2)] == [4, 3]  # 1.2 MB, then the rest
-        offer(1, 5_000_000)
-        offer(2, 300_000)
-        assert [len(intake._take()) for _ in range(2)] == [1, 2]
-        offer(250, 1_000)
-        assert [len(intake._take()) for _ in range(3)] == [100, 100, 50]
-    finally:
-        spool.close()
+    offer(7, 300_000)
+    assert [len(queue.take(stop)) for _ in range(2)] == [4, 3]  # 1.2 MB, then the rest
+    offer(1, 5_000_000)
+    offer(2, 300_000)
+    assert [len(queue.take(stop)) for _ in range(2)] == [1, 2]
+    offer(250, 1_000)
+    assert [len(queue.take(stop)) for _ in range(3)] == [100, 100, 50]
+    offer(2, 1_000, fresh=False)
+    offer(1, 2_000)
+    assert [c.sig.size for c in queue.take(stop)] == [2_000, 1_000, 1_000]
+    assert len(queue) == 0
+    stop.set()
+    assert queue.take(stop) == []
+
+
+def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
+        tmp_path: Path) -> None:
+    """What the spool could not hold goes back to the front (halving) or to the back
+    (paused): nothing is dropped, and at stop every waiting file is handed back to its
+    watcher and further offers are refused."""
+    import threading
+
+    from forwarder.batches import Batches
+    from forwarder.settle import Signature
+    from forwarder.watcher import Candidate
+
+    cfg = make_config(tmp_path)
+    queue = Batches(batch=3, gather=0)
+    stop = threading.Event()
+
+    def cand(name: str, fresh: bool = True) -> Candidate:
+        return Candidate(cfg.watch[0], f"/x/{name}", name, Signature(1, 0, 0, 0), fresh)
+
+    for name in "abcde":
+        assert queue.offer(cand(name))
+    first = queue.take(stop)
+    assert [c.relpath for c in first] == ["a", "b", "c"]
+    queue.requeue(first[1:])
+    assert [c.relpath for c in queue.take(stop)] == ["b", "c", "d"]
+    queue.defer([cand("z", fresh=False)])
+    assert queue.offer(cand("y", fresh=False))
+    assert [c.relpath for c in queue.close()] == ["e", "z", "y"]
+    assert not queue.offer(cand("late"))
+    assert len(queue) == 0
