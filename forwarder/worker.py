@@ -44,6 +44,15 @@ LOGGER = logging.getLogger(__name__)
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
 
 
+class _Unrecorded(Exception):
+    """Recording stored files failed while the next file was at the peer: the worker's
+    failure (``error``), never the fault of the file in flight."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process is started with (pickled to it)."""
@@ -175,6 +184,17 @@ class Worker(health.DestinationHealth):
     # --- the loop ----------------------------------------------------------------
 
     def run(self) -> int:
+        code = 1
+        try:
+            code = self._loop()
+        finally:
+            try:
+                code = self._record_last(code)
+            finally:
+                self._close()
+        return code
+
+    def _loop(self) -> int:
         if self._peer_error and self.index == 0:
             self.degrade(outcome.Action(outcome.HOLD, self._peer_error))
         try:
@@ -201,12 +221,21 @@ class Worker(health.DestinationHealth):
             LOGGER.error("sender %s stopped by an unexpected error: %s: %s", self.tag,
                          type(exc).__name__, exc, exc_info=True)
             return 1
-        finally:
-            try:
-                self._record_stored()
-            finally:
-                self._close()
         return 0
+
+    def _record_last(self, code: int) -> int:
+        """Record what the peer stored before the worker leaves; a spool that cannot is
+        EXIT_SPOOL whatever ended the loop, any other error a bug (exit 1)."""
+        try:
+            self._record_stored()
+        except Exception as exc:  # noqa: BLE001 - the exit code says it
+            if spool_wide(exc):
+                LOGGER.critical("sender %s stopped: %s", self.tag, exc)
+                return EXIT_SPOOL
+            LOGGER.error("sender %s could not record stored files: %s: %s", self.tag,
+                         type(exc).__name__, exc, exc_info=True)
+            return code or 1
+        return code
 
     def _idle(self) -> None:
         due_in = None
@@ -283,6 +312,15 @@ class Worker(health.DestinationHealth):
                   DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
         self.spool.done([cmd.job for _job, cmd in stored], owner=self.owner)
 
+    def _record_while_waiting(self) -> None:
+        """:meth:`_record_stored` while a request is at the peer: a failure is the
+        worker's, so the file in flight is not charged with it (it stays claimed and is
+        sent again after the restart, as are the files whose marks were not recorded)."""
+        try:
+            self._record_stored()
+        except Exception as exc:
+            raise _Unrecorded(exc) from exc
+
     # --- associations ------------------------------------------------------------
 
     def _close(self) -> None:
@@ -333,11 +371,13 @@ class Worker(health.DestinationHealth):
         started = time.monotonic()
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
-                                self.msg_id, while_waiting=self._record_stored)
+                                self.msg_id, while_waiting=self._record_while_waiting)
         except FileNotFoundError:
             return sendcore.Refused("the spool's copy of the file is missing", time.monotonic())
+        except _Unrecorded as exc:  # the association is aborted; the worker stops
+            raise exc.error from None
         except Exception as exc:  # noqa: BLE001 - the fault boundary around one job
-            if spool_wide(exc):  # recording the previous file's outcome failed
+            if spool_wide(exc):
                 raise
             what = f"{type(exc).__name__}: {exc}"
             if self.assoc.is_established:  # the file's fault: it fails, the association stays

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from forwarder.errors import SpoolError
 from forwarder.scu.association import Association
 from forwarder.spool import Spool
@@ -82,16 +84,56 @@ def test_a_done_mark_is_recorded_while_the_next_file_is_at_the_peer(
         spool.close()
 
 
+@pytest.mark.parametrize("error, code", [
+    (SpoolError("spool index write failed: disk I/O error"), EXIT_SPOOL),
+    (sqlite3.IntegrityError("a bug's constraint failure"), 1)], ids=["spool", "bug"])
 def test_a_done_mark_that_cannot_be_recorded_stops_the_worker_and_loses_nothing(
-        make_scp, tmp_path: Path, monkeypatch) -> None:
-    """The spool fails while the next file is at the peer: the worker aborts that
-    association and stops (the daemon stops with it); both files stay claimed, so the
-    next start sends them again (the third, claimed with them, too): at least once, never
-    lost."""
+        make_scp, tmp_path: Path, monkeypatch, error: Exception, code: int) -> None:
+    """Recording fails while the next file is at the peer: the worker aborts that
+    association and stops (a spool failure stops the daemon, a bug restarts the worker);
+    the file in flight is not charged with it (no attempt, no failure): every claimed
+    file stays claimed, so the next start sends them again: at least once, never lost."""
     spool = Spool(tmp_path / "spool")
     try:
         peer = make_scp()
         uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+
+        def broken(ids, *a, **kw):  # noqa: ANN001, ANN202
+            raise error
+
+        monkeypatch.setattr(spool, "done", broken)
+        worker, _bell_w = _worker(spool, peer.port)
+        assert worker.run() == code
+        wait_for(lambda: peer.aborts_seen == 1, 10, "the peer to see the abort")
+        assert set(peer.counts()) <= set(uids[:2]) and uids[0] in peer.counts()
+        assert states(spool) == {"pending": 0, "sending": 3, "done": 0, "failed": 0}
+        spool.recover()
+        assert states(spool) == {"pending": 3, "sending": 0, "done": 0, "failed": 0}
+        assert {a for (a,) in spool.db.execute("SELECT attempts FROM jobs")} == {0}
+    finally:
+        spool.close()
+
+
+def test_a_stop_with_a_done_mark_unrecorded_records_it_or_stops_the_daemon(
+        make_scp, tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM while a file is at the peer: the worker leaves after its answer and
+    records it on the way out; when the spool cannot, the exit code says so (the daemon
+    stops) rather than a traceback the daemon would take for a bug."""
+    spool = Spool(tmp_path / "spool")
+    try:
+        peer = make_scp()
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 2).values()))
+        worker, _bell_w = _worker(spool, peer.port)
+        real_read = Association._read_response
+
+        def read(self, *a, **kw):  # noqa: ANN001, ANN202
+            worker.halt()  # the signal arrives while the peer takes the file in
+            return real_read(self, *a, **kw)
+
+        monkeypatch.setattr(Association, "_read_response", read)
+        assert worker.run() == 0
+        assert peer.counts() == {uids[0]: 1}  # the other file was not started: released
+        assert states(spool) == {"pending": 1, "sending": 0, "done": 1, "failed": 0}
 
         def broken(ids, *a, **kw):  # noqa: ANN001, ANN202
             raise SpoolError("spool index write failed: disk I/O error")
@@ -99,11 +141,7 @@ def test_a_done_mark_that_cannot_be_recorded_stops_the_worker_and_loses_nothing(
         monkeypatch.setattr(spool, "done", broken)
         worker, _bell_w = _worker(spool, peer.port)
         assert worker.run() == EXIT_SPOOL
-        wait_for(lambda: peer.aborts_seen == 1, 10, "the peer to see the abort")
-        assert set(peer.counts()) <= set(uids[:2]) and uids[0] in peer.counts()
-        assert states(spool) == {"pending": 0, "sending": 3, "done": 0, "failed": 0}
-        spool.recover()
-        assert states(spool) == {"pending": 3, "sending": 0, "done": 0, "failed": 0}
+        assert peer.counts() == {uids[0]: 1, uids[1]: 1}
+        assert states(spool) == {"pending": 0, "sending": 1, "done": 1, "failed": 0}
     finally:
         spool.close()
-
