@@ -478,8 +478,9 @@ def test_a_link_is_made_only_to_the_inode_probed_and_a_changed_source_refused(
         os.rename(other, src)  # the name now names another file
         assert not linking.link(fd, str(src), tmp_path / "t1")
         assert not (tmp_path / "t1").exists()
-        sha, size = durable.place(fd, "a.dcm", tmp_path / "t2", tmp_path / "o2", True, False,
-                                  str(src))
+        sha, size, unsynced = durable.place(fd, "a.dcm", tmp_path / "t2", tmp_path / "o2",
+                                            True, False, str(src))
+        assert unsynced is None, "fsynced already: nothing left to the caller"
         assert (tmp_path / "o2").read_bytes() == b"first" and size == 5, "copied instead"
         assert (tmp_path / "o2").stat().st_ino != src.stat().st_ino
     finally:

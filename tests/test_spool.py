@@ -421,6 +421,41 @@ def test_a_batch_flushes_each_of_its_objects_and_nothing_else(tmp_path: Path,
     assert other.stat().st_ino not in flushed
 
 
+@pytest.mark.parametrize("linked", [False, True], ids=["copied", "linked"])
+def test_a_batch_is_flushed_through_the_descriptors_that_placed_it(tmp_path: Path, monkeypatch,
+                                                                   linked: bool) -> None:
+    """Each object is fdatasynced on the open file that wrote it (a copy) or was read to
+    hash it (a link), never on the object reopened by name: a writeback error is reported
+    to the descriptors open when it happened, so a reopened one could miss it once the
+    modality's own fsync had seen it. Every descriptor is closed after the batch."""
+    spool = Spool(tmp_path / "spool")
+    paths = [make_input(tmp_path / "in", n, size=20000) for n in range(3)]
+    reopened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (
+        reopened.append(str(path)) if str(path).startswith(f"{spool.objects}/") else None,
+        real_open(path, *a, **k))[1])
+    flushed: list[int] = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (flushed.append(os.fstat(fd).st_ino),
+                                                     real_sync(fd))[1])
+    before = len(os.listdir("/proc/self/fd"))
+    fds = [real_open(p, os.O_RDONLY) for p in paths]
+    try:
+        ids = spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",), link_ok=linked,
+                                     path=str(p) if linked else None)
+                            for n, (fd, p) in enumerate(zip(fds, paths, strict=True))])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert len(set(ids)) == 3 and spool.counts() == {"pending": 3}
+    objects = sorted(o.stat().st_ino for o in spool.objects.iterdir())
+    assert sorted(flushed) == objects
+    assert (objects == sorted(p.stat().st_ino for p in paths)) is linked
+    assert reopened == []
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_failed_flush_stops_the_spool_and_commits_nothing(tmp_path: Path,
                                                            monkeypatch) -> None:
     spool = Spool(tmp_path / "spool")

@@ -29,15 +29,20 @@ if TYPE_CHECKING:
     from forwarder.spool import Spool
 
 
-def _place(spool: Spool, item: Incoming, name: str, defer_sync: bool) -> tuple[str, str, int]:
-    """Put the source's bytes at objects/<name>; return (name, sha256, size)."""
+def _place(spool: Spool, item: Incoming, name: str, defer_sync: bool,
+           unsynced: list[tuple[int, str]]) -> tuple[str, str, int]:
+    """Put the source's bytes at objects/<name>; return (name, sha256, size). With
+    ``defer_sync`` the object's descriptor, still to be flushed, goes to ``unsynced``."""
     try:
-        sha, size = durable.place(item.fd, item.source, spool.tmp / name,
-                                  spool.objects / name, item.link_ok, defer_sync, item.path)
+        sha, size, fd = durable.place(item.fd, item.source, spool.tmp / name,
+                                      spool.objects / name, item.link_ok, defer_sync,
+                                      item.path)
     except OSError as exc:
         if exc.errno in durable.FULL:
             raise SpoolFull(f"spool full while taking {item.source}") from exc
         raise SpoolError(f"cannot write {spool.tmp / name}: {exc.strerror}") from exc
+    if fd is not None:
+        unsynced.append((fd, str(spool.objects / name)))
     return name, sha, size
 
 
@@ -47,6 +52,7 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
     may the caller remove the sources."""
     now = time.time() if now is None else now
     placed: list[tuple[Incoming, str, str, int]] = []
+    unsynced: list[tuple[int, str]] = []
     batch = list(items)
     room.check(spool.root, spool.reserve, [(i.fd, i.link_ok) for i in batch])
     group = len(batch) > 1  # placed unflushed, then flushed together
@@ -59,13 +65,16 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
         db.executemany("INSERT INTO intake (name, source, inode, size, mtime_ns) VALUES "
                        "(?, ?, ?, ?, ?)", tracked)
     try:
-        for item, name in zip(batch, names, strict=True):
-            placed.append((item, *_place(spool, item, name, group)))
-        if not placed:
-            return []
-        room.check(spool.root, spool.reserve, [])  # as really written: undone if too much
-        if group:
-            durable.flush([spool.objects / name for _item, name, _sha, _size in placed])
+        try:
+            for item, name in zip(batch, names, strict=True):
+                placed.append((item, *_place(spool, item, name, group, unsynced)))
+            if not placed:
+                return []
+            room.check(spool.root, spool.reserve, [])  # as really written: undone if too much
+            durable.flush(unsynced)
+        finally:
+            for fd, _what in unsynced:
+                os.close(fd)
         durable.fsync_dir(spool.objects)
         ids: list[int] = []
         with spool._tx() as db:

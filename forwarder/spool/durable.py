@@ -101,23 +101,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def flush(paths: list[Path]) -> None:
-    """Make the data of the files at ``paths`` durable (group commit of a batch): their
-    writeback is started all at once where the system can (sync_file_range), then each
-    is fdatasynced; their directory is the caller's. Only these files are flushed: the
-    rest of the filesystem's dirty data (a modality still writing its next series beside
-    the spool) is not waited for, as it would be by syncfs(2)."""
-    fds: list[int] = []
-    try:
-        for path in paths:
-            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        for fd in fds:
-            start_writeback(fd)
-        for fd, path in zip(fds, paths, strict=True):
-            fsync(fd, str(path), data_only=True)
-    finally:
-        for fd in fds:
-            os.close(fd)
+def flush(files: list[tuple[int, str]]) -> None:
+    """Make the data of the open files ``files`` (descriptor, name for errors) durable: the
+    group commit of a batch. Their writeback was started when each was placed
+    (:func:`place`); each is fdatasynced on the descriptor that wrote or linked it, so an
+    error of that writeback is reported here even if another process's fsync of the same
+    file saw it first. Only these files are flushed: the rest of the filesystem's dirty
+    data (a modality still writing its next series beside the spool) is not waited for,
+    as it would be by syncfs(2). Their directory and descriptors are the caller's."""
+    for fd, what in files:
+        fsync(fd, what, data_only=True)
 
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -167,16 +160,19 @@ def filesystem_type(path: Path) -> str:
 
 
 def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
-          defer_sync: bool, path: str | None = None) -> tuple[str, int]:
+          defer_sync: bool, path: str | None = None) -> tuple[str, int, int | None]:
     """Put the bytes of open file ``fd`` at ``final`` by way of ``tmp``: hard-linked
     through ``path`` when ``link_ok`` and the filesystem allows it (see
-    :mod:`forwarder.linking`), else copied. Returns (sha256, size). With ``defer_sync``
-    the caller makes the data durable (:func:`flush` for a whole batch); nothing is left at
-    ``tmp`` after an error."""
+    :mod:`forwarder.linking`), else copied. Returns (sha256, size, descriptor). With
+    ``defer_sync`` the caller makes the data durable, :func:`flush` for a whole batch, on
+    the returned descriptor of the object, which it then closes; without, the data is
+    durable already and the descriptor is None. Nothing is left at ``tmp`` after an
+    error."""
     digest = hashlib.sha256()
     size = 0
     before = os.fstat(fd)
     linked = link_ok and linking.link(fd, path, tmp)
+    keep: int | None = None
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         if linked:  # the writer may never have fsynced its data: do it for it
@@ -188,6 +184,8 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
                 digest.update(chunk)
                 size += len(chunk)
             linking.unchanged(fd, before, source)  # a writer at work would change the object
+            if defer_sync:
+                keep = os.dup(fd)  # the same open file: its writeback errors are ours too
         else:
             out = create(tmp)
             try:
@@ -196,13 +194,17 @@ def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
                     fsync(out, str(tmp))
                 else:
                     start_writeback(out)
+                    keep, out = out, -1
             finally:
-                os.close(out)
+                if out >= 0:
+                    os.close(out)
         os.rename(tmp, final)
     except BaseException:
+        if keep is not None:
+            os.close(keep)
         tmp.unlink(missing_ok=True)
         raise
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, keep
 
 
 _ZEROS = bytes(1 << 20)
