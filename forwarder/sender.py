@@ -63,6 +63,7 @@ class DestinationSender:
         self._bells: list[Connection] = []
         self._started: list[float] = []
         self._beats: list[Any] = []  # per worker: monotonic time of its last heartbeat
+        self._flights: list[Any] = []  # per worker: its flight record (worker.IN_FLIGHT)
         self.stall_limit = worker.stall_limit(dest)
         self._bells_lock = threading.Lock()
         self._stopping = False
@@ -75,11 +76,13 @@ class DestinationSender:
         context = runtime.worker_context()  # its preload is set by runtime.setup()
         reader, writer = context.Pipe(duplex=False)
         beat = context.RawValue("d", time.monotonic())
+        flight = context.RawArray("q", 2)
         if i < len(self._beats):
-            self._beats[i] = beat
+            self._beats[i], self._flights[i] = beat, flight
         else:
             self._beats.append(beat)
-        proc = context.Process(target=worker.main, args=(spec, reader, beat),
+            self._flights.append(flight)
+        proc = context.Process(target=worker.main, args=(spec, reader, beat, flight),
                                 name=f"fwd-send-{self.name}-{i}", daemon=True)
         proc.start()  # the reader end is passed to the worker here, then closed here
         reader.close()
@@ -183,17 +186,18 @@ class DestinationSender:
                     min(RESTART_MAX, delays.get(i, RESTART_FIRST / 2) * 2)
                 delays[i] = delay
                 due[i] = time.monotonic() + delay
-                self._died(proc, delay)
+                self._died(proc, self._flights[i], delay)
             for i, at in list(due.items()):
                 if time.monotonic() >= at:
                     del due[i]
                     self._restart(i)
 
-    def _died(self, proc: BaseProcess, delay: float) -> None:
+    def _died(self, proc: BaseProcess, flight: Any, delay: float) -> None:
         code = proc.exitcode
         why = f"killed by signal {-code}" if code is not None and code < 0 else \
             f"exit status {code}"
-        back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why)
+        back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why,
+                              in_flight=flight[worker.IN_FLIGHT], stored=flight[worker.STORED])
         event(LOGGER, "sender_restart", "sender %s died (%s); starting it again in %.0fs%s",
               proc.name, why, delay, f"; it was sending {back.blamed} (death {back.deaths} "
               f"of {claims.MAX_DEATHS})" if back.blamed else "", level=logging.ERROR,

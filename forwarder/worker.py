@@ -42,6 +42,9 @@ from forwarder.spool import Job, Spool, claims
 
 LOGGER = logging.getLogger(__name__)
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
+# a worker's flight record, shared with its sender (0: none): the job it is sending, and
+# the job the peer stored whose done mark is not recorded yet (see claims.reclaim)
+IN_FLIGHT, STORED = 0, 1
 
 
 class _Unrecorded(Exception):
@@ -78,7 +81,8 @@ def stall_limit(dest: Destination) -> float:
                                                               t.network))
 
 
-def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
+def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None,
+         flight: Any = None) -> None:
     """The worker process: runs until the bell reaches end of file, SIGTERM, or a fault.
     Exit status 0 after a clean stop, ``EXIT_SPOOL`` when the spool cannot be used (the
     daemon stops), anything else after a bug (the daemon starts the worker again)."""
@@ -105,7 +109,7 @@ def main(spec: WorkerSpec, bell_end: Connection, beat: Any = None) -> None:
                         exc)
         sys.exit(EXIT_SPOOL)
     spool.remove_aside()
-    worker = Worker(spec, spool, bell, wakeup_r, beat=beat)
+    worker = Worker(spec, spool, bell, wakeup_r, beat=beat, flight=flight)
     signal.signal(signal.SIGTERM, lambda *_: worker.halt())
     if term:
         worker.halt()
@@ -119,7 +123,7 @@ class Worker(health.DestinationHealth):
     """One association's worth of work for a destination."""
 
     def __init__(self, spec: WorkerSpec, spool: Spool, bell: int, wakeup: int | None = None,
-                 rand: random.Random | None = None, beat: Any = None):
+                 rand: random.Random | None = None, beat: Any = None, flight: Any = None):
         self.dest = spec.dest
         self.name = spec.dest.name
         self.index = spec.index
@@ -129,6 +133,7 @@ class Worker(health.DestinationHealth):
         self.rand = rand or random.Random()
         self.tag = f"{self.name}-{self.index}"
         self.beat = beat  # shared double: time.monotonic() of the last sign of progress
+        self.flight = [0, 0] if flight is None else flight  # shared: IN_FLIGHT, STORED
         self.owner = claims.owner_of(spec.token)
         self.phi = spec.log[2] if spec.log else True  # peers' error comments in reasons
         self._halted = False
@@ -267,7 +272,14 @@ class Worker(health.DestinationHealth):
         if isinstance(cmd, sendcore.Store):
             return self._store(self.claimed[cmd.job])
         if isinstance(cmd, sendcore.Done):
-            self._stored.append((self.claimed[cmd.job], cmd))
+            self._record_stored()  # none in practice: one mark at a time is kept
+            job = self.claimed[cmd.job]
+            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
+                  self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
+                  level=logging.WARNING if cmd.warning else logging.INFO,
+                  DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
+            self._stored.append((job, cmd))
+            self.flight[STORED] = cmd.job  # if this process dies, its sender records it
             return None
         self._record_stored()  # every other outcome is recorded after it, in order
         if isinstance(cmd, sendcore.Retry):
@@ -297,20 +309,17 @@ class Worker(health.DestinationHealth):
         return None
 
     def _record_stored(self) -> None:
-        """Mark done the jobs the peer has stored. A Done is kept until the next file's
+        """Mark done the job the peer has stored. A Done is kept until the next file's
         request is written (or until anything else is recorded, claimed or closed), so
-        the spool's commit runs while the peer takes that file in. A kill in between
-        resends the stored file too; otherwise only the file in flight is resent (no
-        fsync: a lost "done" resends, never loses)."""
+        the spool's commit runs while the peer takes that file in. Should the worker die
+        meanwhile, its sender records the mark from the flight record; only a kill of the
+        whole daemon resends the stored file too (no fsync: a lost "done" resends, never
+        loses)."""
         if not self._stored:
             return
         stored, self._stored = self._stored, []
-        for job, cmd in stored:
-            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
-                  self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
-                  level=logging.WARNING if cmd.warning else logging.INFO,
-                  DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
         self.spool.done([cmd.job for _job, cmd in stored], owner=self.owner)
+        self.flight[STORED] = 0
 
     def _record_while_waiting(self) -> None:
         """:meth:`_record_stored` while a request is at the peer: a failure is the
@@ -369,6 +378,7 @@ class Worker(health.DestinationHealth):
         self.msg_id = self.msg_id % 65535 + 1
         lost = ""
         started = time.monotonic()
+        self.flight[IN_FLIGHT] = job.id  # if this process dies now, this job is to blame
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
                                 self.msg_id, while_waiting=self._record_while_waiting)
@@ -388,6 +398,7 @@ class Worker(health.DestinationHealth):
             lost = f" ({what})"
             result = StoreResult(None)
         finally:
+            self.flight[IN_FLIGHT] = 0
             self._record_stored()  # when nothing was sent, or the send failed before it
         if result.refused:
             return sendcore.Refused(result.refused, time.monotonic())

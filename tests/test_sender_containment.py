@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -215,12 +216,75 @@ def test_a_dead_workers_claims_come_back_and_its_file_counts_a_death(
     for death in range(1, claims.MAX_DEATHS + 1):
         owner = claims.owner_of("t", 1000 + death)
         first, *_ = spool.claim("pacs", 3, owner=owner)
-        back = claims.reclaim(spool, owner, "killed by signal 9")
+        back = claims.reclaim(spool, owner, "killed by signal 9", in_flight=first.id)
         assert back.released == 2 and back.blamed == first.probe.sop_instance_uid
         assert back.deaths == death and back.failed == (death == claims.MAX_DEATHS)
     [f] = spool.failed_jobs()
     assert f"died {claims.MAX_DEATHS} times" in f["reason"] and "signal 9" in f["reason"]
     assert states(spool)["pending"] == 2
+
+
+def test_a_dead_workers_stored_file_is_recorded_and_only_its_file_in_flight_blamed(
+        spool: Spool, tmp_path: Path) -> None:
+    """The flight record: the job the peer stored (its mark not yet recorded) is done,
+    the job being sent counts a death, the rest go back unattempted; a worker that died
+    between C-STOREs blames no file."""
+    enqueue(spool, list(unique_copies(tmp_path / "c", 4).values()))
+    owner = claims.owner_of("t", 1001)
+    stored, sending, *rest = spool.claim("pacs", 4, owner=owner)
+    back = claims.reclaim(spool, owner, "killed by signal 9", in_flight=sending.id,
+                          stored=stored.id)
+    assert (back.released, back.blamed, back.deaths) == (2, sending.probe.sop_instance_uid, 1)
+    assert states(spool) == {"pending": 3, "sending": 0, "done": 1, "failed": 0}
+    owner = claims.owner_of("t", 1002)
+    assert len(spool.claim("pacs", 4, owner=owner)) == 3
+    back = claims.reclaim(spool, owner, "exit status 1")
+    assert (back.released, back.blamed, back.deaths) == (3, None, 0)
+    assert states(spool) == {"pending": 3, "sending": 0, "done": 1, "failed": 0}
+    assert [r[0] for r in spool.db.execute("SELECT deaths FROM jobs WHERE id=?",
+                                           (sending.id,))] == [1]
+
+
+def test_a_worker_killed_before_recording_a_stored_file_blames_the_file_in_flight(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    """A stored file's done mark is recorded while the next file is at the peer. Here
+    another writer holds the spool locked, so the worker is killed (sending the next
+    file, a poison one) with the mark unrecorded: the stored file is not sent again and
+    the deaths count against the poison file alone, which fails after MAX_DEATHS."""
+    files = list(unique_copies(tmp_path / "c", 3).values())
+    uids = enqueue(spool, files)
+    first, bad = uids[0], uids[1]
+    holder: dict[str, DestinationSender] = {}
+    kills: list[int] = []
+    lock = sqlite3.connect(spool.root / "index.sqlite", check_same_thread=False,
+                           isolation_level=None, timeout=30)
+
+    def status(event) -> int:  # noqa: ANN001
+        uid = event.request.AffectedSOPInstanceUID
+        if uid == first and not kills:
+            lock.execute("BEGIN IMMEDIATE")  # the worker cannot record the first file
+        if uid == bad:  # the worker dies sending it
+            pid = holder["sender"].pids[0]
+            kills.append(pid)
+            os.kill(pid, signal.SIGKILL)
+            if lock.in_transaction:
+                lock.execute("ROLLBACK")
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=status)
+    try:
+        sender = DestinationSender(destination(peer.port, "batch: 10"), "FORWARDER", spool)
+        holder["sender"] = sender
+        with sender:
+            wait_for(lambda: settled(spool), 60, "the queue to settle")
+    finally:
+        lock.close()
+    assert len(kills) == claims.MAX_DEATHS
+    assert peer.counts() == {u: 1 for u in uids if u != bad}
+    [f] = spool.failed_jobs()
+    assert f["sop_instance_uid"] == bad and f"died {claims.MAX_DEATHS} times" in f["reason"]
+    assert states(spool) == {"pending": 0, "sending": 0, "done": 2, "failed": 1}
 
 
 def tls_yaml(pki: dict[str, Path], ca: Path | None = None, key: Path | None = None,

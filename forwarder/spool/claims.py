@@ -7,10 +7,13 @@ outcome (done, retry, fail, release) is recorded only while the job is still ``s
 for the same owner.
 
 A worker that dies (a crash in a codec, the kernel's OOM killer, a bug) leaves its claims
-behind. The job it was working on (the first of its batch still ``sending``: a batch is
-sent in claim order) counts one death; the others go back unattempted. A job that has
-killed ``MAX_DEATHS`` workers fails with that reason, so it cannot take the next worker
-down with it, again and again.
+behind, and its flight record (shared memory its sender reads): the job it was sending,
+if any, counts one death; the job the peer had stored, whose done mark the worker keeps
+until the next file's request is written, is recorded done (it is not sent again); the
+others go back unattempted. A job that has killed ``MAX_DEATHS`` workers fails with that
+reason, so it cannot take the next worker down with it, again and again. A worker that
+dies outside a C-STORE (associating, recording, waiting) blames no file: its sender's
+restart delay, growing, keeps that from becoming a loop.
 """
 
 from __future__ import annotations
@@ -45,30 +48,39 @@ class Reclaimed:
     failed: bool
 
 
-def reclaim(spool: Spool, owner: str, why: str, now: float | None = None) -> Reclaimed:
-    """The worker ``owner`` died (``why``): count a death against the job it was sending,
-    fail that job after ``MAX_DEATHS``, and return every claim of it to ``pending``."""
+def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
+            in_flight: int = 0, stored: int = 0) -> Reclaimed:
+    """The worker ``owner`` died (``why``) while sending job ``in_flight`` (0: none):
+    record ``stored`` (0: none) done, count a death against the job in flight, fail it
+    after ``MAX_DEATHS``, and return every other claim of that worker to ``pending``."""
     now = time.time() if now is None else now
+    if stored:
+        spool.done([stored], now, owner=owner)
     with spool._tx(durable=False) as db:
         rows = db.execute("SELECT j.id, j.deaths, o.sop_instance FROM jobs j JOIN objects o "
                           "ON o.id = j.object_id WHERE j.state='sending' AND j.owner=? "
                           "ORDER BY j.claim_seq, j.id", (owner,)).fetchall()
-        if not rows:
-            return Reclaimed(0, None, 0, False)
-        (first, deaths, uid), rest = rows[0], rows[1:]
-        deaths += 1
-        failed = deaths >= MAX_DEATHS
-        if failed:
-            reason = (f"its sender process died {deaths} times while sending this file "
-                      f"(last: {why}); given up so it cannot stop the others")
-            db.execute("UPDATE jobs SET state='failed', deaths=?, last_error=?, updated_at=?, "
-                       "owner=NULL WHERE id=?", (deaths, reason, now, first))
-        else:
-            db.execute("UPDATE jobs SET state='pending', deaths=?, last_error=?, "
-                       "updated_at=?, owner=NULL WHERE id=?",
-                       (deaths, f"its sender process died while sending it ({why})", now,
-                        first))
+        blamed = [r for r in rows if r[0] == in_flight]
+        rest = [(now, r[0]) for r in rows if r[0] != in_flight]
         db.executemany("UPDATE jobs SET state='pending', updated_at=?, owner=NULL WHERE id=?",
-                       [(now, r[0]) for r in rest])
-    spool._notify()
-    return Reclaimed(len(rest), uid, deaths, failed)
+                       rest)
+        if not blamed:
+            result = Reclaimed(len(rest), None, 0, False)
+        else:
+            [(job, deaths, uid)] = blamed
+            deaths += 1
+            failed = deaths >= MAX_DEATHS
+            if failed:
+                reason = (f"its sender process died {deaths} times while sending this file "
+                          f"(last: {why}); given up so it cannot stop the others")
+                db.execute("UPDATE jobs SET state='failed', deaths=?, last_error=?, "
+                           "updated_at=?, owner=NULL WHERE id=?", (deaths, reason, now, job))
+            else:
+                db.execute("UPDATE jobs SET state='pending', deaths=?, last_error=?, "
+                           "updated_at=?, owner=NULL WHERE id=?",
+                           (deaths, f"its sender process died while sending it ({why})", now,
+                            job))
+            result = Reclaimed(len(rest), uid, deaths, failed)
+    if rows:
+        spool._notify()
+    return result
