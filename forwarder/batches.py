@@ -67,9 +67,9 @@ class Batches:
                 self._cond.wait(left)
             out: list[Candidate] = []
             size = 0
-            while len(out) < self.batch and (self._fresh or self._backlog) and \
-                    (not out or size < self.batch_bytes):
-                out.append((self._fresh or self._backlog).popleft())
+            while len(out) < self.batch and (line := self._fresh or self._backlog) and \
+                    (not out or size + line[0].sig.size <= self.batch_bytes):
+                out.append(line.popleft())  # a file over the bound alone: a batch of its own
                 size += out[-1].sig.size
             self._cond.notify_all()
             return out

@@ -299,8 +299,8 @@ def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Pa
 
 def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
     """A burst of large files is committed a few at a time, so the first of them is sent
-    without waiting for a hundred others to be made durable; one file larger than the
-    bound is a batch alone; small files still go a hundred at a time; event-found files
+    without waiting for a hundred others to be made durable; a batch never passes the
+    bound, except a file larger than it, which is a batch alone; small files still go a hundred at a time; event-found files
     go before scan-found ones."""
     import threading
 
@@ -318,10 +318,14 @@ def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
             assert queue.offer(Candidate(cfg.watch[0], f"/x/{size}-{i}", "x", sig, fresh))
 
     offer(7, 300_000)
-    assert [len(queue.take(stop)) for _ in range(2)] == [4, 3]  # 1.2 MB, then the rest
+    assert [len(queue.take(stop)) for _ in range(3)] == [3, 3, 1]  # 0.9 MB each, the rest
     offer(1, 5_000_000)
     offer(2, 300_000)
     assert [len(queue.take(stop)) for _ in range(2)] == [1, 2]
+    offer(1, 300_000)
+    offer(1, 5_000_000)  # the small file ahead is not held back by the large one's flush
+    assert [[c.sig.size for c in queue.take(stop)] for _ in range(2)] == [[300_000],
+                                                                          [5_000_000]]
     offer(250, 1_000)
     assert [len(queue.take(stop)) for _ in range(3)] == [100, 100, 50]
     offer(2, 1_000, fresh=False)
