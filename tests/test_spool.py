@@ -465,8 +465,8 @@ def test_a_failed_flush_stops_the_spool_and_commits_nothing(tmp_path: Path,
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", eio)
-    with pytest.raises(SpoolError, match="fsync of .*objects/[0-9a-f]+ failed: Input/output "
-                       "error"):
+    with pytest.raises(SpoolError, match=r"fsync of .*objects/[0-9a-f]+ \(taken from .*/in/"
+                       r"[^ ]+\) failed: Input/output error"):
         _accept_batch(spool, paths)
     assert spool.counts() == {} and list(spool.objects.iterdir()) == []
     assert all(p.exists() for p in paths)  # the sources are the caller's, untouched

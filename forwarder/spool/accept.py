@@ -42,7 +42,7 @@ def _place(spool: Spool, item: Incoming, name: str, defer_sync: bool,
             raise SpoolFull(f"spool full while taking {item.source}") from exc
         raise SpoolError(f"cannot write {spool.tmp / name}: {exc.strerror}") from exc
     if fd is not None:
-        unsynced.append((fd, str(spool.objects / name)))
+        unsynced.append((fd, f"{spool.objects / name} (taken from {item.source})"))
     return name, sha, size
 
 
