@@ -144,6 +144,7 @@ class Worker(health.DestinationHealth):
             d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success))
         self.claimed: dict[int, Job] = {}  # the jobs of the batch the core is sending
         self._stored: list[tuple[Job, sendcore.Done]] = []  # stored, not yet marked done
+        self._recording = 0.0  # seconds spent recording marks during the C-STORE in flight
         self.msg_id = 0
         self.next_expire = 0.0
         self._ageing = 0
@@ -325,10 +326,13 @@ class Worker(health.DestinationHealth):
         """:meth:`_record_stored` while a request is at the peer: a failure is the
         worker's, so the file in flight is not charged with it (it stays claimed and is
         sent again after the restart, as are the files whose marks were not recorded)."""
+        began = time.monotonic()
         try:
             self._record_stored()
         except Exception as exc:
             raise _Unrecorded(exc) from exc
+        finally:  # the spool's time, not the peer's: kept out of the DIMSE timeout's count
+            self._recording += time.monotonic() - began
 
     # --- associations ------------------------------------------------------------
 
@@ -378,6 +382,7 @@ class Worker(health.DestinationHealth):
         self.msg_id = self.msg_id % 65535 + 1
         lost = ""
         started = time.monotonic()
+        self._recording = 0.0
         self.flight[IN_FLIGHT] = job.id  # if this process dies now, this job is to blame
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
@@ -385,6 +390,9 @@ class Worker(health.DestinationHealth):
         except FileNotFoundError:
             return sendcore.Refused("the spool's copy of the file is missing", time.monotonic())
         except _Unrecorded as exc:  # the association is aborted; the worker stops
+            LOGGER.error("%s: association to %s aborted while this file was at the peer: "
+                         "the previous file's done mark cannot be recorded; this file will "
+                         "be sent again", job.probe.sop_instance_uid, self.name)
             raise exc.error from None
         except Exception as exc:  # noqa: BLE001 - the fault boundary around one job
             if spool_wide(exc):
@@ -403,7 +411,7 @@ class Worker(health.DestinationHealth):
         if result.refused:
             return sendcore.Refused(result.refused, time.monotonic())
         if result.status is None:
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started - self._recording
             if result.comment:  # the transport's reason, in its words (no PHI in it)
                 lost = f" ({result.comment}){lost}"
             cause = outcome.no_response_cause(elapsed, self.dest.timeouts.dimse,

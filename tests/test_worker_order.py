@@ -145,3 +145,49 @@ def test_a_stop_with_a_done_mark_unrecorded_records_it_or_stops_the_daemon(
         assert states(spool) == {"pending": 0, "sending": 1, "done": 1, "failed": 0}
     finally:
         spool.close()
+
+
+def test_time_spent_recording_a_mark_is_not_counted_as_the_peers_silence(
+        make_scp, tmp_path: Path, monkeypatch) -> None:
+    """A slow commit of the previous file's mark (a spool busy for longer than the DIMSE
+    timeout) while the peer aborts on the next file: the reason says the peer aborted,
+    not that it did not answer within the DIMSE timeout."""
+    spool = Spool(tmp_path / "spool")
+    try:
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 2).values()))
+        aborted: list[str] = []
+
+        def status(event) -> int:  # noqa: ANN001
+            if event.request.AffectedSOPInstanceUID == uids[1] and not aborted:
+                aborted.append(uids[1])
+                event.assoc.abort()
+                return 0xA700  # never sent: the abort went out first
+            return 0
+
+        peer = make_scp(status=status)
+        real_done, real_retry = spool.done, spool.retry
+        reasons: list[str] = []
+
+        def slow_done(ids, *a, **kw):  # noqa: ANN001, ANN202
+            threading.Event().wait(0.7)  # the spool's time, past the 500 ms DIMSE timeout
+            return real_done(ids, *a, **kw)
+
+        def retry(job_id, error, *a, **kw):  # noqa: ANN001, ANN202
+            reasons.append(error)
+            return real_retry(job_id, error, *a, **kw)
+
+        monkeypatch.setattr(spool, "done", slow_done)
+        monkeypatch.setattr(spool, "retry", retry)
+        bell_r, bell_w = os.pipe()
+        os.set_blocking(bell_r, False)
+        dest = destination(peer.port, "batch: 10\ntimeouts: {connect: 2s, acse: 5s, "
+                           "dimse: 500ms, network: 5s}")
+        worker = Worker(WorkerSpec(dest, "FORWARDER", str(spool.root), 0), spool, bell_r)
+        stopper = _stop_when_settled(spool, bell_w)
+        assert worker.run() == 0
+        stopper.join(30)
+        assert aborted == [uids[1]] and peer.counts() == {u: 1 for u in uids}
+        assert len(reasons) == 1 and "aborted" in reasons[0], reasons
+        assert "DIMSE timeout" not in reasons[0]
+    finally:
+        spool.close()
