@@ -2,7 +2,7 @@
 
 Importing a module of this package changes nothing outside it. Each entry point that
 talks DICOM calls :func:`setup` first: the daemon (``run``), ``send``, ``receive``,
-``echo`` and the worker process (:func:`forwarder.worker.main`). It:
+``echo`` and the worker process (:func:`forwarder.workerproc.main`). It:
 
 - keeps passcodes out of every log record (:mod:`forwarder.nosecrets`);
 - names the TRACE log level;
@@ -20,7 +20,7 @@ import multiprocessing
 from multiprocessing.context import ForkServerContext
 
 TRACE = 5
-WORKER_PRELOAD = ["forwarder.forkserve", "forwarder.worker"]
+WORKER_PRELOAD = ["forwarder.forkserve", "forwarder.workerproc"]
 _done = False
 
 

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from forwarder import runtime, worker
+from forwarder import runtime, worker, workerproc
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
 from forwarder.logs import event
@@ -82,7 +82,7 @@ class DestinationSender:
         else:
             self._beats.append(beat)
             self._flights.append(flight)
-        proc = context.Process(target=worker.main, args=(spec, reader, beat, flight),
+        proc = context.Process(target=workerproc.main, args=(spec, reader, beat, flight),
                                 name=f"fwd-send-{self.name}-{i}", daemon=True)
         proc.start()  # the reader end is passed to the worker here, then closed here
         reader.close()

@@ -41,7 +41,7 @@ def test_importing_changes_nothing_in_pynetdicom() -> None:
         assert (Association._run_reactor, AssociationSocket.recv,
                 UserIdentityNegotiation.from_primitive) == before  # pynetdicom as shipped
         assert not _config.STORE_SEND_CHUNKED_DATASET  # our requestor sends files itself
-        assert "forwarder.worker" in fs._forkserver._preload_modules
+        assert "forwarder.workerproc" in fs._forkserver._preload_modules
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
