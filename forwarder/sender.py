@@ -198,6 +198,9 @@ class DestinationSender:
             f"exit status {code}"
         back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why,
                               in_flight=flight[worker.IN_FLIGHT], stored=flight[worker.STORED])
+        if back.unrecorded:
+            LOGGER.error("sender %s: recording the file it had stored failed (%s); unless "
+                         "recorded, it is sent again", proc.name, back.unrecorded)
         event(LOGGER, "sender_restart", "sender %s died (%s); starting it again in %.0fs%s",
               proc.name, why, delay, f"; it was sending {back.blamed} (death {back.deaths} "
               f"of {claims.MAX_DEATHS})" if back.blamed else "", level=logging.ERROR,

@@ -232,12 +232,12 @@ class Worker(health.DestinationHealth):
         if isinstance(cmd, sendcore.Done):
             self._record_stored()  # none in practice: one mark at a time is kept
             job = self.claimed[cmd.job]
+            self.flight[STORED] = cmd.job  # if this process dies, its sender records it
             event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
                   self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
                   level=logging.WARNING if cmd.warning else logging.INFO,
                   DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
             self._stored.append((job, cmd))
-            self.flight[STORED] = cmd.job  # if this process dies, its sender records it
             return None
         self._record_stored()  # every other outcome is recorded after it, in order
         if isinstance(cmd, sendcore.Retry):
@@ -280,9 +280,10 @@ class Worker(health.DestinationHealth):
         self.flight[STORED] = 0
 
     def _record_while_waiting(self) -> None:
-        """:meth:`_record_stored` while a request is at the peer: a failure is the
-        worker's, so the file in flight is not charged with it (it stays claimed and is
-        sent again after the restart, as are the files whose marks were not recorded)."""
+        """:meth:`_record_stored` while a request is at the peer: an error is the
+        worker's, so the file in flight is not charged with it (it goes back to be sent
+        again; the stored file's mark is left to the sender, see :mod:`forwarder.spool.
+        claims`, or after a spool failure to the next start, which sends it again)."""
         began = time.monotonic()
         try:
             self._record_stored()

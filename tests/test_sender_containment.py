@@ -245,6 +245,23 @@ def test_a_dead_workers_stored_file_is_recorded_and_only_its_file_in_flight_blam
                                            (sending.id,))] == [1]
 
 
+def test_a_dead_workers_claims_come_back_even_when_its_stored_file_cannot_be_recorded(
+        spool: Spool, tmp_path: Path, monkeypatch) -> None:
+    enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    owner = claims.owner_of("t", 1003)
+    stored, sending, _ = spool.claim("pacs", 3, owner=owner)
+
+    def broken(*a, **kw) -> None:  # noqa: ANN002, ANN003
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(spool, "done", broken)
+    back = claims.reclaim(spool, owner, "killed by signal 9", in_flight=sending.id,
+                          stored=stored.id)
+    assert back.unrecorded == "OSError: [Errno 30] Read-only file system"
+    assert (back.released, back.blamed) == (2, sending.probe.sop_instance_uid)
+    assert states(spool) == {"pending": 3, "sending": 0, "done": 0, "failed": 0}
+
+
 def test_a_worker_killed_before_recording_a_stored_file_blames_the_file_in_flight(
         make_scp, spool: Spool, tmp_path: Path) -> None:
     """A stored file's done mark is recorded while the next file is at the peer. Here

@@ -14,7 +14,7 @@ import pytest
 from forwarder.errors import SpoolError
 from forwarder.scu.association import Association
 from forwarder.spool import Spool
-from forwarder.worker import EXIT_SPOOL, Worker, WorkerSpec
+from forwarder.worker import EXIT_SPOOL, STORED, Worker, WorkerSpec
 from tests.corpus import unique_copies
 from tests.peers import wait_for
 from tests.sendutil import destination, enqueue, states
@@ -189,5 +189,35 @@ def test_time_spent_recording_a_mark_is_not_counted_as_the_peers_silence(
         assert aborted == [uids[1]] and peer.counts() == {u: 1 for u in uids}
         assert len(reasons) == 1 and "aborted" in reasons[0], reasons
         assert "DIMSE timeout" not in reasons[0]
+    finally:
+        spool.close()
+
+
+def test_a_stored_file_is_in_the_flight_record_before_its_journal_line(
+        make_scp, tmp_path: Path, monkeypatch) -> None:
+    """Should the worker die just after writing "stored", its sender finds the job in the
+    flight record and marks it done: never logged stored and then sent again."""
+    import forwarder.worker as worker_mod
+
+    spool = Spool(tmp_path / "spool")
+    try:
+        peer = make_scp()
+        uids = enqueue(spool, list(unique_copies(tmp_path / "c", 2).values()))
+        jobs = [i for (i,) in spool.db.execute("SELECT id FROM jobs ORDER BY id")]
+        worker, bell_w = _worker(spool, peer.port)
+        at_log: list[int] = []
+        real_event = worker_mod.event
+
+        def event(logger, name, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if name == "stored":
+                at_log.append(worker.flight[STORED])
+            return real_event(logger, name, *a, **kw)
+
+        monkeypatch.setattr(worker_mod, "event", event)
+        stopper = _stop_when_settled(spool, bell_w)
+        assert worker.run() == 0
+        stopper.join(30)
+        assert peer.counts() == {u: 1 for u in uids}
+        assert at_log == jobs and worker.flight[STORED] == 0
     finally:
         spool.close()

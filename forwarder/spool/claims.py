@@ -12,7 +12,7 @@ if any, counts one death; the job the peer had stored, whose done mark the worke
 until the next file's request is written, is recorded done (it is not sent again); the
 others go back unattempted. A job that has killed ``MAX_DEATHS`` workers fails with that
 reason, so it cannot take the next worker down with it, again and again. A worker that
-dies outside a C-STORE (associating, recording, waiting) blames no file: its sender's
+dies outside a C-STORE (associating, waiting) blames no file: its sender's
 restart delay, growing, keeps that from becoming a loop.
 """
 
@@ -46,6 +46,7 @@ class Reclaimed:
     blamed: str | None  # SOP Instance UID of the job that was in flight, if any
     deaths: int
     failed: bool
+    unrecorded: str = ""  # why the stored job could not be recorded done (it is resent)
 
 
 def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
@@ -54,8 +55,12 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
     record ``stored`` (0: none) done, count a death against the job in flight, fail it
     after ``MAX_DEATHS``, and return every other claim of that worker to ``pending``."""
     now = time.time() if now is None else now
+    unrecorded = ""
     if stored:
-        spool.done([stored], now, owner=owner)
+        try:
+            spool.done([stored], now, owner=owner)
+        except Exception as exc:  # noqa: BLE001 - the claims come back all the same
+            unrecorded = f"{type(exc).__name__}: {exc}"
     with spool._tx(durable=False) as db:
         rows = db.execute("SELECT j.id, j.deaths, o.sop_instance FROM jobs j JOIN objects o "
                           "ON o.id = j.object_id WHERE j.state='sending' AND j.owner=? "
@@ -65,7 +70,7 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
         db.executemany("UPDATE jobs SET state='pending', updated_at=?, owner=NULL WHERE id=?",
                        rest)
         if not blamed:
-            result = Reclaimed(len(rest), None, 0, False)
+            result = Reclaimed(len(rest), None, 0, False, unrecorded)
         else:
             [(job, deaths, uid)] = blamed
             deaths += 1
@@ -80,7 +85,7 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
                            "updated_at=?, owner=NULL WHERE id=?",
                            (deaths, f"its sender process died while sending it ({why})", now,
                             job))
-            result = Reclaimed(len(rest), uid, deaths, failed)
+            result = Reclaimed(len(rest), uid, deaths, failed, unrecorded)
     if rows:
         spool._notify()
     return result
