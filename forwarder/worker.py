@@ -100,7 +100,7 @@ class Worker(health.DestinationHealth):
         self.core = sendcore.SendCore(sendcore.Policy(
             d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success))
         self.claimed: dict[int, Job] = {}  # the jobs of the batch the core is sending
-        self._stored: list[tuple[Job, sendcore.Done]] = []  # stored, not yet marked done
+        self._stored = 0  # the job the peer stored, its done mark not yet recorded (0: none)
         self._recording = 0.0  # seconds spent recording marks during the C-STORE in flight
         self.msg_id = 0
         self.next_expire = 0.0
@@ -230,14 +230,14 @@ class Worker(health.DestinationHealth):
         if isinstance(cmd, sendcore.Store):
             return self._store(self.claimed[cmd.job])
         if isinstance(cmd, sendcore.Done):
-            self._record_stored()  # none in practice: one mark at a time is kept
+            self._record_stored()  # none in practice: one mark is kept, as in the flight record
             job = self.claimed[cmd.job]
             self.flight[STORED] = cmd.job  # if this process dies, its sender records it
             event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
                   self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
                   level=logging.WARNING if cmd.warning else logging.INFO,
                   DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
-            self._stored.append((job, cmd))
+            self._stored = cmd.job
             return None
         self._record_stored()  # every other outcome is recorded after it, in order
         if isinstance(cmd, sendcore.Retry):
@@ -275,8 +275,8 @@ class Worker(health.DestinationHealth):
         loses)."""
         if not self._stored:
             return
-        stored, self._stored = self._stored, []
-        self.spool.done([cmd.job for _job, cmd in stored], owner=self.owner)
+        stored, self._stored = self._stored, 0
+        self.spool.done([stored], owner=self.owner)
         self.flight[STORED] = 0
 
     def _record_while_waiting(self) -> None:
