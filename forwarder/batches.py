@@ -3,7 +3,9 @@
 Files seen through events go before files found by a scan, so a backlog found at start
 does not delay what a modality is sending now. A batch is committed once every file in it
 is durable, so its first file waits for its last: a batch holds ``batch`` files or about
-``batch_bytes`` (at least one file), whichever comes first.
+``batch_bytes`` (at least one file), whichever comes first. After the queue has been
+empty, batches start at one file and double up to ``batch``: the first file of a burst is
+committed (and on its way to the peers) at once, while the rest are made durable behind it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Batches:
         self._backlog: collections.deque[Candidate] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._ramp = 1  # the next batch's bound on files: 1 after the queue was empty
 
     def __len__(self) -> int:
         with self._cond:
@@ -54,29 +57,36 @@ class Batches:
              idle: Callable[[], None] = lambda: None) -> list[Candidate]:
         """The next batch, waiting for a first file (calling ``idle`` every second while
         none comes) and then up to ``gather`` seconds for the batch to fill (one flush for
-        many files); empty once ``stop`` is set and nothing waits."""
+        many files); empty once ``stop`` is set and nothing waits. The first batch after the
+        queue was found empty is one file, taken without gathering; each batch after it
+        may hold twice as many files as the one before, up to ``batch``."""
         with self._cond:
+            if not self._fresh and not self._backlog:
+                self._ramp = 1
             while not self._fresh and not self._backlog and not stop.is_set():
                 idle()
                 self._cond.wait(1.0)
+            limit = min(self.batch, self._ramp)
             deadline = time.monotonic() + self.gather
-            while not self._full() and not stop.is_set():
+            while not self._full(limit) and not stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             out: list[Candidate] = []
             size = 0
-            while len(out) < self.batch and (line := self._fresh or self._backlog) and \
+            while len(out) < limit and (line := self._fresh or self._backlog) and \
                     (not out or size + line[0].sig.size <= self.batch_bytes):
                 out.append(line.popleft())  # a file over the bound alone: a batch of its own
                 size += out[-1].sig.size
+            if out:
+                self._ramp = min(self.batch, limit * 2)
             self._cond.notify_all()
             return out
 
-    def _full(self) -> bool:
-        """Enough waits for a whole batch: ``batch`` files or ``batch_bytes``."""
-        if len(self._fresh) + len(self._backlog) >= self.batch:
+    def _full(self, limit: int) -> bool:
+        """Enough waits for a whole batch: ``limit`` files or ``batch_bytes``."""
+        if len(self._fresh) + len(self._backlog) >= limit:
             return True
         size = 0
         for cand in itertools.chain(self._fresh, self._backlog):

@@ -318,7 +318,8 @@ def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
             assert queue.offer(Candidate(cfg.watch[0], f"/x/{size}-{i}", "x", sig, fresh))
 
     offer(7, 300_000)
-    assert [len(queue.take(stop)) for _ in range(3)] == [3, 3, 1]  # 0.9 MB each, the rest
+    # a fresh queue starts at one file and doubles; then the bytes bound: 0.9 MB, the rest
+    assert [len(queue.take(stop)) for _ in range(4)] == [1, 2, 3, 1]
     offer(1, 5_000_000)
     offer(2, 300_000)
     assert [len(queue.take(stop)) for _ in range(2)] == [1, 2]
@@ -334,6 +335,51 @@ def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
     assert len(queue) == 0
     stop.set()
     assert queue.take(stop) == []
+
+
+def test_a_burst_starts_with_one_file_and_batches_double(tmp_path: Path) -> None:
+    """The first file of a burst is committed alone, without waiting for the rest of the
+    burst to gather or to be made durable; the batches after it double up to the bound;
+    once the queue has run dry, the next burst starts at one file again."""
+    import threading
+
+    from forwarder.batches import Batches
+    from forwarder.settle import Signature
+    from forwarder.watcher import Candidate
+
+    cfg = make_config(tmp_path)
+    queue = Batches(batch=20, gather=120.0)  # a gathering take would outlast every deadline
+    stop = threading.Event()
+    names = iter(range(1000))
+
+    def offer(n: int) -> None:
+        for _ in range(n):
+            i = next(names)
+            assert queue.offer(Candidate(cfg.watch[0], f"/x/{i}", str(i),
+                                         Signature(1, 0, 0, i), True))
+
+    def take_within(seconds: float) -> list[Candidate]:
+        got: list[list[Candidate]] = []
+        t = threading.Thread(target=lambda: got.append(queue.take(stop)), daemon=True)
+        t.start()
+        t.join(seconds)
+        if t.is_alive():
+            stop.set()
+            t.join(10)
+            stop.clear()
+            raise AssertionError(f"take() still gathering after {seconds}s")
+        return got[0]
+
+    offer(1)
+    assert [c.relpath for c in take_within(10)] == ["0"]
+    offer(2 + 4 + 8 + 16 + 20)
+    assert [len(take_within(10)) for _ in range(5)] == [2, 4, 8, 16, 20]
+    stop.set()
+    assert queue.take(stop) == []  # dry: the next burst starts over
+    stop.clear()
+    offer(3)
+    assert [c.relpath for c in take_within(10)] == ["51"]
+    assert [c.relpath for c in take_within(10)] == ["52", "53"]
 
 
 def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
@@ -354,14 +400,15 @@ def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
     def cand(name: str, fresh: bool = True) -> Candidate:
         return Candidate(cfg.watch[0], f"/x/{name}", name, Signature(1, 0, 0, 0), fresh)
 
-    for name in "abcde":
+    for name in "abcdef":
         assert queue.offer(cand(name))
-    first = queue.take(stop)
-    assert [c.relpath for c in first] == ["a", "b", "c"]
-    queue.requeue(first[1:])
-    assert [c.relpath for c in queue.take(stop)] == ["b", "c", "d"]
+    assert [c.relpath for c in queue.take(stop)] == ["a"]  # a burst starts at one file
+    second = queue.take(stop)
+    assert [c.relpath for c in second] == ["b", "c"]
+    queue.requeue(second[1:])
+    assert [c.relpath for c in queue.take(stop)] == ["c", "d", "e"]
     queue.defer([cand("z", fresh=False)])
     assert queue.offer(cand("y", fresh=False))
-    assert [c.relpath for c in queue.close()] == ["e", "z", "y"]
+    assert [c.relpath for c in queue.close()] == ["f", "z", "y"]
     assert not queue.offer(cand("late"))
     assert len(queue) == 0
