@@ -27,6 +27,15 @@ SOURCES = ("Makefile", "pyproject.toml", "README.md", "forwarder", "systemd", "e
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running (not gone, not a zombie awaiting its parent)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 def missing_tools() -> list[str]:
     return [t for t in ("systemd-nspawn", "debootstrap", "nsenter", "mount")
             if shutil.which(t) is None]
@@ -80,7 +89,9 @@ class Box:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 if cmd and cmd[0].endswith(b"systemd-nspawn") and str(work).encode() in b" ".join(cmd):
                     os.killpg(pid, signal.SIGKILL)
-                    time.sleep(1)
+                    deadline = time.monotonic() + 10  # its mounts go with it: then unmount
+                    while _alive(pid) and time.monotonic() < deadline:
+                        time.sleep(0.05)
             subprocess.run(["umount", "-l", str(work / "merged")], capture_output=True)
             shutil.rmtree(work, ignore_errors=True)
 
