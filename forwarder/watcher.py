@@ -1,4 +1,4 @@
-"""Watch folders: watchdog observer (inotify, or polling) + startup scan + periodic rescan.
+"""Watch folders: watchdog observer (:mod:`forwarder.observer`) + startup scan + periodic rescan.
 
 Events only make a file known sooner. What guarantees that nothing is missed is the
 full scan at start and every ``rescan`` period (watchdog hides inotify queue
@@ -23,36 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
-
 from forwarder.config import Watch
 from forwarder.logs import event
+from forwarder.observer import Events, start_observer
 from forwarder.paths import shown
 from forwarder.settle import Settler, Signature, ignored, wanted
 
 LOGGER = logging.getLogger(__name__)
 
-# What makes a file known: created, renamed into place, closed after writing. Writes and
-# attribute changes (IN_MODIFY, IN_ATTRIB) are not subscribed: they could not shorten
-# the settling wait, and our own links and unlinks would flood the observer.
 # Files remembered in memory per map (left in place, reported, settled and waiting for
 # intake): beyond this the oldest are forgotten. Nothing is lost: a forgotten file is still
 # in the folder, the next scan finds it, and the spool's seen table keeps kept sources.
 MEMORY_LIMIT = 10000
 RETRY = 10.0  # seconds between looks for a folder that is unavailable
-
-EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent,
-                FileClosedEvent]
 
 
 @dataclass(frozen=True)
@@ -88,43 +71,6 @@ class Finished:
     cand: Candidate
     left_in_place: bool
     again_after: float | None = None
-
-
-class _Events(FileSystemEventHandler):
-    def __init__(self, sink: Callable[[str], None]):
-        self.sink = sink
-
-    def on_any_event(self, ev: FileSystemEvent) -> None:
-        if ev.event_type in ("created", "closed", "moved"):
-            path = ev.dest_path if ev.event_type == "moved" else ev.src_path
-            self.sink(os.fsdecode(path))
-
-
-def start_observer(watch: Watch, handler: FileSystemEventHandler,
-                   factory: Callable[[], Any] | None = None) -> tuple[Any, bool]:
-    """Start the observer for one folder; (observer, polling). When the kernel's inotify
-    limits are reached, say so and poll this folder instead."""
-    if not watch.polling:
-        obs = (factory or Observer)()
-        obs.daemon = True
-        try:
-            obs.start()
-            obs.schedule(handler, watch.path, recursive=watch.recursive,
-                         event_filter=EVENT_FILTER)
-            return obs, False
-        except OSError as exc:
-            obs.stop()
-            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
-                raise
-            event(LOGGER, "watch_fallback",
-                  "watch %s: %s (raise fs.inotify.max_user_watches or max_user_instances); "
-                  "polling %s instead", watch.name, exc.strerror, watch.path,
-                  level=logging.WARNING, WATCH=watch.name)
-    obs = PollingObserver(timeout=max(0.5, min(watch.min_age, 5.0)))
-    obs.daemon = True
-    obs.start()
-    obs.schedule(handler, watch.path, recursive=watch.recursive, event_filter=EVENT_FILTER)
-    return obs, True
 
 
 class Watcher:
@@ -182,7 +128,7 @@ class Watcher:
                 pass
             if self._use_events and self.observer is None:
                 self.observer, self.polling = start_observer(
-                    self.watch, _Events(self._queue.put), self._observer_factory)
+                    self.watch, Events(self._queue.put), self._observer_factory)
         except OSError as exc:
             self._unavailable(exc.strerror or str(exc))
             return False
