@@ -5,10 +5,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := dcmtk orthanc ctn libsystemd-dev pkg-config gcc python3-venv systemd systemd-container debootstrap
 
 # `sudo make install` / `sudo make uninstall`: the service on a Debian/Ubuntu box
-# (docs/operations.md). Only wheels are needed: the systemd binding is optional
-# (EXTRAS=codecs,systemd builds it, which needs libsystemd-dev pkg-config gcc python3-dev).
+# (docs/operations.md). Only wheels are needed: the codecs, and cryptography for DER keys
+# (tls); the systemd binding is optional (EXTRAS=codecs,tls,systemd builds it, which needs
+# libsystemd-dev pkg-config gcc python3-dev).
 INSTALL_VENV := /opt/dicom-forwarder
-EXTRAS ?= codecs
+EXTRAS ?= codecs,tls
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/dicom-forwarder
 SERVICE_USER := dicom-forwarder

@@ -55,7 +55,8 @@ def _read_key_material(path: str, der: bool, is_key: bool, password: bytes | Non
     try:
         from cryptography.hazmat.primitives import serialization
     except ImportError as exc:
-        raise ValueError("a DER private key needs the 'cryptography' package (pip install "
+        raise ValueError("a DER private key needs the 'cryptography' package (sudo make "
+                         "install EXTRAS=codecs,tls; elsewhere pip install "
                          "'dicom-forwarder[tls]')") from exc
 
     key = serialization.load_der_private_key(data, password=password)

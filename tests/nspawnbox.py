@@ -55,7 +55,7 @@ def wheelhouse(into: Path) -> None:
     box installs with ``PIP_NO_INDEX`` and needs no route to a package index."""
     into.mkdir(parents=True, exist_ok=True)
     r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d",
-                        str(into), f"{REPO}[codecs]", "setuptools>=64", "wheel"],
+                        str(into), f"{REPO}[codecs,tls]", "setuptools>=64", "wheel"],
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"pip download failed: {r.stderr[-2000:]}")

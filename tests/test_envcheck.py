@@ -72,6 +72,27 @@ def test_missing_secret_and_tls_files_are_errors_naming_them(tmp_path: Path, cap
     assert f"destinations.pacs.identity.password_file: {tmp_path}/pw does not exist" in err
 
 
+def test_a_der_key_without_the_package_to_convert_it_is_an_error(tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    """A DER private key is converted with 'cryptography' (the tls extra): where it is not
+    installed, check-config and the daemon's start say so at the key's line, with the
+    command that installs it, instead of a destination held at its first association."""
+    (tmp_path / "in").mkdir()
+    for name in ("cert.der", "key.der"):
+        (tmp_path / name).write_bytes(b"0")
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                f"    tls: {{enabled: true, der: true, cert: {tmp_path}/cert.der, "
+                f"key: {tmp_path}/key.der}}")
+    assert main(["check-config", "-c", str(cfg)]) == 0  # installed here: nothing to say
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # as if not installed
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"{cfg}:9: destinations.pacs.tls.der: a DER private key is converted with the " \
+        "'cryptography' package, which this installation lacks" in err
+    assert "sudo make install EXTRAS=codecs,tls" in err
+
+
 def _as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            sys.executable, "-c",

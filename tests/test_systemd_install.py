@@ -167,6 +167,16 @@ def day() -> Iterator[Day]:
 def test_installed_unit_starts_ready_with_status(day: Day) -> None:
     r = day.sh("runuser -u dicom-forwarder -- dicom-forwarder check-config -c " + CONFIG)
     assert "ok" in r.stderr
+    # the install carries what a TLS key in DER needs (where it does not, check-config says)
+    for name in ("cert.der", "key.der"):
+        day.write(f"/etc/dicom-forwarder/{name}", "0")
+    der = "/etc/dicom-forwarder/der.yaml"
+    day.write(der, config_text(day.scp.port, extra=(
+        "    tls: {enabled: true, der: true, cert: /etc/dicom-forwarder/cert.der, "
+        "key: /etc/dicom-forwarder/key.der}\n")))
+    r = day.sh("runuser -u dicom-forwarder -- dicom-forwarder check-config -c " + der,
+               check=False)
+    assert r.returncode == 0 and "ok" in r.stderr, r.stderr
     day.sh(f"systemctl enable --now {UNIT}")  # Type=notify: returns after READY=1
     s = day.show("ActiveState", "SubState", "StatusText", "NRestarts", "MainPID")
     assert (s["ActiveState"], s["SubState"]) == ("active", "running"), s

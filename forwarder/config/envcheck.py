@@ -6,16 +6,18 @@ daemon. Each finding is a :class:`ConfigIssue` (``FILE:LINE: key.path: message``
 what is wrong with which path and how to fix it.
 
 Errors are what no restart can fix: the spool cannot be created or written, a secret,
-key, certificate or CA file is missing or unreadable (folders that overlap each other or
-the spool are refused earlier, by the configuration's cross-checks). Warnings leave the daemon running: a watch folder that does not exist yet is
-watched once it appears; one the daemon cannot write into is read, its files sent once,
-left in place and remembered.
+key, certificate or CA file is missing or unreadable, a DER key cannot be converted
+(folders that overlap each other or the spool are refused earlier, by the configuration's
+cross-checks). Warnings leave the daemon running: a watch folder that does not exist yet
+is watched once it appears; one the daemon cannot write into is read, its files sent
+once, left in place and remembered.
 """
 
 from __future__ import annotations
 
 import errno
 import getpass
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,12 @@ class _Checker:
                     self._readable((*base, "tls", "ca", i), ca)
                 if tls.ca_dir:
                     self._readable((*base, "tls", "ca_dir"), tls.ca_dir, directory=True)
+                if tls.der and tls.cert and importlib.util.find_spec("cryptography") is None:
+                    self.issue((*base, "tls", "der"), "a DER private key is converted with the "
+                               "'cryptography' package, which this installation lacks: "
+                               "install it into the service's virtualenv (sudo make install "
+                               "EXTRAS=codecs,tls; elsewhere pip install "
+                               "'dicom-forwarder[tls]') or give the key as PEM")
             ident = dest.identity
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
