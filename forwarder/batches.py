@@ -96,15 +96,23 @@ class Batches:
         return False
 
     def requeue(self, cands: list[Candidate]) -> None:
-        """Back to the front of their lines, in order: taken next."""
+        """Back to the front of their lines, in order: taken next. Once closed, handed
+        back to their watchers instead (they stay in the folder)."""
         with self._cond:
+            if self._closed:
+                self._hand_back(cands)
+                return
             for c in reversed(cands):
                 (self._fresh if c.fresh else self._backlog).appendleft(c)
             self._cond.notify_all()
 
     def defer(self, cands: list[Candidate]) -> None:
-        """To the back of the backlog: what comes after may be taken first."""
+        """To the back of the backlog: what comes after may be taken first. Once closed,
+        handed back to their watchers instead."""
         with self._cond:
+            if self._closed:
+                self._hand_back(cands)
+                return
             self._backlog.extend(cands)
             self._cond.notify_all()
 
@@ -112,6 +120,11 @@ class Batches:
         """Have a waiting :meth:`take` look at its stop event now."""
         with self._cond:
             self._cond.notify_all()
+
+    @staticmethod
+    def _hand_back(cands: list[Candidate]) -> None:
+        for c in cands:
+            c.finished(False)
 
     def close(self) -> list[Candidate]:
         """Refuse further offers; what still waits, for its watchers to keep."""

@@ -386,7 +386,8 @@ def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
         tmp_path: Path) -> None:
     """What the spool could not hold goes back to the front (halving) or to the back
     (paused): nothing is dropped, and at stop every waiting file is handed back to its
-    watcher and further offers are refused."""
+    watcher, further offers are refused, and what intake gives back later is handed back
+    to its watcher at once."""
     import threading
 
     from forwarder.batches import Batches
@@ -411,4 +412,17 @@ def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
     assert queue.offer(cand("y", fresh=False))
     assert [c.relpath for c in queue.close()] == ["f", "z", "y"]
     assert not queue.offer(cand("late"))
+    # a batch still in intake's hands at close (stop's join ran out) is handed back too
+    import queue as queue_mod
+
+    from forwarder.watcher import Finished
+
+    outbox: queue_mod.SimpleQueue[Finished] = queue_mod.SimpleQueue()
+    late = [Candidate(cfg.watch[0], f"/x/{n}", n, Signature(1, 0, 0, 0), True, outbox)
+            for n in ("p", "q", "r")]
+    queue.requeue(late[:2])
+    queue.defer(late[2:])
+    verdicts = [outbox.get(timeout=10) for _ in late]
+    assert [(v.cand.relpath, v.left_in_place) for v in verdicts] == [
+        ("p", False), ("q", False), ("r", False)]
     assert len(queue) == 0
