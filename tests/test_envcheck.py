@@ -76,7 +76,8 @@ def test_a_der_key_without_the_package_to_convert_it_is_an_error(tmp_path: Path,
                                                                 monkeypatch) -> None:
     """A DER private key is converted with 'cryptography' (the tls extra): where it is not
     installed, check-config and the daemon's start say so at the key's line, with the
-    command that installs it, instead of a destination held at its first association."""
+    command that installs it, instead of every association to that destination failing
+    and being retried."""
     (tmp_path / "in").mkdir()
     for name in ("cert.der", "key.der"):
         (tmp_path / name).write_bytes(b"0")
