@@ -15,6 +15,9 @@ from pathlib import Path
 
 LOGGER = logging.getLogger("forwarder.association")
 
+# how to get what a DER private key is converted with (check-config says it too)
+DER_INSTALL = "sudo make install EXTRAS=codecs,tls; elsewhere pip install 'dicom-forwarder[tls]'"
+
 # PS3.15 B.9-B.13 and DCMTK's +px +py +pb +pa +pn
 TLS_PROFILES = {
     "bcp195": (ssl.TLSVersion.TLSv1_2, None),
@@ -55,9 +58,8 @@ def _read_key_material(path: str, der: bool, is_key: bool, password: bytes | Non
     try:
         from cryptography.hazmat.primitives import serialization
     except ImportError as exc:
-        raise ValueError("a DER private key needs the 'cryptography' package (sudo make "
-                         "install EXTRAS=codecs,tls; elsewhere pip install "
-                         "'dicom-forwarder[tls]')") from exc
+        raise ValueError(f"a DER private key needs the 'cryptography' package ({DER_INSTALL})"
+                         ) from exc
 
     key = serialization.load_der_private_key(data, password=password)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -27,6 +27,7 @@ from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
+from forwarder.tls import DER_INSTALL
 
 # what the daemon writes in the spool directory
 SPOOL_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "daemon.lock")
@@ -154,9 +155,8 @@ class _Checker:
                 if tls.der and tls.cert and importlib.util.find_spec("cryptography") is None:
                     self.issue((*base, "tls", "der"), "a DER private key is converted with the "
                                "'cryptography' package, which this installation lacks: "
-                               "install it into the service's virtualenv (sudo make install "
-                               "EXTRAS=codecs,tls; elsewhere pip install "
-                               "'dicom-forwarder[tls]') or give the key as PEM")
+                               f"install it into the service's virtualenv ({DER_INSTALL}) "
+                               "or give the key as PEM")
             ident = dest.identity
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
