@@ -2,7 +2,8 @@
 
 Events only make a file known sooner. What guarantees that nothing is missed is the
 full scan at start and every ``rescan`` period (watchdog hides inotify queue
-overflows). Each known file waits in :class:`~forwarder.settle.Settler` until it has
+overflows), and one as soon as intake has room again after settled files were forgotten
+(a burst larger than intake's queue and the watcher's bounded line together). Each known file waits in :class:`~forwarder.settle.Settler` until it has
 been unchanged for ``min_age``; then it is handed to intake once. Symlinks are never
 followed: a symlink is reported once and left alone.
 """
@@ -104,6 +105,7 @@ class Watcher:
         self.scans = 0
         self.limit = MEMORY_LIMIT  # at most this many entries in each map kept here
         self.dropped = 0  # settled files forgotten while intake was full (found by a scan)
+        self._behind = False  # some were forgotten since the last scan: scan once intake has room
         self.unavailable: str | None = None  # why the folder cannot be watched now
         self.retry = max(0.5, min(RETRY, watch.rescan))
 
@@ -201,7 +203,10 @@ class Watcher:
         next_scan = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            if self._behind and not self._waiting:
+                next_scan = now  # what was forgotten is found now, not a rescan period later
             if now >= next_scan:
+                self._behind = False
                 if self._attach() and self._scan(self.root, fresh=False):
                     self.scans += 1
                     self._sweep()
@@ -348,8 +353,9 @@ class Watcher:
         self._fresh.discard(path)
         cand = Candidate(self.watch, path, rel, sig, fresh=fresh, outbox=self._queue)
         if (self._waiting and not fresh) or not self.deliver(cand):
-            if len(self._waiting) >= self.limit:  # intake is paused: the next scan finds it
+            if len(self._waiting) >= self.limit:  # intake is behind: the next scan finds it
                 self.dropped += 1
+                self._behind = True
                 with self._lock:
                     self._inflight.discard(path)
                 return

@@ -443,6 +443,41 @@ def test_the_watchers_memory_stays_bounded_while_intake_is_paused(tmp_path: Path
     assert all(taken.count(f"f{i:02d}.dcm") >= 1 for i in range(40))
 
 
+def test_files_forgotten_in_a_burst_are_found_once_intake_has_room(tmp_path: Path) -> None:
+    """A burst larger than intake's queue and the watcher's line: the files forgotten
+    are scanned for as soon as the line is empty, not a rescan period (here an hour)
+    later."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    busy = threading.Event()
+    busy.set()
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def deliver(cand: Candidate) -> bool:
+        if busy.is_set():
+            return False  # intake's queue is full
+        with lock:
+            taken.append(cand.relpath)
+        os.unlink(cand.path)  # spooled: its source removed
+        cand.finished(False)
+        return True
+
+    w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600)
+    watcher = Watcher(w, deliver)
+    watcher.limit = 10
+    with watcher:
+        wait_for(lambda: watcher.scans == 1, 10, "the start-up scan")
+        for i in range(40):
+            (inbox / f"f{i:02d}.dcm").write_bytes(b"x")
+        wait_for(lambda: watcher.dropped >= 30, 15, "30 files forgotten beyond the line of 10")
+        assert len(watcher._waiting) == 10
+        busy.clear()
+        wait_for(lambda: len(set(taken)) == 40, 20, "every file of the burst offered")
+        assert watcher.scans == 2  # one scan found the 30 forgotten files
+    assert sorted(taken) == [f"f{i:02d}.dcm" for i in range(40)]  # each offered once
+
+
 def test_files_are_hard_linked_into_the_spool_by_path(make_scp, tmp_path: Path) -> None:
     port = free_port()  # the peer is down at first: the objects wait in the spool
     cfg = write_config(tmp_path, port)
