@@ -25,12 +25,14 @@ SLOW_RUN_S = 20.0
 
 @dataclass(frozen=True)
 class Result:
-    """One run of one sender: wall and CPU seconds, peak RSS and PSS in MiB."""
+    """One run of one sender: wall and CPU seconds, peak RSS and PSS in MiB; for the
+    daemon also the seconds from the drop to the first file stored at the peer."""
 
     wall: float
     cpu: float
     rss_mib: float
     pss_mib: float  # one sender: its peak; the daemon: all its processes after the run
+    first: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,17 @@ class Summary:
     @property
     def pss_mib(self) -> float:
         return statistics.median(r.pss_mib for r in self.runs)
+
+    @property
+    def first(self) -> float | None:
+        """The median time to the first file stored, where the runs measured it."""
+        known = [r.first for r in self.runs if r.first is not None]
+        return statistics.median(known) if known else None
+
+    def after_first(self, files: int) -> float:
+        """The median rate in files/s from the first file stored to the last."""
+        return statistics.median((files - 1) / (r.wall - r.first) for r in self.runs
+                                 if r.first is not None and r.wall > r.first)
 
     def spread(self, files: int) -> str:
         """The slowest and fastest run in files/s, or "1 run" where there was only one."""
@@ -92,3 +105,13 @@ def row(summary: Summary, anchor: Summary, files: int, mb: float,
             f"{summary.cpu / anchor.cpu:.1f}x" if anchor.cpu else "-",
             f"{summary.rss_mib:.0f}", f"{summary.pss_mib:.0f}",
             f"{anchor.wall / summary.wall:.2f}x vs {anchor_name}")
+
+
+def settled(summary: Summary, anchor: Summary, files: int) -> tuple[str, ...]:
+    """A daemon's columns beside peer, corpus and sender: the median time to its first
+    file stored, its median rate from that file to the last, and that rate against the
+    anchor's whole-run rate."""
+    rate = summary.after_first(files)
+    return (f"{(summary.first or 0) * 1000:.0f} ms", f"{rate:.0f}",
+            f"{rate * anchor.wall / files:.2f}x")
+

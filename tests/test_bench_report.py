@@ -1,4 +1,5 @@
-"""The benchmark's rounds: interleaved order, slow senders run once, medians and ranges."""
+"""The benchmark's rounds: interleaved order, slow senders run once, medians and ranges;
+the daemon's time to its first file and its rate after it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bench.rounds import Result, Summary, interleave, row
+from bench.rounds import Result, Summary, interleave, row, settled
 
 
 def scripted(walls: dict[str, list[float]], order: list[str]) -> dict[str, Callable[[], Result]]:
@@ -58,6 +59,17 @@ def test_the_ratio_to_the_anchor_divides_median_walls() -> None:
         "200", "167–250", "100.0", "0.50", "0.5x", "60", "50", "4.00x vs storescu (stock)")
     assert row(anchor, anchor, 1000, 500.0, "storescu (stock)")[-1] == \
         "1.00x vs storescu (stock)"
+
+
+def test_a_daemons_rate_after_its_first_file_is_the_median_of_its_runs() -> None:
+    # 501 files: 500 after the first in 0.8, 0.5 and 1.0 s -> 625, 1000, 500 files/s
+    daemon = Summary((Result(1.0, 1.0, 100, 46, first=0.2), Result(0.8, 1.0, 100, 46, first=0.3),
+                      Result(1.3, 1.0, 100, 46, first=0.3)))
+    anchor = Summary((Result(0.5, 0.6, 15, 8), Result(0.7, 0.6, 15, 8), Result(0.6, 0.6, 15, 8)))
+    assert daemon.first == 0.3 and anchor.first is None
+    assert daemon.after_first(501) == 625
+    # the anchor's median run: 501 files in 0.6 s, 835 files/s
+    assert settled(daemon, anchor, 501) == ("300 ms", "625", "0.75x")
 
 
 def test_repeat_must_be_positive() -> None:
