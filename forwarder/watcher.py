@@ -2,8 +2,9 @@
 
 Events only make a file known sooner. What guarantees that nothing is missed is the
 full scan at start and every ``rescan`` period (watchdog hides inotify queue
-overflows), and one as soon as intake has room again after settled files were forgotten
-(a burst larger than intake's queue and the watcher's bounded line together). Each known file waits in :class:`~forwarder.settle.Settler` until it has
+overflows), and one as soon as intake has room again after settled files seen through
+events were forgotten (a burst larger than intake's queue and the watcher's bounded line
+together). Each known file waits in :class:`~forwarder.settle.Settler` until it has
 been unchanged for ``min_age``; then it is handed to intake once. Symlinks are never
 followed: a symlink is reported once and left alone.
 """
@@ -105,7 +106,10 @@ class Watcher:
         self.scans = 0
         self.limit = MEMORY_LIMIT  # at most this many entries in each map kept here
         self.dropped = 0  # settled files forgotten while intake was full (found by a scan)
-        self._behind = False  # some were forgotten since the last scan: scan once intake has room
+        # files seen through events were forgotten since the last scan: scan once intake has
+        # room (a scan's own finds never cause one, so a folder of files left in place
+        # cannot keep it scanning)
+        self._behind = False
         self.unavailable: str | None = None  # why the folder cannot be watched now
         self.retry = max(0.5, min(RETRY, watch.rescan))
 
@@ -355,7 +359,7 @@ class Watcher:
         if (self._waiting and not fresh) or not self.deliver(cand):
             if len(self._waiting) >= self.limit:  # intake is behind: the next scan finds it
                 self.dropped += 1
-                self._behind = True
+                self._behind = self._behind or fresh
                 with self._lock:
                     self._inflight.discard(path)
                 return

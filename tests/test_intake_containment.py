@@ -478,6 +478,41 @@ def test_files_forgotten_in_a_burst_are_found_once_intake_has_room(tmp_path: Pat
     assert sorted(taken) == [f"f{i:02d}.dcm" for i in range(40)]  # each offered once
 
 
+def test_files_a_scan_found_and_forgot_wait_for_the_next_rescan(tmp_path: Path) -> None:
+    """Only files seen through events make the watcher scan early: what a scan itself
+    found and could not hold (a folder of many files intake leaves in place) waits for
+    the rescan period, so such a folder cannot keep the watcher scanning."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for i in range(40):
+        (inbox / f"old{i:02d}.dcm").write_bytes(b"x")
+    busy = threading.Event()
+    busy.set()
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def deliver(cand: Candidate) -> bool:
+        if busy.is_set():
+            return False
+        with lock:
+            taken.append(cand.relpath)
+        os.unlink(cand.path)
+        cand.finished(False)
+        return True
+
+    w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600)
+    watcher = Watcher(w, deliver)
+    watcher.limit = 10
+    with watcher:
+        wait_for(lambda: watcher.dropped >= 30, 15, "30 scan-found files forgotten")
+        busy.clear()
+        wait_for(lambda: len(taken) == 10, 20, "the 10 the watcher held offered")
+        (inbox / "new.dcm").write_bytes(b"n")  # taken only after the loop went round again
+        wait_for(lambda: "new.dcm" in taken, 20, "a file dropped afterwards")
+        assert watcher.scans == 1
+        assert len(list(inbox.iterdir())) == 30  # found again at the next rescan
+
+
 def test_files_are_hard_linked_into_the_spool_by_path(make_scp, tmp_path: Path) -> None:
     port = free_port()  # the peer is down at first: the objects wait in the spool
     cfg = write_config(tmp_path, port)
