@@ -210,7 +210,8 @@ class Watcher:
             if self._behind and not self._waiting:
                 next_scan = now  # what was forgotten is found now, not a rescan period later
             if now >= next_scan:
-                self._behind = False
+                if not self._waiting:  # a scan while the line is full finds what it forgot
+                    self._behind = False  # and forgets it again: still behind
                 if self._attach() and self._scan(self.root, fresh=False):
                     self.scans += 1
                     self._sweep()
