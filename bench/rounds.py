@@ -63,10 +63,12 @@ class Summary:
         known = [r.first for r in self.runs if r.first is not None]
         return statistics.median(known) if known else None
 
-    def after_first(self, files: int) -> float:
-        """The median rate in files/s from the first file stored to the last."""
-        return statistics.median((files - 1) / (r.wall - r.first) for r in self.runs
-                                 if r.first is not None and r.wall > r.first)
+    def after_first(self, files: int) -> float | None:
+        """The median rate in files/s from the first file stored to the last, over the
+        runs where the two are apart; None where no run has that."""
+        rates = [(files - 1) / (r.wall - r.first) for r in self.runs
+                 if r.first is not None and r.wall > r.first]
+        return statistics.median(rates) if rates else None
 
     def spread(self, files: int) -> str:
         """The slowest and fastest run in files/s, or "1 run" where there was only one."""
@@ -110,8 +112,9 @@ def row(summary: Summary, anchor: Summary, files: int, mb: float,
 def settled(summary: Summary, anchor: Summary, files: int) -> tuple[str, ...]:
     """A daemon's columns beside peer, corpus and sender: the median time to its first
     file stored, its median rate from that file to the last, and that rate against the
-    anchor's whole-run rate."""
-    rate = summary.after_first(files)
-    return (f"{(summary.first or 0) * 1000:.0f} ms", f"{rate:.0f}",
-            f"{rate * anchor.wall / files:.2f}x")
+    anchor's whole-run rate (its start and association included); "-" where unknown."""
+    first, rate = summary.first, summary.after_first(files)
+    return ("-" if first is None else f"{first * 1000:.0f} ms",
+            "-" if rate is None else f"{rate:.0f}",
+            "-" if rate is None else f"{rate * anchor.wall / files:.2f}x")
 

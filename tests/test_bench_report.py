@@ -70,6 +70,11 @@ def test_a_daemons_rate_after_its_first_file_is_the_median_of_its_runs() -> None
     assert daemon.after_first(501) == 625
     # the anchor's median run: 501 files in 0.6 s, 835 files/s
     assert settled(daemon, anchor, 501) == ("300 ms", "625", "0.75x")
+    # every file stored at the first look: no rate after the first to report
+    burst = Summary((Result(0.3, 1.0, 100, 46, first=0.3),))
+    assert burst.after_first(501) is None
+    assert settled(burst, anchor, 501) == ("300 ms", "-", "-")
+    assert settled(anchor, anchor, 501) == ("-", "-", "-")
 
 
 def test_repeat_must_be_positive() -> None:
