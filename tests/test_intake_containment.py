@@ -444,25 +444,34 @@ def test_the_watchers_memory_stays_bounded_while_intake_is_paused(tmp_path: Path
     assert all(taken.count(f"f{i:02d}.dcm") >= 1 for i in range(40))
 
 
+class BusyIntake:
+    """Intake for the watcher alone: refuses every file while ``busy`` is set, then
+    takes each offered file as the spool would (its source removed) and records it."""
+
+    def __init__(self) -> None:
+        self.busy = threading.Event()
+        self.busy.set()
+        self.taken: list[str] = []
+        self._lock = threading.Lock()
+
+    def deliver(self, cand: Candidate) -> bool:
+        if self.busy.is_set():
+            return False  # intake's queue is full
+        with self._lock:
+            self.taken.append(cand.relpath)
+        os.unlink(cand.path)  # spooled: its source removed
+        cand.finished(False)
+        return True
+
+
 def test_files_forgotten_in_a_burst_are_found_once_intake_has_room(tmp_path: Path) -> None:
     """A burst larger than intake's queue and the watcher's line: the files forgotten
     are scanned for as soon as the line is empty, not a rescan period (here an hour)
     later."""
     inbox = tmp_path / "in"
     inbox.mkdir()
-    busy = threading.Event()
-    busy.set()
-    taken: list[str] = []
-    lock = threading.Lock()
-
-    def deliver(cand: Candidate) -> bool:
-        if busy.is_set():
-            return False  # intake's queue is full
-        with lock:
-            taken.append(cand.relpath)
-        os.unlink(cand.path)  # spooled: its source removed
-        cand.finished(False)
-        return True
+    intake = BusyIntake()
+    busy, taken, deliver = intake.busy, intake.taken, intake.deliver
 
     w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600)
     watcher = Watcher(w, deliver)
@@ -486,19 +495,8 @@ def test_a_rescan_while_the_line_is_full_does_not_cancel_the_early_scan(
     comes as soon as the line is empty."""
     inbox = tmp_path / "in"
     inbox.mkdir()
-    busy = threading.Event()
-    busy.set()
-    taken: list[str] = []
-    lock = threading.Lock()
-
-    def deliver(cand: Candidate) -> bool:
-        if busy.is_set():
-            return False
-        with lock:
-            taken.append(cand.relpath)
-        os.unlink(cand.path)
-        cand.finished(False)
-        return True
+    intake = BusyIntake()
+    busy, taken, deliver = intake.busy, intake.taken, intake.deliver
 
     w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=0.5)
     watcher = Watcher(w, deliver)
@@ -524,19 +522,8 @@ def test_files_a_scan_found_and_forgot_wait_for_the_next_rescan(tmp_path: Path) 
     inbox.mkdir()
     for i in range(40):
         (inbox / f"old{i:02d}.dcm").write_bytes(b"x")
-    busy = threading.Event()
-    busy.set()
-    taken: list[str] = []
-    lock = threading.Lock()
-
-    def deliver(cand: Candidate) -> bool:
-        if busy.is_set():
-            return False
-        with lock:
-            taken.append(cand.relpath)
-        os.unlink(cand.path)
-        cand.finished(False)
-        return True
+    intake = BusyIntake()
+    busy, taken, deliver = intake.busy, intake.taken, intake.deliver
 
     w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600)
     watcher = Watcher(w, deliver)
