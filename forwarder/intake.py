@@ -166,16 +166,21 @@ class Intake:
         remove (or remember) the sources. Raises SpoolFull with every source untouched.
         An unexpected error about one file is contained to it (see :mod:`.faults`)."""
         ready: list[_Open] = []
+        kept = False
         try:
             for cand in cands:
                 opened = self._guarded_open(cand)
                 if opened is not None:
                     ready.append(opened)
             self._accept(ready)
+        except SpoolFull:
+            kept = True  # the caller puts the batch back in intake's queue: no verdict yet
+            raise
         finally:
             for o in ready:
                 os.close(o.fd)
-                o.cand.finished(False)
+                if not kept:
+                    o.cand.finished(False)
 
     def _accept(self, ready: list[_Open]) -> None:
         """Commit ``ready`` in one batch; each file dealt with leaves the list. When the

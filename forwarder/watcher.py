@@ -189,7 +189,7 @@ class Watcher:
                 while len(self._left) > self.limit:
                     del self._left[next(iter(self._left))]
         if not verdict.left_in_place and not self._stop.is_set():
-            self._consider(cand.path, fresh=True)  # still there (intake paused)? look again
+            self._consider(cand.path, fresh=True)  # still there (written to meanwhile)? look again
 
     @property
     def alive(self) -> bool:

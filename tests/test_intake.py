@@ -382,6 +382,51 @@ def test_a_burst_starts_with_one_file_and_batches_double(tmp_path: Path) -> None
     assert [c.relpath for c in take_within(10)] == ["52", "53"]
 
 
+def test_a_full_spool_keeps_its_batch_and_the_watcher_offers_each_file_once(
+        tmp_path: Path) -> None:
+    """Intake keeps in its own queue the batch the full spool refused, so the watcher
+    does not offer those files a second time while intake is paused; once there is room
+    every file is taken, once."""
+    import collections
+
+    from forwarder.errors import SpoolFull
+
+    cfg = make_config(tmp_path, watch="min_age: 100ms")
+    p = Pipeline(cfg)
+    p.intake.full_pause = 0.1
+    offers: collections.Counter[str] = collections.Counter()
+
+    def deliver(cand):  # noqa: ANN001, ANN202 - the watchers' deliver, counted
+        taken = p.intake.offer(cand)
+        if taken:
+            offers[cand.relpath] += 1
+        return taken
+
+    for w in p.watchers:
+        w.deliver = deliver
+    full = threading.Event()
+    full.set()
+    refused = []
+    accept = p.spool.accept
+
+    def full_spool(incoming):  # noqa: ANN001, ANN202
+        if full.is_set():
+            refused.append(len(incoming))
+            raise SpoolFull("no room (test)")
+        return accept(incoming)
+
+    p.spool.accept = full_spool  # type: ignore[method-assign]
+    files = unique_copies(tmp_path / "src", 3)
+    with p:
+        for path in files.values():
+            os.rename(path, tmp_path / "in" / path.name)
+        wait_for(lambda: len(refused) >= 8, 20, "intake paused, trying again")
+        full.clear()
+        wait_for(lambda: len(p.objects()) == 3, 20, "every file taken once there is room")
+        assert sorted(o["sop_instance"] for o in p.objects()) == sorted(files)
+    assert offers == {path.name: 1 for path in files.values()}
+
+
 def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
         tmp_path: Path) -> None:
     """What the spool could not hold goes back to the front (halving) or to the back
