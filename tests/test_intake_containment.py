@@ -3,6 +3,7 @@ rest, and every bad item ends where the operator can see it, with its reason."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -464,28 +465,38 @@ class BusyIntake:
         return True
 
 
+@contextlib.contextmanager
+def line_of_ten(inbox: Path, rescan: float) -> Iterator[tuple[Watcher, BusyIntake]]:
+    """A watcher of ``inbox`` whose line holds 10 files, offering them to a busy intake."""
+    intake = BusyIntake()
+    watcher = Watcher(Watch(name="w", path=str(inbox), min_age=0.1, rescan=rescan),
+                      intake.deliver)
+    watcher.limit = 10
+    with watcher:
+        yield watcher, intake
+
+
+def burst_beyond_the_line(watcher: Watcher, inbox: Path) -> None:
+    """After the start-up scan, 40 files dropped: 30 of them forgotten beyond the line."""
+    wait_for(lambda: watcher.scans == 1, 10, "the start-up scan")
+    for i in range(40):
+        (inbox / f"f{i:02d}.dcm").write_bytes(b"x")
+    wait_for(lambda: watcher.dropped >= 30, 15, "30 files forgotten beyond the line of 10")
+
+
 def test_files_forgotten_in_a_burst_are_found_once_intake_has_room(tmp_path: Path) -> None:
     """A burst larger than intake's queue and the watcher's line: the files forgotten
     are scanned for as soon as the line is empty, not a rescan period (here an hour)
     later."""
     inbox = tmp_path / "in"
     inbox.mkdir()
-    intake = BusyIntake()
-    busy, taken, deliver = intake.busy, intake.taken, intake.deliver
-
-    w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600)
-    watcher = Watcher(w, deliver)
-    watcher.limit = 10
-    with watcher:
-        wait_for(lambda: watcher.scans == 1, 10, "the start-up scan")
-        for i in range(40):
-            (inbox / f"f{i:02d}.dcm").write_bytes(b"x")
-        wait_for(lambda: watcher.dropped >= 30, 15, "30 files forgotten beyond the line of 10")
+    with line_of_ten(inbox, rescan=3600) as (watcher, intake):
+        burst_beyond_the_line(watcher, inbox)
         assert len(watcher._waiting) == 10
-        busy.clear()
-        wait_for(lambda: len(set(taken)) == 40, 20, "every file of the burst offered")
+        intake.busy.clear()
+        wait_for(lambda: len(set(intake.taken)) == 40, 20, "every file of the burst offered")
         assert watcher.scans == 2  # one scan found the 30 forgotten files
-    assert sorted(taken) == [f"f{i:02d}.dcm" for i in range(40)]  # each offered once
+    assert sorted(intake.taken) == [f"f{i:02d}.dcm" for i in range(40)]  # each offered once
 
 
 def test_a_rescan_while_the_line_is_full_does_not_cancel_the_early_scan(
@@ -495,23 +506,15 @@ def test_a_rescan_while_the_line_is_full_does_not_cancel_the_early_scan(
     comes as soon as the line is empty."""
     inbox = tmp_path / "in"
     inbox.mkdir()
-    intake = BusyIntake()
-    busy, taken, deliver = intake.busy, intake.taken, intake.deliver
-
-    w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=0.5)
-    watcher = Watcher(w, deliver)
-    watcher.limit = 10
-    with watcher:
-        wait_for(lambda: watcher.scans == 1, 10, "the start-up scan")
-        for i in range(40):
-            (inbox / f"f{i:02d}.dcm").write_bytes(b"x")
-        wait_for(lambda: watcher.dropped >= 30, 15, "30 files forgotten beyond the line of 10")
-        watcher.watch = dataclasses.replace(w, rescan=3600)  # after the next scan: none
+    with line_of_ten(inbox, rescan=0.5) as (watcher, intake):
+        burst_beyond_the_line(watcher, inbox)
+        # after the next scan, none
+        watcher.watch = dataclasses.replace(watcher.watch, rescan=3600)
         scans = watcher.scans
         wait_for(lambda: watcher.scans > scans, 15, "a periodic scan while the line is full")
-        busy.clear()
-        wait_for(lambda: len(taken) == 40, 20, "every file of the burst offered")
-    assert sorted(taken) == [f"f{i:02d}.dcm" for i in range(40)]
+        intake.busy.clear()
+        wait_for(lambda: len(intake.taken) == 40, 20, "every file of the burst offered")
+    assert sorted(intake.taken) == [f"f{i:02d}.dcm" for i in range(40)]
 
 
 def test_files_a_scan_found_and_forgot_wait_for_the_next_rescan(tmp_path: Path) -> None:
@@ -522,15 +525,10 @@ def test_files_a_scan_found_and_forgot_wait_for_the_next_rescan(tmp_path: Path) 
     inbox.mkdir()
     for i in range(40):
         (inbox / f"old{i:02d}.dcm").write_bytes(b"x")
-    intake = BusyIntake()
-    busy, taken, deliver = intake.busy, intake.taken, intake.deliver
-
-    w = Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600)
-    watcher = Watcher(w, deliver)
-    watcher.limit = 10
-    with watcher:
+    with line_of_ten(inbox, rescan=3600) as (watcher, intake):
+        taken = intake.taken
         wait_for(lambda: watcher.dropped >= 30, 15, "30 scan-found files forgotten")
-        busy.clear()
+        intake.busy.clear()
         wait_for(lambda: len(taken) >= 10, 20, "the 10 the watcher held offered")
         (inbox / "new.dcm").write_bytes(b"n")  # taken only after the loop went round again
         wait_for(lambda: "new.dcm" in taken, 20, "a file dropped afterwards")
