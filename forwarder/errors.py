@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -49,7 +50,12 @@ class SpoolError(ForwarderError):
 
 
 class SpoolFull(ForwarderError):
-    """No space left for a new object: intake leaves sources in place and tries later."""
+    """No space left for a new object: intake leaves sources in place and tries later.
+    ``undecided``: the files of the refused batch that got no verdict yet (set by intake)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.undecided: list[Any] = []
 
 
 class SourceChanged(ForwarderError):

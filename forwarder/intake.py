@@ -127,13 +127,14 @@ class Intake:
             cands = self._take()
             while cands and not self._stop.is_set():
                 try:
-                    self.process(cands)
+                    took = self.process(cands)
                     cands = []
-                    if self.paused_full:
+                    if self.paused_full and took:  # a batch with nothing to write proves no room
                         self.paused_full = False
                         event(LOGGER, "spool_full", "spool has room again: intake resumed",
                               level=logging.WARNING)
                 except SpoolFull as exc:
+                    cands = exc.undecided  # the rest got their verdict: not offered twice
                     if len(cands) > 1:  # take what fits; the rest goes back to the front
                         half = len(cands) // 2
                         self._queue.requeue(cands[half:])
@@ -161,26 +162,34 @@ class Intake:
 
     # --- one batch ---------------------------------------------------------------
 
-    def process(self, cands: list[Candidate]) -> None:
+    def process(self, cands: list[Candidate]) -> int:
         """Take a batch: quarantine the bad, accept the rest with one commit, then
-        remove (or remember) the sources. Raises SpoolFull with every source untouched.
-        An unexpected error about one file is contained to it (see :mod:`.faults`)."""
+        remove (or remember) the sources; the number of files accepted. Raises
+        SpoolFull with every source untouched, its ``undecided`` the candidates that got
+        no verdict (a file found gone or changed got one already, and its watcher looks
+        at it again). An unexpected error about one file is contained to it (see
+        :mod:`.faults`)."""
         ready: list[_Open] = []
         kept = False
+        opened_upto = 0
+        before = self.accepted
         try:
             for cand in cands:
                 opened = self._guarded_open(cand)
+                opened_upto += 1
                 if opened is not None:
                     ready.append(opened)
             self._accept(ready)
-        except SpoolFull:
-            kept = True  # the caller puts the batch back in intake's queue: no verdict yet
+        except SpoolFull as exc:
+            kept = True  # the caller puts them back in intake's queue: no verdict yet
+            exc.undecided = [o.cand for o in ready] + cands[opened_upto:]
             raise
         finally:
             for o in ready:
                 os.close(o.fd)
                 if not kept:
                     o.cand.finished(False)
+        return self.accepted - before
 
     def _accept(self, ready: list[_Open]) -> None:
         """Commit ``ready`` in one batch; each file dealt with leaves the list. When the

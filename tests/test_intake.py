@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -382,49 +386,84 @@ def test_a_burst_starts_with_one_file_and_batches_double(tmp_path: Path) -> None
     assert [c.relpath for c in take_within(10)] == ["52", "53"]
 
 
-def test_a_full_spool_keeps_its_batch_and_the_watcher_offers_each_file_once(
-        tmp_path: Path) -> None:
-    """Intake keeps in its own queue the batch the full spool refused, so the watcher
-    does not offer those files a second time while intake is paused; once there is room
-    every file is taken, once."""
-    import collections
-
+@contextlib.contextmanager
+def a_refusing_spool(tmp_path: Path, count: int) -> Iterator[FullSpool]:
+    """A running pipeline whose spool refuses every batch while ``full`` is set (intake
+    tries again every 0.1 s), each file's offers from its watcher counted, and ``count``
+    new files renamed into its watch folder."""
     from forwarder.errors import SpoolFull
 
     cfg = make_config(tmp_path, watch="min_age: 100ms")
     p = Pipeline(cfg)
     p.intake.full_pause = 0.1
-    offers: collections.Counter[str] = collections.Counter()
+    spool = FullSpool(p, collections.Counter(), threading.Event(), [], {})
 
     def deliver(cand):  # noqa: ANN001, ANN202 - the watchers' deliver, counted
         taken = p.intake.offer(cand)
         if taken:
-            offers[cand.relpath] += 1
+            spool.offers[cand.relpath] += 1
         return taken
 
     for w in p.watchers:
         w.deliver = deliver
-    full = threading.Event()
-    full.set()
-    refused = []
+    spool.full.set()
     accept = p.spool.accept
 
     def full_spool(incoming):  # noqa: ANN001, ANN202
-        if full.is_set():
-            refused.append(len(incoming))
+        if spool.full.is_set():
+            spool.refused.append(len(incoming))
             raise SpoolFull("no room (test)")
         return accept(incoming)
 
     p.spool.accept = full_spool  # type: ignore[method-assign]
-    files = unique_copies(tmp_path / "src", 3)
+    files = unique_copies(tmp_path / "src", count)
     with p:
-        for path in files.values():
+        for uid, path in files.items():
             os.rename(path, tmp_path / "in" / path.name)
-        wait_for(lambda: len(refused) >= 8, 20, "intake paused, trying again")
-        full.clear()
-        wait_for(lambda: len(p.objects()) == 3, 20, "every file taken once there is room")
-        assert sorted(o["sop_instance"] for o in p.objects()) == sorted(files)
-    assert offers == {path.name: 1 for path in files.values()}
+            spool.files[uid] = tmp_path / "in" / path.name
+        yield spool
+
+
+@dataclasses.dataclass
+class FullSpool:
+    p: Pipeline
+    offers: collections.Counter[str]
+    full: threading.Event
+    refused: list[int]
+    files: dict[str, Path]  # SOP Instance UID: the file in the watch folder
+
+
+def test_a_full_spool_keeps_its_batch_and_the_watcher_offers_each_file_once(
+        tmp_path: Path) -> None:
+    """Intake keeps in its own queue the batch the full spool refused, so the watcher
+    does not offer those files a second time while intake is paused; once there is room
+    every file is taken, once."""
+    with a_refusing_spool(tmp_path, 3) as s:
+        wait_for(lambda: len(s.refused) >= 8, 20, "intake paused, trying again")
+        s.full.clear()
+        wait_for(lambda: len(s.p.objects()) == 3, 20, "every file taken once there is room")
+        assert sorted(o["sop_instance"] for o in s.p.objects()) == sorted(s.files)
+    assert s.offers == {path.name: 1 for path in s.files.values()}
+
+
+def test_a_file_touched_while_the_spool_is_full_is_offered_once_more_not_at_every_try(
+        tmp_path: Path) -> None:
+    """A file changed while its batch waits for room gets its verdict (changed: settle
+    again) once; only the changed file is offered again, so the refused tries that
+    follow do not add offers of it to intake's queue; once there is room each file is
+    taken once."""
+    with a_refusing_spool(tmp_path, 3) as s:
+        wait_for(lambda: len(s.refused) >= 2, 20, "intake paused, trying again")
+        touched = sorted(s.files.values())[0]
+        later = touched.stat().st_mtime_ns + 5_000_000_000
+        os.utime(touched, ns=(later, later))
+        wait_for(lambda: s.offers[touched.name] == 2, 20, "the changed file offered again")
+        tries = len(s.refused)
+        wait_for(lambda: len(s.refused) >= tries + 8, 20, "intake still paused, trying again")
+        s.full.clear()
+        wait_for(lambda: len(s.p.objects()) == 3, 20, "every file taken once there is room")
+        assert sorted(o["sop_instance"] for o in s.p.objects()) == sorted(s.files)
+    assert s.offers == {path.name: 2 if path == touched else 1 for path in s.files.values()}
 
 
 def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
