@@ -61,6 +61,7 @@ EVENTS: dict[str, str] = {
     "source_kept": "9a3c4bc647c6495aa4b379643cd1e6cf",
     "watch_unavailable": "6c9cb14aea1e46cfa98601be3d586ce9",
     "watch_available": "c70ee9120ea545f9805618284b13389b",
+    "watch_replaced": "7dd104d32cb74f8395222eaf0b6ef35f",
     "incomplete": "ca2302976b614c44aa387928f25656c0",
     "environment": "e3b4a0d25c6f47a19e7d8b2c5f1a0d34",
     "start_refused": "9a2e6c41d7b84f03a5c1e8d2b6f7a490",

@@ -6,7 +6,9 @@ overflows), and one as soon as intake has room again after settled files seen th
 events were forgotten (a burst larger than intake's queue and the watcher's bounded line
 together). Each known file waits in :class:`~forwarder.settle.Settler` until it has
 been unchanged for ``min_age``; then it is handed to intake once. Symlinks are never
-followed: a symlink is reported once and left alone.
+followed: a symlink is reported once and left alone. Every few seconds one stat checks
+that the folder at the path is still the one watched (removed, or renamed away, and made
+again: its events would never come).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class Watcher:
         self._behind = False
         self.unavailable: str | None = None  # why the folder cannot be watched now
         self.retry = max(0.5, min(RETRY, watch.rescan))
+        self._root_id: tuple[int, int] | None = None  # (device, inode) of the folder watched
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -128,10 +131,24 @@ class Watcher:
     def _attach(self) -> bool:
         """Check the folder and start its observer; False (and reported) when unavailable."""
         try:
-            if not os.path.isdir(self.root):
+            try:
+                st = os.stat(self.root)
+            except FileNotFoundError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
                 raise FileNotFoundError(errno.ENOENT, "does not exist or is not a directory")
             with os.scandir(self.root):
                 pass
+            ident = (st.st_dev, st.st_ino)
+            if self._root_id is not None and (ident != self._root_id or self._deaf()):
+                # removed or renamed away, and made again: the observer watches the old one
+                # or none (a removed folder's inode number may come back at once)
+                event(LOGGER, "watch_replaced", "watch %s: %s is a new folder (the one "
+                      "watched was removed or renamed); watching the new one and scanning it",
+                      self.watch.name, shown(self.root), level=logging.WARNING,
+                      WATCH=self.watch.name)
+                self._detach()
+            self._root_id = ident
             if self._use_events and self.observer is None:
                 self.observer, self.polling = start_observer(
                     self.watch, Events(self._queue.put), self._observer_factory)
@@ -203,10 +220,31 @@ class Watcher:
 
     # --- the loop ----------------------------------------------------------------
 
+    def _replaced(self) -> bool:
+        """The folder watched is gone, or another folder now has its path (its events
+        would never come): a scan now reports it or watches the new one."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._root_id or self._deaf()
+
+    def _deaf(self) -> bool:
+        """The observer stopped by itself: watchdog ends a folder's watch when the
+        folder is removed."""
+        obs = self.observer
+        return obs is not None and not (obs.is_alive() and obs.emitters and
+                                        all(e.is_alive() for e in obs.emitters))
+
     def _run(self) -> None:
         next_scan = 0.0
+        next_look = time.monotonic() + self.retry
         while not self._stop.is_set():
             now = time.monotonic()
+            if now >= next_look:  # every few seconds: one stat, the folder is still ours
+                next_look = now + self.retry
+                if self.unavailable is None and self._replaced():
+                    next_scan = now
             if self._behind and not self._waiting:
                 next_scan = now  # what was forgotten is found now, not a rescan period later
             if now >= next_scan:
@@ -219,7 +257,7 @@ class Watcher:
                 else:
                     next_scan = time.monotonic() + self.retry
             self._flush_waiting()
-            wake = min(next_scan, self._heap[0][0] if self._heap else next_scan)
+            wake = min(next_scan, next_look, self._heap[0][0] if self._heap else next_scan)
             if self._waiting:
                 wake = min(wake, time.monotonic() + 0.1)
             batch: list[str | Finished | None] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pwd
 import re
@@ -290,6 +291,42 @@ def test_a_watch_folder_missing_at_start_or_removed_later_stops_nothing(
     assert log.count("FORWARDER_EVENT=watch_unavailable") == 2, log
     assert log.count("FORWARDER_EVENT=watch_available") == 1, log
     assert "late" not in status_text(cfg, tmp_path), "no daemon: nothing stale is shown"
+
+
+@pytest.mark.parametrize("how", ["removed", "renamed"])
+def test_a_watch_folder_removed_or_renamed_and_made_again_is_watched_again(
+        tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The folder watched is removed (its inode number may come back at once) or renamed
+    away, and a new one is made at its path: its files are offered and its events
+    followed within seconds, not a rescan period (here an hour) later, and the log says
+    so."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    taken: list[str] = []
+
+    def deliver(cand: Candidate) -> bool:
+        taken.append(cand.relpath)
+        return True
+
+    watcher = Watcher(Watch(name="w", path=str(inbox), min_age=0.1, rescan=3600), deliver)
+    watcher.retry = 0.5
+    with caplog.at_level(logging.INFO, logger="forwarder.watcher"), watcher:
+        wait_for(lambda: watcher.scans == 1, 10, "the start-up scan")
+        (inbox / "a.dcm").write_bytes(b"x")
+        wait_for(lambda: taken == ["a.dcm"], 10, "a file dropped into the folder")
+        if how == "removed":
+            shutil.rmtree(inbox)
+        else:
+            inbox.rename(tmp_path / "old")
+        inbox.mkdir()
+        (inbox / "b.dcm").write_bytes(b"x")
+        wait_for(lambda: "b.dcm" in taken, 10, "the file already in the new folder")
+        scans = watcher.scans
+        (inbox / "c.dcm").write_bytes(b"x")
+        wait_for(lambda: "c.dcm" in taken, 10, "a file dropped into the new folder")
+        assert watcher.scans == scans, "seen through the new folder's events, not a scan"
+    assert taken == ["a.dcm", "b.dcm", "c.dcm"]
+    assert "is a new folder" in caplog.text or "is available again" in caplog.text
 
 
 def status_text(cfg: Path, cwd: Path) -> str:
