@@ -171,8 +171,9 @@ class Daemon:
         return cfg.log.level, self.log_target or cfg.log.target, cfg.log.phi
 
     def _start_watcher(self, w: config.Watch) -> None:
-        assert self.intake is not None
-        self.watchers[w.name] = Watcher(w, self.intake.offer, on_state=self._wake).start()
+        assert self.intake is not None and self.spool is not None
+        self.watchers[w.name] = Watcher(w, self.intake.offer, on_state=self._wake,
+                                          known=self.spool.left_unchanged).start()
 
     def _hold_removed(self, cfg: Config) -> None:
         """A destination gone from the file but with jobs left is held, never dropped."""

@@ -37,7 +37,8 @@ LOGGER = logging.getLogger(__name__)
 
 # Files remembered in memory per map (left in place, reported, settled and waiting for
 # intake): beyond this the oldest are forgotten. Nothing is lost: a forgotten file is still
-# in the folder, the next scan finds it, and the spool's seen table keeps kept sources.
+# in the folder and the next scan finds it; a kept source the scan finds is passed over
+# by the spool's seen table (``known``), so it never takes the room of new files.
 MEMORY_LIMIT = 10000
 RETRY = 10.0  # seconds between looks for a folder that is unavailable
 
@@ -82,10 +83,14 @@ class Watcher:
 
     def __init__(self, watch: Watch, deliver: Callable[[Candidate], bool],
                  observer_factory: Callable[[], Any] | None = None, events: bool = True,
-                 on_state: Callable[[], None] | None = None):
+                 on_state: Callable[[], None] | None = None,
+                 known: Callable[[str, os.stat_result], bool] | None = None):
         self.watch = watch
         self.root = os.path.abspath(watch.path)
         self.deliver = deliver  # False: intake is full (or stopping): offer it again later
+        # the spool's word that a file was taken, left in place and is untouched since
+        # (by its shown path): a scan passes it over even when this watcher forgot it
+        self.known = known
         self._observer_factory = observer_factory
         self._use_events = events
         self._on_state = on_state  # told when the folder becomes unavailable or available
@@ -358,6 +363,10 @@ class Watcher:
                     left[1] is None or time.monotonic() < left[1])):
                 return
             self._left.pop(path, None)
+        if not fresh and self.known is not None and self.known(shown(path), st):
+            # left in place before and forgotten here (more such files than the memory
+            # holds): offered again, it would take the room of files not yet taken
+            return
         if fresh:
             self._fresh.add(path)
         due = self.settler.observe(path, sig, time.monotonic(), time.time())

@@ -34,12 +34,14 @@ def make_config(tmp_path: Path, watch: str = "", routes: str = "", extra: str = 
 class Pipeline:
     """Watchers feeding intake feeding the spool; a context manager."""
 
-    def __init__(self, cfg: config.Config, events: bool = True, **watcher_kw: Any):
+    def __init__(self, cfg: config.Config, events: bool = True,
+                 intake_kw: dict[str, Any] | None = None, **watcher_kw: Any):
         self.cfg = cfg
         self.spool = Spool(cfg.spool)
         self.fatal: list[BaseException] = []
-        self.intake = Intake(cfg, self.spool, on_fatal=self.fatal.append)
-        self.watchers = [Watcher(w, self.intake.offer, events=events, **watcher_kw)
+        self.intake = Intake(cfg, self.spool, on_fatal=self.fatal.append, **(intake_kw or {}))
+        self.watchers = [Watcher(w, self.intake.offer, events=events,
+                                 known=self.spool.left_unchanged, **watcher_kw)
                          for w in cfg.watch]
 
     def __enter__(self) -> Pipeline:

@@ -247,10 +247,30 @@ def test_keep_source_takes_nothing_twice_across_a_restart(tmp_path: Path) -> Non
     assert sorted(f.name for f in (tmp_path / "in").iterdir()) == \
         sorted(f.name for f in uids.values())
     with Pipeline(cfg) as p:  # a restart: a new process would see the same spool
-        wait_for(lambda: p.intake.seen_skipped >= 10, 15, "the kept files to be recognised")
+        wait_for(lambda: p.watchers[0].scans >= 3, 10, "scans after the restart")
         assert len(p.jobs()) == 10 and len(p.objects()) == 10
         next(iter(uids.values())).write_bytes(CT.read_bytes())  # rewritten: new content
         wait_for(lambda: len(p.jobs()) == 11, 10, "the rewritten file taken again")
+
+
+def test_a_kept_folder_larger_than_the_watchers_memory_is_taken_whole(
+        tmp_path: Path) -> None:
+    """keep_source on a folder of more files than the watcher remembers as left in place
+    and than intake and the watcher's line hold together (here 10 each, for 40 files):
+    the files it has forgotten are passed over by their index row at each scan, so they
+    do not take the room of those not yet taken, and every file is taken, once."""
+    cfg = make_config(tmp_path, watch="keep_source: true\nmin_age: 100ms\nrescan: 300ms")
+    uids = unique_copies(tmp_path / "in", 40)  # there before the start: found by scans
+    p = Pipeline(cfg, intake_kw={"capacity": 10, "batch": 5})
+    p.watchers[0].limit = 10
+    with p:
+        wait_for(lambda: len(p.objects()) == 40, 20, "every kept file in the spool")
+        scans = p.watchers[0].scans
+        wait_for(lambda: p.watchers[0].scans >= scans + 3, 10, "three more scans")
+        assert sorted(o["sop_instance"] for o in p.objects()) == sorted(uids)
+        assert len(p.jobs()) == 40
+    assert sorted(f.name for f in (tmp_path / "in").iterdir()) == \
+        sorted(f.name for f in uids.values())
 
 
 def test_routing_fans_out_by_attributes_and_path(tmp_path: Path) -> None:

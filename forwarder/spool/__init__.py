@@ -129,6 +129,11 @@ class Spool:
         """Was this file taken before and left in place, and is it unchanged since?"""
         return accept.is_seen(self, path, st, fd)
 
+    def left_unchanged(self, path: str, st: os.stat_result) -> bool:
+        """Was this file taken and left in place, and is it untouched since? From the
+        index alone, for a watcher's scan (any other thread than intake's may ask)."""
+        return accept.left_unchanged(self, path, st)
+
     def remember(self, path: str, st: os.stat_result, sha: str | None = None) -> None:
         """Record a file left in place so it is never taken twice while unchanged."""
         accept.remember(self, path, st, sha)

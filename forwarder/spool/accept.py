@@ -138,6 +138,17 @@ def is_seen(spool: Spool, path: str, st: os.stat_result, fd: int | None = None) 
         return seen.lookup(spool.db, path, st, fd)
 
 
+def left_unchanged(spool: Spool, path: str, st: os.stat_result) -> bool:
+    """Was this file taken and left in place, and is it untouched since (its index row
+    alone; see :func:`forwarder.spool.seen.unchanged`)? False when the index cannot
+    be read: intake then decides, as for any file."""
+    try:
+        with spool._lock:
+            return seen.unchanged(spool.db, path, st)
+    except sqlite3.Error:
+        return False
+
+
 def remember(spool: Spool, path: str, st: os.stat_result, sha: str | None = None) -> None:
     """Record a file left in place so it is never taken twice while unchanged."""
     with spool._tx() as db:

@@ -38,6 +38,15 @@ def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None
     return same
 
 
+def unchanged(db: sqlite3.Connection, path: str, st: os.stat_result) -> bool:
+    """Was this very file taken before, and are its size, mtime and ctime still what
+    they were then? Reads nothing but the index: a changed ctime answers False, and
+    :func:`lookup` then lets the content decide."""
+    row = db.execute("SELECT size, mtime_ns, ctime_ns FROM seen WHERE path=? AND inode=?",
+                     (path, st.st_ino)).fetchone()
+    return row is not None and tuple(row) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def record(db: sqlite3.Connection, path: str, st: os.stat_result, sha: str | None) -> None:
     db.execute("INSERT OR REPLACE INTO seen (path, inode, size, mtime_ns, ctime_ns, sha256) "
                "VALUES (?, ?, ?, ?, ?, ?)",
