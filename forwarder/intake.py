@@ -67,6 +67,7 @@ class Intake:
         self.seen_skipped = 0
         self.kept = 0  # taken, but the source could not be removed
         self.incomplete = Incomplete()  # files that look cut short, waiting for their writer
+        self._judged: set[int] = set()  # ids of the batch in hand's candidates given a verdict
 
     # --- the queue ---------------------------------------------------------------
 
@@ -171,25 +172,31 @@ class Intake:
         :mod:`.faults`)."""
         ready: list[_Open] = []
         kept = False
-        opened_upto = 0
+        self._judged.clear()
         before = self.accepted
         try:
             for cand in cands:
                 opened = self._guarded_open(cand)
-                opened_upto += 1
                 if opened is not None:
                     ready.append(opened)
             self._accept(ready)
         except SpoolFull as exc:
             kept = True  # the caller puts them back in intake's queue: no verdict yet
-            exc.undecided = [o.cand for o in ready] + cands[opened_upto:]
+            exc.undecided = [c for c in cands if id(c) not in self._judged]
             raise
         finally:
             for o in ready:
                 os.close(o.fd)
                 if not kept:
-                    o.cand.finished(False)
+                    self._verdict(o.cand, False)
         return self.accepted - before
+
+    def _verdict(self, cand: Candidate, left_in_place: bool,
+                 again_after: float | None = None) -> None:
+        """Tell ``cand``'s watcher what became of it; the batch in hand notes that it
+        was judged, so that a full spool's retry does not judge it again."""
+        self._judged.add(id(cand))
+        cand.finished(left_in_place, again_after)
 
     def _accept(self, ready: list[_Open]) -> None:
         """Commit ``ready`` in one batch; each file dealt with leaves the list. When the
@@ -210,27 +217,30 @@ class Intake:
                 [o] = ready
                 ready.clear()
                 os.close(o.fd)
-                o.cand.finished(False)
+                self._verdict(o.cand, False)
                 return
             if len(ready) > 1:
                 for o in list(ready):
-                    self._accept([o])
                     ready.remove(o)
+                    one = [o]
+                    try:
+                        self._accept(one)
+                    finally:
+                        ready.extend(one)  # not dealt with (the spool's fault): still ours
                 return
             [o] = ready
-            ready.clear()
             try:
                 self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe)
             except Exception as again:
                 if spool_wide(again):
-                    raise
+                    raise  # not dealt with: it stays in ``ready``, whose owner closes it
                 self._left_alone(o.cand, again)
-            finally:
-                os.close(o.fd)
+            ready.clear()
+            os.close(o.fd)
             return
         for o, oid in zip(list(ready), ids, strict=True):
             ready.remove(o)
-            o.cand.finished(self._accepted(o, oid))
+            self._verdict(o.cand, self._accepted(o, oid))
 
     def _guarded_open(self, cand: Candidate) -> _Open | None:
         try:
@@ -246,7 +256,7 @@ class Intake:
         event(LOGGER, "intake_error", "%s: %s; left in place until it changes", cand.shown,
               in_words(exc, "taking this file"), level=logging.ERROR,
               FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, TRACEBACK=trace(exc))
-        cand.finished(True)
+        self._verdict(cand, True)
 
     def _contain(self, cand: Candidate, fd: int, st: os.stat_result, exc: Exception,
                  doing: str, found: Probe | None = None) -> None:
@@ -266,14 +276,14 @@ class Intake:
             if exc.errno == errno.ELOOP:
                 event(LOGGER, "ignored", "%s: became a symlink, left alone", cand.shown,
                       level=logging.WARNING, FORWARDER_FILE=cand.shown)
-                cand.finished(True)
+                self._verdict(cand, True)
             elif exc.errno == errno.ENOENT:
-                cand.finished(False)
+                self._verdict(cand, False)
             else:
                 event(LOGGER, "intake_error", "%s: cannot open: %s; left in place until it "
                       "changes", cand.shown, exc.strerror, level=logging.ERROR,
                       FORWARDER_FILE=cand.shown)
-                cand.finished(True)
+                self._verdict(cand, True)
             return None
         keep = False
         try:
@@ -282,15 +292,15 @@ class Intake:
                 keep = True
                 event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.shown,
                       level=logging.WARNING, FORWARDER_FILE=cand.shown)
-                cand.finished(True)
+                self._verdict(cand, True)
                 return None
             if Signature.of(st) != cand.sig:  # written to since it settled: settle again
-                cand.finished(False)
+                self._verdict(cand, False)
                 return None
             watch = cand.watch
             if self.spool.is_seen(cand.shown, st, fd):  # kept, or could not be removed
                 self.seen_skipped += 1
-                cand.finished(True)
+                self._verdict(cand, True)
                 return None
             found: Probe | None = None
             try:
@@ -316,7 +326,7 @@ class Intake:
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
                           "(unrouted: delete)", cand.shown, FORWARDER_FILE=cand.shown,
                           **probe_fields(found))
-                    cand.finished(self._dispose(cand, st))
+                    self._verdict(cand, self._dispose(cand, st))
                     return None
                 self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)", found)
                 return None
@@ -339,7 +349,7 @@ class Intake:
                       "changes; quarantined (by copy) if unchanged for %gs", cand.shown, reason,
                       patience, level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
                       WATCH=cand.watch.name)
-            cand.finished(True, again_after=left)
+            self._verdict(cand, True, again_after=left)
             return True
         self._quarantine(cand, fd, st, f"{reason} (unchanged for {patience:g}s; the source "
                          "is left in place)", leave=True)
@@ -360,7 +370,7 @@ class Intake:
             self.spool.remember(cand.shown, st)
         elif move is None or os.path.lexists(cand.path):
             left = self._dispose(cand, st)
-        cand.finished(left)
+        self._verdict(cand, left)
 
     def _accepted(self, o: _Open, oid: int) -> bool:
         """Report one accepted file and remove its source; True if it stays in place."""

@@ -486,6 +486,46 @@ def test_a_file_touched_while_the_spool_is_full_is_offered_once_more_not_at_ever
     assert s.offers == {path.name: 2 if path == touched else 1 for path in s.files.values()}
 
 
+def test_a_file_whose_quarantine_meets_a_full_spool_waits_with_its_batch(
+        tmp_path: Path) -> None:
+    """In a batch the spool refused for one file's sake (an error of that file), the
+    file is taken alone and quarantined; when the quarantine itself finds the spool
+    full, that file waits in intake's queue like the rest of a refused batch: intake
+    goes on, every descriptor is closed once, and once there is room the file is
+    quarantined and the others taken, each once."""
+    from forwarder.errors import SpoolFull
+
+    with a_refusing_spool(tmp_path, 4) as s:
+        s.full.clear()
+        bad = sorted(s.files.values())[0]
+        accept, quarantine = s.p.spool.accept, s.p.spool.quarantine
+        quarantine_full = threading.Event()
+        quarantine_full.set()
+        tries: list[str] = []
+
+        def accept_but_the_bad_one(incoming):  # noqa: ANN001, ANN202
+            if any(i.source == str(bad) for i in incoming):
+                raise RuntimeError("a bug about this one file (test)")
+            return accept(incoming)
+
+        def quarantine_when_room(fd, source, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if quarantine_full.is_set():
+                tries.append(source)
+                raise SpoolFull("no room for the quarantine (test)")
+            return quarantine(fd, source, *args, **kwargs)
+
+        s.p.spool.accept = accept_but_the_bad_one  # type: ignore[method-assign]
+        s.p.spool.quarantine = quarantine_when_room  # type: ignore[method-assign]
+        wait_for(lambda: len(tries) >= 3, 20, "the quarantine refused, tried again")
+        quarantine_full.clear()
+        wait_for(lambda: len(s.p.objects()) == 3 and s.p.intake.quarantined == 1, 20,
+                 "the others taken and the bad one quarantined")
+        assert sorted(o["sop_instance"] for o in s.p.objects()) == \
+            sorted(uid for uid, path in s.files.items() if path != bad)
+        assert s.p.intake.alive and not s.p.fatal
+    assert s.offers == {path.name: 1 for path in s.files.values()}
+
+
 def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
         tmp_path: Path) -> None:
     """What the spool could not hold goes back to the front (halving) or to the back
