@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -144,7 +145,7 @@ class Intake:
                     if not self.paused_full:
                         self.paused_full = True
                         event(LOGGER, "spool_full", "%s: intake paused, files stay in the "
-                              "watch folders; sending goes on and frees space", exc,
+                              "watch folders; %s", exc, self._what_frees_space(),
                               level=logging.ERROR)
                     self._queue.defer(cands)  # to the back of the line: smaller ones may fit
                     cands = []
@@ -160,6 +161,20 @@ class Intake:
                     return
             for c in cands:  # stopping with a batch in hand: it stays in the folder
                 c.finished(False)
+
+    def _what_frees_space(self) -> str:
+        """For the pause's message: whether sending will make room by itself."""
+        try:
+            jobs = self.spool.counts()
+        except sqlite3.Error:
+            return "sending goes on and frees space as files are delivered"
+        queued = jobs.get("pending", 0) + jobs.get("sending", 0)
+        if queued:
+            return f"sending the {queued} queued jobs frees space as they are delivered"
+        failed = jobs.get("failed", 0)
+        return ("nothing is queued to send, so sending frees no space: free some on the "
+                "spool's file system" + (f", or retry or purge its {failed} failed jobs"
+                                         if failed else ""))
 
     # --- one batch ---------------------------------------------------------------
 

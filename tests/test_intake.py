@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -454,12 +455,16 @@ class FullSpool:
 
 
 def test_a_full_spool_keeps_its_batch_and_the_watcher_offers_each_file_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Intake keeps in its own queue the batch the full spool refused, so the watcher
     does not offer those files a second time while intake is paused; once there is room
-    every file is taken, once."""
-    with a_refusing_spool(tmp_path, 3) as s:
+    every file is taken, once. With nothing queued to send, the pause says that sending
+    will not make room."""
+    with caplog.at_level(logging.INFO, logger="forwarder.intake"), \
+            a_refusing_spool(tmp_path, 3) as s:
         wait_for(lambda: len(s.refused) >= 8, 20, "intake paused, trying again")
+        assert "intake paused, files stay in the watch folders; nothing is queued to send, " \
+            "so sending frees no space" in caplog.text
         s.full.clear()
         wait_for(lambda: len(s.p.objects()) == 3, 20, "every file taken once there is room")
         assert sorted(o["sop_instance"] for o in s.p.objects()) == sorted(s.files)
@@ -496,7 +501,6 @@ def test_a_file_whose_quarantine_meets_a_full_spool_waits_with_its_batch(
     from forwarder.errors import SpoolFull
 
     with a_refusing_spool(tmp_path, 4) as s:
-        s.full.clear()
         bad = sorted(s.files.values())[0]
         accept, quarantine = s.p.spool.accept, s.p.spool.quarantine
         quarantine_full = threading.Event()
@@ -516,6 +520,7 @@ def test_a_file_whose_quarantine_meets_a_full_spool_waits_with_its_batch(
 
         s.p.spool.accept = accept_but_the_bad_one  # type: ignore[method-assign]
         s.p.spool.quarantine = quarantine_when_room  # type: ignore[method-assign]
+        s.full.clear()  # the spool takes batches now, all but the bad file's
         wait_for(lambda: len(tries) >= 3, 20, "the quarantine refused, tried again")
         quarantine_full.clear()
         wait_for(lambda: len(s.p.objects()) == 3 and s.p.intake.quarantined == 1, 20,

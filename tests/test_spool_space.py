@@ -88,6 +88,8 @@ def test_a_file_that_does_not_fit_waits_behind_the_others(make_scp, tmp_path: Pa
             d.wait_ready()
             drop([big], tmp_path / "in")
             wait_for(lambda: "intake paused" in d.output(), 30, "the big file refused")
+            assert "nothing is queued to send, so sending frees no space: free some on the " \
+                "spool's file system" in d.output()
             drop(list(small.values()), tmp_path / "in")
             wait_for(lambda: set(peer.counts()) == set(small), 60,
                      "every small file, behind the refused one")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -188,6 +189,8 @@ def test_spool_filesystem_full_pauses_intake_and_loses_nothing(make_scp, tmp_pat
         try:
             d.wait_ready()
             wait_for(lambda: "intake paused" in d.output(), 60, "intake to pause")
+            assert re.search(r"intake paused, files stay in the watch folders; sending the "
+                             r"\d+ queued jobs frees space", d.output()), d.output()[-2000:]
             assert sources(tmp_path / "in", uids), "files wait in the watch folder"
             spool_filled.set()
             wait_for(lambda: len(peer.counts()) == 300, 120, "everything, as space frees up")
