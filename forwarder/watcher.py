@@ -144,8 +144,7 @@ class Watcher:
                 raise FileNotFoundError(errno.ENOENT, "does not exist or is not a directory")
             with os.scandir(self.root):
                 pass
-            ident = (st.st_dev, st.st_ino)
-            if self._root_id is not None and (ident != self._root_id or self._deaf()):
+            if self._root_id is not None and not self._watching(st):
                 # removed or renamed away, and made again: the observer watches the old one
                 # or none (a removed folder's inode number may come back at once)
                 event(LOGGER, "watch_replaced", "watch %s: %s is a new folder (the one "
@@ -153,7 +152,7 @@ class Watcher:
                       self.watch.name, shown(self.root), level=logging.WARNING,
                       WATCH=self.watch.name)
                 self._detach()
-            self._root_id = ident
+            self._root_id = (st.st_dev, st.st_ino)
             if self._use_events and self.observer is None:
                 self.observer, self.polling = start_observer(
                     self.watch, Events(self._queue.put), self._observer_factory)
@@ -232,14 +231,15 @@ class Watcher:
             st = os.stat(self.root)
         except OSError:
             return True
-        return (st.st_dev, st.st_ino) != self._root_id or self._deaf()
+        return not self._watching(st)
 
-    def _deaf(self) -> bool:
-        """The observer stopped by itself: watchdog ends a folder's watch when the
-        folder is removed."""
+    def _watching(self, st: os.stat_result) -> bool:
+        """``st`` is the folder watched, and its observer, if any, has not stopped by
+        itself (watchdog ends a folder's watch when the folder is removed)."""
         obs = self.observer
-        return obs is not None and not (obs.is_alive() and obs.emitters and
-                                        all(e.is_alive() for e in obs.emitters))
+        return (st.st_dev, st.st_ino) == self._root_id and (
+            obs is None or bool(obs.is_alive() and obs.emitters and
+                                all(e.is_alive() for e in obs.emitters)))
 
     def _run(self) -> None:
         next_scan = 0.0
