@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from forwarder.watcher import Candidate
+from forwarder.candidate import Candidate
 
 BATCH_BYTES = 16 << 20
 

@@ -1,11 +1,12 @@
 """Intake: settled candidate -> probe -> route -> spool (in batches), or quarantine with a reason.
 
-Intake owns the source file's fate. A source is removed only after the spool's commit
-returned (or, with ``keep_source``, remembered as seen so it is never taken twice); it
-is opened with O_NOFOLLOW, so a symlink's target is never read, moved or deleted; a
-file with other hard links is copied, never linked into the spool. A bad input is an
-outcome (quarantine, one event), never an exception that stops the daemon; a spool
-that cannot write durably is (see :class:`~forwarder.errors.SpoolError`).
+Intake owns the source file's fate. A source is removed only after the spool's
+commit returned (or, with ``keep_source``, remembered as seen so it is never taken
+twice; see :mod:`forwarder.sources`); it is opened with O_NOFOLLOW, so a symlink's
+target is never read, moved or deleted; a file with other hard links is copied, never
+linked into the spool. A bad input is an outcome (quarantine, one event), never an
+exception that stops the daemon; a spool that cannot write durably is (see
+:class:`~forwarder.errors.SpoolError`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from forwarder import router
 from forwarder.batches import BATCH_BYTES, Batches
+from forwarder.candidate import Candidate
 from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe, uid_problem
 from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
@@ -30,8 +31,8 @@ from forwarder.faults import in_words, spool_wide, trace
 from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
+from forwarder.sources import dispose, same_file
 from forwarder.spool import Incoming, Spool
-from forwarder.watcher import Candidate
 
 LOGGER = logging.getLogger(__name__)
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -65,8 +66,6 @@ class Intake:
         self.beat = time.monotonic()  # the intake thread's last sign of progress
         self.accepted = 0
         self.quarantined = 0
-        self.seen_skipped = 0
-        self.kept = 0  # taken, but the source could not be removed
         self.incomplete = Incomplete()  # files that look cut short, waiting for their writer
         self._judged: set[int] = set()  # ids of the batch in hand's candidates given a verdict
 
@@ -145,7 +144,7 @@ class Intake:
                     if not self.paused_full:
                         self.paused_full = True
                         event(LOGGER, "spool_full", "%s: intake paused, files stay in the "
-                              "watch folders; %s", exc, self._what_frees_space(),
+                              "watch folders; %s", exc, self.spool.what_frees_space(),
                               level=logging.ERROR)
                     self._queue.defer(cands)  # to the back of the line: smaller ones may fit
                     cands = []
@@ -161,20 +160,6 @@ class Intake:
                     return
             for c in cands:  # stopping with a batch in hand: it stays in the folder
                 c.finished(False)
-
-    def _what_frees_space(self) -> str:
-        """For the pause's message: whether sending will make room by itself."""
-        try:
-            jobs = self.spool.counts()
-        except sqlite3.Error:
-            return "sending goes on and frees space as files are delivered"
-        queued = jobs.get("pending", 0) + jobs.get("sending", 0)
-        if queued:
-            return f"sending the {queued} queued jobs frees space as they are delivered"
-        failed = jobs.get("failed", 0)
-        return ("nothing is queued to send, so sending frees no space: free some on the "
-                "spool's file system" + (f", or retry or purge its {failed} failed jobs"
-                                         if failed else ""))
 
     # --- one batch ---------------------------------------------------------------
 
@@ -314,7 +299,6 @@ class Intake:
                 return None
             watch = cand.watch
             if self.spool.is_seen(cand.shown, st, fd):  # kept, or could not be removed
-                self.seen_skipped += 1
                 self._verdict(cand, True)
                 return None
             found: Probe | None = None
@@ -341,7 +325,7 @@ class Intake:
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
                           "(unrouted: delete)", cand.shown, FORWARDER_FILE=cand.shown,
                           **probe_fields(found))
-                    self._verdict(cand, self._dispose(cand, st))
+                    self._verdict(cand, dispose(self.spool, cand, st))
                     return None
                 self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)", found)
                 return None
@@ -374,7 +358,7 @@ class Intake:
                     found: Probe | None = None, leave: bool = False) -> None:
         keep_source = cand.watch.keep_source or leave
         move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
-            self._same_file(cand.path, st) else None
+            same_file(cand.path, st) else None
         where = self.spool.quarantine(fd, cand.shown, reason, move=move)
         self.quarantined += 1
         event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.shown, where.name, reason,
@@ -384,7 +368,7 @@ class Intake:
         if leave:
             self.spool.remember(cand.shown, st)
         elif move is None or os.path.lexists(cand.path):
-            left = self._dispose(cand, st)
+            left = dispose(self.spool, cand, st)
         self._verdict(cand, left)
 
     def _accepted(self, o: _Open, oid: int) -> bool:
@@ -402,36 +386,4 @@ class Intake:
         os.close(o.fd)
         if o.cand.watch.keep_source:  # kept sources were remembered in the commit
             return True
-        return self._dispose(o.cand, o.st)
-
-    @staticmethod
-    def _same_file(path: str, st: os.stat_result) -> bool:
-        try:
-            now = os.lstat(path)
-        except OSError:
-            return False
-        return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
-
-    def _dispose(self, cand: Candidate, st: os.stat_result) -> bool:
-        """After the spool holds it: remove the source, or remember it (keep_source).
-        A source that cannot be removed (a subfolder of another account, a read-only
-        mount) is remembered and reported once, so it is never taken twice while it is
-        unchanged. True when the source stays in place."""
-        if cand.watch.keep_source:
-            self.spool.remember(cand.shown, st)
-            return True
-        if not self._same_file(cand.path, st):
-            return False  # replaced by a new file of the same name: that one is new work
-        try:
-            os.unlink(cand.path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            self.spool.remember(cand.shown, st)
-            self.kept += 1
-            event(LOGGER, "source_kept", "%s: taken, but the source cannot be removed (%s); "
-                  "it is left in place and will not be taken again while unchanged",
-                  cand.shown, exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.shown,
-                  WATCH=cand.watch.name, ERROR=exc.strerror)
-            return True
-        return False
+        return dispose(self.spool, o.cand, o.st)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import functools
 import heapq
 import logging
 import os
@@ -24,9 +23,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from forwarder.candidate import Candidate, Finished
 from forwarder.config import Watch
 from forwarder.logs import event
 from forwarder.observer import Events, start_observer
@@ -41,41 +40,6 @@ LOGGER = logging.getLogger(__name__)
 # by the spool's seen table (``known``), so it never takes the room of new files.
 MEMORY_LIMIT = 10000
 RETRY = 10.0  # seconds between looks for a folder that is unavailable
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A file that has settled: intake decides its fate and says it with ``finished``."""
-
-    watch: Watch
-    path: str
-    relpath: str
-    sig: Signature
-    fresh: bool  # seen through an event (new work) rather than found by a scan
-    # where the verdict goes: the queue its watcher reads (a stopped watcher's is unread)
-    outbox: queue.SimpleQueue[Any] | None = field(default=None, compare=False, repr=False)
-
-    @functools.cached_property
-    def shown(self) -> str:
-        """The path as text for the index, logs and journal (see :mod:`forwarder.paths`)."""
-        return shown(self.path)
-
-    def finished(self, left_in_place: bool, again_after: float | None = None) -> None:
-        """Intake is done with it; ``left_in_place``: the file stays and must not be
-        offered again while it is unchanged (keep_source, symlink, unreadable...), or
-        not before ``again_after`` seconds (the next scan after that offers it again).
-        The verdict travels forward as a value: the watcher's own thread applies it."""
-        if self.outbox is not None:
-            self.outbox.put(Finished(self, left_in_place, again_after))
-
-
-@dataclass(frozen=True)
-class Finished:
-    """Intake's verdict on a candidate, read by its watcher from the watcher's queue."""
-
-    cand: Candidate
-    left_in_place: bool
-    again_after: float | None = None
 
 
 class Watcher:

@@ -330,8 +330,8 @@ def test_a_batch_of_large_files_is_bounded_by_bytes(tmp_path: Path) -> None:
     import threading
 
     from forwarder.batches import Batches
+    from forwarder.candidate import Candidate
     from forwarder.settle import Signature
-    from forwarder.watcher import Candidate
 
     cfg = make_config(tmp_path)
     queue = Batches(batch_bytes=1_000_000, gather=0)
@@ -369,8 +369,8 @@ def test_a_burst_starts_with_one_file_and_batches_double(tmp_path: Path) -> None
     import threading
 
     from forwarder.batches import Batches
+    from forwarder.candidate import Candidate
     from forwarder.settle import Signature
-    from forwarder.watcher import Candidate
 
     cfg = make_config(tmp_path)
     queue = Batches(batch=20, gather=120.0)  # a gathering take would outlast every deadline
@@ -540,8 +540,8 @@ def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
     import threading
 
     from forwarder.batches import Batches
+    from forwarder.candidate import Candidate
     from forwarder.settle import Signature
-    from forwarder.watcher import Candidate
 
     cfg = make_config(tmp_path)
     queue = Batches(batch=3, gather=0)
@@ -564,7 +564,7 @@ def test_a_requeued_batch_is_taken_first_and_a_closed_queue_hands_back_the_rest(
     # a batch still in intake's hands at close (stop's join ran out) is handed back too
     import queue as queue_mod
 
-    from forwarder.watcher import Finished
+    from forwarder.candidate import Finished
 
     outbox: queue_mod.SimpleQueue[Finished] = queue_mod.SimpleQueue()
     late = [Candidate(cfg.watch[0], f"/x/{n}", n, Signature(1, 0, 0, 0), True, outbox)

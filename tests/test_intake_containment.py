@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 
 from forwarder import linking
+from forwarder.candidate import Candidate
 from forwarder.config import Watch
 from forwarder.errors import SourceChanged
 from forwarder.paths import shown, unshown
 from forwarder.spool import Spool, durable
-from forwarder.watcher import Candidate, Watcher
+from forwarder.watcher import Watcher
 from tests.corpus import unique_copies
 from tests.daemonutil import REPO, DaemonProcess, drop, write_config
 from tests.peers import free_port, wait_for

@@ -478,3 +478,16 @@ def test_an_unusable_index_is_a_clear_spool_error(tmp_path: Path) -> None:
     (tmp_path / "spool" / "index.sqlite").mkdir(parents=True)  # not a database file
     with pytest.raises(SpoolError, match="cannot open the spool index .*index.sqlite"):
         Spool(tmp_path / "spool")
+
+
+def test_the_full_spool_pause_says_what_will_make_room() -> None:
+    """Queued jobs free space as they are sent; with none, the operator must act, and
+    failed jobs are named as what could be retried or purged."""
+    from forwarder.spool.room import what_frees_space
+
+    assert what_frees_space({"pending": 3, "sending": 1, "failed": 2}) == \
+        "sending the 4 queued jobs frees space as they are delivered"
+    assert what_frees_space({"done": 9}) == ("nothing is queued to send, so sending frees no "
+                                            "space: free some on the spool's file system")
+    assert what_frees_space({"failed": 2}).endswith(
+        "free some on the spool's file system, or retry or purge its 2 failed jobs")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from forwarder.errors import SpoolError
 from forwarder.model import Incoming, Job
 from forwarder.retry import Backoff
-from forwarder.spool import accept, db, durable, health, queue, recovery, report
+from forwarder.spool import accept, db, durable, health, queue, recovery, report, room
 from forwarder.spool.durable import filesystem_type
 from forwarder.spool.health import Health
 
@@ -228,3 +228,12 @@ class Spool:
     def counts(self) -> dict[str, int]:
         """Jobs by state, for tests and the daemon's STATUS= line."""
         return report.counts(self)
+
+    def what_frees_space(self) -> str:
+        """For intake's pause on a full spool: whether sending will make room by itself
+        (see :func:`~forwarder.spool.room.what_frees_space`)."""
+        try:
+            jobs = self.counts()
+        except sqlite3.Error:
+            return "sending goes on and frees space as files are delivered"
+        return room.what_frees_space(jobs)

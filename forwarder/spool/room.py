@@ -9,7 +9,7 @@ it is placed, undoing it when the real writes went below the reserve.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forwarder.errors import SpoolFull
@@ -38,3 +38,15 @@ def check(root: Path, reserve: int, batch: Sequence[tuple[int, bool]]) -> None:
     if free - need < reserve:
         raise SpoolFull(f"spool full: {free // 1024} KiB free on {root}, {need // 1024} KiB "
                         f"to take, {reserve // 1024} KiB kept in reserve for the senders")
+
+
+def what_frees_space(jobs: Mapping[str, int]) -> str:
+    """For intake's pause on a full spool, from the jobs by state: whether sending will
+    make room by itself, or what the operator must do."""
+    queued = jobs.get("pending", 0) + jobs.get("sending", 0)
+    if queued:
+        return f"sending the {queued} queued jobs frees space as they are delivered"
+    failed = jobs.get("failed", 0)
+    return ("nothing is queued to send, so sending frees no space: free some on the "
+            "spool's file system" + (f", or retry or purge its {failed} failed jobs"
+                                     if failed else ""))

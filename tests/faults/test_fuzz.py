@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
+from forwarder.candidate import Candidate
 from forwarder.intake import Intake
 from forwarder.paths import shown
 from forwarder.settle import Signature
 from forwarder.spool import Spool
-from forwarder.watcher import Candidate
 from tests.corpus import data_file
 from tests.peers import wait_for
 from tests.pipeline import make_config

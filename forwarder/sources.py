@@ -1,0 +1,51 @@
+"""A source's fate once the spool holds it (accepted, or quarantined by copy).
+
+The source is removed only while it is still the file intake read: the same device and
+inode at its path, since a new file of the same name is new work. With ``keep_source``,
+or when it cannot be removed, it is remembered in the spool's seen table, so it is never
+taken twice while it is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from forwarder.candidate import Candidate
+from forwarder.logs import event
+from forwarder.spool import Spool
+
+LOGGER = logging.getLogger(__name__)
+
+
+def same_file(path: str, st: os.stat_result) -> bool:
+    """``path`` still names the file ``st`` describes (not removed, not replaced)."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+def dispose(spool: Spool, cand: Candidate, st: os.stat_result) -> bool:
+    """After the spool holds it: remove the source, or remember it (keep_source). A
+    source that cannot be removed (a subfolder of another account, a read-only mount) is
+    remembered and reported once, so it is never taken twice while it is unchanged. True
+    when the source stays in place."""
+    if cand.watch.keep_source:
+        spool.remember(cand.shown, st)
+        return True
+    if not same_file(cand.path, st):
+        return False  # replaced by a new file of the same name: that one is new work
+    try:
+        os.unlink(cand.path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        spool.remember(cand.shown, st)
+        event(LOGGER, "source_kept", "%s: taken, but the source cannot be removed (%s); it is "
+              "left in place and will not be taken again while unchanged", cand.shown,
+              exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.shown,
+              WATCH=cand.watch.name, ERROR=exc.strerror)
+        return True
+    return False
