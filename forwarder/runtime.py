@@ -6,6 +6,9 @@ talks DICOM calls :func:`setup` first: the daemon (``run``), ``send``, ``receive
 
 - keeps passcodes out of every log record (:mod:`forwarder.nosecrets`);
 - names the TRACE log level;
+- shows each of pydicom's warnings once: pydicom logs every warning it raises (a record
+  of the ``pydicom`` logger, which the log handlers show) and warns too, so the Python
+  warning, which would print a second time with a source line, is ignored;
 - has the ``forkserver`` that starts worker processes preload the worker, so a worker
   starts in milliseconds (the daemon forks that server from itself,
   :mod:`forwarder.prefork`, where the preload finds it imported).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import warnings
 from multiprocessing.context import ForkServerContext
 
 TRACE = 5
@@ -33,6 +37,7 @@ def setup() -> None:
 
     logging.addLevelName(TRACE, "TRACE")
     nosecrets.install()
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     worker_context().set_forkserver_preload(WORKER_PRELOAD)
     _done = True
 

@@ -268,3 +268,20 @@ def test_many_inputs_are_probed_by_two_processes_and_a_bad_one_still_halts_first
     kept_going = send("-nh")
     assert kept_going.returncode == 1 and kept_going.stderr.count(f"E: {junk}: ") == 1
     assert scp.counts() == dict.fromkeys(files, 1)
+
+
+def test_a_pydicom_warning_is_printed_once_as_a_log_line(scp, tmp_path: Path) -> None:
+    """pydicom both logs and warns about a value it finds invalid; a user sees one line."""
+    src = sample("rtdose_expb.dcm")  # a UID component with a leading zero
+    argv = [sys.executable, "-m", "forwarder", "send", "127.0.0.1", str(scp.port), src]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "PYTHONWARNINGS": ""}
+    done = subprocess.run(argv, capture_output=True, env=env, timeout=60, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert [ln for ln in lines if "Invalid value for VR UI" in ln] == [
+        "W: Invalid value for VR UI: '1.2.123.456.78.9.0123.4567.89012345678901'. Please see "
+        "<https://dicom.nema.org/medical/dicom/current/output/html/part05.html#table_6.2-1> "
+        "for allowed values for each VR."], done.stderr
+    assert not any("Warning" in ln or "warn_and_log" in ln for ln in lines), done.stderr
+    assert [r.sop_instance for r in scp.received] == [probe(src).sop_instance_uid]
