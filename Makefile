@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := dcmtk orthanc ctn libsystemd-dev pkg-config gcc python3-venv systemd systemd-container debootstrap
+DEBS := dcmtk orthanc ctn pixelmed-apps libsystemd-dev pkg-config gcc python3-venv systemd systemd-container debootstrap
 
 # `sudo make install` / `sudo make uninstall`: the service on a Debian/Ubuntu box
 # (docs/operations.md). Only wheels are needed: the codecs, and cryptography for DER keys

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.peers import free_port, stop_process, wait_for
+from tests.peers import free_port, listening, stop_process, wait_for
 
 
 class CTNStorage:
@@ -25,19 +25,9 @@ class CTNStorage:
         wait_for(self._listening, 10, "simple_storage to listen")
 
     def _listening(self) -> bool:
-        """Read from /proc/net/tcp: a probing connection would end simple_storage, which
-        serves one connection after another and stops at one without an association."""
         if self.proc.poll() is not None:
             raise RuntimeError(f"simple_storage exited: {self.proc.stderr.read().decode()[:300]}")
-        wanted = f":{self.port:04X}"
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                lines = Path(table).read_text().splitlines()[1:]
-            except OSError:
-                continue
-            if any(f[1].endswith(wanted) and f[3] == "0A" for f in (ln.split() for ln in lines)):
-                return True
-        return False
+        return listening(self.port)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.out.rglob("*") if p.is_file())

@@ -42,6 +42,21 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         threading.Event().wait(interval)
 
 
+def listening(port: int) -> bool:
+    """A socket listens on ``port``, read from /proc/net/tcp and tcp6: no probing
+    connection, which some peers take as a client (CTN's simple_storage stops at one
+    without an association)."""
+    wanted = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(f[1].endswith(wanted) and f[3] == "0A" for f in (ln.split() for ln in lines)):
+            return True
+    return False
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     """SIGTERM a peer process this test started, SIGKILL it after 5 s, reap it."""
     if proc.poll() is None:
