@@ -16,8 +16,10 @@ SERVICE_USER := dicom-forwarder
 
 .PHONY: deps venv test run check bench lint install uninstall
 
-deps:            ## Debian packages the tests need (DCMTK, Orthanc, libsystemd headers)
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+deps:            ## Debian packages the tests need (DCMTK, Orthanc, CTN, PixelMed, systemd, libsystemd headers)
+	@missing=""; for p in $(DEBS); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
