@@ -145,7 +145,12 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 if meta_ts != "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
                     _check_extent(ds, size)
                 _parse_sequences(ds)
-                retype = _has_known_un(ds)  # before any value is read: reading re-types
+                # re-encoded, never sent as it is: an element encoded UN whose VR is known
+                # (checked before any value is read: reading re-types), or a dataset in
+                # the other VR encoding than its meta's syntax says (the reader follows
+                # the bytes; a peer would follow the label and read garbage)
+                retype = _has_known_un(ds) or (has_meta and _encoded_otherwise(
+                    fp.fileno(), meta_ts))
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
@@ -301,6 +306,23 @@ def _check_extent(ds: Dataset, size: int) -> None:
         end = max(end, tell + length)
     if end and 0 < size - end < 8:
         raise NotDicomError(f"truncated: {size - end} stray bytes after the last element")
+
+
+def _encoded_otherwise(fd: int, ts: str | None) -> bool:
+    """The dataset of the file open as ``fd`` is in implicit VR where its syntax ``ts``
+    says explicit, or the reverse, judged by its first element as the reader judges it
+    (a VR is two capital letters)."""
+    from pydicom.uid import UID
+
+    from forwarder.scu.dimse import dataset_offset
+
+    if not ts or ts == "1.2.840.10008.1.2.1.99" or not UID(ts).is_transfer_syntax:
+        return False  # deflated: the bytes are compressed; unknown: nothing to compare
+    head = os.pread(fd, 6, dataset_offset(fd))
+    if len(head) < 6:
+        return False
+    found_implicit = not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)
+    return found_implicit != UID(ts).is_implicit_VR
 
 
 def _guess_syntax(ds: Dataset) -> str:

@@ -285,3 +285,71 @@ def test_a_pydicom_warning_is_printed_once_as_a_log_line(scp, tmp_path: Path) ->
         "for allowed values for each VR."], done.stderr
     assert not any("Warning" in ln or "warn_and_log" in ln for ln in lines), done.stderr
     assert [r.sop_instance for r in scp.received] == [probe(src).sop_instance_uid]
+
+
+def relabelled(src: str, dst: Path, syntax: str) -> Path:
+    """``src`` with its meta's Transfer Syntax UID replaced by ``syntax`` (padded to even
+    length), its dataset untouched: a header that misnames its dataset's encoding."""
+    from pydicom.filewriter import write_file_meta_info
+
+    ds = dcmread(src)
+    with open(src, "rb") as fp:
+        body = fp.read()[dataset_offset_of(src):]
+    ds.file_meta.TransferSyntaxUID = syntax
+    with open(dst, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, ds.file_meta, enforce_standard=False)
+    with open(dst, "ab") as out:
+        out.write(body)
+    return dst
+
+
+def dataset_offset_of(path: str) -> int:
+    from forwarder.scu.dimse import dataset_offset
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return dataset_offset(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("source, label", [
+    ("MR_small_implicit.dcm", "1.2.840.10008.1.2.1"),  # implicit VR dataset, meta says explicit
+    ("MR_small.dcm", "1.2.840.10008.1.2"),  # explicit VR dataset, meta says implicit
+])
+def test_a_header_that_misnames_its_encoding_is_re_encoded_not_sent_under_the_label(
+        storescp: StoreSCPProcess, tmp_path: Path, source: str, label: str) -> None:
+    """Sent as it is, the bytes would be read by the peer in the label's encoding: a
+    success status for an object no one can read. The dataset is re-encoded instead, and
+    DCMTK reads back every value of the source."""
+    from pydicom import config
+
+    from forwarder.spool import Spool
+    from tests.peers import StoreSCPProcess
+    from tests.sendutil import destination, enqueue, run, settled, states
+
+    src = sample(source)
+    bad = relabelled(src, tmp_path / "relabelled.dcm", label)
+    assert not probe(bad).meta_consistent
+    assert main(["send", "127.0.0.1", str(storescp.port), str(bad)]) == 0
+    daemons_peer = StoreSCPProcess(tmp_path / "from-the-daemon")
+    spool = Spool(tmp_path / "spool")
+    try:  # the daemon's sender, from the spool, the same way
+        enqueue(spool, [bad])
+        run(spool, destination(daemons_peer.port), lambda: settled(spool))
+        assert states(spool)["done"] == 1
+    finally:
+        spool.close()
+        daemons_peer.stop()
+    original = dcmread(src)
+    padding = 0xFFFCFFFC  # Data Set Trailing Padding, which storescp drops as it stores
+    for got in [*storescp.files(), *daemons_peer.files()]:
+        dump = subprocess.run(["dcmdump", "-q", str(got)], capture_output=True, text=True,
+                              timeout=30)
+        assert dump.returncode == 0 and "E:" not in dump.stderr, dump.stderr
+        with config.strict_reading():
+            stored = dcmread(got)
+        assert [(e.tag, e.value) for e in stored] == [(e.tag, e.value) for e in original
+                                                      if e.tag != padding]
+    assert len(storescp.files()) == len(daemons_peer.files()) == 1
