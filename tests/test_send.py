@@ -156,6 +156,50 @@ def test_scan_directories_pattern_and_recursion(scp: StoreSCP, tmp_path: Path) -
     assert probe(sample("MR_small.dcm")).sop_instance_uid in scp.counts()
 
 
+def test_a_scan_follows_linked_folders_once_and_names_what_it_cannot_read(
+        scp: StoreSCP) -> None:
+    """As storescu: +sd +r goes into a linked folder; a link back up the tree is followed
+    once, not round and round; a folder it may not read and a link that leads nowhere are
+    bad inputs (halting, or reported and passed with -nh), never silently left out."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as top:  # /tmp: open to the account that reads it
+        scan_a_tree(scp, Path(top))
+
+
+def scan_a_tree(scp: StoreSCP, tmp_path: Path) -> None:
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    (tree / "locked").mkdir(parents=True)
+    (elsewhere / "inner").mkdir(parents=True)
+    shutil.copy(sample("rtplan.dcm"), tree / "plan.dcm")
+    shutil.copy(sample("MR_small.dcm"), elsewhere / "mr.dcm")
+    shutil.copy(sample("CT_small.dcm"), elsewhere / "inner" / "ct.dcm")
+    shutil.copy(sample("rtdose.dcm"), tree / "locked" / "dose.dcm")
+    (tree / "linked").symlink_to("../elsewhere")
+    (elsewhere / "up").symlink_to("../tree")  # a way round, back to the start
+    (tree / "gone.dcm").symlink_to("/nonexistent/x.dcm")
+    (tree / "locked").chmod(0)
+    tmp_path.chmod(0o755)
+    argv = [sys.executable, "-m", "forwarder", "send", "+sd", "+r", "127.0.0.1",
+            str(scp.port), str(tree)]
+    if os.geteuid() == 0:  # root reads anything: run the command as nobody
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        halted = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=repo)
+        assert halted.returncode == 1 and scp.received == [], halted.stderr
+        assert halted.stderr.splitlines() == [
+            f"E: {tree / 'gone.dcm'}: cannot access: No such file or directory",
+            f"E: {tree / 'locked'}: cannot read: Permission denied"], halted.stderr
+        passed = subprocess.run([*argv[:-3], "-nh", *argv[-3:]], capture_output=True,
+                                text=True, timeout=60, cwd=repo)
+    finally:
+        (tree / "locked").chmod(0o755)
+    assert passed.returncode == 1 and passed.stderr.count("E: ") == 2, passed.stderr
+    assert scp.counts() == Counter(probe(sample(n)).sop_instance_uid
+                                   for n in ("rtplan.dcm", "MR_small.dcm", "CT_small.dcm"))
+
+
 def test_command_file(scp: StoreSCP, tmp_path: Path) -> None:
     cmd = tmp_path / "opts.txt"
     cmd.write_text(f'-aet "MY AE" -aec ANY-SCP 127.0.0.1 {scp.port}\n')

@@ -52,9 +52,10 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
                 if not args.scan_directories:
                     errors.append(f"{name}: is a directory (use +sd to scan directories)")
                     continue
-                walker = sorted(path.rglob("*")) if args.recurse else sorted(path.iterdir())
-                files.extend(f for f in walker if f.is_file() and (
-                    not args.scan_pattern or fnmatch.fnmatch(f.name, args.scan_pattern)))
+                found: list[Path] = []
+                st = path.stat()
+                _scan(path, args, found, errors, {(st.st_dev, st.st_ino)})
+                files.extend(sorted(found))
             elif not path.exists():
                 errors.append(f"{name}: no such file")
             else:
@@ -62,6 +63,37 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
         except OSError as exc:
             errors.append(f"{name}: cannot read: {exc.strerror}")
     return files, errors
+
+
+def _scan(folder: Path, args: argparse.Namespace, files: list[Path], errors: list[str],
+          seen: set[tuple[int, int]]) -> None:
+    """The files in ``folder`` matching ``+sp`` (and in its subfolders with ``+r``), as
+    storescu scans: symbolic links followed; a folder reached again through a link is
+    not scanned twice (a link to an ancestor would never end); a subfolder that cannot
+    be read and a link that leads nowhere are input errors, never silently passed over."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        errors.append(f"{folder}: cannot read: {exc.strerror}")
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if entry.is_dir():
+                st = entry.stat()
+                if args.recurse and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    _scan(path, args, files, errors, seen)
+                continue
+            if args.scan_pattern and not fnmatch.fnmatch(entry.name, args.scan_pattern):
+                continue
+            if entry.is_file():
+                files.append(path)
+            elif entry.is_symlink():
+                os.stat(path)  # neither file nor folder: it leads nowhere; say why
+        except OSError as exc:
+            errors.append(f"{path}: cannot access: {exc.strerror}")
 
 
 PARALLEL_FROM = 64  # fewer files are probed faster than a second process starts
