@@ -88,12 +88,121 @@ def test_non_dicom_halts_unless_no_halt(scp: StoreSCP, tmp_path: Path, capsys) -
 
 @pytest.mark.parametrize("args, message", [
     (["/does/not/exist.dcm"], "/does/not/exist.dcm: no such file"),
-    (["{dir}"], "is a directory (use +sd to scan directories)"),
+    (["{dir}"], "is a directory, passed over (use +sd to scan directories)"),
 ])
 def test_bad_inputs_get_one_line_errors(scp: StoreSCP, tmp_path: Path, capsys, args, message):
     argv = [a.replace("{dir}", str(tmp_path)) for a in args]
     assert main(["send", "127.0.0.1", str(scp.port), *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-td", "-5"], "-td/--dimse-timeout must be at least 1, got -5"),
+    (["-ta", "0"], "-ta/--acse-timeout must be at least 1, got 0"),
+    (["-to", "0"], "-to/--timeout must be at least 1, got 0"),
+    (["--repeat", "0"], "--repeat must be at least 1, got 0"),
+    (["+IR", "0"], "+IR/--invent-series must be at least 1, got 0"),
+    (["-pdu", "0"], "-pdu/--max-pdu must be from 4096 to 131072 bytes, got 0"),
+    (["--max-send-pdu", "999999"], "--max-send-pdu must be from 4096 to 131072 bytes"),
+    (["-aec", ""], "-aec/--call: an AE title is 1 to 16 printable ASCII characters"),
+    (["-aet", "SEVENTEEN_LETTERS"], "-aet/--aetitle: an AE title is 1 to 16 printable"),
+    (["+sp", "*.dcm"], "+sp/--scan-pattern only with +sd/--scan-directories"),
+    (["+r"], "+r/--recurse only with +sd/--scan-directories"),
+    (["-usr", "u", "-pwd", "p", "-epw"], "-epw/--empty-password and -pwd/--password exclude"),
+])
+def test_values_storescu_refuses_are_usage_errors_before_anything_is_sent(
+        scp: StoreSCP, capsys, args: list[str], message: str) -> None:
+    """A value out of storescu's range is named at once (exit 2), never found out later
+    as a traceback, a connection error or a silent change."""
+    assert main(["send", *args, "127.0.0.1", str(scp.port), sample("CT_small.dcm")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert scp.associations == 0
+
+
+def test_command_file_as_dcmtk_reads_it(scp: StoreSCP, tmp_path: Path, capsys) -> None:
+    """Quotes group words; a backslash is a character of the name; a quote left open is
+    a usage error naming the file."""
+    folder = tmp_path / "a\\b"  # a name with a backslash in it
+    folder.mkdir()
+    shutil.copy(sample("CT_small.dcm"), folder / "it's a ct.dcm")
+    cmd = tmp_path / "files.txt"
+    cmd.write_text(f'"{folder}/it\'s a ct.dcm"\n')
+    assert main(["send", "127.0.0.1", str(scp.port), f"@{cmd}"]) == 0
+    assert set(scp.counts()) == {probe(sample("CT_small.dcm")).sop_instance_uid}
+    cmd.write_text(f"{folder}/it's a ct.dcm\n")
+    assert main(["send", "127.0.0.1", str(scp.port), f"@{cmd}"]) == 2
+    assert f"command file {cmd}: a quotation mark is not closed" in capsys.readouterr().err
+
+
+def test_a_library_traceback_only_in_debug_mode_and_quiet_means_quiet(tmp_path: Path) -> None:
+    """A file the decoder cannot read fails with one line saying why; the decoder's own
+    traceback shows with -d, and -q prints nothing at all (as storescu -q)."""
+    peer = StoreSCP(transfer_syntaxes=["1.2.840.10008.1.2.1"]).start()  # must decompress
+    try:
+        argv = [sys.executable, "-m", "forwarder", "send", "127.0.0.1", str(peer.port),
+                sample("JPEG-lossy.dcm")]  # pylibjpeg refuses its scan parameters
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        runs = {flag: subprocess.run(argv[:4] + ([flag] if flag else []) + argv[4:],
+                                     capture_output=True, text=True, timeout=60, env=env)
+                for flag in ("", "-d", "-q")}
+    finally:
+        peer.stop()
+    assert {flag: r.returncode for flag, r in runs.items()} == {"": 1, "-d": 1, "-q": 1}
+    assert "not sent: cannot decompress JPEG Extended" in runs[""].stderr
+    assert "Traceback" not in runs[""].stderr and "Traceback" in runs["-d"].stderr
+    assert runs["-q"].stderr == "" and peer.received == []
+
+
+def data_set_dump(path: Path) -> list[str]:
+    """DCMTK's dump of a stored object's data set, lengths and comments left out."""
+    out = subprocess.run(["dcmdump", "-q", "-M", "+L", str(path)], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    body = out[out.index("# Dicom-Data-Set"):].splitlines()[1:]
+    return [" ".join(line.split("#")[0].split()) for line in body]
+
+
+def test_disable_new_vr_sends_what_storescu_sends(tmp_path: Path) -> None:
+    """-u with UR, UT, UC, SV, UV and UN elements: DCMTK's storescp stores from send
+    exactly the data set it stores from storescu -u (each such element as OB holding
+    its own value's bytes)."""
+    ds = dcmread(sample("rtplan.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    for tag, vr, value in ((0x00080120, "UR", "http://example.org/x"),
+                           (0x0040A160, "UT", "some text"), (0x00080119, "UC", "code"),
+                           (0x00091010, "LO", "PRIV"), (0x00091012, "SV", -5),
+                           (0x00091013, "UV", 7), (0x00091011, "UN", b"\x01\x02\x03\x04")):
+        ds.add_new(tag, vr, value)
+    src = tmp_path / "new-vrs.dcm"
+    ds.save_as(src, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    dumps = []
+    for sender in (["storescu"], [sys.executable, "-m", "forwarder", "send"]):
+        peer = StoreSCPProcess(tmp_path / f"out-{len(dumps)}")
+        try:
+            done = subprocess.run([*sender, "-u", "127.0.0.1", str(peer.port), str(src)],
+                                  capture_output=True, text=True, timeout=60,
+                                  cwd=Path(__file__).resolve().parent.parent)
+            assert done.returncode == 0, done.stderr
+            [stored] = peer.files()
+        finally:
+            peer.stop()
+        dumps.append(data_set_dump(stored))
+    assert dumps[1] == dumps[0]
+    assert any(line.startswith("(0008,0120) OB ") for line in dumps[1])
+
+
+def test_invented_values_replace_only_what_the_data_set_has(scp: StoreSCP) -> None:
+    """+II as storescu: rtplan has no Instance Number, and gets none."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    plan = sample("rtplan.dcm")
+    assert "InstanceNumber" not in dcmread(plan)
+    assert main(["send", "+II", "127.0.0.1", str(scp.port), plan]) == 0
+    [got] = scp.received
+    sent = read_dataset(DicomBytesIO(got.dataset_bytes), False, True)
+    assert "InstanceNumber" not in sent and sent.SOPInstanceUID != probe(plan).sop_instance_uid
+    assert str(sent.PatientID).startswith("PID_")
 
 
 def test_unreadable_file(scp: StoreSCP, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The sending half of :func:`forwarder.cstore.store_file` on a
 :class:`forwarder.scu.Association`: the file's own bytes when it goes unchanged, else the
-dataset that store_file prepared, encoded by pynetdicom in the chosen syntax."""
+dataset that store_file prepared, written in the chosen syntax by pydicom (:func:`encode`)."""
 
 from __future__ import annotations
 
@@ -27,13 +27,12 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
             rsp = assoc.send_c_store(payload, probe.sop_class_uid, probe.sop_instance_uid,
                                      chosen, message_id, while_waiting=while_waiting)
         else:
-            from pydicom.uid import UID
-            from pynetdicom.dsutils import encode
-
-            ts = UID(chosen)
-            data = encode(payload, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
-            if data is None:
-                return StoreResult(None, refused="the converted dataset cannot be encoded")
+            try:
+                data = encode(payload, chosen)
+            except Exception as exc:  # noqa: BLE001 - a value the writer refuses: this file fails
+                why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                return StoreResult(None, refused=f"the converted dataset cannot be encoded: "
+                                   f"{why}")
             rsp = assoc.send_c_store(data, str(payload.SOPClassUID),
                                      str(payload.SOPInstanceUID), chosen, message_id,
                                      while_waiting=while_waiting)
@@ -44,3 +43,25 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
             raise  # the file cannot be opened: nothing was sent, the caller says why
         return StoreResult(None, str(exc))
     return StoreResult(rsp.status, rsp.comment)
+
+
+def encode(ds: Dataset, syntax: str) -> bytes:
+    """``ds`` written in ``syntax`` for a P-DATA-TF (deflated and padded to even length
+    where the syntax says so); the writer's exception, with the element it names, when a
+    value cannot be written."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
+
+    ts = UID(syntax)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if ts.is_deflated:
+        deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = deflate.compress(data) + deflate.flush()
+        data += b"\0" * (len(data) % 2)
+    return data

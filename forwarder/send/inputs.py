@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import logging
 import os
 import shlex
 import threading
@@ -18,17 +19,28 @@ from forwarder.errors import NotDicomError, UsageError
 if TYPE_CHECKING:
     from forwarder.dicomfile import Probe
 
+LOGGER = logging.getLogger("forwarder.send")
+
 
 def expand_command_files(argv: Sequence[str]) -> list[str]:
-    """Replace each ``@file`` with the whitespace-separated words it holds (one level)."""
+    """Replace each ``@file`` with the whitespace-separated words it holds (one level),
+    as DCMTK reads a command file: quotes group words, a backslash is an ordinary
+    character (``C:\\dicom``, ``a\\b.dcm``)."""
     out: list[str] = []
     for arg in argv:
         if arg.startswith("@") and len(arg) > 1:
             try:
                 text = Path(arg[1:]).read_text()
-            except OSError as exc:
-                raise UsageError(f"cannot read command file {arg[1:]}: {exc.strerror}") from exc
-            out.extend(shlex.split(text, comments=False))
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not text"
+                raise UsageError(f"cannot read command file {arg[1:]}: {why}") from exc
+            words = shlex.shlex(text, posix=True)
+            words.whitespace_split, words.escape, words.commenters = True, "", ""
+            try:
+                out.extend(words)
+            except ValueError as exc:  # shlex's "No closing quotation"
+                raise UsageError(f"command file {arg[1:]}: a quotation mark is not closed "
+                                 "(quote a name that holds one with the other mark)") from exc
         else:
             out.append(arg)
     return out
@@ -49,8 +61,9 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
         path = Path(name)
         try:
             if path.is_dir():
-                if not args.scan_directories:
-                    errors.append(f"{name}: is a directory (use +sd to scan directories)")
+                if not args.scan_directories:  # as storescu: said, and the others go
+                    LOGGER.warning("%s: is a directory, passed over (use +sd to scan "
+                                   "directories)", name)
                     continue
                 found: list[Path] = []
                 st = path.stat()

@@ -24,7 +24,7 @@ class UidInventor:
     patient, study and series: a new series after n images (+IR, default 100), a new
     study after n series (+IS, 50), a new patient after n studies (+IP, 25). Patient ID,
     Patient Name, Study ID, Series Number and Instance Number are set as storescu sets
-    them (a counter after the time in seconds)."""
+    them (a counter after the time in seconds), and only where the data set has them."""
 
     def __init__(self, series_every: int, study_every: int, patient_every: int):
         self.series_every, self.study_every, self.patient_every = (
@@ -57,12 +57,17 @@ class UidInventor:
         if self.studies >= self.patient_every:
             self.studies, self.patients = 0, self.patients + 1
             self._new_patient()
-        ds.PatientID, ds.PatientName = self.patient_id, self.patient_name
-        ds.StudyID, ds.StudyInstanceUID = self.study_id, self.study_uid
-        ds.SeriesInstanceUID, ds.SeriesNumber = self.series_uid, self.series_number
+        # as storescu: values replaced where the data set has them, none added
+        for keyword, value in (("PatientID", self.patient_id),
+                               ("PatientName", self.patient_name),
+                               ("StudyInstanceUID", self.study_uid), ("StudyID", self.study_id),
+                               ("SeriesInstanceUID", self.series_uid),
+                               ("SeriesNumber", self.series_number),
+                               ("InstanceNumber", str(self.images))):
+            if keyword in ds:
+                setattr(ds, keyword, value)
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = str(self.images)
         self.images += 1
 
 
@@ -78,12 +83,6 @@ def modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a call
                     elem.value = elem.value.rstrip(" \0")
         steps.append(fix_uids)
     if not args.new_vr:
-        def old_vrs(ds: Dataset) -> None:
-            for elem in ds.iterall():
-                if elem.VR in ("UN", "UT", "UC", "UR", "OV", "SV", "UV"):
-                    if isinstance(elem.value, str):
-                        elem.value = elem.value.encode("utf-8")
-                    elem.VR = "OB"
         steps.append(old_vrs)
     if not steps:
         return None
@@ -92,3 +91,23 @@ def modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a call
         for step in steps:
             step(ds)
     return apply
+
+
+NEW_VRS = ("UN", "UT", "UC", "UR", "OV", "SV", "UV")
+
+
+def old_vrs(ds: Dataset) -> None:
+    """storescu -u: each element of a VR newer than the first standard is sent as OB,
+    its value the very bytes its own VR encodes (text in the data set's character set,
+    padded; numbers little endian), as DCMTK writes it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    encodings = ds.get("SpecificCharacterSet")
+    for elem in ds.iterall():
+        if elem.VR in NEW_VRS:
+            fp = DicomBytesIO()
+            fp.is_little_endian, fp.is_implicit_VR = True, False
+            write_data_element(fp, elem, encodings)
+            elem.VR = "OB"  # first: the value setter converts by the VR
+            elem.value = fp.getvalue()[12:]  # after tag, VR, reserved and 4-byte length

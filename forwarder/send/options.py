@@ -157,6 +157,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check(args: argparse.Namespace) -> None:
+    """storescu's value ranges and option dependencies, each broken one a usage error
+    naming the option, before anything is read or sent."""
+    for opt, value in (("-to/--timeout", args.timeout), ("-ta/--acse-timeout", args.acse_timeout),
+                       ("-td/--dimse-timeout", args.dimse_timeout), ("--repeat", args.repeat),
+                       ("+IR/--invent-series", args.invent_series),
+                       ("+IS/--invent-study", args.invent_study),
+                       ("+IP/--invent-patient", args.invent_patient)):
+        if value is not None and value < 1:
+            raise UsageError(f"{opt} must be at least 1, got {value}")
+    for opt, value in (("-pdu/--max-pdu", args.max_pdu), ("--max-send-pdu", args.max_send_pdu)):
+        if value is not None and not 4096 <= value <= 131072:
+            raise UsageError(f"{opt} must be from 4096 to 131072 bytes, got {value}")
+    for opt, title in (("-aet/--aetitle", args.aetitle), ("-aec/--call", args.call)):
+        if len(title) > 16 or "\\" in title or not title.strip() or not title.isprintable() \
+                or not title.isascii():
+            raise UsageError(f"{opt}: an AE title is 1 to 16 printable ASCII characters "
+                             f"without backslash, got {title!r}")
+    if not args.scan_directories:
+        if args.scan_pattern is not None:
+            raise UsageError("+sp/--scan-pattern only with +sd/--scan-directories")
+        if args.recurse:
+            raise UsageError("+r/--recurse only with +sd/--scan-directories")
+    if args.empty_password and args.password is not None:
+        raise UsageError("-epw/--empty-password and -pwd/--password exclude each other")
+
+
 def peer_settings(args: argparse.Namespace) -> PeerSettings:
     """The association's settings from the network, identity and TLS options."""
     from forwarder.association import (
@@ -187,11 +214,10 @@ def peer_settings(args: argparse.Namespace) -> PeerSettings:
             raise ValueError
     except (TypeError, ValueError) as exc:
         raise UsageError(f"port must be a number from 1 to 65535, got {args.port!r}") from exc
-    if not 4096 <= args.max_pdu <= 131072 and args.max_pdu != 0:
-        raise UsageError("-pdu must be from 4096 to 131072")
     return PeerSettings(
         host=args.peer, port=port, called_ae=args.call, calling_ae=args.aetitle,
         max_pdu=args.max_pdu, max_send_pdu=args.max_send_pdu,
         connect_timeout=args.timeout, acse_timeout=args.acse_timeout,
-        dimse_timeout=args.dimse_timeout, network_timeout=args.socket_timeout or None,
+        dimse_timeout=args.dimse_timeout,
+        network_timeout=args.socket_timeout if args.socket_timeout > 0 else None,  # 0, -1: none
         tls=tls, identity=identity)

@@ -22,7 +22,7 @@ from forwarder.asconfig import ProfileError, parse_profile
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from forwarder.negotiation import TooManyContexts, storescu_contexts
 from forwarder.send.inputs import Item, collect_inputs, expand_command_files, probe_inputs
-from forwarder.send.options import LOG_LEVELS, build_parser, peer_settings
+from forwarder.send.options import LOG_LEVELS, build_parser, check, peer_settings
 
 if TYPE_CHECKING:
     from forwarder.association import PeerSettings
@@ -41,6 +41,7 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(f"dicom-forwarder send {__version__} (storescu-compatible C-STORE SCU)")
         return EXIT_OK
+    check(args)
     _setup_logging(args)
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
@@ -154,6 +155,18 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+class _Lines(logging.Formatter):
+    """storescu's ``W: message`` lines; a traceback a library logs only in debug mode
+    (the failure it explains has its own line)."""
+
+    def __init__(self, tracebacks: bool):
+        super().__init__("%(levelname).1s: %(message)s")
+        self.tracebacks = tracebacks
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: ANN001, N802
+        return super().formatException(ei) if self.tracebacks else ""
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     if args.log_config:
         try:
@@ -173,7 +186,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
         return
     level = LOG_LEVELS[args.log_level]
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname).1s: %(message)s"))
+    handler.setFormatter(_Lines(level <= logging.DEBUG))
+    handler.setLevel(level)  # -q: the libraries' own loggers are held to it too
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
