@@ -205,6 +205,21 @@ def test_invented_values_replace_only_what_the_data_set_has(scp: StoreSCP) -> No
     assert str(sent.PatientID).startswith("PID_")
 
 
+def test_a_name_that_is_not_utf8_is_printed_as_its_own_bytes(scp: StoreSCP,
+                                                             tmp_path: Path) -> None:
+    """As storescu prints it: the name's bytes (here Latin-1), not Python's escapes, so
+    the line names the very file."""
+    name = os.fsencode(tmp_path) + b"/r\xe9sum\xe9.dcm"
+    with open(name, "wb") as fp:
+        fp.write(b"not DICOM at all" * 10)
+    argv = [sys.executable, "-m", "forwarder", "send", "127.0.0.1", str(scp.port),
+            os.fsdecode(name)]
+    done = subprocess.run(argv, capture_output=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 1 and scp.received == []
+    assert done.stderr.startswith(b"E: " + name + b": not DICOM"), done.stderr
+
+
 def test_unreadable_file(scp: StoreSCP, tmp_path: Path) -> None:
     locked = tmp_path / "locked.dcm"
     shutil.copy(sample("CT_small.dcm"), locked)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import io
 import logging
 import logging.config as logging_config
 import sys
@@ -185,6 +186,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
                              f"logging.config file ({type(exc).__name__}: {exc})") from exc
         return
     level = LOG_LEVELS[args.log_level]
+    if isinstance(sys.stderr, io.TextIOWrapper):  # a file name's own bytes, as storescu
+        sys.stderr.reconfigure(errors="surrogateescape")  # prints them, not \udcXX escapes
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Lines(level <= logging.DEBUG))
     handler.setLevel(level)  # -q: the libraries' own loggers are held to it too
