@@ -30,8 +30,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     exact transfer syntax and its file meta agrees with the dataset; otherwise the
     dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
     attribute value). A deflated file whose deflated stream has odd length is deflated
-    again (pynetdicom pads the new stream to even length, PS3.5 A.5): a PDV carries an
-    even number of bytes, and peers abort on the odd one.
+    again, padded to even length (PS3.5 A.5, :func:`forwarder.scu.store.encode`): a PDV
+    carries an even number of bytes, and peers abort on the odd one.
 
     ``while_waiting`` is called once the request is on its way, before the response is
     read (not at all when nothing is sent).

@@ -1,8 +1,9 @@
 """Convert a dataset to a transfer syntax the peer accepted.
 
 Between the uncompressed syntaxes (implicit/explicit VR, little/big endian, deflated)
-pynetdicom re-encodes as it sends; compressed pixel data is decompressed with pydicom's
-pixel handlers and the pylibjpeg plugins, per the destination's ``decompress`` policy.
+the dataset is re-encoded as it is sent (:func:`forwarder.scu.store.encode`);
+compressed pixel data is decompressed with pydicom's pixel handlers and the pylibjpeg
+plugins, per the destination's ``decompress`` policy.
 Choosing a syntax needs no pydicom: it is loaded when a file is converted or refused.
 """
 
@@ -43,7 +44,7 @@ def convertible(source_ts: str, decompress: str) -> list[str]:
 
 
 def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:
-    """The dataset of ``path`` ready to be sent in ``target_ts`` (pynetdicom encodes it).
+    """The dataset of ``path`` ready to be sent in ``target_ts`` (written as it is sent).
 
     The dataset's own SOP Class and Instance UIDs are what the peer gets, whatever the
     file meta says. A compressed file sent in its own syntax (its file meta disagrees with

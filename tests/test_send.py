@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filereader import _read_file_meta_info, read_preamble  # noqa: F401
 
@@ -100,6 +100,7 @@ def test_bad_inputs_get_one_line_errors(scp: StoreSCP, tmp_path: Path, capsys, a
     (["-td", "-5"], "-td/--dimse-timeout must be at least 1, got -5"),
     (["-ta", "0"], "-ta/--acse-timeout must be at least 1, got 0"),
     (["-to", "0"], "-to/--timeout must be at least 1, got 0"),
+    (["-ts", "-2"], "-ts/--socket-timeout must be at least -1 (0 and -1: none), got -2"),
     (["--repeat", "0"], "--repeat must be at least 1, got 0"),
     (["+IR", "0"], "+IR/--invent-series must be at least 1, got 0"),
     (["-pdu", "0"], "-pdu/--max-pdu must be from 4096 to 131072 bytes, got 0"),
@@ -120,6 +121,15 @@ def test_values_storescu_refuses_are_usage_errors_before_anything_is_sent(
     assert scp.associations == 0
 
 
+@pytest.mark.parametrize("edge", [["-ts", "0"], ["-ts", "-1"], ["-ta", "1"], ["-pdu", "4096"],
+                                  ["--max-send-pdu", "131072"], ["-aec", "SIXTEEN_LETTERS_"]])
+def test_the_edges_of_storescus_ranges_are_taken(scp: StoreSCP, edge: list[str]) -> None:
+    """The last values storescu takes still send (-ts 0 and -1: no socket timeout)."""
+    ct = sample("CT_small.dcm")
+    assert main(["send", *edge, "127.0.0.1", str(scp.port), ct]) == 0
+    assert scp.counts() == {probe(ct).sop_instance_uid: 1}
+
+
 def test_command_file_as_dcmtk_reads_it(scp: StoreSCP, tmp_path: Path, capsys) -> None:
     """Quotes group words; a backslash is a character of the name; a quote left open is
     a usage error naming the file."""
@@ -130,6 +140,11 @@ def test_command_file_as_dcmtk_reads_it(scp: StoreSCP, tmp_path: Path, capsys) -
     cmd.write_text(f'"{folder}/it\'s a ct.dcm"\n')
     assert main(["send", "127.0.0.1", str(scp.port), f"@{cmd}"]) == 0
     assert set(scp.counts()) == {probe(sample("CT_small.dcm")).sop_instance_uid}
+    latin = os.fsencode(folder) + b"/r\xe9sum\xe9.dcm"  # a name that is not UTF-8
+    shutil.copy(sample("MR_small.dcm"), latin)
+    cmd.write_bytes(latin + b"\n")
+    assert main(["send", "127.0.0.1", str(scp.port), f"@{cmd}"]) == 0
+    assert probe(sample("MR_small.dcm")).sop_instance_uid in scp.counts()
     cmd.write_text(f"{folder}/it's a ct.dcm\n")
     assert main(["send", "127.0.0.1", str(scp.port), f"@{cmd}"]) == 2
     assert f"command file {cmd}: a quotation mark is not closed" in capsys.readouterr().err
@@ -173,6 +188,13 @@ def test_disable_new_vr_sends_what_storescu_sends(tmp_path: Path) -> None:
                            (0x00091010, "LO", "PRIV"), (0x00091012, "SV", -5),
                            (0x00091013, "UV", 7), (0x00091011, "UN", b"\x01\x02\x03\x04")):
         ds.add_new(tag, vr, value)
+    ds.SpecificCharacterSet = "ISO_IR 100"  # Latin-1, and an item of its own in UTF-8
+    item = Dataset()
+    item.SpecificCharacterSet = "ISO_IR 192"
+    item.add_new(0x0040A160, "UT", "café, naïve")
+    item.add_new(0x00091010, "LO", "PRIV")
+    item.add_new(0x00091012, "SV", [-5, 1 << 40])
+    ds.add_new(0x0040A730, "SQ", [item])  # Content Sequence
     src = tmp_path / "new-vrs.dcm"
     ds.save_as(src, implicit_vr=False, little_endian=True, enforce_file_format=True)
     dumps = []
@@ -189,6 +211,7 @@ def test_disable_new_vr_sends_what_storescu_sends(tmp_path: Path) -> None:
         dumps.append(data_set_dump(stored))
     assert dumps[1] == dumps[0]
     assert any(line.startswith("(0008,0120) OB ") for line in dumps[1])
+    assert any("63\\61\\66\\c3\\a9" in line for line in dumps[1])  # "café" in UTF-8
 
 
 def test_invented_values_replace_only_what_the_data_set_has(scp: StoreSCP) -> None:
@@ -218,6 +241,14 @@ def test_a_name_that_is_not_utf8_is_printed_as_its_own_bytes(scp: StoreSCP,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 1 and scp.received == []
     assert done.stderr.startswith(b"E: " + name + b": not DICOM"), done.stderr
+    # a stderr that cannot write a real character (an ASCII locale) escapes it
+    utf8 = tmp_path / "café.dcm"
+    utf8.write_bytes(b"not DICOM at all" * 10)
+    ascii_only = subprocess.run(argv[:-1] + [str(utf8)], capture_output=True, timeout=60,
+                                cwd=Path(__file__).resolve().parent.parent,
+                                env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert ascii_only.returncode == 1 and b"Logging error" not in ascii_only.stderr
+    assert ascii_only.stderr.startswith(b"E: " + os.fsencode(tmp_path) + b"/caf\\xe9.dcm: ")
 
 
 def test_unreadable_file(scp: StoreSCP, tmp_path: Path) -> None:
@@ -302,6 +333,7 @@ def scan_a_tree(scp: StoreSCP, tmp_path: Path) -> None:
     (tree / "linked").symlink_to("../elsewhere")
     (elsewhere / "up").symlink_to("../tree")  # a way round, back to the start
     (tree / "gone.dcm").symlink_to("/nonexistent/x.dcm")
+    (tree / "round").symlink_to("round")  # a link to itself
     (tree / "locked").chmod(0)
     tmp_path.chmod(0o755)
     argv = [sys.executable, "-m", "forwarder", "send", "+sd", "+r", "127.0.0.1",
@@ -314,12 +346,18 @@ def scan_a_tree(scp: StoreSCP, tmp_path: Path) -> None:
         assert halted.returncode == 1 and scp.received == [], halted.stderr
         assert halted.stderr.splitlines() == [
             f"E: {tree / 'gone.dcm'}: cannot access: No such file or directory",
-            f"E: {tree / 'locked'}: cannot read: Permission denied"], halted.stderr
+            f"E: {tree / 'locked'}: cannot read: Permission denied",
+            f"E: {tree / 'round'}: cannot access: Too many levels of symbolic links"
+        ], halted.stderr
+        # a name the pattern leaves out is not looked at, whatever it is
+        patterned = subprocess.run([*argv[:-3], "+sp", "*.dcm", *argv[-3:]],
+                                   capture_output=True, text=True, timeout=60, cwd=repo)
+        assert "round" not in patterned.stderr and patterned.stderr.count("E: ") == 2
         passed = subprocess.run([*argv[:-3], "-nh", *argv[-3:]], capture_output=True,
                                 text=True, timeout=60, cwd=repo)
     finally:
         (tree / "locked").chmod(0o755)
-    assert passed.returncode == 1 and passed.stderr.count("E: ") == 2, passed.stderr
+    assert passed.returncode == 1 and passed.stderr.count("E: ") == 3, passed.stderr
     assert scp.counts() == Counter(probe(sample(n)).sop_instance_uid
                                    for n in ("rtplan.dcm", "MR_small.dcm", "CT_small.dcm"))
 

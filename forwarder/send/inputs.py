@@ -29,11 +29,10 @@ def expand_command_files(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     for arg in argv:
         if arg.startswith("@") and len(arg) > 1:
-            try:
-                text = Path(arg[1:]).read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else "not text"
-                raise UsageError(f"cannot read command file {arg[1:]}: {why}") from exc
+            try:  # names in it are bytes, as on the command line (any encoding)
+                text = os.fsdecode(Path(arg[1:]).read_bytes())
+            except OSError as exc:
+                raise UsageError(f"cannot read command file {arg[1:]}: {exc.strerror}") from exc
             words = shlex.shlex(text, posix=True)
             words.whitespace_split, words.escape, words.commenters = True, "", ""
             try:
@@ -93,7 +92,11 @@ def _scan(folder: Path, args: argparse.Namespace, files: list[Path], errors: lis
     for entry in entries:
         path = Path(entry.path)
         try:
-            if entry.is_dir():
+            folder_here = entry.is_dir()
+        except OSError:  # a link that cannot be followed: judged below, as a file
+            folder_here = False
+        try:
+            if folder_here:
                 st = entry.stat()
                 if args.recurse and (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))

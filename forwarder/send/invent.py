@@ -98,16 +98,25 @@ NEW_VRS = ("UN", "UT", "UC", "UR", "OV", "SV", "UV")
 
 def old_vrs(ds: Dataset) -> None:
     """storescu -u: each element of a VR newer than the first standard is sent as OB,
-    its value the very bytes its own VR encodes (text in the data set's character set,
-    padded; numbers little endian), as DCMTK writes it."""
+    its value the very bytes its own VR encodes (text in its item's character set,
+    padded; numbers in the byte order of the syntax it is sent in), as DCMTK writes it.
+    Runs on a data set :func:`~forwarder.transcode.prepare` made ready to send, whose
+    encoding is the one it goes in."""
+    _as_ob(ds, ds.original_encoding[1] is not False, None)
+
+
+def _as_ob(ds: Dataset, little: bool, encodings: str | list[str] | None) -> None:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_data_element
 
-    encodings = ds.get("SpecificCharacterSet")
-    for elem in ds.iterall():
-        if elem.VR in NEW_VRS:
+    encodings = ds.get("SpecificCharacterSet", encodings)  # an item's own, else its parent's
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _as_ob(item, little, encodings)
+        elif elem.VR in NEW_VRS:
             fp = DicomBytesIO()
-            fp.is_little_endian, fp.is_implicit_VR = True, False
+            fp.is_little_endian, fp.is_implicit_VR = little, False
             write_data_element(fp, elem, encodings)
             elem.VR = "OB"  # first: the value setter converts by the VR
             elem.value = fp.getvalue()[12:]  # after tag, VR, reserved and 4-byte length

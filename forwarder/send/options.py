@@ -167,6 +167,9 @@ def check(args: argparse.Namespace) -> None:
                        ("+IP/--invent-patient", args.invent_patient)):
         if value is not None and value < 1:
             raise UsageError(f"{opt} must be at least 1, got {value}")
+    if args.socket_timeout < -1:
+        raise UsageError(f"-ts/--socket-timeout must be at least -1 (0 and -1: none), got "
+                         f"{args.socket_timeout}")
     for opt, value in (("-pdu/--max-pdu", args.max_pdu), ("--max-send-pdu", args.max_send_pdu)):
         if value is not None and not 4096 <= value <= 131072:
             raise UsageError(f"{opt} must be from 4096 to 131072 bytes, got {value}")

@@ -8,6 +8,7 @@ pynetdicom are imported once the options say there is something to send, so ``--
 from __future__ import annotations
 
 import argparse
+import codecs
 import configparser
 import io
 import logging
@@ -168,7 +169,21 @@ class _Lines(logging.Formatter):
         return super().formatException(ei) if self.tracebacks else ""
 
 
+def _own_bytes(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """stderr's encoding errors: a file name's undecodable bytes (Python's lone
+    surrogates) are written back as they were, as storescu prints them; any other
+    character stderr cannot encode is escaped, never an error in the middle of a line."""
+    if isinstance(exc, UnicodeEncodeError):
+        chunk = exc.object[exc.start:exc.end]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in chunk):
+            return bytes(ord(c) - 0xDC00 for c in chunk), exc.end
+    return codecs.backslashreplace_errors(exc)
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        codecs.register_error("forwarder-own-bytes", _own_bytes)
+        sys.stderr.reconfigure(errors="forwarder-own-bytes")
     if args.log_config:
         try:
             text = Path(args.log_config).read_text(errors="replace")
@@ -186,8 +201,6 @@ def _setup_logging(args: argparse.Namespace) -> None:
                              f"logging.config file ({type(exc).__name__}: {exc})") from exc
         return
     level = LOG_LEVELS[args.log_level]
-    if isinstance(sys.stderr, io.TextIOWrapper):  # a file name's own bytes, as storescu
-        sys.stderr.reconfigure(errors="surrogateescape")  # prints them, not \udcXX escapes
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Lines(level <= logging.DEBUG))
     handler.setLevel(level)  # -q: the libraries' own loggers are held to it too
