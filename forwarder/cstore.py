@@ -23,7 +23,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
                decompress: str = "lossless",
                modify: Callable[[Dataset], None] | None = None,
                message_id: int = 1,
-               while_waiting: Callable[[], None] | None = None) -> StoreResult:
+               while_waiting: Callable[[], None] | None = None,
+               deflate_level: int = 6) -> StoreResult:
     """Send ``path`` (probed as ``probe``) and return the peer's answer.
 
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
@@ -34,7 +35,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     carries an even number of bytes, and peers abort on the odd one.
 
     ``while_waiting`` is called once the request is on its way, before the response is
-    read (not at all when nothing is sent).
+    read (not at all when nothing is sent). ``deflate_level``: zlib's level when the
+    dataset is deflated as it is sent (storescu ``+cl``).
     """
     pairs = assoc.accepted_pairs()
     options = convertible(probe.transfer_syntax, decompress)
@@ -60,7 +62,7 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             return StoreResult(None, refused=str(exc))
         if modify is not None:
             modify(payload)
-    return send_on(assoc, payload, chosen, message_id, probe, while_waiting)
+    return send_on(assoc, payload, chosen, message_id, probe, while_waiting, deflate_level)
 
 
 def _proposed(assoc: Association) -> set[str]:

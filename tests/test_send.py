@@ -130,6 +130,24 @@ def test_the_edges_of_storescus_ranges_are_taken(scp: StoreSCP, edge: list[str])
     assert scp.counts() == {probe(ct).sop_instance_uid: 1}
 
 
+def test_compression_level_sets_the_deflate_send_must_do(make_scp, tmp_path: Path) -> None:
+    """A deflated file with an odd-length stream is deflated again as it is sent: +cl 0
+    stores the data set uncompressed in the stream, +cl 9 packs it; both inflate to the
+    same data set."""
+    import zlib
+
+    from tests.test_transcode import odd_deflated
+
+    src = str(odd_deflated(tmp_path))
+    peer = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.1.99"])  # deflated only
+    for level in ("0", "9"):
+        assert main(["send", "-R", "-xd", "+cl", level, "127.0.0.1", str(peer.port), src]) == 0
+    loose, packed = (r.dataset_bytes for r in peer.received)
+    data_set = zlib.decompress(packed, -15)
+    assert zlib.decompress(loose, -15) == data_set
+    assert len(loose) > len(data_set) > 1.5 * len(packed)  # level 0 only frames the bytes
+
+
 def test_command_file_as_dcmtk_reads_it(scp: StoreSCP, tmp_path: Path, capsys) -> None:
     """Quotes group words; a backslash is a character of the name; a quote left open is
     a usage error naming the file."""

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id: int,
-            probe: Probe, while_waiting: Callable[[], None] | None = None) -> StoreResult:
+            probe: Probe, while_waiting: Callable[[], None] | None = None,
+            deflate_level: int = 6) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
     ``comment``), ``refused`` when no context fits after all or the dataset cannot be
     encoded; the OSError when the file cannot be opened (nothing was sent).
@@ -28,7 +29,7 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
                                      chosen, message_id, while_waiting=while_waiting)
         else:
             try:
-                data = encode(payload, chosen)
+                data = encode(payload, chosen, deflate_level)
             except Exception as exc:  # noqa: BLE001 - a value the writer refuses: this file fails
                 why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 return StoreResult(None, refused=f"the converted dataset cannot be encoded: "
@@ -45,10 +46,10 @@ def send_on(assoc: Association, payload: Dataset | str, chosen: str, message_id:
     return StoreResult(rsp.status, rsp.comment)
 
 
-def encode(ds: Dataset, syntax: str) -> bytes:
-    """``ds`` written in ``syntax`` for a P-DATA-TF (deflated and padded to even length
-    where the syntax says so); the writer's exception, with the element it names, when a
-    value cannot be written."""
+def encode(ds: Dataset, syntax: str, deflate_level: int = 6) -> bytes:
+    """``ds`` written in ``syntax`` for a P-DATA-TF (deflated at ``deflate_level`` and
+    padded to even length where the syntax says so); the writer's exception, with the
+    element it names, when a value cannot be written."""
     import zlib
 
     from pydicom.filebase import DicomBytesIO
@@ -61,7 +62,7 @@ def encode(ds: Dataset, syntax: str) -> bytes:
     write_dataset(fp, ds)
     data = fp.getvalue()
     if ts.is_deflated:
-        deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        deflate = zlib.compressobj(deflate_level, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = deflate.compress(data) + deflate.flush()
         data += b"\0" * (len(data) % 2)
     return data

@@ -126,7 +126,8 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
             msg_id = msg_id % 65535 + 1
             started = time.monotonic()
             try:
-                result = store_file(assoc, item.path, item.probe, "always", modify, msg_id)
+                result = store_file(assoc, item.path, item.probe, "always", modify, msg_id,
+                                    deflate_level=args.compression_level)
             except OSError as exc:  # gone or unreadable since it was read: nothing was sent
                 result = StoreResult(None, refused=f"cannot read it: {exc.strerror or exc}")
             # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
