@@ -30,9 +30,9 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
     exact transfer syntax and its file meta agrees with the dataset; otherwise the
     dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
-    attribute value). A deflated file whose deflated stream has odd length is deflated
-    again, padded to even length (PS3.5 A.5, :func:`forwarder.scu.store.encode`): a PDV
-    carries an even number of bytes, and peers abort on the odd one.
+    attribute value). A file whose dataset has odd length (an unpadded value, a deflated
+    stream without its pad byte) is re-encoded in its own syntax with its values padded
+    (see :func:`odd_stream`).
 
     ``while_waiting`` is called once the request is on its way, before the response is
     read (not at all when nothing is sent). ``deflate_level``: zlib's level when the
@@ -51,7 +51,7 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
         return StoreResult(None, refused=describe_refusal(
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
     streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
-                and not odd_deflated_stream(path, probe.transfer_syntax))
+                and not odd_stream(path, probe.transfer_syntax))
     payload: Dataset | str
     if streamed:
         payload = os.fspath(path)
@@ -71,12 +71,17 @@ def _proposed(assoc: Association) -> set[str]:
         {cx.abstract_syntax for cx in assoc.rejected}
 
 
-def odd_deflated_stream(path: str | os.PathLike[str], transfer_syntax: str) -> bool:
-    """A deflated file whose dataset (the bytes after the file meta) has odd length."""
-    if transfer_syntax != DEFLATED_LE:
+def odd_stream(path: str | os.PathLike[str], transfer_syntax: str) -> bool:
+    """The file's dataset (the bytes after the file meta) has odd length: a value of odd
+    length left unpadded, or a deflated stream without its pad byte (PS3.5 7.1.1, A.5).
+    A PDV carries an even number of bytes, and peers abort on the odd one, so such a
+    file is re-encoded, its values padded, never streamed. One stat decides for almost
+    every file: the file meta's elements have even lengths, so an even file is even."""
+    size = os.path.getsize(path)
+    if size % 2 == 0 and transfer_syntax != DEFLATED_LE:
         return False
     from forwarder.scu.dimse import dataset_offset
 
     with open(path, "rb") as fp:
         offset = dataset_offset(fp.fileno())
-    return (os.path.getsize(path) - offset) % 2 == 1
+    return (size - offset) % 2 == 1

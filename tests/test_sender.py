@@ -342,3 +342,52 @@ def test_echo_command(make_scp, tmp_path: Path, capsys) -> None:
     assert main(["echo", "-c", str(cfg)]) == 1
     out = capsys.readouterr().out
     assert "good: ok" in out and "wrong-ae: failed" in out and "Called AE title not recognised" in out
+
+
+def odd_valued(path: Path, uid: str) -> Path:
+    """A Part 10 file as some devices write it: one LO value of 5 bytes, left unpadded,
+    so the data set has odd length (PS3.5 7.1.1 asks for even lengths)."""
+    import struct
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    def el(tag: int, vr: bytes, value: bytes) -> bytes:
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+    def ui(text: str) -> bytes:
+        return text.encode() + b"\0" * (len(text) % 2)
+
+    sc = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    body = (el(0x00080016, b"UI", ui(sc)) + el(0x00080018, b"UI", ui(uid))
+            + el(0x00080060, b"CS", b"OT") + el(0x00081090, b"LO", b"ABCDE")
+            + el(0x00100010, b"PN", b"Odd^Test") + el(0x0020000D, b"UI", ui(uid + ".1")))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sc, uid
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    with open(path, "wb") as fp:
+        fp.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fp, meta)
+        fp.write(body)
+    assert (len(body)) % 2 == 1
+    return path
+
+
+def test_a_data_set_of_odd_length_is_padded_not_left_to_abort_the_association(
+        spool: Spool, tmp_path: Path) -> None:
+    """DCMTK storescp aborts on an odd PDV. Streamed as it is, such a file made every
+    association abort, the destination was blamed and held, and the files behind it
+    waited. Its values are padded instead: it arrives with its value, and so do the
+    others."""
+    odd = odd_valued(tmp_path / "odd.dcm", "1.2.826.0.1.3680043.9.7777.5.1")
+    peer = StoreSCPProcess(tmp_path / "out")
+    try:
+        uids = enqueue(spool, [odd, CT, MR])
+        run(spool, destination(peer.port), lambda: settled(spool))
+        assert states(spool)["done"] == 3 and spool.failed_jobs() == []
+        assert spool.health("pacs").state == "ok"
+        got = {str(dcmread(f).SOPInstanceUID): dcmread(f) for f in peer.files()}
+        assert sorted(got) == sorted(uids)
+        assert got[uids[0]].ManufacturerModelName == "ABCDE"  # padded with a space
+    finally:
+        peer.stop()
