@@ -116,10 +116,13 @@ def describe_refusal(sop_class: str, source_ts: str, accepted: list[tuple[str, s
     """A one-line reason naming the SOP class, the file's syntax and what the peer took."""
     from pydicom.uid import UID
 
-    offered = sorted({UID(ts).name for sop, ts in accepted if sop == sop_class})
+    syntaxes = {ts for sop, ts in accepted if sop == sop_class}
+    offered = sorted(UID(ts).name for ts in syntaxes)
     what = ", ".join(offered) if offered else "nothing for this SOP class"
     extra = ""
-    if offered and not is_plain(source_ts) and decompress != "always":
+    if offered and not any(is_plain(ts) for ts in syntaxes):
+        extra = " (only compressed syntaxes, and the forwarder never compresses)"
+    elif offered and not is_plain(source_ts) and not convertible(source_ts, decompress):
         extra = f" (decompress: {decompress} forbids decompressing it)"
     return (f"{UID(sop_class).name} in {UID(source_ts).name}: the peer accepted {what}"
             f"{extra}")

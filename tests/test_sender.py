@@ -391,3 +391,24 @@ def test_a_data_set_of_odd_length_is_padded_not_left_to_abort_the_association(
         assert got[uids[0]].ManufacturerModelName == "ABCDE"  # padded with a space
     finally:
         peer.stop()
+
+
+@pytest.mark.parametrize("name, peer_takes, reason", [
+    # an RLE file of the same class has RLE proposed, the peer takes only that
+    ("MR_small_jpeg_ls_lossless.dcm", ["1.2.840.10008.1.2.5"],
+     "the peer accepted RLE Lossless (only compressed syntaxes, and the forwarder never "
+     "compresses)"),
+    ("JPEG2000.dcm", ["1.2.840.10008.1.2.1"],  # lossy JPEG 2000, uncompressed only
+     "the peer accepted Explicit VR Little Endian (decompress: lossless forbids "
+     "decompressing it)"),
+])
+def test_a_refused_compressed_file_is_told_the_true_reason(
+        make_scp, spool: Spool, name: str, peer_takes: list[str], reason: str) -> None:
+    peer = make_scp(transfer_syntaxes=peer_takes)
+    rle = data_file("MR_small_RLE.dcm")
+    uids = enqueue(spool, [rle, data_file(name)])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    [failed] = spool.failed_jobs()
+    assert failed["sop_instance_uid"] == uids[1]
+    assert failed["reason"].endswith(reason), failed["reason"]
+    assert [r.sop_instance for r in peer.received] == [uids[0]]  # the RLE file went
