@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
@@ -50,15 +51,37 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     file meta says. A compressed file sent in its own syntax (its file meta disagrees with
     its dataset) is re-encoded with its encapsulated pixel data as it is.
     """
-    try:
-        return _prepare(path, source_ts, target_ts)
-    except CannotConvert:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a value pydicom cannot re-encode: this file fails
-        text = str(exc).split(". ")[0][:200]
-        tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
-        where = f" (element {tag.group(0)})" if tag and tag.group(0) not in text else ""
-        raise CannotConvert(f"cannot re-encode the dataset{where}: {text}") from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = _prepare(path, source_ts, target_ts)
+        except CannotConvert:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a value pydicom cannot re-encode: it fails
+            text = str(exc).split(". ")[0][:200]
+            tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
+            where = f" (element {tag.group(0)})" if tag and tag.group(0) not in text else ""
+            raise CannotConvert(f"cannot re-encode the dataset{where}: {text}") from exc
+    changed = text_changed(caught)
+    if changed:
+        raise CannotConvert(changed)
+    return ds
+
+
+# pydicom's words when it reads or writes text it cannot represent: it substitutes
+# characters (U+FFFD, '?') and goes on
+_TEXT_LOST = ("replacement characters", "unknown escape sequence", "Unknown encoding")
+
+
+def text_changed(caught: list[warnings.WarningMessage]) -> str | None:
+    """Why re-encoding would change text, from the warnings pydicom gave while it read or
+    wrote the data set (bytes not valid in the declared character set); None if none."""
+    for w in caught:
+        said = str(w.message)
+        if any(words in said for words in _TEXT_LOST):
+            return ("text in the data set is not valid in its Specific Character Set, and "
+                    f"re-encoding it would change it ({said.split(' - ')[0]})")
+    return None
 
 
 def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:

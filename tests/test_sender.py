@@ -412,3 +412,31 @@ def test_a_refused_compressed_file_is_told_the_true_reason(
     assert failed["sop_instance_uid"] == uids[1]
     assert failed["reason"].endswith(reason), failed["reason"]
     assert [r.sop_instance for r in peer.received] == [uids[0]]  # the RLE file went
+
+
+def test_text_invalid_in_its_character_set_is_sent_as_it_is_or_fails_never_rewritten(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    """A Latin-1 name in a data set that declares UTF-8: re-encoding would put U+FFFD in
+    the patient's name. Where the peer takes the file's own syntax it goes byte for byte;
+    where it must be converted, it fails with the reason, and nothing arrives."""
+    ds = dcmread(CT)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Hans"
+    written = tmp_path / "written.dcm"
+    ds.save_as(written, enforce_file_format=True)  # Latin-1 bytes, then relabelled UTF-8
+    src = tmp_path / "latin1-as-utf8.dcm"
+    src.write_bytes(written.read_bytes().replace(b"ISO_IR 100", b"ISO_IR 192", 1))
+    assert b"M\xfcller^Hans" in src.read_bytes()
+    as_is = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.1"])
+    implicit_only = make_scp(transfer_syntaxes=["1.2.840.10008.1.2"])
+    [uid] = enqueue(spool, [src], dests=("pacs", "old"))
+    with DestinationSender(destination(as_is.port), "FORWARDER", spool), \
+            DestinationSender(destination(implicit_only.port, name="old"), "FORWARDER", spool):
+        wait_for(lambda: settled(spool) and settled(spool, "old"), 30, "both destinations")
+    assert [r.dataset_bytes for r in as_is.received] == [src.read_bytes()[
+        src.read_bytes().index(b"\x08\x00\x05\x00"):]]  # the data set, byte for byte
+    assert implicit_only.received == []
+    [failed] = spool.failed_jobs()
+    assert failed["destination"] == "old" and failed["sop_instance_uid"] == uid
+    assert "text in the data set is not valid in its Specific Character Set" in \
+        failed["reason"], failed["reason"]

@@ -5,6 +5,7 @@ dataset that store_file prepared, written in the chosen syntax by pydicom (:func
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -56,10 +57,17 @@ def encode(ds: Dataset, syntax: str, deflate_level: int = 6) -> bytes:
     from pydicom.filewriter import write_dataset
     from pydicom.uid import UID
 
+    from forwarder.transcode import text_changed
+
     ts = UID(syntax)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
-    write_dataset(fp, ds)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_dataset(fp, ds)
+    changed = text_changed(caught)
+    if changed:
+        raise ValueError(changed)
     data = fp.getvalue()
     if ts.is_deflated:
         deflate = zlib.compressobj(deflate_level, zlib.DEFLATED, -zlib.MAX_WBITS)
