@@ -204,12 +204,9 @@ def _answer(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: fro
     ts = _uid(meta, 0x00020010, "TransferSyntaxUID")
     if not ts:
         ts = _guess_syntax(ds)
-    consistent = bool(
-        has_meta and meta_class == sop_class
-        and _uid(meta, 0x00020003, "MediaStorageSOPInstanceUID") == sop_instance
-        and _encoding_matches(ds, ts)
-        and not retype
-    )
+    # streamable as it is: encoded as its syntax says, no element to re-type; the file
+    # meta's UIDs may disagree with the dataset's, which are the ones a C-STORE carries
+    consistent = bool(has_meta and _encoding_matches(ds, ts) and not retype)
     attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
     phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
     return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,

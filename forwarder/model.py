@@ -18,7 +18,8 @@ class Probe:
     transfer_syntax: str
     study_instance_uid: str | None = None
     has_meta: bool = True
-    # file meta agrees with the dataset and no element needs its VR back: safe to stream as is
+    # the dataset is encoded as its file meta's syntax says and no element needs its VR
+    # back: safe to stream as is (the file meta's UIDs are not sent: they may disagree)
     meta_consistent: bool = True
     attributes: dict[str, str] = field(default_factory=dict)
     phi: dict[str, str] = field(default_factory=dict)

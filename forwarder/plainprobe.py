@@ -70,10 +70,10 @@ def plain_answer(walked: headwalk.Walked, size: int) -> Probe | None:
                 return None
             phi[keyword] = raw.value.decode("ascii").strip()
         assert sop_class and sop_instance
+        # walked in the encoding its syntax names: streamable as it is, whatever UIDs the
+        # file meta holds (a C-STORE carries the dataset's own, never the file meta)
         return Probe(sop_class, sop_instance, uid(meta, 0x00020010, True) or "",
-                     uid(ds, 0x0020000D), True,
-                     meta_class == sop_class and uid(meta, 0x00020003) == sop_instance,
-                     {}, phi)
+                     uid(ds, 0x0020000D), True, True, {}, phi)
     except _NotPlain:
         return None
 

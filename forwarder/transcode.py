@@ -48,8 +48,8 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     """The dataset of ``path`` ready to be sent in ``target_ts`` (written as it is sent).
 
     The dataset's own SOP Class and Instance UIDs are what the peer gets, whatever the
-    file meta says. A compressed file sent in its own syntax (its file meta disagrees with
-    its dataset) is re-encoded with its encapsulated pixel data as it is.
+    file meta says. A compressed file sent in its own syntax (an element to re-type, an
+    odd length) is re-encoded with its encapsulated pixel data as it is.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -54,12 +54,15 @@ def test_big_endian_planar_and_one_bit_files_arrive_exact_at_dcmtk(spool: Spool,
 
 def test_compressed_file_with_disagreeing_meta_goes_in_its_own_syntax(
         make_scp, spool: Spool, tmp_path: Path) -> None:
-    """The peer accepts only JPEG 2000: the dataset is re-encoded around its fragments."""
+    """The peer accepts only JPEG 2000: the data set goes byte for byte under its own
+    SOP Instance UID (the file meta, which disagrees, is not what a C-STORE carries)."""
     src = data_file("JPEG2000.dcm")
     ds = dcmread(src)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # meta disagrees
+    ds.StudyDescription = "QQQW"
     path = tmp_path / "j2k.dcm"
-    ds.save_as(path)
+    ds.save_as(path)  # then padded with a NUL, as some writers do: a re-encoding pads
+    path.write_bytes(path.read_bytes().replace(b"QQQW", b"QQQ\0"))  # with a space
     ts = str(ds.file_meta.TransferSyntaxUID)
     peer = make_scp(transfer_syntaxes=[ts])
     [uid] = enqueue(spool, [path])
@@ -73,6 +76,9 @@ def test_compressed_file_with_disagreeing_meta_goes_in_its_own_syntax(
     got = read_dataset(DicomBytesIO(peer.received[0].dataset_bytes), False, True)
     assert got.PixelData == arrived.PixelData  # the encapsulated fragments, byte for byte
     assert got.SOPInstanceUID == arrived.SOPInstanceUID
+    data = path.read_bytes()
+    assert data.endswith(peer.received[0].dataset_bytes)  # streamed, not re-encoded
+    assert len(peer.received[0].dataset_bytes) > len(data) - 400
 
 
 def test_one_bit_ow_big_endian_fails_with_a_reason(make_scp, spool: Spool,
