@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 from forwarder import headwalk
 from forwarder.errors import NotDicomError
 from forwarder.model import Probe
+from forwarder.negotiation import DEFLATED_LE
 from forwarder.plainprobe import MEDIA_STORAGE_DIRECTORY, plain_answer, plain_uid
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             try:
                 ds = dcmread(fp, force=not has_meta, defer_size=4096)
                 meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                if meta_ts != "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
+                if meta_ts != DEFLATED_LE:  # deflated: offsets are in the inflated stream
                     _check_extent(ds, size)
                 _parse_sequences(ds)
                 # re-encoded, never sent as it is: an element encoded UN whose VR is known
@@ -313,13 +314,13 @@ def _encoded_otherwise(fd: int, ts: str | None) -> bool:
 
     from forwarder.scu.dimse import dataset_offset
 
-    if not ts or ts == "1.2.840.10008.1.2.1.99" or not UID(ts).is_transfer_syntax:
-        return False  # deflated: the bytes are compressed; unknown: nothing to compare
+    if not ts or ts == DEFLATED_LE:
+        return False  # deflated: the bytes are compressed
+    syntax = UID(ts)
+    if not syntax.is_transfer_syntax:
+        return False  # unknown: nothing to compare with
     head = os.pread(fd, 6, dataset_offset(fd))
-    if len(head) < 6:
-        return False
-    found_implicit = not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)
-    return found_implicit != UID(ts).is_implicit_VR
+    return len(head) == 6 and headwalk.looks_explicit(head) == syntax.is_implicit_VR
 
 
 def _guess_syntax(ds: Dataset) -> str:

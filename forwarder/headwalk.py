@@ -132,8 +132,7 @@ class _Walker:
         if pos >= self.size:
             raise _NotPlain  # meta and nothing after it: the full reader says so
         buf, i = self._bytes(pos, 8)
-        looks_explicit = 0x40 < buf[i + 4] < 0x5B and 0x40 < buf[i + 5] < 0x5B
-        if implicit and looks_explicit:
+        if implicit and looks_explicit(buf, i):
             raise _NotPlain  # the reader switches to explicit VR here, with a warning
         self._dataset(pos, self.size, implicit, 0)
         return Walked(self.kept, meta_raw, implicit)
@@ -329,6 +328,12 @@ def _dictionary():  # noqa: ANN202 - pydicom's data dictionary and its VR lookup
     from pydicom.datadict import DicomDictionary, dictionary_VR
 
     return DicomDictionary, dictionary_VR
+
+
+def looks_explicit(buf: bytes, at: int = 0) -> bool:
+    """The element at ``at`` has an explicit VR: two capital letters after its tag, the
+    test pydicom's reader makes before it follows the bytes rather than the syntax."""
+    return 0x40 < buf[at + 4] < 0x5B and 0x40 < buf[at + 5] < 0x5B
 
 
 def _implicit(syntax: str) -> bool:

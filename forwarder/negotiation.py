@@ -151,3 +151,11 @@ def choose_context(
         if ts in offered:
             return ts
     return None
+
+
+def ae_title_ok(title: str) -> bool:
+    """An AE title an A-ASSOCIATE-RQ can carry (PS3.5 6.2, VR AE): 1 to 16 printable
+    ASCII characters, not all spaces, no backslash. The YAML's titles and `send`'s
+    ``-aet``/``-aec`` are held to it alike."""
+    return (len(title) <= 16 and "\\" not in title and bool(title.strip())
+            and title.isprintable() and title.isascii())

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from forwarder.config.engine import Bad, Ctx, KeyPath, Parser
+from forwarder.negotiation import ae_title_ok
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -110,7 +111,7 @@ def p_enum(*choices: str) -> Parser:
 
 def p_ae(ctx: Ctx, v: Any, path: KeyPath) -> str:
     s = p_str(ctx, v, path)
-    if len(s) > 16 or "\\" in s or not s.strip() or not s.isprintable() or not s.isascii():
+    if not ae_title_ok(s):
         raise Bad("an AE title is 1 to 16 printable ASCII characters without backslash, "
                   f"got {s!r}")
     return s

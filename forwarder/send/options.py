@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from forwarder.errors import UsageError
-from forwarder.negotiation import OPTION_TO_MODE
+from forwarder.negotiation import OPTION_TO_MODE, ae_title_ok
 
 if TYPE_CHECKING:
     from forwarder.association import PeerSettings
@@ -174,8 +174,7 @@ def check(args: argparse.Namespace) -> None:
         if value is not None and not 4096 <= value <= 131072:
             raise UsageError(f"{opt} must be from 4096 to 131072 bytes, got {value}")
     for opt, title in (("-aet/--aetitle", args.aetitle), ("-aec/--call", args.call)):
-        if len(title) > 16 or "\\" in title or not title.strip() or not title.isprintable() \
-                or not title.isascii():
+        if not ae_title_ok(title):
             raise UsageError(f"{opt}: an AE title is 1 to 16 printable ASCII characters "
                              f"without backslash, got {title!r}")
     if not args.scan_directories:

@@ -116,7 +116,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     msg_id = 0
     try:
         # storescu --repeat sends each file n times before the next one
-        for item in [it for it in items for _ in range(max(args.repeat, 1))]:
+        for item in [it for it in items for _ in range(args.repeat)]:
             if not assoc.is_established:
                 LOGGER.error("%s: not sent, the association is gone", item.path)
                 failed = True
