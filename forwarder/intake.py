@@ -4,7 +4,8 @@ Intake owns the source file's fate. A source is removed only after the spool's
 commit returned (or, with ``keep_source``, remembered as seen so it is never taken
 twice; see :mod:`forwarder.sources`); it is opened with O_NOFOLLOW, so a symlink's
 target is never read, moved or deleted; a file with other hard links is copied, never
-linked into the spool. A bad input is an outcome (quarantine, one event), never an
+linked into the spool; a file another process still holds open for writing is left in
+place until it is closed (see :mod:`forwarder.writers`). A bad input is an outcome (quarantine, one event), never an
 exception that stops the daemon; a spool that cannot write durably is (see
 :class:`~forwarder.errors.SpoolError`).
 """
@@ -28,11 +29,11 @@ from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe, uid_problem
 from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
-from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
 from forwarder.sources import dispose, same_file
 from forwarder.spool import Incoming, Spool
+from forwarder.unfinished import Unfinished
 
 LOGGER = logging.getLogger(__name__)
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -45,6 +46,7 @@ class _Open:
     st: os.stat_result
     probe: Probe
     destinations: tuple[str, ...]
+    keep: bool  # the source stays in place, remembered (keep_source, or still being written)
 
 
 class Intake:
@@ -66,7 +68,7 @@ class Intake:
         self.beat = time.monotonic()  # the intake thread's last sign of progress
         self.accepted = 0
         self.quarantined = 0
-        self.incomplete = Incomplete()  # files that look cut short, waiting for their writer
+        self.unfinished = Unfinished()  # files left for their writers (held open, cut short)
         self._judged: set[int] = set()  # ids of the batch in hand's candidates given a verdict
 
     # --- the queue ---------------------------------------------------------------
@@ -205,8 +207,8 @@ class Intake:
         if not ready:
             return
         incoming = [Incoming(o.fd, o.cand.shown, o.probe, o.destinations, o.cand.watch.name,
-                             link_ok=not o.cand.watch.keep_source and o.st.st_nlink == 1,
-                             stat=o.st, remember=o.cand.watch.keep_source, path=o.cand.path)
+                             link_ok=not o.keep and o.st.st_nlink == 1,
+                             stat=o.st, remember=o.keep, path=o.cand.path)
                     for o in ready]
         try:
             ids = self.spool.accept(incoming)
@@ -259,14 +261,14 @@ class Intake:
         self._verdict(cand, True)
 
     def _contain(self, cand: Candidate, fd: int, st: os.stat_result, exc: Exception,
-                 doing: str, found: Probe | None = None) -> None:
+                 doing: str, found: Probe | None = None, leave: bool = False) -> None:
         """An unexpected error about this one file: quarantine it with the error in words,
         and the traceback in the journal."""
         reason = in_words(exc, doing)
         event(LOGGER, "intake_error", "%s: %s", cand.shown, reason, level=logging.ERROR,
               FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, REASON=reason,
               TRACEBACK=trace(exc))
-        self._quarantine(cand, fd, st, reason, found)
+        self._quarantine(cand, fd, st, reason, found, leave)
 
     def _open(self, cand: Candidate) -> _Open | None:
         """Open and probe one candidate; None when it was dealt with here."""
@@ -301,6 +303,11 @@ class Intake:
             if self.spool.is_seen(cand.shown, st, fd):  # kept, or could not be removed
                 self._verdict(cand, True)
                 return None
+            wait = self.unfinished.wait_for_writer(cand, fd)
+            if wait:  # a writer paused longer than min_age: leave it to the writer
+                self._verdict(cand, True, again_after=wait)
+                return None
+            held = wait is not None  # held for truncated_after: taken, the source left
             found: Probe | None = None
             try:
                 with open(fd, "rb", closefd=False) as fp:
@@ -312,13 +319,13 @@ class Intake:
                                         found.attributes)
             except NotDicomError as exc:
                 if not self._waits(cand, fd, st, str(exc)):
-                    self._quarantine(cand, fd, st, str(exc))
+                    self._quarantine(cand, fd, st, str(exc), leave=held)
                 return None
             except Exception as exc:  # a reader or routing bug must not stop intake
                 if spool_wide(exc):
                     raise
                 self._contain(cand, fd, st, exc, "reading it as DICOM" if found is None
-                              else "routing it", found)
+                              else "routing it", found, leave=held)
                 return None
             if not decision.destinations:
                 if self.cfg.unrouted == "delete":
@@ -327,10 +334,11 @@ class Intake:
                           **probe_fields(found))
                     self._verdict(cand, dispose(self.spool, cand, st))
                     return None
-                self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)", found)
+                self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)",
+                                 found, leave=held)
                 return None
             keep = True
-            return _Open(cand, fd, st, found, decision.destinations)
+            return _Open(cand, fd, st, found, decision.destinations, watch.keep_source or held)
         finally:
             if not keep:
                 os.close(fd)
@@ -338,20 +346,14 @@ class Intake:
     def _waits(self, cand: Candidate, fd: int, st: os.stat_result, reason: str) -> bool:
         """A file that looks cut short may still be written: leave it, look again when it
         changes; after ``truncated_after`` unchanged, quarantine a copy and leave it."""
-        if not looks_incomplete(reason):
+        left = self.unfinished.wait_for_rest(cand, reason)
+        if left is None:
             return False
-        patience = cand.watch.truncated_after
-        left, new = self.incomplete.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
         if left > 0:
-            if new:
-                event(LOGGER, "incomplete", "%s: %s; left in place and looked at again when it "
-                      "changes; quarantined (by copy) if unchanged for %gs", cand.shown, reason,
-                      patience, level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
-                      WATCH=cand.watch.name)
             self._verdict(cand, True, again_after=left)
             return True
-        self._quarantine(cand, fd, st, f"{reason} (unchanged for {patience:g}s; the source "
-                         "is left in place)", leave=True)
+        self._quarantine(cand, fd, st, f"{reason} (unchanged for {cand.watch.truncated_after:g}"
+                         "s; the source is left in place)", leave=True)
         return True
 
     def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
@@ -373,7 +375,7 @@ class Intake:
 
     def _accepted(self, o: _Open, oid: int) -> bool:
         """Report one accepted file and remove its source; True if it stays in place."""
-        self.incomplete.forget(o.cand.shown)
+        self.unfinished.taken(o.cand)
         self.accepted += 1
         fields = {"FORWARDER_FILE": o.cand.shown, "DESTINATION": ",".join(o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
@@ -384,6 +386,11 @@ class Intake:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
                   o.cand.shown, ", ".join(o.destinations), **fields)
         os.close(o.fd)
-        if o.cand.watch.keep_source:  # kept sources were remembered in the commit
+        if o.keep:  # kept sources were remembered in the commit
+            if not o.cand.watch.keep_source:
+                event(LOGGER, "writing", "%s: still open for writing after %gs unchanged: "
+                      "taken as it is, by copy; the source is left in place and taken "
+                      "again if it changes", o.cand.shown, o.cand.watch.truncated_after,
+                      level=logging.WARNING, **fields)
             return True
         return dispose(self.spool, o.cand, o.st)

@@ -63,6 +63,7 @@ EVENTS: dict[str, str] = {
     "watch_available": "c70ee9120ea545f9805618284b13389b",
     "watch_replaced": "7dd104d32cb74f8395222eaf0b6ef35f",
     "incomplete": "ca2302976b614c44aa387928f25656c0",
+    "writing": "ef05e451ae84478aa2b99e2f3c31ab0e",
     "environment": "e3b4a0d25c6f47a19e7d8b2c5f1a0d34",
     "start_refused": "9a2e6c41d7b84f03a5c1e8d2b6f7a490",
     # records that are not one of the events above: still found by MESSAGE_ID

@@ -173,6 +173,8 @@ class Watcher:
                 self._left[cand.path] = (cand.sig, until)
                 while len(self._left) > self.limit:
                     del self._left[next(iter(self._left))]
+                if until is not None:  # looked at again then, without waiting for a scan
+                    self._schedule(cand.path, until)
         if not verdict.left_in_place and not self._stop.is_set():
             self._consider(cand.path, fresh=True)  # still there (written to meanwhile)? look again
 

@@ -389,10 +389,11 @@ def test_a_paused_writer_completes_its_file_and_a_cut_one_is_quarantined_by_copy
     d = DaemonProcess(cfg, tmp_path)
     try:
         d.wait_ready()
-        with open(paused, "wb") as fp:  # the writer stops half-way, longer than min_age
-            fp.write(data[:len(data) // 2])
-            fp.flush()
-            wait_for(lambda: "paused.dcm: truncated" in d.output(), 15, "the pause noticed")
+        # the writer closes the file half-way and resumes later, as a copy that is retried
+        # does (one that holds it open while it pauses is waited for: test_writers.py)
+        paused.write_bytes(data[:len(data) // 2])
+        wait_for(lambda: "paused.dcm: truncated" in d.output(), 15, "the pause noticed")
+        with open(paused, "ab") as fp:
             fp.write(data[len(data) // 2:])
         cut.write_bytes(second.read_bytes()[:-1000])  # never completed
         wait_for(lambda: peer.counts()[uid1] == 1, 30, "the paused writer's file, once complete")

@@ -219,6 +219,36 @@ def test_a_study_folder_of_another_account_is_sent_once(day: Day) -> None:
     day.sh(f"rm -rf {INCOMING}/study-1")
 
 
+def test_a_writer_of_another_account_that_pauses_is_waited_for(day: Day) -> None:
+    """The unit's CAP_LEASE: the daemon can tell that a file of another account is still
+    open for writing, so the part written before a pause is not sent as the whole."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    uid = ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    stage = day.box.path("/var/tmp/stage")
+    stage.mkdir(exist_ok=True)
+    ds.save_as(stage / "whole.dcm", enforce_file_format=True)
+    data = (stage / "whole.dcm").read_bytes()
+    cut = data.index(b"\x10\x00\x10\x00PN")  # before Patient's Name: a whole data set
+    (stage / "prefix").write_bytes(data[:cut])
+    (stage / "rest").write_bytes(data[cut:])
+    day.sh("chmod 644 /var/tmp/stage/* && rm -f /var/tmp/go && mkfifo -m 666 /var/tmp/go")
+    since = day.now()
+    # the writer holds the file open, writes up to the element, and waits for a line
+    day.sh(f"umask 007; timeout 120 bash -c 'exec 3>>{INCOMING}/paused.dcm && "
+           "cat /var/tmp/stage/prefix >&3 && read -r _ < /var/tmp/go && "
+           "cat /var/tmp/stage/rest >&3' </dev/null >/dev/null 2>&1 &", user="modality")
+    wait_for(lambda: day.journal("FORWARDER_EVENT=writing", since=since), 30,
+             "the daemon to see the writer", 0.25)
+    assert day.scp.counts()[uid] == 0, "the part before the pause was sent"
+    day.sh("timeout 10 sh -c 'echo go > /var/tmp/go'")
+    day.delivered(uid)
+    assert stays(lambda: day.scp.counts()[uid] > 1, 5), day.scp.counts()[uid]
+    [got] = [r for r in day.scp.received if r.sop_instance == uid]
+    assert len(got.dataset_bytes) > len(data) - cut and data.endswith(got.dataset_bytes)
+    wait_for(lambda: not day.box.path(f"{INCOMING}/paused.dcm").exists(), 10,
+             "the source removed")
+
+
 def test_status_as_root_and_as_the_service_user(day: Day) -> None:
     main = day.show("MainPID")["MainPID"]
     index = day.box.path(SPOOL) / "index.sqlite"

@@ -1,0 +1,67 @@
+"""Settled files whose writer may still be at work: held open for writing, or cut short.
+
+Both are left in place and looked at again when they change (a held one also every
+``min_age``, to see whether its writer has closed it), and neither waits for ever: a file unchanged for its watch folder's
+``truncated_after`` is dealt with as it is. A file still held open then is taken by
+copy, its source left in place and taken again if the writer ever changes it; a file
+that still reads as cut short is quarantined by copy, its source left in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from forwarder.candidate import Candidate
+from forwarder.incomplete import Incomplete, looks_incomplete
+from forwarder.logs import event
+from forwarder.writers import held_for_writing
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Unfinished:
+    """Intake's memory of the files it leaves for their writers (bounded, see
+    :class:`~forwarder.incomplete.Incomplete`)."""
+
+    def __init__(self) -> None:
+        self.held = Incomplete()  # open for writing by another process
+        self.cut = Incomplete()  # read as truncated or empty
+
+    def wait_for_writer(self, cand: Candidate, fd: int) -> float | None:
+        """Another process holds ``fd``'s file open for writing: the seconds until it
+        should be looked at again, or 0.0 when it has been held unchanged for
+        ``truncated_after`` (take it as it is, leave the source); None when nobody writes
+        it, or this cannot be told here (see :mod:`forwarder.writers`)."""
+        if not held_for_writing(fd):
+            self.held.forget(cand.shown)
+            return None
+        watch = cand.watch
+        patience = watch.truncated_after
+        left, new = self.held.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
+        if left > 0 and new:
+            event(LOGGER, "writing", "%s: still open for writing by another process; left in "
+                  "place until it is closed or changes (taken as it is, by copy, if held "
+                  "unchanged for %gs)", cand.shown, patience, FORWARDER_FILE=cand.shown,
+                  WATCH=watch.name)
+        # its watcher looks again then, by its own timer: a close changes no size or time
+        return min(left, max(watch.min_age, 0.5)) if left > 0 else 0.0
+
+    def wait_for_rest(self, cand: Candidate, reason: str) -> float | None:
+        """The probe refused the file for ``reason``: the seconds to leave it in place
+        when it looks cut short (a writer that paused may complete it), 0.0 when it has
+        looked so, unchanged, for ``truncated_after``; None for any other reason."""
+        if not looks_incomplete(reason):
+            return None
+        patience = cand.watch.truncated_after
+        left, new = self.cut.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
+        if left > 0 and new:
+            event(LOGGER, "incomplete", "%s: %s; left in place and looked at again when it "
+                  "changes; quarantined (by copy) if unchanged for %gs", cand.shown, reason,
+                  patience, level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
+                  WATCH=cand.watch.name)
+        return left
+
+    def taken(self, cand: Candidate) -> None:
+        self.cut.forget(cand.shown)
+        self.held.forget(cand.shown)

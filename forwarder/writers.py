@@ -1,0 +1,86 @@
+"""Is another process still holding a file open for writing? Asked once a file has settled.
+
+Size and times unchanged for ``min_age`` do not prove a writer is done: a modality that
+pauses at an element boundary (waiting on its network, its disk, its next slice) leaves
+a file that reads as a complete, shorter data set. Taking it then would send the prefix
+and leave the writer writing into an inode nobody reads again. Linux answers the question
+directly: a read lease (``fcntl(F_SETLEASE, F_RDLCK)``) is refused with EAGAIN while any
+process has the file open for writing. The lease is released at once; no lease-break
+signal is asked for (no ``F_SETOWN``), and a writer opening the file in those
+microseconds waits for the release.
+
+The answer is trusted only where the kernel's own lease code decides it: on local
+filesystems. A network client (NFS, SMB) can refuse every lease it has no delegation or
+oplock for, which would hold every file, and it cannot see writers on other machines
+anyway. Elsewhere, without the right to a lease (a file of another account, without
+CAP_LEASE), or off Linux, the answer is None and the settle rule alone decides.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+
+# statfs(2) f_type of the local filesystems whose leases the kernel decides (linux/magic.h)
+LOCAL_FILESYSTEMS = frozenset({
+    0xEF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0x01021994,  # tmpfs
+    0x858458F6,  # ramfs
+    0xF2F52010,  # f2fs
+    0x794C7630,  # overlay
+    0x2FC12FC1,  # zfs
+    0xCA451A4E,  # bcachefs
+    0x3153464A,  # jfs
+    0x52654973,  # reiserfs
+    0x3434,  # nilfs2
+    0x4D44,  # vfat, msdos
+    0x2011BAB0,  # exfat
+    0x7366746E,  # ntfs3
+})
+
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", None)
+
+
+class _StatFs(ctypes.Structure):
+    # only the first field is read; the rest of struct statfs (120 bytes on 64-bit
+    # Linux, 84 on 32-bit) is room for the kernel to write into
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_char * 248)]
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc() if _F_SETLEASE is not None else None
+
+
+def filesystem_type(fd: int) -> int | None:
+    """The statfs(2) magic number of the filesystem holding ``fd``; None if unknown."""
+    if _LIBC is None:
+        return None
+    buf = _StatFs()
+    if _LIBC.fstatfs(fd, ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+def held_for_writing(fd: int) -> bool | None:
+    """True while another process holds the file ``fd`` (opened read-only) open for
+    writing, False when none does, None when this cannot be told here."""
+    if _F_SETLEASE is None or filesystem_type(fd) not in LOCAL_FILESYSTEMS:
+        return None
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True
+        return None  # EACCES: not ours and no CAP_LEASE; EINVAL: leases disabled
+    fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
