@@ -152,6 +152,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 # the bytes; a peer would follow the label and read garbage)
                 retype = _has_known_un(ds) or (has_meta and _encoded_otherwise(
                     fp.fileno(), meta_ts))
+                _fragments_fit(ds, meta_ts)
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
@@ -321,6 +322,25 @@ def _encoded_otherwise(fd: int, ts: str | None) -> bool:
         return False  # unknown: nothing to compare with
     head = os.pread(fd, 6, dataset_offset(fd))
     return len(head) == 6 and headwalk.looks_explicit(head) == syntax.is_implicit_VR
+
+
+def _fragments_fit(ds: Dataset, ts: str | None) -> None:
+    """Encapsulated pixel data (fragments of undefined length) belongs to a compressed
+    syntax (PS3.5 A.4). Under a native one, or with no file meta to name the syntax, a
+    peer would store the compressed bytes as pixel values and answer success."""
+    from pydicom.uid import UID
+
+    pixels = ds._dict.get(0x7FE00010)  # type: ignore[call-overload]
+    if pixels is None or getattr(pixels, "length", None) != 0xFFFFFFFF:
+        return
+    if not ts:
+        raise NotDicomError("the pixel data is encapsulated (compressed fragments), but "
+                            "there is no file meta to name its compressed transfer syntax")
+    syntax = UID(ts)
+    if syntax.is_transfer_syntax and not syntax.is_encapsulated:
+        raise NotDicomError(f"mislabelled: the pixel data is encapsulated (compressed "
+                            f"fragments), but the file meta names {syntax.name} ({ts}), "
+                            "an uncompressed transfer syntax (PS3.5 A.4)")
 
 
 def _guess_syntax(ds: Dataset) -> str:

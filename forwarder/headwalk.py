@@ -112,6 +112,7 @@ class _Walker:
         self.fd, self.size, self.wanted, self.ambiguous = fd, size, wanted, ambiguous
         self.base, self.buf = 0, b""
         self.kept: dict[int, Raw] = {}
+        self.native = True  # the syntax is not an encapsulated one: no pixel fragments
 
     def run(self) -> Walked:
         buf, i = self._bytes(128, 4)
@@ -126,7 +127,9 @@ class _Walker:
         syntax = meta_raw.get(0x00020010)
         if syntax is None or not syntax.value:
             raise _NotPlain
-        implicit = _implicit(syntax.value.decode("ascii", "replace").rstrip("\0 "))
+        name = syntax.value.decode("ascii", "replace").rstrip("\0 ")
+        implicit = _implicit(name)
+        self.native = name in (EXPLICIT_LE, IMPLICIT_LE) or not _encapsulated(name)
         if implicit and self.ambiguous:
             raise _NotPlain
         if pos >= self.size:
@@ -226,8 +229,8 @@ class _Walker:
                 else:
                     raise _NotPlain  # UN, unknown, or implicit VR inside an explicit file
             if length == _UNDEFINED:
-                if code not in (b"OB", b"OW"):
-                    raise _NotPlain
+                if code not in (b"OB", b"OW") or (top and self.native):
+                    raise _NotPlain  # fragments under a native syntax: the reader's check
                 pos = self._fragments(at)
                 buf, base, blen = self.buf, self.base, len(self.buf)
                 continue
@@ -334,6 +337,12 @@ def looks_explicit(buf: bytes, at: int = 0) -> bool:
     """The element at ``at`` has an explicit VR: two capital letters after its tag, the
     test pydicom's reader makes before it follows the bytes rather than the syntax."""
     return 0x40 < buf[at + 4] < 0x5B and 0x40 < buf[at + 5] < 0x5B
+
+
+def _encapsulated(syntax: str) -> bool:
+    from pydicom.uid import UID
+
+    return bool(UID(syntax).is_encapsulated)
 
 
 def _implicit(syntax: str) -> bool:

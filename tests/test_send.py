@@ -538,6 +538,32 @@ def dataset_offset_of(path: str) -> int:
         os.close(fd)
 
 
+@pytest.mark.parametrize("source", ["SC_rgb_rle.dcm", "JPEG2000.dcm"])
+def test_pixel_fragments_under_an_uncompressed_label_are_refused_as_storescu_refuses_them(
+        storescp: StoreSCPProcess, tmp_path: Path, capsys, source: str) -> None:
+    """Encapsulated pixel data with a meta that names Explicit VR Little Endian: sent, a
+    peer would store the compressed bytes as pixel values and answer success. storescu
+    fails the file; so do send and the daemon's intake, with the reason."""
+    from tests.peers import wait_for
+    from tests.pipeline import Pipeline, make_config
+
+    cfg = make_config(tmp_path)
+    bad = relabelled(sample(source), tmp_path / "in" / "relabelled.dcm", "1.2.840.10008.1.2.1")
+    oracle = subprocess.run(["storescu", "127.0.0.1", str(storescp.port), str(bad)],
+                            capture_output=True, text=True, timeout=60)
+    assert oracle.returncode != 0 and "Store Failed" in oracle.stderr, oracle.stderr
+    assert main(["send", "127.0.0.1", str(storescp.port), str(bad)]) != 0
+    said = capsys.readouterr().err
+    assert "mislabelled: the pixel data is encapsulated (compressed fragments)" in said, said
+    assert storescp.files() == []
+    data = bad.read_bytes()
+    with Pipeline(cfg) as p:
+        wait_for(lambda: p.spool.quarantined(), 10, "the file quarantined")
+        [q] = p.spool.quarantined()
+        assert "mislabelled" in q["reason"] and "Explicit VR Little Endian" in q["reason"]
+        assert p.objects() == [] and Path(q["file"]).read_bytes() == data
+
+
 @pytest.mark.parametrize("source, label", [
     ("MR_small_implicit.dcm", "1.2.840.10008.1.2.1"),  # implicit VR dataset, meta says explicit
     ("MR_small.dcm", "1.2.840.10008.1.2"),  # explicit VR dataset, meta says implicit
