@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import warnings
+import zlib
 from typing import IO, TYPE_CHECKING, Any
 
 from forwarder import headwalk
@@ -155,6 +156,13 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 _fragments_fit(ds, meta_ts)
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
+            except zlib.error as exc:  # labelled deflated: cut short, or no deflate stream
+                if "incomplete or truncated" in str(exc):
+                    raise NotDicomError(f"truncated: the deflated data set stops before its "
+                                        f"end ({_short(exc)})") from exc
+                raise NotDicomError(f"mislabelled: the file meta names the deflated syntax "
+                                    f"({DEFLATED_LE}), but the data set after it is not "
+                                    f"deflate-compressed ({_short(exc)})") from exc
             except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
                     AttributeError, struct.error, BytesLengthException) as exc:
                 # the reader tripped on the bytes

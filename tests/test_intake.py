@@ -195,6 +195,25 @@ def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
                          if q["source"].endswith("pixels.dcm"))).read_bytes() == data[:-1000]
 
 
+def test_a_deflated_label_that_does_not_hold_is_named_not_called_an_internal_error(
+        tmp_path: Path) -> None:
+    """A plain data set under the deflated syntax's label is mislabelled; a deflated one
+    cut short may still be written, and waits as any truncated file does."""
+    from tests.test_send import relabelled
+
+    cfg = make_config(tmp_path, watch="truncated_after: 1s\nrescan: 300ms")
+    deflated = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    staged = relabelled(str(CT), tmp_path / "plain.dcm", "1.2.840.10008.1.2.1.99")
+    with Pipeline(cfg) as p:
+        (tmp_path / "in" / "cut.dcm").write_bytes(deflated[:len(deflated) // 2])
+        shutil.move(staged, tmp_path / "in" / "plain.dcm")
+        wait_for(lambda: len(p.spool.quarantined()) == 2, 15, "both quarantined")
+        reasons = quarantine_reasons(p)
+        assert reasons["plain.dcm"].startswith("mislabelled: the file meta names the deflated")
+        assert reasons["cut.dcm"].startswith("truncated: the deflated data set stops")
+        assert "unchanged for 1s" in reasons["cut.dcm"] and p.objects() == []
+
+
 def test_dicomdir_set_images_taken_dicomdir_quarantined(tmp_path: Path) -> None:
     src = Path(get_testdata_file("DICOMDIR", download=False))
     ddir = dcmread(src)
