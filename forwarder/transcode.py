@@ -105,6 +105,8 @@ def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Da
     implicit, little = ds.original_encoding
     if decode:
         little = True  # decoded pixels are little endian
+    if bool(little) == target.is_little_endian:
+        keep_private_un(ds)
     for _elem in ds.iterall():  # convert raw elements: implicit VR ones get their VR here
         pass
     if source_ts != target_ts:
@@ -121,6 +123,25 @@ def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Da
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
+
+
+def keep_private_un(ds: Dataset) -> None:
+    """Private elements encoded UN stay UN, their bytes as they are, nested ones
+    included. The reader would re-type them from pydicom's private dictionary: a vendor's
+    other version of an element would be re-encoded, or fail (3 bytes under an SS
+    entry), and text would lose its padding. Only a change of byte order needs the VR
+    (to swap the value), and there the dictionary's VR is taken."""
+    from pydicom.dataelem import DataElement, RawDataElement
+
+    for tag, elem in list(ds._dict.items()):
+        vr = elem.VR
+        if isinstance(elem, RawDataElement) and vr == "UN" and tag.is_private and \
+                not tag.is_private_creator and elem.length != 0xFFFFFFFF:
+            ds._dict[tag] = DataElement(tag, "UN", elem.value, elem.value_tell,
+                                        already_converted=True)
+        elif vr == "SQ":
+            for item in ds[tag].value or ():
+                keep_private_un(item)
 
 
 def drop_group_lengths(ds: Dataset) -> None:

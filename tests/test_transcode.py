@@ -5,6 +5,7 @@ conversions that must fail with a reason."""
 from __future__ import annotations
 
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -265,3 +266,49 @@ def test_a_un_value_that_does_not_fit_its_vr_fails_the_file_alone(make_scp, spoo
     assert failed["sop_instance_uid"] == uids[0]
     assert failed["reason"].startswith("cannot re-encode the dataset (element (0028,0010))")
     assert peer.counts() == {uids[1]: 1}
+
+
+def private_un(path: Path) -> tuple[Path, list[bytes]]:
+    """CT_small with a Siemens-style private block encoded UN, at the top and inside an
+    item: a DS with its spaces, a CS padded with a NUL, and 3 bytes under pydicom's SS
+    entry for another vendor; and the elements as implicit VR little endian carries them."""
+    from pydicom.dataset import Dataset
+
+    ds = dcmread(data_file("CT_small.dcm"))
+    item = Dataset()
+    ds.ReferencedSeriesSequence = [item]
+    values = [(0x0019100B, b" 12.5 "), (0x00191008, b"IMAGE NUM 4\0")]
+    for where in (ds, item):
+        where.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
+        for tag, value in values:
+            where.add_new(tag, "UN", value)
+    ds.add_new(0x00110010, "LO", "CANON_MEC_MR3^10")
+    ds.add_new(0x0011100C, "UN", b"\x01\x02\x03\x04\x05\x06")  # SS VM 1: 6 bytes
+    ds.save_as(path, enforce_file_format=True)
+    expected = [struct.pack("<HHI", t >> 16, t & 0xFFFF, len(v)) + v
+                for t, v in [*values, (0x0011100C, b"\x01\x02\x03\x04\x05\x06")]]
+    return path, expected
+
+
+@pytest.mark.parametrize("via", ["daemon", "send", "storescu"])
+def test_private_elements_encoded_un_are_converted_as_their_bytes(
+        make_scp, spool: Spool, tmp_path: Path, via: str) -> None:
+    """A peer that takes implicit VR only: the file is re-encoded, and its private UN
+    elements keep their bytes, as storescu keeps them (pydicom's private dictionary
+    would have re-typed them: the DS lost its spaces and the CS its NUL)."""
+    path, expected = private_un(tmp_path / "private.dcm")
+    peer = make_scp(transfer_syntaxes=["1.2.840.10008.1.2"])
+    if via == "daemon":
+        enqueue(spool, [path])
+        run(spool, destination(peer.port), lambda: settled(spool))
+        assert states(spool)["done"] == 1, spool.failed_jobs()
+    elif via == "send":
+        assert main(["send", "127.0.0.1", str(peer.port), str(path)]) == 0
+    else:  # the oracle: DCMTK converts the same file to the same bytes
+        subprocess.run(["storescu", "127.0.0.1", str(peer.port), str(path)], check=True,
+                       timeout=60)
+    [got] = peer.received
+    assert got.transfer_syntax == "1.2.840.10008.1.2"
+    for element in expected:
+        assert element in got.dataset_bytes, element
+    assert got.dataset_bytes.count(expected[0]) == 2  # the item's own too
