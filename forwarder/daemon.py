@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from forwarder import config, logs, notify, prefork, runtime, watchstate
+from forwarder import config, logs, notify, prefork, runtime, watchstate, writers
 from forwarder.config import Config, envcheck
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
 from forwarder.intake import Intake
@@ -108,6 +108,7 @@ class Daemon:
                    paths=cfg.log.paths)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        writers.ignore_lease_breaks()  # intake asks for leases (see forwarder.writers)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
             self._check(cfg)

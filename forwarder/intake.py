@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from forwarder import router
 from forwarder.batches import BATCH_BYTES, Batches
@@ -31,7 +30,7 @@ from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
-from forwarder.sources import dispose, same_file
+from forwarder.sources import dispose, quarantine
 from forwarder.spool import Incoming, Spool
 from forwarder.unfinished import Unfinished
 
@@ -47,6 +46,7 @@ class _Open:
     probe: Probe
     destinations: tuple[str, ...]
     keep: bool  # the source stays in place, remembered (keep_source, or still being written)
+    held: bool  # still open for writing after truncated_after unchanged: taken by copy
 
 
 class Intake:
@@ -281,6 +281,8 @@ class Intake:
                 self._verdict(cand, True)
             elif exc.errno == errno.ENOENT:
                 self._verdict(cand, False)
+            elif exc.errno == errno.EAGAIN:  # another process holds a write lease on it
+                self._verdict(cand, True, again_after=self.unfinished.leased(cand))
             else:
                 event(LOGGER, "intake_error", "%s: cannot open: %s; left in place until it "
                       "changes", cand.shown, exc.strerror, level=logging.ERROR,
@@ -291,7 +293,6 @@ class Intake:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                keep = True
                 event(LOGGER, "ignored", "%s: not a regular file, left alone", cand.shown,
                       level=logging.WARNING, FORWARDER_FILE=cand.shown)
                 self._verdict(cand, True)
@@ -308,6 +309,8 @@ class Intake:
                 self._verdict(cand, True, again_after=wait)
                 return None
             held = wait is not None  # held for truncated_after: taken, the source left
+            why = f" (still open for writing after {watch.truncated_after:g}s unchanged; " \
+                "the source is left in place)" if held else ""
             found: Probe | None = None
             try:
                 with open(fd, "rb", closefd=False) as fp:
@@ -318,8 +321,8 @@ class Intake:
                 decision = router.route(self.cfg.routes, watch.name, cand.relpath,
                                         found.attributes)
             except NotDicomError as exc:
-                if not self._waits(cand, fd, st, str(exc)):
-                    self._quarantine(cand, fd, st, str(exc), leave=held)
+                if held or not self._waits(cand, fd, st, str(exc)):
+                    self._quarantine(cand, fd, st, f"{exc}{why}", leave=held)
                 return None
             except Exception as exc:  # a reader or routing bug must not stop intake
                 if spool_wide(exc):
@@ -328,17 +331,23 @@ class Intake:
                               else "routing it", found, leave=held)
                 return None
             if not decision.destinations:
+                if held and self.cfg.unrouted == "delete":  # the writer's next bytes: lost
+                    self.spool.remember(cand.shown, st)
+                    self.unfinished.not_deleted(cand)
+                    self._verdict(cand, True)
+                    return None
                 if self.cfg.unrouted == "delete":
                     event(LOGGER, "unrouted_deleted", "%s: no route matched, deleted "
                           "(unrouted: delete)", cand.shown, FORWARDER_FILE=cand.shown,
                           **probe_fields(found))
                     self._verdict(cand, dispose(self.spool, cand, st))
                     return None
-                self._quarantine(cand, fd, st, "no route matched (unrouted: quarantine)",
+                self._quarantine(cand, fd, st, f"no route matched (unrouted: quarantine){why}",
                                  found, leave=held)
                 return None
             keep = True
-            return _Open(cand, fd, st, found, decision.destinations, watch.keep_source or held)
+            return _Open(cand, fd, st, found, decision.destinations, watch.keep_source or held,
+                         held)
         finally:
             if not keep:
                 os.close(fd)
@@ -358,19 +367,8 @@ class Intake:
 
     def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
                     found: Probe | None = None, leave: bool = False) -> None:
-        keep_source = cand.watch.keep_source or leave
-        move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
-            same_file(cand.path, st) else None
-        where = self.spool.quarantine(fd, cand.shown, reason, move=move)
+        left = quarantine(self.spool, cand, fd, st, reason, found, leave)
         self.quarantined += 1
-        event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.shown, where.name, reason,
-              level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
-              QUARANTINE_FILE=str(where), **probe_fields(found))
-        left = keep_source
-        if leave:
-            self.spool.remember(cand.shown, st)
-        elif move is None or os.path.lexists(cand.path):
-            left = dispose(self.spool, cand, st)
         self._verdict(cand, left)
 
     def _accepted(self, o: _Open, oid: int) -> bool:
@@ -386,11 +384,11 @@ class Intake:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
                   o.cand.shown, ", ".join(o.destinations), **fields)
         os.close(o.fd)
+        if o.held:
+            event(LOGGER, "writing", "%s: still open for writing after %gs unchanged: "
+                  "taken as it is, by copy; the source is left in place and taken "
+                  "again if it changes", o.cand.shown, o.cand.watch.truncated_after,
+                  level=logging.WARNING, **fields)
         if o.keep:  # kept sources were remembered in the commit
-            if not o.cand.watch.keep_source:
-                event(LOGGER, "writing", "%s: still open for writing after %gs unchanged: "
-                      "taken as it is, by copy; the source is left in place and taken "
-                      "again if it changes", o.cand.shown, o.cand.watch.truncated_after,
-                      level=logging.WARNING, **fields)
             return True
         return dispose(self.spool, o.cand, o.st)

@@ -1,4 +1,4 @@
-"""A source's fate once the spool holds it (accepted, or quarantined by copy).
+"""A source's fate once the spool holds it (accepted, or quarantined by move or copy).
 
 The source is removed only while it is still the file intake read: the same device and
 inode at its path, since a new file of the same name is new work. With ``keep_source``,
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from forwarder.candidate import Candidate
-from forwarder.logs import event
+from forwarder.logs import event, probe_fields
+from forwarder.model import Probe
 from forwarder.spool import Spool
 
 LOGGER = logging.getLogger(__name__)
@@ -49,3 +51,24 @@ def dispose(spool: Spool, cand: Candidate, st: os.stat_result) -> bool:
               WATCH=cand.watch.name, ERROR=exc.strerror)
         return True
     return False
+
+
+def quarantine(spool: Spool, cand: Candidate, fd: int, st: os.stat_result, reason: str,
+               found: Probe | None = None, leave: bool = False) -> bool:
+    """Quarantine the file open as ``fd`` with ``reason``: moved into the quarantine when it
+    is still the file read and may go, else copied. ``leave``: the source stays in place
+    and is remembered, whatever the folder's ``keep_source`` (a writer may still be at
+    work on it). True when the source stays in place."""
+    keep_source = cand.watch.keep_source or leave
+    move = Path(cand.path) if not keep_source and st.st_nlink == 1 and \
+        same_file(cand.path, st) else None
+    where = spool.quarantine(fd, cand.shown, reason, move=move)
+    event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.shown, where.name, reason,
+          level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
+          QUARANTINE_FILE=str(where), **probe_fields(found))
+    if leave:
+        spool.remember(cand.shown, st)
+        return True
+    if move is None or os.path.lexists(cand.path):
+        return dispose(spool, cand, st)
+    return keep_source

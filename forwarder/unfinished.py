@@ -15,7 +15,7 @@ import time
 from forwarder.candidate import Candidate
 from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event
-from forwarder.writers import held_for_writing
+from forwarder.writers import held_for_writing, why_not
 
 LOGGER = logging.getLogger(__name__)
 
@@ -27,14 +27,22 @@ class Unfinished:
     def __init__(self) -> None:
         self.held = Incomplete()  # open for writing by another process
         self.cut = Incomplete()  # read as truncated or empty
+        self.told: set[str] = set()  # watch folders where writers cannot be seen, said once
 
     def wait_for_writer(self, cand: Candidate, fd: int) -> float | None:
         """Another process holds ``fd``'s file open for writing: the seconds until it
         should be looked at again, or 0.0 when it has been held unchanged for
         ``truncated_after`` (take it as it is, leave the source); None when nobody writes
         it, or this cannot be told here (see :mod:`forwarder.writers`)."""
-        if not held_for_writing(fd):
+        held = held_for_writing(fd)
+        if not held:
             self.held.forget(cand.shown)
+            if held is None and cand.watch.name not in self.told:
+                self.told.add(cand.watch.name)
+                event(LOGGER, "writing", "watch %s: cannot tell whether a settled file is still "
+                      "open for writing (%s, for %s); such files are taken once unchanged for "
+                      "min_age", cand.watch.name, why_not(fd), cand.shown,
+                      level=logging.WARNING, FORWARDER_FILE=cand.shown, WATCH=cand.watch.name)
             return None
         watch = cand.watch
         patience = watch.truncated_after
@@ -46,6 +54,25 @@ class Unfinished:
                   WATCH=watch.name)
         # its watcher looks again then, by its own timer: a close changes no size or time
         return min(left, max(watch.min_age, 0.5)) if left > 0 else 0.0
+
+    def not_deleted(self, cand: Candidate) -> None:
+        """Say why a file no route takes is left in place (``unrouted: delete``)."""
+        event(LOGGER, "writing", "%s: no route matched, but it is still open for writing after "
+              "%gs unchanged: left in place, not deleted, until it changes", cand.shown,
+              cand.watch.truncated_after, level=logging.WARNING, FORWARDER_FILE=cand.shown,
+              WATCH=cand.watch.name)
+
+    def leased(self, cand: Candidate) -> float:
+        """Opening the file was refused (EAGAIN): another process holds a write lease on
+        it (Samba with kernel oplocks does while a client writes). The seconds until it
+        should be tried again; said once per change."""
+        _left, new = self.held.wait_left(cand.shown, cand.sig, time.monotonic(), float("inf"))
+        if new:
+            event(LOGGER, "writing", "%s: another process holds it with a write lease (open "
+                  "refused); left in place and tried again every %gs", cand.shown,
+                  max(cand.watch.min_age, 0.5), FORWARDER_FILE=cand.shown,
+                  WATCH=cand.watch.name)
+        return max(cand.watch.min_age, 0.5)
 
     def wait_for_rest(self, cand: Candidate, reason: str) -> float | None:
         """The probe refused the file for ``reason``: the seconds to leave it in place

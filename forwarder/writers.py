@@ -5,15 +5,18 @@ pauses at an element boundary (waiting on its network, its disk, its next slice)
 a file that reads as a complete, shorter data set. Taking it then would send the prefix
 and leave the writer writing into an inode nobody reads again. Linux answers the question
 directly: a read lease (``fcntl(F_SETLEASE, F_RDLCK)``) is refused with EAGAIN while any
-process has the file open for writing. The lease is released at once; no lease-break
-signal is asked for (no ``F_SETOWN``), and a writer opening the file in those
-microseconds waits for the release.
+process has the file open for writing. The lease is given back at once (it is held for a
+few microseconds); a writer that opens the file in that moment waits for it, and the
+kernel tells the lease holder with SIGIO, whose default action ends the process. So a
+lease is only taken by a process that ignores SIGIO (:func:`ignore_lease_breaks`, called
+by the daemon at start); in any other the answer is None.
 
 The answer is trusted only where the kernel's own lease code decides it: on local
 filesystems. A network client (NFS, SMB) can refuse every lease it has no delegation or
 oplock for, which would hold every file, and it cannot see writers on other machines
 anyway. Elsewhere, without the right to a lease (a file of another account, without
-CAP_LEASE), or off Linux, the answer is None and the settle rule alone decides.
+CAP_LEASE), or off Linux, the answer is None and the settle rule alone decides;
+:func:`why_not` says why, in words.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import os
+import signal
 
 # statfs(2) f_type of the local filesystems whose leases the kernel decides (linux/magic.h)
 LOCAL_FILESYSTEMS = frozenset({
@@ -41,7 +46,9 @@ LOCAL_FILESYSTEMS = frozenset({
     0x7366746E,  # ntfs3
 })
 
-_F_SETLEASE = getattr(fcntl, "F_SETLEASE", None)
+_LEASES = hasattr(fcntl, "F_SETLEASE") and hasattr(signal, "SIGIO")  # Linux
+_F_SETLEASE: int = getattr(fcntl, "F_SETLEASE", 0)
+_SIGIO: int = getattr(signal, "SIGIO", 0)
 
 
 class _StatFs(ctypes.Structure):
@@ -57,7 +64,14 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-_LIBC = _libc() if _F_SETLEASE is not None else None
+_LIBC = _libc() if _LEASES else None
+
+
+def ignore_lease_breaks() -> None:
+    """Ignore SIGIO, which a writer opening a file sends while this process holds its
+    lease (main thread only; forked workers inherit it)."""
+    if _LEASES:
+        signal.signal(_SIGIO, signal.SIG_IGN)
 
 
 def filesystem_type(fd: int) -> int | None:
@@ -70,10 +84,15 @@ def filesystem_type(fd: int) -> int | None:
     return buf.f_type & 0xFFFFFFFF
 
 
+def _may_ask(fd: int) -> bool:
+    return _LIBC is not None and signal.getsignal(_SIGIO) == signal.SIG_IGN and \
+        filesystem_type(fd) in LOCAL_FILESYSTEMS
+
+
 def held_for_writing(fd: int) -> bool | None:
     """True while another process holds the file ``fd`` (opened read-only) open for
     writing, False when none does, None when this cannot be told here."""
-    if _F_SETLEASE is None or filesystem_type(fd) not in LOCAL_FILESYSTEMS:
+    if not _may_ask(fd):
         return None
     try:
         fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
@@ -84,3 +103,23 @@ def held_for_writing(fd: int) -> bool | None:
     fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
     return False
 
+
+def why_not(fd: int) -> str:
+    """Why :func:`held_for_writing` cannot answer for ``fd``, in words."""
+    if _LIBC is None:
+        return "this system has no file leases (Linux only)"
+    if signal.getsignal(_SIGIO) != signal.SIG_IGN:
+        return "this process does not ignore SIGIO, which a lease would bring"
+    kind = filesystem_type(fd)
+    if kind not in LOCAL_FILESYSTEMS:
+        return f"not a local filesystem (statfs type {kind:#x})" if kind is not None else \
+            "the filesystem's type is unknown"
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EACCES:
+            return (f"a file of another account (uid {os.fstat(fd).st_uid}) and no "
+                    "CAP_LEASE (the shipped unit grants it)")
+        return f"no lease: {os.strerror(exc.errno or 0)}"
+    fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+    return "it can be told now"

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from forwarder import config
+from forwarder import config, writers
 from forwarder.intake import Intake
 from forwarder.spool import Spool
 from forwarder.watcher import Watcher
@@ -36,6 +36,7 @@ class Pipeline:
 
     def __init__(self, cfg: config.Config, events: bool = True,
                  intake_kw: dict[str, Any] | None = None, **watcher_kw: Any):
+        writers.ignore_lease_breaks()  # as the daemon does: intake may ask for leases
         self.cfg = cfg
         self.spool = Spool(cfg.spool)
         self.fatal: list[BaseException] = []

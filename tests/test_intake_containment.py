@@ -11,6 +11,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -386,9 +387,16 @@ def test_a_paused_writer_completes_its_file_and_a_cut_one_is_quarantined_by_copy
     (uid1, first), (uid2, second) = unique_copies(tmp_path / "corpus", 2).items()
     paused, cut = tmp_path / "in" / "paused.dcm", tmp_path / "in" / "cut.dcm"
     data = first.read_bytes()
-    d = DaemonProcess(cfg, tmp_path)
+    before = signal.signal(signal.SIGIO, signal.SIG_DFL)  # not inherited from the tests
+    try:
+        d = DaemonProcess(cfg, tmp_path)
+    finally:
+        signal.signal(signal.SIGIO, before)
     try:
         d.wait_ready()
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+        assert ignored >> (signal.SIGIO - 1) & 1, "SIGIO, which intake's leases bring"
         # the writer closes the file half-way and resumes later, as a copy that is retried
         # does (one that holds it open while it pauses is waited for: test_writers.py)
         paused.write_bytes(data[:len(data) // 2])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -91,6 +92,7 @@ def test_the_part_before_the_pause_reads_as_a_whole_data_set(tmp_path: Path) -> 
 
 
 def test_a_lease_tells_whether_another_process_writes_the_file(tmp_path: Path) -> None:
+    writers.ignore_lease_breaks()
     (tmp_path / "in").mkdir()
     target = tmp_path / "in" / "paused.dcm"
     w = Writer(target)
@@ -107,8 +109,69 @@ def test_a_lease_tells_whether_another_process_writes_the_file(tmp_path: Path) -
     status = os.open("/proc/self/status", os.O_RDONLY)  # not a local filesystem: unknown
     try:
         assert writers.held_for_writing(status) is None
+        assert writers.why_not(status) == "not a local filesystem (statfs type 0x9fa0)"
     finally:
         os.close(status)
+
+
+LEASE_HOLDER = """
+import fcntl, os, signal, sys, threading
+from forwarder import writers
+if sys.argv[2] == "ignore":
+    writers.ignore_lease_breaks()
+else:  # an ignored signal stays ignored across exec: the test's own process ignores it
+    signal.signal(signal.SIGIO, signal.SIG_DFL)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+print("leased", flush=True)
+wait = threading.Event()
+for _ in range(1000):  # until the kernel breaks the lease: a writer opened the file
+    if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+        break
+    wait.wait(0.01)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sigio", ["ignore", "default"])
+def test_a_writer_opening_the_file_during_the_lease_does_not_end_the_process(
+        tmp_path: Path, sigio: str) -> None:
+    """The lease makes its holder the file's signal owner: a writer that opens the file in
+    the microseconds the lease is held sends it SIGIO, which ends a process that does not
+    ignore it (the daemon does, and intake asks for no lease otherwise)."""
+    target = tmp_path / "f.dcm"
+    target.write_bytes(DATA)
+    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(target), sigio],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout and holder.stdout.readline() == "leased\n"
+        with open(target, "ab"):  # blocks until the holder gives the lease back (or dies)
+            pass
+        out, _ = holder.communicate(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+    if sigio == "ignore":
+        assert holder.returncode == 0 and out == "alive\n"
+    else:
+        assert holder.returncode == -signal.SIGIO, holder.returncode
+
+
+def test_without_sigio_ignored_no_lease_is_asked_for(tmp_path: Path) -> None:
+    target = tmp_path / "f.dcm"
+    target.write_bytes(DATA)
+    before = signal.signal(signal.SIGIO, signal.SIG_DFL)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        with open(target, "ab"):
+            assert writers.held_for_writing(fd) is None
+        assert "does not ignore SIGIO" in writers.why_not(fd)
+    finally:
+        os.close(fd)
+        signal.signal(signal.SIGIO, before)
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "no-events"])
@@ -157,3 +220,115 @@ def test_a_file_held_open_unchanged_for_truncated_after_is_taken_by_copy_and_aga
         wait_for(lambda: not target.exists(), 10, "the source removed, now that it is whole")
         assert p.objects()[1]["sha256"] == sha(DATA) and p.spool.quarantined() == []
     assert True in held
+
+
+def test_held_past_truncated_after_nothing_is_deleted_or_waited_for_twice(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Three files held open for good: one no route takes under ``unrouted: delete`` is
+    left in place, not deleted; one cut inside its pixel data is quarantined by copy
+    once, at ``truncated_after``, saying it is still open; one in a ``keep_source``
+    folder is taken by copy with the same warning as anywhere else."""
+    cfg = make_config(tmp_path, watch="""
+        min_age: 300ms
+        truncated_after: 2s
+        keep_source: false
+        """, routes="""
+          - match: {Modality: [CT]}
+            to: [pacs]
+        """, extra="unrouted: delete\n")
+    inbox = tmp_path / "in"
+    cut_pixels = len(DATA) - 1000
+    modality_at = DATA.index(b"\x08\x00\x60\x00CS")  # before Modality: no route matches
+    held = {"unrouted.dcm": DATA[:modality_at], "cut.dcm": DATA[:cut_pixels]}
+    procs = [Writer(inbox / name) for name in held]
+    try:
+        with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
+            for w, data in zip(procs, held.values(), strict=True):
+                w.write(data)
+            wait_for(lambda: p.spool.quarantined() and "not deleted" in caplog.text, 20,
+                     "both dealt with after truncated_after")
+            [q] = p.spool.quarantined()
+            assert q["source"].endswith("/cut.dcm") and q["reason"].startswith("truncated")
+            assert q["reason"].endswith("(still open for writing after 2s unchanged; the "
+                                        "source is left in place)")
+            assert sorted(f.name for f in inbox.iterdir()) == ["cut.dcm", "unrouted.dcm"]
+            procs[0].write(DATA[modality_at:])  # the writer goes on: the whole file is a CT
+            procs[0].close()
+            wait_for(lambda: p.objects(), 15, "the completed file, routed")
+            assert p.objects()[0]["sha256"] == sha(DATA) and len(p.spool.quarantined()) == 1
+    finally:
+        for w in procs:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait(10)
+    said = [r.getMessage() for r in caplog.records if "cut.dcm" in r.getMessage()]
+    assert sum("still open for writing by another process" in m for m in said) == 1, said
+    assert not any("incomplete" in getattr(r, "FORWARDER_EVENT", "") for r in caplog.records
+                   if "cut.dcm" in r.getMessage())
+
+
+def test_keep_source_held_past_truncated_after_is_said(
+        tmp_path: Path, writer: Writer, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = make_config(tmp_path, watch="min_age: 300ms\ntruncated_after: 1s\nkeep_source: true")
+    with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
+        writer.write(DATA[:CUT])
+        wait_for(lambda: p.objects(), 15, "the prefix, taken by copy")
+        assert "still open for writing after 1s unchanged: taken as it is, by copy" in \
+            caplog.text
+        assert (tmp_path / "in" / "paused.dcm").read_bytes() == DATA[:CUT]
+
+
+WRITE_LEASE = """
+import fcntl, os, signal, sys, threading
+fd = os.open(sys.argv[1], os.O_RDWR)
+broken = threading.Event()
+signal.signal(signal.SIGIO, lambda *_: broken.set())  # someone else opened it
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+sys.stdin.readline()
+os.close(fd)
+"""
+
+
+def test_a_file_under_another_process_s_write_lease_is_taken_once_released(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A write lease (Samba's kernel oplocks) makes intake's non-blocking open fail with
+    EAGAIN: the file is looked at again, not left until it changes."""
+    cfg = make_config(tmp_path, watch="min_age: 300ms\nrescan: 1h")
+    target = tmp_path / "in" / "leased.dcm"
+    staged = tmp_path / "leased.dcm"
+    staged.write_bytes(DATA)
+    holder = subprocess.Popen([sys.executable, "-c", WRITE_LEASE, str(staged)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout and holder.stdout.readline() == "leased\n"
+        os.rename(staged, target)
+        with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
+            wait_for(lambda: "holds it with a write lease" in caplog.text, 15,
+                     "the refused open noticed")
+            assert p.objects() == []
+            assert holder.stdin
+            holder.stdin.write("release\n")
+            holder.stdin.close()
+            assert holder.wait(10) == 0
+            wait_for(lambda: p.objects(), 15, "the file, once the lease is gone")
+            assert p.objects()[0]["sha256"] == sha(DATA)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+
+
+def test_where_writers_cannot_be_seen_it_is_said_once_per_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(unfinished, "held_for_writing", lambda fd: None)
+    monkeypatch.setattr(unfinished, "why_not", lambda fd: "a reason in words")
+    cfg = make_config(tmp_path)
+    with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
+        for i in range(3):
+            (tmp_path / "in" / f"{i}.dcm").write_bytes(DATA)
+        wait_for(lambda: len(p.objects()) == 1 and not any((tmp_path / "in").iterdir()), 15,
+                 "the three taken (one object: the same content)")
+    said = [r.getMessage() for r in caplog.records if "cannot tell" in r.getMessage()]
+    assert len(said) == 1 and "(a reason in words, for " in said[0], said
