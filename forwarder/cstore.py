@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from forwarder.model import Probe, StoreResult
 from forwarder.negotiation import DEFLATED_LE, choose_context
+from forwarder.reencode import exactly
 from forwarder.scu import Association
 from forwarder.scu.store import send_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
@@ -28,9 +29,11 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     """Send ``path`` (probed as ``probe``) and return the peer's answer.
 
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
-    exact transfer syntax and its file meta agrees with the dataset; otherwise the
-    dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
-    attribute value). A file whose dataset has odd length (an unpadded value, a deflated
+    exact transfer syntax and its file meta agrees with the dataset. Between explicit VR
+    little endian (or deflated) and implicit VR little endian only the element headers
+    are rewritten, every value kept byte for byte (:mod:`forwarder.reencode`); otherwise
+    the dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps
+    every attribute value). A file whose dataset has odd length (an unpadded value, a deflated
     stream without its pad byte) is re-encoded in its own syntax with its values padded
     (see :func:`odd_stream`).
 
@@ -52,10 +55,12 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
     streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
                 and not odd_stream(path, probe.transfer_syntax))
-    payload: Dataset | str
+    payload: Dataset | str | bytes | None = None
     if streamed:
         payload = os.fspath(path)
-    else:
+    elif modify is None:  # between the little-endian syntaxes: headers rewritten, values kept
+        payload = exactly(path, probe.transfer_syntax, chosen, probe.meta_consistent)
+    if payload is None:
         try:
             payload = prepare(path, probe.transfer_syntax, chosen)
         except CannotConvert as exc:

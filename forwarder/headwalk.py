@@ -51,6 +51,7 @@ _KNOWN = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL
                     b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
                     b"US", b"UT", b"UV"})
 _SHORT_KNOWN, _LONG_KNOWN = _KNOWN - _LONG, _KNOWN & _LONG  # UN is in neither
+LONG_VRS, KNOWN_VRS = _LONG, _KNOWN
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 # character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
 PLAIN_CHARSETS = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6",

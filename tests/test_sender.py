@@ -416,9 +416,11 @@ def test_a_refused_compressed_file_is_told_the_true_reason(
 
 def test_text_invalid_in_its_character_set_is_sent_as_it_is_or_fails_never_rewritten(
         make_scp, spool: Spool, tmp_path: Path) -> None:
-    """A Latin-1 name in a data set that declares UTF-8: re-encoding would put U+FFFD in
-    the patient's name. Where the peer takes the file's own syntax it goes byte for byte;
-    where it must be converted, it fails with the reason, and nothing arrives."""
+    """A Latin-1 name in a data set that declares UTF-8: decoded and written again, it
+    would put U+FFFD in the patient's name. Where the peer takes the file's own syntax it
+    goes byte for byte; converted to implicit VR its values are copied, so the name's
+    bytes arrive as they are; where only pydicom can convert it (big endian), it fails
+    with the reason, and nothing arrives."""
     ds = dcmread(CT)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName = "Müller^Hans"
@@ -426,17 +428,23 @@ def test_text_invalid_in_its_character_set_is_sent_as_it_is_or_fails_never_rewri
     ds.save_as(written, enforce_file_format=True)  # Latin-1 bytes, then relabelled UTF-8
     src = tmp_path / "latin1-as-utf8.dcm"
     src.write_bytes(written.read_bytes().replace(b"ISO_IR 100", b"ISO_IR 192", 1))
+    name = b"\x10\x00\x10\x00\x0c\x00\x00\x00M\xfcller^Hans "  # implicit VR
     assert b"M\xfcller^Hans" in src.read_bytes()
     as_is = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.1"])
     implicit_only = make_scp(transfer_syntaxes=["1.2.840.10008.1.2"])
-    [uid] = enqueue(spool, [src], dests=("pacs", "old"))
+    big_endian_only = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.2"])
+    [uid] = enqueue(spool, [src], dests=("pacs", "old", "be"))
     with DestinationSender(destination(as_is.port), "FORWARDER", spool), \
-            DestinationSender(destination(implicit_only.port, name="old"), "FORWARDER", spool):
-        wait_for(lambda: settled(spool) and settled(spool, "old"), 30, "both destinations")
+            DestinationSender(destination(implicit_only.port, name="old"), "FORWARDER", spool), \
+            DestinationSender(destination(big_endian_only.port, name="be"), "FORWARDER", spool):
+        wait_for(lambda: all(settled(spool, d) for d in ("pacs", "old", "be")), 30,
+                 "the three destinations")
     assert [r.dataset_bytes for r in as_is.received] == [src.read_bytes()[
         src.read_bytes().index(b"\x08\x00\x05\x00"):]]  # the data set, byte for byte
-    assert implicit_only.received == []
+    [converted] = implicit_only.received
+    assert name in converted.dataset_bytes and b"\xef\xbf\xbd" not in converted.dataset_bytes
+    assert big_endian_only.received == []
     [failed] = spool.failed_jobs()
-    assert failed["destination"] == "old" and failed["sop_instance_uid"] == uid
+    assert failed["destination"] == "be" and failed["sop_instance_uid"] == uid
     assert "text in the data set is not valid in its Specific Character Set" in \
         failed["reason"], failed["reason"]

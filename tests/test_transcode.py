@@ -312,3 +312,47 @@ def test_private_elements_encoded_un_are_converted_as_their_bytes(
     for element in expected:
         assert element in got.dataset_bytes, element
     assert got.dataset_bytes.count(expected[0]) == 2  # the item's own too
+
+
+def padded_values(path: Path) -> Path:
+    """CT_small with values whose padding and spacing pydicom's writer would change (not a
+    DA, TM or DT with trailing spaces: DCMTK takes those off as it reads)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = dcmread(data_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for tag, vr, raw in ((0x00181050, "DS", b" 3.0 \\ 4.5"), (0x00200013, "IS", b" 12 "),
+                         (0x00081090, "LO", b"ABC\0"), (0x00080060, "CS", b"CT\0\0"),
+                         (0x00100010, "PN", b"Doe^John\0\0")):
+        ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("via", ["daemon", "send"])
+def test_converted_to_implicit_vr_every_value_is_what_storescu_sends(
+        make_scp, spool: Spool, tmp_path: Path, via: str) -> None:
+    """To a peer that takes implicit VR only, DCMTK copies every value; so do send and
+    the daemon (DCMTK leaves out the Data Set Trailing Padding, and may give a sequence
+    the other kind of length: neither is a value)."""
+    from tests.test_reencode import values
+
+    files = [padded_values(tmp_path / "padded.dcm"),
+             *(data_file(n) for n in ("CT_small.dcm", "reportsi.dcm", "waveform_ecg.dcm"))]
+    theirs = make_scp(transfer_syntaxes=["1.2.840.10008.1.2"])
+    ours = make_scp(transfer_syntaxes=["1.2.840.10008.1.2"])
+    for f in files:
+        subprocess.run(["storescu", "-R", "127.0.0.1", str(theirs.port), str(f)], check=True,
+                       timeout=60, capture_output=True)
+    if via == "daemon":
+        enqueue(spool, files)
+        run(spool, destination(ours.port), lambda: settled(spool))
+        assert states(spool)["done"] == len(files), spool.failed_jobs()
+    else:
+        assert main(["send", "-R", "127.0.0.1", str(ours.port), *map(str, files)]) == 0
+    assert len(theirs.received) == len(ours.received) == len(files)
+    by_uid = {r.sop_instance: r.dataset_bytes for r in theirs.received}
+    for got in ours.received:
+        mine = [v for v in values(got.dataset_bytes, True) if v[-2] != 0xFFFCFFFC]
+        assert mine == values(by_uid[got.sop_instance], True), got.sop_instance
