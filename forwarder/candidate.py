@@ -38,7 +38,7 @@ class Candidate:
     def finished(self, left_in_place: bool, again_after: float | None = None) -> None:
         """Intake is done with it; ``left_in_place``: the file stays and must not be
         offered again while it is unchanged (keep_source, symlink, unreadable...), or
-        not before ``again_after`` seconds (the next scan after that offers it again).
+        not before ``again_after`` seconds (its watcher looks at it again then).
         The verdict travels forward as a value: the watcher's own thread applies it."""
         if self.outbox is not None:
             self.outbox.put(Finished(self, left_in_place, again_after))

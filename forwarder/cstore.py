@@ -29,11 +29,12 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     """Send ``path`` (probed as ``probe``) and return the peer's answer.
 
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
-    exact transfer syntax and its file meta agrees with the dataset. Between explicit VR
-    little endian (or deflated) and implicit VR little endian only the element headers
-    are rewritten, every value kept byte for byte (:mod:`forwarder.reencode`); otherwise
-    the dataset is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps
-    every attribute value). A file whose dataset has odd length (an unpadded value, a deflated
+    exact transfer syntax and its file meta agrees with the dataset. From explicit VR
+    little endian (or deflated) to implicit VR little endian only the element headers
+    are rewritten, every value kept byte for byte, and a deflated data set is inflated
+    for a peer that takes explicit VR (:mod:`forwarder.reencode`); otherwise the dataset
+    is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
+    attribute value). A file whose dataset has odd length (an unpadded value, a deflated
     stream without its pad byte) is re-encoded in its own syntax with its values padded
     (see :func:`odd_stream`).
 
@@ -55,7 +56,7 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
     streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
                 and not odd_stream(path, probe.transfer_syntax))
-    payload: Dataset | str | bytes | None = None
+    payload: Dataset | str | bytes | bytearray | None = None
     if streamed:
         payload = os.fspath(path)
     elif modify is None:  # between the little-endian syntaxes: headers rewritten, values kept

@@ -343,7 +343,8 @@ def _fragments_fit(ds: Dataset, ts: str | None) -> None:
         return
     if not ts:
         raise NotDicomError("the pixel data is encapsulated (compressed fragments), but "
-                            "there is no file meta to name its compressed transfer syntax")
+                            "nothing names its compressed transfer syntax (no file meta, "
+                            "or no Transfer Syntax UID in it)")
     syntax = UID(ts)
     if syntax.is_transfer_syntax and not syntax.is_encapsulated:
         raise NotDicomError(f"mislabelled: the pixel data is encapsulated (compressed "

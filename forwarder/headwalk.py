@@ -44,14 +44,13 @@ _TAG = struct.Struct("<HH")
 _U32 = struct.Struct("<I")
 # PS3.5 7.1.2: the VRs with a 4-byte length in explicit VR, and every VR but UN (the
 # same sets as pydicom's EXPLICIT_VR_LENGTH_32 and ENCODED_VR; a test compares them)
-_LONG = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                    b"UR", b"UT", b"UV"})
-_KNOWN = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
+KNOWN_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
                     b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH",
                     b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
                     b"US", b"UT", b"UV"})
-_SHORT_KNOWN, _LONG_KNOWN = _KNOWN - _LONG, _KNOWN & _LONG  # UN is in neither
-LONG_VRS, KNOWN_VRS = _LONG, _KNOWN
+_SHORT_KNOWN, _LONG_KNOWN = KNOWN_VRS - LONG_VRS, KNOWN_VRS & LONG_VRS  # UN is in neither
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 # character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
 PLAIN_CHARSETS = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6",
@@ -161,10 +160,10 @@ class _Walker:
             group, elem, vr, length = _EXPLICIT.unpack_from(buf, i)
             if group != 2:
                 break
-            if vr not in _KNOWN or vr == b"SQ":
+            if vr not in KNOWN_VRS or vr == b"SQ":
                 raise _NotPlain
             head = 8
-            if vr in _LONG:
+            if vr in LONG_VRS:
                 buf, i = self._bytes(pos, 12)
                 length, head = _U32.unpack_from(buf, i + 8)[0], 12
             if length == _UNDEFINED:

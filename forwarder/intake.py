@@ -5,8 +5,9 @@ commit returned (or, with ``keep_source``, remembered as seen so it is never tak
 twice; see :mod:`forwarder.sources`); it is opened with O_NOFOLLOW, so a symlink's
 target is never read, moved or deleted; a file with other hard links is copied, never
 linked into the spool; a file another process still holds open for writing is left in
-place until it is closed (see :mod:`forwarder.writers`). A bad input is an outcome (quarantine, one event), never an
-exception that stops the daemon; a spool that cannot write durably is (see
+place until it is closed, or dealt with as it is, by copy, after ``truncated_after``
+(see :mod:`forwarder.unfinished`). A bad input is an outcome (quarantine, one event),
+never an exception that stops the daemon; a spool that cannot write durably is (see
 :class:`~forwarder.errors.SpoolError`).
 """
 
@@ -232,7 +233,8 @@ class Intake:
                 return
             [o] = ready
             try:
-                self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe)
+                self._contain(o.cand, o.fd, o.st, exc, "taking it into the spool", o.probe,
+                              leave=o.held)
             except Exception as again:
                 if spool_wide(again):
                     raise  # not dealt with: it stays in ``ready``, whose owner closes it

@@ -1,19 +1,21 @@
-"""Exact conversion between the little-endian uncompressed syntaxes: every value's bytes kept.
+"""Exact conversion to implicit VR little endian, and from deflated: every value's bytes kept.
 
-The common conversion is a peer that takes implicit VR only (every peer must, PS3.5
-10.1), or one that does not take the deflated syntax. pydicom's reader and writer decode
-every value and write it back in their own form: a NUL padding becomes a space, a DS or
-IS loses its spaces, trailing spaces go, and text not valid in its character set would
-be substituted. Between explicit VR little endian (also as inflated from the deflated
-syntax) and implicit VR little endian only the element headers differ (PS3.5 7.1.2,
-7.1.3), so this module rewrites the headers and copies every value as it is, as DCMTK
-does. Sequences and items keep the kind of length they had, a defined one recounted,
-and group lengths (gggg,0000) are left out (PS3.5 7.2 makes them optional) because the
-headers' sizes change what they count; a value of
+The common conversions are for a peer that takes implicit VR only, or one that does not
+take the deflated syntax. pydicom's reader and writer decode every value and write it
+back in their own form: a NUL padding becomes a space, a DS or IS loses its spaces,
+trailing spaces go, and text not valid in its character set would be substituted.
+Explicit VR little endian (also as inflated from the deflated syntax) and implicit VR
+little endian differ only in element headers (PS3.5 7.1.2, 7.1.3), so this module
+rewrites the headers and copies every value as it is, as DCMTK does; an inflated data
+set goes as it is to a peer that takes explicit VR. Sequences and items keep the kind of
+length they had, a defined one recounted; group lengths (gggg,0000) are left out (PS3.5
+7.2 makes them optional), since the headers' sizes change what they count; a value of
 odd length is padded as PS3.5 7.1.1 asks (a space for text, a NUL for UI and binary
-values). What it does not take (a VR the standard does not define, UN or other values of
-undefined length, items that do not tile their sequence, nesting deeper than 64) gives
-None, and pydicom converts the file instead.
+values); the Data Set Trailing Padding goes as it is (storescu leaves it out). What it
+does not take (a VR the standard does not define, UN or other values of undefined
+length, items that do not tile their sequence, nesting deeper than 64, a deflated
+stream cut short) gives None, and pydicom converts the file instead, as it does every
+conversion from implicit VR, to or from big endian, and to the deflated syntax.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class _NotTaken(Exception):
 
 
 def exactly(path: str | os.PathLike[str], source: str, target: str,
-            consistent: bool) -> bytes | None:
+            consistent: bool) -> bytes | bytearray | None:
     """The data set of the file at ``path`` (in ``source``) as ``target`` encodes it, every
     value byte for byte, when both are little-endian uncompressed syntaxes this module
     converts between; None otherwise (pydicom converts). ``consistent``: the probe found
@@ -60,16 +62,19 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
         fp.seek(dataset_offset(fp.fileno()))
         data = fp.read()
     if source == DEFLATED_LE:
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+            data = inflate.decompress(data)
         except zlib.error:
             return None
+        if not inflate.eof:
+            return None  # cut short: the reader names what is missing
     if target == EXPLICIT_LE:
         return data if len(data) % 2 == 0 else None
     return to_implicit(data)
 
 
-def to_implicit(data: bytes) -> bytes | None:
+def to_implicit(data: bytes) -> bytearray | None:
     """An explicit VR little endian data set as implicit VR little endian; None when it
     holds something this module does not convert (see the module's words)."""
     out = bytearray()
@@ -77,7 +82,7 @@ def to_implicit(data: bytes) -> bytes | None:
         _elements(memoryview(data), 0, len(data), out, 0, False)
     except (_NotTaken, struct.error):
         return None
-    return bytes(out)
+    return out or None  # an empty data set is not one to send
 
 
 def _elements(buf: memoryview, pos: int, end: int, out: bytearray, depth: int,

@@ -1,10 +1,12 @@
 """Settled files whose writer may still be at work: held open for writing, or cut short.
 
 Both are left in place and looked at again when they change (a held one also every
-``min_age``, to see whether its writer has closed it), and neither waits for ever: a file unchanged for its watch folder's
-``truncated_after`` is dealt with as it is. A file still held open then is taken by
-copy, its source left in place and taken again if the writer ever changes it; a file
-that still reads as cut short is quarantined by copy, its source left in place.
+``min_age``, to see whether its writer has closed it), and neither waits for ever: a
+file unchanged for its watch folder's ``truncated_after`` is dealt with as it is. A file
+still held open then is taken by copy, its source left in place and taken again if the
+writer ever changes it; a file that still reads as cut short is quarantined by copy,
+its source left in place. Only a file whose open is refused by another process's write
+lease is tried again for as long as the lease lasts: it cannot be read at all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from forwarder.candidate import Candidate
 from forwarder.incomplete import Incomplete, looks_incomplete
 from forwarder.logs import event
-from forwarder.writers import held_for_writing, why_not
+from forwarder.writers import ask
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,14 +36,14 @@ class Unfinished:
         should be looked at again, or 0.0 when it has been held unchanged for
         ``truncated_after`` (take it as it is, leave the source); None when nobody writes
         it, or this cannot be told here (see :mod:`forwarder.writers`)."""
-        held = held_for_writing(fd)
+        held, why = ask(fd)
         if not held:
             self.held.forget(cand.shown)
             if held is None and cand.watch.name not in self.told:
                 self.told.add(cand.watch.name)
                 event(LOGGER, "writing", "watch %s: cannot tell whether a settled file is still "
                       "open for writing (%s, for %s); such files are taken once unchanged for "
-                      "min_age", cand.watch.name, why_not(fd), cand.shown,
+                      "min_age", cand.watch.name, why, cand.shown,
                       level=logging.WARNING, FORWARDER_FILE=cand.shown, WATCH=cand.watch.name)
             return None
         watch = cand.watch

@@ -16,7 +16,10 @@ filesystems. A network client (NFS, SMB) can refuse every lease it has no delega
 oplock for, which would hold every file, and it cannot see writers on other machines
 anyway. Elsewhere, without the right to a lease (a file of another account, without
 CAP_LEASE), or off Linux, the answer is None and the settle rule alone decides;
-:func:`why_not` says why, in words.
+:func:`ask` also says why, in words.
+
+Any descriptor open for writing counts, this process's own included (the daemon never
+holds one on a watched file).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import ctypes
 import errno
 import fcntl
 import os
+import platform
 import signal
 
-# statfs(2) f_type of the local filesystems whose leases the kernel decides (linux/magic.h)
+# statfs(2) f_type of the local filesystems whose leases the kernel decides (linux/magic.h;
+# zfs, jfs and ntfs3 define theirs in their own sources)
 LOCAL_FILESYSTEMS = frozenset({
     0xEF53,  # ext2, ext3, ext4
     0x58465342,  # xfs
@@ -52,9 +57,11 @@ _SIGIO: int = getattr(signal, "SIGIO", 0)
 
 
 class _StatFs(ctypes.Structure):
-    # only the first field is read; the rest of struct statfs (120 bytes on 64-bit
-    # Linux, 84 on 32-bit) is room for the kernel to write into
-    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_char * 248)]
+    # only the first field is read, f_type: a long (glibc's __fsword_t), an unsigned int
+    # on s390x; the rest of struct statfs64 (120 bytes on 64-bit Linux, 84 on 32-bit) is
+    # room for the kernel to write into
+    _fields_ = [("f_type", ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_long),
+                ("rest", ctypes.c_char * 248)]
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -79,47 +86,37 @@ def filesystem_type(fd: int) -> int | None:
     if _LIBC is None:
         return None
     buf = _StatFs()
-    if _LIBC.fstatfs(fd, ctypes.byref(buf)) != 0:
+    # fstatfs64: on 32-bit systems plain fstatfs fails with EOVERFLOW on large filesystems
+    call = getattr(_LIBC, "fstatfs64", None) or _LIBC.fstatfs
+    if call(fd, ctypes.byref(buf)) != 0:
         return None
-    return buf.f_type & 0xFFFFFFFF
+    return int(buf.f_type) & 0xFFFFFFFF
 
 
-def _may_ask(fd: int) -> bool:
-    return _LIBC is not None and signal.getsignal(_SIGIO) == signal.SIG_IGN and \
-        filesystem_type(fd) in LOCAL_FILESYSTEMS
-
-
-def held_for_writing(fd: int) -> bool | None:
-    """True while another process holds the file ``fd`` (opened read-only) open for
-    writing, False when none does, None when this cannot be told here."""
-    if not _may_ask(fd):
-        return None
+def ask(fd: int) -> tuple[bool | None, str]:
+    """Whether a process holds the file ``fd`` (opened read-only) open for writing: True
+    or False, or None with the reason it cannot be told here, in words."""
+    if _LIBC is None:
+        return None, "this system has no file leases (Linux only)"
+    if signal.getsignal(_SIGIO) != signal.SIG_IGN:
+        return None, "this process does not ignore SIGIO, which a lease would bring"
+    kind = filesystem_type(fd)
+    if kind not in LOCAL_FILESYSTEMS:
+        return None, (f"not a local filesystem (statfs type {kind:#x})" if kind is not None
+                      else "the filesystem's type is unknown")
     try:
         fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
-            return True
-        return None  # EACCES: not ours and no CAP_LEASE; EINVAL: leases disabled
-    fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
-    return False
-
-
-def why_not(fd: int) -> str:
-    """Why :func:`held_for_writing` cannot answer for ``fd``, in words."""
-    if _LIBC is None:
-        return "this system has no file leases (Linux only)"
-    if signal.getsignal(_SIGIO) != signal.SIG_IGN:
-        return "this process does not ignore SIGIO, which a lease would bring"
-    kind = filesystem_type(fd)
-    if kind not in LOCAL_FILESYSTEMS:
-        return f"not a local filesystem (statfs type {kind:#x})" if kind is not None else \
-            "the filesystem's type is unknown"
-    try:
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as exc:
+            return True, ""
         if exc.errno == errno.EACCES:
-            return (f"a file of another account (uid {os.fstat(fd).st_uid}) and no "
-                    "CAP_LEASE (the shipped unit grants it)")
-        return f"no lease: {os.strerror(exc.errno or 0)}"
+            return None, (f"a file of another account (uid {os.fstat(fd).st_uid}) and no "
+                          "CAP_LEASE (the shipped unit grants it)")
+        return None, f"no lease: {os.strerror(exc.errno or 0)}"  # EINVAL: leases disabled
     fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
-    return "it can be told now"
+    return False, ""
+
+
+def held_for_writing(fd: int) -> bool | None:
+    """:func:`ask`'s answer alone."""
+    return ask(fd)[0]

@@ -121,8 +121,8 @@ def test_the_vr_tables_are_pydicoms():
     from pydicom.filereader import ENCODED_VR
     from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-    assert headwalk._KNOWN == {vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN"}
-    assert headwalk._LONG == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
+    assert headwalk.KNOWN_VRS == {vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN"}
+    assert headwalk.LONG_VRS == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
     from pydicom.charset import python_encoding
 
     assert headwalk.PLAIN_CHARSETS <= set(python_encoding)

@@ -147,6 +147,7 @@ def test_sequences_keep_their_kind_of_length_and_group_lengths_go() -> None:
 
 
 @pytest.mark.parametrize("data", [
+    pytest.param(b"", id="no data set"),
     pytest.param(implicit(0x00080060, b"CT"), id="implicit VR under an explicit label"),
     pytest.param(explicit(0x00080060, b"CS", b"CT")[:-1], id="a value cut short"),
     pytest.param(explicit(0x00080060, b"CS", b"CT") + b"\x08\x00", id="a stray half header"),
@@ -170,7 +171,7 @@ def test_nesting_deeper_than_64_is_left_to_pydicom() -> None:
     assert to_implicit(data) is None
 
 
-def test_a_deflated_file_is_inflated_as_it_is_or_then_converted() -> None:
+def test_a_deflated_file_is_inflated_as_it_is_or_then_converted(tmp_path: Path) -> None:
     """The deflated syntax is explicit VR little endian compressed: inflated, its data set
     goes as it is to a peer taking explicit VR, or converted as above to implicit VR."""
     import zlib
@@ -185,3 +186,6 @@ def test_a_deflated_file_is_inflated_as_it_is_or_then_converted() -> None:
     assert exactly(path, deflated, "1.2.840.10008.1.2", False) == to_implicit(inflated)
     assert values(to_implicit(inflated) or b"", True) == values(inflated, False)
     assert exactly(path, deflated, "1.2.840.10008.1.2.2", True) is None  # big endian
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-100])
+    assert exactly(cut, deflated, EXPLICIT_LE, True) is None  # the reader says what is missing

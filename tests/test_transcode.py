@@ -268,10 +268,12 @@ def test_a_un_value_that_does_not_fit_its_vr_fails_the_file_alone(make_scp, spoo
     assert peer.counts() == {uids[1]: 1}
 
 
-def private_un(path: Path) -> tuple[Path, list[bytes]]:
+def private_un(path: Path, implicit: bool) -> tuple[Path, list[bytes]]:
     """CT_small with a Siemens-style private block encoded UN, at the top and inside an
-    item: a DS with its spaces, a CS padded with a NUL, and 3 bytes under pydicom's SS
-    entry for another vendor; and the elements as implicit VR little endian carries them."""
+    item (a DS with its spaces, a CS padded with a NUL) and 6 bytes under pydicom's SS
+    entry for another vendor; and those elements as implicit VR, or explicit VR UN,
+    carries them. For explicit VR, Rows is encoded UN as well: a known element to re-type
+    makes the file go through pydicom, re-encoded in its own syntax."""
     from pydicom.dataset import Dataset
 
     ds = dcmread(data_file("CT_small.dcm"))
@@ -284,34 +286,43 @@ def private_un(path: Path) -> tuple[Path, list[bytes]]:
             where.add_new(tag, "UN", value)
     ds.add_new(0x00110010, "LO", "CANON_MEC_MR3^10")
     ds.add_new(0x0011100C, "UN", b"\x01\x02\x03\x04\x05\x06")  # SS VM 1: 6 bytes
+    if not implicit:
+        ds["Rows"].VR, ds["Rows"].value = "UN", struct.pack("<H", ds.Rows)
     ds.save_as(path, enforce_file_format=True)
-    expected = [struct.pack("<HHI", t >> 16, t & 0xFFFF, len(v)) + v
+    head = "<HHI" if implicit else "<HH2sHI"
+    expected = [struct.pack(head, t >> 16, t & 0xFFFF, *(() if implicit else (b"UN", 0)),
+                            len(v)) + v
                 for t, v in [*values, (0x0011100C, b"\x01\x02\x03\x04\x05\x06")]]
     return path, expected
 
 
 @pytest.mark.parametrize("via", ["daemon", "send", "storescu"])
-def test_private_elements_encoded_un_are_converted_as_their_bytes(
-        make_scp, spool: Spool, tmp_path: Path, via: str) -> None:
-    """A peer that takes implicit VR only: the file is re-encoded, and its private UN
-    elements keep their bytes, as storescu keeps them (pydicom's private dictionary
-    would have re-typed them: the DS lost its spaces and the CS its NUL)."""
-    path, expected = private_un(tmp_path / "private.dcm")
-    peer = make_scp(transfer_syntaxes=["1.2.840.10008.1.2"])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"],
+                         ids=["to implicit VR", "re-encoded in explicit VR"])
+def test_private_elements_encoded_un_keep_their_bytes(
+        make_scp, spool: Spool, tmp_path: Path, via: str, syntax: str) -> None:
+    """Converted to implicit VR, or re-encoded by pydicom in explicit VR (a known element
+    encoded UN gets its VR back), a file's private UN elements keep their bytes, as with
+    storescu (pydicom's private dictionary would have re-typed them: the DS lost its
+    spaces and the CS its NUL)."""
+    path, expected = private_un(tmp_path / "private.dcm", syntax == "1.2.840.10008.1.2")
+    peer = make_scp(transfer_syntaxes=[syntax])
     if via == "daemon":
         enqueue(spool, [path])
         run(spool, destination(peer.port), lambda: settled(spool))
         assert states(spool)["done"] == 1, spool.failed_jobs()
     elif via == "send":
         assert main(["send", "127.0.0.1", str(peer.port), str(path)]) == 0
-    else:  # the oracle: DCMTK converts the same file to the same bytes
+    else:  # the oracle
         subprocess.run(["storescu", "127.0.0.1", str(peer.port), str(path)], check=True,
                        timeout=60)
     [got] = peer.received
-    assert got.transfer_syntax == "1.2.840.10008.1.2"
+    assert got.transfer_syntax == syntax
     for element in expected:
         assert element in got.dataset_bytes, element
     assert got.dataset_bytes.count(expected[0]) == 2  # the item's own too
+    if syntax.endswith(".1") and via != "storescu":  # Rows re-typed: storescu sends UN
+        assert struct.pack("<HH2sH", 0x0028, 0x0010, b"US", 2) in got.dataset_bytes
 
 
 def padded_values(path: Path) -> Path:

@@ -1,8 +1,8 @@
 """Writers that pause: a file still open for writing is never taken as the prefix it is.
 
-The writer here is another process (the kernel's lease answers for other processes
-only), which writes the part of a real file up to an element boundary, so that the part
-alone reads as a complete, shorter data set, and then pauses longer than ``min_age``.
+The writer here is another process, as a modality is, which writes the part of a real
+file up to an element boundary, so that the part alone reads as a complete, shorter
+data set, and then pauses longer than ``min_age``.
 """
 
 from __future__ import annotations
@@ -76,11 +76,12 @@ def held(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
     """Every answer intake got to "is another process writing this file?"."""
     answers: list[bool | None] = []
 
-    def counted(fd: int) -> bool | None:
-        answers.append(writers.held_for_writing(fd))
-        return answers[-1]
+    def counted(fd: int) -> tuple[bool | None, str]:
+        answer = writers.ask(fd)
+        answers.append(answer[0])
+        return answer
 
-    monkeypatch.setattr(unfinished, "held_for_writing", counted)
+    monkeypatch.setattr(unfinished, "ask", counted)
     return answers
 
 
@@ -102,14 +103,14 @@ def test_a_lease_tells_whether_another_process_writes_the_file(tmp_path: Path) -
         assert writers.held_for_writing(fd) is True
         w.close()
         assert writers.held_for_writing(fd) is False
-        with open(target, "ab"):  # a lease would still be ours to take: only others count
+        with open(target, "ab"):  # this process's own descriptor counts too
             assert writers.held_for_writing(fd) is True
     finally:
         os.close(fd)
     status = os.open("/proc/self/status", os.O_RDONLY)  # not a local filesystem: unknown
     try:
         assert writers.held_for_writing(status) is None
-        assert writers.why_not(status) == "not a local filesystem (statfs type 0x9fa0)"
+        assert writers.ask(status) == (None, "not a local filesystem (statfs type 0x9fa0)")
     finally:
         os.close(status)
 
@@ -168,7 +169,7 @@ def test_without_sigio_ignored_no_lease_is_asked_for(tmp_path: Path) -> None:
     try:
         with open(target, "ab"):
             assert writers.held_for_writing(fd) is None
-        assert "does not ignore SIGIO" in writers.why_not(fd)
+        assert "does not ignore SIGIO" in writers.ask(fd)[1]
     finally:
         os.close(fd)
         signal.signal(signal.SIGIO, before)
@@ -224,10 +225,9 @@ def test_a_file_held_open_unchanged_for_truncated_after_is_taken_by_copy_and_aga
 
 def test_held_past_truncated_after_nothing_is_deleted_or_waited_for_twice(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Three files held open for good: one no route takes under ``unrouted: delete`` is
-    left in place, not deleted; one cut inside its pixel data is quarantined by copy
-    once, at ``truncated_after``, saying it is still open; one in a ``keep_source``
-    folder is taken by copy with the same warning as anywhere else."""
+    """Two files held open: one no route takes under ``unrouted: delete`` is left in
+    place, not deleted, and taken once its writer completes it; one cut inside its pixel
+    data is quarantined by copy once, at ``truncated_after``, saying it is still open."""
     cfg = make_config(tmp_path, watch="""
         min_age: 300ms
         truncated_after: 2s
@@ -322,8 +322,7 @@ def test_a_file_under_another_process_s_write_lease_is_taken_once_released(
 def test_where_writers_cannot_be_seen_it_is_said_once_per_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(unfinished, "held_for_writing", lambda fd: None)
-    monkeypatch.setattr(unfinished, "why_not", lambda fd: "a reason in words")
+    monkeypatch.setattr(unfinished, "ask", lambda fd: (None, "a reason in words"))
     cfg = make_config(tmp_path)
     with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
         for i in range(3):
@@ -332,3 +331,29 @@ def test_where_writers_cannot_be_seen_it_is_said_once_per_folder(
                  "the three taken (one object: the same content)")
     said = [r.getMessage() for r in caplog.records if "cannot tell" in r.getMessage()]
     assert len(said) == 1 and "(a reason in words, for " in said[0], said
+
+
+def test_a_held_file_the_spool_fails_to_take_is_quarantined_by_copy_and_left(
+        tmp_path: Path, writer: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken as it is after ``truncated_after``, a file whose taking fails for a reason of
+    its own is quarantined like any other, but by copy: its writer is still at work."""
+    cfg = make_config(tmp_path, watch="min_age: 300ms\ntruncated_after: 1s")
+    target = tmp_path / "in" / "paused.dcm"
+    with Pipeline(cfg) as p:
+        accept = p.spool.accept
+
+        def failing(batch: list) -> list[int]:  # noqa: ANN001
+            if any(item.source.endswith("paused.dcm") for item in batch):
+                raise RuntimeError("a fault of this file alone")
+            return accept(batch)
+
+        monkeypatch.setattr(p.spool, "accept", failing)
+        writer.write(DATA[:CUT])
+        wait_for(lambda: p.spool.quarantined(), 15, "the file quarantined")
+        [q] = p.spool.quarantined()
+        assert Path(q["file"]).read_bytes() == DATA[:CUT] == target.read_bytes()
+        monkeypatch.setattr(p.spool, "accept", accept)
+        writer.write(DATA[CUT:])
+        writer.close()
+        wait_for(lambda: p.objects(), 15, "the completed file")
+        assert p.objects()[0]["sha256"] == sha(DATA)

@@ -114,7 +114,7 @@ class Association:
 
     # -- DIMSE -------------------------------------------------------------------------
 
-    def send_c_store(self, dataset: str | os.PathLike[str] | bytes, sop_class: str,
+    def send_c_store(self, dataset: str | os.PathLike[str] | bytes | bytearray, sop_class: str,
                      sop_instance: str, transfer_syntax: str, message_id: int | None = None,
                      priority: int = 0, move_originator: str | None = None,
                      move_message_id: int | None = None,

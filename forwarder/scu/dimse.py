@@ -12,6 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from forwarder.headwalk import LONG_VRS
 from forwarder.scu.pdu import MalformedPDU
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -106,10 +107,6 @@ def parse_response(data: bytes, where: str) -> Response:
                     us(0x0800, "Command Data Set Type") != NO_DATASET, elements)
 
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
-
-
 def dataset_offset(fd: int) -> int:
     """Where the dataset starts in a DICOM file (PS3.10 7.1): after the preamble, 'DICM'
     and the group 0002 elements (Explicit VR Little Endian); 0 for a bare dataset."""
@@ -123,7 +120,7 @@ def dataset_offset(fd: int) -> int:
         at = pos - base
         if len(buf) - at < 8 or _US.unpack_from(buf, at)[0] != 0x0002:
             return pos
-        if buf[at + 4:at + 6] in _LONG_VRS:
+        if buf[at + 4:at + 6] in LONG_VRS:
             if len(buf) - at < 12:
                 return pos
             pos += 12 + _UL.unpack_from(buf, at + 8)[0]

@@ -17,15 +17,15 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
-def send_on(assoc: Association, payload: Dataset | str | bytes, chosen: str, message_id: int,
-            probe: Probe, while_waiting: Callable[[], None] | None = None,
+def send_on(assoc: Association, payload: Dataset | str | bytes | bytearray, chosen: str,
+            message_id: int, probe: Probe, while_waiting: Callable[[], None] | None = None,
             deflate_level: int = 6) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
     ``comment``), ``refused`` when no context fits after all or the dataset cannot be
     encoded; the OSError when the file cannot be opened (nothing was sent).
     ``while_waiting``: see :meth:`Association.send_c_store`."""
     try:
-        if isinstance(payload, (str, os.PathLike, bytes)):  # the file, or its data set
+        if isinstance(payload, (str, os.PathLike, bytes, bytearray)):  # file or data set
             rsp = assoc.send_c_store(payload, probe.sop_class_uid, probe.sop_instance_uid,
                                      chosen, message_id, while_waiting=while_waiting)
         else:
