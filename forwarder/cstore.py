@@ -29,12 +29,11 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     """Send ``path`` (probed as ``probe``) and return the peer's answer.
 
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
-    exact transfer syntax and its file meta agrees with the dataset. From explicit VR
-    little endian (or deflated) to implicit VR little endian only the element headers
-    are rewritten, every value kept byte for byte, and a deflated data set is inflated
-    for a peer that takes explicit VR (:mod:`forwarder.reencode`); otherwise the dataset
-    is decoded, converted and re-encoded (PS3.5 10: a syntax change keeps every
-    attribute value). A file whose dataset has odd length (an unpadded value, a deflated
+    exact transfer syntax and its file meta agrees with the dataset. An explicit VR
+    little endian data set (or a deflated one, inflated) is written again with every
+    value kept byte for byte, in implicit VR or, padded, in explicit VR
+    (:mod:`forwarder.reencode`); otherwise the dataset is decoded, converted and
+    re-encoded (PS3.5 10: a syntax change keeps every attribute value). A file whose dataset has odd length (an unpadded value, a deflated
     stream without its pad byte) is re-encoded in its own syntax with its values padded
     (see :func:`odd_stream`).
 

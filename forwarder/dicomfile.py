@@ -144,8 +144,8 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             try:
                 ds = dcmread(fp, force=not has_meta, defer_size=4096)
                 meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                if meta_ts != DEFLATED_LE:  # deflated: offsets are in the inflated stream
-                    _check_extent(ds, size)
+                # deflated: the offsets are in the inflated data set
+                _check_extent(ds, size if meta_ts != DEFLATED_LE else _inflated_size(fp))
                 _parse_sequences(ds)
                 # re-encoded, never sent as it is: an element encoded UN whose VR is known
                 # (checked before any value is read: reading re-types), or a dataset in
@@ -313,6 +313,21 @@ def _check_extent(ds: Dataset, size: int) -> None:
         end = max(end, tell + length)
     if end and 0 < size - end < 8:
         raise NotDicomError(f"truncated: {size - end} stray bytes after the last element")
+
+
+def _inflated_size(fp: IO[bytes]) -> int:
+    """The length of a deflated file's data set once inflated (the reader has read it
+    whole already, so its stream is known to be complete)."""
+    from forwarder.scu.dimse import dataset_offset
+
+    fp.seek(dataset_offset(fp.fileno()))
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    while chunk := fp.read(1 << 20):
+        size += len(inflate.decompress(chunk))
+        if inflate.eof:
+            break
+    return size
 
 
 def _encoded_otherwise(fd: int, ts: str | None) -> bool:

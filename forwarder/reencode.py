@@ -1,4 +1,4 @@
-"""Exact conversion to implicit VR little endian, and from deflated: every value's bytes kept.
+"""Exact re-encoding of explicit VR little endian data sets: every value's bytes kept.
 
 The common conversions are for a peer that takes implicit VR only, or one that does not
 take the deflated syntax. pydicom's reader and writer decode every value and write it
@@ -6,16 +6,20 @@ back in their own form: a NUL padding becomes a space, a DS or IS loses its spac
 trailing spaces go, and text not valid in its character set would be substituted.
 Explicit VR little endian (also as inflated from the deflated syntax) and implicit VR
 little endian differ only in element headers (PS3.5 7.1.2, 7.1.3), so this module
-rewrites the headers and copies every value as it is, as DCMTK does; an inflated data
-set goes as it is to a peer that takes explicit VR. Sequences and items keep the kind of
+rewrites the headers and copies every value as it is, as DCMTK does. The same walk
+writes explicit VR again where a data set must be re-encoded in it: inflated from the
+deflated syntax for a peer that does not take it, or of odd length (PS3.5 7.1.1).
+Elements must come in ascending tag order, each once. Sequences and items keep the kind of
 length they had, a defined one recounted; group lengths (gggg,0000) are left out (PS3.5
 7.2 makes them optional), since the headers' sizes change what they count; a value of
 odd length is padded as PS3.5 7.1.1 asks (a space for text, a NUL for UI and binary
 values); the Data Set Trailing Padding goes as it is (storescu leaves it out). What it
-does not take (a VR the standard does not define, UN or other values of undefined
-length, items that do not tile their sequence, nesting deeper than 64, a deflated
-stream cut short) gives None, and pydicom converts the file instead, as it does every
-conversion from implicit VR, to or from big endian, and to the deflated syntax.
+does not take (a VR the standard does not define, which is also how a data set in
+implicit VR under an explicit label shows, UN or other values of undefined length,
+elements out of order or repeated, items that do not tile their sequence, nesting
+deeper than 64, a deflated stream cut short) gives None, and pydicom converts the file
+instead, as it does every conversion from implicit VR, to or from big endian, and to
+the deflated syntax.
 """
 
 from __future__ import annotations
@@ -46,13 +50,13 @@ class _NotTaken(Exception):
 
 
 def exactly(path: str | os.PathLike[str], source: str, target: str,
-            consistent: bool) -> bytes | bytearray | None:
+            consistent: bool) -> bytearray | None:
     """The data set of the file at ``path`` (in ``source``) as ``target`` encodes it, every
-    value byte for byte, when both are little-endian uncompressed syntaxes this module
-    converts between; None otherwise (pydicom converts). ``consistent``: the probe found
-    nothing to re-type (no known element encoded UN), so explicit VR may stay as it is."""
-    if source == target or source not in (EXPLICIT_LE, DEFLATED_LE) or \
-            target not in (IMPLICIT_LE, EXPLICIT_LE):
+    value byte for byte, when this module converts between the two (see its words); None
+    otherwise (pydicom converts). ``consistent``: the probe found nothing to re-type (no
+    known element encoded UN, no VR encoding other than the syntax names), so explicit VR
+    may stay as it is."""
+    if source not in (EXPLICIT_LE, DEFLATED_LE) or target not in (IMPLICIT_LE, EXPLICIT_LE):
         return None
     if target == EXPLICIT_LE and not consistent:
         return None  # an element encoded UN gets its own VR: pydicom's dictionary
@@ -69,93 +73,119 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
             return None
         if not inflate.eof:
             return None  # cut short: the reader names what is missing
-    if target == EXPLICIT_LE:
-        return data if len(data) % 2 == 0 else None
-    return to_implicit(data)
+    return rewrite(data, explicit=target == EXPLICIT_LE)
 
 
 def to_implicit(data: bytes) -> bytearray | None:
-    """An explicit VR little endian data set as implicit VR little endian; None when it
-    holds something this module does not convert (see the module's words)."""
+    """An explicit VR little endian data set as implicit VR little endian (see
+    :func:`rewrite`)."""
+    return rewrite(data, explicit=False)
+
+
+def rewrite(data: bytes, explicit: bool) -> bytearray | None:
+    """An explicit VR little endian data set written again, in explicit or implicit VR
+    little endian, every value copied (odd ones padded); None when it holds something
+    this module does not convert (see the module's words)."""
     out = bytearray()
     try:
-        _elements(memoryview(data), 0, len(data), out, 0, False)
+        _Writer(memoryview(data), out, explicit).elements(0, len(data), 0, False)
     except (_NotTaken, struct.error):
         return None
     return out or None  # an empty data set is not one to send
 
 
-def _elements(buf: memoryview, pos: int, end: int, out: bytearray, depth: int,
-              delimited: bool) -> int:
-    """Copy the elements from ``pos`` up to ``end`` (or, ``delimited``, up to the item's
-    delimiter); the offset after them."""
-    while pos < end:
-        group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
-        if group == 0xFFFE:
-            if delimited and (group, elem) == _ITEM_END and _HEAD.unpack_from(buf, pos)[2] == 0:
-                return pos + 8
-            raise _NotTaken
-        vr = bytes(vr)
-        if vr not in _TAKEN:
-            raise _NotTaken  # not explicit VR after all, or a VR the standard has not
-        at = pos + 8
-        if vr in LONG_VRS:
-            length, at = _U32.unpack_from(buf, pos + 8)[0], pos + 12
-        if vr == b"SQ":
-            if length == _UNDEFINED:
-                out += _HEAD.pack(group, elem, _UNDEFINED)
-                pos = _items(buf, at, None, end, out, depth + 1)
-                out += _CLOSE_SEQUENCE
-            else:
-                inner = bytearray()
-                pos = _items(buf, at, at + length, end, inner, depth + 1)
-                out += _HEAD.pack(group, elem, len(inner))
-                out += inner
-            continue
-        if length == _UNDEFINED or at + length > end:
-            raise _NotTaken  # fragments, UN holding a sequence, or a value cut short
-        pos = at + length
-        if elem == 0:
-            continue  # a group length: its count changes with the headers
-        value = buf[at:pos]
-        if length % 2:
-            out += _HEAD.pack(group, elem, length + 1)
-            out += value
-            out += b" " if vr in _TEXT else b"\0"
-        else:
+class _Writer:
+    def __init__(self, buf: memoryview, out: bytearray, explicit: bool):
+        self.buf, self.out, self.explicit = buf, out, explicit
+
+    def head(self, group: int, elem: int, vr: bytes, length: int) -> int:
+        """Write an element's header; the offset of its length field in ``out``."""
+        out = self.out
+        if not self.explicit:
             out += _HEAD.pack(group, elem, length)
-            out += value
-    if delimited or pos != end:
-        raise _NotTaken  # no item delimiter, or the last element runs past the end
-    return pos
+            return len(out) - 4
+        if vr in LONG_VRS:
+            out += _EXPLICIT.pack(group, elem, vr, 0)
+            out += _U32.pack(length)
+            return len(out) - 4
+        if length > 0xFFFF:
+            raise _NotTaken  # a padded value too long for its 2-byte length
+        out += _EXPLICIT.pack(group, elem, vr, length)
+        return len(out) - 2
 
+    def elements(self, pos: int, end: int, depth: int, delimited: bool) -> int:
+        """Copy the elements from ``pos`` up to ``end`` (or, ``delimited``, up to the
+        item's delimiter), in ascending tag order; the offset after them."""
+        buf, out = self.buf, self.out
+        last = -1
+        while pos < end:
+            group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
+            if group == 0xFFFE:
+                if delimited and (group, elem) == _ITEM_END and \
+                        _HEAD.unpack_from(buf, pos)[2] == 0:
+                    return pos + 8
+                raise _NotTaken
+            tag = group << 16 | elem
+            if tag <= last:
+                raise _NotTaken  # out of order, or twice: the reader sorts, keeps the last
+            last = tag
+            vr = bytes(vr)
+            if vr not in _TAKEN:
+                raise _NotTaken  # not explicit VR after all, or a VR the standard has not
+            at = pos + 8
+            if vr in LONG_VRS:
+                length, at = _U32.unpack_from(buf, pos + 8)[0], pos + 12
+            if vr == b"SQ":
+                pos = self.sequence(group, elem, at, length, end, depth + 1)
+                continue
+            if length == _UNDEFINED or at + length > end:
+                raise _NotTaken  # fragments, UN holding a sequence, or a value cut short
+            pos = at + length
+            if elem == 0:
+                continue  # a group length: what it counts changes
+            self.head(group, elem, vr, length + length % 2)
+            out += buf[at:pos]
+            if length % 2:
+                out += b" " if vr in _TEXT else b"\0"
+        if delimited or pos != end:
+            raise _NotTaken  # no item delimiter, or the last element runs past the end
+        return pos
 
-def _items(buf: memoryview, pos: int, end: int | None, limit: int, out: bytearray,
-           depth: int) -> int:
-    """Copy the items of a sequence from ``pos`` to ``end`` (None: to its delimiter)."""
-    if depth > _MAX_DEPTH or (end is not None and end > limit):
-        raise _NotTaken
-    while True:
-        if end is not None and pos >= end:
-            if pos != end:
-                raise _NotTaken
-            return pos
-        group, elem, length = _HEAD.unpack_from(buf, pos)
-        if end is None and (group, elem) == _SEQ_END:
-            if length:
-                raise _NotTaken
-            return pos + 8
-        if (group, elem) != _ITEM:
+    def sequence(self, group: int, elem: int, pos: int, length: int, limit: int,
+                 depth: int) -> int:
+        """Copy a sequence's items; a defined length is counted again once they are
+        written (the length field filled in afterwards, so each byte is copied once)."""
+        if depth > _MAX_DEPTH:
             raise _NotTaken
-        if length == _UNDEFINED:
-            out += _OPEN_ITEM
-            pos = _elements(buf, pos + 8, end if end is not None else limit, out, depth, True)
-            out += _CLOSE_ITEM
-        else:
-            item_end = pos + 8 + length
+        out = self.out
+        field = self.head(group, elem, b"SQ", 0 if length != _UNDEFINED else _UNDEFINED)
+        start = len(out)
+        end = None if length == _UNDEFINED else pos + length
+        if end is not None and end > limit:
+            raise _NotTaken
+        while True:
+            if end is not None and pos >= end:
+                if pos != end:
+                    raise _NotTaken
+                _U32.pack_into(out, field, len(out) - start)
+                return pos
+            group, elem, item_length = _HEAD.unpack_from(self.buf, pos)
+            if end is None and (group, elem) == _SEQ_END:
+                if item_length:
+                    raise _NotTaken
+                out += _CLOSE_SEQUENCE
+                return pos + 8
+            if (group, elem) != _ITEM:
+                raise _NotTaken
+            if item_length == _UNDEFINED:
+                out += _OPEN_ITEM
+                pos = self.elements(pos + 8, end if end is not None else limit, depth, True)
+                out += _CLOSE_ITEM
+                continue
+            item_end = pos + 8 + item_length
             if item_end > (end if end is not None else limit):
                 raise _NotTaken
-            inner = bytearray()
-            pos = _elements(buf, pos + 8, item_end, inner, depth, False)
-            out += _HEAD.pack(0xFFFE, 0xE000, len(inner))
-            out += inner
+            out += _HEAD.pack(0xFFFE, 0xE000, 0)
+            item_start = len(out)
+            pos = self.elements(pos + 8, item_end, depth, False)
+            _U32.pack_into(out, item_start - 4, len(out) - item_start)

@@ -189,3 +189,68 @@ def test_a_deflated_file_is_inflated_as_it_is_or_then_converted(tmp_path: Path) 
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(path.read_bytes()[:-100])
     assert exactly(cut, deflated, EXPLICIT_LE, True) is None  # the reader says what is missing
+
+
+def test_written_again_in_explicit_vr_odd_values_are_padded_and_order_is_checked() -> None:
+    """A data set of odd length (or a deflated one, inflated) re-encoded in explicit VR:
+    headers as they were, odd values padded, lengths recounted; elements out of order or
+    repeated are left to pydicom, which sorts them."""
+    from forwarder.reencode import rewrite
+
+    name = explicit(0x00100010, b"PN", b"A^B")
+    number = explicit(0x00200013, b"IS", b"1")
+    assert rewrite(name + number, explicit=True) == \
+        explicit(0x00100010, b"PN", b"A^B ") + explicit(0x00200013, b"IS", b"1 ")
+    item = implicit(0xFFFEE000, explicit(0x00081150, b"UI", b"1.2.3"))
+    assert rewrite(explicit(0x00081115, b"SQ", item), explicit=True) == \
+        explicit(0x00081115, b"SQ", implicit(0xFFFEE000,
+                                             explicit(0x00081150, b"UI", b"1.2.3\0")))
+    assert rewrite(number + name, explicit=True) is None
+    assert rewrite(name + name, explicit=True) is None
+
+
+def deflated_file(path: Path, data_set_bytes: bytes) -> Path:
+    """A Part 10 file in the deflated syntax around ``data_set_bytes``."""
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(fp, meta)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflate.compress(data_set_bytes) + deflate.flush()
+    path.write_bytes(b"\0" * 128 + b"DICM" + fp.getvalue() + body + b"\0" * (len(body) % 2))
+    return path
+
+
+def test_a_deflated_data_set_in_implicit_vr_is_left_to_pydicom(tmp_path: Path) -> None:
+    """Deflated means explicit VR; a writer that deflated an implicit data set made a file
+    that sent as it is would be read as garbage in an explicit VR context."""
+    from forwarder.reencode import exactly
+
+    body = implicit(0x00080016, b"1.2.840.10008.5.1.4.1.1.7\0") + implicit(0x00080018,
+                                                                           b"1.2.3.4\0")
+    path = deflated_file(tmp_path / "implicit.dcm", body)
+    deflated = "1.2.840.10008.1.2.1.99"
+    assert exactly(path, deflated, EXPLICIT_LE, True) is None
+    assert exactly(path, deflated, "1.2.840.10008.1.2", True) is None
+
+
+def test_a_deflated_data_set_cut_inside_is_refused_by_the_probe(tmp_path: Path) -> None:
+    """The stream is whole, the data set inside it is not: the last value runs past it."""
+    from forwarder.dicomfile import probe
+    from forwarder.errors import NotDicomError
+
+    body = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + \
+        explicit(0x00080018, b"UI", b"1.2.3.4\0") + \
+        explicit(0x7FE00010, b"OB", b"\0" * 100)[:12] + b"\0" * 10
+    path = deflated_file(tmp_path / "cut.dcm", body)
+    with pytest.raises(NotDicomError, match=r"^truncated: element \(7FE0,0010\) needs 100"):
+        probe(path)
