@@ -110,6 +110,10 @@ def test_bad_inputs_get_one_line_errors(scp: StoreSCP, tmp_path: Path, capsys, a
     (["+sp", "*.dcm"], "+sp/--scan-pattern only with +sd/--scan-directories"),
     (["+r"], "+r/--recurse only with +sd/--scan-directories"),
     (["-usr", "u", "-pwd", "p", "-epw"], "-epw/--empty-password and -pwd/--password exclude"),
+    (["+cl", "9"], "+cl/--compression-level only with -xd/--propose-deflated or -xf"),
+    (["-xf", "x.cfg", "p", "-xi"], "-xf/--config-file excludes -xi/--propose-implicit"),
+    (["-xf", "x.cfg", "p", "+C"], "-xf/--config-file excludes +C/--combine"),
+    (["-xf", "x.cfg", "p", "-R"], "-xf/--config-file excludes -R/--required"),
 ])
 def test_values_storescu_refuses_are_usage_errors_before_anything_is_sent(
         scp: StoreSCP, capsys, args: list[str], message: str) -> None:

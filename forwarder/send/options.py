@@ -13,11 +13,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from forwarder.errors import UsageError
-from forwarder.negotiation import OPTION_TO_MODE, ae_title_ok
+from forwarder.negotiation import OPTION_TO_MODE, PROPOSE_MODES, ae_title_ok
 
 if TYPE_CHECKING:
     from forwarder.association import PeerSettings
 
+PROPOSE_LONG = {"-x=": "--propose-uncompr"}  # the one long name not --propose-MODE
 LOG_LEVELS = {"fatal": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
               "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("-xf", "--config-file", nargs=2, metavar=("FILE", "PROFILE"),
                    help="use profile p from config file f")
     for opt, mode in OPTION_TO_MODE.items():
-        long = {"-x=": "--propose-uncompr"}.get(opt, f"--propose-{mode}")
+        long = PROPOSE_LONG.get(opt, f"--propose-{mode}")
         n.add_argument(opt, long, dest="mode", action="store_const", const=mode,
                        help=f"propose the {mode} transfer syntaxes (storescu {opt})")
     n.add_argument("-R", "--required", action="store_true",
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enable support for new VRs (UN/UT) (default)")
     n.add_argument("-u", "--disable-new-vr", dest="new_vr", action="store_false",
                    help="disable support for new VRs, convert to OB")
-    n.add_argument("+cl", "--compression-level", type=int, default=6, choices=range(10),
-                   metavar="[0-9]", help="deflate compression level (default: 6)")
+    n.add_argument("+cl", "--compression-level", type=int, choices=range(10),
+                   metavar="[0-9]", help="deflate compression level (default: 6; only with "
+                   "-xd or -xf)")
     n.add_argument("-usr", "--user", help="authenticate using user name u")
     n.add_argument("-pwd", "--password", help="authenticate using password p")
     n.add_argument("-epw", "--empty-password", action="store_true", help="send empty password")
@@ -184,6 +186,16 @@ def check(args: argparse.Namespace) -> None:
             raise UsageError("+r/--recurse only with +sd/--scan-directories")
     if args.empty_password and args.password is not None:
         raise UsageError("-epw/--empty-password and -pwd/--password exclude each other")
+    if args.config_file is not None:  # the profile says what is proposed, and how
+        opt = PROPOSE_MODES[args.mode][0]
+        for given, name in ((args.mode != "uncompressed",
+                             f"{opt}/{PROPOSE_LONG.get(opt, '--propose-' + args.mode)}"),
+                            (args.combine, "+C/--combine"), (args.required, "-R/--required")):
+            if given:
+                raise UsageError(f"-xf/--config-file excludes {name}")
+    elif args.compression_level is not None and args.mode != "deflated":
+        raise UsageError("+cl/--compression-level only with -xd/--propose-deflated or "
+                         "-xf/--config-file")
 
 
 def peer_settings(args: argparse.Namespace) -> PeerSettings:

@@ -127,7 +127,8 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
             started = time.monotonic()
             try:
                 result = store_file(assoc, item.path, item.probe, "always", modify, msg_id,
-                                    deflate_level=args.compression_level)
+                                    deflate_level=6 if args.compression_level is None
+                                    else args.compression_level)
             except OSError as exc:  # gone or unreadable since it was read: nothing was sent
                 result = StoreResult(None, refused=f"cannot read it: {exc.strerror or exc}")
             # the daemon's rule (outcome.py): success, warnings and 0111 duplicate
