@@ -144,15 +144,19 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             try:
                 ds = dcmread(fp, force=not has_meta, defer_size=4096)
                 meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                # deflated: the offsets are in the inflated data set
-                _check_extent(ds, size if meta_ts != DEFLATED_LE else _inflated_size(fp))
+                if meta_ts == DEFLATED_LE:  # the offsets are in the inflated data set
+                    inflated, implicit_inside = _inflated(fp)
+                    _check_extent(ds, inflated, "the inflated data set has")
+                else:
+                    implicit_inside = False
+                    _check_extent(ds, size)
                 _parse_sequences(ds)
                 # re-encoded, never sent as it is: an element encoded UN whose VR is known
                 # (checked before any value is read: reading re-types), or a dataset in
                 # the other VR encoding than its meta's syntax says (the reader follows
                 # the bytes; a peer would follow the label and read garbage)
-                retype = _has_known_un(ds) or (has_meta and _encoded_otherwise(
-                    fp.fileno(), meta_ts))
+                retype = _has_known_un(ds) or implicit_inside or (
+                    has_meta and _encoded_otherwise(fp.fileno(), meta_ts))
                 _fragments_fit(ds, meta_ts)
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
@@ -296,7 +300,7 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def _check_extent(ds: Dataset, size: int) -> None:
+def _check_extent(ds: Dataset, size: int, whole: str = "the file has") -> None:
     """pydicom stops quietly at a short read and skips deferred values with seek():
     every value must lie inside the file, and the last one must end where the file does
     (a remainder shorter than an element header is a tag cut in half)."""
@@ -309,25 +313,28 @@ def _check_extent(ds: Dataset, size: int) -> None:
             continue
         if tell + length > size:
             raise NotDicomError(f"truncated: element {elem.tag} needs {length} bytes at offset "
-                                f"{tell}, the file has {size}")
+                                f"{tell}, {whole} {size}")
         end = max(end, tell + length)
     if end and 0 < size - end < 8:
         raise NotDicomError(f"truncated: {size - end} stray bytes after the last element")
 
 
-def _inflated_size(fp: IO[bytes]) -> int:
-    """The length of a deflated file's data set once inflated (the reader has read it
-    whole already, so its stream is known to be complete)."""
+def _inflated(fp: IO[bytes]) -> tuple[int, bool]:
+    """A deflated file's data set once inflated (the reader has inflated it whole already,
+    so its stream is known to be complete): its length, and whether it is in implicit VR,
+    judged by its first element as the reader judges it. Bytes after the stream are
+    passed over, as the reader and DCMTK pass them over (pydicom's own image_dfl.dcm
+    ends with a gzip trailer)."""
     from forwarder.scu.dimse import dataset_offset
 
     fp.seek(dataset_offset(fp.fileno()))
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    size = 0
-    while chunk := fp.read(1 << 20):
-        size += len(inflate.decompress(chunk))
-        if inflate.eof:
-            break
-    return size
+    length, head = 0, b""
+    while not inflate.eof and (chunk := fp.read(1 << 20)):
+        data = inflate.decompress(chunk)
+        head = head or data[:6]
+        length += len(data)
+    return length, len(head) == 6 and not headwalk.looks_explicit(head)
 
 
 def _encoded_otherwise(fd: int, ts: str | None) -> bool:

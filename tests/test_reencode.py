@@ -18,7 +18,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
-from forwarder.reencode import to_implicit
+from forwarder.dicomfile import probe
+from forwarder.errors import NotDicomError
+from forwarder.reencode import rewrite, to_implicit
 from forwarder.scu.dimse import dataset_offset
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -81,6 +83,8 @@ def test_every_value_of_a_real_file_is_copied(path: Path) -> None:
         return
     assert converted is not None
     assert values(converted, True) == values(data, False)
+    again = rewrite(data, explicit=True)  # as for a data set of odd length: the same values
+    assert again is not None and values(again, False) == values(data, False)
 
 
 def explicit(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -195,8 +199,6 @@ def test_written_again_in_explicit_vr_odd_values_are_padded_and_order_is_checked
     """A data set of odd length (or a deflated one, inflated) re-encoded in explicit VR:
     headers as they were, odd values padded, lengths recounted; elements out of order or
     repeated are left to pydicom, which sorts them."""
-    from forwarder.reencode import rewrite
-
     name = explicit(0x00100010, b"PN", b"A^B")
     number = explicit(0x00200013, b"IS", b"1")
     assert rewrite(name + number, explicit=True) == \
@@ -241,16 +243,22 @@ def test_a_deflated_data_set_in_implicit_vr_is_left_to_pydicom(tmp_path: Path) -
     deflated = "1.2.840.10008.1.2.1.99"
     assert exactly(path, deflated, EXPLICIT_LE, True) is None
     assert exactly(path, deflated, "1.2.840.10008.1.2", True) is None
+    assert not probe(path).meta_consistent  # never streamed, even to a peer taking deflated
 
 
 def test_a_deflated_data_set_cut_inside_is_refused_by_the_probe(tmp_path: Path) -> None:
-    """The stream is whole, the data set inside it is not: the last value runs past it."""
-    from forwarder.dicomfile import probe
-    from forwarder.errors import NotDicomError
-
+    """The stream is whole, the data set inside it is not: the last value runs past it.
+    Bytes after the stream are passed over, as pydicom and DCMTK pass them over (a gzip
+    trailer, as in pydicom's own image_dfl.dcm)."""
     body = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + \
         explicit(0x00080018, b"UI", b"1.2.3.4\0") + \
         explicit(0x7FE00010, b"OB", b"\0" * 100)[:12] + b"\0" * 10
     path = deflated_file(tmp_path / "cut.dcm", body)
-    with pytest.raises(NotDicomError, match=r"^truncated: element \(7FE0,0010\) needs 100"):
+    with pytest.raises(NotDicomError, match=r"^truncated: element \(7FE0,0010\) needs 100 "
+                       r"bytes at offset \d+, the inflated data set has \d+$"):
         probe(path)
+    whole = deflated_file(tmp_path / "whole.dcm", body[:-22])
+    assert probe(whole).meta_consistent
+    trailer = tmp_path / "trailer.dcm"
+    trailer.write_bytes(whole.read_bytes() + bytes.fromhex("4ed058451a020400"))
+    assert probe(trailer).meta_consistent

@@ -125,6 +125,25 @@ def test_values_storescu_refuses_are_usage_errors_before_anything_is_sent(
     assert scp.associations == 0
 
 
+@pytest.mark.parametrize("args, mode", [
+    (["-xf", "x.cfg", "p", "-x="], "uncompressed"),
+    (["+cl", "5", "-xf", "x.cfg", "p"], "uncompressed"),
+    (["-xd", "+cl", "5"], "deflated"),
+    (["-xd", "-x=", "-xf", "x.cfg", "p"], "uncompressed"),  # the last proposal option wins
+])
+def test_option_combinations_storescu_takes_are_taken(tmp_path: Path, args: list[str],
+                                                      mode: str) -> None:
+    """What storescu does not refuse as a usage error (it says "error:"), send takes."""
+    from forwarder.send.options import build_parser, check
+
+    oracle = subprocess.run(["storescu", *args, "127.0.0.1", "1", sample("CT_small.dcm")],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert "error:" not in oracle.stderr + oracle.stdout, oracle.stderr
+    parsed = build_parser().parse_args([*args, "127.0.0.1", "104", "f.dcm"])
+    check(parsed)
+    assert parsed.mode == mode
+
+
 @pytest.mark.parametrize("edge", [["-ts", "0"], ["-ts", "-1"], ["-ta", "1"], ["-pdu", "4096"],
                                   ["--max-send-pdu", "131072"], ["-aec", "SIXTEEN_LETTERS_"]])
 def test_the_edges_of_storescus_ranges_are_taken(scp: StoreSCP, edge: list[str]) -> None:

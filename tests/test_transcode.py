@@ -326,8 +326,8 @@ def test_private_elements_encoded_un_keep_their_bytes(
 
 
 def padded_values(path: Path) -> Path:
-    """CT_small with values whose padding and spacing pydicom's writer would change (not a
-    DA, TM or DT with trailing spaces: DCMTK takes those off as it reads)."""
+    """CT_small with values whose padding and spacing pydicom's writer would change (no
+    text with trailing spaces: DCMTK takes those off as it reads)."""
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
@@ -367,3 +367,28 @@ def test_converted_to_implicit_vr_every_value_is_what_storescu_sends(
     for got in ours.received:
         mine = [v for v in values(got.dataset_bytes, True) if v[-2] != 0xFFFCFFFC]
         assert mine == values(by_uid[got.sop_instance], True), got.sop_instance
+
+
+def test_a_deflated_data_set_in_implicit_vr_reaches_a_deflated_peer_in_explicit_vr(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    """The deflated syntax is explicit VR: a writer that deflated an implicit data set made
+    a file that, streamed as it is, the peer reads as garbage. It is re-encoded, so what
+    arrives inflates to explicit VR with the same values."""
+    import zlib
+
+    from tests.test_reencode import deflated_file, implicit, values
+
+    body = implicit(0x00080016, b"1.2.840.10008.5.1.4.1.1.7\0") + \
+        implicit(0x00080018, b"1.2.3.4\0") + implicit(0x00100010, b"Doe^John")
+    path = deflated_file(tmp_path / "implicit.dcm", body)
+    peer = make_scp(transfer_syntaxes=[DEFLATED_LE])
+    enqueue(spool, [path])
+    run(spool, destination(peer.port), lambda: settled(spool))
+    assert states(spool)["done"] == 1, spool.failed_jobs()
+    assert main(["send", "-xd", "127.0.0.1", str(peer.port), str(path)]) == 0
+    assert len(peer.received) == 2
+    for got in peer.received:
+        assert got.transfer_syntax == DEFLATED_LE
+        inflated = zlib.decompress(got.dataset_bytes, -zlib.MAX_WBITS)
+        assert inflated[4:6] == b"UI"  # explicit VR
+        assert values(inflated, False) == values(body, True)
