@@ -33,9 +33,9 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     little endian data set (or a deflated one, inflated) is written again with every
     value kept byte for byte, in implicit VR or, padded, in explicit VR
     (:mod:`forwarder.reencode`); otherwise the dataset is decoded, converted and
-    re-encoded (PS3.5 10: a syntax change keeps every attribute value). A file whose dataset has odd length (an unpadded value, a deflated
-    stream without its pad byte) is re-encoded in its own syntax with its values padded
-    (see :func:`odd_stream`).
+    re-encoded (PS3.5 10: a syntax change keeps every attribute value). A file whose
+    dataset has odd length (an unpadded value, a deflated stream without its pad byte)
+    is re-encoded in its own syntax with its values padded (see :func:`odd_stream`).
 
     ``while_waiting`` is called once the request is on its way, before the response is
     read (not at all when nothing is sent). ``deflate_level``: zlib's level when the

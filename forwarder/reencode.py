@@ -9,17 +9,17 @@ little endian differ only in element headers (PS3.5 7.1.2, 7.1.3), so this modul
 rewrites the headers and copies every value as it is, as DCMTK does. The same walk
 writes explicit VR again where a data set must be re-encoded in it: inflated from the
 deflated syntax for a peer that does not take it, or of odd length (PS3.5 7.1.1).
-Elements must come in ascending tag order, each once. Sequences and items keep the kind of
-length they had, a defined one recounted; group lengths (gggg,0000) are left out (PS3.5
-7.2 makes them optional), since the headers' sizes change what they count; a value of
-odd length is padded as PS3.5 7.1.1 asks (a space for text, a NUL for UI and binary
-values); the Data Set Trailing Padding goes as it is (storescu leaves it out). What it
-does not take (a VR the standard does not define, which is also how a data set in
-implicit VR under an explicit label shows, UN or other values of undefined length,
-elements out of order or repeated, items that do not tile their sequence, nesting
-deeper than 64, a deflated stream cut short) gives None, and pydicom converts the file
-instead, as it does every conversion from implicit VR, to or from big endian, and to
-the deflated syntax.
+Elements must come in ascending tag order, each once. Sequences and items keep the kind
+of length they had, a defined one recounted; group lengths (gggg,0000) are left out
+(PS3.5 7.2 makes them optional), since the headers' sizes change what they count; a
+value of odd length is padded as PS3.5 7.1.1 asks (a space for text, a NUL for UI and
+binary values); the Data Set Trailing Padding goes as it is (storescu leaves it out).
+What it does not take (a VR the standard does not define, which is also how a data set
+in implicit VR under an explicit label shows, UN or other values of undefined length,
+elements out of order or repeated, items that do not tile their sequence, nesting deeper
+than 64, a deflated stream cut short) gives None, and pydicom converts the file instead,
+as it does every conversion from implicit VR, to or from big endian, and to the deflated
+syntax.
 """
 
 from __future__ import annotations
