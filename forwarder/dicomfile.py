@@ -19,7 +19,7 @@ import warnings
 import zlib
 from typing import IO, TYPE_CHECKING, Any
 
-from forwarder import headwalk
+from forwarder import headwalk, labels
 from forwarder.errors import NotDicomError
 from forwarder.model import Probe
 from forwarder.negotiation import DEFLATED_LE
@@ -145,7 +145,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 ds = dcmread(fp, force=not has_meta, defer_size=4096)
                 meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
                 if meta_ts == DEFLATED_LE:  # the offsets are in the inflated data set
-                    inflated, implicit_inside = _inflated(fp)
+                    inflated, implicit_inside = labels.inflated(fp)
                     _check_extent(ds, inflated, "the inflated data set has")
                 else:
                     implicit_inside = False
@@ -155,9 +155,9 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 # (checked before any value is read: reading re-types), or a dataset in
                 # the other VR encoding than its meta's syntax says (the reader follows
                 # the bytes; a peer would follow the label and read garbage)
-                retype = _has_known_un(ds) or implicit_inside or (
-                    has_meta and _encoded_otherwise(fp.fileno(), meta_ts))
-                _fragments_fit(ds, meta_ts)
+                retype = labels.known_un(ds) or implicit_inside or (
+                    has_meta and labels.encoded_otherwise(fp.fileno(), meta_ts))
+                labels.fragments_fit(ds, meta_ts)
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             except zlib.error as exc:  # labelled deflated: cut short, or no deflate stream
@@ -220,7 +220,7 @@ def _answer(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: fro
         ts = _guess_syntax(ds)
     # streamable as it is: encoded as its syntax says, no element to re-type; the file
     # meta's UIDs may disagree with the dataset's, which are the ones a C-STORE carries
-    consistent = bool(has_meta and _encoding_matches(ds, ts) and not retype)
+    consistent = bool(has_meta and labels.encoding_matches(ds, ts) and not retype)
     attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
     phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
     return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,
@@ -247,21 +247,6 @@ def _parse_sequences(ds: Dataset, depth: int = 0) -> None:
         if elem.VR == "SQ":
             for item in elem.value:
                 _parse_sequences(item, depth + 1)
-
-
-def _has_known_un(ds: Dataset) -> bool:
-    """An element encoded with VR UN whose tag the data dictionary knows (nested ones
-    included): such a file is re-encoded with the element's own VR (PS3.5 6.2.2)."""
-    from pydicom.datadict import dictionary_has_tag
-
-    for tag, raw in ds._dict.items():
-        if getattr(raw, "VR", None) == "UN" and dictionary_has_tag(tag):
-            return True
-        value = getattr(raw, "value", None)
-        if getattr(raw, "VR", None) == "SQ" and isinstance(value, list):
-            if any(_has_known_un(item) for item in value):
-                return True
-    return False
 
 
 def _starts_like_dataset(head: bytes) -> bool:
@@ -319,78 +304,11 @@ def _check_extent(ds: Dataset, size: int, whole: str = "the file has") -> None:
         raise NotDicomError(f"truncated: {size - end} stray bytes after the last element")
 
 
-def _inflated(fp: IO[bytes]) -> tuple[int, bool]:
-    """A deflated file's data set once inflated (the reader has inflated it whole already,
-    so its stream is known to be complete): its length, and whether it is in implicit VR,
-    judged by its first element as the reader judges it. Bytes after the stream are
-    passed over, as the reader and DCMTK pass them over (pydicom's own image_dfl.dcm
-    ends with a gzip trailer)."""
-    from forwarder.scu.dimse import dataset_offset
-
-    fp.seek(dataset_offset(fp.fileno()))
-    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    length, head = 0, b""
-    while not inflate.eof and (chunk := fp.read(1 << 20)):
-        data = inflate.decompress(chunk)
-        head = head or data[:6]
-        length += len(data)
-    return length, len(head) == 6 and not headwalk.looks_explicit(head)
-
-
-def _encoded_otherwise(fd: int, ts: str | None) -> bool:
-    """The dataset of the file open as ``fd`` is in implicit VR where its syntax ``ts``
-    says explicit, or the reverse, judged by its first element as the reader judges it
-    (a VR is two capital letters)."""
-    from pydicom.uid import UID
-
-    from forwarder.scu.dimse import dataset_offset
-
-    if not ts or ts == DEFLATED_LE:
-        return False  # deflated: the bytes are compressed
-    syntax = UID(ts)
-    if not syntax.is_transfer_syntax:
-        return False  # unknown: nothing to compare with
-    head = os.pread(fd, 6, dataset_offset(fd))
-    return len(head) == 6 and headwalk.looks_explicit(head) == syntax.is_implicit_VR
-
-
-def _fragments_fit(ds: Dataset, ts: str | None) -> None:
-    """Encapsulated pixel data (fragments of undefined length) belongs to a compressed
-    syntax (PS3.5 A.4). Under a native one, or with no file meta to name the syntax, a
-    peer would store the compressed bytes as pixel values and answer success."""
-    from pydicom.uid import UID
-
-    pixels = ds._dict.get(0x7FE00010)  # type: ignore[call-overload]
-    if pixels is None or getattr(pixels, "length", None) != 0xFFFFFFFF:
-        return
-    if not ts:
-        raise NotDicomError("the pixel data is encapsulated (compressed fragments), but "
-                            "nothing names its compressed transfer syntax (no file meta, "
-                            "or no Transfer Syntax UID in it)")
-    syntax = UID(ts)
-    if syntax.is_transfer_syntax and not syntax.is_encapsulated:
-        raise NotDicomError(f"mislabelled: the pixel data is encapsulated (compressed "
-                            f"fragments), but the file meta names {syntax.name} ({ts}), "
-                            "an uncompressed transfer syntax (PS3.5 A.4)")
-
-
 def _guess_syntax(ds: Dataset) -> str:
     implicit, little = ds.original_encoding
     if implicit:
         return "1.2.840.10008.1.2"
     return "1.2.840.10008.1.2.1" if little in (True, None) else "1.2.840.10008.1.2.2"
-
-
-def _encoding_matches(ds: Dataset, ts: str) -> bool:
-    from pydicom.uid import UID
-
-    uid = UID(ts)
-    if not uid.is_transfer_syntax:
-        return False
-    implicit, little = ds.original_encoding
-    if implicit is None:
-        return True
-    return (implicit, little) == (uid.is_implicit_VR, uid.is_little_endian)
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
