@@ -9,9 +9,11 @@ Choosing a syntax needs no pydicom: it is loaded when a file is converted or ref
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
@@ -51,10 +53,9 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
     file meta says. A compressed file sent in its own syntax (an element to re-type, an
     odd length) is re-encoded with its encapsulated pixel data as it is.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with text_kept(CannotConvert):
         try:
-            ds = _prepare(path, source_ts, target_ts)
+            return _prepare(path, source_ts, target_ts)
         except CannotConvert:
             raise
         except Exception as exc:  # noqa: BLE001 - a value pydicom cannot re-encode: it fails
@@ -62,10 +63,6 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
             tag = re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", str(exc))
             where = f" (element {tag.group(0)})" if tag and tag.group(0) not in text else ""
             raise CannotConvert(f"cannot re-encode the dataset{where}: {text}") from exc
-    changed = text_changed(caught)
-    if changed:
-        raise CannotConvert(changed)
-    return ds
 
 
 # pydicom's words when it reads or writes text it cannot represent: it substitutes
@@ -73,15 +70,19 @@ def prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dat
 _TEXT_LOST = ("replacement characters", "unknown escape sequence", "Unknown encoding")
 
 
-def text_changed(caught: list[warnings.WarningMessage]) -> str | None:
-    """Why re-encoding would change text, from the warnings pydicom gave while it read or
-    wrote the data set (bytes not valid in the declared character set); None if none."""
+@contextlib.contextmanager
+def text_kept(error: type[Exception]) -> Iterator[None]:
+    """Raise ``error`` saying why when pydicom, reading or writing a data set inside the
+    block, warned that it substituted text (bytes not valid in the declared character
+    set): re-encoding would change it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
     for w in caught:
         said = str(w.message)
         if any(words in said for words in _TEXT_LOST):
-            return ("text in the data set is not valid in its Specific Character Set, and "
-                    f"re-encoding it would change it ({said.split(' - ')[0]})")
-    return None
+            raise error("text in the data set is not valid in its Specific Character Set, "
+                        f"and re-encoding it would change it ({said.split(' - ')[0]})")
 
 
 def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Dataset:

@@ -5,7 +5,6 @@ dataset that store_file prepared, written in the chosen syntax by pydicom (:func
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -57,17 +56,13 @@ def encode(ds: Dataset, syntax: str, deflate_level: int = 6) -> bytes:
     from pydicom.filewriter import write_dataset
     from pydicom.uid import UID
 
-    from forwarder.transcode import text_changed
+    from forwarder.transcode import text_kept
 
     ts = UID(syntax)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with text_kept(ValueError):
         write_dataset(fp, ds)
-    changed = text_changed(caught)
-    if changed:
-        raise ValueError(changed)
     data = fp.getvalue()
     if ts.is_deflated:
         deflate = zlib.compressobj(deflate_level, zlib.DEFLATED, -zlib.MAX_WBITS)
