@@ -115,8 +115,3 @@ def ask(fd: int) -> tuple[bool | None, str]:
         return None, f"no lease: {os.strerror(exc.errno or 0)}"  # EINVAL: leases disabled
     fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
     return False, ""
-
-
-def held_for_writing(fd: int) -> bool | None:
-    """:func:`ask`'s answer alone."""
-    return ask(fd)[0]
