@@ -13,6 +13,7 @@ from forwarder.model import Probe, StoreResult
 from forwarder.negotiation import DEFLATED_LE, choose_context
 from forwarder.reencode import exactly
 from forwarder.scu import Association
+from forwarder.scu.spliced import Spliced
 from forwarder.scu.store import send_on
 from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
 
@@ -55,7 +56,7 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
     streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
                 and not odd_stream(path, probe.transfer_syntax))
-    payload: Dataset | str | bytes | bytearray | None = None
+    payload: Dataset | str | Spliced | None = None
     if streamed:
         payload = os.fspath(path)
     elif modify is None:  # between the little-endian syntaxes: headers rewritten, values kept

@@ -20,6 +20,12 @@ elements out of order or repeated, items that do not tile their sequence, nestin
 than 64, a deflated stream cut short) gives None, and pydicom converts the file instead,
 as it does every conversion from implicit VR, to or from big endian, and to the deflated
 syntax.
+
+The result is a :class:`forwarder.scu.spliced.Spliced`: the new headers with the small
+values among them, and every value over 4 KiB as a range of the file, read only as it is
+sent. Only the headers are read to convert a file, so memory stays at their size
+however large its pixel data (a deflated data set is inflated in memory, and its large
+values are slices of that).
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from typing import Any
 
 from forwarder.headwalk import KNOWN_VRS, LONG_VRS
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
+from forwarder.scu.spliced import Piece, Spliced
 
 _EXPLICIT = struct.Struct("<HH2sH")
 _HEAD = struct.Struct("<HHI")
@@ -43,6 +51,8 @@ _MAX_DEPTH = 64
 _OPEN_ITEM = _HEAD.pack(0xFFFE, 0xE000, _UNDEFINED)
 _CLOSE_ITEM = _HEAD.pack(0xFFFE, 0xE00D, 0)
 _CLOSE_SEQUENCE = _HEAD.pack(0xFFFE, 0xE0DD, 0)
+INLINE = 4096  # values up to this many bytes are copied among the headers
+_WINDOW = 1 << 16  # the headers are read from the file this much at a time
 
 
 class _NotTaken(Exception):
@@ -50,7 +60,7 @@ class _NotTaken(Exception):
 
 
 def exactly(path: str | os.PathLike[str], source: str, target: str,
-            consistent: bool) -> bytearray | None:
+            consistent: bool) -> Spliced | None:
     """The data set of the file at ``path`` (in ``source``) as ``target`` encodes it, every
     value byte for byte, when this module converts between the two (see its words); None
     otherwise (pydicom converts). ``consistent``: the probe found nothing to re-type (no
@@ -62,79 +72,150 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
         return None  # an element encoded UN gets its own VR: pydicom's dictionary
     from forwarder.scu.dimse import dataset_offset
 
+    explicit = target == EXPLICIT_LE
     with open(path, "rb") as fp:
-        fp.seek(dataset_offset(fp.fileno()))
-        data = fp.read()
-    if source == DEFLATED_LE:
-        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            data = inflate.decompress(data)
-        except zlib.error:
-            return None
-        if not inflate.eof:
-            return None  # cut short: the reader names what is missing
-    return rewrite(data, explicit=target == EXPLICIT_LE)
+        start = dataset_offset(fp.fileno())
+        if source != DEFLATED_LE:
+            size = os.fstat(fp.fileno()).st_size - start
+            return _spliced(_File(fp.fileno(), start), size, explicit, os.fspath(path))
+        fp.seek(start)
+        deflated = fp.read()
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        data = inflate.decompress(deflated)
+    except zlib.error:
+        return None
+    if not inflate.eof:
+        return None  # cut short: the reader names what is missing
+    del deflated
+    return _spliced(_Memory(data), len(data), explicit, None)
 
 
-def to_implicit(data: bytes) -> bytearray | None:
+def to_implicit(data: bytes) -> bytes | None:
     """An explicit VR little endian data set as implicit VR little endian (see
     :func:`rewrite`)."""
     return rewrite(data, explicit=False)
 
 
-def rewrite(data: bytes, explicit: bool) -> bytearray | None:
+def rewrite(data: bytes, explicit: bool) -> bytes | None:
     """An explicit VR little endian data set written again, in explicit or implicit VR
     little endian, every value copied (odd ones padded); None when it holds something
     this module does not convert (see the module's words)."""
-    out = bytearray()
+    spliced = _spliced(_Memory(data), len(data), explicit, None)
+    return None if spliced is None else spliced.tobytes()
+
+
+def _spliced(source: _File | _Memory, size: int, explicit: bool,
+             path: str | None) -> Spliced | None:
+    writer = _Writer(source, explicit)
     try:
-        _Writer(memoryview(data), out, explicit).elements(0, len(data), 0, False)
+        writer.elements(0, size, 0, False)
     except (_NotTaken, struct.error):
         return None
-    return out or None  # an empty data set is not one to send
+    pieces = writer.done()
+    spliced = Spliced(pieces, path if any(isinstance(p, tuple) for p in pieces) else None)
+    return spliced if len(spliced) else None  # an empty data set is not one to send
+
+
+class _Memory:
+    """A data set in memory: its values' slices are pieces as they are."""
+
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
+
+    def view(self, pos: int, n: int) -> tuple[memoryview, int]:
+        return self.data, pos
+
+    def piece(self, pos: int, n: int) -> Piece:
+        return self.data[pos:pos + n]
+
+
+class _File:
+    """A data set in a file from ``base`` on: read a window at a time where headers are,
+    its large values left in the file as ranges."""
+
+    def __init__(self, fd: int, base: int):
+        self.fd, self.base = fd, base
+        self.start, self.buf = 0, b""
+
+    def view(self, pos: int, n: int) -> tuple[bytes, int]:
+        """A buffer holding the bytes from ``pos`` on (fewer than ``n`` at the end of the
+        file), and where ``pos`` is in it."""
+        if pos < self.start or pos + n > self.start + len(self.buf):
+            self.start, self.buf = pos, os.pread(self.fd, max(n, _WINDOW), self.base + pos)
+        return self.buf, pos - self.start
+
+    def piece(self, pos: int, n: int) -> Piece:
+        return (self.base + pos, n)
 
 
 class _Writer:
-    def __init__(self, buf: memoryview, out: bytearray, explicit: bool):
-        self.buf, self.out, self.explicit = buf, out, explicit
+    def __init__(self, source: _File | _Memory, explicit: bool):
+        self.source, self.explicit = source, explicit
+        self.pieces: list[Piece] = []
+        self.out = bytearray()  # the new bytes since the last value left in its place
+        self.written = 0  # bytes in self.pieces
 
-    def head(self, group: int, elem: int, vr: bytes, length: int) -> int:
-        """Write an element's header; the offset of its length field in ``out``."""
+    def done(self) -> list[Piece]:
+        self.pieces.append(self.out)
+        return self.pieces
+
+    def tell(self) -> int:
+        return self.written + len(self.out)
+
+    def unpack(self, fmt: struct.Struct, pos: int) -> tuple[Any, ...]:
+        buf, at = self.source.view(pos, fmt.size)
+        return fmt.unpack_from(buf, at)
+
+    def value(self, pos: int, length: int) -> None:
+        """The value of ``length`` bytes at ``pos``: copied, or a piece of the source."""
+        if length <= INLINE:
+            buf, at = self.source.view(pos, length)
+            if len(buf) - at < length:
+                raise _NotTaken  # the file ended: the reader names what is missing
+            self.out += buf[at:at + length]
+            return
+        self.pieces.append(self.out)
+        self.pieces.append(self.source.piece(pos, length))
+        self.written += len(self.out) + length
+        self.out = bytearray()
+
+    def head(self, group: int, elem: int, vr: bytes, length: int) -> tuple[bytearray, int]:
+        """Write an element's header; where its length field is: the bytes it is in, and
+        its offset there."""
         out = self.out
         if not self.explicit:
             out += _HEAD.pack(group, elem, length)
-            return len(out) - 4
+            return out, len(out) - 4
         if vr in LONG_VRS:
             out += _EXPLICIT.pack(group, elem, vr, 0)
             out += _U32.pack(length)
-            return len(out) - 4
+            return out, len(out) - 4
         if length > 0xFFFF:
             raise _NotTaken  # a padded value too long for its 2-byte length
         out += _EXPLICIT.pack(group, elem, vr, length)
-        return len(out) - 2
+        return out, len(out) - 2
 
     def elements(self, pos: int, end: int, depth: int, delimited: bool) -> int:
         """Copy the elements from ``pos`` up to ``end`` (or, ``delimited``, up to the
         item's delimiter), in ascending tag order; the offset after them."""
-        buf, out = self.buf, self.out
         last = -1
         while pos < end:
-            group, elem, vr, length = _EXPLICIT.unpack_from(buf, pos)
+            group, elem, vr, length = self.unpack(_EXPLICIT, pos)
             if group == 0xFFFE:
                 if delimited and (group, elem) == _ITEM_END and \
-                        _HEAD.unpack_from(buf, pos)[2] == 0:
+                        self.unpack(_HEAD, pos)[2] == 0:
                     return pos + 8
                 raise _NotTaken
             tag = group << 16 | elem
             if tag <= last:
                 raise _NotTaken  # out of order, or twice: the reader sorts, keeps the last
             last = tag
-            vr = bytes(vr)
             if vr not in _TAKEN:
                 raise _NotTaken  # not explicit VR after all, or a VR the standard has not
             at = pos + 8
             if vr in LONG_VRS:
-                length, at = _U32.unpack_from(buf, pos + 8)[0], pos + 12
+                length, at = self.unpack(_U32, pos + 8)[0], pos + 12
             if vr == b"SQ":
                 pos = self.sequence(group, elem, at, length, end, depth + 1)
                 continue
@@ -144,9 +225,9 @@ class _Writer:
             if elem == 0:
                 continue  # a group length: what it counts changes
             self.head(group, elem, vr, length + length % 2)
-            out += buf[at:pos]
+            self.value(at, length)
             if length % 2:
-                out += b" " if vr in _TEXT else b"\0"
+                self.out += b" " if vr in _TEXT else b"\0"
         if delimited or pos != end:
             raise _NotTaken  # no item delimiter, or the last element runs past the end
         return pos
@@ -157,9 +238,8 @@ class _Writer:
         written (the length field filled in afterwards, so each byte is copied once)."""
         if depth > _MAX_DEPTH:
             raise _NotTaken
-        out = self.out
         field = self.head(group, elem, b"SQ", 0 if length != _UNDEFINED else _UNDEFINED)
-        start = len(out)
+        start = self.tell()
         end = None if length == _UNDEFINED else pos + length
         if end is not None and end > limit:
             raise _NotTaken
@@ -167,25 +247,26 @@ class _Writer:
             if end is not None and pos >= end:
                 if pos != end:
                     raise _NotTaken
-                _U32.pack_into(out, field, len(out) - start)
+                _U32.pack_into(*field, self.tell() - start)
                 return pos
-            group, elem, item_length = _HEAD.unpack_from(self.buf, pos)
+            group, elem, item_length = self.unpack(_HEAD, pos)
             if end is None and (group, elem) == _SEQ_END:
                 if item_length:
                     raise _NotTaken
-                out += _CLOSE_SEQUENCE
+                self.out += _CLOSE_SEQUENCE
                 return pos + 8
             if (group, elem) != _ITEM:
                 raise _NotTaken
             if item_length == _UNDEFINED:
-                out += _OPEN_ITEM
+                self.out += _OPEN_ITEM
                 pos = self.elements(pos + 8, end if end is not None else limit, depth, True)
-                out += _CLOSE_ITEM
+                self.out += _CLOSE_ITEM
                 continue
             item_end = pos + 8 + item_length
             if item_end > (end if end is not None else limit):
                 raise _NotTaken
-            out += _HEAD.pack(0xFFFE, 0xE000, 0)
-            item_start = len(out)
+            self.out += _HEAD.pack(0xFFFE, 0xE000, 0)
+            item = self.out, len(self.out) - 4
+            item_start = self.tell()
             pos = self.elements(pos + 8, item_end, depth, False)
-            _U32.pack_into(out, item_start - 4, len(out) - item_start)
+            _U32.pack_into(*item, self.tell() - item_start)

@@ -8,12 +8,15 @@ convert must give None rather than a guess.
 from __future__ import annotations
 
 import io
+import os
 import struct
 from pathlib import Path
 from typing import Any
 
 import pydicom.data
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -185,9 +188,11 @@ def test_a_deflated_file_is_inflated_as_it_is_or_then_converted(tmp_path: Path) 
     path = Path(pydicom.data.get_testdata_file("image_dfl.dcm"))
     inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data_set(path))
     deflated = "1.2.840.10008.1.2.1.99"
-    assert exactly(path, deflated, EXPLICIT_LE, True) == inflated
+    again = exactly(path, deflated, EXPLICIT_LE, True)
+    assert again is not None and again.tobytes() == inflated
     assert exactly(path, deflated, EXPLICIT_LE, False) is None  # a UN to re-type: pydicom
-    assert exactly(path, deflated, "1.2.840.10008.1.2", False) == to_implicit(inflated)
+    converted = exactly(path, deflated, "1.2.840.10008.1.2", False)
+    assert converted is not None and converted.tobytes() == to_implicit(inflated)
     assert values(to_implicit(inflated) or b"", True) == values(inflated, False)
     assert exactly(path, deflated, "1.2.840.10008.1.2.2", True) is None  # big endian
     cut = tmp_path / "cut.dcm"
@@ -262,3 +267,71 @@ def test_a_deflated_data_set_cut_inside_is_refused_by_the_probe(tmp_path: Path) 
     trailer = tmp_path / "trailer.dcm"
     trailer.write_bytes(whole.read_bytes() + bytes.fromhex("4ed058451a020400"))
     assert probe(trailer).meta_consistent
+
+
+@pytest.mark.parametrize("path", [f for f in FILES if f.name != "MR_truncated.dcm"],
+                         ids=lambda f: f.name)
+def test_from_the_file_only_the_headers_are_read(path: Path) -> None:
+    """Converted from its file, a data set is the same as converted in memory, and its
+    values over 4 KiB stay in the file as ranges, read only as they are sent."""
+    from forwarder.reencode import INLINE, exactly
+
+    data = data_set(path)
+    spliced = exactly(path, EXPLICIT_LE, "1.2.840.10008.1.2", True)
+    assert spliced is not None and spliced.tobytes() == to_implicit(data)
+    ranges = [p for p in spliced.pieces if isinstance(p, tuple)]
+    held = sum(len(p) for p in spliced.pieces if not isinstance(p, tuple))
+    assert all(length > INLINE for _, length in ranges)
+    assert held + sum(length for _, length in ranges) == len(spliced)
+    if any(isinstance(v[-1], bytes) and len(v[-1]) > INLINE for v in values(data, False)):
+        assert ranges and spliced.path == str(path)
+    else:
+        assert not ranges and spliced.path is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(0, 40), max_size=12), sizes=st.lists(st.integers(0, 9),
+                                                                       min_size=1, max_size=8))
+def test_a_spliced_data_set_reads_the_same_however_its_windows_fall(
+        tmp_path_factory: pytest.TempPathFactory, cuts: list[int], sizes: list[int]) -> None:
+    """New bytes, buffer slices and file ranges, read into slots of any sizes, windows
+    after windows, give the data set in order."""
+    from forwarder.scu.spliced import Spliced
+
+    folder = tmp_path_factory.mktemp("spliced")
+    source = bytes(range(256)) * 4
+    file = folder / "source"
+    file.write_bytes(source)
+    pieces: list[Any] = []
+    expected = b""
+    for i, size in enumerate(sizes):
+        at = (i * 37) % 200
+        kind = i % 3
+        if kind == 0:
+            pieces.append(bytearray(b"H" * size))
+            expected += b"H" * size
+        elif kind == 1:
+            pieces.append(memoryview(source)[at:at + size])
+            expected += source[at:at + size]
+        else:
+            pieces.append((at, size))
+            expected += source[at:at + size]
+    spliced = Spliced(pieces, str(file))
+    assert len(spliced) == len(expected) and spliced.tobytes() == expected
+    out = bytearray(len(expected))
+    view, pos = memoryview(out), 0
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        for cut in [*cuts, len(expected)]:  # windows of a few slots each
+            slots = []
+            start = pos
+            for _ in range(2):
+                n = min(cut // 2 + 1, len(expected) - pos)
+                slots.append(view[pos:pos + n])
+                pos += n
+            spliced.fill(fd, slots, start)
+            if pos >= len(expected):
+                break
+    finally:
+        os.close(fd)
+    assert pos == len(expected) and bytes(out) == expected

@@ -392,3 +392,43 @@ def test_a_deflated_data_set_in_implicit_vr_reaches_a_deflated_peer_in_explicit_
         inflated = zlib.decompress(got.dataset_bytes, -zlib.MAX_WBITS)
         assert inflated[4:6] == b"UI"  # explicit VR
         assert values(inflated, False) == values(body, True)
+
+
+def test_a_large_file_converted_to_implicit_vr_is_sent_from_its_file(tmp_path: Path) -> None:
+    """For a peer that takes implicit VR only, only the headers are rewritten: the pixel
+    data goes from the file as it is sent, so `send` holds no copy of it (before, a file
+    of 200 MB took 425 MB), and DCMTK stores from send the same bytes as from storescu."""
+    import filecmp
+    import sys
+
+    size = 96 << 20
+    ds = dcmread(data_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    frames = size // (ds.Rows * ds.Columns * 2)
+    ds.NumberOfFrames = frames
+    pixels = (np.arange(frames * ds.Rows * ds.Columns, dtype=np.uint32) * 2654435761) >> 20
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    path = tmp_path / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    del ds, pixels
+    ours = StoreSCPProcess(tmp_path / "ours", ("--implicit",))
+    theirs = StoreSCPProcess(tmp_path / "theirs", ("--implicit",))
+    try:
+        measured = subprocess.run(
+            [sys.executable, "-c", "import resource, subprocess, sys; "
+             "rc = subprocess.run(sys.argv[1:]).returncode; "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)",
+             sys.executable, "-m", "forwarder", "send", "127.0.0.1", str(ours.port), str(path)],
+            capture_output=True, text=True, timeout=120, check=True)
+        subprocess.run(["storescu", "127.0.0.1", str(theirs.port), str(path)], check=True,
+                       timeout=120, capture_output=True)
+        [mine], [dcmtk] = ours.files(), theirs.files()
+        assert dcmread(mine, stop_before_pixels=True).file_meta.TransferSyntaxUID == \
+            "1.2.840.10008.1.2"
+        assert filecmp.cmp(mine, dcmtk, shallow=False)
+    finally:
+        ours.stop()
+        theirs.stop()
+    peak_kib = int(measured.stdout.split()[-1])
+    assert peak_kib < 64 << 10, f"send peaked at {peak_kib >> 10} MiB for a {size >> 20} MiB file"

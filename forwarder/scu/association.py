@@ -9,7 +9,8 @@ A file's dataset goes as it lies on disk: each window of up to about 1 MiB is re
 one ``preadv`` straight into the data slots of a reused buffer laid out as
 ``header|fragment|header|fragment...``, the P-DATA-TF headers are packed around them,
 and the window is written with one ``sendall`` (TLS included). Nothing of the dataset is
-decoded or copied in Python.
+decoded or copied in Python. A re-encoded data set (:class:`Spliced`) fills the same
+slots from its new headers and from ranges of its file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from forwarder.scu.pdu import (
     send_quietly,
 )
 from forwarder.scu.setup import Accepted, associate
+from forwarder.scu.spliced import Spliced, pread_exactly
 
 WINDOW = 1 << 20
 MAX_IOV = 512
@@ -114,13 +116,14 @@ class Association:
 
     # -- DIMSE -------------------------------------------------------------------------
 
-    def send_c_store(self, dataset: str | os.PathLike[str] | bytes | bytearray, sop_class: str,
+    def send_c_store(self, dataset: str | os.PathLike[str] | bytes | bytearray | Spliced,
+                     sop_class: str,
                      sop_instance: str, transfer_syntax: str, message_id: int | None = None,
                      priority: int = 0, move_originator: str | None = None,
                      move_message_id: int | None = None,
                      while_waiting: Callable[[], None] | None = None) -> dimse.Response:
-        """C-STORE a file's dataset as it lies on disk (or encoded ``bytes``) in the
-        accepted context for ``sop_class`` in ``transfer_syntax``; return the response.
+        """C-STORE a file's dataset as it lies on disk (or encoded ``bytes``, or a
+        :class:`Spliced` data set read from its pieces as it is sent) in the accepted context for ``sop_class`` in ``transfer_syntax``; return the response.
         ``while_waiting`` is called once the request is written, before its response is
         read: the caller's own work done while the peer takes the file in (an exception
         from it aborts the association and leaves).
@@ -136,14 +139,22 @@ class Association:
         if isinstance(dataset, (bytes, bytearray, memoryview)):
             self._before_request()
             self._send_message(cx.context_id, command, dataset, 0, len(dataset), "")
+        elif isinstance(dataset, Spliced) and dataset.path is None:
+            self._before_request()
+            self._send_message(cx.context_id, command, (dataset, None), 0, len(dataset), "")
         else:
-            path = os.fspath(dataset)
+            path = dataset.path if isinstance(dataset, Spliced) else os.fspath(dataset)
+            assert path is not None
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                start = dimse.dataset_offset(fd)
-                size = os.fstat(fd).st_size
                 self._before_request()
-                self._send_message(cx.context_id, command, fd, start, size - start, path)
+                if isinstance(dataset, Spliced):
+                    self._send_message(cx.context_id, command, (dataset, fd), 0,
+                                       len(dataset), path)
+                else:
+                    start = dimse.dataset_offset(fd)
+                    size = os.fstat(fd).st_size
+                    self._send_message(cx.context_id, command, fd, start, size - start, path)
             finally:
                 os.close(fd)
         if while_waiting is not None:
@@ -164,9 +175,12 @@ class Association:
         self._write(P.pdata_pdus(cx.context_id, 0x01, dimse.c_echo_rq(msg_id), self.fragment))
         return self._read_response(cx.context_id, msg_id, dimse.C_ECHO_RSP, "C-ECHO")
 
-    def _send_message(self, context_id: int, command: bytes, source: int | bytes | bytearray |
-                      memoryview, start: int, length: int, path: str) -> None:
-        """The command, then the dataset in windows: one read and one write per window."""
+    def _send_message(self, context_id: int, command: bytes,
+                      source: int | bytes | bytearray | memoryview | tuple[Spliced, int | None],
+                      start: int, length: int, path: str) -> None:
+        """The command, then the dataset in windows: one read and one write per window.
+        ``source``: a file's descriptor, the encoded data set, or a spliced one with the
+        descriptor of the file its ranges are of."""
         cmd = P.pdata_pdus(context_id, 0x01, command, self.fragment)
         unit = self.fragment + 12
         per = max(1, min(MAX_IOV, WINDOW // unit))
@@ -193,6 +207,8 @@ class Association:
                     break
             if isinstance(source, int):
                 self._read_slots(source, slots, at, path)
+            elif isinstance(source, tuple):
+                self._read_slots(source[1], slots, at, path, source[0])
             else:
                 for slot in slots:
                     slot[:] = source[at:at + len(slot)]
@@ -200,24 +216,14 @@ class Association:
             self._write(mv[:used])
             first = False
 
-    def _read_slots(self, fd: int, slots: list[memoryview], offset: int, path: str) -> None:
+    def _read_slots(self, fd: int | None, slots: list[memoryview], offset: int, path: str,
+                    spliced: Spliced | None = None) -> None:
         try:
-            got = os.preadv(fd, slots, offset)
-            if got == sum(len(s) for s in slots):
-                return
-            for slot in slots:  # a short read: finish slot by slot
-                if got >= len(slot):
-                    got -= len(slot)
-                    offset += len(slot)
-                    continue
-                view, at = slot[got:], offset + got
-                while view:
-                    n = os.preadv(fd, [view], at)
-                    if n == 0:
-                        raise OSError(f"the file ended at byte {at} while its dataset was sent")
-                    view, at = view[n:], at + n
-                offset += len(slot)
-                got = 0
+            if spliced is not None:
+                spliced.fill(fd, slots, offset)
+            else:
+                assert fd is not None
+                pread_exactly(fd, slots, offset)
         except OSError as exc:
             self.abort()
             raise SourceUnreadable(f"cannot read {path}: {exc.strerror or exc}; the "

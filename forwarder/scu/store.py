@@ -1,6 +1,7 @@
 """The sending half of :func:`forwarder.cstore.store_file` on a
-:class:`forwarder.scu.Association`: the file's own bytes when it goes unchanged, else the
-dataset that store_file prepared, written in the chosen syntax by pydicom (:func:`encode`)."""
+:class:`forwarder.scu.Association`: the file's own bytes when it goes unchanged, its data set
+re-encoded with every value kept (:mod:`forwarder.reencode`), else the dataset that
+store_file prepared, written in the chosen syntax by pydicom (:func:`encode`)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from typing import TYPE_CHECKING
 from forwarder.model import Probe, StoreResult
 from forwarder.scu.association import Association, NoContext
 from forwarder.scu.pdu import AssociationLost
+from forwarder.scu.spliced import Spliced
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
-def send_on(assoc: Association, payload: Dataset | str | bytes | bytearray, chosen: str,
+def send_on(assoc: Association, payload: Dataset | str | bytes | bytearray | Spliced,
+            chosen: str,
             message_id: int, probe: Probe, while_waiting: Callable[[], None] | None = None,
             deflate_level: int = 6) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
@@ -24,7 +27,7 @@ def send_on(assoc: Association, payload: Dataset | str | bytes | bytearray, chos
     encoded; the OSError when the file cannot be opened (nothing was sent).
     ``while_waiting``: see :meth:`Association.send_c_store`."""
     try:
-        if isinstance(payload, (str, os.PathLike, bytes, bytearray)):  # file or data set
+        if isinstance(payload, (str, os.PathLike, bytes, bytearray, Spliced)):  # not decoded
             rsp = assoc.send_c_store(payload, probe.sop_class_uid, probe.sop_instance_uid,
                                      chosen, message_id, while_waiting=while_waiting)
         else:
