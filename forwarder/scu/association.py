@@ -117,13 +117,14 @@ class Association:
     # -- DIMSE -------------------------------------------------------------------------
 
     def send_c_store(self, dataset: str | os.PathLike[str] | bytes | bytearray | Spliced,
-                     sop_class: str,
-                     sop_instance: str, transfer_syntax: str, message_id: int | None = None,
-                     priority: int = 0, move_originator: str | None = None,
+                     sop_class: str, sop_instance: str, transfer_syntax: str,
+                     message_id: int | None = None, priority: int = 0,
+                     move_originator: str | None = None,
                      move_message_id: int | None = None,
                      while_waiting: Callable[[], None] | None = None) -> dimse.Response:
         """C-STORE a file's dataset as it lies on disk (or encoded ``bytes``, or a
-        :class:`Spliced` data set read from its pieces as it is sent) in the accepted context for ``sop_class`` in ``transfer_syntax``; return the response.
+        :class:`Spliced` data set read from its pieces as it is sent) in the accepted
+        context for ``sop_class`` in ``transfer_syntax``; return the response.
         ``while_waiting`` is called once the request is written, before its response is
         read: the caller's own work done while the peer takes the file in (an exception
         from it aborts the association and leaves).
@@ -139,24 +140,22 @@ class Association:
         if isinstance(dataset, (bytes, bytearray, memoryview)):
             self._before_request()
             self._send_message(cx.context_id, command, dataset, 0, len(dataset), "")
-        elif isinstance(dataset, Spliced) and dataset.path is None:
-            self._before_request()
-            self._send_message(cx.context_id, command, (dataset, None), 0, len(dataset), "")
         else:
             path = dataset.path if isinstance(dataset, Spliced) else os.fspath(dataset)
-            assert path is not None
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = None if path is None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                self._before_request()
+                source: int | tuple[Spliced, int | None]
                 if isinstance(dataset, Spliced):
-                    self._send_message(cx.context_id, command, (dataset, fd), 0,
-                                       len(dataset), path)
+                    source, start, length = (dataset, fd), 0, len(dataset)
                 else:
-                    start = dimse.dataset_offset(fd)
-                    size = os.fstat(fd).st_size
-                    self._send_message(cx.context_id, command, fd, start, size - start, path)
+                    assert fd is not None
+                    source, start = fd, dimse.dataset_offset(fd)
+                    length = os.fstat(fd).st_size - start
+                self._before_request()
+                self._send_message(cx.context_id, command, source, start, length, path or "")
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
         if while_waiting is not None:
             try:
                 while_waiting()
