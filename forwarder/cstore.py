@@ -68,7 +68,11 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
             return StoreResult(None, refused=str(exc))
         if modify is not None:
             modify(payload)
-    return send_on(assoc, payload, chosen, message_id, probe, while_waiting, deflate_level)
+    try:
+        return send_on(assoc, payload, chosen, message_id, probe, while_waiting, deflate_level)
+    finally:
+        if isinstance(payload, Spliced):
+            payload.close()
 
 
 def _proposed(assoc: Association) -> set[str]:

@@ -73,13 +73,21 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
     from forwarder.scu.dimse import dataset_offset
 
     explicit = target == EXPLICIT_LE
-    with open(path, "rb") as fp:
-        start = dataset_offset(fp.fileno())
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        start = dataset_offset(fd)
         if source != DEFLATED_LE:
-            size = os.fstat(fp.fileno()).st_size - start
-            return _spliced(_File(fp.fileno(), start), size, explicit, os.fspath(path))
-        fp.seek(start)
-        deflated = fp.read()
+            spliced = _spliced(_File(fd, start), os.fstat(fd).st_size - start, explicit,
+                               fd, os.fspath(path))
+            if spliced is not None and spliced.fd == fd:
+                fd = -1  # the ranges are read through it as they are sent: it closes it
+            return spliced
+        with open(fd, "rb", closefd=False) as fp:
+            fp.seek(start)
+            deflated = fp.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         data = inflate.decompress(deflated)
@@ -88,7 +96,7 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
     if not inflate.eof:
         return None  # cut short: the reader names what is missing
     del deflated
-    return _spliced(_Memory(data), len(data), explicit, None)
+    return _spliced(_Memory(data), len(data), explicit, None, os.fspath(path))
 
 
 def to_implicit(data: bytes) -> bytes | None:
@@ -101,19 +109,21 @@ def rewrite(data: bytes, explicit: bool) -> bytes | None:
     """An explicit VR little endian data set written again, in explicit or implicit VR
     little endian, every value copied (odd ones padded); None when it holds something
     this module does not convert (see the module's words)."""
-    spliced = _spliced(_Memory(data), len(data), explicit, None)
+    spliced = _spliced(_Memory(data), len(data), explicit, None, "")
     return None if spliced is None else spliced.tobytes()
 
 
-def _spliced(source: _File | _Memory, size: int, explicit: bool,
-             path: str | None) -> Spliced | None:
+def _spliced(source: _File | _Memory, size: int, explicit: bool, fd: int | None,
+             path: str) -> Spliced | None:
+    """The data set re-encoded; its ranges (if any) are of ``fd``, which it then holds."""
     writer = _Writer(source, explicit)
     try:
         writer.elements(0, size, 0, False)
     except (_NotTaken, struct.error):
         return None
     pieces = writer.done()
-    spliced = Spliced(pieces, path if any(isinstance(p, tuple) for p in pieces) else None)
+    ranges = any(isinstance(p, tuple) for p in pieces)
+    spliced = Spliced(pieces, fd if ranges else None, path)
     return spliced if len(spliced) else None  # an empty data set is not one to send
 
 

@@ -189,7 +189,7 @@ def test_a_deflated_file_is_inflated_as_it_is_or_then_converted(tmp_path: Path) 
     inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data_set(path))
     deflated = "1.2.840.10008.1.2.1.99"
     again = exactly(path, deflated, EXPLICIT_LE, True)
-    assert again is not None and again.tobytes() == inflated
+    assert again is not None and again.fd is None and again.tobytes() == inflated
     assert exactly(path, deflated, EXPLICIT_LE, False) is None  # a UN to re-type: pydicom
     converted = exactly(path, deflated, "1.2.840.10008.1.2", False)
     assert converted is not None and converted.tobytes() == to_implicit(inflated)
@@ -278,15 +278,40 @@ def test_from_the_file_only_the_headers_are_read(path: Path) -> None:
 
     data = data_set(path)
     spliced = exactly(path, EXPLICIT_LE, "1.2.840.10008.1.2", True)
-    assert spliced is not None and spliced.tobytes() == to_implicit(data)
-    ranges = [p for p in spliced.pieces if isinstance(p, tuple)]
-    held = sum(len(p) for p in spliced.pieces if not isinstance(p, tuple))
-    assert all(length > INLINE for _, length in ranges)
-    assert held + sum(length for _, length in ranges) == len(spliced)
-    if any(isinstance(v[-1], bytes) and len(v[-1]) > INLINE for v in values(data, False)):
-        assert ranges and spliced.path == str(path)
-    else:
-        assert not ranges and spliced.path is None
+    assert spliced is not None
+    with spliced:
+        assert spliced.tobytes() == to_implicit(data)
+        ranges = [p for p in spliced.pieces if isinstance(p, tuple)]
+        held = sum(len(p) for p in spliced.pieces if not isinstance(p, tuple))
+        assert all(length > INLINE for _, length in ranges)
+        assert held + sum(length for _, length in ranges) == len(spliced)
+        if any(isinstance(v[-1], bytes) and len(v[-1]) > INLINE for v in values(data, False)):
+            assert ranges and spliced.fd is not None
+        else:
+            assert not ranges and spliced.fd is None
+    assert spliced.fd is None
+
+
+def test_a_file_renamed_over_the_path_lends_no_bytes_to_the_headers_read(
+        tmp_path: Path) -> None:
+    """The ranges are read through the descriptor the headers were read through: a file
+    put in the converted one's place before it is sent (here the same data set behind a
+    longer file meta, so every offset differs) changes nothing that is sent."""
+    from forwarder.reencode import exactly
+
+    source = TEST_FILES / "CT_small.dcm"
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(source.read_bytes())
+    expected = to_implicit(data_set(source))
+    spliced = exactly(path, EXPLICIT_LE, "1.2.840.10008.1.2", True)
+    assert spliced is not None
+    ds = dcmread(source)
+    ds.file_meta.ImplementationVersionName = "A_LONGER_NAME"
+    ds.save_as(tmp_path / "other.dcm", enforce_file_format=True)
+    assert (tmp_path / "other.dcm").stat().st_size != path.stat().st_size
+    os.replace(tmp_path / "other.dcm", path)
+    with spliced:
+        assert spliced.tobytes() == expected
 
 
 @settings(max_examples=200, deadline=None)
@@ -316,12 +341,10 @@ def test_a_spliced_data_set_reads_the_same_however_its_windows_fall(
         else:
             pieces.append((at, size))
             expected += source[at:at + size]
-    spliced = Spliced(pieces, str(file))
-    assert len(spliced) == len(expected) and spliced.tobytes() == expected
     out = bytearray(len(expected))
     view, pos = memoryview(out), 0
-    fd = os.open(file, os.O_RDONLY)
-    try:
+    with Spliced(pieces, os.open(file, os.O_RDONLY), str(file)) as spliced:
+        assert len(spliced) == len(expected) and spliced.tobytes() == expected
         for cut in [*cuts, len(expected)]:  # windows of a few slots each
             slots = []
             start = pos
@@ -329,9 +352,7 @@ def test_a_spliced_data_set_reads_the_same_however_its_windows_fall(
                 n = min(cut // 2 + 1, len(expected) - pos)
                 slots.append(view[pos:pos + n])
                 pos += n
-            spliced.fill(fd, slots, start)
+            spliced.fill(slots, start)
             if pos >= len(expected):
                 break
-    finally:
-        os.close(fd)
     assert pos == len(expected) and bytes(out) == expected

@@ -878,7 +878,7 @@ def test_a_file_that_shrinks_while_sent_aborts(tmp_path: Path, ct) -> None:
     try:
         from forwarder.scu import SourceUnreadable
 
-        with pytest.raises(SourceUnreadable, match="the file ended at byte"):
+        with pytest.raises(SourceUnreadable, match="the file ended before byte"):
             store_one(a, (path, ct[1]))
     finally:
         os.fstat = real_fstat  # type: ignore[assignment]

@@ -140,22 +140,19 @@ class Association:
         if isinstance(dataset, (bytes, bytearray, memoryview)):
             self._before_request()
             self._send_message(cx.context_id, command, dataset, 0, len(dataset), "")
+        elif isinstance(dataset, Spliced):
+            self._before_request()
+            self._send_message(cx.context_id, command, dataset, 0, len(dataset), dataset.path)
         else:
-            path = dataset.path if isinstance(dataset, Spliced) else os.fspath(dataset)
-            fd = None if path is None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            path = os.fspath(dataset)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                source: int | tuple[Spliced, int | None]
-                if isinstance(dataset, Spliced):
-                    source, start, length = (dataset, fd), 0, len(dataset)
-                else:
-                    assert fd is not None
-                    source, start = fd, dimse.dataset_offset(fd)
-                    length = os.fstat(fd).st_size - start
+                start = dimse.dataset_offset(fd)
+                size = os.fstat(fd).st_size
                 self._before_request()
-                self._send_message(cx.context_id, command, source, start, length, path or "")
+                self._send_message(cx.context_id, command, fd, start, size - start, path)
             finally:
-                if fd is not None:
-                    os.close(fd)
+                os.close(fd)
         if while_waiting is not None:
             try:
                 while_waiting()
@@ -175,11 +172,10 @@ class Association:
         return self._read_response(cx.context_id, msg_id, dimse.C_ECHO_RSP, "C-ECHO")
 
     def _send_message(self, context_id: int, command: bytes,
-                      source: int | bytes | bytearray | memoryview | tuple[Spliced, int | None],
+                      source: int | bytes | bytearray | memoryview | Spliced,
                       start: int, length: int, path: str) -> None:
         """The command, then the dataset in windows: one read and one write per window.
-        ``source``: a file's descriptor, the encoded data set, or a spliced one with the
-        descriptor of the file its ranges are of."""
+        ``source``: a file's descriptor, the encoded data set, or a spliced one."""
         cmd = P.pdata_pdus(context_id, 0x01, command, self.fragment)
         unit = self.fragment + 12
         per = max(1, min(MAX_IOV, WINDOW // unit))
@@ -206,8 +202,8 @@ class Association:
                     break
             if isinstance(source, int):
                 self._read_slots(source, slots, at, path)
-            elif isinstance(source, tuple):
-                self._read_slots(source[1], slots, at, path, source[0])
+            elif isinstance(source, Spliced):
+                self._read_slots(source.fill, slots, at, path)
             else:
                 for slot in slots:
                     slot[:] = source[at:at + len(slot)]
@@ -215,14 +211,15 @@ class Association:
             self._write(mv[:used])
             first = False
 
-    def _read_slots(self, fd: int | None, slots: list[memoryview], offset: int, path: str,
-                    spliced: Spliced | None = None) -> None:
+    def _read_slots(self, source: int | Callable[[list[memoryview], int], None],
+                    slots: list[memoryview], offset: int, path: str) -> None:
+        """Fill ``slots`` from a file's descriptor (or a spliced data set's ``fill``);
+        a file that cannot be read aborts the association."""
         try:
-            if spliced is not None:
-                spliced.fill(fd, slots, offset)
+            if isinstance(source, int):
+                pread_exactly(source, slots, offset)
             else:
-                assert fd is not None
-                pread_exactly(fd, slots, offset)
+                source(slots, offset)
         except OSError as exc:
             self.abort()
             raise SourceUnreadable(f"cannot read {path}: {exc.strerror or exc}; the "

@@ -5,7 +5,9 @@ headers and padding; its large values are the source's own bytes. :class:`Splice
 the pieces in order: new bytes (headers, small values, padding), ranges of the source
 file read only as they are sent, or slices of a buffer (a data set inflated in memory).
 The association fills its P-DATA-TF windows from it as it fills them from a file, so
-memory stays at the headers' size however large the values are.
+memory stays at the headers' size however large the values are. The ranges are read
+through the descriptor the headers were read through, so a file renamed over the path
+meanwhile cannot lend its bytes to the old headers; close it once sent.
 """
 
 from __future__ import annotations
@@ -32,28 +34,41 @@ def pread_exactly(fd: int, views: Sequence[memoryview], offset: int) -> None:
         while rest:
             n = os.preadv(fd, [rest], at)
             if n == 0:
-                raise OSError(f"the file ended at byte {at} while its dataset was sent")
+                raise OSError(f"the file ended before byte {at} (cut short while its "
+                              "dataset was sent)")
             rest, at = rest[n:], at + n
         offset += len(view)
         got = 0
 
 
 class Spliced:
-    """The pieces of a data set in order; ``path`` names the file that the ranges are of
-    (None when there are none). Read front to back by :meth:`fill`."""
+    """The pieces of a data set in order; ``fd``: the open file the ranges are of (None
+    when there are none), ``path`` its name for messages. Read front to back by
+    :meth:`fill`; a context manager that closes ``fd``."""
 
-    def __init__(self, pieces: Sequence[Piece], path: str | None = None):
+    def __init__(self, pieces: Sequence[Piece], fd: int | None = None, path: str = ""):
         self.pieces = [p for p in pieces if _size(p)]
-        self.path = path
+        self.fd, self.path = fd, path
         self.length = sum(_size(p) for p in self.pieces)
         self._index = self._offset = self._at = 0  # where the next fill starts
 
     def __len__(self) -> int:
         return self.length
 
-    def fill(self, fd: int | None, slots: Sequence[memoryview], at: int) -> None:
-        """Fill ``slots`` in order with the data set's bytes from ``at`` on, reading file
-        ranges from ``fd``; OSError when the file cannot be read."""
+    def __enter__(self) -> Spliced:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def fill(self, slots: Sequence[memoryview], at: int) -> None:
+        """Fill ``slots`` in order with the data set's bytes from ``at`` on; OSError when
+        the file cannot be read."""
         if at != self._at:
             self._seek(at)
         reads: list[memoryview] = []  # consecutive views of one file range, read at once
@@ -74,25 +89,23 @@ class Spliced:
                 self._offset += n
                 if self._offset == _size(piece):
                     if reads:
-                        pread_exactly(_fd(fd), reads, read_from)
+                        pread_exactly(self._fd(), reads, read_from)
                         reads = []
                     self._index, self._offset = self._index + 1, 0
         if reads:
-            pread_exactly(_fd(fd), reads, read_from)
+            pread_exactly(self._fd(), reads, read_from)
         self._at = at + sum(len(s) for s in slots)
 
     def tobytes(self) -> bytes:
         """The whole data set (reading the file's ranges): for tests and small data."""
         out = bytearray(self.length)
-        if self.path is None:
-            self.fill(None, [memoryview(out)], 0)
-            return bytes(out)
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self.fill(fd, [memoryview(out)], 0)
-        finally:
-            os.close(fd)
+        self.fill([memoryview(out)], 0)
         return bytes(out)
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise OSError(f"{self.path or 'the source file'} is closed")
+        return self.fd
 
     def _seek(self, at: int) -> None:
         self._index, self._offset, self._at = 0, at, at
@@ -103,9 +116,3 @@ class Spliced:
 
 def _size(piece: Piece) -> int:
     return piece[1] if isinstance(piece, tuple) else len(piece)
-
-
-def _fd(fd: int | None) -> int:
-    if fd is None:
-        raise OSError("a range of the source file was asked for, and no file is open")
-    return fd
