@@ -21,11 +21,11 @@ than 64, a deflated stream cut short) gives None, and pydicom converts the file 
 as it does every conversion from implicit VR, to or from big endian, and to the deflated
 syntax.
 
-The result is a :class:`forwarder.scu.spliced.Spliced`: the new headers with the small
-values among them, and every value over 4 KiB as a range of the file, read only as it is
-sent. Only the headers are read to convert a file, so memory stays at their size
-however large its pixel data (a deflated data set is inflated in memory, and its large
-values are slices of that).
+The result is a :class:`forwarder.scu.spliced.Spliced`: the new headers with the values
+of up to 4 KiB among them, and every larger value as a range of the file, read only as
+it is sent. Converting a file reads its headers and small values (64 KiB at a time), so
+memory grows with those, not with its pixel data (a deflated data set is inflated in
+memory, and its large values are slices of that).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
             spliced = _spliced(_File(fd, start), os.fstat(fd).st_size - start, explicit,
                                fd, os.fspath(path))
             if spliced is not None and spliced.fd == fd:
-                fd = -1  # the ranges are read through it as they are sent: it closes it
+                fd = -1  # the Spliced owns it now: its ranges are read through it, then closed
             return spliced
         with open(fd, "rb", closefd=False) as fp:
             fp.seek(start)
@@ -101,14 +101,15 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
 
 def to_implicit(data: bytes) -> bytes | None:
     """An explicit VR little endian data set as implicit VR little endian (see
-    :func:`rewrite`)."""
+    :func:`rewrite`): for the tests, and data sets already in memory."""
     return rewrite(data, explicit=False)
 
 
 def rewrite(data: bytes, explicit: bool) -> bytes | None:
     """An explicit VR little endian data set written again, in explicit or implicit VR
-    little endian, every value copied (odd ones padded); None when it holds something
-    this module does not convert (see the module's words)."""
+    little endian, every value copied (odd ones padded), as one ``bytes``; None when it
+    holds something this module does not convert (see the module's words). The same
+    walk as :func:`exactly`, for the tests and data sets already in memory."""
     spliced = _spliced(_Memory(data), len(data), explicit, None, "")
     return None if spliced is None else spliced.tobytes()
 

@@ -271,25 +271,71 @@ def test_a_deflated_data_set_cut_inside_is_refused_by_the_probe(tmp_path: Path) 
 
 @pytest.mark.parametrize("path", [f for f in FILES if f.name != "MR_truncated.dcm"],
                          ids=lambda f: f.name)
-def test_from_the_file_only_the_headers_are_read(path: Path) -> None:
-    """Converted from its file, a data set is the same as converted in memory, and its
-    values over 4 KiB stay in the file as ranges, read only as they are sent."""
-    from forwarder.reencode import INLINE, exactly
+def test_from_the_file_large_values_stay_in_it_as_ranges(path: Path) -> None:
+    """Converted from its file, a data set is the same as converted in memory, every
+    value over 4 KiB is a range of the file (read as it is sent), and the rest is held."""
+    from forwarder.reencode import exactly
 
     data = data_set(path)
     spliced = exactly(path, EXPLICIT_LE, "1.2.840.10008.1.2", True)
     assert spliced is not None
     with spliced:
         assert spliced.tobytes() == to_implicit(data)
-        ranges = [p for p in spliced.pieces if isinstance(p, tuple)]
-        held = sum(len(p) for p in spliced.pieces if not isinstance(p, tuple))
-        assert all(length > INLINE for _, length in ranges)
-        assert held + sum(length for _, length in ranges) == len(spliced)
-        if any(isinstance(v[-1], bytes) and len(v[-1]) > INLINE for v in values(data, False)):
-            assert ranges and spliced.fd is not None
-        else:
-            assert not ranges and spliced.fd is None
+        ranges = sorted(length for p in spliced.pieces if isinstance(p, tuple)
+                        for length in [p[1]])
+        large = sorted(len(v[-1]) for v in values(data, False)
+                       if isinstance(v[-1], bytes) and len(v[-1]) > 4096)
+        assert ranges == large
+        assert (spliced.fd is not None) == bool(ranges)
     assert spliced.fd is None
+
+
+def test_ct_small_s_pixel_data_is_left_in_the_file() -> None:
+    from forwarder.reencode import exactly
+
+    path = TEST_FILES / "CT_small.dcm"
+    with exactly(path, EXPLICIT_LE, "1.2.840.10008.1.2", True) as spliced:
+        [(offset, length)] = [p for p in spliced.pieces if isinstance(p, tuple)]
+        assert length == 128 * 128 * 2
+        assert path.read_bytes()[offset - 12:offset - 4] == b"\xe0\x7f\x10\x00OW\x00\x00"
+        held = sum(len(p) for p in spliced.pieces if not isinstance(p, tuple))
+        assert held < 8192  # the headers and small values: about 6 KB
+
+
+@pytest.mark.parametrize("kind", ["rewrite", "exactly"])
+@pytest.mark.parametrize("explicit_vr", [False, True], ids=["to implicit", "to explicit"])
+def test_lengths_around_a_value_left_in_the_file_are_counted_again(
+        tmp_path: Path, kind: str, explicit_vr: bool) -> None:
+    """A defined-length sequence and item holding a value over 4 KiB, elements after it:
+    their lengths are filled in after the value, in the bytes written before it."""
+    from forwarder.reencode import exactly
+
+    large = explicit(0x00420011, b"OB", bytes(range(256)) * 20 + b"\x01")  # odd: padded
+    item = explicit(0x00081150, b"UI", b"1.2.3\0") + large + \
+        explicit(0x00420012, b"LO", b"text/plain")
+    data = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.104.1\0") + \
+        explicit(0x00081115, b"SQ", implicit(0xFFFEE000, item) + implicit(0xFFFEE000, item)) \
+        + explicit(0x00200013, b"IS", b"12")
+    if kind == "rewrite":
+        out = rewrite(data, explicit=explicit_vr)
+    else:
+        path = tmp_path / "bare.dcm"
+        path.write_bytes(data)  # a bare data set: no file meta
+        spliced = exactly(path, EXPLICIT_LE, EXPLICIT_LE if explicit_vr else
+                          "1.2.840.10008.1.2", True)
+        assert spliced is not None
+        with spliced:
+            assert sum(1 for p in spliced.pieces if isinstance(p, tuple)) == 2
+            out = spliced.tobytes()
+    assert out is not None
+    padded = [(*v[:-1], v[-1] + b"\0") if v[-2] == 0x00420011 else v
+              for v in values(data, False)]
+    assert values(out, not explicit_vr) == padded
+    [sequence] = [v for v in values(out, not explicit_vr) if v[-2] == 0x00081115]
+    assert sequence[-1] == 2
+    ds = read_dataset(io.BytesIO(out), not explicit_vr, True)
+    assert [len(item.EncapsulatedDocument) for item in ds.ReferencedSeriesSequence] == \
+        [5122, 5122]
 
 
 def test_a_file_renamed_over_the_path_lends_no_bytes_to_the_headers_read(
@@ -356,3 +402,27 @@ def test_a_spliced_data_set_reads_the_same_however_its_windows_fall(
             if pos >= len(expected):
                 break
     assert pos == len(expected) and bytes(out) == expected
+
+
+def test_a_spliced_data_set_is_read_in_order_and_again_from_the_start(tmp_path: Path) -> None:
+    """A read that fails (the file cut short) leaves nothing half-done: the next read
+    starts again at byte 0; a read elsewhere than where the last one ended, or past the
+    end, is refused rather than answered with the wrong bytes."""
+    from forwarder.scu.spliced import Spliced
+
+    file = tmp_path / "values"
+    file.write_bytes(b"0123")
+    out = bytearray(12)
+    with Spliced([b"AB", (0, 10)], os.open(file, os.O_RDONLY), str(file)) as spliced:
+        with pytest.raises(OSError, match="ended before byte 4"):
+            spliced.fill([memoryview(out)], 0)
+        with pytest.raises(ValueError, match="read in order"):
+            spliced.fill([memoryview(out)[2:]], 2)
+        file.write_bytes(b"0123456789")
+        spliced.fill([memoryview(out)[:3]], 0)
+        spliced.fill([memoryview(out)[3:]], 3)
+        assert bytes(out) == b"AB0123456789"
+        with pytest.raises(ValueError, match="1 bytes asked for at byte 12"):
+            spliced.fill([memoryview(bytearray(1))], 12)
+    with pytest.raises(OSError, match="is not open"):
+        spliced.fill([memoryview(out)], 0)

@@ -13,6 +13,7 @@ meanwhile cannot lend its bytes to the old headers; close it once sent.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 
 Piece = bytes | bytearray | memoryview | tuple[int, int]
@@ -43,14 +44,16 @@ def pread_exactly(fd: int, views: Sequence[memoryview], offset: int) -> None:
 
 class Spliced:
     """The pieces of a data set in order; ``fd``: the open file the ranges are of (None
-    when there are none), ``path`` its name for messages. Read front to back by
-    :meth:`fill`; a context manager that closes ``fd``."""
+    when there are none), owned from now on, ``path`` its name for messages. Read front to
+    back by :meth:`fill`; a context manager that closes ``fd`` (so does the collector, if
+    it is left open)."""
 
     def __init__(self, pieces: Sequence[Piece], fd: int | None = None, path: str = ""):
         self.pieces = [p for p in pieces if _size(p)]
         self.fd, self.path = fd, path
         self.length = sum(_size(p) for p in self.pieces)
         self._index = self._offset = self._at = 0  # where the next fill starts
+        self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
 
     def __len__(self) -> int:
         return self.length
@@ -62,15 +65,23 @@ class Spliced:
         self.close()
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self._closer is not None:
+            self._closer()  # closes fd once, however often it is called
+        self.fd = None
 
     def fill(self, slots: Sequence[memoryview], at: int) -> None:
-        """Fill ``slots`` in order with the data set's bytes from ``at`` on; OSError when
-        the file cannot be read."""
+        """Fill ``slots`` in order with the data set's bytes from ``at`` on: where the
+        last fill ended, or 0 to read it again from the start. OSError when the file
+        cannot be read (the next fill must then start at 0)."""
         if at != self._at:
-            self._seek(at)
+            if at != 0:
+                raise ValueError(f"a spliced data set is read in order: byte {at} asked "
+                                 f"for, byte {self._at} is next")
+            self._index = self._offset = 0
+        if at + sum(len(s) for s in slots) > self.length:
+            raise ValueError(f"{sum(len(s) for s in slots)} bytes asked for at byte {at} "
+                             f"of a data set of {self.length}")
+        self._at = -1  # until this fill is done
         reads: list[memoryview] = []  # consecutive views of one file range, read at once
         read_from = 0
         for slot in slots:
@@ -104,14 +115,8 @@ class Spliced:
 
     def _fd(self) -> int:
         if self.fd is None:
-            raise OSError(f"{self.path or 'the source file'} is closed")
+            raise OSError(f"{self.path or 'the file its values are in'} is not open")
         return self.fd
-
-    def _seek(self, at: int) -> None:
-        self._index, self._offset, self._at = 0, at, at
-        while self._index < len(self.pieces) and self._offset >= _size(self.pieces[self._index]):
-            self._offset -= _size(self.pieces[self._index])
-            self._index += 1
 
 
 def _size(piece: Piece) -> int:
