@@ -5,7 +5,7 @@ headers and padding; its large values are the source's own bytes. :class:`Splice
 the pieces in order: new bytes (headers, small values, padding), ranges of the source
 file read only as they are sent, or slices of a buffer (a data set inflated in memory).
 The association fills its P-DATA-TF windows from it as it fills them from a file, so
-memory stays at the headers' size however large the values are. The ranges are read
+memory grows with the new bytes, not with the values left in the file. The ranges are read
 through the descriptor the headers were read through, so a file renamed over the path
 meanwhile cannot lend its bytes to the old headers; close it once sent.
 """

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 
 def send_on(assoc: Association, payload: Dataset | str | bytes | bytearray | Spliced,
-            chosen: str,
-            message_id: int, probe: Probe, while_waiting: Callable[[], None] | None = None,
+            chosen: str, message_id: int, probe: Probe,
+            while_waiting: Callable[[], None] | None = None,
             deflate_level: int = 6) -> StoreResult:
     """The peer's answer; status None when the association ended first (the reason in
     ``comment``), ``refused`` when no context fits after all or the dataset cannot be
