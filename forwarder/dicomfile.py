@@ -232,8 +232,8 @@ def _parse_sequences(ds: Dataset, depth: int = 0) -> None:
     inside one is noticed; other values are not decoded: their extents are checked."""
     from pydicom.datadict import dictionary_VR
 
-    if depth > 64:
-        raise NotDicomError("sequences nested more than 64 deep")
+    if depth > headwalk.MAX_DEPTH:
+        raise NotDicomError(f"sequences nested more than {headwalk.MAX_DEPTH} deep")
     for tag, raw in list(ds._dict.items()):
         vr = getattr(raw, "VR", None)
         if vr is None:

@@ -38,18 +38,20 @@ from typing import NamedTuple
 ALWAYS = frozenset({0x00080005, 0x00080016, 0x00080018, 0x0020000D, 0x00100010, 0x00100020})
 KEPT_MAX = 4096  # the full reader defers longer values: they are not read here either
 
-_HEAD = struct.Struct("<HHI")  # a tag and a 4-byte length: implicit VR, items, delimiters
-_EXPLICIT = struct.Struct("<HH2sH")
+# element headers in little endian, also read by reencode.py (and the depth limit below,
+# shared with it and with the full reader's check in dicomfile.py)
+HEAD = struct.Struct("<HHI")  # a tag and a 4-byte length: implicit VR, items, delimiters
+EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 2-byte length
 _TAG = struct.Struct("<HH")
-_U32 = struct.Struct("<I")
+U32 = struct.Struct("<I")
 # PS3.5 7.1.2: the VRs with a 4-byte length in explicit VR, and every VR but UN (the
 # same sets as pydicom's EXPLICIT_VR_LENGTH_32 and ENCODED_VR; a test compares them)
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                   b"UR", b"UT", b"UV"})
+                      b"UR", b"UT", b"UV"})
 KNOWN_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-                    b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH",
-                    b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
-                    b"US", b"UT", b"UV"})
+                       b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH",
+                       b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
+                       b"US", b"UT", b"UV"})
 _SHORT_KNOWN, _LONG_KNOWN = KNOWN_VRS - LONG_VRS, KNOWN_VRS & LONG_VRS  # UN is in neither
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 # character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
@@ -60,7 +62,7 @@ _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 _META_FIRST = (0x00020000, 0x00020001)  # the reader decodes the first meta element it finds
 _WINDOW = 65536
-_MAX_DEPTH = 64
+MAX_DEPTH = 64
 
 
 class Raw(NamedTuple):
@@ -157,7 +159,7 @@ class _Walker:
         raw: dict[int, Raw] = {}
         while pos + 8 <= self.size:
             buf, i = self._bytes(pos, 8)
-            group, elem, vr, length = _EXPLICIT.unpack_from(buf, i)
+            group, elem, vr, length = EXPLICIT.unpack_from(buf, i)
             if group != 2:
                 break
             if vr not in KNOWN_VRS or vr == b"SQ":
@@ -165,7 +167,7 @@ class _Walker:
             head = 8
             if vr in LONG_VRS:
                 buf, i = self._bytes(pos, 12)
-                length, head = _U32.unpack_from(buf, i + 8)[0], 12
+                length, head = U32.unpack_from(buf, i + 8)[0], 12
             if length == _UNDEFINED:
                 raise _NotPlain
             raw[group << 16 | elem] = self._raw(vr.decode(), length, pos + head)
@@ -185,7 +187,7 @@ class _Walker:
         is None (an item of undefined length); the offset after it."""
         top = depth == 0
         size, wanted, kept = self.size, self.wanted, self.kept
-        head_at, explicit_at = _HEAD.unpack_from, _EXPLICIT.unpack_from
+        head_at, explicit_at = HEAD.unpack_from, EXPLICIT.unpack_from
         short_vrs, long_vrs = _SHORT_KNOWN, _LONG_KNOWN
         limit = size if end is None else end
         buf, base = self.buf, self.base
@@ -285,7 +287,7 @@ class _Walker:
         raise _NotPlain  # an undefined length on a value that is no sequence
 
     def _sequence(self, pos: int, length: int, implicit: bool, depth: int) -> int:
-        if depth > _MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise _NotPlain
         end = None if length == _UNDEFINED else pos + length
         if end is not None and end > self.size:
@@ -296,7 +298,7 @@ class _Walker:
                     raise _NotPlain
                 return pos
             buf, i = self._bytes(pos, 8)
-            group, elem, item_length = _HEAD.unpack_from(buf, i)
+            group, elem, item_length = HEAD.unpack_from(buf, i)
             tag = group << 16 | elem
             if tag == _SEQ_END and end is None and item_length == 0:
                 return pos + 8
@@ -314,7 +316,7 @@ class _Walker:
         """Encapsulated pixel data: items of defined length up to the sequence delimiter."""
         while True:
             buf, i = self._bytes(pos, 8)
-            group, elem, length = _HEAD.unpack_from(buf, i)
+            group, elem, length = HEAD.unpack_from(buf, i)
             tag = group << 16 | elem
             if tag == _SEQ_END and length == 0:
                 return pos + 8

@@ -35,22 +35,18 @@ import struct
 import zlib
 from typing import Any
 
-from forwarder.headwalk import KNOWN_VRS, LONG_VRS
+from forwarder.headwalk import EXPLICIT, HEAD, KNOWN_VRS, LONG_VRS, MAX_DEPTH, U32
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
 from forwarder.scu.spliced import Piece, Spliced
 
-_EXPLICIT = struct.Struct("<HH2sH")
-_HEAD = struct.Struct("<HHI")
-_U32 = struct.Struct("<I")
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
 _TEXT = frozenset({b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"LT", b"PN",
                    b"SH", b"ST", b"TM", b"UC", b"UR", b"UT"})
 _TAKEN = KNOWN_VRS | {b"UN"}
-_MAX_DEPTH = 64
-_OPEN_ITEM = _HEAD.pack(0xFFFE, 0xE000, _UNDEFINED)
-_CLOSE_ITEM = _HEAD.pack(0xFFFE, 0xE00D, 0)
-_CLOSE_SEQUENCE = _HEAD.pack(0xFFFE, 0xE0DD, 0)
+_OPEN_ITEM = HEAD.pack(0xFFFE, 0xE000, _UNDEFINED)
+_CLOSE_ITEM = HEAD.pack(0xFFFE, 0xE00D, 0)
+_CLOSE_SEQUENCE = HEAD.pack(0xFFFE, 0xE0DD, 0)
 INLINE = 4096  # values up to this many bytes are copied among the headers
 _WINDOW = 1 << 16  # the headers are read from the file this much at a time
 
@@ -196,15 +192,15 @@ class _Writer:
         its offset there."""
         out = self.out
         if not self.explicit:
-            out += _HEAD.pack(group, elem, length)
+            out += HEAD.pack(group, elem, length)
             return out, len(out) - 4
         if vr in LONG_VRS:
-            out += _EXPLICIT.pack(group, elem, vr, 0)
-            out += _U32.pack(length)
+            out += EXPLICIT.pack(group, elem, vr, 0)
+            out += U32.pack(length)
             return out, len(out) - 4
         if length > 0xFFFF:
             raise _NotTaken  # a padded value too long for its 2-byte length
-        out += _EXPLICIT.pack(group, elem, vr, length)
+        out += EXPLICIT.pack(group, elem, vr, length)
         return out, len(out) - 2
 
     def elements(self, pos: int, end: int, depth: int, delimited: bool) -> int:
@@ -212,10 +208,10 @@ class _Writer:
         item's delimiter), in ascending tag order; the offset after them."""
         last = -1
         while pos < end:
-            group, elem, vr, length = self.unpack(_EXPLICIT, pos)
+            group, elem, vr, length = self.unpack(EXPLICIT, pos)
             if group == 0xFFFE:
                 if delimited and (group, elem) == _ITEM_END and \
-                        self.unpack(_HEAD, pos)[2] == 0:
+                        self.unpack(HEAD, pos)[2] == 0:
                     return pos + 8
                 raise _NotTaken
             tag = group << 16 | elem
@@ -226,7 +222,7 @@ class _Writer:
                 raise _NotTaken  # not explicit VR after all, or a VR the standard has not
             at = pos + 8
             if vr in LONG_VRS:
-                length, at = self.unpack(_U32, pos + 8)[0], pos + 12
+                length, at = self.unpack(U32, pos + 8)[0], pos + 12
             if vr == b"SQ":
                 pos = self.sequence(group, elem, at, length, end, depth + 1)
                 continue
@@ -247,7 +243,7 @@ class _Writer:
                  depth: int) -> int:
         """Copy a sequence's items; a defined length is counted again once they are
         written (the length field filled in afterwards, so each byte is copied once)."""
-        if depth > _MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise _NotTaken
         field = self.head(group, elem, b"SQ", 0 if length != _UNDEFINED else _UNDEFINED)
         start = self.tell()
@@ -258,9 +254,9 @@ class _Writer:
             if end is not None and pos >= end:
                 if pos != end:
                     raise _NotTaken
-                _U32.pack_into(*field, self.tell() - start)
+                U32.pack_into(*field, self.tell() - start)
                 return pos
-            group, elem, item_length = self.unpack(_HEAD, pos)
+            group, elem, item_length = self.unpack(HEAD, pos)
             if end is None and (group, elem) == _SEQ_END:
                 if item_length:
                     raise _NotTaken
@@ -276,8 +272,8 @@ class _Writer:
             item_end = pos + 8 + item_length
             if item_end > (end if end is not None else limit):
                 raise _NotTaken
-            self.out += _HEAD.pack(0xFFFE, 0xE000, 0)
+            self.out += HEAD.pack(0xFFFE, 0xE000, 0)
             item = self.out, len(self.out) - 4
             item_start = self.tell()
             pos = self.elements(pos + 8, item_end, depth, False)
-            _U32.pack_into(*item, self.tell() - item_start)
+            U32.pack_into(*item, self.tell() - item_start)
