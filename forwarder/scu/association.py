@@ -137,12 +137,10 @@ class Association:
         msg_id = message_id if message_id is not None else next(self._ids) & 0xFFFF
         command = dimse.c_store_rq(msg_id, sop_class, sop_instance, priority, move_originator,
                                    move_message_id)
-        if isinstance(dataset, (bytes, bytearray, memoryview)):
+        if isinstance(dataset, (bytes, bytearray, memoryview, Spliced)):  # held, or holds its file
             self._before_request()
-            self._send_message(cx.context_id, command, dataset, 0, len(dataset), "")
-        elif isinstance(dataset, Spliced):
-            self._before_request()
-            self._send_message(cx.context_id, command, dataset, 0, len(dataset), dataset.path)
+            self._send_message(cx.context_id, command, dataset, 0, len(dataset),
+                               dataset.path if isinstance(dataset, Spliced) else "")
         else:
             path = os.fspath(dataset)
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -78,9 +78,10 @@ class Spliced:
                 raise ValueError(f"a spliced data set is read in order: byte {at} asked "
                                  f"for, byte {self._at} is next")
             self._index = self._offset = 0
-        if at + sum(len(s) for s in slots) > self.length:
-            raise ValueError(f"{sum(len(s) for s in slots)} bytes asked for at byte {at} "
-                             f"of a data set of {self.length}")
+        wanted = sum(len(s) for s in slots)
+        if at + wanted > self.length:
+            raise ValueError(f"{wanted} bytes asked for at byte {at} of a data set of "
+                             f"{self.length}")
         self._at = -1  # until this fill is done
         reads: list[memoryview] = []  # consecutive views of one file range, read at once
         read_from = 0
@@ -105,7 +106,7 @@ class Spliced:
                     self._index, self._offset = self._index + 1, 0
         if reads:
             pread_exactly(self._fd(), reads, read_from)
-        self._at = at + sum(len(s) for s in slots)
+        self._at = at + wanted
 
     def tobytes(self) -> bytes:
         """The whole data set (reading the file's ranges): for tests and small data."""
