@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -25,15 +26,6 @@ CACHE = Path(os.environ.get("DICOM_FORWARDER_TEST_CACHE", "/var/cache/dicom-forw
 # what `make install` needs from the checkout (a copy: the box never writes into it)
 SOURCES = ("Makefile", "pyproject.toml", "README.md", "forwarder", "systemd", "etc")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def _alive(pid: int) -> bool:
-    """Is ``pid`` running (not gone, not a zombie awaiting its parent)?"""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def missing_tools() -> list[str]:
@@ -88,10 +80,13 @@ class Box:
                 pid = int((work / "nspawn.pid").read_text())
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 if cmd and cmd[0].endswith(b"systemd-nspawn") and str(work).encode() in b" ".join(cmd):
-                    os.killpg(pid, signal.SIGKILL)
-                    deadline = time.monotonic() + 10  # its mounts go with it: then unmount
-                    while _alive(pid) and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                    pidfd = os.pidfd_open(pid)  # this process, whatever takes its PID later
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                        # readable once it has exited: its mounts go with it, then unmount
+                        select.select([pidfd], [], [], 10)
+                    finally:
+                        os.close(pidfd)
             subprocess.run(["umount", "-l", str(work / "merged")], capture_output=True)
             shutil.rmtree(work, ignore_errors=True)
 
