@@ -38,7 +38,7 @@ UNIT_TESTS := tests/test_outcome.py tests/test_settle_router.py tests/test_confi
 	tests/test_negotiation.py tests/test_logs.py tests/test_spool.py tests/test_runtime_setup.py \
 	tests/test_sendcore.py tests/test_startup.py tests/test_light_imports.py \
 	tests/test_spool_migrate.py tests/test_headwalk.py tests/test_bench_report.py \
-	tests/test_acse.py tests/test_reencode.py
+	tests/test_acse.py tests/test_reencode.py tests/test_inflating.py
 
 test: deps venv lint  ## set up and run the whole test suite (lint and types included)
 	$(PY) -m pytest -q

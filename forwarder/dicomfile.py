@@ -12,6 +12,7 @@ warning about a premature end counts as an error.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import struct
@@ -24,6 +25,7 @@ from forwarder.errors import NotDicomError
 from forwarder.model import Probe
 from forwarder.negotiation import DEFLATED_LE
 from forwarder.plainprobe import MEDIA_STORAGE_DIRECTORY, plain_answer, plain_uid
+from forwarder.scu.inflating import Inflating
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -135,18 +137,19 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                     return answer
                 ds, meta = _datasets(found)
                 return _summary(ds, meta, True, size, keywords, retype=False)
-        from pydicom import dcmread
         from pydicom.dataset import Dataset
         from pydicom.errors import BytesLengthException, InvalidDicomError
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                ds = dcmread(fp, force=not has_meta, defer_size=4096)
+                ds, inflating = _read(fp, has_meta)
                 meta_ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                if meta_ts == DEFLATED_LE:  # the offsets are in the inflated data set
-                    inflated, implicit_inside = labels.inflated(fp)
-                    _check_extent(ds, inflated, "the inflated data set has")
+                if inflating is not None:  # the offsets are in the inflated data set
+                    _check_extent(ds, inflating.size(), "the inflated data set has")
+                    # judged by its first element, as the reader judges it
+                    implicit_inside = len(inflating.head) >= 6 and \
+                        not headwalk.looks_explicit(inflating.head)
                 else:
                     implicit_inside = False
                     _check_extent(ds, size)
@@ -186,6 +189,30 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
+
+
+def _read(fp: IO[bytes], has_meta: bool) -> tuple[Dataset, Inflating | None]:
+    """The file read by pydicom, large values deferred; a deflated data set is read
+    through :class:`Inflating` (returned too), so it is never held inflated whole."""
+    from pydicom import dcmread
+
+    if has_meta:
+        from pydicom.dataset import FileDataset
+        from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+        fp.seek(0)
+        preamble = read_preamble(fp, False)  # type: ignore[arg-type]
+        meta = _read_file_meta_info(fp)  # type: ignore[arg-type]
+        if meta.get("TransferSyntaxUID") == DEFLATED_LE:
+            inflating = Inflating(fp.fileno(), fp.tell())
+            # no name to reopen: deferred values are read from the inflated stream
+            stream = _Unnamed(io.BufferedReader(inflating, 1 << 16))  # type: ignore[arg-type]
+            body = read_dataset(stream, False, True, defer_size=4096)  # type: ignore[arg-type]
+            ds = FileDataset(stream, body, preamble, meta, False, True)  # type: ignore[arg-type]
+            ds.set_original_encoding(False, True, body._character_set)
+            return ds, inflating
+        fp.seek(0)
+    return dcmread(fp, force=not has_meta, defer_size=4096), None
 
 
 def _summary(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: frozenset[str],

@@ -6,15 +6,14 @@ set encoded otherwise, pixel fragments under an uncompressed label, or an elemen
 encoded UN whose VR is known (which DCMTK and Orthanc refuse) would be stored wrong or
 refused. pydicom's reader follows the bytes where it can, so these are checked here:
 such a file is re-encoded (:func:`encoding_matches`, :func:`known_un`,
-:func:`encoded_otherwise`, :func:`inflated`) or refused with the reason
+:func:`encoded_otherwise`) or refused with the reason
 (:func:`fragments_fit`).
 """
 
 from __future__ import annotations
 
 import os
-import zlib
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from forwarder import headwalk
 from forwarder.errors import NotDicomError
@@ -50,24 +49,6 @@ def encoding_matches(ds: Dataset, ts: str) -> bool:
     if implicit is None:
         return True
     return (implicit, little) == (uid.is_implicit_VR, uid.is_little_endian)
-
-
-def inflated(fp: IO[bytes]) -> tuple[int, bool]:
-    """A deflated file's data set once inflated (the reader has inflated it whole already,
-    so its stream is known to be complete): its length, and whether it is in implicit VR,
-    judged by its first element as the reader judges it. Bytes after the stream are
-    passed over, as the reader and DCMTK pass them over (pydicom's own image_dfl.dcm
-    ends with a gzip trailer)."""
-    from forwarder.scu.dimse import dataset_offset
-
-    fp.seek(dataset_offset(fp.fileno()))
-    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    length, head = 0, b""
-    while not inflate.eof and (chunk := fp.read(1 << 20)):
-        data = inflate.decompress(chunk)
-        head = head or data[:6]
-        length += len(data)
-    return length, len(head) == 6 and not headwalk.looks_explicit(head)
 
 
 def encoded_otherwise(fd: int, ts: str | None) -> bool:

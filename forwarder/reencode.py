@@ -24,8 +24,9 @@ syntax.
 The result is a :class:`forwarder.scu.spliced.Spliced`: the new headers with the values
 of up to 4 KiB among them, and every larger value as a range of the file, read only as
 it is sent. Converting a file reads its headers and small values (64 KiB at a time), so
-memory grows with those, not with its pixel data (a deflated data set is inflated in
-memory, and its large values are slices of that).
+memory grows with those, not with its pixel data. A deflated data set is inflated as it
+is read, and its large values are ranges of the inflated bytes, inflated again from the
+file as they are sent (:mod:`forwarder.scu.inflating`): never held whole.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 from forwarder.headwalk import EXPLICIT, HEAD, KNOWN_VRS, LONG_VRS, MAX_DEPTH, U32
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
+from forwarder.scu.inflating import Inflating
 from forwarder.scu.spliced import Piece, Spliced
 
 _UNDEFINED = 0xFFFFFFFF
@@ -78,21 +80,18 @@ def exactly(path: str | os.PathLike[str], source: str, target: str,
             if spliced is not None and spliced.fd == fd:
                 fd = -1  # the Spliced owns it now: its ranges are read through it, then closed
             return spliced
-        with open(fd, "rb", closefd=False) as fp:
-            fp.seek(start)
-            deflated = fp.read()
+        inflating = Inflating(fd, start)
+        try:
+            spliced = _spliced(_Inflated(inflating), inflating.size(), explicit, fd,
+                               os.fspath(path), inflated_from=start)
+        except zlib.error:
+            return None  # cut short, or not deflate's: the reader names what is wrong
+        if spliced is not None and spliced.fd == fd:
+            fd = -1  # its ranges are inflated again from the file as they are sent
+        return spliced
     finally:
         if fd >= 0:
             os.close(fd)
-    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        data = inflate.decompress(deflated)
-    except zlib.error:
-        return None
-    if not inflate.eof:
-        return None  # cut short: the reader names what is missing
-    del deflated
-    return _spliced(_Memory(data), len(data), explicit, None, os.fspath(path))
 
 
 def to_implicit(data: bytes) -> bytes | None:
@@ -110,9 +109,10 @@ def rewrite(data: bytes, explicit: bool) -> bytes | None:
     return None if spliced is None else spliced.tobytes()
 
 
-def _spliced(source: _File | _Memory, size: int, explicit: bool, fd: int | None,
-             path: str) -> Spliced | None:
-    """The data set re-encoded; its ranges (if any) are of ``fd``, which it then holds."""
+def _spliced(source: _File | _Inflated | _Memory, size: int, explicit: bool,
+             fd: int | None, path: str, inflated_from: int | None = None) -> Spliced | None:
+    """The data set re-encoded; its ranges (if any) are of ``fd`` (of the data set
+    deflated in it from ``inflated_from`` on, if given), which it then holds."""
     writer = _Writer(source, explicit)
     try:
         writer.elements(0, size, 0, False)
@@ -120,7 +120,7 @@ def _spliced(source: _File | _Memory, size: int, explicit: bool, fd: int | None,
         return None
     pieces = writer.done()
     ranges = any(isinstance(p, tuple) for p in pieces)
-    spliced = Spliced(pieces, fd if ranges else None, path)
+    spliced = Spliced(pieces, fd if ranges else None, path, inflated_from)
     return spliced if len(spliced) else None  # an empty data set is not one to send
 
 
@@ -156,8 +156,30 @@ class _File:
         return (self.base + pos, n)
 
 
+class _Inflated:
+    """A deflated data set, inflated as its headers are read a window at a time; its
+    large values are left as ranges of the inflated bytes, inflated again as they are
+    sent. The walk reads forward, so a window keeps what the next element needs of the
+    last one and the stream never goes back."""
+
+    def __init__(self, inflating: Inflating):
+        self.inflating = inflating
+        self.start, self.buf = 0, b""
+
+    def view(self, pos: int, n: int) -> tuple[bytes, int]:
+        end = self.start + len(self.buf)
+        if pos < self.start or pos + n > end:
+            keep = self.buf[pos - self.start:] if self.start <= pos < end else b""
+            self.inflating.seek(pos + len(keep))
+            self.start, self.buf = pos, keep + self.inflating.read(max(n, _WINDOW) - len(keep))
+        return self.buf, pos - self.start
+
+    def piece(self, pos: int, n: int) -> Piece:
+        return (pos, n)
+
+
 class _Writer:
-    def __init__(self, source: _File | _Memory, explicit: bool):
+    def __init__(self, source: _File | _Inflated | _Memory, explicit: bool):
         self.source, self.explicit = source, explicit
         self.pieces: list[Piece] = []
         self.out = bytearray()  # the new bytes since the last value left in its place

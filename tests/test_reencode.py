@@ -189,10 +189,13 @@ def test_a_deflated_file_is_inflated_as_it_is_or_then_converted(tmp_path: Path) 
     inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data_set(path))
     deflated = "1.2.840.10008.1.2.1.99"
     again = exactly(path, deflated, EXPLICIT_LE, True)
-    assert again is not None and again.fd is None and again.tobytes() == inflated
+    assert again is not None and again.tobytes() == inflated
+    assert again.fd is not None  # its pixel data: inflated again from the file as sent
+    again.close()
     assert exactly(path, deflated, EXPLICIT_LE, False) is None  # a UN to re-type: pydicom
     converted = exactly(path, deflated, "1.2.840.10008.1.2", False)
     assert converted is not None and converted.tobytes() == to_implicit(inflated)
+    converted.close()
     assert values(to_implicit(inflated) or b"", True) == values(inflated, False)
     assert exactly(path, deflated, "1.2.840.10008.1.2.2", True) is None  # big endian
     cut = tmp_path / "cut.dcm"
@@ -267,6 +270,37 @@ def test_a_deflated_data_set_cut_inside_is_refused_by_the_probe(tmp_path: Path) 
     trailer = tmp_path / "trailer.dcm"
     trailer.write_bytes(whole.read_bytes() + bytes.fromhex("4ed058451a020400"))
     assert probe(trailer).meta_consistent
+
+
+@pytest.mark.parametrize("target", [EXPLICIT_LE, "1.2.840.10008.1.2"])
+def test_a_deflated_data_set_s_large_values_are_inflated_again_as_they_are_sent(
+        tmp_path: Path, target: str) -> None:
+    """A deflated data set is never held inflated: each value over 4 KiB is a range of the
+    inflated bytes, inflated again from the file as it is sent, and lengths around them
+    are counted again as for a plain file. The bytes are those of the data set inflated
+    whole and rewritten, however often they are read; a file changed meanwhile is an
+    error, never other bytes."""
+    from forwarder.reencode import INLINE, exactly
+
+    odd, even = os.urandom(INLINE + 905), b"\7" * 300_000
+    body = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + \
+        explicit(0x00080018, b"UI", b"1.2.3.4\0") + \
+        explicit(0x00081115, b"SQ", implicit(0xFFFEE000, explicit(0x00420011, b"OB", odd))) + \
+        explicit(0x00100010, b"PN", b"A^B ") + explicit(0x7FE00010, b"OW", even)
+    path = deflated_file(tmp_path / "large.dcm", body)
+    spliced = exactly(path, "1.2.840.10008.1.2.1.99", target, True)
+    assert spliced is not None and spliced.fd is not None
+    try:
+        ranges = [p for p in spliced.pieces if isinstance(p, tuple)]
+        assert [body[at:at + n] for at, n in ranges] == [odd, even]
+        expected = rewrite(body, explicit=target == EXPLICIT_LE)
+        assert spliced.tobytes() == expected
+        assert spliced.tobytes() == expected  # from the start again: inflated again
+        path.write_bytes(path.read_bytes()[:-1000])
+        with pytest.raises(OSError, match="changed while it was sent"):
+            spliced.tobytes()
+    finally:
+        spliced.close()
 
 
 @pytest.mark.parametrize("path", [f for f in FILES if f.name != "MR_truncated.dcm"],

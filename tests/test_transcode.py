@@ -394,10 +394,16 @@ def test_a_deflated_data_set_in_implicit_vr_reaches_a_deflated_peer_in_explicit_
         assert values(inflated, False) == values(body, True)
 
 
-def test_a_large_file_converted_to_implicit_vr_is_sent_from_its_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("syntax", "peer", "stored"), [
+    ("1.2.840.10008.1.2.1", ("--implicit",), "1.2.840.10008.1.2"),
+    ("1.2.840.10008.1.2.1.99", (), "1.2.840.10008.1.2.1"),  # storescp takes no deflated
+], ids=["explicit-to-implicit", "deflated-to-explicit"])
+def test_a_large_file_converted_is_sent_from_its_file(
+        tmp_path: Path, syntax: str, peer: tuple[str, ...], stored: str) -> None:
     """For a peer that takes implicit VR only, only the headers are rewritten: the pixel
     data goes from the file as it is sent, so `send` holds no copy of it, and DCMTK stores
-    from send the same bytes as from storescu."""
+    from send the same bytes as from storescu. A deflated file is inflated as it is read
+    and as it is sent, never whole: the probe's reading and the conversion alike."""
     import filecmp
     import sys
 
@@ -408,12 +414,12 @@ def test_a_large_file_converted_to_implicit_vr_is_sent_from_its_file(tmp_path: P
     ds.NumberOfFrames = frames
     ds.PixelData = bytes(range(251)) * (frames * ds.Rows * ds.Columns * 2 // 251) + \
         bytes(frames * ds.Rows * ds.Columns * 2 % 251)  # a period no offset error keeps
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.TransferSyntaxUID = syntax
     path = tmp_path / "large.dcm"
     ds.save_as(path, enforce_file_format=True)
     del ds
-    ours = StoreSCPProcess(tmp_path / "ours", ("--implicit",))
-    theirs = StoreSCPProcess(tmp_path / "theirs", ("--implicit",))
+    ours = StoreSCPProcess(tmp_path / "ours", peer)
+    theirs = StoreSCPProcess(tmp_path / "theirs", peer)
     try:
         measured = subprocess.run(
             [sys.executable, "-c", "import resource, subprocess, sys; "
@@ -424,8 +430,7 @@ def test_a_large_file_converted_to_implicit_vr_is_sent_from_its_file(tmp_path: P
         subprocess.run(["storescu", "127.0.0.1", str(theirs.port), str(path)], check=True,
                        timeout=120, capture_output=True)
         [mine], [dcmtk] = ours.files(), theirs.files()
-        assert dcmread(mine, stop_before_pixels=True).file_meta.TransferSyntaxUID == \
-            "1.2.840.10008.1.2"
+        assert dcmread(mine, stop_before_pixels=True).file_meta.TransferSyntaxUID == stored
         assert filecmp.cmp(mine, dcmtk, shallow=False)
     finally:
         ours.stop()

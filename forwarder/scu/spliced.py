@@ -3,7 +3,8 @@
 A re-encoded data set (:mod:`forwarder.reencode`) differs from its source only in element
 headers and padding; its large values are the source's own bytes. :class:`Spliced` lists
 the pieces in order: new bytes (headers, small values, padding), ranges of the source
-file read only as they are sent, or slices of a buffer (a data set inflated in memory).
+file read only as they are sent (or inflated again, for a deflated file), or slices of a
+buffer (a data set already in memory).
 The association fills its P-DATA-TF windows from it as it fills them from a file, so
 memory grows with the new bytes, not with the values left in the file. The ranges are read
 through the descriptor the headers were read through, so a file renamed over the path
@@ -15,6 +16,8 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Sequence
+
+from forwarder.scu.inflating import Inflating
 
 Piece = bytes | bytearray | memoryview | tuple[int, int]
 """New bytes or a buffer's slice, or (file offset, length) in the source file."""
@@ -44,13 +47,17 @@ def pread_exactly(fd: int, views: Sequence[memoryview], offset: int) -> None:
 
 class Spliced:
     """The pieces of a data set in order; ``fd``: the open file the ranges are of (None
-    when there are none), owned from now on, ``path`` its name for messages. Read front to
-    back by :meth:`fill`; a context manager that closes ``fd`` (so does the collector, if
-    it is left open)."""
+    when there are none), owned from now on, ``path`` its name for messages;
+    ``inflated_from``: the ranges are of the data set deflated in the file from that
+    offset on, inflated again as they are read. Read front to back by :meth:`fill`; a
+    context manager that closes ``fd`` (so does the collector, if it is left open)."""
 
-    def __init__(self, pieces: Sequence[Piece], fd: int | None = None, path: str = ""):
+    def __init__(self, pieces: Sequence[Piece], fd: int | None = None, path: str = "",
+                 inflated_from: int | None = None):
         self.pieces = [p for p in pieces if _size(p)]
         self.fd, self.path = fd, path
+        self._inflating = None if inflated_from is None or fd is None else \
+            Inflating(fd, inflated_from)
         self.length = sum(_size(p) for p in self.pieces)
         self._index = self._offset = self._at = 0  # where the next fill starts
         self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
@@ -101,11 +108,11 @@ class Spliced:
                 self._offset += n
                 if self._offset == _size(piece):
                     if reads:
-                        pread_exactly(self._fd(), reads, read_from)
+                        self._read(reads, read_from)
                         reads = []
                     self._index, self._offset = self._index + 1, 0
         if reads:
-            pread_exactly(self._fd(), reads, read_from)
+            self._read(reads, read_from)
         self._at = at + wanted
 
     def tobytes(self) -> bytes:
@@ -114,10 +121,14 @@ class Spliced:
         self.fill([memoryview(out)], 0)
         return bytes(out)
 
-    def _fd(self) -> int:
+    def _read(self, views: list[memoryview], offset: int) -> None:
+        """Fill ``views`` from the range at ``offset``: read from the file, or inflated."""
         if self.fd is None:
             raise OSError(f"{self.path or 'the file its values are in'} is not open")
-        return self.fd
+        if self._inflating is not None:
+            self._inflating.fill(views, offset)
+        else:
+            pread_exactly(self.fd, views, offset)
 
 
 def _size(piece: Piece) -> int:

@@ -1,0 +1,118 @@
+"""A deflated data set read as its inflated bytes, a window at a time (PS3.5 A.5).
+
+The deflated syntax compresses the whole data set after the file meta as one deflate
+stream. :class:`Inflating` inflates it from the file as it is read, so a large data set
+is never held inflated: the probe reads its elements through it (pydicom's reader over a
+buffered view), the re-encoder walks its headers through it, and the association reads
+the large values again through it as it sends them. Reading forward inflates what lies
+between; reading backward starts the stream again from the top. Bytes after the end of
+the stream are passed over, as pydicom's reader and DCMTK pass them over.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from collections.abc import Sequence
+
+_CHUNK = 1 << 16  # deflated bytes read from the file at a time, and inflated at most
+
+
+class Cut(zlib.error):
+    """The file ends before its deflate stream does."""
+
+
+class Inflating(io.RawIOBase):
+    """The stream deflated in the file open as ``fd`` from ``base`` on, inflated as read.
+    The descriptor stays its owner's. zlib.error for a stream that is not deflate's, and
+    :class:`Cut` for one the file ends inside."""
+
+    def __init__(self, fd: int, base: int):
+        super().__init__()
+        self.fd, self.base = fd, base
+        self.head = b""  # the first 8 bytes inflated: how the data set starts
+        self._start()
+
+    def _start(self) -> None:
+        self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._read_at = self.base  # the next deflated byte to read from the file
+        self._tail = b""  # deflated bytes read but not inflated yet
+        self._made = 0  # inflated bytes produced so far
+        self._at = 0  # where the next read starts: a seek only moves this
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._at
+        elif whence == io.SEEK_END:
+            offset += self.size()
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        if offset < self._made:
+            self._start()  # back: the stream is inflated again from its first byte
+        self._at = offset
+        return offset
+
+    def size(self) -> int:
+        """The inflated length (the stream inflated to its end, the position kept)."""
+        at = self._at
+        while self._more(_CHUNK):
+            pass
+        made = self._made
+        self.seek(at)
+        return made
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        while self._made < self._at:  # a seek forward: inflate what lies between
+            if not self._more(min(self._at - self._made, _CHUNK)):
+                return 0
+        done = 0
+        while done < len(view):
+            data = self._more(len(view) - done)
+            if not data:
+                break
+            view[done:done + len(data)] = data
+            done += len(data)
+        self._at += done
+        return done
+
+    def fill(self, views: Sequence[memoryview], offset: int) -> None:
+        """Fill ``views`` with the inflated bytes from ``offset`` on; OSError when the
+        stream ends first or cannot be inflated (the file changed since it was read)."""
+        self.seek(offset)
+        try:
+            for view in views:
+                if self.readinto(view) != len(view):
+                    raise OSError(f"the deflated data set ended before inflated byte "
+                                  f"{self._at + 1} (the file changed while it was sent)")
+        except zlib.error as exc:
+            raise OSError(f"the deflated data set cannot be inflated at inflated byte "
+                          f"{self._at} ({exc}; the file changed while it was sent)") from exc
+
+    def _more(self, most: int) -> bytes:
+        """Up to ``most`` inflated bytes from where the stream is; b"" at its end."""
+        while not self._inflate.eof:
+            if not self._tail:
+                self._tail = os.pread(self.fd, _CHUNK, self._read_at)
+                self._read_at += len(self._tail)
+                if not self._tail:
+                    raise Cut(f"incomplete or truncated stream: the file ends at byte "
+                              f"{self._read_at} before its deflated data set does")
+            data = self._inflate.decompress(self._tail, most)
+            self._tail = self._inflate.unconsumed_tail
+            if data:
+                if self._made < 8 and len(self.head) == self._made:  # the first time
+                    self.head += data[:8 - self._made]
+                self._made += len(data)
+                return data
+        return b""
