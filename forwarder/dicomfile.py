@@ -60,6 +60,17 @@ def _tags(keywords: frozenset[str]) -> frozenset[int]:
     return frozenset(known[k] for k in keywords if k in known)
 
 
+@functools.lru_cache(maxsize=8)
+def _in_meta(keywords: frozenset[str]) -> frozenset[str]:
+    """The keywords of file meta elements (group 0002): matched against the file meta."""
+    if not keywords:
+        return frozenset()
+    from forwarder.config.keywords import keyword_tags
+
+    known = keyword_tags()
+    return frozenset(k for k in keywords if known.get(k, 0) >> 16 == 0x0002)
+
+
 def _value(ds: Dataset, keyword: str) -> str | None:
     try:
         elem = ds.data_element(keyword)
@@ -248,7 +259,9 @@ def _answer(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: fro
     # streamable as it is: encoded as its syntax says, no element to re-type; the file
     # meta's UIDs may disagree with the dataset's, which are the ones a C-STORE carries
     consistent = bool(has_meta and labels.encoding_matches(ds, ts) and not retype)
-    attrs = {k: v for k in keywords if (v := _value(ds, k)) is not None}
+    in_meta = _in_meta(keywords)  # TransferSyntaxUID, SourceApplicationEntityTitle, ...
+    attrs = {k: v for k in keywords
+             if (v := _value(meta if k in in_meta else ds, k)) is not None}
     phi = {k: v for k in ("PatientName", "PatientID") if (v := _value(ds, k)) is not None}
     return Probe(sop_class.rstrip("\0 "), sop_instance.rstrip("\0 "), ts,
                  _uid(ds, 0x0020000D, "StudyInstanceUID"), has_meta, consistent, attrs, phi)

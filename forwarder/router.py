@@ -5,7 +5,8 @@ repeats; a matching route with ``final: true`` stops the walk. A condition names
 watch folder, a glob on the path relative to it, or a DICOM keyword with an exact
 value, a list of values, or ``{regex: ...}`` (searched, not anchored). A multi-valued
 attribute such as ImageType (``ORIGINAL\\PRIMARY``) matches a value when the whole
-value or any one of its parts equals it; an attribute the file lacks never matches.
+value or any one of its parts equals it; an IS or DS value (or part) when it is the same
+number; an attribute the file lacks never matches.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from forwarder.config import Condition, Route
+from forwarder.config.values import dicom_number
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,11 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
     if cond.regex is not None:
         return cond.regex.search(value) is not None
     parts = value.split("\\")
+    if cond.numeric:  # IS, DS: 007 is 7, 5.000 is 5.0
+        wanted = {dicom_number(v) for v in cond.values}
+        return any(n is not None and n in wanted for n in map(dicom_number, parts))
     return any(v == value or v in parts for v in cond.values)
+
 
 
 def route(routes: Sequence[Route], watch: str, relpath: str,

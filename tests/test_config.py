@@ -113,6 +113,23 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:2: routes[0].match.StudyDescription.regex: bad regular expression"),
     ("log: {level: loud}\n", "f.yaml:1: log.level: expected one of fatal, error"),
     ("ae_title: THIS-TITLE-IS-TOO-LONG\n", "f.yaml:1: ae_title: an AE title is 1 to 16"),
+    # YAML's not-a-number and infinity, and timers further ahead than the platform's time
+    ("watch:\n  - {name: w, path: /a, min_age: .nan}\n",
+     "f.yaml:2: watch[0].min_age: expected a duration"),
+    ("destinations:\n  a: {host: h, port: 1, retry: {max: .nan}}\n",
+     "f.yaml:2: destinations.a.retry.max: expected a duration"),
+    ("destinations:\n  a: {host: h, port: 1, timeouts: {connect: .inf}}\n",
+     "f.yaml:2: destinations.a.timeouts.connect: expected a duration"),
+    ("destinations:\n  a: {host: h, port: 1, timeouts: {dimse: 1.0e+12}}\n",
+     "f.yaml:2: destinations.a.timeouts.dimse: a duration is at most 3650d"),
+    ("destinations:\n  a: {host: h, port: 1, retry: {max_age: 99999d}}\n",
+     "f.yaml:2: destinations.a.retry.max_age: a duration is at most 3650d"),
+    ("routes:\n  - {to: [x], matchs: {Modality: CT}}\n",
+     "f.yaml:2: routes[0].matchs: unknown key (did you mean 'match'?)"),
+    ("routes:\n  - to: [x]\n    match: {SeriesNumber: seven}\n",
+     "f.yaml:3: routes[0].match.SeriesNumber: SeriesNumber is a number (IS); 'seven' is not"),
+    ("routes:\n  - to: [x]\n    match: {StudyDate: 2024-01-05}\n",
+     "f.yaml:3: routes[0].match.StudyDate: StudyDate is a date, written YYYYMMDD"),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)
@@ -129,3 +146,26 @@ def test_check_config_prints_all_and_exits_78(tmp_path: Path, capsys) -> None:
     good.write_text(GOOD)
     assert main(["check-config", "-c", str(good)]) == 0
     assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 78
+
+
+def test_match_values_are_taken_as_written() -> None:
+    """Unquoted, YAML 1.1 reads NO and ON as booleans, 012345 as an octal number, 12:30
+    as a number of minutes: a route compares the text the user wrote, which is what the
+    file holds, never what YAML made of it."""
+    text = GOOD.replace(
+        '    match: {watch: modality, Modality: [CT, MR], StudyDescription: {regex: "(?i)chest"}}',
+        "    match:\n"
+        "      BurnedInAnnotation: NO\n"
+        "      StationName: [ON, 0x1A, 1_000, 1.50]\n"
+        "      PatientID: 012345\n"
+        "      AccessionNumber: 12:30\n"
+        "      SeriesNumber: 7\n"
+        "      TransferSyntaxUID: 1.2.840.10008.1.2.1")
+    conditions = {c.key: c for c in config.parse(text, "f.yaml").routes[1].match}
+    assert conditions["BurnedInAnnotation"].values == ("NO",)
+    assert conditions["StationName"].values == ("ON", "0x1A", "1_000", "1.50")
+    assert conditions["PatientID"].values == ("012345",)
+    assert conditions["AccessionNumber"].values == ("12:30",)
+    assert conditions["SeriesNumber"].values == ("7",) and conditions["SeriesNumber"].numeric
+    assert not conditions["PatientID"].numeric
+    assert conditions["TransferSyntaxUID"].values == ("1.2.840.10008.1.2.1",)

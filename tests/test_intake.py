@@ -315,6 +315,38 @@ def test_routing_fans_out_by_attributes_and_path(tmp_path: Path) -> None:
                                            ("archive", "pending", mr_uid)])
 
 
+def test_routes_match_what_the_user_wrote_so_no_file_is_deleted_as_unrouted(
+        tmp_path: Path) -> None:
+    """Unquoted in YAML, NO is false and 012345 an octal number; IS and DS values are
+    numbers written many ways; TransferSyntaxUID is in the file meta. Each route holds
+    for the file that has what it says, and under ``unrouted: delete`` none of them is
+    deleted for a value the user wrote right."""
+    from pydicom.valuerep import IS, DSfloat
+
+    ds = dcmread(CT)
+    ds.BurnedInAnnotation, ds.PatientID = "NO", "012345"
+    ds.SeriesNumber, ds.SliceThickness = IS("007"), DSfloat("5.000", auto_format=False)
+    ds.save_as(tmp_path / "ct.dcm")
+    routes = """\
+      - name: clean
+        match: {BurnedInAnnotation: NO, PatientID: 012345}
+        to: [pacs]
+      - name: thin
+        match: {SeriesNumber: 7, SliceThickness: 5.0}
+        to: [ai]
+      - name: explicit
+        match: {TransferSyntaxUID: 1.2.840.10008.1.2.1}
+        to: [archive]
+    """
+    cfg = make_config(tmp_path, routes=routes, dests=("pacs", "ai", "archive"),
+                      extra="unrouted: delete\n")
+    with Pipeline(cfg) as p:
+        shutil.move(tmp_path / "ct.dcm", tmp_path / "in" / "ct.dcm")
+        wait_for(lambda: len(p.jobs()) == 3, 10, "three jobs")
+        assert sorted(p.jobs()) == sorted([("pacs", "pending", CT_UID), ("ai", "pending", CT_UID),
+                                           ("archive", "pending", CT_UID)])
+
+
 def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
     routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
     cfg = make_config(tmp_path, routes=routes, extra="unrouted: delete\n")

@@ -106,3 +106,21 @@ def test_multi_valued_attribute_matches_any_part() -> None:
 def test_no_route_matches_gives_nothing() -> None:
     cfg = config.parse(CFG.replace("  - name: all\n    to: [pacs, ai]\n", ""))
     assert router.route(cfg.routes, "scanner2", "x", {}).destinations == ()
+
+
+def test_numbers_match_as_numbers() -> None:
+    """IS and DS values are numbers: 007 is 7 and 5.000 is 5.0, in any part of a
+    multi-valued one; text that is no number matches nothing."""
+    cfg = config.parse(
+        "spool: /s\ndestinations: {a: {host: h, port: 1}, b: {host: h, port: 1}}\n"
+        "routes:\n  - {to: [a], match: {SeriesNumber: 7, SliceThickness: [5.0, 2.5]}}\n"
+        "  - {to: [b], match: {PixelSpacing: 0.5}}\n", "f.yaml")
+
+    def to(attrs: dict[str, str]) -> tuple[str, ...]:
+        return router.route(cfg.routes, "w", "x.dcm", attrs).destinations
+
+    assert to({"SeriesNumber": "007 ", "SliceThickness": "5.000"}) == ("a",)
+    assert to({"SeriesNumber": "+7", "SliceThickness": "2.5E0"}) == ("a",)
+    assert to({"SeriesNumber": "70", "SliceThickness": "5"}) == ()
+    assert to({"PixelSpacing": "0.25\\0.500"}) == ("b",)
+    assert to({"PixelSpacing": "NaN\\x"}) == ()

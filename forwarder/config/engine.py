@@ -89,8 +89,10 @@ class Ctx:
     def error(self, path: KeyPath, message: str) -> None:
         self.issues.append(self.issue(path, message))
 
-    def build(self, cls: type, value: Any, path: KeyPath, extra: Mapping[str, Any] = {}) -> Any:
-        """Build dataclass ``cls`` from mapping ``value``, reporting every bad key."""
+    def build(self, cls: type, value: Any, path: KeyPath, extra: Mapping[str, Any] = {},
+              also: tuple[str, ...] = ()) -> Any:
+        """Build dataclass ``cls`` from mapping ``value``, reporting every bad key;
+        ``also``: keys the caller reads itself (named when a key is misspelt)."""
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -100,9 +102,10 @@ class Ctx:
         kwargs: dict[str, Any] = dict(extra)
         for key, v in value.items():
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
+                keys = [*known, *also]
+                close = difflib.get_close_matches(key, keys, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else \
-                    f" (known keys: {', '.join(sorted(known))})"
+                    f" (known keys: {', '.join(sorted(keys))})"
                 self.error((*path, key), f"unknown key{hint}")
                 continue
             try:

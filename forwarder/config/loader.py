@@ -18,11 +18,17 @@ from forwarder.config import keywords
 from forwarder.config.crosscheck import cross_check
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Condition, Config, Destination, Route, Watch
+from forwarder.config.values import dicom_number
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines, read_bounded
 from forwarder.errors import ConfigError, ConfigIssue
 
+_DASHED_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
-def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
+
+def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
+                 written: dict[KeyPath, str]) -> tuple[Condition, ...]:
+    """The conditions of one route; ``written``: the text of unquoted scalars YAML read
+    as numbers, booleans or dates, compared as the user wrote them."""
     if value is None:
         return ()
     if not isinstance(value, dict):
@@ -31,6 +37,7 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
     out = []
     for key, v in value.items():
         kp = (*path, key)
+        vr = None
         if key not in ("watch", "path"):
             keyword_dict = keywords.keyword_tags()
             if key not in keyword_dict:
@@ -39,7 +46,8 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
                 ctx.error(kp, f"unknown DICOM keyword{hint}; conditions are watch, path "
                               "or a DICOM keyword such as Modality")
                 continue
-            if keywords.vr(keyword_dict[key]) == "SQ":
+            vr = keywords.vr(keyword_dict[key])
+            if vr == "SQ":
                 ctx.error(kp, "a sequence attribute cannot be matched")
                 continue
         if isinstance(v, dict):
@@ -55,8 +63,21 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath) -> tuple[Condition, ...]:
         if not items or any(isinstance(i, (dict, list)) or i is None for i in items):
             ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
             continue
-        out.append(Condition(key, values=tuple(str(i) for i in items)))
+        paths = [(*kp, j) for j in range(len(items))] if isinstance(v, list) else [kp]
+        texts = tuple(i if isinstance(i, str) else written.get(p, str(i))
+                      for i, p in zip(items, paths, strict=True))
+        if vr in ("IS", "DS"):
+            bad = [t for t in texts if dicom_number(t) is None]
+            if bad:
+                ctx.error(kp, f"{key} is a number ({vr}); {bad[0]!r} is not one")
+                continue
+        if vr == "DA" and any(_DASHED_DATE.match(t) for t in texts):
+            ctx.error(kp, f"{key} is a date, written YYYYMMDD in DICOM (20240105, not "
+                          "2024-01-05)")
+            continue
+        out.append(Condition(key, values=texts, numeric=vr in ("IS", "DS")))
     return tuple(out)
+
 
 
 def _check_name(ctx: Ctx, name: Any, path: KeyPath) -> bool:
@@ -79,7 +100,8 @@ def _section(ctx: Ctx, data: dict[Any, Any], key: str, kind: type, what: str) ->
 def parse(text: str, file: str = "<config>") -> Config:
     """Parse configuration text; raise :class:`ConfigError` listing every problem."""
     try:
-        data, lines, dups = load_with_lines(text)
+        written: dict[KeyPath, str] = {}
+        data, lines, dups = load_with_lines(text, written)
     except YamlProblem as exc:
         hint = " (check indentation and quoting near this line)" \
             if exc.message.startswith("YAML") else ""
@@ -132,9 +154,9 @@ def parse(text: str, file: str = "<config>") -> Config:
     for i, r in enumerate(_section(ctx, data, "routes", list, "a list of routes")):
         base = ("routes", i)
         if isinstance(r, dict):
-            match = _parse_match(ctx, r.get("match"), (*base, "match"))
+            match = _parse_match(ctx, r.get("match"), (*base, "match"), written)
             built = ctx.build(Route, {k: v for k, v in r.items() if k != "match"}, base,
-                              {"match": match})
+                              {"match": match}, also=("match",))
         else:
             built = ctx.build(Route, r, base)
         if built is None:

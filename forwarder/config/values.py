@@ -4,7 +4,9 @@ what was expected."""
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from forwarder.config.engine import Bad, Ctx, KeyPath, Parser
@@ -12,23 +14,42 @@ from forwarder.negotiation import ae_title_ok
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+MAX_DURATION = 3650 * 86400.0
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _SIZE_UNIT = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20,
               "GB": 10**9, "GiB": 2**30}
 
 
 def parse_duration(value: Any) -> float:
-    """``500ms``, ``10s``, ``5m``, ``2h``, ``7d`` or a number of seconds -> seconds."""
+    """``500ms``, ``10s``, ``5m``, ``2h``, ``7d`` or a number of seconds -> seconds, at
+    most :data:`MAX_DURATION` (a timer set further ahead overflows the platform's time;
+    YAML's ``.nan`` and ``.inf`` are not durations)."""
     if isinstance(value, bool):
         raise Bad(f"expected a duration such as 10s, 5m or 2h, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise Bad(f"expected a duration such as 500ms, 10s, 5m, 2h or 7d, got {value!r}")
         if value < 0:
             raise Bad(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise Bad(f"expected a duration such as 500ms, 10s, 5m, 2h or 7d, got {value!r}")
-    return float(m.group(1)) * _DURATION_UNIT[m.group(2)]
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise Bad(f"expected a duration such as 500ms, 10s, 5m, 2h or 7d, got {value!r}")
+        seconds = float(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise Bad(f"a duration is at most 3650d (ten years), got {value!r}")
+    return seconds
+
+
+def dicom_number(text: str) -> Decimal | None:
+    """An IS or DS value as a number (``007`` and ``7``, ``5.0`` and ``5.000`` are each
+    one number); None when it is not a finite one."""
+    try:
+        n = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    return n if n.is_finite() else None
 
 
 def parse_size(value: Any) -> int:

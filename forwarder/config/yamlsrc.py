@@ -84,11 +84,15 @@ def read_bounded(path: str | os.PathLike[str]) -> str:
         raise YamlProblem(None, (), f"not UTF-8 text: {exc}") from exc
 
 
-def load_with_lines(text: str) -> tuple[Any, dict[Path, int], list[YamlProblem]]:
+def load_with_lines(text: str, as_written: dict[Path, str] | None = None,
+                    ) -> tuple[Any, dict[Path, int], list[YamlProblem]]:
     """Parse ``text``; return the value, ``{key path: line}``, and duplicate-key problems.
 
     A syntax error or a bound passed raises :class:`YamlProblem`. Duplicate keys are
     reported but do not stop parsing, so a single run lists every problem in the file.
+    ``as_written``, if given, receives the text of every unquoted scalar that YAML read as
+    something other than a string (``NO`` is false, ``012345`` an octal number), by key
+    path: where a value is compared with text, it is compared as written.
     """
     if len(text) > MAX_BYTES:
         raise YamlProblem(None, (), TOO_LARGE)
@@ -148,7 +152,10 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path, int], list[YamlProblem]]
             return out
         if isinstance(n, yaml.SequenceNode):
             return [convert(item, (*path, i), depth + 1) for i, item in enumerate(n.value)]
-        return scalar(n)
+        value = scalar(n)
+        if as_written is not None and value is not None and not isinstance(value, str):
+            as_written[path] = n.value
+        return value
 
     try:
         return convert(node, (), 1), lines, problems
