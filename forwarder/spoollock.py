@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from forwarder import __version__
-from forwarder.errors import EXIT_CONFIG, ForwarderError
+from forwarder.errors import EXIT_CONFIG, ForwarderError, SpoolError
 
 NAME = "daemon.lock"
 
@@ -78,11 +78,18 @@ def read(spool: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def holder(spool: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The running daemon's record when one holds the lock, else None. Never creates the
-    file; holds a shared lock for an instant at most (the daemon waits for that)."""
+    file; holds a shared lock for an instant at most (the daemon waits for that).
+    :class:`~forwarder.errors.SpoolError` when the lock cannot be opened: that says
+    nothing of whether a daemon runs."""
+    path = Path(spool) / NAME
     try:
-        fd = os.open(Path(spool) / NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None  # no daemon ever started on this spool, or the spool is not there
+    except OSError as exc:
+        raise SpoolError(f"cannot tell whether a daemon runs on the spool {spool}: cannot "
+                         f"open {path}: {exc.strerror} (run this as root or as the service "
+                         "user)") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -200,3 +200,36 @@ def test_every_record_gets_a_message_id_and_pynetdicom_stays_below_error(tmp_pat
     assert by["log"].__dict__["MESSAGE_ID"] == logs.EVENTS["log"]
     assert by["python_warning"].__dict__["MESSAGE_ID"] == logs.EVENTS["python_warning"]
     assert logs.priority(by["pynetdicom"].levelno) == 4
+
+
+@pytest.mark.skipif(not as_root, reason="reads as another user: needs root to switch to nobody")
+def test_commands_on_a_spool_they_cannot_read_say_so_without_a_traceback() -> None:
+    """An operator without the service user's rights gets the reason and what to do,
+    never a traceback, and never "not running" for a lock file it cannot open."""
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))  # pytest's tmp_path is root's alone
+    try:
+        os.chmod(tmp_path, 0o755)
+        (tmp_path / "in").mkdir(mode=0o755)
+        spool = tmp_path / "spool"
+        Spool(spool).close()
+        cfg = write(tmp_path, spool, [tmp_path / "in"])
+        cfg.chmod(0o644)
+        if _as_nobody(["--version"]).returncode != 0:
+            pytest.skip("the interpreter is not reachable for user nobody here")
+        spool.chmod(0o700)
+        for argv in (["status"], ["status", "--json"], ["retry", "--all-failed"]):
+            r = _as_nobody([*argv, "-c", str(cfg)])
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+            assert f"cannot read the spool {spool}: Permission denied (run this as root or " \
+                "as the service user)" in r.stderr
+        spool.chmod(0o755)
+        (spool / "daemon.lock").write_text("")
+        (spool / "daemon.lock").chmod(0o600)
+        r = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+             "-c", "import sys; from forwarder import spoollock; spoollock.holder(sys.argv[1])",
+             str(spool)], capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        assert "SpoolError: cannot tell whether a daemon runs on the spool" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(tmp_path)

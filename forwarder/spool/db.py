@@ -219,10 +219,17 @@ def check_before_open(root: Path) -> None:
         size: int | None = index.stat().st_size
     except FileNotFoundError:
         size = None
+    except OSError as exc:  # the spool's folder cannot be searched
+        raise SpoolError(f"cannot read the spool {root}: {exc.strerror} (run this as root "
+                         "or as the service user)") from exc
     if size:
         return
     objects = root / "objects"
-    count = sum(1 for _ in objects.iterdir()) if objects.is_dir() else 0
+    try:
+        count = sum(1 for _ in objects.iterdir()) if objects.is_dir() else 0
+    except OSError as exc:
+        raise SpoolError(f"cannot read the spool's objects {objects}: {exc.strerror} (run "
+                         "this as root or as the service user)") from exc
     if count:
         state = "missing" if size is None else "empty"
         raise SpoolIndexError(
