@@ -53,6 +53,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from forwarder import spoollock
+    from forwarder.spool import RESERVE
 
     cfg, spool = _open_spool(args, readonly=True)
     with spool:
@@ -67,8 +68,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, row in report["destinations"].items():
         row["last_success_at"] = last.get(name)
     seen = watchstate.read(cfg.spool)
-    report["watch"] = {w.name: seen.get(w.name, {"state": "ok", "reason": None})
-                       for w in cfg.watch}
+    full = watchstate.full(cfg.spool, RESERVE) if holder is not None else None
+    ok = {"state": "ok", "reason": None} if full is None else {"state": "paused",
+                                                               "reason": full}
+    report["watch"] = {w.name: seen.get(w.name, ok) for w in cfg.watch}
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK

@@ -59,6 +59,7 @@ class Daemon:
         self._stuck = False
         self._unavailable: dict[str, str] = {}
         self._unavailable_since: dict[str, float] = {}
+        self._paused: tuple[str, float] | None = None  # intake paused: why, since when
         self.lock: SpoolLock | None = None
 
     # --- signals and faults ----------------------------------------------------
@@ -241,16 +242,21 @@ class Daemon:
                 if ping and t.is_alive():
                     notify.watchdog()
     def _watch_state(self) -> None:
-        """Publish which watch folders are unavailable (``status``, STATUS=) on a change."""
+        """Publish which watch folders are unavailable, and whether intake is paused on a
+        full spool (``status``, STATUS=), on a change."""
         now = {n: w.unavailable for n, w in self.watchers.items() if w.unavailable}
-        if now == self._unavailable or self.cfg is None:
+        why = self.intake.paused_full if self.intake is not None else None
+        paused = None if why is None else (
+            self._paused if self._paused and self._paused[0] == why else (why, time.time()))
+        if (now == self._unavailable and paused == self._paused) or self.cfg is None:
             return
         for name in now:
             self._unavailable_since.setdefault(name, time.time())
         for name in set(self._unavailable_since) - set(now):
             del self._unavailable_since[name]
-        self._unavailable = now
-        watchstate.write(self.cfg.spool, now, self._unavailable_since)
+        self._unavailable, self._paused = now, paused
+        watchstate.write(self.cfg.spool, now, self._unavailable_since, paused,
+                         list(self.watchers))
         text = self._summary()
         if text != self._status:
             self._status = text

@@ -65,7 +65,7 @@ class Intake:
         self._queue = Batches(batch, capacity, gather, batch_bytes)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.paused_full = False
+        self.paused_full: str | None = None  # why intake is paused on a full spool
         self.beat = time.monotonic()  # the intake thread's last sign of progress
         self.accepted = 0
         self.quarantined = 0
@@ -134,7 +134,7 @@ class Intake:
                     took = self.process(cands)
                     cands = []
                     if self.paused_full and took:  # a batch with nothing to write proves no room
-                        self.paused_full = False
+                        self.paused_full = None
                         event(LOGGER, "spool_full", "spool has room again: intake resumed",
                               level=logging.WARNING)
                 except SpoolFull as exc:
@@ -145,9 +145,9 @@ class Intake:
                         cands = cands[:half]
                         continue
                     if not self.paused_full:
-                        self.paused_full = True
-                        event(LOGGER, "spool_full", "%s: intake paused, files stay in the "
-                              "watch folders; %s", exc, self.spool.what_frees_space(),
+                        self.paused_full = f"{exc}: intake paused, files stay in the " \
+                            f"watch folders; {self.spool.what_frees_space()}"
+                        event(LOGGER, "spool_full", "%s", self.paused_full,
                               level=logging.ERROR)
                     self._queue.defer(cands)  # to the back of the line: smaller ones may fit
                     cands = []

@@ -1,9 +1,10 @@
-"""Which watch folders the running daemon cannot watch now, for ``status``.
+"""Which watch folders the running daemon cannot watch or take from now, for ``status``.
 
 The daemon writes ``SPOOL/watch-state.json`` when a folder becomes unavailable or
-available again, and removes it when it stops; ``status`` reads it (a missing file: no
-daemon, or every folder fine). Replaced atomically, never fsynced: it is a view of the
-running daemon, not data.
+available again, or intake pauses on a full spool or resumes, and removes it when it
+stops; ``status`` reads it (a missing file: no daemon, or every folder fine). Replaced
+atomically, never fsynced: it is a view of the running daemon, not data. On a spool so
+full that even this file cannot be written, ``status`` sees the free space itself.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 NAME = "watch-state.json"
 
 
 def write(spool: str | os.PathLike[str], unavailable: dict[str, str],
-          since: dict[str, float]) -> None:
-    """Record ``{watch name: reason}`` for the folders that are unavailable now."""
+          since: dict[str, float], paused: tuple[str, float] | None = None,
+          watches: Sequence[str] = ()) -> None:
+    """Record ``{watch name: reason}`` for the folders that are unavailable now; while
+    intake is ``paused`` (why, since when), every other one of ``watches`` is paused."""
     root = Path(spool)
     data = {name: {"state": "unavailable", "reason": why, "since": since.get(name, time.time())}
             for name, why in sorted(unavailable.items())}
+    if paused is not None:
+        for name in watches:
+            data.setdefault(name, {"state": "paused", "reason": paused[0], "since": paused[1]})
     tmp = root / f".{NAME}.{os.getpid()}"
     try:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -44,3 +51,17 @@ def clear(spool: str | os.PathLike[str]) -> None:
         (Path(spool) / NAME).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def full(spool: str | os.PathLike[str], reserve: int) -> str | None:
+    """Why intake cannot take a file now, judged from the spool's free space alone (it
+    keeps ``reserve`` bytes for the senders); None when there is room."""
+    try:
+        vfs = os.statvfs(spool)
+    except OSError:
+        return None
+    free = vfs.f_bavail * vfs.f_frsize
+    if free >= reserve:
+        return None
+    return (f"spool full: {free // 1024} KiB free on {spool}, {reserve // 1024} KiB kept in "
+            "reserve for the senders: intake paused, files stay in the watch folders")

@@ -81,8 +81,33 @@ def test_retry_fail_requeue_expire(tmp_path: Path) -> None:
     assert [f["reason"] for f in spool.failed_jobs()] == ["A900 dataset does not match SOP class"]
     assert b.path.exists()  # failed: the object is kept
     assert spool.requeue_failed("pacs", now=50.0) == 1
-    assert spool.expire("pacs", max_age=10.0, now=50.0) == 1  # b is older than 10 s
+    # requeued by an operator, b has its max_age again, counted from the requeue
+    assert spool.expire("pacs", max_age=10.0, now=55.0) == 0
+    assert spool.expire("pacs", max_age=10.0, now=61.0) == 1
     assert spool.failed_jobs()[0]["reason"] == "expired" and b.path.exists()
+    assert spool.requeue_failed("pacs", now=70.0) == 1  # and again after it expired
+    assert spool.expire("pacs", max_age=10.0, now=75.0) == 0
+    assert [j.id for j in spool.claim("pacs", 10, now=75.0)] == [b.id]
+
+
+def test_a_spool_too_full_to_take_a_file_is_seen_from_its_free_space(tmp_path: Path) -> None:
+    """For ``status`` when the daemon could not even write that intake paused."""
+    from forwarder import watchstate
+
+    vfs = os.statvfs(tmp_path)
+    assert watchstate.full(tmp_path, 0) is None
+    why = watchstate.full(tmp_path, vfs.f_bavail * vfs.f_frsize + (1 << 30))
+    assert why is not None and why.startswith("spool full: ") and "in reserve" in why
+
+
+def test_oldest_pending_counts_jobs_being_sent(tmp_path: Path) -> None:
+    """A peer that takes associations and never answers keeps every job claimed: the age
+    of what is not delivered yet must still grow for monitoring to see it."""
+    spool = Spool(tmp_path / "spool")
+    accept_file(spool, make_input(tmp_path / "in", 1), ("pacs",), 1, now=0.0)
+    assert len(spool.claim("pacs", 10, now=1.0)) == 1
+    pacs = spool.status(["pacs"], now=30.0)["destinations"]["pacs"]
+    assert (pacs["pending"], pacs["sending"], pacs["oldest_pending_s"]) == (0, 1, 30.0)
 
 
 def test_backoff_schedule_is_capped_jittered_and_clock_safe() -> None:

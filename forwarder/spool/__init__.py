@@ -41,11 +41,14 @@ if TYPE_CHECKING:
 __all__ = ["Health", "Incoming", "Job", "Spool", "filesystem_type"]
 
 
+RESERVE = 1 << 20  # bytes intake leaves free on the spool's file system for the senders
+
+
 class Spool:
     """The spool directory. Thread-safe: one connection, serialised by a lock."""
 
     def __init__(self, root: str | os.PathLike[str], rand: random.Random | None = None,
-                 reserve: int = 1 << 20, rebuild: bool = False,
+                 reserve: int = RESERVE, rebuild: bool = False,
                  readonly: bool = False):
         """``readonly``: for the commands that only look (status, failed, quarantine):
         nothing is created or changed, and a path without a spool index is an error."""
@@ -182,7 +185,8 @@ class Spool:
         return queue.older_than(self, destination, age, now)
 
     def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
-        """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
+        """Operator retry: ``failed`` -> ``pending``, due now, attempts reset, its
+        ``max_age`` counted from now."""
         return queue.requeue_failed(self, destination, now)
 
     def next_due(self, destination: str) -> float | None:

@@ -171,13 +171,16 @@ def older_than(spool: Spool, destination: str, age: float,
 
 
 def requeue_failed(spool: Spool, destination: str | None = None, now: float | None = None) -> int:
-    """Operator retry: ``failed`` -> ``pending``, due now, attempts reset."""
+    """Operator retry: ``failed`` -> ``pending``, due now, attempts reset, and its
+    ``max_age`` counted again from now (else a job failed as expired would expire again
+    at the next check, without one attempt)."""
     now = time.time() if now is None else now
     where = "state='failed'" + (" AND destination=?" if destination else "")
-    args = (now, now, destination) if destination else (now, now)
+    args = (now, now, now, destination) if destination else (now, now, now)
     with spool._tx() as db:
         cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
-                         f"deaths=0, next_attempt_at=?, updated_at=? WHERE {where}", args)
+                         f"deaths=0, next_attempt_at=?, updated_at=?, created_at=? "
+                         f"WHERE {where}", args)
         n = cur.rowcount
     spool._notify()
     return n

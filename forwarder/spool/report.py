@@ -24,9 +24,9 @@ def status(spool: Spool, destinations: Iterable[str], now: float | None = None) 
                 "SELECT destination, state, count(*) FROM jobs GROUP BY 1, 2")}
         names = list(dict.fromkeys([*destinations, *(d for d, _ in counts)]))
         for name in names:
-            oldest = spool.db.execute(
-                "SELECT min(created_at) FROM jobs WHERE destination=? AND state='pending'",
-                (name,)).fetchone()[0]
+            oldest = spool.db.execute(  # not delivered yet: waiting, or being sent
+                "SELECT min(created_at) FROM jobs WHERE destination=? AND "
+                "state IN ('pending', 'sending')", (name,)).fetchone()[0]
             h = health.get(spool, name)
             done = spool.db.execute("SELECT done FROM destinations WHERE name=?",
                                    (name,)).fetchone()

@@ -8,11 +8,13 @@ durable; the daemon stays up (and exits 0 when asked to stop).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -192,9 +194,17 @@ def test_spool_filesystem_full_pauses_intake_and_loses_nothing(make_scp, tmp_pat
             assert re.search(r"intake paused, files stay in the watch folders; sending the "
                              r"\d+ queued jobs frees space", d.output()), d.output()[-2000:]
             assert sources(tmp_path / "in", uids), "files wait in the watch folder"
+            # what monitoring sees: the folder paused, and jobs waiting (one being sent)
+            wait_for(lambda: status(cfg)["watch"]["modality"]["state"] == "paused", 10,
+                     "status to say intake is paused")
+            report = status(cfg)
+            assert report["watch"]["modality"]["reason"].startswith("spool full: ")
+            assert report["destinations"]["pacs"]["oldest_pending_s"] > 0
             spool_filled.set()
             wait_for(lambda: len(peer.counts()) == 300, 120, "everything, as space frees up")
             wait_for(lambda: "intake resumed" in d.output(), 10, "intake to resume")
+            wait_for(lambda: status(cfg)["watch"]["modality"]["state"] == "ok", 10,
+                     "status to say intake goes on")
         finally:
             spool_filled.set()
             assert d.stop() == 0
@@ -202,6 +212,14 @@ def test_spool_filesystem_full_pauses_intake_and_loses_nothing(make_scp, tmp_pat
         assert "spool full" in d.output() and d.proc.returncode == 0
     finally:
         subprocess.run(["umount", str(spoolfs)], check=False)
+
+
+def status(cfg: Path) -> dict:
+    """What ``status --json`` says, as a monitoring script reads it."""
+    out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def test_reload_storm_during_a_transfer(make_scp, tmp_path: Path) -> None:
