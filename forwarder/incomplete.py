@@ -4,8 +4,10 @@ A writer that pauses longer than ``min_age`` (a modality waiting on its network,
 that stalls) leaves a file that settled but reads as truncated or empty. It is left in
 place and looked at again when it changes; only when it has stayed the same for
 ``truncated_after`` is it quarantined, by copy, with the source left where it is. The
-clock starts again at each change. At most ``limit`` files are tracked: beyond that the
-oldest entries are forgotten (their clocks start again), so memory stays bounded.
+clock starts again at each change; where ctime can be trusted it starts when the file
+last changed, not when it was first seen. At most ``limit`` files are tracked: beyond
+that the oldest entries are forgotten, so memory stays bounded (their clocks start
+again where ctime cannot be trusted).
 """
 
 from __future__ import annotations
@@ -29,14 +31,18 @@ class Incomplete:
     def __len__(self) -> int:
         return len(self._since)
 
-    def wait_left(self, key: str, sig: Hashable, now: float, patience: float) -> tuple[float, bool]:
+    def wait_left(self, key: str, sig: Hashable, now: float, patience: float,
+                  untouched: float = 0.0) -> tuple[float, bool]:
         """(seconds still to wait, 0 when the wait is over; True if ``sig`` is new for
-        ``key``, the moment to say the file waits)."""
+        ``key``, the moment to say the file waits). ``untouched``: how long the file is
+        known to have been as it is when first seen (its ctime's age on a local disk),
+        so a restart of the daemon, or an entry forgotten, does not start its clock
+        again."""
         entry = self._since.get(key)
         new = entry is None or entry[1] != sig
         if new:
             self._since.pop(key, None)
-            self._since[key] = entry = (now, sig)
+            self._since[key] = entry = (now - min(max(untouched, 0.0), patience), sig)
             while len(self._since) > self.limit:
                 self._since.popitem(last=False)
         assert entry is not None

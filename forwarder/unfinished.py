@@ -48,7 +48,8 @@ class Unfinished:
             return None
         watch = cand.watch
         patience = watch.truncated_after
-        left, new = self.held.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
+        left, new = self.held.wait_left(cand.shown, cand.sig, time.monotonic(), patience,
+                                        _untouched(cand))
         if left > 0 and new:
             event(LOGGER, "writing", "%s: still open for writing by another process; left in "
                   "place until it is closed or changes (taken as it is, by copy, if held "
@@ -83,7 +84,8 @@ class Unfinished:
         if not looks_incomplete(reason):
             return None
         patience = cand.watch.truncated_after
-        left, new = self.cut.wait_left(cand.shown, cand.sig, time.monotonic(), patience)
+        left, new = self.cut.wait_left(cand.shown, cand.sig, time.monotonic(), patience,
+                                       _untouched(cand))
         if left > 0 and new:
             event(LOGGER, "incomplete", "%s: %s; left in place and looked at again when it "
                   "changes; quarantined (by copy) if unchanged for %gs", cand.shown, reason,
@@ -94,3 +96,12 @@ class Unfinished:
     def taken(self, cand: Candidate) -> None:
         self.cut.forget(cand.shown)
         self.held.forget(cand.shown)
+
+
+def _untouched(cand: Candidate) -> float:
+    """How long the file has been as it is, by its ctime (which every write, rename and
+    chmod moves), where the clock that stamps it is ours: not on a polled network share,
+    whose server keeps its own time."""
+    if cand.watch.polling:
+        return 0.0
+    return time.time() - cand.sig.ctime_ns / 1e9

@@ -195,6 +195,38 @@ def test_bad_inputs_are_quarantined_with_reasons(tmp_path: Path) -> None:
                          if q["source"].endswith("pixels.dcm"))).read_bytes() == data[:-1000]
 
 
+def test_a_cut_file_unchanged_since_before_a_restart_keeps_its_clock(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """truncated_after counts from the file's last change (its ctime, on a local disk),
+    not from when a daemon first saw it: a daemon restarted more often than that would
+    otherwise never quarantine the file, nor say where it is."""
+    import time
+
+    cfg = make_config(tmp_path, watch="truncated_after: 2s\nrescan: 300ms")
+    cut = tmp_path / "in" / "cut.dcm"
+    cut.write_bytes(CT.read_bytes()[:-1000])
+    wait_for(lambda: time.time() - cut.stat().st_ctime > 2.5, 10, "the file 2.5 s untouched")
+    caplog.set_level(logging.INFO)
+    with Pipeline(cfg) as p:
+        wait_for(lambda: p.spool.quarantined(), 10, "the cut file quarantined")
+        [q] = p.spool.quarantined()
+        assert q["reason"].startswith("truncated") and "unchanged for 2s" in q["reason"]
+    assert "looked at again when it changes" not in caplog.text  # no wait from the start
+    assert cut.exists()  # by copy: a writer may still come back to it
+
+
+def test_incomplete_files_clock_starts_when_they_last_changed() -> None:
+    from forwarder.incomplete import Incomplete
+
+    seen = Incomplete(limit=1)
+    assert seen.wait_left("a", 1, now=100.0, patience=10.0, untouched=4.0) == (6.0, True)
+    assert seen.wait_left("a", 1, now=101.0, patience=10.0, untouched=5.0) == (5.0, False)
+    assert seen.wait_left("b", 1, now=101.0, patience=10.0, untouched=99.0) == (0.0, True)
+    # forgotten beyond the limit, "a" is seen again: its clock still runs from its change
+    assert seen.wait_left("a", 1, now=102.0, patience=10.0, untouched=6.0) == (4.0, True)
+    assert seen.wait_left("c", 2, now=0.0, patience=10.0, untouched=-3.0) == (10.0, True)
+
+
 def test_a_deflated_label_that_does_not_hold_is_named_not_called_an_internal_error(
         tmp_path: Path) -> None:
     """A plain data set under the deflated syntax's label is mislabelled; a deflated one
