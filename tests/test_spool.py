@@ -516,3 +516,18 @@ def test_the_full_spool_pause_says_what_will_make_room() -> None:
                                             "space: free some on the spool's file system")
     assert what_frees_space({"failed": 2}).endswith(
         "free some on the spool's file system, or retry or purge its 2 failed jobs")
+
+
+def test_an_error_delivered_past_is_not_shown_as_the_last_one(tmp_path: Path) -> None:
+    """The object stays while another destination still needs it, and with it the done
+    job's row: its old error must not read as the destination's last error."""
+    spool = Spool(tmp_path / "spool", rand=random.Random(1))
+    accept_file(spool, make_input(tmp_path / "in", 1), ("pacs", "ai"), 1, now=0.0)
+    [job] = spool.claim("pacs", 10, now=0.0)
+    due = spool.retry(job.id, "A700 out of resources", POLICY, now=0.0)
+    report = spool.status(["pacs", "ai"], now=1.0)["destinations"]
+    assert report["pacs"]["last_error"] == "A700 out of resources"
+    [job] = spool.claim("pacs", 10, now=due)
+    spool.done([job.id], now=due)
+    report = spool.status(["pacs", "ai"], now=due)["destinations"]
+    assert report["pacs"]["last_error"] is None and report["ai"]["pending"] == 1

@@ -30,9 +30,9 @@ def status(spool: Spool, destinations: Iterable[str], now: float | None = None) 
             h = health.get(spool, name)
             done = spool.db.execute("SELECT done FROM destinations WHERE name=?",
                                    (name,)).fetchone()
-            last = spool.db.execute(
+            last = spool.db.execute(  # a delivered job's past error is not one now
                 "SELECT last_error FROM jobs WHERE destination=? AND last_error IS NOT NULL "
-                "ORDER BY updated_at DESC LIMIT 1", (name,)).fetchone()
+                "AND state != 'done' ORDER BY updated_at DESC LIMIT 1", (name,)).fetchone()
             out[name] = {
                 "pending": counts.get((name, "pending"), 0),
                 "sending": counts.get((name, "sending"), 0),
