@@ -215,7 +215,10 @@ def _read(fp: IO[bytes], has_meta: bool) -> tuple[Dataset, Inflating | None]:
         preamble = read_preamble(fp, False)  # type: ignore[arg-type]
         meta = _read_file_meta_info(fp)  # type: ignore[arg-type]
         if meta.get("TransferSyntaxUID") == DEFLATED_LE:
-            inflating = Inflating(fp.fileno(), fp.tell())
+            from forwarder.scu.dimse import dataset_offset
+
+            # where the meta's own lengths end it (the reader may have read past that)
+            inflating = Inflating(fp.fileno(), dataset_offset(fp.fileno()))
             # no name to reopen: deferred values are read from the inflated stream
             stream = _Unnamed(io.BufferedReader(inflating, 1 << 16))  # type: ignore[arg-type]
             body = read_dataset(stream, False, True, defer_size=4096)  # type: ignore[arg-type]

@@ -15,8 +15,11 @@ uncompressed, the default or a Latin-1/UTF-8 character set): ``send`` then start
 without loading pydicom and numpy. Implicit VR (the data dictionary says which
 elements are sequences), other transfer syntaxes and other character sets ask pydicom.
 
+A deflated data set is walked as it inflates (:mod:`forwarder.scu.inflating`), never
+held inflated: its offsets are the file meta's length plus those in the inflated bytes.
+
 It takes only the plain case: file meta starting with its group length or version, a
-little-endian transfer syntax that is not deflated, every explicit VR one pydicom knows
+little-endian transfer syntax (or the deflated one), every explicit VR one pydicom knows
 and none of them UN, the encoding the meta names from the first element on, items that
 tile their sequences exactly, the last element ending at the end of the file, character
 sets pydicom knows (at any depth), no wanted value longer than the probe reads (4 KiB),
@@ -31,7 +34,11 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from typing import NamedTuple
+import zlib
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from forwarder.scu.inflating import Window
 
 # what the probe always reads: charset, SOP Class and Instance UIDs, Study Instance UID,
 # Patient's Name and ID
@@ -54,6 +61,7 @@ KNOWN_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b
                        b"US", b"UT", b"UV"})
 _SHORT_KNOWN, _LONG_KNOWN = KNOWN_VRS - LONG_VRS, KNOWN_VRS & LONG_VRS  # UN is in neither
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 # character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
 PLAIN_CHARSETS = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6",
                             "ISO 2022 IR 100"})
@@ -92,8 +100,8 @@ def walk(fd: int, size: int, wanted: frozenset[int]) -> Walked | None:
     is not the plain case."""
     try:
         return _Walker(fd, size, *_plan(wanted)).run()
-    except (_NotPlain, OSError, struct.error):
-        return None
+    except (_NotPlain, OSError, struct.error, zlib.error):
+        return None  # zlib.error: a deflated stream cut short, or not deflate's
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,6 +123,8 @@ class _Walker:
         self.base, self.buf = 0, b""
         self.kept: dict[int, Raw] = {}
         self.native = True  # the syntax is not an encapsulated one: no pixel fragments
+        self.window: Window | None = None  # a deflated data set: read as it inflates
+        self.meta_end = 0  # where the deflated stream starts in the file
 
     def run(self) -> Walked:
         buf, i = self._bytes(128, 4)
@@ -130,8 +140,17 @@ class _Walker:
         if syntax is None or not syntax.value:
             raise _NotPlain
         name = syntax.value.decode("ascii", "replace").rstrip("\0 ")
-        implicit = _implicit(name)
-        self.native = name in (EXPLICIT_LE, IMPLICIT_LE) or not _encapsulated(name)
+        if name == DEFLATED_LE:  # explicit VR little endian, deflated
+            from forwarder.scu.inflating import Inflating, Window
+
+            inflating = Inflating(self.fd, pos)
+            self.window, self.meta_end = Window(inflating, _WINDOW), pos
+            self.size = pos + inflating.size()
+            self.buf, self.base = b"", 0  # what follows the meta in the file is deflated
+            implicit = False
+        else:
+            implicit = _implicit(name)
+            self.native = name in (EXPLICIT_LE, IMPLICIT_LE) or not _encapsulated(name)
         if implicit and self.ambiguous:
             raise _NotPlain
         if pos >= self.size:
@@ -149,9 +168,13 @@ class _Walker:
         if start < 0 or start + n > len(self.buf):
             if pos + n > self.size:
                 raise _NotPlain
-            self.buf = os.pread(self.fd, max(n, _WINDOW), pos)
-            self.base, start = pos, 0
-            if len(self.buf) < n:
+            if self.window is not None:  # the data set of a deflated file
+                self.buf, start = self.window.view(pos - self.meta_end, n)
+                self.base = pos - start
+            else:
+                self.buf = os.pread(self.fd, max(n, _WINDOW), pos)
+                self.base, start = pos, 0
+            if len(self.buf) - start < n:
                 raise _NotPlain  # shorter than fstat said: cut while being read
         return self.buf, start
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from forwarder.headwalk import EXPLICIT, HEAD, KNOWN_VRS, LONG_VRS, MAX_DEPTH, U32
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
-from forwarder.scu.inflating import Inflating
+from forwarder.scu.inflating import Inflating, Window
 from forwarder.scu.spliced import Piece, Spliced
 
 _UNDEFINED = 0xFFFFFFFF
@@ -156,23 +156,10 @@ class _File:
         return (self.base + pos, n)
 
 
-class _Inflated:
+class _Inflated(Window):
     """A deflated data set, inflated as its headers are read a window at a time; its
     large values are left as ranges of the inflated bytes, inflated again as they are
-    sent. The walk reads forward, so a window keeps what the next element needs of the
-    last one and the stream never goes back."""
-
-    def __init__(self, inflating: Inflating):
-        self.inflating = inflating
-        self.start, self.buf = 0, b""
-
-    def view(self, pos: int, n: int) -> tuple[bytes, int]:
-        end = self.start + len(self.buf)
-        if pos < self.start or pos + n > end:
-            keep = self.buf[pos - self.start:] if self.start <= pos < end else b""
-            self.inflating.seek(pos + len(keep))
-            self.start, self.buf = pos, keep + self.inflating.read(max(n, _WINDOW) - len(keep))
-        return self.buf, pos - self.start
+    sent."""
 
     def piece(self, pos: int, n: int) -> Piece:
         return (pos, n)

@@ -274,3 +274,47 @@ def test_a_known_character_set_is_walked(tmp_path):
     path.write_bytes(data)
     assert walked(path)
     assert dicomfile.probe(path).phi["PatientName"] == "Müller^Jörg"
+
+
+DEFLATABLE = ["CT_small.dcm", "MR_small_implicit.dcm", "rtplan.dcm", "test-SR.dcm",
+              "waveform_ecg.dcm", "image_dfl.dcm"]
+
+
+def deflated(tmp_path: Path, name: str) -> Path:
+    """pydicom's file written again in the deflated syntax (explicit VR inside)."""
+    from pydicom import dcmread
+
+    ds = dcmread(data_file(name))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    path = tmp_path / f"deflated-{name}"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", DEFLATABLE)
+def test_a_deflated_file_is_walked_as_it_inflates_and_probes_alike(tmp_path, name):
+    path = deflated(tmp_path, name)
+    for keywords in (KEYWORDS, frozenset()):
+        assert answer(path, keywords) == full_read(path, keywords)
+    assert walked(path)
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(DEFLATABLE), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=2),
+       tail=st.binary(max_size=12), keywords=st.sampled_from([KEYWORDS, frozenset()]))
+def test_cut_and_damaged_deflated_files_probe_alike_either_way(tmp_path, name, cut, flips,
+                                                               tail, keywords):
+    data = bytearray(deflated(tmp_path, name).read_bytes())
+    for where, byte in flips:
+        data[int(where * (len(data) - 1))] = byte
+    data = data[:max(1, int(cut * len(data)) if cut < 0.9 else len(data))] + tail
+    path = tmp_path / "x.dcm"
+    path.write_bytes(bytes(data))
+    if walked(path):
+        assert answer(path, keywords) == full_read(path, keywords)
+    else:
+        answer(path, keywords)  # the full read's answer, a Probe or a reason; never a crash

@@ -109,3 +109,38 @@ def test_a_seek_forward_reads_nothing_until_bytes_are_asked_for(tmp_path: Path) 
         assert raw.seek(0, io.SEEK_END) == 300_000
         with pytest.raises(ValueError, match="negative seek position"):
             raw.seek(-1)
+
+
+@pytest.mark.parametrize("size", [65_537, 131_073, 1 << 20])
+def test_the_last_input_can_hold_more_than_one_read_of_output(tmp_path: Path,
+                                                               size: int) -> None:
+    """Zeros deflate a thousandfold: the whole file is taken in while inflating stops at
+    the size asked for (one byte short, at these sizes). What it holds back is still
+    the stream's, not a cut."""
+    with opened(deflated(tmp_path, bytes(size))) as raw:
+        assert raw.size() == size
+        out = bytearray(b"x" * size)
+        raw.fill([memoryview(out)], 0)
+        assert not any(out)
+
+
+def test_a_deflated_file_whose_stream_inflates_a_thousandfold_is_whole(tmp_path: Path) -> None:
+    """A file pydicom wrote: the probe takes it, and it converts as DCMTK does."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from forwarder.dicomfile import probe
+    from forwarder.reencode import exactly
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7.8.9"
+    ds.PatientID = "1"
+    ds.EncapsulatedDocument = bytes(65516)
+    path = tmp_path / "document.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert probe(path).sop_instance_uid == "1.2.3.4.5.6.7.8.9"
+    with exactly(path, DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2", True) as spliced:
+        assert spliced is not None and len(spliced.tobytes()) == len(spliced)

@@ -460,3 +460,12 @@ def test_a_spliced_data_set_is_read_in_order_and_again_from_the_start(tmp_path: 
             spliced.fill([memoryview(bytearray(1))], 12)
     with pytest.raises(OSError, match="is not open"):
         spliced.fill([memoryview(out)], 0)
+
+
+def test_a_deflated_file_with_no_data_set_is_named_so(tmp_path: Path) -> None:
+    """An empty stream after the file meta: nothing to send, and the reason says what is
+    missing, not that the file ends inside its stream."""
+    path = deflated_file(tmp_path / "empty.dcm", b"")
+    with pytest.raises(NotDicomError, match="^truncated: file meta information but no "
+                                            "dataset after it$"):
+        probe(path)

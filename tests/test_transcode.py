@@ -394,26 +394,39 @@ def test_a_deflated_data_set_in_implicit_vr_reaches_a_deflated_peer_in_explicit_
         assert values(inflated, False) == values(body, True)
 
 
-@pytest.mark.parametrize(("syntax", "peer", "stored"), [
-    ("1.2.840.10008.1.2.1", ("--implicit",), "1.2.840.10008.1.2"),
-    ("1.2.840.10008.1.2.1.99", (), "1.2.840.10008.1.2.1"),  # storescp takes no deflated
-], ids=["explicit-to-implicit", "deflated-to-explicit"])
+@pytest.mark.parametrize(("syntax", "peer", "stored", "nested"), [
+    ("1.2.840.10008.1.2.1", ("--implicit",), "1.2.840.10008.1.2", False),
+    ("1.2.840.10008.1.2.1.99", (), "1.2.840.10008.1.2.1", False),  # storescp: no deflated
+    ("1.2.840.10008.1.2.1.99", (), "1.2.840.10008.1.2.1", True),
+], ids=["explicit-to-implicit", "deflated-to-explicit", "deflated-value-in-a-sequence"])
 def test_a_large_file_converted_is_sent_from_its_file(
-        tmp_path: Path, syntax: str, peer: tuple[str, ...], stored: str) -> None:
+        tmp_path: Path, syntax: str, peer: tuple[str, ...], stored: str, nested: bool) -> None:
     """For a peer that takes implicit VR only, only the headers are rewritten: the pixel
     data goes from the file as it is sent, so `send` holds no copy of it, and DCMTK stores
     from send the same bytes as from storescu. A deflated file is inflated as it is read
-    and as it is sent, never whole: the probe's reading and the conversion alike."""
+    and as it is sent, never whole: the probe's reading and the conversion alike, also
+    when the large value is inside a sequence of defined length (as in a waveform)."""
     import filecmp
     import sys
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
 
     size = 96 << 20
     ds = dcmread(data_file("CT_small.dcm"))
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     frames = size // (ds.Rows * ds.Columns * 2)
-    ds.NumberOfFrames = frames
-    ds.PixelData = bytes(range(251)) * (frames * ds.Rows * ds.Columns * 2 // 251) + \
+    large = bytes(range(251)) * (frames * ds.Rows * ds.Columns * 2 // 251) + \
         bytes(frames * ds.Rows * ds.Columns * 2 % 251)  # a period no offset error keeps
+    if nested:
+        item = Dataset()
+        item.EncapsulatedDocument = large
+        ds.ReferencedImageSequence = Sequence([item])
+        ds["ReferencedImageSequence"].is_undefined_length = False
+    else:
+        ds.NumberOfFrames = frames
+        ds.PixelData = large
+    del large
     ds.file_meta.TransferSyntaxUID = syntax
     path = tmp_path / "large.dcm"
     ds.save_as(path, enforce_file_format=True)

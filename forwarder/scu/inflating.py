@@ -102,12 +102,8 @@ class Inflating(io.RawIOBase):
     def _more(self, most: int) -> bytes:
         """Up to ``most`` inflated bytes from where the stream is; b"" at its end."""
         while not self._inflate.eof:
-            if not self._tail:
-                self._tail = os.pread(self.fd, _CHUNK, self._read_at)
-                self._read_at += len(self._tail)
-                if not self._tail:
-                    raise Cut(f"incomplete or truncated stream: the file ends at byte "
-                              f"{self._read_at} before its deflated data set does")
+            # with no input left, this still hands out what the last call held back at
+            # ``most``: only when nothing comes out is more input needed
             data = self._inflate.decompress(self._tail, most)
             self._tail = self._inflate.unconsumed_tail
             if data:
@@ -115,4 +111,31 @@ class Inflating(io.RawIOBase):
                     self.head += data[:8 - self._made]
                 self._made += len(data)
                 return data
+            if self._inflate.eof:
+                break
+            self._tail = os.pread(self.fd, _CHUNK, self._read_at)
+            self._read_at += len(self._tail)
+            if not self._tail:
+                raise Cut(f"incomplete or truncated stream: the file ends at byte "
+                          f"{self._read_at} before its deflated data set does")
         return b""
+
+
+class Window:
+    """Windows of an inflated stream for a reader that goes forward: a window keeps
+    what the next read needs of the last one, so the stream never goes back."""
+
+    def __init__(self, inflating: Inflating, size: int = _CHUNK):
+        self.inflating, self.size = inflating, size
+        self.start, self.buf = 0, b""
+
+    def view(self, pos: int, n: int) -> tuple[bytes, int]:
+        """A buffer holding the inflated bytes from ``pos`` on (fewer than ``n`` at the
+        end of the stream), and where ``pos`` is in it."""
+        end = self.start + len(self.buf)
+        if pos < self.start or pos + n > end:
+            keep = self.buf[pos - self.start:] if self.start <= pos < end else b""
+            self.inflating.seek(pos + len(keep))
+            self.start = pos
+            self.buf = keep + self.inflating.read(max(n, self.size) - len(keep))
+        return self.buf, pos - self.start
