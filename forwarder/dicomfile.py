@@ -232,12 +232,15 @@ def _read(fp: IO[bytes], has_meta: bool) -> tuple[Dataset, Inflating | None]:
 def _summary(ds: Dataset, meta: Dataset, has_meta: bool, size: int, keywords: frozenset[str],
              retype: bool) -> Probe:
     """The probe's answer from a dataset read either way (walked or fully read). A value
-    that cannot be decoded (a 4-byte number cut to 1 byte, say) is a reason, not a crash."""
+    that cannot be decoded (a 4-byte number cut to 1 byte, say, or a VR the standard
+    does not define) is a reason, not a crash."""
     from pydicom.errors import BytesLengthException
 
     try:
         return _answer(ds, meta, has_meta, size, keywords, retype)
     except BytesLengthException as exc:  # pydicom's word for a value of the wrong length
+        raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
+    except NotImplementedError as exc:  # pydicom's word for a VR it does not know
         raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
 
 

@@ -318,3 +318,16 @@ def test_cut_and_damaged_deflated_files_probe_alike_either_way(tmp_path, name, c
         assert answer(path, keywords) == full_read(path, keywords)
     else:
         answer(path, keywords)  # the full read's answer, a Probe or a reason; never a crash
+
+
+def test_a_vr_the_standard_does_not_define_on_a_uid_is_a_reason(tmp_path):
+    """The walk leaves it to the reader, which reads it raw and cannot decode it: a
+    reason for the file, never a traceback from send or a crash of intake."""
+    data = bytearray(data_file("CT_small.dcm").read_bytes())
+    at = data.index(b"\x08\x00\x16\x00UI", 132)
+    data[at + 4:at + 6] = b"QI"
+    path = tmp_path / "qi.dcm"
+    path.write_bytes(bytes(data))
+    assert not walked(path)
+    assert answer(path) == ("refused", "not readable as DICOM: Unknown Value Representation "
+                                       "'QI' in tag (0008,0016)")
