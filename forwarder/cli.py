@@ -47,11 +47,15 @@ def _parser() -> argparse.ArgumentParser:
                     "the current routes (for a missing, empty or damaged index)")
     sp.add_argument("--force", action="store_true",
                     help="rebuild even though the index is readable")
-    pg = with_config("purge", "delete failed jobs and quarantined files older than an age")
+    pg = with_config("purge", "delete failed jobs and quarantined files older than an age, "
+                     "or the jobs of a removed destination")
     pg.add_argument("--failed-older-than", metavar="AGE",
                     help="failed jobs last touched longer ago than AGE (30d, 12h...)")
     pg.add_argument("--quarantine-older-than", metavar="AGE",
                     help="quarantined files (and their .json) older than AGE")
+    pg.add_argument("--removed-destination", metavar="NAME",
+                    help="every job of a destination no longer in the configuration (its "
+                    "files would wait for it for ever)")
     pg.add_argument("--dry-run", action="store_true", help="only count what would go")
     ec = with_config("echo", "C-ECHO each destination with its full settings")
     ec.add_argument("names", nargs="*", metavar="NAME")

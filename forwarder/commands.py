@@ -185,12 +185,24 @@ def cmd_purge(args: argparse.Namespace) -> int:
                 ages[key] = config.parse_duration(value)
             except Exception as exc:  # noqa: BLE001 - the parser's message says what is wrong
                 raise UsageError(f"--{key.replace('_', '-')}: {exc}") from exc
-    if not ages:
-        raise UsageError("say what to purge: --failed-older-than AGE and/or "
-                         "--quarantine-older-than AGE")
-    _cfg, spool = _open_spool(args)
+    removed = args.removed_destination
+    if not ages and removed is None:
+        raise UsageError("say what to purge: --failed-older-than AGE, "
+                         "--quarantine-older-than AGE and/or --removed-destination NAME")
+    cfg, spool = _open_spool(args)
+    if removed is not None and removed in cfg.destinations:
+        raise UsageError(f"'{removed}' is a destination in {args.config}: its jobs are "
+                         "delivered there; remove it from the configuration first (and "
+                         "reload), or purge its failed jobs with --failed-older-than")
     verb = "would delete" if args.dry_run else "deleted"
     with spool:
+        if removed is not None:
+            n = retention.purge_destination(spool, removed, dry_run=args.dry_run)
+            if n is None:
+                named = sorted(set(spool.status(())["destinations"]) - set(cfg.destinations))
+                raise UsageError(f"the spool holds no job for '{removed}' (removed "
+                                 f"destinations with jobs: {', '.join(named) or 'none'})")
+            print(f"{verb} the jobs of removed destination {removed}: {n} not delivered")
         if "failed_older_than" in ages:
             n = retention.purge_failed(spool, ages["failed_older_than"], dry_run=args.dry_run)
             print(f"{verb} {n} failed job(s) older than {args.failed_older_than}")

@@ -107,3 +107,35 @@ def test_seen_rows_of_files_gone_are_pruned_but_not_for_an_empty_folder(
                          (time.time() - 8 * DAY, time.time()))
         assert retention.prune_bookkeeping(spool)["delivered_digests_pruned"] == 1
     assert os.path.isdir(emptied)
+
+
+def test_the_jobs_of_a_removed_destination_can_be_purged(tmp_path: Path, capsys) -> None:
+    """A destination taken out of the configuration keeps its jobs held, and their
+    objects, for ever: the operator can drop them, never those of one still configured,
+    and an object another destination still needs stays."""
+    files = unique_copies(tmp_path / "corpus", 3)
+    paths = list(files.values())
+    with Spool(tmp_path / "spool") as spool:
+        enqueue(spool, paths[:1], ("old",))
+        enqueue(spool, paths[1:], ("pacs", "old"))
+        [job] = [j for j in spool.claim("old", 10) if j.probe.sop_instance_uid == list(files)[1]]
+        spool.done([job.id])
+    cfg = write_config(tmp_path, free_port())  # its one destination: pacs
+    args = ["purge", "-c", str(cfg), "--removed-destination"]
+    assert main([*args, "pacs"]) == 2
+    assert "'pacs' is a destination in" in capsys.readouterr().err
+    assert main([*args, "olde"]) == 2
+    assert "no job for 'olde' (removed destinations with jobs: old)" in capsys.readouterr().err
+    assert main([*args, "old", "--dry-run"]) == 0
+    assert "would delete the jobs of removed destination old: 2 not delivered" in \
+        capsys.readouterr().out
+    with Spool(tmp_path / "spool") as spool:
+        assert len(list(spool.objects.iterdir())) == 3
+    assert main([*args, "old"]) == 0
+    assert "deleted the jobs of removed destination old: 2 not delivered" in \
+        capsys.readouterr().out
+    with Spool(tmp_path / "spool") as spool:
+        assert set(spool.status(["pacs"])["destinations"]) == {"pacs"}
+        assert spool.counts() == {"pending": 2}  # pacs still gets its two
+        assert sorted(p.read_bytes() for p in spool.objects.iterdir()) == \
+            sorted(p.read_bytes() for p in paths[1:])

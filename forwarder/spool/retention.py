@@ -37,6 +37,30 @@ def purge_failed(spool: Spool, older_than: float, now: float | None = None,
                                 "coalesce(updated_at, created_at) < ?", (cutoff,)).fetchall()
     if dry_run or not rows:
         return len(rows)
+    _delete_jobs(spool, rows)
+    return len(rows)
+
+
+def purge_destination(spool: Spool, name: str, dry_run: bool = False) -> int | None:
+    """Delete every job of ``name``, a destination the configuration no longer has (its
+    jobs wait for it for ever otherwise, and keep their objects), and each object no
+    other destination still needs: how many were not delivered yet; None when the spool
+    holds no job of that name at all."""
+    with spool._lock:
+        rows = spool.db.execute("SELECT id, object_id, state FROM jobs WHERE destination=?",
+                                (name,)).fetchall()
+    if not rows:
+        return None
+    waiting = sum(1 for r in rows if r[2] != "done")
+    if not dry_run:
+        _delete_jobs(spool, [(r[0], r[1]) for r in rows])
+        with spool._tx() as db:
+            db.execute("DELETE FROM destinations WHERE name=?", (name,))
+    return waiting
+
+
+def _delete_jobs(spool: Spool, rows: list[tuple[int, int]]) -> None:
+    """Delete the jobs (id, object id), then each of their objects no job needs."""
     objects = {r[1] for r in rows}
     with spool._tx() as db:
         db.executemany("DELETE FROM jobs WHERE id=?", [(r[0],) for r in rows])
@@ -51,7 +75,6 @@ def purge_failed(spool: Spool, older_than: float, now: float | None = None,
             db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
             db.execute("DELETE FROM objects WHERE id=?", (oid,))
         (spool.objects / name[0]).unlink(missing_ok=True)
-    return len(rows)
 
 
 def purge_quarantine(spool: Spool, older_than: float, now: float | None = None,
