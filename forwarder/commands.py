@@ -67,7 +67,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if isinstance(holder.get("started_at"), (int, float)) else None}
     for name, row in report["destinations"].items():
         row["last_success_at"] = last.get(name)
-    seen = watchstate.read(cfg.spool)
+    # the running daemon's view; one killed leaves its last view behind: not believed
+    seen = watchstate.read(cfg.spool) if holder is not None else {}
     full = watchstate.full(cfg.spool, RESERVE) if holder is not None else None
     ok = {"state": "ok", "reason": None} if full is None else {"state": "paused",
                                                                "reason": full}

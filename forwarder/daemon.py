@@ -247,7 +247,7 @@ class Daemon:
         now = {n: w.unavailable for n, w in self.watchers.items() if w.unavailable}
         why = self.intake.paused_full if self.intake is not None else None
         paused = None if why is None else (
-            self._paused if self._paused and self._paused[0] == why else (why, time.time()))
+            why, self._paused[1] if self._paused else time.time())  # paused since
         if (now == self._unavailable and paused == self._paused) or self.cfg is None:
             return
         for name in now:

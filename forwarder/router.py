@@ -39,9 +39,10 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
     if cond.regex is not None:
         return cond.regex.search(value) is not None
     parts = value.split("\\")
-    if cond.numeric:  # IS, DS: 007 is 7, 5.000 is 5.0
-        wanted = {dicom_number(v) for v in cond.values}
-        return any(n is not None and n in wanted for n in map(dicom_number, parts))
+    if cond.numeric:  # IS, DS: 007 is 7, 5.000 is 5.0, a whole multi-value part by part
+        numbers = [dicom_number(p) for p in parts]
+        return any(numbers == [dicom_number(p) for p in v.split("\\")]
+                   if "\\" in v else dicom_number(v) in numbers for v in cond.values)
     return any(v == value or v in parts for v in cond.values)
 
 

@@ -127,9 +127,28 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     ("routes:\n  - {to: [x], matchs: {Modality: CT}}\n",
      "f.yaml:2: routes[0].matchs: unknown key (did you mean 'match'?)"),
     ("routes:\n  - to: [x]\n    match: {SeriesNumber: seven}\n",
-     "f.yaml:3: routes[0].match.SeriesNumber: SeriesNumber is a number (IS); 'seven' is not"),
+     "f.yaml:3: routes[0].match.SeriesNumber: SeriesNumber is an integer (IS), such as 7; "
+     "'seven' is not one"),
+    ("routes:\n  - to: [x]\n    match: {SeriesNumber: 7.5}\n",
+     "f.yaml:3: routes[0].match.SeriesNumber: SeriesNumber is an integer (IS)"),
+    ("routes:\n  - to: [x]\n    match: {SliceThickness: 1_0}\n",
+     "f.yaml:3: routes[0].match.SliceThickness: SliceThickness is a decimal number (DS)"),
     ("routes:\n  - to: [x]\n    match: {StudyDate: 2024-01-05}\n",
      "f.yaml:3: routes[0].match.StudyDate: StudyDate is a date, written YYYYMMDD"),
+    ("routes:\n  - to: [x]\n    match: {StudyDate: [20240105, 2024-1-5]}\n",
+     "f.yaml:3: routes[0].match.StudyDate: StudyDate is a date, written YYYYMMDD"),
+    ("routes:\n  - to: [x]\n    match: {StudyTime: 12:30:00}\n",
+     "f.yaml:3: routes[0].match.StudyTime: StudyTime is a time, written HHMMSS (123000, not "
+     "12:30:00); '12:30:00' is not one"),
+    ("routes:\n  - to: [x]\n    match: {AcquisitionDateTime: 2024-01-05}\n",
+     "f.yaml:3: routes[0].match.AcquisitionDateTime: AcquisitionDateTime is a date and time"),
+    # 0 makes a socket non-blocking: nothing would ever be sent
+    ("destinations:\n  a: {host: h, port: 1, timeouts: {acse: 0}}\n",
+     "f.yaml:2: destinations.a.timeouts.acse: must be at least 100ms (null for no limit)"),
+    ("watch:\n  - {name: w, path: /a, truncated_after: 0}\n",
+     "f.yaml:2: watch[0].truncated_after: must be at least 1s"),
+    ("watch:\n  - {name: w, path: /a, min_age: 1m, truncated_after: 30s}\n",
+     "f.yaml:2: watch[0].truncated_after: must be at least min_age (60s)"),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)

@@ -124,3 +124,9 @@ def test_numbers_match_as_numbers() -> None:
     assert to({"SeriesNumber": "70", "SliceThickness": "5"}) == ()
     assert to({"PixelSpacing": "0.25\\0.500"}) == ("b",)
     assert to({"PixelSpacing": "NaN\\x"}) == ()
+    whole = config.parse(  # a whole multi-value: each part the same number, in order
+        "spool: /s\ndestinations: {a: {host: h, port: 1}}\n"
+        "routes:\n  - {to: [a], match: {PixelSpacing: '0.5\\0.7'}}\n", "f.yaml").routes
+    assert router.route(whole, "w", "x", {"PixelSpacing": "0.50\\.7"}).destinations == ("a",)
+    assert router.route(whole, "w", "x", {"PixelSpacing": "0.7\\0.5"}).destinations == ()
+    assert router.route(whole, "w", "x", {"PixelSpacing": "0.5"}).destinations == ()

@@ -531,3 +531,21 @@ def test_an_error_delivered_past_is_not_shown_as_the_last_one(tmp_path: Path) ->
     spool.done([job.id], now=due)
     report = spool.status(["pacs", "ai"], now=due)["destinations"]
     assert report["pacs"]["last_error"] is None and report["ai"]["pending"] == 1
+
+
+def test_a_killed_daemon_s_last_view_of_its_folders_is_not_believed(tmp_path: Path,
+                                                                    capsys) -> None:
+    """A daemon killed while intake was paused leaves watch-state.json behind; with no
+    daemon running, status must not say a folder is paused, nor why."""
+    from forwarder import watchstate
+
+    cfg = tmp_path / "f.yaml"
+    (tmp_path / "in").mkdir()
+    cfg.write_text(f"spool: {tmp_path / 'spool'}\nwatch:\n  - {{name: w, path: {tmp_path / 'in'}}}\n"
+                   "destinations:\n  pacs: {host: h, port: 1}\nroutes:\n  - to: [pacs]\n")
+    Spool(tmp_path / "spool").close()
+    watchstate.write(tmp_path / "spool", {}, {}, ("spool full: ...", 1.0), ["w"])
+    assert (tmp_path / "spool" / watchstate.NAME).exists()
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["daemon"] is None and report["watch"]["w"] == {"state": "ok", "reason": None}

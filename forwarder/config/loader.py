@@ -18,11 +18,22 @@ from forwarder.config import keywords
 from forwarder.config.crosscheck import cross_check
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Condition, Config, Destination, Route, Watch
-from forwarder.config.values import dicom_number
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines, read_bounded
 from forwarder.errors import ConfigError, ConfigIssue
 
-_DASHED_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# how DICOM writes each kind of value an exact match compares as text or number (PS3.5
+# 6.2): a value written otherwise (12:30:00, 2024-01-05, 7.5 for an IS) never matches
+_FORMS = {
+    "IS": (re.compile(r"[+-]?\d+"), "an integer (IS), such as 7"),
+    "DS": (re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
+           "a decimal number (DS), such as 2.5 or 1e-3"),
+    "DA": (re.compile(r"\d{8}"), "a date, written YYYYMMDD (20240105, not 2024-01-05)"),
+    "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"),
+           "a time, written HHMMSS (123000, not 12:30:00)"),
+    "DT": (re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?"
+                      r"([+-]\d{4})?"),
+           "a date and time, written YYYYMMDDHHMMSS (20240105123000)"),
+}
 
 
 def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
@@ -66,15 +77,14 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
         paths = [(*kp, j) for j in range(len(items))] if isinstance(v, list) else [kp]
         texts = tuple(i if isinstance(i, str) else written.get(p, str(i))
                       for i, p in zip(items, paths, strict=True))
-        if vr in ("IS", "DS"):
-            bad = [t for t in texts if dicom_number(t) is None]
+        form = _FORMS.get(vr or "")
+        if form is not None:
+            bad = [t for t in texts
+                   if not all(form[0].fullmatch(part.strip()) for part in t.split("\\"))]
             if bad:
-                ctx.error(kp, f"{key} is a number ({vr}); {bad[0]!r} is not one")
+                ctx.error(kp, f"{key} is {form[1]}; {bad[0]!r} is not one (a regex "
+                              "matches any text)")
                 continue
-        if vr == "DA" and any(_DASHED_DATE.match(t) for t in texts):
-            ctx.error(kp, f"{key} is a date, written YYYYMMDD in DICOM (20240105, not "
-                          "2024-01-05)")
-            continue
         out.append(Condition(key, values=texts, numeric=vr in ("IS", "DS")))
     return tuple(out)
 
@@ -130,6 +140,10 @@ def parse(text: str, file: str = "<config>") -> Config:
             continue
         if any(x.name == built.name for x in watches):
             ctx.error(("watch", i, "name"), f"duplicate watch name '{built.name}'")
+        if built.truncated_after < built.min_age:
+            ctx.error(("watch", i, "truncated_after"),
+                      f"must be at least min_age ({built.min_age:g}s): a file is judged "
+                      f"cut short only once it has settled, got {built.truncated_after:g}s")
         watches.append(built)
 
     dests: dict[str, Destination] = {}

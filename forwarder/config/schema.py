@@ -42,17 +42,23 @@ class Watch:
     rescan: float = opt(p_period(0.1), 60.0)
     polling: bool = opt(p_bool, False)
     keep_source: bool = opt(p_bool, False)
-    truncated_after: float = opt(p_duration, 600.0)
+    truncated_after: float = opt(p_period(1.0, "each time a file held open or cut short "
+                                          "changes, it waits this long again"), 600.0)
 
     REQUIRED = ("name", "path")
 
 
+# 0 would make the socket non-blocking: every connect and read fails at once (storescu
+# refuses timeouts below 1 s); null is the way to say none
+_TIMEOUT = p_period(0.1, "null for no limit")
+
+
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float | None = opt(p_opt(p_duration), 10.0)
-    acse: float | None = opt(p_opt(p_duration), 30.0)
-    dimse: float | None = opt(p_opt(p_duration), 60.0)
-    network: float | None = opt(p_opt(p_duration), 60.0)
+    connect: float | None = opt(p_opt(_TIMEOUT), 10.0)
+    acse: float | None = opt(p_opt(_TIMEOUT), 30.0)
+    dimse: float | None = opt(p_opt(_TIMEOUT), 60.0)
+    network: float | None = opt(p_opt(_TIMEOUT), 60.0)
 
 
 @dataclass(frozen=True)

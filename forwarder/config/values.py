@@ -102,13 +102,14 @@ def p_duration(ctx: Ctx, v: Any, path: KeyPath) -> float:
     return parse_duration(v)
 
 
-def p_period(lo: float) -> Parser:
-    """A duration of at least ``lo`` seconds: shorter would make a loop spin."""
+def p_period(lo: float, why: str = "shorter makes the daemon spin") -> Parser:
+    """A duration of at least ``lo`` seconds: shorter would make a loop spin (or what
+    ``why`` says)."""
     def parse(ctx: Ctx, v: Any, path: KeyPath) -> float:
         n = parse_duration(v)
         if n < lo:
             least = f"{lo:g}s" if lo >= 1 else f"{lo * 1000:g}ms"
-            raise Bad(f"must be at least {least} (shorter makes the daemon spin), got {v!r}")
+            raise Bad(f"must be at least {least} ({why}), got {v!r}")
         return n
     return parse
 
