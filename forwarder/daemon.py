@@ -60,6 +60,7 @@ class Daemon:
         self._unavailable: dict[str, str] = {}
         self._unavailable_since: dict[str, float] = {}
         self._paused: tuple[str, float] | None = None  # intake paused: why, since when
+        self._published: list[str] = []  # the watch folders the state was written for
         self.lock: SpoolLock | None = None
 
     # --- signals and faults ----------------------------------------------------
@@ -248,15 +249,17 @@ class Daemon:
         why = self.intake.paused_full if self.intake is not None else None
         paused = None if why is None else (
             why, self._paused[1] if self._paused else time.time())  # paused since
-        if (now == self._unavailable and paused == self._paused) or self.cfg is None:
+        names = list(self.watchers)
+        if (now == self._unavailable and paused == self._paused and
+                names == self._published) or self.cfg is None:
             return
+        self._published = names
         for name in now:
             self._unavailable_since.setdefault(name, time.time())
         for name in set(self._unavailable_since) - set(now):
             del self._unavailable_since[name]
         self._unavailable, self._paused = now, paused
-        watchstate.write(self.cfg.spool, now, self._unavailable_since, paused,
-                         list(self.watchers))
+        watchstate.write(self.cfg.spool, now, self._unavailable_since, paused, names)
         text = self._summary()
         if text != self._status:
             self._status = text

@@ -221,7 +221,12 @@ def _read(fp: IO[bytes], has_meta: bool) -> tuple[Dataset, Inflating | None]:
             inflating = Inflating(fp.fileno(), dataset_offset(fp.fileno()))
             # no name to reopen: deferred values are read from the inflated stream
             stream = _Unnamed(io.BufferedReader(inflating, 1 << 16))  # type: ignore[arg-type]
-            body = read_dataset(stream, False, True, defer_size=4096)  # type: ignore[arg-type]
+            try:
+                body = read_dataset(stream, False, True, defer_size=4096)  # type: ignore[arg-type]
+            except Exception as exc:
+                if inflating.failed is not None:  # the reader's words would hide a cut
+                    raise inflating.failed from exc
+                raise
             ds = FileDataset(stream, body, preamble, meta, False, True)  # type: ignore[arg-type]
             ds.set_original_encoding(False, True, body._character_set)
             return ds, inflating

@@ -87,9 +87,10 @@ def holder(spool: str | os.PathLike[str]) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None  # no daemon ever started on this spool, or the spool is not there
     except OSError as exc:
+        hint = " (run this as root or as the service user)" \
+            if exc.errno in (errno.EACCES, errno.EPERM) else ""
         raise SpoolError(f"cannot tell whether a daemon runs on the spool {spool}: cannot "
-                         f"open {path}: {exc.strerror} (run this as root or as the service "
-                         "user)") from exc
+                         f"open {path}: {exc.strerror}{hint}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -469,3 +469,69 @@ def test_a_deflated_file_with_no_data_set_is_named_so(tmp_path: Path) -> None:
     with pytest.raises(NotDicomError, match="^truncated: file meta information but no "
                                             "dataset after it$"):
         probe(path)
+
+
+def _many_items(n: int, un: bool = False) -> bytes:
+    """A data set with a sequence of ``n`` items of undefined length (and, ``un``, an
+    element encoded UN, so the probe's walk leaves the file to pydicom's reader)."""
+    items = implicit(0xFFFEE000, explicit(0x00081150, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") +
+                     ITEM_END, 0xFFFFFFFF) * n
+    return explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + \
+        explicit(0x00080018, b"UI", b"1.2.3.4\0") + \
+        (explicit(0x00090010, b"UN", b"PRIVATE ") if un else b"") + \
+        implicit(0x0008114A, b"", 0xFFFFFFFF)[:4] + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + \
+        items + implicit(0xFFFEE0DD, b"")
+
+
+@pytest.mark.parametrize("un", [False, True])
+def test_a_deflated_file_cut_anywhere_is_truncated_never_unreadable(tmp_path: Path,
+                                                                     un: bool) -> None:
+    """A cut stream is a file still being written: it must wait for its writer. pydicom's
+    reader puts its own words ("No tag to read") on what it catches inside an item; the
+    probe names the cut."""
+    whole = deflated_file(tmp_path / "whole.dcm", _many_items(3000, un)).read_bytes()
+    assert probe(tmp_path / "whole.dcm").sop_instance_uid == "1.2.3.4"
+    start = len(whole) - len(zlib_body(whole))
+    for at in range(start + 1, len(whole) - 8, max(1, (len(whole) - start) // 40)):
+        cut = tmp_path / "cut.dcm"
+        cut.write_bytes(whole[:at])
+        with pytest.raises(NotDicomError, match="^truncated: the deflated data set stops"):
+            probe(cut)
+
+
+def zlib_body(file_bytes: bytes) -> bytes:
+    """The deflated stream of a file written by :func:`deflated_file` (after its meta)."""
+    return file_bytes[dataset_offset_of(file_bytes):]
+
+
+def dataset_offset_of(file_bytes: bytes) -> int:
+    group_length = struct.unpack_from("<I", file_bytes, 140)[0]
+    return 144 + group_length
+
+
+def test_a_reader_that_steps_back_does_not_inflate_the_stream_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom's reader looks 6 bytes ahead at every item and steps back: inflating from
+    the top each time its buffer edge fell in between made the probe quadratic."""
+    from forwarder.scu import inflating
+
+    starts = []
+    real = inflating.Inflating._start
+    monkeypatch.setattr(inflating.Inflating, "_start",
+                        lambda self: (starts.append(1), real(self))[1])
+    path = deflated_file(tmp_path / "items.dcm", _many_items(60_000, un=True))  # 4 MB
+    assert probe(path).sop_instance_uid == "1.2.3.4"
+    assert len(starts) <= 3, f"the stream was inflated {len(starts)} times"
+
+
+def test_a_deflate_bomb_is_refused_not_inflated(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.scu import inflating
+
+    monkeypatch.setattr(inflating, "MAX_INFLATED", 1 << 20)
+    body = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + \
+        explicit(0x00080018, b"UI", b"1.2.3.4\0") + explicit(0x7FE00010, b"OB", bytes(2 << 20))
+    path = deflated_file(tmp_path / "bomb.dcm", body)
+    with pytest.raises(NotDicomError, match=r"^not readable as DICOM: the deflated data set "
+                                            r"inflates to more than 1 MiB \(a deflate bomb"):
+        probe(path)

@@ -2,11 +2,14 @@
 
 The deflated syntax compresses the whole data set after the file meta as one deflate
 stream. :class:`Inflating` inflates it from the file as it is read, so a large data set
-is never held inflated: the probe reads its elements through it (pydicom's reader over a
-buffered view), the re-encoder walks its headers through it, and the association reads
-the large values again through it as it sends them. Reading forward inflates what lies
-between; reading backward starts the stream again from the top. Bytes after the end of
-the stream are passed over, as pydicom's reader and DCMTK pass them over.
+is never held inflated: the probe walks its headers through it (or pydicom's reader
+reads through a buffered view of it), the re-encoder walks its headers through it, and
+the association reads the large values again through it as it sends them. Reading
+forward inflates what lies between; the last 256 KiB inflated are kept, so a reader that
+looks ahead and steps back costs nothing; reading further back starts the stream again
+from the top. Bytes after the end of the stream are passed over, as pydicom's reader and
+DCMTK pass them over. A stream that inflates to more than :data:`MAX_INFLATED` is
+refused: no peer takes such a data set, and inflating it would take minutes.
 """
 
 from __future__ import annotations
@@ -17,21 +20,31 @@ import zlib
 from collections.abc import Sequence
 
 _CHUNK = 1 << 16  # deflated bytes read from the file at a time, and inflated at most
+_BACK = 1 << 18  # inflated bytes kept for a reader that steps back (4 of its buffers)
+MAX_INFLATED = 4 << 30
 
 
 class Cut(zlib.error):
     """The file ends before its deflate stream does."""
 
 
+class TooLarge(OSError):
+    """The stream inflates to more than :data:`MAX_INFLATED` bytes."""
+
+
 class Inflating(io.RawIOBase):
     """The stream deflated in the file open as ``fd`` from ``base`` on, inflated as read.
-    The descriptor stays its owner's. zlib.error for a stream that is not deflate's, and
-    :class:`Cut` for one the file ends inside."""
+    The descriptor stays its owner's. zlib.error for a stream that is not deflate's,
+    :class:`Cut` for one the file ends inside, :class:`TooLarge`; the first of these is
+    kept as :attr:`failed`, for a caller whose reader (pydicom's) puts its own words on
+    what it catches."""
 
     def __init__(self, fd: int, base: int):
         super().__init__()
         self.fd, self.base = fd, base
         self.head = b""  # the first 8 bytes inflated: how the data set starts
+        self.failed: Exception | None = None
+        self._at = 0  # where the next read starts: a seek only moves this
         self._start()
 
     def _start(self) -> None:
@@ -39,7 +52,7 @@ class Inflating(io.RawIOBase):
         self._read_at = self.base  # the next deflated byte to read from the file
         self._tail = b""  # deflated bytes read but not inflated yet
         self._made = 0  # inflated bytes produced so far
-        self._at = 0  # where the next read starts: a seek only moves this
+        self._back = b""  # the last of them, up to _BACK
 
     def readable(self) -> bool:
         return True
@@ -57,26 +70,27 @@ class Inflating(io.RawIOBase):
             offset += self.size()
         if offset < 0:
             raise ValueError(f"negative seek position {offset}")
-        if offset < self._made:
-            self._start()  # back: the stream is inflated again from its first byte
-        self._at = offset
+        self._at = offset  # the next read goes there
         return offset
 
     def size(self) -> int:
         """The inflated length (the stream inflated to its end, the position kept)."""
-        at = self._at
         while self._more(_CHUNK):
             pass
-        made = self._made
-        self.seek(at)
-        return made
+        return self._made
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
+        if self._at < self._made - len(self._back):
+            self._start()  # further back than what is kept: inflated again from the top
+        done = 0
+        if self._at < self._made:  # among the bytes kept
+            kept = self._back[len(self._back) - (self._made - self._at):]
+            done = min(len(view), len(kept))
+            view[:done] = kept[:done]
         while self._made < self._at:  # a seek forward: inflate what lies between
             if not self._more(min(self._at - self._made, _CHUNK)):
                 return 0
-        done = 0
         while done < len(view):
             data = self._more(len(view) - done)
             if not data:
@@ -101,6 +115,13 @@ class Inflating(io.RawIOBase):
 
     def _more(self, most: int) -> bytes:
         """Up to ``most`` inflated bytes from where the stream is; b"" at its end."""
+        try:
+            return self._inflated(most)
+        except (zlib.error, TooLarge) as exc:
+            self.failed = self.failed or exc
+            raise
+
+    def _inflated(self, most: int) -> bytes:
         while not self._inflate.eof:
             # with no input left, this still hands out what the last call held back at
             # ``most``: only when nothing comes out is more input needed
@@ -110,6 +131,12 @@ class Inflating(io.RawIOBase):
                 if self._made < 8 and len(self.head) == self._made:  # the first time
                     self.head += data[:8 - self._made]
                 self._made += len(data)
+                if self._made > MAX_INFLATED:
+                    raise TooLarge(f"the deflated data set inflates to more than "
+                                   f"{MAX_INFLATED >> 20} MiB (a deflate bomb, or a data "
+                                   "set no peer would take)")
+                back = self._back + data
+                self._back = back[-_BACK:] if len(back) > _BACK else back
                 return data
             if self._inflate.eof:
                 break
