@@ -372,9 +372,9 @@ def _encapsulated(syntax: str) -> bool:
 
 def _implicit(syntax: str) -> bool:
     """Whether ``syntax``, a transfer syntax the walk takes, is implicit VR; a syntax it
-    does not take (big endian, encapsulated deflated, unknown) is not the plain case (the
-    deflated one is taken before this is asked). Only syntaxes
-    other than the two uncompressed little-endian ones are looked up in pydicom's table."""
+    does not take (big endian, unknown) is not the plain case (the deflated one is taken
+    before this is asked). Only syntaxes other than the two uncompressed little-endian
+    ones are looked up in pydicom's table."""
     if syntax in (EXPLICIT_LE, IMPLICIT_LE):
         return syntax == IMPLICIT_LE
     from pydicom.uid import UID

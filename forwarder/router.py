@@ -46,7 +46,6 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
     return any(v == value or v in parts for v in cond.values)
 
 
-
 def route(routes: Sequence[Route], watch: str, relpath: str,
           attrs: Mapping[str, str]) -> Decision:
     """The destinations for one file; empty when no route matched (see ``unrouted``)."""

@@ -82,12 +82,11 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
             bad = [t for t in texts
                    if not all(form[0].fullmatch(part.strip()) for part in t.split("\\"))]
             if bad:
-                ctx.error(kp, f"{key} is {form[1]}; {bad[0]!r} is not one (a regex "
+                ctx.error(kp, f"{key} is {form[1]}; '{bad[0]}' is not one (a regex "
                               "matches any text)")
                 continue
         out.append(Condition(key, values=texts, numeric=vr in ("IS", "DS")))
     return tuple(out)
-
 
 
 def _check_name(ctx: Ctx, name: Any, path: KeyPath) -> bool:

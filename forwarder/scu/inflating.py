@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import zlib
+from collections import deque
 from collections.abc import Sequence
 
 _CHUNK = 1 << 16  # deflated bytes read from the file at a time, and inflated at most
@@ -52,7 +53,8 @@ class Inflating(io.RawIOBase):
         self._read_at = self.base  # the next deflated byte to read from the file
         self._tail = b""  # deflated bytes read but not inflated yet
         self._made = 0  # inflated bytes produced so far
-        self._back = b""  # the last of them, up to _BACK
+        self._back: deque[bytes] = deque()  # the last of them: at least _BACK, if made
+        self._kept = 0  # bytes in _back
 
     def readable(self) -> bool:
         return True
@@ -81,11 +83,11 @@ class Inflating(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
-        if self._at < self._made - len(self._back):
+        if self._at < self._made - self._kept:
             self._start()  # further back than what is kept: inflated again from the top
         done = 0
-        if self._at < self._made:  # among the bytes kept
-            kept = self._back[len(self._back) - (self._made - self._at):]
+        if self._at < self._made:  # among the bytes kept (a reader that stepped back)
+            kept = b"".join(self._back)[self._kept - (self._made - self._at):]
             done = min(len(view), len(kept))
             view[:done] = kept[:done]
         while self._made < self._at:  # a seek forward: inflate what lies between
@@ -135,8 +137,10 @@ class Inflating(io.RawIOBase):
                     raise TooLarge(f"the deflated data set inflates to more than "
                                    f"{MAX_INFLATED >> 20} MiB (a deflate bomb, or a data "
                                    "set no peer would take)")
-                back = self._back + data
-                self._back = back[-_BACK:] if len(back) > _BACK else back
+                self._back.append(data)
+                self._kept += len(data)
+                while self._kept - len(self._back[0]) >= _BACK:
+                    self._kept -= len(self._back.popleft())
                 return data
             if self._inflate.eof:
                 break
