@@ -198,6 +198,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     with spool:
         if removed is not None:
+            _not_sent_to(cfg, spool, removed)
             n = retention.purge_destination(spool, removed, dry_run=args.dry_run)
             if n is None:
                 named = sorted(set(spool.status(())["destinations"]) - set(cfg.destinations))
@@ -214,6 +215,21 @@ def cmd_purge(args: argparse.Namespace) -> int:
         if not args.dry_run:
             retention.prune_bookkeeping(spool)
     return EXIT_OK
+
+
+def _not_sent_to(cfg: config.Config, spool: Spool, name: str) -> None:
+    """A running daemon still sends to ``name`` unless it holds it as removed: the file
+    on disk may say otherwise before it is reloaded."""
+    from forwarder import spoollock
+    from forwarder.spool.health import REMOVED
+
+    running = spoollock.holder(cfg.spool)
+    health = spool.health(name)
+    if running is not None and (health.state, health.reason) != ("held", REMOVED):
+        raise UsageError(f"the daemon (pid {running.get('pid', '?')}) running on "
+                         f"{cfg.spool} still sends to '{name}': reload it with the "
+                         "destination removed (systemctl reload dicom-forwarder), then "
+                         "purge")
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

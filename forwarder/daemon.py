@@ -28,13 +28,13 @@ from forwarder.intake import Intake
 from forwarder.logs import event
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
+from forwarder.spool.health import REMOVED
 from forwarder.spool.retention import Keeper
 from forwarder.spoollock import SpoolLock
 from forwarder.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
 STATUS_EVERY = 5.0
-REMOVED = "removed from the configuration; its jobs are kept until it is configured again"
 
 
 class Daemon:

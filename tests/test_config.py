@@ -188,3 +188,16 @@ def test_match_values_are_taken_as_written() -> None:
     assert conditions["SeriesNumber"].values == ("7",) and conditions["SeriesNumber"].numeric
     assert not conditions["PatientID"].numeric
     assert conditions["TransferSyntaxUID"].values == ("1.2.840.10008.1.2.1",)
+
+
+def test_a_longer_min_age_lengthens_the_default_truncated_after_and_values_lose_padding() -> None:
+    """A configuration valid before keeps working: with min_age above the default 10m,
+    truncated_after (not written) follows it. A value padded in the file or in the route
+    is compared without the padding, and an empty one matches an empty attribute."""
+    text = GOOD.replace("    path: /tmp/in\n", "    path: /tmp/in\n    min_age: 15m\n").replace(
+        '    match: {watch: modality, Modality: [CT, MR], StudyDescription: {regex: "(?i)chest"}}',
+        "    match: {StudyTime: ' 123000', StudyDate: '', Modality: 'CT '}")
+    cfg = config.parse(text, "f.yaml")
+    assert cfg.watch[0].min_age == cfg.watch[0].truncated_after == 900.0
+    conditions = {c.key: c.values for c in cfg.routes[1].match}
+    assert conditions == {"StudyTime": ("123000",), "StudyDate": ("",), "Modality": ("CT",)}

@@ -144,3 +144,18 @@ def test_a_deflated_file_whose_stream_inflates_a_thousandfold_is_whole(tmp_path:
     assert probe(path).sop_instance_uid == "1.2.3.4.5.6.7.8.9"
     with exactly(path, DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2", True) as spliced:
         assert spliced is not None and len(spliced.tobytes()) == len(spliced)
+
+
+def test_a_stream_refused_as_too_large_keeps_what_it_had_right(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.scu import inflating
+    from forwarder.scu.inflating import TooLarge
+
+    monkeypatch.setattr(inflating, "MAX_INFLATED", 300_000)
+    data = os.urandom(500_000)
+    with opened(deflated(tmp_path, data)) as raw:
+        with pytest.raises(TooLarge, match="inflates to more than 0 MiB"):
+            raw.size()
+        assert raw._made <= 300_000 and isinstance(raw.failed, TooLarge)
+        raw.seek(raw._made - 1000)
+        assert raw.read(1000) == data[raw._made - 1000:raw._made]

@@ -139,3 +139,32 @@ def test_the_jobs_of_a_removed_destination_can_be_purged(tmp_path: Path, capsys)
         assert spool.counts() == {"pending": 2}  # pacs still gets its two
         assert sorted(p.read_bytes() for p in spool.objects.iterdir()) == \
             sorted(p.read_bytes() for p in paths[1:])
+
+
+def test_a_destination_a_running_daemon_still_sends_to_is_not_purged(tmp_path: Path,
+                                                                     capsys) -> None:
+    """Taken out of the file but not yet reloaded, the daemon still claims and sends its
+    jobs: purge waits until the daemon holds it as removed."""
+    from forwarder.daemon import REMOVED
+    from forwarder.spoollock import SpoolLock
+
+    files = unique_copies(tmp_path / "corpus", 2)
+    with Spool(tmp_path / "spool") as spool:
+        enqueue(spool, list(files.values()), ("old",))
+    cfg = write_config(tmp_path, free_port())  # the file on disk no longer has "old"
+    args = ["purge", "-c", str(cfg), "--removed-destination", "old"]
+    lock = SpoolLock(tmp_path / "spool").acquire(str(cfg))  # as the running daemon does
+    try:
+        assert main(args) == 2
+        assert "still sends to 'old': reload it with the destination removed" in \
+            capsys.readouterr().err
+        with Spool(tmp_path / "spool") as spool:
+            assert spool.counts() == {"pending": 2}
+            spool.set_health("old", "held", None, REMOVED)  # the daemon, once reloaded
+        assert main(args) == 0
+        assert "deleted the jobs of removed destination old: 2 not delivered" in \
+            capsys.readouterr().out
+    finally:
+        lock.release()
+    with Spool(tmp_path / "spool") as spool:
+        assert spool.counts() == {} and not list(spool.objects.iterdir())

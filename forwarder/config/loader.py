@@ -75,12 +75,13 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
             ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
             continue
         paths = [(*kp, j) for j in range(len(items))] if isinstance(v, list) else [kp]
-        texts = tuple(i if isinstance(i, str) else written.get(p, str(i))
+        # as the file's values are compared: without their padding spaces
+        texts = tuple((i if isinstance(i, str) else written.get(p, str(i))).strip(" ")
                       for i, p in zip(items, paths, strict=True))
         form = _FORMS.get(vr or "")
-        if form is not None:
-            bad = [t for t in texts
-                   if not all(form[0].fullmatch(part.strip()) for part in t.split("\\"))]
+        if form is not None:  # an empty value matches an attribute present but empty
+            bad = [t for t in texts if t and not all(form[0].fullmatch(part.strip(" "))
+                                                     for part in t.split("\\"))]
             if bad:
                 ctx.error(kp, f"{key} is {form[1]}; '{bad[0]}' is not one (a regex "
                               "matches any text)")
@@ -140,9 +141,12 @@ def parse(text: str, file: str = "<config>") -> Config:
         if any(x.name == built.name for x in watches):
             ctx.error(("watch", i, "name"), f"duplicate watch name '{built.name}'")
         if built.truncated_after < built.min_age:
-            ctx.error(("watch", i, "truncated_after"),
-                      f"must be at least min_age ({built.min_age:g}s): a file is judged "
-                      f"cut short only once it has settled, got {built.truncated_after:g}s")
+            if "truncated_after" in w:
+                ctx.error(("watch", i, "truncated_after"),
+                          f"must be at least min_age ({built.min_age:g}s): a file is judged "
+                          f"cut short only once it has settled, got {built.truncated_after:g}s")
+            else:  # the default is shorter than this folder's min_age
+                built = dataclasses.replace(built, truncated_after=built.min_age)
         watches.append(built)
 
     dests: dict[str, Destination] = {}

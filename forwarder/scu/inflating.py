@@ -130,13 +130,13 @@ class Inflating(io.RawIOBase):
             data = self._inflate.decompress(self._tail, most)
             self._tail = self._inflate.unconsumed_tail
             if data:
-                if self._made < 8 and len(self.head) == self._made:  # the first time
-                    self.head += data[:8 - self._made]
-                self._made += len(data)
-                if self._made > MAX_INFLATED:
+                if self._made + len(data) > MAX_INFLATED:
                     raise TooLarge(f"the deflated data set inflates to more than "
                                    f"{MAX_INFLATED >> 20} MiB (a deflate bomb, or a data "
                                    "set no peer would take)")
+                if self._made < 8 and len(self.head) == self._made:  # the first time
+                    self.head += data[:8 - self._made]
+                self._made += len(data)
                 self._back.append(data)
                 self._kept += len(data)
                 while self._kept - len(self._back[0]) >= _BACK:

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from forwarder.spool import Spool
 
+# the reason a destination gone from the configuration, with jobs left, is held for
+REMOVED = "removed from the configuration; its jobs are kept until it is configured again"
+
 
 @dataclass(frozen=True)
 class Health:
