@@ -196,8 +196,9 @@ def test_a_longer_min_age_lengthens_the_default_truncated_after_and_values_lose_
     is compared without the padding, and an empty one matches an empty attribute."""
     text = GOOD.replace("    path: /tmp/in\n", "    path: /tmp/in\n    min_age: 15m\n").replace(
         '    match: {watch: modality, Modality: [CT, MR], StudyDescription: {regex: "(?i)chest"}}',
-        "    match: {StudyTime: ' 123000', StudyDate: '', Modality: 'CT '}")
+        "    match: {StudyTime: ' 123000', StudyDate: '', Modality: 'CT ', path: ' a* '}")
     cfg = config.parse(text, "f.yaml")
     assert cfg.watch[0].min_age == cfg.watch[0].truncated_after == 900.0
     conditions = {c.key: c.values for c in cfg.routes[1].match}
-    assert conditions == {"StudyTime": ("123000",), "StudyDate": ("",), "Modality": ("CT",)}
+    assert conditions == {"StudyTime": ("123000",), "StudyDate": ("",), "Modality": ("CT",),
+                          "path": (" a* ",)}  # a glob on file names keeps its spaces

@@ -75,9 +75,10 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
             ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
             continue
         paths = [(*kp, j) for j in range(len(items))] if isinstance(v, list) else [kp]
-        # as the file's values are compared: without their padding spaces
-        texts = tuple((i if isinstance(i, str) else written.get(p, str(i))).strip(" ")
+        texts = tuple(i if isinstance(i, str) else written.get(p, str(i))
                       for i, p in zip(items, paths, strict=True))
+        if vr is not None:  # as the file's values are compared: without padding spaces
+            texts = tuple(t.strip(" ") for t in texts)
         form = _FORMS.get(vr or "")
         if form is not None:  # an empty value matches an attribute present but empty
             bad = [t for t in texts if t and not all(form[0].fullmatch(part.strip(" "))
