@@ -3,7 +3,8 @@
 Every route whose conditions all hold adds its destinations, in order and without
 repeats; a matching route with ``final: true`` stops the walk. A condition names the
 watch folder, a glob on the path relative to it, or a DICOM keyword with an exact
-value, a list of values, or ``{regex: ...}`` (searched, not anchored). A multi-valued
+value, a list of values, or ``{regex: ...}`` (searched, not anchored, in the whole value:
+a multi-value's parts joined by a backslash, as the file holds them). A multi-valued
 attribute such as ImageType (``ORIGINAL\\PRIMARY``) matches a value when the whole
 value or any one of its parts equals it; an IS or DS value (or part) when it is the same
 number; an attribute the file lacks never matches.

@@ -130,3 +130,21 @@ def test_numbers_match_as_numbers() -> None:
     assert router.route(whole, "w", "x", {"PixelSpacing": "0.50\\.7"}).destinations == ("a",)
     assert router.route(whole, "w", "x", {"PixelSpacing": "0.7\\0.5"}).destinations == ()
     assert router.route(whole, "w", "x", {"PixelSpacing": "0.5"}).destinations == ()
+
+
+def test_a_regex_is_searched_in_the_whole_value_parts_joined() -> None:
+    """A regex sees a multi-value as the file holds it, parts joined by a backslash, so
+    a pattern that excludes a part (a lookahead) keeps its meaning; one part is found
+    with the backslash as its edge."""
+    cfg = config.parse(
+        "spool: /s\ndestinations: {a: {host: h, port: 1}, b: {host: h, port: 1}}\n"
+        "routes:\n  - {to: [a], match: {ImageType: {regex: '(^|\\\\)DERIVED(\\\\|$)'}}}\n"
+        "  - {to: [b], match: {ImageType: {regex: '^(?!.*DERIVED)'}}}\n", "f.yaml")
+
+    def to(value: str) -> tuple[str, ...]:
+        return router.route(cfg.routes, "w", "x", {"ImageType": value}).destinations
+
+    assert to("ORIGINAL\\DERIVED\\AXIAL") == ("a",)
+    assert to("DERIVED") == ("a",)
+    assert to("ORIGINAL\\UNDERIVED") == ()  # neither: one part contains the word, none is it
+    assert to("ORIGINAL\\PRIMARY") == ("b",)
