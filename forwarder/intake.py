@@ -311,8 +311,8 @@ class Intake:
                 self._verdict(cand, True, again_after=wait)
                 return None
             held = wait is not None  # held for truncated_after: taken, the source left
-            why = f" (still open for writing after {watch.truncated_after:g}s unchanged; " \
-                "the source is left in place)" if held else ""
+            why = (" (still open for writing, unchanged for at least "
+                   f"{watch.truncated_after:g}s; the source is left in place)") if held else ""
             found: Probe | None = None
             try:
                 with open(fd, "rb", closefd=False) as fp:
@@ -363,8 +363,9 @@ class Intake:
         if left > 0:
             self._verdict(cand, True, again_after=left)
             return True
-        self._quarantine(cand, fd, st, f"{reason} (unchanged for {cand.watch.truncated_after:g}"
-                         "s; the source is left in place)", leave=True)
+        self._quarantine(cand, fd, st, f"{reason} (unchanged for at least "
+                         f"{cand.watch.truncated_after:g}s; the source is left in place)",
+                         leave=True)
         return True
 
     def _quarantine(self, cand: Candidate, fd: int, st: os.stat_result, reason: str,
@@ -387,7 +388,7 @@ class Intake:
                   o.cand.shown, ", ".join(o.destinations), **fields)
         os.close(o.fd)
         if o.held:
-            event(LOGGER, "writing", "%s: still open for writing after %gs unchanged: "
+            event(LOGGER, "writing", "%s: still open for writing, unchanged for at least %gs: "
                   "taken as it is, by copy; the source is left in place and taken "
                   "again if it changes", o.cand.shown, o.cand.watch.truncated_after,
                   level=logging.WARNING, **fields)

@@ -60,8 +60,8 @@ class Unfinished:
 
     def not_deleted(self, cand: Candidate) -> None:
         """Say why a file no route takes is left in place (``unrouted: delete``)."""
-        event(LOGGER, "writing", "%s: no route matched, but it is still open for writing after "
-              "%gs unchanged: left in place, not deleted, until it changes", cand.shown,
+        event(LOGGER, "writing", "%s: no route matched, but it is still open for writing, unchanged "
+              "for at least %gs: left in place, not deleted, until it changes", cand.shown,
               cand.watch.truncated_after, level=logging.WARNING, FORWARDER_FILE=cand.shown,
               WATCH=cand.watch.name)
 

@@ -416,7 +416,7 @@ def test_a_paused_writer_completes_its_file_and_a_cut_one_is_quarantined_by_copy
     assert peer.counts() == {uid1: 1}
     [q] = json.loads(listed.stdout)
     assert q["source"] == str(cut) and q["reason"].startswith("truncated")
-    assert "unchanged for 3s" in q["reason"] and "left in place" in q["reason"]
+    assert "unchanged for at least 3s" in q["reason"] and "left in place" in q["reason"]
     assert Path(q["file"]).read_bytes() == cut.read_bytes() == second.read_bytes()[:-1000]
     log = d.output()
     assert log.count("cut.dcm: quarantined") == 1 and "paused.dcm: quarantined" not in log

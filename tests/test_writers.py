@@ -248,8 +248,8 @@ def test_held_past_truncated_after_nothing_is_deleted_or_waited_for_twice(
                      "both dealt with after truncated_after")
             [q] = p.spool.quarantined()
             assert q["source"].endswith("/cut.dcm") and q["reason"].startswith("truncated")
-            assert q["reason"].endswith("(still open for writing after 2s unchanged; the "
-                                        "source is left in place)")
+            assert q["reason"].endswith("(still open for writing, unchanged for at least "
+                                        "2s; the source is left in place)")
             assert sorted(f.name for f in inbox.iterdir()) == ["cut.dcm", "unrouted.dcm"]
             procs[0].write(DATA[modality_at:])  # the writer goes on: the whole file is a CT
             procs[0].close()
@@ -272,7 +272,7 @@ def test_keep_source_held_past_truncated_after_is_said(
     with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
         writer.write(DATA[:CUT])
         wait_for(lambda: p.objects(), 15, "the prefix, taken by copy")
-        assert "still open for writing after 1s unchanged: taken as it is, by copy" in \
+        assert "still open for writing, unchanged for at least 1s: taken as it is, by copy" in \
             caplog.text
         assert (tmp_path / "in" / "paused.dcm").read_bytes() == DATA[:CUT]
 
