@@ -141,7 +141,10 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             raise NotDicomError(f"not DICOM: no 'DICM' marker at offset 128 and no DICOM "
                                 f"element at the start (it begins with {head[:8]!r})")
         if has_meta:
-            found = headwalk.walk(fp.fileno(), size, _tags(keywords))
+            try:
+                found = headwalk.walk(fp.fileno(), size, _tags(keywords))
+            except OSError as exc:  # a deflate bomb, refused once, not inflated twice
+                raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             if found is not None:
                 answer = None if keywords else plain_answer(found, size)
                 if answer is not None:

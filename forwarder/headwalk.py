@@ -97,10 +97,17 @@ class _NotPlain(Exception):
 def walk(fd: int, size: int, wanted: frozenset[int]) -> Walked | None:
     """The raw top-level elements whose tags are in ``wanted`` (and :data:`ALWAYS`) and
     the file meta of a plain file opened as ``fd`` of ``size`` bytes; None when the file
-    is not the plain case."""
+    is not the plain case. A deflated data set that inflates past what is allowed raises
+    :class:`forwarder.scu.inflating.TooLarge`: the full reader would inflate it again."""
     try:
         return _Walker(fd, size, *_plan(wanted)).run()
-    except (_NotPlain, OSError, struct.error, zlib.error):
+    except OSError as exc:
+        from forwarder.scu.inflating import TooLarge  # imported only when a read failed
+
+        if isinstance(exc, TooLarge):
+            raise
+        return None
+    except (_NotPlain, struct.error, zlib.error):
         return None  # zlib.error: a deflated stream cut short, or not deflate's
 
 

@@ -532,6 +532,11 @@ def test_a_deflate_bomb_is_refused_not_inflated(tmp_path: Path,
     body = explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0") + \
         explicit(0x00080018, b"UI", b"1.2.3.4\0") + explicit(0x7FE00010, b"OB", bytes(2 << 20))
     path = deflated_file(tmp_path / "bomb.dcm", body)
+    starts = []
+    real = inflating.Inflating._start
+    monkeypatch.setattr(inflating.Inflating, "_start",
+                        lambda self: (starts.append(1), real(self))[1])
     with pytest.raises(NotDicomError, match=r"^not readable as DICOM: the deflated data set "
                                             r"inflates to more than 1 MiB \(a deflate bomb"):
         probe(path)
+    assert len(starts) == 1, "refused by the walk, then inflated again by the full reader"
