@@ -106,8 +106,9 @@ def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Da
     implicit, little = ds.original_encoding
     if decode:
         little = True  # decoded pixels are little endian
-    if bool(little) == target.is_little_endian:
-        keep_private_un(ds)
+    # private elements without a VR of their own stay UN; across a byte order change
+    # that fails the file below: only their VR would say how to swap them
+    keep_private_un(ds, implicit_too=bool(little) != target.is_little_endian)
     for _elem in ds.iterall():  # convert raw elements: implicit VR ones get their VR here
         pass
     if source_ts != target_ts:
@@ -126,23 +127,26 @@ def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Da
     return ds
 
 
-def keep_private_un(ds: Dataset) -> None:
+def keep_private_un(ds: Dataset, implicit_too: bool = False) -> None:
     """Private elements encoded UN stay UN, their bytes as they are, nested ones
-    included. The reader would re-type them from pydicom's private dictionary: a vendor's
-    other version of an element would be re-encoded, or fail (3 bytes under an SS
-    entry), and text would lose its padding. Only a change of byte order needs the VR
-    (to swap the value), and there the dictionary's VR is taken."""
+    included (with ``implicit_too``, those read in implicit VR as well). The reader would
+    re-type them from pydicom's private dictionary, which knows other versions of
+    vendors' elements than a file may hold: a value would be re-encoded, or fail (3
+    bytes under an SS entry), text would lose its padding, and across a change of byte
+    order a value would be swapped by a VR the file never said (4 bytes swapped as two
+    US). A byte order change refuses an element left UN."""
     from pydicom.dataelem import DataElement, RawDataElement
 
     for tag, elem in list(ds._dict.items()):
         vr = elem.VR
-        if isinstance(elem, RawDataElement) and vr == "UN" and tag.is_private and \
-                not tag.is_private_creator and elem.length != 0xFFFFFFFF:
+        if isinstance(elem, RawDataElement) and (vr == "UN" or implicit_too and vr is None) \
+                and tag.is_private and not tag.is_private_creator \
+                and elem.length != 0xFFFFFFFF:
             ds._dict[tag] = DataElement(tag, "UN", elem.value, elem.value_tell,
                                         already_converted=True)
-        elif vr == "SQ":
+        elif vr in ("SQ", None) and ds[tag].VR == "SQ":  # None: implicit VR, read now
             for item in ds[tag].value or ():
-                keep_private_un(item)
+                keep_private_un(item, implicit_too)
 
 
 def drop_group_lengths(ds: Dataset) -> None:

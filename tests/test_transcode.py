@@ -325,6 +325,36 @@ def test_private_elements_encoded_un_keep_their_bytes(
         assert struct.pack("<HH2sH", 0x0028, 0x0010, b"US", 2) in got.dataset_bytes
 
 
+@pytest.mark.parametrize("via", ["daemon", "send"])
+@pytest.mark.parametrize("implicit", [False, True], ids=["encoded UN", "implicit VR"])
+def test_a_private_element_without_its_own_vr_fails_a_byte_order_change(
+        make_scp, spool: Spool, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        via: str, implicit: bool) -> None:
+    """A private element the file gives no VR (UN, or implicit VR) cannot be swapped for
+    a big endian peer, even where pydicom's private dictionary names a VR for it: that
+    entry (AGFA's (0019,1060) as US, VM 1) would have split these 4 bytes into two words
+    and swapped each. The file fails with the element named; nothing arrives."""
+    ds = dcmread(data_file("MR_small_implicit.dcm" if implicit else "MR_small.dcm"))
+    for elem in [e for e in ds if e.tag.is_private]:
+        del ds[elem.tag]
+    ds.add_new(0x00190010, "LO", "AGFA")
+    ds.add_new(0x00191060, "UN", b"\x01\x02\x03\x04")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "agfa.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    peer = make_scp(transfer_syntaxes=["1.2.840.10008.1.2.2"])
+    if via == "daemon":
+        enqueue(spool, [path])
+        run(spool, destination(peer.port), lambda: settled(spool))
+        [job] = spool.failed_jobs()
+        reason = job["reason"]
+    else:
+        assert main(["send", "127.0.0.1", str(peer.port), str(path)]) == 1
+        reason = capsys.readouterr().err
+    assert peer.received == []
+    assert "to Explicit VR Big Endian: element (0019,1060) has VR UN" in reason, reason
+
+
 def padded_values(path: Path) -> Path:
     """CT_small with values whose padding and spacing pydicom's writer would change (no
     text with trailing spaces: DCMTK takes those off as it reads)."""
