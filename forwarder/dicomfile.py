@@ -18,6 +18,7 @@ import re
 import struct
 import warnings
 import zlib
+from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
 from forwarder import headwalk, labels
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TRUNCATION_WORDS = ("end of file", "truncat", "eof", "premature", "not enough")
+PIXELS_FROM = 0x7FE00008  # Float Pixel Data; Double Float Pixel Data and Pixel Data follow
 
 
 class _Unnamed:
@@ -147,10 +149,10 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 raise NotDicomError(f"not readable as DICOM: {_short(exc)}") from exc
             if found is not None:
                 answer = None if keywords else plain_answer(found, size)
-                if answer is not None:
-                    return answer
-                ds, meta = _datasets(found)
-                return _summary(ds, meta, True, size, keywords, retype=False)
+                if answer is None:
+                    ds, meta = _datasets(found)
+                    answer = _summary(ds, meta, True, size, keywords, retype=False)
+                return answer if found.last >= PIXELS_FROM else replace(answer, pixels=False)
         from pydicom.dataset import Dataset
         from pydicom.errors import BytesLengthException, InvalidDicomError
 
@@ -199,7 +201,9 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
         if has_meta and len(ds._dict) == 0:
             raise NotDicomError("truncated: file meta information but no dataset after it")
         meta = getattr(ds, "file_meta", None) or Dataset()
-        return _summary(ds, meta, has_meta, size, keywords, retype)
+        answer = _summary(ds, meta, has_meta, size, keywords, retype)
+        return answer if max(ds._dict, default=0) >= PIXELS_FROM else \
+            replace(answer, pixels=False)
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
@@ -325,6 +329,22 @@ def uid_problem(uid: str, what: str = "SOP Instance UID") -> str | None:
         return (f"{what} {uid[:70]!r} is not a UID: only digits in components separated "
                 "by single dots are allowed")
     return None
+
+
+def image_unfinished(found: Probe) -> str | None:
+    """Why a file an image's writer may not have finished looks so: an image storage
+    object whose data set ends before its pixel data (PS3.3 C.7.6.3 makes it Type 1).
+    A writer that closes the file between its header and its pixels, and pauses longer
+    than ``min_age``, leaves such a file: complete in every element it holds."""
+    if found.pixels:
+        return None
+    from pydicom.uid import UID
+
+    name = UID(found.sop_class_uid).name
+    if "Image Storage" not in name:
+        return None
+    return (f"truncated: {name} without Pixel Data (an image's data set ends with it; "
+            "its writer may not be done)")
 
 
 def _where(fp: IO[bytes]) -> str:

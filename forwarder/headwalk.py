@@ -88,6 +88,7 @@ class Walked(NamedTuple):
     dataset: dict[int, Raw]
     meta: dict[int, Raw]
     implicit: bool
+    last: int = 0  # the tag of the data set's last top-level element (0: none)
 
 
 class _NotPlain(Exception):
@@ -132,6 +133,7 @@ class _Walker:
         self.native = True  # the syntax is not an encapsulated one: no pixel fragments
         self.window: Window | None = None  # a deflated data set: read as it inflates
         self.meta_end = 0  # where the deflated stream starts in the file
+        self.last = 0  # the last top-level tag walked
 
     def run(self) -> Walked:
         buf, i = self._bytes(128, 4)
@@ -166,7 +168,7 @@ class _Walker:
         if implicit and looks_explicit(buf, i):
             raise _NotPlain  # the reader switches to explicit VR here, with a warning
         self._dataset(pos, self.size, implicit, 0)
-        return Walked(self.kept, meta_raw, implicit)
+        return Walked(self.kept, meta_raw, implicit, self.last)
 
     def _bytes(self, pos: int, n: int) -> tuple[bytes, int]:
         """The buffer holding bytes ``pos`` to ``pos + n`` of the file, and where they
@@ -222,6 +224,7 @@ class _Walker:
         limit = size if end is None else end
         buf, base = self.buf, self.base
         blen = len(buf)
+        group = elem = 0
         while pos < limit:
             start = pos - base
             if start < 0 or start + 12 > blen:
@@ -275,6 +278,8 @@ class _Walker:
                 buf, base, blen = self.buf, self.base, len(self.buf)
         if pos > limit or (end is None and not top):
             raise _NotPlain  # cut short (the full reader names the element), or no delimiter
+        if top:
+            self.last = group << 16 | elem
         return pos
 
     def _charset(self, at: int, length: int) -> None:

@@ -26,7 +26,7 @@ from forwarder import router
 from forwarder.batches import BATCH_BYTES, Batches
 from forwarder.candidate import Candidate
 from forwarder.config import Config
-from forwarder.dicomfile import Probe, probe, uid_problem
+from forwarder.dicomfile import Probe, image_unfinished, probe, uid_problem
 from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
 from forwarder.logs import event, probe_fields
@@ -317,9 +317,9 @@ class Intake:
             try:
                 with open(fd, "rb", closefd=False) as fp:
                     found = probe(fp, self.cfg.attribute_keywords)
-                bad_uid = uid_problem(found.sop_instance_uid)
-                if bad_uid:
-                    raise NotDicomError(bad_uid)
+                bad = uid_problem(found.sop_instance_uid) or image_unfinished(found)
+                if bad:
+                    raise NotDicomError(bad)
                 decision = router.route(self.cfg.routes, watch.name, cand.relpath,
                                         found.attributes)
             except NotDicomError as exc:

@@ -23,6 +23,9 @@ class Probe:
     meta_consistent: bool = True
     attributes: dict[str, str] = field(default_factory=dict)
     phi: dict[str, str] = field(default_factory=dict)
+    # the data set reaches (7FE0,0008): it holds pixel data, float or not, or ends past
+    # where it would be; an image without it is what a writer that paused leaves
+    pixels: bool = True
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,27 @@ def test_every_shipped_file_probes_alike_either_way():
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("keywords", [frozenset(), KEYWORDS], ids=["plain", "routed"])
+def test_whether_a_data_set_reaches_its_pixel_data_is_told_either_way(tmp_path, keywords):
+    data = data_file("CT_small.dcm").read_bytes()
+    head = tmp_path / "head.dcm"
+    head.write_bytes(data[:data.index(b"\xe0\x7f\x10\x00")])
+    for name, pixels in (("CT_small.dcm", True), ("JPEG2000.dcm", True),
+                         ("MR_small_implicit.dcm", True), ("test-SR.dcm", False),
+                         ("rtplan.dcm", False)):
+        path = data_file(name)
+        assert walked(path)
+        assert dicomfile.probe(path, keywords).pixels is pixels, name
+        assert full_read(path, keywords).pixels is pixels, name
+    assert dicomfile.probe(head, keywords).pixels is False
+    assert full_read(head, keywords).pixels is False
+    assert dicomfile.image_unfinished(dicomfile.probe(head)) == (
+        "truncated: CT Image Storage without Pixel Data (an image's data set ends with it; "
+        "its writer may not be done)")
+    assert dicomfile.image_unfinished(dicomfile.probe(data_file("test-SR.dcm"))) is None
+
+
+@pytest.mark.filterwarnings("ignore")
 def test_without_routing_keywords_plain_values_are_read_from_the_bytes(monkeypatch):
     """As `send` probes: no routing keywords. Most files are answered from the walked
     bytes alone (pydicom never decodes a value), and every answer is the full read's."""

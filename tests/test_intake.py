@@ -215,6 +215,43 @@ def test_a_cut_file_unchanged_since_before_a_restart_keeps_its_clock(
     assert cut.exists()  # by copy: a writer may still come back to it
 
 
+def test_an_image_closed_before_its_pixel_data_waits_for_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A writer that closes the file after the header and comes back for the pixels
+    leaves a file complete in every element it holds: an image without Pixel Data is left
+    in place as incomplete and taken whole once the pixels are written. An object that
+    has no pixels (an SR) is taken at once; a header alone that stays so is quarantined
+    after truncated_after, by copy."""
+    import time
+
+    cfg = make_config(tmp_path, watch="min_age: 300ms\ntruncated_after: 3s\nrescan: 300ms")
+    data = CT.read_bytes()
+    at = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010), explicit VR little endian
+    head = tmp_path / "in" / "ct.dcm"
+    alone = tmp_path / "in" / "header-only.dcm"
+    caplog.set_level(logging.INFO)
+    with Pipeline(cfg) as p:
+        head.write_bytes(data[:at])
+        alone.write_bytes(data[:at].replace(CT_UID.encode(), CT_UID[:-1].encode() + b"9"))
+        shutil.copy(data_file("test-SR.dcm"), tmp_path / "in" / "report.dcm")
+        wait_for(lambda: caplog.text.count("CT Image Storage without Pixel Data") >= 2, 10,
+                 "both headers judged incomplete")
+        wait_for(lambda: len(p.objects()) == 1, 10, "the report taken")
+        assert p.objects()[0]["source"].endswith("/report.dcm")
+        with open(head, "ab") as fp:  # the writer comes back for the pixels
+            fp.write(data[at:])
+        wait_for(lambda: len(p.objects()) == 2, 10, "the completed image taken")
+        [image] = [o for o in p.objects() if o["source"].endswith("/ct.dcm")]
+        assert image["sha256"] == sha(data) and image["sop_instance"] == CT_UID
+        wait_for(lambda: p.spool.quarantined(), 10, "the header alone quarantined")
+        [q] = p.spool.quarantined()
+        assert q["source"].endswith("/header-only.dcm")
+        assert q["reason"].startswith("truncated: CT Image Storage without Pixel Data")
+        assert "unchanged for at least 3s" in q["reason"]
+        assert alone.exists() and not head.exists()
+        assert time.time() - alone.stat().st_ctime >= 3
+
+
 def test_incomplete_files_clock_starts_when_they_last_changed() -> None:
     from forwarder.incomplete import Incomplete
 

@@ -27,6 +27,10 @@ from tests.pipeline import Pipeline, make_config
 CT = data_file("CT_small.dcm")
 DATA = CT.read_bytes()
 CUT = DATA.index(b"\x10\x00\x10\x00PN")  # Patient's Name: what comes before is whole
+# a document without pixels: its part alone, held open past truncated_after, is taken as it
+# is; an image's part is not (it ends before its pixel data)
+SR = data_file("test-SR.dcm").read_bytes()
+SR_CUT = SR.index(b"\x10\x00\x10\x00PN")
 WRITER = """
 import sys
 with open(sys.argv[1], "ab") as fp:
@@ -209,16 +213,16 @@ def test_a_file_held_open_unchanged_for_truncated_after_is_taken_by_copy_and_aga
     cfg = make_config(tmp_path, watch="min_age: 300ms\ntruncated_after: 2s")
     target = tmp_path / "in" / "paused.dcm"
     with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
-        writer.write(DATA[:CUT])
+        writer.write(SR[:SR_CUT])
         wait_for(lambda: p.objects(), 15, "the file held open, after truncated_after")
         [first] = p.objects()
-        assert first["sha256"] == sha(DATA[:CUT]) and target.read_bytes() == DATA[:CUT]
+        assert first["sha256"] == sha(SR[:SR_CUT]) and target.read_bytes() == SR[:SR_CUT]
         assert "taken as it is, by copy" in caplog.text
-        writer.write(DATA[CUT:])
+        writer.write(SR[SR_CUT:])
         writer.close()
         wait_for(lambda: len(p.objects()) == 2, 15, "the completed file")
         wait_for(lambda: not target.exists(), 10, "the source removed, now that it is whole")
-        assert p.objects()[1]["sha256"] == sha(DATA) and p.spool.quarantined() == []
+        assert p.objects()[1]["sha256"] == sha(SR) and p.spool.quarantined() == []
     assert True in held, "intake never saw the writer: the prefix was taken by the settle rule"
 
 
@@ -232,13 +236,13 @@ def test_held_past_truncated_after_nothing_is_deleted_or_waited_for_twice(
         truncated_after: 2s
         keep_source: false
         """, routes="""
-          - match: {Modality: [CT]}
+          - match: {Modality: [SR]}
             to: [pacs]
         """, extra="unrouted: delete\n")
     inbox = tmp_path / "in"
     cut_pixels = len(DATA) - 1000
-    modality_at = DATA.index(b"\x08\x00\x60\x00CS")  # before Modality: no route matches
-    held = {"unrouted.dcm": DATA[:modality_at], "cut.dcm": DATA[:cut_pixels]}
+    modality_at = SR.index(b"\x08\x00\x60\x00CS")  # before Modality: no route matches
+    held = {"unrouted.dcm": SR[:modality_at], "cut.dcm": DATA[:cut_pixels]}
     procs = [Writer(inbox / name) for name in held]
     try:
         with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
@@ -251,10 +255,10 @@ def test_held_past_truncated_after_nothing_is_deleted_or_waited_for_twice(
             assert q["reason"].endswith("(still open for writing, unchanged for at least "
                                         "2s; the source is left in place)")
             assert sorted(f.name for f in inbox.iterdir()) == ["cut.dcm", "unrouted.dcm"]
-            procs[0].write(DATA[modality_at:])  # the writer goes on: the whole file is a CT
+            procs[0].write(SR[modality_at:])  # the writer goes on: the whole file is an SR
             procs[0].close()
             wait_for(lambda: p.objects(), 15, "the completed file, routed")
-            assert p.objects()[0]["sha256"] == sha(DATA) and len(p.spool.quarantined()) == 1
+            assert p.objects()[0]["sha256"] == sha(SR) and len(p.spool.quarantined()) == 1
     finally:
         for w in procs:
             if w.proc.poll() is None:
@@ -270,11 +274,33 @@ def test_keep_source_held_past_truncated_after_is_said(
         tmp_path: Path, writer: Writer, caplog: pytest.LogCaptureFixture) -> None:
     cfg = make_config(tmp_path, watch="min_age: 300ms\ntruncated_after: 1s\nkeep_source: true")
     with caplog.at_level(logging.INFO, logger="forwarder"), Pipeline(cfg) as p:
-        writer.write(DATA[:CUT])
+        writer.write(SR[:SR_CUT])
         wait_for(lambda: p.objects(), 15, "the prefix, taken by copy")
         assert "still open for writing, unchanged for at least 1s: taken as it is, by copy" in \
             caplog.text
-        assert (tmp_path / "in" / "paused.dcm").read_bytes() == DATA[:CUT]
+        assert (tmp_path / "in" / "paused.dcm").read_bytes() == SR[:SR_CUT]
+
+
+def test_an_image_held_open_without_its_pixels_is_quarantined_by_copy_never_sent(
+        tmp_path: Path, writer: Writer) -> None:
+    """An image's part held open past truncated_after ends before its pixel data: it is
+    quarantined by copy with that reason, not taken as it is, and the whole file is taken
+    once the writer completes it."""
+    cfg = make_config(tmp_path, watch="min_age: 300ms\ntruncated_after: 1s")
+    target = tmp_path / "in" / "paused.dcm"
+    with Pipeline(cfg) as p:
+        writer.write(DATA[:CUT])
+        wait_for(lambda: p.spool.quarantined(), 15, "the part quarantined")
+        [q] = p.spool.quarantined()
+        assert q["reason"].startswith("truncated: CT Image Storage without Pixel Data")
+        assert q["reason"].endswith("(still open for writing, unchanged for at least 1s; the "
+                                    "source is left in place)")
+        assert Path(q["file"]).read_bytes() == DATA[:CUT] == target.read_bytes()
+        assert p.objects() == []
+        writer.write(DATA[CUT:])
+        writer.close()
+        wait_for(lambda: p.objects(), 15, "the completed file")
+        assert p.objects()[0]["sha256"] == sha(DATA) and len(p.spool.quarantined()) == 1
 
 
 WRITE_LEASE = """
@@ -347,12 +373,12 @@ def test_a_held_file_the_spool_fails_to_take_is_quarantined_by_copy_and_left(
             return accept(batch)
 
         monkeypatch.setattr(p.spool, "accept", failing)
-        writer.write(DATA[:CUT])
+        writer.write(SR[:SR_CUT])
         wait_for(lambda: p.spool.quarantined(), 15, "the file quarantined")
         [q] = p.spool.quarantined()
-        assert Path(q["file"]).read_bytes() == DATA[:CUT] == target.read_bytes()
+        assert Path(q["file"]).read_bytes() == SR[:SR_CUT] == target.read_bytes()
         monkeypatch.setattr(p.spool, "accept", accept)
-        writer.write(DATA[CUT:])
+        writer.write(SR[SR_CUT:])
         writer.close()
         wait_for(lambda: p.objects(), 15, "the completed file")
-        assert p.objects()[0]["sha256"] == sha(DATA)
+        assert p.objects()[0]["sha256"] == sha(SR)
