@@ -130,7 +130,14 @@ class Daemon:
         event(LOGGER, "stopping", "stopping: finishing C-STOREs in flight, releasing "
               "associations", level=logging.INFO)
         self._shutdown()
-        LOGGER.info("stopped")
+        busy = [pid for s in self.senders.values() for pid in s.still_busy()]
+        if busy:
+            LOGGER.warning("stopped, but %d sender process(es) (pid %s) are still in a "
+                           "C-STORE; each records its outcome in the spool and exits after "
+                           "it, within its dimse timeout", len(busy),
+                           ", ".join(map(str, busy)))
+        else:
+            LOGGER.info("stopped")
         return rc
 
     def _check(self, cfg: Config) -> None:

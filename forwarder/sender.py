@@ -143,6 +143,12 @@ class DestinationSender:
         """The worker processes' PIDs, in index order."""
         return [p.pid for p in self._procs if p.pid is not None]
 
+    def still_busy(self) -> list[int]:
+        """The PIDs of worker processes that have not exited (after :meth:`stop`: those
+        still in a C-STORE, which record it and exit after it)."""
+        with self._bells_lock:
+            return [p.pid for p in self._procs if p.pid is not None and p.exitcode is None]
+
     @property
     def alive(self) -> bool:
         """Every worker process runs or is being started again."""

@@ -156,6 +156,33 @@ def test_stalled_peer_past_the_dimse_timeout(make_scp, spool: Spool, tmp_path: P
     assert set(peer.counts()) == set(uids) and states(spool)["done"] == 3
 
 
+def test_a_worker_still_in_a_c_store_at_stop_is_named_and_finishes_it(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    """stop waits its timeout for the C-STOREs in flight; a worker still in one is
+    named as still busy (the daemon says so instead of 'stopped') and records it."""
+    release, entered = threading.Event(), threading.Event()
+
+    def status(event) -> int:  # noqa: ANN001
+        entered.set()
+        release.wait(10)
+        return 0
+
+    peer = make_scp(status=status)
+    [uid] = enqueue(spool, list(unique_copies(tmp_path / "c", 1).values()))
+    sender = DestinationSender(destination(peer.port), "FORWARDER", spool).start()
+    try:
+        assert entered.wait(20), "no C-STORE reached the peer"
+        sender.stop(timeout=0.5)
+        busy = sender.still_busy()
+        assert busy == sender.pids and len(busy) == 1
+        release.set()
+        wait_for(lambda: not sender.still_busy(), 20, "the worker to finish and exit")
+    finally:
+        release.set()
+        sender.stop()
+    assert peer.counts() == {uid: 1} and states(spool)["done"] == 1
+
+
 def test_called_ae_rejected_holds_the_destination(make_scp, spool: Spool) -> None:
     peer = make_scp(require_called_aet=True)
     enqueue(spool, [CT])
