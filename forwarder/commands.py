@@ -126,7 +126,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     with spool:
         before, waiting = spool.resume(args.name)
     was = before.state + (f" ({before.reason})" if before.reason else "")
-    print(f"{args.name}: was {was}; probing now, {waiting} waiting job(s) due now")
+    print(f"{args.name}: was {was}; probing now; its {waiting} pending job(s) are due now")
     return EXIT_OK
 
 

@@ -314,7 +314,7 @@ def tls_yaml(pki: dict[str, Path], ca: Path | None = None, key: Path | None = No
 
 
 def test_tls_material_errors_hold_with_a_reason_and_connect_nowhere(
-        make_scp, spool: Spool, tmp_path: Path) -> None:
+        make_scp, spool: Spool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cryptography.hazmat.primitives import serialization
 
     from forwarder.cli import main
@@ -354,6 +354,9 @@ def test_tls_material_errors_hold_with_a_reason_and_connect_nowhere(
             cfg.write_text(f"spool: {spool.root}\ndestinations:\n  pacs: {{host: 127.0.0.1, "
                            f"port: {gate.port}}}\nroutes:\n  - to: [pacs]\n")
             assert main(["resume", "-c", str(cfg), "pacs"]) == 0
+            said = capsys.readouterr().out
+            assert "pacs: was held (TLS settings unusable" in said, said
+            assert "; probing now; its 3 pending job(s) are due now" in said, said
             wait_for(lambda: settled(spool), 20, "delivery with the fixed key password")
     finally:
         gate.close()

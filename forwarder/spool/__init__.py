@@ -202,7 +202,7 @@ class Spool:
         return health.get(self, destination)
 
     def resume(self, destination: str, now: float | None = None) -> tuple[Health, int]:
-        """Operator resume: probed at once, pending jobs due now."""
+        """Operator resume: probed at once, pending jobs due now (and counted)."""
         return health.resume(self, destination, now)
 
     def set_health(self, destination: str, state: str, until: float | None = None,

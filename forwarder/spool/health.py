@@ -50,15 +50,16 @@ def get(spool: Spool, destination: str) -> Health:
 def resume(spool: Spool, destination: str, now: float | None = None) -> tuple[Health, int]:
     """Operator resume: a held or backed-off destination is probed at once (its worker
     polls its health every second) and its pending jobs are due now; the health it
-    had and how many jobs were waiting."""
+    had and how many jobs are pending (waiting for a retry time or already due)."""
     now = time.time() if now is None else now
     before = get(spool, destination)
     with spool._tx(durable=False) as db:
         db.execute("UPDATE destinations SET until=? WHERE name=? AND state != 'ok'",
                    (now, destination))
-        n = db.execute("UPDATE jobs SET next_attempt_at=? WHERE destination=? AND "
-                       "state='pending' AND next_attempt_at > ?",
-                       (now, destination, now)).rowcount
+        db.execute("UPDATE jobs SET next_attempt_at=? WHERE destination=? AND "
+                   "state='pending' AND next_attempt_at > ?", (now, destination, now))
+        n = db.execute("SELECT count(*) FROM jobs WHERE destination=? AND state='pending'",
+                       (destination,)).fetchone()[0]
     spool._notify()
     return before, n
 
