@@ -50,6 +50,23 @@ def test_missing_watch_folder_is_a_warning_with_its_line(tmp_path: Path, capsys)
     assert "1 warning(s)" in err
 
 
+def test_routing_that_sends_nothing_is_a_warning_with_its_line(tmp_path: Path, capsys) -> None:
+    """A valid file can still send nothing: no route at all (every file unrouted, and
+    deleted under unrouted: delete), or a destination no route names."""
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                "  ai: {host: 127.0.0.1, port: 11113}")
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {cfg}:9: destinations.ai: 'ai' is in no route: nothing is sent" in err
+    assert "1 warning(s)" in err
+    cfg.write_text(cfg.read_text().replace("routes:\n  - to: [pacs]\n", "unrouted: delete\n"))
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "routes: no route: every file taken is unrouted and deleted (unrouted: delete)" \
+        in err and "'ai' is in no route" not in err
+
+
 def test_overlapping_watch_folders_and_spool_are_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "in" / "sub").mkdir(parents=True)
     cfg = write(tmp_path, tmp_path / "in" / "spool",

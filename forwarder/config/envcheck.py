@@ -139,6 +139,24 @@ class _Checker:
                            "the service's group write access (chmod g+w) and, under systemd, "
                            "list the folder in ReadWritePaths=", error=False)
 
+    # --- routes ------------------------------------------------------------------
+
+    def routes(self) -> None:
+        """Warnings for routing that sends nothing: the file is valid, but every file, or
+        every file meant for a destination, would go nowhere."""
+        if self.cfg.watch and not self.cfg.routes:
+            fate = "deleted" if self.cfg.unrouted == "delete" else "quarantined"
+            self.issue(("routes",), f"no route: every file taken is unrouted and {fate} "
+                       f"(unrouted: {self.cfg.unrouted}); add a route such as "
+                       "'- to: [NAME]' to send everything to a destination", error=False)
+            return
+        used = {d for r in self.cfg.routes for d in r.to}
+        for name in self.cfg.destinations:
+            if name not in used:
+                self.issue(("destinations", name), f"'{name}' is in no route: nothing is "
+                           "sent to it (jobs already in the spool for it still are)",
+                           error=False)
+
     # --- secrets, keys, certificates -----------------------------------------------
 
     def files(self) -> None:
@@ -197,5 +215,6 @@ def check(cfg: Config) -> Findings:
     c = _Checker(cfg)
     c.spool()
     c.watch()
+    c.routes()
     c.files()
     return c.found
