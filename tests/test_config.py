@@ -149,6 +149,9 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:2: watch[0].truncated_after: must be at least 1s"),
     ("watch:\n  - {name: w, path: /a, min_age: 1m, truncated_after: 30s}\n",
      "f.yaml:2: watch[0].truncated_after: must be at least min_age (60s)"),
+    # 0 expired every job at the first look, before its first retry
+    ("destinations:\n  a: {host: h, port: 1, retry: {max_age: 0}}\n",
+     "f.yaml:2: destinations.a.retry.max_age: must be at least 60s"),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)

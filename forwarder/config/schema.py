@@ -67,7 +67,8 @@ class RetryPolicy:
     max: float = opt(p_duration, 600.0)
     multiplier: float = opt(p_float(1.0, 100.0), 2.0)
     jitter: float = opt(p_float(0.0, 1.0), 0.2)
-    max_age: float = opt(p_duration, 7 * 86400.0)
+    max_age: float = opt(p_period(60.0, "a shorter one fails jobs a peer away for a minute "
+                                   "would still have taken"), 7 * 86400.0)
 
 
 @dataclass(frozen=True)
