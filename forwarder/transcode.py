@@ -172,6 +172,9 @@ def describe_refusal(sop_class: str, source_ts: str, accepted: list[tuple[str, s
     if offered and not any(is_plain(ts) for ts in syntaxes):
         extra = " (only compressed syntaxes, and the forwarder never compresses)"
     elif offered and not is_plain(source_ts) and not convertible(source_ts, decompress):
-        extra = f" (decompress: {decompress} forbids decompressing it)"
+        allows = "lossless" if decompress == "never" and source_ts in LOSSLESS else "always"
+        extra = (f" (decompress: {decompress} forbids decompressing it; decompress: {allows} "
+                 "allows it" + ("" if source_ts in LOSSLESS else
+                                ", the copy marked Lossy Image Compression 01") + ")")
     return (f"{UID(sop_class).name} in {UID(source_ts).name}: the peer accepted {what}"
             f"{extra}")

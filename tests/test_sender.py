@@ -427,7 +427,8 @@ def test_a_data_set_of_odd_length_is_padded_not_left_to_abort_the_association(
      "compresses)"),
     ("JPEG2000.dcm", ["1.2.840.10008.1.2.1"],  # lossy JPEG 2000, uncompressed only
      "the peer accepted Explicit VR Little Endian (decompress: lossless forbids "
-     "decompressing it)"),
+     "decompressing it; decompress: always allows it, the copy marked Lossy Image "
+     "Compression 01)"),
 ])
 def test_a_refused_compressed_file_is_told_the_true_reason(
         make_scp, spool: Spool, name: str, peer_takes: list[str], reason: str) -> None:
