@@ -90,8 +90,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         oldest = "-" if r["oldest_pending_s"] is None else _age(r["oldest_pending_s"])
         success = "-" if r["last_success_at"] is None else \
             _age(max(time.time() - r["last_success_at"], 0)) + " ago"
+        error = r["last_error"] or "-"
+        if len(error) > 60:  # whole in status --json and in 'failed'
+            error = error[:59] + "…"
         rows.append((name, r["state"], str(r["pending"]), str(r["sending"]), str(r["done"]),
-                     str(r["failed"]), oldest, success, (r["last_error"] or "-")[:60]))
+                     str(r["failed"]), oldest, success, error))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())

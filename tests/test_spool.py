@@ -158,20 +158,22 @@ def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:
     for n in range(2):
         accept_file(spool, make_input(tmp_path / "in", n), ("pacs",), n)
     job = spool.claim("pacs", 1)[0]
-    spool.fail(job.id, "0122 SOP class not supported")
+    long = "0122 SOP class not supported" + " by this peer, which says so at length" * 3
+    spool.fail(job.id, long)
     spool.quarantine(None, "/in/x.pdf", "not DICOM")
     spool.close()
     assert main(["status", "-c", str(cfg), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     pacs = report["destinations"]["pacs"]
     assert (pacs["pending"], pacs["sending"], pacs["done"], pacs["failed"]) == (1, 0, 0, 1)
-    assert pacs["state"] == "ok" and pacs["last_error"] == "0122 SOP class not supported"
+    assert pacs["state"] == "ok" and pacs["last_error"] == long
     assert isinstance(pacs["oldest_pending_s"], float) and report["quarantined"] == 1
     assert main(["status", "-c", str(cfg)]) == 0
     table = capsys.readouterr().out
     assert "pacs" in table and "quarantined: 1" in table
+    assert f" {long[:59]}…\n" in table  # cut, and said to be: whole in --json and failed
     assert main(["failed", "-c", str(cfg)]) == 0
-    assert "0122 SOP class not supported" in capsys.readouterr().out
+    assert long in capsys.readouterr().out
     assert main(["quarantine", "-c", str(cfg)]) == 0
     assert "/in/x.pdf: not DICOM" in capsys.readouterr().out
     assert main(["retry", "-c", str(cfg)]) == 2
