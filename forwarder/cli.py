@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="rebuild: a new index, the spool's objects taken again through "
                     "the current routes (for a missing, empty or damaged index)")
     sp.add_argument("--force", action="store_true",
-                    help="rebuild even though the index is readable")
+                    help="rebuild even though the index is readable and holds jobs or "
+                    "their history")
     pg = with_config("purge", "delete failed jobs and quarantined files older than an age, "
                      "or the jobs of a removed destination")
     pg.add_argument("--failed-older-than", metavar="AGE",

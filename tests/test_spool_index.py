@@ -131,6 +131,51 @@ def test_rebuild_refuses_a_readable_index(tmp_path: Path, capsys) -> None:
         assert spool.counts() == {"pending": COUNT}
 
 
+@pytest.mark.parametrize("holding", ["delivered", "kept", "quarantined"])
+def test_rebuild_refuses_a_readable_index_without_jobs_but_with_a_past(
+        holding: str, tmp_path: Path, capsys) -> None:
+    """Delivered jobs are deleted: an index with none left still counts the deliveries,
+    remembers the sources left in place (else sent again) and lists the quarantine."""
+    cfg = write_config(tmp_path, free_port())
+    source = unique_copies(tmp_path / "corpus", 1)
+    path = next(iter(source.values()))
+    with Spool(tmp_path / "spool") as spool:
+        if holding == "quarantined":
+            spool.quarantine(None, str(path), "not DICOM: a test", move=path)
+        else:
+            enqueue(spool, [path])
+            spool.done([job.id for job in spool.claim("pacs", 10)])
+        if holding == "kept":
+            spool.remember(str(path), path.stat())
+        assert spool.counts() == {}
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    want = {"delivered": "holds 1 delivered file(s) counted;",
+            "kept": "holds 1 source(s) left in place and remembered, 1 delivered file(s) "
+                    "counted;",
+            "quarantined": "holds 1 quarantine record(s);"}[holding]
+    assert f"the spool index {tmp_path / 'spool' / 'index.sqlite'} is readable and " \
+           f"{want}" in err, err
+    assert "--force to rebuild anyway" in err, err
+    assert not list((tmp_path / "spool").glob("index.sqlite.damaged-*"))
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["destinations"]["pacs"]["done"] == (holding != "quarantined")
+    assert status["quarantined"] == (holding == "quarantined")
+    if holding == "kept":
+        with Spool(tmp_path / "spool") as spool:
+            assert spool.left_unchanged(str(path), path.stat())  # not taken again
+    assert main(["spool", "rebuild", "-c", str(cfg), "--force"]) == 0
+    assert "old index file(s) moved aside" in capsys.readouterr().out
+
+
+def test_rebuild_takes_a_readable_index_with_nothing_in_it(tmp_path: Path, capsys) -> None:
+    cfg = write_config(tmp_path, free_port())
+    Spool(tmp_path / "spool").close()
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 0
+    assert "0 object(s) queued again" in capsys.readouterr().out
+
+
 def test_a_new_spool_and_an_empty_objects_folder_start_as_before(tmp_path: Path) -> None:
     Spool(tmp_path / "new").close()
     (tmp_path / "new" / "index.sqlite").unlink()

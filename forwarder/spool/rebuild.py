@@ -1,7 +1,8 @@
 """``dicom-forwarder spool rebuild``: for an index that is missing, empty or damaged (see
 :mod:`forwarder.spool.db`). It moves whatever index there is aside and takes the spool's
 objects again through the current routes; objects that are not DICOM or match no route go
-to quarantine with the reason.
+to quarantine with the reason. A readable index holding anything a rebuild would forget
+is refused unless forced.
 """
 
 from __future__ import annotations
@@ -24,20 +25,37 @@ if TYPE_CHECKING:
     from forwarder.spool import Spool
 
 
-def _healthy_jobs(index: Path) -> int:
-    """Jobs in a readable index; -1 when it is missing, empty or damaged."""
+# what a readable index holds and a new one would start without, as (table, what is
+# counted, the query): a rebuild only takes objects/ again through the current routes and
+# lists the quarantine's .json records; sources left in place are then taken and sent again
+_HOLDINGS = (
+    ("jobs", "job(s)", "SELECT count(*) FROM jobs"),
+    ("seen", "source(s) left in place and remembered", "SELECT count(*) FROM seen"),
+    ("quarantine", "quarantine record(s)", "SELECT count(*) FROM quarantine"),
+    ("destinations", "delivered file(s) counted",
+     "SELECT coalesce(sum(done), 0) FROM destinations"),
+)
+
+
+def _holdings(index: Path) -> list[str] | None:
+    """What a readable index holds that is worth keeping, as "N what" phrases (none for
+    an index with nothing in it); None when it is missing, empty or damaged."""
     if not index.exists() or index.stat().st_size == 0:
-        return -1
+        return None
     try:
         db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
         try:
             if db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
-                return -1
-            return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+                return None
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE "
+                                               "type = 'table'")}
+            counts = [(what, int(db.execute(query).fetchone()[0]))
+                      for table, what, query in _HOLDINGS if table in tables]
         finally:
             db.close()
     except sqlite3.DatabaseError:
-        return -1
+        return None
+    return [f"{n} {what}" for what, n in counts if n]
 
 
 def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[str, int]:
@@ -49,11 +67,11 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
     index = root / INDEX
     if not (root / "objects").is_dir():
         raise UsageError(f"{root} is not a spool (no objects/ directory)")
-    jobs = _healthy_jobs(index)
-    if jobs > 0 and not force:
-        raise UsageError(f"the spool index {index} is readable and holds {jobs} job(s); "
-                         "rebuild is for a missing, empty or damaged index (--force to "
-                         "rebuild anyway)")
+    held = _holdings(index)
+    if held and not force:
+        raise UsageError(f"the spool index {index} is readable and holds {', '.join(held)}; "
+                         "rebuild is for a missing, empty or damaged index, and a new one "
+                         "starts without these (--force to rebuild anyway)")
     report = {"moved_aside": 0, "queued": 0, "quarantined": 0, "quarantine_listed": 0}
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
     for suffix in ("", "-wal", "-shm"):
