@@ -201,8 +201,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     with spool:
         if removed is not None:
-            _not_sent_to(cfg, spool, removed)
-            n = retention.purge_destination(spool, removed, dry_run=args.dry_run)
+            # the spool first: a name it holds no job for is that, daemon or none
+            n = retention.purge_destination(spool, removed, dry_run=True)
+            if n is not None:
+                _not_sent_to(cfg, spool, removed)
+                n = retention.purge_destination(spool, removed, dry_run=args.dry_run)
             if n is None:
                 named = sorted(set(spool.status(())["destinations"]) - set(cfg.destinations))
                 raise UsageError(f"the spool holds no job for '{removed}' (removed "

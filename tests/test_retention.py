@@ -164,6 +164,10 @@ def test_a_destination_a_running_daemon_still_sends_to_is_not_purged(tmp_path: P
         assert main(args) == 0
         assert "deleted the jobs of removed destination old: 2 not delivered" in \
             capsys.readouterr().out
+        for name in ("old", "oldx"):  # purged already; never configured: no daemon's doing
+            assert main([*args[:-1], name]) == 2
+            assert f"the spool holds no job for '{name}' (removed destinations with jobs: " \
+                   "none)" in capsys.readouterr().err
     finally:
         lock.release()
     with Spool(tmp_path / "spool") as spool:
