@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sqlite3
 import sys
 from collections.abc import Sequence
 
 from forwarder import __version__
-from forwarder.errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, ForwarderError
+from forwarder.errors import EXIT_CONFIG, EXIT_PIPE, EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "resume", "failed", "quarantine", "echo",
             "send", "receive", "spool", "purge")
@@ -69,7 +71,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config)."""
+    """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config,
+    141 when stdout's reader went away, as for a tool that SIGPIPE ended)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is met in the try
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise  # a socket's, not stdout's: a fault to see
+        return _quiet()
+    return code
+
+
+def _reader_gone() -> bool:
+    """Has stdout's reader gone (``status --json | head -1``)? A pipe or socket whose
+    other end is closed polls as an error or hang-up."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (replaced, closed)
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # errors and hang-ups are reported whatever is asked
+    return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
+
+
+def _quiet() -> int:
+    """Stop without a word, as tools that SIGPIPE ends do. What is left in stdout's
+    buffer goes to /dev/null, so the interpreter's flush at exit does not fail again
+    (Python's docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args_list and args_list[0] == "send":
