@@ -430,6 +430,29 @@ def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
         assert "no route matched" in p.spool.quarantined()[0]["reason"]
 
 
+def test_unrouted_delete_in_a_kept_folder_leaves_the_file_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder that keeps its sources keeps one no route takes too: the log says it is
+    left in place, not deleted, and it is remembered, so the scans pass over it."""
+    routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
+    cfg = make_config(tmp_path, watch="keep_source: true\nrescan: 300ms", routes=routes,
+                      extra="unrouted: delete\n")
+    ct = tmp_path / "in" / "ct.dcm"
+    caplog.set_level(logging.INFO, logger="forwarder.intake")
+    with Pipeline(cfg) as p:
+        shutil.copy(CT, ct)
+        wait_for(lambda: "ct.dcm: no route matched" in caplog.text, 10, "the CT's verdict")
+        scans = p.watchers[0].scans
+        wait_for(lambda: p.watchers[0].scans >= scans + 3, 10, "three more scans")
+        assert p.objects() == [] and p.spool.quarantined() == []
+        assert p.spool.left_unchanged(str(ct), ct.stat())
+    said = [r.getMessage() for r in caplog.records if "no route matched" in r.getMessage()]
+    assert said == [f"{ct}: no route matched, not taken (unrouted: delete): left in place, "
+                    "as its folder keeps its sources, and not looked at again while "
+                    "unchanged"]
+    assert ct.read_bytes() == CT.read_bytes()
+
+
 def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Path) -> None:
     w = Watch(name="gone", path=str(tmp_path / "nope"), min_age=0.1, rescan=0.5)
     taken: list[str] = []
