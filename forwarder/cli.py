@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from forwarder import __version__
-from forwarder.errors import EXIT_CONFIG, EXIT_PIPE, EXIT_USAGE, ConfigError, ForwarderError
+from forwarder.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, ConfigError, ForwarderError
 
 COMMANDS = ("run", "check-config", "status", "retry", "resume", "failed", "quarantine", "echo",
             "send", "receive", "spool", "purge")
@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config,
-    141 when stdout's reader went away, as for a tool that SIGPIPE ended)."""
+    """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config);
+    1 without a word when stdout's reader went away before all was written."""
     try:
         code = _run(argv)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is met in the try
@@ -102,7 +102,7 @@ def _quiet() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return EXIT_PIPE
+    return EXIT_FAILURE  # not all was written; the exit codes stay the documented four
 
 
 def _run(argv: Sequence[str] | None) -> int:

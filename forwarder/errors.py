@@ -9,7 +9,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus uses it
-EXIT_PIPE = 141  # 128 + SIGPIPE: a shell's status for a command whose reader went away
 
 
 class ForwarderError(Exception):

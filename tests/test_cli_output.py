@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.errors import EXIT_PIPE
+from forwarder.errors import EXIT_FAILURE
 from forwarder.spool import Spool
 from tests.daemonutil import REPO
 from tests.spoolutil import accept_file
@@ -53,7 +53,7 @@ def test_a_reader_gone_before_the_output_ends_it_quietly(command: list[str],
         done = _run([*prog, command[0], "-c", cfg, *command[1:]], write)
     finally:
         os.close(write)
-    assert (done.returncode, done.stderr) == (EXIT_PIPE, "")
+    assert (done.returncode, done.stderr) == (EXIT_FAILURE, "")
 
 
 def test_quarantine_json_into_head(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_quarantine_json_into_head(tmp_path: Path) -> None:
     finally:
         head.stdout.close()
         head.wait(10)
-    assert (done.returncode, done.stderr) == (EXIT_PIPE, "")
+    assert (done.returncode, done.stderr) == (EXIT_FAILURE, "")
 
 
 def test_a_broken_pipe_that_is_not_stdouts_is_not_hidden(tmp_path: Path,
