@@ -331,22 +331,6 @@ def uid_problem(uid: str, what: str = "SOP Instance UID") -> str | None:
     return None
 
 
-def image_unfinished(found: Probe) -> str | None:
-    """Why a file an image's writer may not have finished looks so: an image storage
-    object whose data set ends before its pixel data (PS3.3 C.7.6.3 makes it Type 1).
-    A writer that closes the file between its header and its pixels, and pauses longer
-    than ``min_age``, leaves such a file: complete in every element it holds."""
-    if found.pixels:
-        return None
-    from pydicom.uid import UID
-
-    name = UID(found.sop_class_uid).name
-    if "Image Storage" not in name:
-        return None
-    return (f"truncated: {name} without Pixel Data (an image's data set ends with it; "
-            "its writer may not be done)")
-
-
 def _where(fp: IO[bytes]) -> str:
     try:
         return str(fp.tell())

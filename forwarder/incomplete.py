@@ -1,7 +1,8 @@
 """Pure: files that look cut short, and how long they have looked so.
 
 A writer that pauses longer than ``min_age`` (a modality waiting on its network, a copy
-that stalls) leaves a file that settled but reads as truncated or empty. It is left in
+that stalls) leaves a file that settled but reads as truncated or empty, or an image
+that ends before its pixel data (a writer that closed the file between them). It is left in
 place and looked at again when it changes; only when it has stayed the same for
 ``truncated_after`` is it quarantined, by copy, with the source left where it is. The
 clock starts again at each change; where ctime can be trusted it starts when the file
@@ -15,12 +16,30 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
+from forwarder.model import Probe
+
 LIMIT = 10000
 
 
 def looks_incomplete(reason: str) -> bool:
     """Is a probe's refusal one a writer still at work could cause?"""
     return reason.startswith(("truncated", "empty file"))
+
+
+def image_unfinished(found: Probe) -> str | None:
+    """Why a file an image's writer may not have finished looks so: an image storage
+    object whose data set ends before its pixel data (PS3.3 C.7.6.3 makes it Type 1).
+    A writer that closes the file between its header and its pixels, and pauses longer
+    than ``min_age``, leaves such a file: complete in every element it holds."""
+    if found.pixels:
+        return None
+    from pydicom.uid import UID
+
+    name = UID(found.sop_class_uid).name
+    if "Image Storage" not in name:
+        return None
+    return (f"truncated: {name} without Pixel Data (an image's data set ends with it; "
+            "its writer may not be done)")
 
 
 class Incomplete:

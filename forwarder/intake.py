@@ -26,9 +26,10 @@ from forwarder import router
 from forwarder.batches import BATCH_BYTES, Batches
 from forwarder.candidate import Candidate
 from forwarder.config import Config
-from forwarder.dicomfile import Probe, image_unfinished, probe, uid_problem
+from forwarder.dicomfile import Probe, probe, uid_problem
 from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
 from forwarder.faults import in_words, spool_wide, trace
+from forwarder.incomplete import image_unfinished
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
 from forwarder.sources import dispose, quarantine

@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_file
 
 from forwarder import dicomfile, headwalk
 from forwarder.errors import NotDicomError
+from forwarder.incomplete import image_unfinished
 from tests.corpus import data_file
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm", download=False)).parent
@@ -78,10 +79,10 @@ def test_whether_a_data_set_reaches_its_pixel_data_is_told_either_way(tmp_path, 
         assert full_read(path, keywords).pixels is pixels, name
     assert dicomfile.probe(head, keywords).pixels is False
     assert full_read(head, keywords).pixels is False
-    assert dicomfile.image_unfinished(dicomfile.probe(head)) == (
+    assert image_unfinished(dicomfile.probe(head)) == (
         "truncated: CT Image Storage without Pixel Data (an image's data set ends with it; "
         "its writer may not be done)")
-    assert dicomfile.image_unfinished(dicomfile.probe(data_file("test-SR.dcm"))) is None
+    assert image_unfinished(dicomfile.probe(data_file("test-SR.dcm"))) is None
 
 
 @pytest.mark.filterwarnings("ignore")
