@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 
 from forwarder.config import Watch
 from forwarder.watcher import Watcher
-from tests.corpus import data_file, unique_copies
+from tests.corpus import data_file, unique_copies, with_open_sequences
 from tests.peers import wait_for
 from tests.pipeline import Pipeline, make_config
 
@@ -281,6 +281,40 @@ def test_a_deflated_label_that_does_not_hold_is_named_not_called_an_internal_err
         assert reasons["plain.dcm"].startswith("mislabelled: the file meta names the deflated")
         assert reasons["cut.dcm"].startswith("truncated: the deflated data set stops")
         assert "unchanged for at least 1s" in reasons["cut.dcm"] and p.objects() == []
+
+
+def test_a_file_cut_inside_a_sequence_waits_in_place_and_is_taken_whole_when_completed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A writer that pauses inside encapsulated pixel data, or inside a sequence of
+    undefined length: the file is left where it is (not moved out as unreadable, which
+    would leave its rest as a second, headless file), and taken whole once written on."""
+    cfg = make_config(tmp_path, watch="truncated_after: 60s\nrescan: 300ms")
+    j2k = data_file("JPEG2000.dcm").read_bytes()
+    ct = with_open_sequences()
+    nested_end = ct.index(b"\xfe\xff\xdd\xe0", ct.index(b"\x40\x00\x70\xa1SQ"))
+    pieces = {"j2k.dcm": (j2k, j2k.rindex(b"\xfe\xff\xdd\xe0")),  # before its delimiter
+              # right after the first item of Referenced Image Sequence (undefined length)
+              "ct.dcm": (ct, ct.index(b"\xfe\xff\x0d\xe0\0\0\0\0", nested_end) + 8)}
+    caplog.set_level(logging.WARNING)
+    inbox = tmp_path / "in"
+    with Pipeline(cfg) as p:
+        for name, (data, cut) in pieces.items():
+            (inbox / name).write_bytes(data[:cut])
+        for name, (_, cut) in pieces.items():
+            wait_for(lambda name=name, cut=cut: f"{name}: truncated: the file ends at byte {cut} "
+                     in caplog.text, 10, f"{name} judged cut short")
+        assert "j2k.dcm: truncated: the file ends at byte 3300 inside the encapsulated pixel " \
+               "data (7FE0,0010)" in caplog.text
+        assert "left in place and looked at again when it changes" in caplog.text
+        assert sorted(f.name for f in inbox.iterdir()) == ["ct.dcm", "j2k.dcm"]
+        assert p.spool.quarantined() == [] and p.objects() == []
+        for name, (data, cut) in pieces.items():
+            with open(inbox / name, "ab") as fp:  # the writer resumes
+                fp.write(data[cut:])
+        wait_for(lambda: len(p.objects()) == 2, 10, "both files in the spool")
+        assert sorted(o["sha256"] for o in p.objects()) == sorted([sha(j2k), sha(ct)])
+        wait_for(lambda: not any(inbox.iterdir()), 5, "the sources removed")
+        assert p.spool.quarantined() == []
 
 
 def test_dicomdir_set_images_taken_dicomdir_quarantined(tmp_path: Path) -> None:
