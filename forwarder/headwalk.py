@@ -230,8 +230,12 @@ class _Walker:
             if start < 0 or start + 12 > blen:
                 buf, start = self._bytes(pos, 12 if pos + 12 <= size else 8)
                 base, blen = self.base, len(buf)
+            was = group, elem
             if implicit:
                 group, elem, length = head_at(buf, start)
+                if not group and not elem and top and self._zeros_from(pos):
+                    group, elem = was
+                    break  # zeros to the end of the file: no element, past the data set
                 if group == 0xFFFE:
                     if elem == 0xE00D and end is None and length == 0 and not top:
                         return pos + 8
@@ -246,6 +250,9 @@ class _Walker:
                     continue
             else:
                 group, elem, code, length = explicit_at(buf, start)
+                if not group and not elem and top and self._zeros_from(pos):
+                    group, elem = was
+                    break  # zeros to the end of the file: no element, past the data set
                 if group == 0xFFFE:
                     length = head_at(buf, start)[2]
                     if elem == 0xE00D and end is None and length == 0 and not top:
@@ -281,6 +288,21 @@ class _Walker:
         if top:
             self.last = group << 16 | elem
         return pos
+
+    def _zeros_from(self, pos: int) -> bool:
+        """Is the file all zero bytes from ``pos`` on? Space a writer set aside (or padding
+        of a medium) after the data set: the reader reads every 8 of those bytes as an
+        empty element of tag (0000,0000), some 4 MB a second, and so takes such a file
+        as it is; the walk answers the same without reading them as elements."""
+        if self.window is not None or pos + 8 > self.size:
+            return False  # a deflated stream, or the reader stops there itself
+        zero = bytes(1 << 20)
+        while pos < self.size:
+            chunk = os.pread(self.fd, min(len(zero), self.size - pos), pos)
+            if not chunk or chunk != zero[:len(chunk)]:
+                return False
+            pos += len(chunk)
+        return True
 
     def _charset(self, at: int, length: int) -> None:
         """A Specific Character Set the reader knows term by term, or not the plain case
