@@ -4,11 +4,10 @@ while unchanged, taken again after any rewrite.
 A file is known by path and inode; it is unchanged while its size, mtime and ctime are
 what they were when it was taken. ``cp -p``, ``rsync -t --inplace`` and unzip rewrite
 a file and set its old mtime back, and slices of one series often have the same size,
-but none of them can set the ctime back: a changed mtime or ctime at the same size makes
-the content itself decide (its SHA-256 against the one recorded at intake). The same
-content under new times (touch, chmod, chown, a hard link made) is remembered with those
-times, so it is hashed once. Rows written before ctime and content were recorded fall
-back to size and mtime.
+but none of them can set the ctime back: a changed ctime makes the content itself
+decide (its SHA-256 against the one recorded at intake). The same content under a new
+ctime (chmod, chown, a hard link made) is remembered with that ctime, so it is hashed
+once. Rows written before ctime and content were recorded fall back to size and mtime.
 """
 
 from __future__ import annotations
@@ -23,18 +22,18 @@ def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None
     """Was this very file (``st``, open as ``fd``) taken before and is it unchanged?"""
     row = db.execute("SELECT size, mtime_ns, ctime_ns, sha256 FROM seen WHERE path=? AND "
                      "inode=?", (path, st.st_ino)).fetchone()
-    if not row or row[0] != st.st_size:
+    if not row or (row[0], row[1]) != (st.st_size, st.st_mtime_ns):
         return False
-    mtime, ctime, sha = row[1], row[2], row[3]
-    if (mtime, ctime) == (st.st_mtime_ns, st.st_ctime_ns):
+    ctime, sha = row[2], row[3]
+    if ctime == st.st_ctime_ns:
         return True
     if sha is None or fd is None:  # recorded without content: size and mtime decide
-        same = sha is None and mtime == st.st_mtime_ns
-        now = digest(fd) if same and fd is not None else None
+        same = sha is None
+        now = digest(fd) if fd is not None else None
     else:
         now = digest(fd)
         same = now == sha
-    if same:  # touched, not rewritten: remember the new times so it is hashed once
+    if same:  # touched, not rewritten: remember the new ctime so it is hashed once
         record(db, path, st, now or sha)
     return same
 
