@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TRUNCATION_WORDS = ("end of file", "truncat", "eof", "premature", "not enough")
-PIXELS_FROM = 0x7FE00008  # Float Pixel Data; Double Float Pixel Data and Pixel Data follow
 
 
 class _Unnamed:
@@ -152,7 +151,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 if answer is None:
                     ds, meta = _datasets(found)
                     answer = _summary(ds, meta, True, size, keywords, retype=False)
-                return answer if found.last >= PIXELS_FROM else replace(answer, pixels=False)
+                return answer if found.pixels else replace(answer, pixels=False)
         from pydicom.dataset import Dataset
         from pydicom.errors import BytesLengthException, InvalidDicomError
 
@@ -204,7 +203,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             raise NotDicomError("truncated: file meta information but no dataset after it")
         meta = getattr(ds, "file_meta", None) or Dataset()
         answer = _summary(ds, meta, has_meta, size, keywords, retype)
-        return answer if max(ds._dict, default=0) >= PIXELS_FROM else \
+        return answer if max(ds._dict, default=0) >= headwalk.PIXELS_FROM else \
             replace(answer, pixels=False)
     finally:
         if isinstance(source, (str, os.PathLike)):

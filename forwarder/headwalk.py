@@ -21,7 +21,8 @@ held inflated: its offsets are the file meta's length plus those in the inflated
 It takes only the plain case: file meta starting with its group length or version, a
 little-endian transfer syntax (or the deflated one), every explicit VR one pydicom knows
 and none of them UN, the encoding the meta names from the first element on, items that
-tile their sequences exactly, the last element ending at the end of the file, character
+tile their sequences exactly, the last element ending at the end of the file (or only
+zeros after it, in whole 8-byte headers, as the reader takes them), character
 sets pydicom knows (at any depth), no wanted value longer than the probe reads (4 KiB),
 no routing value that is a sequence or (in implicit VR) has a VR that depends on another
 element. The reader decodes some values while it reads, and the probe takes its warnings
@@ -70,7 +71,9 @@ _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 _META_FIRST = (0x00020000, 0x00020001)  # the reader decodes the first meta element it finds
 _WINDOW = 65536
+_ZEROS = bytes(1 << 20)  # compared with a file's tail, a MiB at a time
 MAX_DEPTH = 64
+PIXELS_FROM = 0x7FE00008  # Float Pixel Data; Double Float Pixel Data and Pixel Data follow
 
 
 class Raw(NamedTuple):
@@ -88,7 +91,7 @@ class Walked(NamedTuple):
     dataset: dict[int, Raw]
     meta: dict[int, Raw]
     implicit: bool
-    last: int = 0  # the tag of the data set's last top-level element (0: none)
+    pixels: bool = False  # a top-level tag from (7FE0,0008) on: pixel data or past it
 
 
 class _NotPlain(Exception):
@@ -133,7 +136,8 @@ class _Walker:
         self.native = True  # the syntax is not an encapsulated one: no pixel fragments
         self.window: Window | None = None  # a deflated data set: read as it inflates
         self.meta_end = 0  # where the deflated stream starts in the file
-        self.last = 0  # the last top-level tag walked
+        self.pixels = False  # a top-level tag from (7FE0,0008) on was walked
+        self.nonzero_at = -1  # where a look for zeros to the end found other bytes
 
     def run(self) -> Walked:
         buf, i = self._bytes(128, 4)
@@ -168,7 +172,7 @@ class _Walker:
         if implicit and looks_explicit(buf, i):
             raise _NotPlain  # the reader switches to explicit VR here, with a warning
         self._dataset(pos, self.size, implicit, 0)
-        return Walked(self.kept, meta_raw, implicit, self.last)
+        return Walked(self.kept, meta_raw, implicit, self.pixels)
 
     def _bytes(self, pos: int, n: int) -> tuple[bytes, int]:
         """The buffer holding bytes ``pos`` to ``pos + n`` of the file, and where they
@@ -224,18 +228,17 @@ class _Walker:
         limit = size if end is None else end
         buf, base = self.buf, self.base
         blen = len(buf)
-        group = elem = 0
         while pos < limit:
             start = pos - base
             if start < 0 or start + 12 > blen:
                 buf, start = self._bytes(pos, 12 if pos + 12 <= size else 8)
                 base, blen = self.base, len(buf)
-            was = group, elem
             if implicit:
                 group, elem, length = head_at(buf, start)
                 if not group and not elem and top and self._zeros_from(pos):
-                    group, elem = was
                     break  # zeros to the end of the file: no element, past the data set
+                if group >= 0x7FE0 and top and group << 16 | elem >= PIXELS_FROM:
+                    self.pixels = True
                 if group == 0xFFFE:
                     if elem == 0xE00D and end is None and length == 0 and not top:
                         return pos + 8
@@ -251,8 +254,9 @@ class _Walker:
             else:
                 group, elem, code, length = explicit_at(buf, start)
                 if not group and not elem and top and self._zeros_from(pos):
-                    group, elem = was
                     break  # zeros to the end of the file: no element, past the data set
+                if group >= 0x7FE0 and top and group << 16 | elem >= PIXELS_FROM:
+                    self.pixels = True
                 if group == 0xFFFE:
                     length = head_at(buf, start)[2]
                     if elem == 0xE00D and end is None and length == 0 and not top:
@@ -285,23 +289,24 @@ class _Walker:
                 buf, base, blen = self.buf, self.base, len(self.buf)
         if pos > limit or (end is None and not top):
             raise _NotPlain  # cut short (the full reader names the element), or no delimiter
-        if top:
-            self.last = group << 16 | elem
         return pos
 
     def _zeros_from(self, pos: int) -> bool:
-        """Is the file all zero bytes from ``pos`` on? Space a writer set aside (or padding
-        of a medium) after the data set: the reader reads every 8 of those bytes as an
-        empty element of tag (0000,0000), some 4 MB a second, and so takes such a file
-        as it is; the walk answers the same without reading them as elements."""
-        if self.window is not None or pos + 8 > self.size:
-            return False  # a deflated stream, or the reader stops there itself
-        zero = bytes(1 << 20)
-        while pos < self.size:
-            chunk = os.pread(self.fd, min(len(zero), self.size - pos), pos)
-            if not chunk or chunk != zero[:len(chunk)]:
+        """Is the file all zero bytes from ``pos`` on, in whole 8-byte headers? Space a
+        writer set aside (or a medium's padding) after the data set: the reader reads each
+        8 of them as an empty element (0000,0000), some 4 MB a second, and takes the file
+        as it is; the walk answers the same without reading them as elements. Once other
+        bytes are found, every look before them answers at once (zeros that do not run to
+        the end are walked as the reader walks them, 8 bytes at a time)."""
+        if self.window is not None or (self.size - pos) % 8 or pos < self.nonzero_at:
+            return False  # a deflated stream, a tail the reader calls stray, or seen not
+        at = pos
+        while at < self.size:
+            chunk = os.pread(self.fd, min(len(_ZEROS), self.size - at), at)
+            if not chunk or chunk != _ZEROS[:len(chunk)]:
+                self.nonzero_at = at + (len(chunk) - len(chunk.lstrip(b"\0")))
                 return False
-            pos += len(chunk)
+            at += len(chunk)
         return True
 
     def _charset(self, at: int, length: int) -> None:

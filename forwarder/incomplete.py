@@ -19,6 +19,10 @@ from collections.abc import Hashable
 from forwarder.model import Probe
 
 LIMIT = 10000
+# JPIP Referenced (Deflate), JPIP HTJ2K Referenced (Deflate): the pixels stay on a JPIP
+# server, named by Pixel Data Provider URL (0028,7FE0) in place of Pixel Data
+_JPIP = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95",
+                   "1.2.840.10008.1.2.4.204", "1.2.840.10008.1.2.4.205"})
 
 
 def looks_incomplete(reason: str) -> bool:
@@ -28,10 +32,11 @@ def looks_incomplete(reason: str) -> bool:
 
 def image_unfinished(found: Probe) -> str | None:
     """Why a file an image's writer may not have finished looks so: an image storage
-    object whose data set ends before its pixel data (PS3.3 C.7.6.3 makes it Type 1).
-    A writer that closes the file between its header and its pixels, and pauses longer
-    than ``min_age``, leaves such a file: complete in every element it holds."""
-    if found.pixels:
+    object whose data set ends before its pixel data (PS3.3 C.7.6.3: Type 1C, needed
+    unless a JPIP transfer syntax names a Pixel Data Provider URL instead). A writer that
+    closes the file between its header and its pixels, and pauses longer than
+    ``min_age``, leaves such a file: complete in every element it holds."""
+    if found.pixels or found.transfer_syntax in _JPIP:
         return None
     from pydicom.uid import UID
 

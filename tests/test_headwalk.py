@@ -94,15 +94,51 @@ def test_zeros_after_the_data_set_are_walked_past_not_read_as_elements(tmp_path,
     the same answer without them; one other byte among them leaves the file to the reader
     (8 KiB here: the reader is the slow one)."""
     data = data_file(name).read_bytes()
-    padded, spoilt = tmp_path / "padded.dcm", tmp_path / "spoilt.dcm"
+    padded, spoilt, odd = tmp_path / "padded.dcm", tmp_path / "spoilt.dcm", tmp_path / "odd.dcm"
     padded.write_bytes(data + bytes(8192))
     spoilt.write_bytes(data + bytes(8192) + b"\x01")
+    odd.write_bytes(data + bytes(8196))  # 4 stray bytes after the last 8: the reader says so
     assert walked(padded) and not walked(spoilt)
-    for path in (padded, spoilt):
+    for path in (padded, spoilt, odd):
         for keywords in (frozenset(), KEYWORDS):
             assert answer(path, keywords) == full_read(path, keywords), path
     assert dicomfile.probe(padded).sop_instance_uid == dicomfile.probe(data_file(name)) \
         .sop_instance_uid
+
+
+def test_zeros_that_do_not_run_to_the_end_are_looked_through_once(tmp_path, monkeypatch):
+    """In implicit VR each 8 zero bytes walk as an empty element; the look for zeros to
+    the end must not start again at each of them (4 MB of zeros then other bytes: 56 s
+    for 1 MB, growing with the square of the run)."""
+    data = data_file("MR_small_implicit.dcm").read_bytes()
+    path = tmp_path / "hole.dcm"  # zeros, then an empty (FFFC,FFFC) Data Set Trailing Padding
+    path.write_bytes(data + bytes(4 << 20) + b"\xfc\xff\xfc\xff\x00\x00\x00\x00")
+    read = []
+    real = os.pread
+    monkeypatch.setattr(headwalk.os, "pread", lambda fd, n, at: (read.append(n),
+                                                                   real(fd, n, at))[1])
+    assert walked(path)
+    assert sum(read) < 3 * path.stat().st_size, f"{sum(read)} bytes read"
+    assert dicomfile.probe(path).sop_instance_uid == \
+        dicomfile.probe(data_file("MR_small_implicit.dcm")).sop_instance_uid
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pixel_data_counts_wherever_the_file_puts_it_and_jpip_needs_none(tmp_path):
+    """An element after the pixel data out of order (a private block appended) does not
+    hide them; a JPIP-referenced image names its pixels by URL and holds none."""
+    from forwarder.model import Probe
+
+    data = data_file("CT_small.dcm").read_bytes()
+    appended = tmp_path / "appended.dcm"
+    appended.write_bytes(data + struct.pack("<HH2sH", 0x0029, 0x0010, b"LO", 4) + b"ACME")
+    assert walked(appended)
+    assert dicomfile.probe(appended).pixels is True and full_read(appended).pixels is True
+    ct = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    for syntax, held in (("1.2.840.10008.1.2.1", True), ("1.2.840.10008.1.2.4.94", False),
+                         ("1.2.840.10008.1.2.4.205", False)):
+        found = Probe(ct, "1.2.3", syntax, pixels=False)
+        assert (image_unfinished(found) is not None) is held, syntax
 
 
 @pytest.mark.filterwarnings("ignore")
