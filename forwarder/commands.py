@@ -92,7 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             _age(max(time.time() - r["last_success_at"], 0)) + " ago"
         error = r["last_error"] or "-"
         if len(error) > 60:  # whole in status --json and in 'failed'
-            error = error[:59] + "…"
+            error = error[:57] + "..."  # ASCII: any locale can print it
         rows.append((name, r["state"], str(r["pending"]), str(r["sending"]), str(r["done"]),
                      str(r["failed"]), oldest, success, error))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -171,7 +171,7 @@ def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:
     assert main(["status", "-c", str(cfg)]) == 0
     table = capsys.readouterr().out
     assert "pacs" in table and "quarantined: 1" in table
-    assert f" {long[:59]}…\n" in table  # cut, and said to be: whole in --json and failed
+    assert f" {long[:57]}...\n" in table  # cut, and said to be: whole in --json and failed
     assert main(["failed", "-c", str(cfg)]) == 0
     assert long in capsys.readouterr().out
     assert main(["quarantine", "-c", str(cfg)]) == 0
