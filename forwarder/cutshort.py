@@ -31,9 +31,13 @@ import functools
 import os
 import struct
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from forwarder.errors import NotDicomError
 from forwarder.headwalk import KNOWN_VRS, LONG_VRS, MAX_DEPTH, looks_explicit
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
@@ -66,6 +70,35 @@ def where_cut(fd: int, size: int, has_meta: bool) -> str | None:
         return cut_in(_Window(fd), size, has_meta)
     except OSError:
         return None  # the file cannot be read again: the reader's words stand
+
+
+def unreadable(fd: int, size: int, has_meta: bool, why: str) -> NotDicomError:
+    """The reader cannot follow the file open as ``fd``, for ``why``: "truncated" when the walk of its
+    structure finds it ends inside something still open (a value, a sequence, item or
+    encapsulated pixel data of undefined length not closed yet), so a writer that paused
+    there may still complete it; "not readable" otherwise, in the reader's words."""
+    cut = where_cut(fd, size, has_meta)
+    if cut is not None:
+        return NotDicomError(f"truncated: {cut}")
+    return NotDicomError(f"not readable as DICOM: {why}")
+
+
+def check_closed(fd: int, ds: Dataset, size: int, has_meta: bool) -> None:
+    """pydicom does not record where an element of undefined length ends, and stops
+    quietly where fewer than 8 bytes are left: when the last element it read has
+    undefined length, the file must end with the sequence delimiter that closes it, or
+    it ends inside the header of an element after it (a writer paused there)."""
+    elements = list(ds._dict.values())  # in the file's order, as the reader found them
+    last = elements[-1] if elements else None
+    if getattr(last, "length", None) != 0xFFFFFFFF and \
+            not getattr(last, "is_undefined_length", False):
+        return
+    delimiter = struct.pack("<HHI" if ds.original_encoding[1] is not False else ">HHI",
+                            0xFFFE, 0xE0DD, 0)
+    if size < 8 or os.pread(fd, 8, size - 8) != delimiter:
+        cut = where_cut(fd, size, has_meta)
+        if cut is not None:
+            raise NotDicomError(f"truncated: {cut}")
 
 
 class _Window:

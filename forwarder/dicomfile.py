@@ -168,7 +168,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                 else:
                     implicit_inside = False
                     _check_extent(ds, size)
-                    _check_closed(fp, ds, size, has_meta)
+                    cutshort.check_closed(fp.fileno(), ds, size, has_meta)
                 _parse_sequences(ds)
                 # re-encoded, never sent as it is: an element encoded UN whose VR is known
                 # (checked before any value is read: reading re-types), or a dataset in
@@ -178,7 +178,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                     has_meta and labels.encoded_otherwise(fp.fileno(), meta_ts))
                 labels.fragments_fit(ds, meta_ts)
             except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
-                raise _unreadable(fp, size, has_meta, _short(exc)) from exc
+                raise cutshort.unreadable(fp.fileno(), size, has_meta, _short(exc)) from exc
             except zlib.error as exc:  # labelled deflated: cut short, or no deflate stream
                 if "incomplete or truncated" in str(exc):
                     raise NotDicomError(f"truncated: the deflated data set stops before its "
@@ -189,9 +189,9 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             except (TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
                     AttributeError, struct.error, BytesLengthException) as exc:
                 # the reader tripped on the bytes
-                raise _unreadable(fp, size, has_meta, f"malformed data near byte {_where(fp)} "
-                                  f"of {size} (an element's tag, VR or length that the reader "
-                                  "cannot follow)") from exc
+                raise cutshort.unreadable(fp.fileno(), size, has_meta, f"malformed data near "
+                                         f"byte {_where(fp)} of {size} (an element's tag, VR or "
+                                         "length that the reader cannot follow)") from exc
             except (RecursionError, MemoryError) as exc:
                 raise NotDicomError(f"not readable as DICOM: {type(exc).__name__}") from exc
         for w in caught:
@@ -208,17 +208,6 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
-
-
-def _unreadable(fp: IO[bytes], size: int, has_meta: bool, why: str) -> NotDicomError:
-    """The reader cannot follow the file, for ``why``: "truncated" when the walk of its
-    structure finds it ends inside something still open (a value, a sequence, item or
-    encapsulated pixel data of undefined length not closed yet), so a writer that paused
-    there may still complete it; "not readable" otherwise, in the reader's words."""
-    cut = cutshort.where_cut(fp.fileno(), size, has_meta)
-    if cut is not None:
-        return NotDicomError(f"truncated: {cut}")
-    return NotDicomError(f"not readable as DICOM: {why}")
 
 
 def _read(fp: IO[bytes], has_meta: bool) -> tuple[Dataset, Inflating | None]:
@@ -372,24 +361,6 @@ def _check_extent(ds: Dataset, size: int, whole: str = "the file has") -> None:
         end = max(end, tell + length)
     if end and 0 < size - end < 8:
         raise NotDicomError(f"truncated: {size - end} stray bytes after the last element")
-
-
-def _check_closed(fp: IO[bytes], ds: Dataset, size: int, has_meta: bool) -> None:
-    """pydicom does not record where an element of undefined length ends, and stops
-    quietly where fewer than 8 bytes are left: when the last element it read has
-    undefined length, the file must end with the sequence delimiter that closes it, or
-    it ends inside the header of an element after it (a writer paused there)."""
-    elements = list(ds._dict.values())  # in the file's order, as the reader found them
-    last = elements[-1] if elements else None
-    if getattr(last, "length", None) != 0xFFFFFFFF and \
-            not getattr(last, "is_undefined_length", False):
-        return
-    delimiter = struct.pack("<HHI" if ds.original_encoding[1] is not False else ">HHI",
-                            0xFFFE, 0xE0DD, 0)
-    if size < 8 or os.pread(fp.fileno(), 8, size - 8) != delimiter:
-        cut = cutshort.where_cut(fp.fileno(), size, has_meta)
-        if cut is not None:
-            raise NotDicomError(f"truncated: {cut}")
 
 
 def _guess_syntax(ds: Dataset) -> str:

@@ -38,6 +38,8 @@ import struct
 import zlib
 from typing import TYPE_CHECKING, NamedTuple
 
+from forwarder import zerotail
+
 if TYPE_CHECKING:
     from forwarder.scu.inflating import Window
 
@@ -71,7 +73,6 @@ _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 _META_FIRST = (0x00020000, 0x00020001)  # the reader decodes the first meta element it finds
 _WINDOW = 65536
-_ZEROS = bytes(1 << 20)  # compared with a file's tail, a MiB at a time
 MAX_DEPTH = 64
 PIXELS_FROM = 0x7FE00008  # Float Pixel Data; Double Float Pixel Data and Pixel Data follow
 
@@ -292,22 +293,13 @@ class _Walker:
         return pos
 
     def _zeros_from(self, pos: int) -> bool:
-        """Is the file all zero bytes from ``pos`` on, in whole 8-byte headers? Space a
-        writer set aside (or a medium's padding) after the data set: the reader reads each
-        8 of them as an empty element (0000,0000), some 4 MB a second, and takes the file
-        as it is; the walk answers the same without reading them as elements. Once other
-        bytes are found, every look before them answers at once (zeros that do not run to
-        the end are walked as the reader walks them, 8 bytes at a time)."""
+        """Only zeros from ``pos`` to the end, in whole 8-byte headers (the reader calls a
+        shorter rest stray; :mod:`forwarder.zerotail`)? Once other bytes are found, every
+        look before them answers at once: in implicit VR each 8 zeros walk as an element."""
         if self.window is not None or (self.size - pos) % 8 or pos < self.nonzero_at:
-            return False  # a deflated stream, a tail the reader calls stray, or seen not
-        at = pos
-        while at < self.size:
-            chunk = os.pread(self.fd, min(len(_ZEROS), self.size - at), at)
-            if not chunk or chunk != _ZEROS[:len(chunk)]:
-                self.nonzero_at = at + (len(chunk) - len(chunk.lstrip(b"\0")))
-                return False
-            at += len(chunk)
-        return True
+            return False  # a deflated stream, a stray tail, or other bytes further on
+        self.nonzero_at = zerotail.first_nonzero(self.fd, pos, self.size)
+        return self.nonzero_at >= self.size
 
     def _charset(self, at: int, length: int) -> None:
         """A Specific Character Set the reader knows term by term, or not the plain case
