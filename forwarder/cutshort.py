@@ -33,18 +33,25 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
+from forwarder.elements import (
+    ITEM,
+    ITEM_END,
+    KNOWN_VRS,
+    LONG_VRS,
+    MAX_DEPTH,
+    PIXEL_DATA,
+    SEQ_END,
+    UNDEFINED,
+    looks_explicit,
+)
 from forwarder.errors import NotDicomError
-from forwarder.headwalk import KNOWN_VRS, LONG_VRS, MAX_DEPTH, looks_explicit
+from forwarder.negotiation import DEFLATED_LE, EXPLICIT_BE
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_PIXEL_DATA = 0x7FE00010
 _SYNTAX = 0x00020010
 _ENCODED_VRS = KNOWN_VRS | {b"UN"}
-_EXPLICIT_BE, _DEFLATED_LE = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 _WINDOW = 65536
 # the sizes of single values (PS3.5 Table 6.2-1): fixed, or at most (in bytes, as long as
 # UTF-8 or ISO 2022 escapes make them, and longer than writers that exceed them write)
@@ -90,7 +97,7 @@ def check_closed(fd: int, ds: Dataset, size: int, has_meta: bool) -> None:
     it ends inside the header of an element after it (a writer paused there)."""
     elements = list(ds._dict.values())  # in the file's order, as the reader found them
     last = elements[-1] if elements else None
-    if getattr(last, "length", None) != 0xFFFFFFFF and \
+    if getattr(last, "length", None) != UNDEFINED and \
             not getattr(last, "is_undefined_length", False):
         return
     delimiter = struct.pack("<HHI" if ds.original_encoding[1] is not False else ">HHI",
@@ -177,14 +184,14 @@ class _Walk:
         pos, syntax = 0, None
         if has_meta:
             pos, syntax = self._meta(132)
-            if syntax == _DEFLATED_LE or pos >= self.size:
+            if syntax == DEFLATED_LE or pos >= self.size:
                 return  # the inflater names a cut; meta alone, the probe says so itself
         first = self.read(pos, 6)
         if len(first) < 6:
             self._ends("an element's header", pos)
         implicit = not looks_explicit(first)  # the reader follows the bytes, as here
         if has_meta:
-            self.little = syntax != _EXPLICIT_BE
+            self.little = syntax != EXPLICIT_BE
         else:  # the reader's guess: a big endian group reads as 1024 or more
             self.little = implicit or struct.unpack_from("<H", first)[0] < 1024
         self._dataset(pos, self.size, implicit, 0)
@@ -221,7 +228,7 @@ class _Walk:
                 raise _Malformed
             if vr in LONG_VRS:
                 length, at = struct.unpack("<I", self._head(pos, 12)[8:])[0], pos + 12
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 raise _Malformed
             if at + length > self.size:
                 self._ends(f"the value of {_tag(group << 16 | elem)}", at,
@@ -252,7 +259,7 @@ class _Walk:
             group, elem, length = struct.unpack(fmt + "HHI", head)
             tag = group << 16 | elem
             if group == 0xFFFE:
-                if tag == _ITEM_END and end is None and not top and length == 0:
+                if tag == ITEM_END and end is None and not top and length == 0:
                     return pos + 8
                 raise _Malformed  # an item or delimiter where none belongs
             if tag <= last:
@@ -270,13 +277,13 @@ class _Walk:
                 else:
                     length = struct.unpack(fmt + "H", head[6:])[0]
             if vr is None:  # implicit VR: the dictionary, or an undefined length, says
-                sequence = tag != _PIXEL_DATA if length == _UNDEFINED else \
+                sequence = tag != PIXEL_DATA if length == UNDEFINED else \
                     (_entry(tag) or ("",))[0] == "SQ"
             else:  # UN of undefined length holds a sequence in implicit VR (PS3.5 6.2.2)
-                sequence = vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED)
+                sequence = vr == b"SQ" or (vr == b"UN" and length == UNDEFINED)
             if sequence:
                 pos = self._sequence(tag, pos, at, length, implicit, depth + 1, limit)
-            elif length == _UNDEFINED:
+            elif length == UNDEFINED:
                 if vr not in (None, b"OB", b"OW"):
                     raise _Malformed  # only sequences and fragments have no length
                 pos = self._fragments(tag, pos, at, limit)
@@ -321,7 +328,7 @@ class _Walk:
         if depth > MAX_DEPTH:
             raise _Malformed
         fmt = "<" if self.little else ">"
-        end = None if length == _UNDEFINED else pos + length
+        end = None if length == UNDEFINED else pos + length
         if end is not None and limit is not None and end > limit:
             raise _Malformed  # longer than its item
         kind = "undefined-length" if end is None else f"{length}-byte"
@@ -336,12 +343,12 @@ class _Walk:
             if pos >= self.size:
                 self._unclosed()
             group, elem, item_length = struct.unpack(fmt + "HHI", self._head(pos, 8))
-            if group << 16 | elem == _SEQ_END and end is None and item_length == 0:
+            if group << 16 | elem == SEQ_END and end is None and item_length == 0:
                 self.open.pop()
                 return pos + 8
-            if group << 16 | elem != _ITEM:
+            if group << 16 | elem != ITEM:
                 raise _Malformed
-            item_end = None if item_length == _UNDEFINED else pos + 8 + item_length
+            item_end = None if item_length == UNDEFINED else pos + 8 + item_length
             if item_end is not None and end is not None and item_end > end:
                 raise _Malformed  # an item longer than its sequence
             kind = "an undefined-length" if item_end is None else f"a {item_length}-byte"
@@ -359,7 +366,7 @@ class _Walk:
         """Walk encapsulated fragments (items of defined length up to the sequence
         delimiter, PS3.5 A.4); the offset after them."""
         fmt = "<" if self.little else ">"
-        what = ("the encapsulated pixel data (7FE0,0010)" if tag == _PIXEL_DATA
+        what = ("the encapsulated pixel data (7FE0,0010)" if tag == PIXEL_DATA
                 else f"the encapsulated value of {_tag(tag)}")
         self.open.append((what, head_at, "sequence delimiter"))
         while True:
@@ -368,10 +375,10 @@ class _Walk:
             if pos >= self.size:
                 self._unclosed()
             group, elem, length = struct.unpack(fmt + "HHI", self._head(pos, 8))
-            if group << 16 | elem == _SEQ_END and length == 0:
+            if group << 16 | elem == SEQ_END and length == 0:
                 self.open.pop()
                 return pos + 8
-            if group << 16 | elem != _ITEM or length == _UNDEFINED:
+            if group << 16 | elem != ITEM or length == UNDEFINED:
                 raise _Malformed
             if pos + 8 + length > self.size:
                 self._ends(f"a fragment of {what}", pos, f", which needs {length} bytes")

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
-from forwarder import cutshort, headwalk, labels
+from forwarder import cutshort, elements, headwalk, labels
 from forwarder.errors import NotDicomError
 from forwarder.model import Probe
 from forwarder.negotiation import DEFLATED_LE
@@ -164,7 +164,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
                     _check_extent(ds, inflating.size(), "the inflated data set has")
                     # judged by its first element, as the reader judges it
                     implicit_inside = len(inflating.head) >= 6 and \
-                        not headwalk.looks_explicit(inflating.head)
+                        not elements.looks_explicit(inflating.head)
                 else:
                     implicit_inside = False
                     _check_extent(ds, size)
@@ -203,7 +203,7 @@ def probe(source: str | os.PathLike[str] | IO[bytes], keywords: frozenset[str] =
             raise NotDicomError("truncated: file meta information but no dataset after it")
         meta = getattr(ds, "file_meta", None) or Dataset()
         answer = _summary(ds, meta, has_meta, size, keywords, retype)
-        return answer if max(ds._dict, default=0) >= headwalk.PIXELS_FROM else \
+        return answer if max(ds._dict, default=0) >= elements.PIXELS_FROM else \
             replace(answer, pixels=False)
     finally:
         if isinstance(source, (str, os.PathLike)):
@@ -291,8 +291,8 @@ def _parse_sequences(ds: Dataset, depth: int = 0) -> None:
     inside one is noticed; other values are not decoded: their extents are checked."""
     from pydicom.datadict import dictionary_VR
 
-    if depth > headwalk.MAX_DEPTH:
-        raise NotDicomError(f"sequences nested more than {headwalk.MAX_DEPTH} deep")
+    if depth > elements.MAX_DEPTH:
+        raise NotDicomError(f"sequences nested more than {elements.MAX_DEPTH} deep")
     for tag, raw in list(ds._dict.items()):
         vr = getattr(raw, "VR", None)
         if vr is None:

@@ -39,6 +39,20 @@ import zlib
 from typing import TYPE_CHECKING, NamedTuple
 
 from forwarder import zerotail
+from forwarder.elements import (
+    EXPLICIT,
+    HEAD,
+    ITEM,
+    KNOWN_VRS,
+    LONG_VRS,
+    MAX_DEPTH,
+    PIXELS_FROM,
+    SEQ_END,
+    U32,
+    UNDEFINED,
+    looks_explicit,
+)
+from forwarder.negotiation import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
 
 if TYPE_CHECKING:
     from forwarder.scu.inflating import Window
@@ -48,33 +62,14 @@ if TYPE_CHECKING:
 ALWAYS = frozenset({0x00080005, 0x00080016, 0x00080018, 0x0020000D, 0x00100010, 0x00100020})
 KEPT_MAX = 4096  # the full reader defers longer values: they are not read here either
 
-# element headers in little endian, also read by reencode.py (and the depth limit below,
-# shared with it and with the full reader's check in dicomfile.py)
-HEAD = struct.Struct("<HHI")  # a tag and a 4-byte length: implicit VR, items, delimiters
-EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 2-byte length
 _TAG = struct.Struct("<HH")
-U32 = struct.Struct("<I")
-# PS3.5 7.1.2: the VRs with a 4-byte length in explicit VR, and every VR but UN (the
-# same sets as pydicom's EXPLICIT_VR_LENGTH_32 and ENCODED_VR; a test compares them)
-LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                      b"UR", b"UT", b"UV"})
-KNOWN_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-                       b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH",
-                       b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UR",
-                       b"US", b"UT", b"UV"})
 _SHORT_KNOWN, _LONG_KNOWN = KNOWN_VRS - LONG_VRS, KNOWN_VRS & LONG_VRS  # UN is in neither
-EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 # character set terms the walk accepts without asking pydicom (ASCII, Latin-1, UTF-8)
 PLAIN_CHARSETS = frozenset({"ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6",
                             "ISO 2022 IR 100"})
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 _META_FIRST = (0x00020000, 0x00020001)  # the reader decodes the first meta element it finds
 _WINDOW = 65536
-MAX_DEPTH = 64
-PIXELS_FROM = 0x7FE00008  # Float Pixel Data; Double Float Pixel Data and Pixel Data follow
 
 
 class Raw(NamedTuple):
@@ -205,7 +200,7 @@ class _Walker:
             if vr in LONG_VRS:
                 buf, i = self._bytes(pos, 12)
                 length, head = U32.unpack_from(buf, i + 8)[0], 12
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 raise _NotPlain
             raw[group << 16 | elem] = self._raw(vr.decode(), length, pos + head)
             pos += head + length
@@ -275,7 +270,7 @@ class _Walker:
                         continue
                 else:
                     raise _NotPlain  # UN, unknown, or implicit VR inside an explicit file
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 if code not in (b"OB", b"OW") or (top and self.native):
                     raise _NotPlain  # fragments under a native syntax: the reader's check
                 pos = self._fragments(at)
@@ -332,7 +327,7 @@ class _Walker:
                 vr = None
         if vr == "SQ":
             return True
-        if length != _UNDEFINED:
+        if length != UNDEFINED:
             return False
         if vr is None:
             buf, i = self._bytes(at, 4)
@@ -343,7 +338,7 @@ class _Walker:
     def _sequence(self, pos: int, length: int, implicit: bool, depth: int) -> int:
         if depth > MAX_DEPTH:
             raise _NotPlain
-        end = None if length == _UNDEFINED else pos + length
+        end = None if length == UNDEFINED else pos + length
         if end is not None and end > self.size:
             raise _NotPlain
         while True:
@@ -354,11 +349,11 @@ class _Walker:
             buf, i = self._bytes(pos, 8)
             group, elem, item_length = HEAD.unpack_from(buf, i)
             tag = group << 16 | elem
-            if tag == _SEQ_END and end is None and item_length == 0:
+            if tag == SEQ_END and end is None and item_length == 0:
                 return pos + 8
-            if tag != _ITEM:
+            if tag != ITEM:
                 raise _NotPlain
-            if item_length == _UNDEFINED:
+            if item_length == UNDEFINED:
                 pos = self._dataset(pos + 8, None, implicit, depth)
             else:
                 item_end = pos + 8 + item_length
@@ -372,9 +367,9 @@ class _Walker:
             buf, i = self._bytes(pos, 8)
             group, elem, length = HEAD.unpack_from(buf, i)
             tag = group << 16 | elem
-            if tag == _SEQ_END and length == 0:
+            if tag == SEQ_END and length == 0:
                 return pos + 8
-            if tag != _ITEM or length == _UNDEFINED:
+            if tag != ITEM or length == UNDEFINED:
                 raise _NotPlain
             pos += 8 + length
             if pos > self.size:
@@ -387,12 +382,6 @@ def _dictionary():  # noqa: ANN202 - pydicom's data dictionary and its VR lookup
     from pydicom.datadict import DicomDictionary, dictionary_VR
 
     return DicomDictionary, dictionary_VR
-
-
-def looks_explicit(buf: bytes, at: int = 0) -> bool:
-    """The element at ``at`` has an explicit VR: two capital letters after its tag, the
-    test pydicom's reader makes before it follows the bytes rather than the syntax."""
-    return 0x40 < buf[at + 4] < 0x5B and 0x40 < buf[at + 5] < 0x5B
 
 
 def _encapsulated(syntax: str) -> bool:

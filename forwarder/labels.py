@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from forwarder import headwalk
+from forwarder import elements
 from forwarder.errors import NotDicomError
 from forwarder.negotiation import DEFLATED_LE
 
@@ -65,7 +65,7 @@ def encoded_otherwise(fd: int, ts: str | None) -> bool:
     if not syntax.is_transfer_syntax:
         return False  # unknown: nothing to compare with
     head = os.pread(fd, 6, dataset_offset(fd))
-    return len(head) == 6 and headwalk.looks_explicit(head) == syntax.is_implicit_VR
+    return len(head) == 6 and elements.looks_explicit(head) == syntax.is_implicit_VR
 
 
 def fragments_fit(ds: Dataset, ts: str | None) -> None:

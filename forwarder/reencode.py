@@ -36,7 +36,7 @@ import struct
 import zlib
 from typing import Any
 
-from forwarder.headwalk import EXPLICIT, HEAD, KNOWN_VRS, LONG_VRS, MAX_DEPTH, U32
+from forwarder.elements import EXPLICIT, HEAD, KNOWN_VRS, LONG_VRS, MAX_DEPTH, U32
 from forwarder.negotiation import DEFLATED_LE, EXPLICIT_LE, IMPLICIT_LE
 from forwarder.scu.inflating import Inflating, Window
 from forwarder.scu.spliced import Piece, Spliced

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from pydicom.data import get_testdata_file
 
-from forwarder import dicomfile, headwalk
+from forwarder import dicomfile, elements, headwalk
 from forwarder.errors import NotDicomError
 from forwarder.incomplete import image_unfinished
 from tests.corpus import data_file
@@ -199,8 +199,8 @@ def test_the_vr_tables_are_pydicoms():
     from pydicom.filereader import ENCODED_VR
     from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-    assert headwalk.KNOWN_VRS == {vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN"}
-    assert headwalk.LONG_VRS == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
+    assert elements.KNOWN_VRS == {vr for vr in ENCODED_VR if len(vr) == 2 and vr != b"UN"}
+    assert elements.LONG_VRS == {vr.encode() for vr in EXPLICIT_VR_LENGTH_32}
     from pydicom.charset import python_encoding
 
     assert headwalk.PLAIN_CHARSETS <= set(python_encoding)

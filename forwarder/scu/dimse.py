@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from forwarder.headwalk import LONG_VRS
+from forwarder.elements import LONG_VRS
 from forwarder.scu.pdu import MalformedPDU
 
 VERIFICATION = "1.2.840.10008.1.1"
