@@ -1,12 +1,16 @@
 """Pure: is a candidate file complete? Name filters, and size+mtime stable for ``min_age``.
 
-A writer may pause, append, rewrite or rename; a file is taken only when nothing about
-it (size, mtime, ctime, inode) has changed for ``min_age``. Events from the kernel only
-make a file known sooner, they never shorten that wait. On a local filesystem the
-inode's ctime is set by the same kernel clock on every write, rename or utime, so a
-file whose ctime is already ``min_age`` old when first seen (a backlog at start) has
-demonstrably been untouched that long and needs no second wait; on network shares
-(``polling``) the server's clock is not ours and only our own observations count.
+A writer may pause, append, rewrite or rename; a file is taken only when its content
+has not changed for ``min_age`` and nothing about it (size, mtime, ctime, inode) has
+changed since it was last looked at. Events from the kernel only make a file known
+sooner, they never shorten that wait. On a local filesystem the kernel stamps the
+inode's mtime with its own clock on every write and truncation, so a file whose mtime
+is already ``min_age`` old when first seen has demonstrably had the same content that
+long and needs no second wait: a backlog found at start, or a file written elsewhere
+and renamed into the folder (a rename changes the ctime, never the content). The
+tools that set an old mtime on purpose (``cp -p``, ``rsync -t``, tar, unzip) set it
+after the last byte is written. On network shares (``polling``) the server's clock is
+not ours and only our own observations count.
 """
 
 from __future__ import annotations
@@ -62,9 +66,9 @@ class Settler:
     will be complete if it does not change again; ``ready`` answers for a fresh stat.
     """
 
-    def __init__(self, min_age: float, trust_ctime: bool = True):
+    def __init__(self, min_age: float, trust_mtime: bool = True):
         self.min_age = min_age
-        self.trust_ctime = trust_ctime
+        self.trust_mtime = trust_mtime
         self._seen: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
@@ -75,12 +79,13 @@ class Settler:
 
     def observe(self, key: str, sig: Signature, now: float, wall: float | None = None) -> float:
         """Note ``sig`` for ``key`` at monotonic ``now`` (``wall``: the same instant on the
-        clock that stamps ctime); a changed signature restarts the wait."""
+        clock that stamps mtime); a changed signature restarts the wait, from the file's
+        mtime where that clock is ours (one in the future counts from now)."""
         entry = self._seen.get(key)
         if entry is None or entry.sig != sig:
             since = now
-            if self.trust_ctime and wall is not None:
-                untouched = wall - sig.ctime_ns / 1e9
+            if self.trust_mtime and wall is not None:
+                untouched = wall - sig.mtime_ns / 1e9
                 if untouched > 0:
                     since = now - min(untouched, self.min_age)
             entry = _Entry(sig, since)

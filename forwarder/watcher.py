@@ -58,7 +58,7 @@ class Watcher:
         self._observer_factory = observer_factory
         self._use_events = events
         self._on_state = on_state  # told when the folder becomes unavailable or available
-        self.settler = Settler(watch.min_age, trust_ctime=not watch.polling)
+        self.settler = Settler(watch.min_age, trust_mtime=not watch.polling)
         # paths seen by events, intake's verdicts, and None to wake the loop for a stop
         self._queue: queue.SimpleQueue[str | Finished | None] = queue.SimpleQueue()
         self._heap: list[tuple[float, str]] = []

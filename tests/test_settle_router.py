@@ -11,7 +11,7 @@ def sig(size: int, mtime: int = 1, ctime: int = 1, ino: int = 7) -> Signature:
 
 
 def test_a_file_is_ready_only_after_min_age_unchanged() -> None:
-    s = Settler(2.0, trust_ctime=False)
+    s = Settler(2.0, trust_mtime=False)
     assert s.observe("a", sig(10), now=100.0) == 102.0
     assert not s.ready("a", sig(10), now=101.9)
     assert not s.ready("a", sig(20, 2, 2), now=102.5)  # it grew: the wait starts again
@@ -20,24 +20,49 @@ def test_a_file_is_ready_only_after_min_age_unchanged() -> None:
 
 
 def test_an_event_cannot_shorten_the_wait_below_min_age() -> None:
-    s = Settler(2.0, trust_ctime=True)
+    s = Settler(2.0, trust_mtime=True)
     wall = 1000.0
-    fresh = sig(10, ctime=int(wall * 1e9))  # just written: ctime is now
+    fresh = sig(10, mtime=int(wall * 1e9), ctime=int(wall * 1e9))  # just written
     assert s.observe("a", fresh, now=50.0, wall=wall) == 52.0
     assert not s.ready("a", fresh, now=51.0, wall=wall + 1)
 
 
 def test_local_backlog_untouched_for_min_age_is_ready_at_once() -> None:
-    s = Settler(2.0, trust_ctime=True)
-    old = sig(10, ctime=int(900 * 1e9))
+    s = Settler(2.0, trust_mtime=True)
+    old = sig(10, mtime=int(900 * 1e9), ctime=int(900 * 1e9))
     assert s.ready("a", old, now=50.0, wall=1000.0)
-    half = sig(10, ctime=int(999 * 1e9))  # touched a second ago: one more second
+    half = sig(10, mtime=int(999 * 1e9), ctime=int(999 * 1e9))  # written a second ago
     assert s.observe("b", half, now=50.0, wall=1000.0) == 51.0
 
 
+def test_a_file_renamed_in_counts_from_its_last_write_not_from_the_rename() -> None:
+    """A rename (or chmod) sets the ctime and leaves the content and its mtime as they
+    were: a file written elsewhere 100 s ago and renamed in now is ready at once; one
+    written half a second before its rename waits the rest of min_age."""
+    s = Settler(2.0, trust_mtime=True)
+    moved = sig(10, mtime=int(900 * 1e9), ctime=int(1000 * 1e9))
+    assert s.ready("a", moved, now=50.0, wall=1000.0)
+    recent = sig(10, mtime=int(999.5 * 1e9), ctime=int(1000 * 1e9))
+    assert s.observe("b", recent, now=50.0, wall=1000.0) == 51.5
+
+
+def test_an_mtime_in_the_future_waits_the_whole_min_age() -> None:
+    s = Settler(2.0, trust_mtime=True)
+    ahead = sig(10, mtime=int(1005 * 1e9), ctime=int(1000 * 1e9))
+    assert s.observe("a", ahead, now=50.0, wall=1000.0) == 52.0
+
+
+def test_a_change_while_settling_restarts_the_wait_from_the_new_mtime() -> None:
+    s = Settler(2.0, trust_mtime=True)
+    assert s.observe("a", sig(10, mtime=int(999 * 1e9)), now=50.0, wall=1000.0) == 51.0
+    grown = sig(20, mtime=int(1000.5 * 1e9), ctime=int(1000.5 * 1e9))
+    assert not s.ready("a", grown, now=50.5, wall=1000.5)
+    assert s.observe("a", grown, now=50.5, wall=1000.5) == 52.5
+
+
 def test_polling_ignores_the_servers_clock() -> None:
-    s = Settler(2.0, trust_ctime=False)
-    old = sig(10, ctime=int(900 * 1e9))
+    s = Settler(2.0, trust_mtime=False)
+    old = sig(10, mtime=int(900 * 1e9), ctime=int(900 * 1e9))
     assert not s.ready("a", old, now=50.0, wall=1000.0)
     assert s.ready("a", old, now=52.0, wall=1002.0)
 

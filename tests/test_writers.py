@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +204,53 @@ def test_a_writer_paused_at_an_element_boundary_is_waited_for(
             assert obj["sha256"] == sha(DATA) and p.spool.quarantined() == []
     said = [r.getMessage() for r in caplog.records if "still open for writing" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(str(target)), said
+
+
+def test_a_file_written_elsewhere_and_renamed_in_is_taken_without_a_second_wait(
+        tmp_path: Path, held: list[bool | None]) -> None:
+    """The careful writer's way (write elsewhere, rename in when done): a rename changes
+    the ctime, not the content, so a file whose mtime is already ``min_age`` old is taken
+    at once, no writer holding it; one written in the folder still waits ``min_age``."""
+    cfg = make_config(tmp_path, watch="min_age: 30s\nrescan: 1h")
+    staged, moved = tmp_path / "moved.dcm", tmp_path / "in" / "moved.dcm"
+    staged.write_bytes(DATA)
+    written = time.time_ns() - 60 * 10**9  # finished a minute ago
+    os.utime(staged, ns=(written, written))
+    fresh = tmp_path / "in" / "fresh.dcm"
+    with Pipeline(cfg) as p:
+        fresh.write_bytes(SR)
+        os.rename(staged, moved)
+        wait_for(lambda: p.objects(), 15, "the renamed file, well before min_age (30 s)")
+        [obj] = p.objects()
+        assert obj["sha256"] == sha(DATA) and not moved.exists()
+        assert held == [False], "intake took it without asking whether a writer holds it"
+        assert fresh.exists(), "the file written in the folder was taken before min_age"
+
+
+def test_a_file_renamed_in_while_still_open_for_writing_waits_for_its_writer(
+        tmp_path: Path, held: list[bool | None]) -> None:
+    """An old mtime does not take a file whose writer still holds it open: renamed in
+    with the part that reads as a whole data set, it waits until the writer closes it."""
+    cfg = make_config(tmp_path, watch="min_age: 300ms\nrescan: 1h")
+    staged, target = tmp_path / "paused.dcm", tmp_path / "in" / "paused.dcm"
+    w = Writer(staged)
+    try:
+        w.write(SR[:SR_CUT])
+        old = time.time_ns() - 60 * 10**9
+        os.utime(staged, ns=(old, old))
+        with Pipeline(cfg) as p:
+            os.rename(staged, target)
+            wait_for(lambda: held.count(True) >= 3 or p.objects(), 15,
+                     "intake to look at it three times")
+            assert p.objects() == [] and target.exists(), "the prefix was taken"
+            w.write(SR[SR_CUT:])
+            w.close()
+            wait_for(lambda: p.objects(), 15, "the file, once its writer closed it")
+            assert [o["sha256"] for o in p.objects()] == [sha(SR)]
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(10)
 
 
 def test_a_file_held_open_unchanged_for_truncated_after_is_taken_by_copy_and_again_later(
