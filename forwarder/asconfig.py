@@ -4,11 +4,18 @@ The format (DCMTK ``asconfig.txt``): ``[[TransferSyntaxes]]``, ``[[PresentationC
 and ``[[Profiles]]`` sections, each holding ``[Name]`` groups of ``KeyN = value`` lines.
 A presentation context line is ``SOPClass\\TransferSyntaxGroup``; names are DCMTK's
 symbolic names or dotted UIDs.
+
+As DCMTK reads a group, its entries are the keys ``TransferSyntax1``, ``TransferSyntax2``,
+... (``PresentationContextN``, ``RoleN``), case not significant, taken in the order of
+their numbers and up to the first number missing, wherever they stand in the group: the
+order of the numbers is the order proposed. Other keys are passed over, as DCMTK passes
+them over, and named in :attr:`Profile.skipped`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from forwarder.negotiation import (
     DEFLATED_LE,
@@ -52,6 +59,36 @@ class ProfileError(ValueError):
     """The profile file is malformed or does not hold the profile; names file and line."""
 
 
+_ROLES = {"SCU": (True, False), "SCP": (False, True), "BOTH": (True, True)}
+
+
+@dataclass
+class Profile:
+    """What a profile proposes: its presentation contexts in order, the SCP/SCU roles it
+    selects per SOP class, and the entries DCMTK would not read (``file:line: key``)."""
+
+    contexts: list[Context]
+    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _numbered(lines: list[tuple[int, str, str]], prefix: str, file: str,
+              skipped: list[str]) -> list[tuple[int, str]]:
+    """The values of ``prefix1``, ``prefix2``, ... in the order of their numbers, up to
+    the first number missing (DCMTK's rule); every other key goes to ``skipped``."""
+    by_number: dict[int, tuple[int, str]] = {}
+    for lineno, key, value in lines:
+        tail = key[len(prefix):] if key.upper().startswith(prefix.upper()) else ""
+        if tail.isdigit() and not tail.startswith("0") and int(tail) not in by_number:
+            by_number[int(tail)] = (lineno, value)
+    taken: list[tuple[int, str]] = []
+    while len(taken) + 1 in by_number:
+        taken.append(by_number[len(taken) + 1])
+    used = {lineno for lineno, _ in taken}
+    skipped.extend(f"{file}:{lineno}: {key}" for lineno, key, _ in lines if lineno not in used)
+    return taken
+
+
 def _sop_uid(name: str) -> str | None:
     if _UID.match(name):
         return name
@@ -66,6 +103,13 @@ def _sop_uid(name: str) -> str | None:
 
 def parse_profile(text: str, profile: str, file: str = "<profile>") -> list[Context]:
     """The presentation contexts of ``profile`` in a DCMTK association config ``text``."""
+    return read_profile(text, profile, file).contexts
+
+
+def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
+    """``profile`` of a DCMTK association config ``text``: its presentation contexts and
+    SCP/SCU roles. A profile naming extended negotiation is refused: it is not proposed
+    here, and leaving it out would change what the peer is asked."""
     sections: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
     section = group = None
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -91,16 +135,22 @@ def parse_profile(text: str, profile: str, file: str = "<profile>") -> list[Cont
     if entries is None:
         known = ", ".join(sorted(profiles)) or "none"
         raise ProfileError(f"{file}: no profile '{profile}' (profiles: {known})")
-    pc_key = [(n, v) for n, k, v in entries if k.lower() == "presentationcontexts"]
-    if not pc_key:
+    keys = {k.lower(): (n, v) for n, k, v in reversed(entries)}
+    if "extendednegotiation" in keys:
+        lineno, name = keys["extendednegotiation"]
+        raise ProfileError(f"{file}:{lineno}: profile '{profile}' asks for extended "
+                           f"negotiation ('{name}'), which send does not propose; use a "
+                           "profile without it")
+    if "presentationcontexts" not in keys:
         raise ProfileError(f"{file}: profile '{profile}' has no PresentationContexts key")
-    lineno, pc_name = pc_key[0]
+    lineno, pc_name = keys["presentationcontexts"]
     contexts_group = sections.get("presentationcontexts", {}).get(pc_name.lower())
     if contexts_group is None:
         raise ProfileError(f"{file}:{lineno}: no presentation context group '{pc_name}'")
     ts_groups = sections.get("transfersyntaxes", {})
+    skipped: list[str] = []
     out: list[Context] = []
-    for lineno, _key, value in contexts_group:
+    for lineno, value in _numbered(contexts_group, "PresentationContext", file, skipped):
         if "\\" not in value:
             raise ProfileError(f"{file}:{lineno}: expected SOPClass\\TransferSyntaxGroup")
         sop_name, ts_group = (s.strip() for s in value.split("\\", 1))
@@ -111,13 +161,34 @@ def parse_profile(text: str, profile: str, file: str = "<profile>") -> list[Cont
         if group_lines is None:
             raise ProfileError(f"{file}:{lineno}: no transfer syntax group '{ts_group}'")
         syntaxes = []
-        for ts_line, _k, ts_name in group_lines:
+        for ts_line, ts_name in _numbered(group_lines, "TransferSyntax", file, skipped):
             uid = ts_name if _UID.match(ts_name) else _TS_NAMES.get(ts_name)
             if uid is None:
                 raise ProfileError(f"{file}:{ts_line}: unknown transfer syntax '{ts_name}'")
             syntaxes.append(uid)
+        if not syntaxes:
+            raise ProfileError(f"{file}:{lineno}: transfer syntax group '{ts_group}' has no "
+                               "TransferSyntax1")
         out.append(Context(sop, tuple(syntaxes)))
+    if not out:
+        raise ProfileError(f"{file}:{lineno}: presentation context group '{pc_name}' has no "
+                           "PresentationContext1")
     if len(out) > 128:
         raise ProfileError(f"{file}: profile '{profile}' has {len(out)} presentation contexts; "
                            "at most 128 fit in one association")
-    return out
+    roles: dict[str, tuple[bool, bool]] = {}
+    if "scpscuroleselection" in keys:
+        lineno, role_name = keys["scpscuroleselection"]
+        role_group = sections.get("scpscuroleselection", {}).get(role_name.lower())
+        if role_group is None:
+            raise ProfileError(f"{file}:{lineno}: no SCP/SCU role selection group "
+                               f"'{role_name}'")
+        for lineno, value in _numbered(role_group, "Role", file, skipped):
+            sop_name, _, role = (s.strip() for s in value.partition("\\"))
+            sop = _sop_uid(sop_name)
+            if sop is None:
+                raise ProfileError(f"{file}:{lineno}: unknown SOP class '{sop_name}'")
+            if role.upper() not in _ROLES:
+                raise ProfileError(f"{file}:{lineno}: expected SOPClass\\SCU, SCP or BOTH")
+            roles[sop] = _ROLES[role.upper()]
+    return Profile(out, roles, skipped)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from forwarder.asconfig import ProfileError, parse_profile
+from forwarder.asconfig import ProfileError, parse_profile, read_profile
 from forwarder.cli import main
 from forwarder.negotiation import (
     EXPLICIT_BE,
@@ -83,6 +83,52 @@ PresentationContexts = Mine
         parse_profile(text, "Other")
     with pytest.raises(ProfileError, match=r"<profile>:10: unknown SOP class 'CTImageStorag'"):
         parse_profile(text.replace("CTImageStorage\\JPEG", "CTImageStorag\\JPEG"), "Default")
+
+
+SHUFFLED = """
+[[TransferSyntaxes]]
+[Unc]
+TransferSyntax2 = LittleEndianImplicit
+TransferSyntax1 = LittleEndianExplicit
+[Gap]
+transfersyntax1 = LittleEndianImplicit
+TransferSyntax3 = BigEndianExplicit
+[[PresentationContexts]]
+[PCs]
+PresentationContext2 = MRImageStorage\\Gap
+PresentationContext1 = CTImageStorage\\Unc
+[[SCPSCURoleSelection]]
+[Roles]
+Role1 = CTImageStorage\\SCU
+[[Profiles]]
+[P]
+PresentationContexts = PCs
+SCPSCURoleSelection = Roles
+"""
+
+
+def test_profile_keys_count_by_number_as_dcmtk_reads_them() -> None:
+    """DCMTK takes TransferSyntax1, 2, 3... in the order of their numbers, up to the
+    first number missing, wherever they stand: the order proposed is the numbers'."""
+    profile = read_profile(SHUFFLED, "P", "x.cfg")
+    assert pairs(profile.contexts) == [(CT, (EXPLICIT_LE, IMPLICIT_LE)), (MR, (IMPLICIT_LE,))]
+    assert profile.skipped == ["x.cfg:8: TransferSyntax3"]
+    assert profile.roles == {CT: (True, False)}
+
+
+def test_profile_with_extended_negotiation_is_refused_not_dropped() -> None:
+    text = SHUFFLED.replace("[[Profiles]]", "[[ExtendedNegotiation]]\n[Ext]\n"
+                            "ExtendedNegotiation1 = CTImageStorage\\000102\n[[Profiles]]")
+    text += "ExtendedNegotiation = Ext\n"
+    with pytest.raises(ProfileError, match="x.cfg:23: profile 'P' asks for extended"):
+        read_profile(text, "P", "x.cfg")
+
+
+def test_profile_proposes_what_storescu_proposes(tmp_path: Path) -> None:
+    cfg = tmp_path / "shuffled.cfg"
+    cfg.write_text(SHUFFLED)
+    argv = ["-xf", str(cfg), "P"]
+    assert _seen_by_peer(argv, via_storescu=False) == _seen_by_peer(argv, via_storescu=True)
 
 
 FILES = [get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder import __version__, outcome, runtime
-from forwarder.asconfig import ProfileError, parse_profile
+from forwarder.asconfig import ProfileError, read_profile
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from forwarder.negotiation import TooManyContexts, storescu_contexts
 from forwarder.send.inputs import Item, collect_inputs, expand_command_files, probe_inputs
@@ -72,20 +72,25 @@ def run(argv: Sequence[str]) -> int:
         LOGGER.error("no DICOM files to send")
         return EXIT_FAILURE
 
+    roles: dict[str, tuple[bool, bool]] = {}
     try:
         if args.config_file:
-            file, profile = args.config_file
-            contexts = parse_profile(Path(file).read_text(), profile, file)
+            file, name = args.config_file
+            profile = read_profile(Path(file).read_text(), name, file)
+            for entry in dict.fromkeys(profile.skipped):
+                LOGGER.warning("%s: not read (DCMTK reads the keys numbered 1, 2, 3... up "
+                               "to the first number missing)", entry)
+            contexts, roles = profile.contexts, profile.roles
         else:
             required = [it.probe.sop_class_uid for it in items] if args.required else None
             contexts = storescu_contexts(args.mode, args.combine, required)
     except (ProfileError, TooManyContexts, OSError) as exc:
         raise UsageError(str(exc)) from exc
-    return _send(args, peer, contexts, items, bool(errors))
+    return _send(args, peer, contexts, items, bool(errors), roles)
 
 
 def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[Item],
-          had_errors: bool) -> int:
+          had_errors: bool, roles: dict[str, tuple[bool, bool]] | None = None) -> int:
     import ssl
 
     from forwarder.association import AssociationFailed
@@ -95,7 +100,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     from forwarder.send.invent import modifier
 
     try:
-        assoc = Association.open(peer, contexts)
+        assoc = Association.open(peer, contexts, roles or None)
     except AssociationFailed as exc:
         LOGGER.error("%s", exc)
         return EXIT_FAILURE
