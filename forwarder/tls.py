@@ -125,22 +125,57 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
                 except ssl.SSLError:
                     LOGGER.warning("not a certificate, ignored: %s", entry)
     if tls.cert:
+        if not tls.der:
+            _load_pem_pair(ctx, tls)
+            return ctx
         password = tls.key_password
         if password is None and tls.prompt_password:
             import getpass
 
             password = getpass.getpass(f"password for {tls.key}: ")
         pw = password.encode() if password is not None else None
-        if tls.der:
-            import tempfile
+        import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
-                cert = Path(tmp, "cert.pem")
-                key = Path(tmp, "key.pem")
-                cert.write_text(_read_key_material(tls.cert, True, False, None))
-                key.write_text(_read_key_material(tls.key or tls.cert, True, True, pw))
-                os.chmod(key, 0o600)
-                ctx.load_cert_chain(cert, key)
-        else:
-            ctx.load_cert_chain(tls.cert, tls.key, password=pw)
+        with tempfile.TemporaryDirectory() as tmp:
+            cert = Path(tmp, "cert.pem")
+            key = Path(tmp, "key.pem")
+            cert.write_text(_read_key_material(tls.cert, True, False, None))
+            key.write_text(_read_key_material(tls.key or tls.cert, True, True, pw))
+            os.chmod(key, 0o600)
+            ctx.load_cert_chain(cert, key)
     return ctx
+
+
+class _NoPassword(Exception):
+    pass
+
+
+def _load_pem_pair(ctx: ssl.SSLContext, tls: TLSSettings) -> None:
+    """Our certificate and key; the password is asked for (``+ps`` at a terminal) only
+    when the key is encrypted, as storescu asks. A failure names the files and the likely
+    cause, never OpenSSL's bare "PEM lib", nor a prompt where no one can answer it."""
+    assert tls.cert is not None
+    key = tls.key or tls.cert
+
+    def password() -> bytes:  # OpenSSL calls it for an encrypted key only
+        if tls.key_password is not None:
+            return tls.key_password.encode()
+        if tls.prompt_password:
+            import getpass
+
+            return getpass.getpass(f"password for {key}: ").encode()
+        raise _NoPassword
+
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key, password=password)
+    except _NoPassword:
+        raise ValueError(f"the private key {key} is encrypted and no password was given "
+                         "(send: +pw PASSWORD, or +ps at a terminal; YAML: "
+                         "tls.key_password_file)") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"the private key {key} does not belong to the certificate "
+                             f"{tls.cert}") from exc
+        raise ValueError(f"cannot load the certificate {tls.cert} with the private key "
+                         f"{key}: a wrong password, or not PEM (-der or tls.der for DER "
+                         f"files)? ({exc})") from exc

@@ -120,3 +120,38 @@ def test_a_dcmtk_logger_file_gets_a_clear_message(make_scp, capsys) -> None:
     err = capsys.readouterr().err
     assert "DCMTK (log4cplus) logger configuration" in err and "Traceback" not in err
     assert peer.received == []
+
+
+def _encrypted_copy(key: Path, password: bytes) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    out = key.with_name("encrypted.key")
+    out.write_bytes(loaded.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password)))
+    return out
+
+
+def test_key_loading_failures_name_the_files_and_the_cause(tmp_path: Path) -> None:
+    """An encrypted key without a password is not prompted for where no one can answer
+    (OpenSSL's own prompt, then "Invalid argument"), and a wrong password or a key of
+    another certificate says so with the files' names, not OpenSSL's bare "PEM lib"."""
+    from forwarder.tls import TLSSettings, ssl_context
+
+    pki = make_pki(tmp_path / "pki")
+    enc = _encrypted_copy(pki["client.key"], b"right")
+    cert = str(pki["client.pem"])
+    ssl_context(TLSSettings(cert=cert, key=str(enc), key_password="right"))
+    ssl_context(TLSSettings(cert=cert, key=str(pki["client.key"]), prompt_password=True))
+    for settings, said in (
+            (TLSSettings(cert=cert, key=str(enc)),
+             f"the private key {enc} is encrypted and no password was given"),
+            (TLSSettings(cert=cert, key=str(enc), key_password="wrong"),
+             f"cannot load the certificate {cert} with the private key {enc}: a wrong "
+             "password"),
+            (TLSSettings(cert=cert, key=str(pki["server.key"])),
+             f"the private key {pki['server.key']} does not belong to the certificate")):
+        with pytest.raises(ValueError) as exc:
+            ssl_context(settings)
+        assert said in str(exc.value)
