@@ -16,7 +16,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble  # noqa: F401
 
 from forwarder.cli import main
 from forwarder.dicomfile import probe
-from forwarder.errors import NotDicomError
+from forwarder.errors import NotDicomError, UsageError
 from tests.peers import StoreSCP, StoreSCPProcess
 from tests.tlsutil import make_pki, server_context
 
@@ -142,6 +142,37 @@ def test_option_combinations_storescu_takes_are_taken(tmp_path: Path, args: list
     parsed = build_parser().parse_args([*args, "127.0.0.1", "104", "f.dcm"])
     check(parsed)
     assert parsed.mode == mode
+
+
+@pytest.mark.parametrize("args, kind", [
+    (["-kt", "{f}", "-usr", "alice"], 1),
+    (["-usr", "alice", "-kt", "{f}"], 3),
+    (["--jwt", "{f}", "-usr", "alice", "-pwd", "x"], 2),
+    (["--saml", "{f}", "--jwt", "{f}"], 5),
+    (["--jwt", "{f}", "--saml", "{f}"], 4),
+])
+def test_the_rightmost_identity_option_wins_as_in_storescu(tmp_path: Path, args: list[str],
+                                                          kind: int) -> None:
+    """-usr, -kt, --saml and --jwt exclude each other; storescu (3.6.7, seen in its
+    A-ASSOCIATE-RQ) sends the rightmost, never a fixed favourite."""
+    from forwarder.send.options import build_parser, check, peer_settings
+
+    ticket = tmp_path / "ticket"
+    ticket.write_bytes(b"ticket")
+    argv = [a.replace("{f}", str(ticket)) for a in args]
+    parsed = build_parser().parse_intermixed_args([*argv, "127.0.0.1", "104", "f.dcm"])
+    check(parsed)
+    assert peer_settings(parsed).identity.kind == kind
+
+
+def test_a_password_for_a_user_another_identity_replaced_is_refused() -> None:
+    from forwarder.send.options import build_parser, check, peer_settings
+
+    parsed = build_parser().parse_intermixed_args(
+        ["-usr", "alice", "-pwd", "x", "--jwt", "t.jwt", "127.0.0.1", "104", "f.dcm"])
+    check(parsed)
+    with pytest.raises(UsageError, match="need --user"):
+        peer_settings(parsed)
 
 
 @pytest.mark.parametrize("edge", [["-ts", "0"], ["-ts", "-1"], ["-ta", "1"], ["-pdu", "4096"],

@@ -23,6 +23,20 @@ LOG_LEVELS = {"fatal": logging.CRITICAL, "error": logging.ERROR, "warn": logging
               "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}
 
 
+class _Identity(argparse.Action):
+    """``-usr``, ``-kt``, ``--saml`` and ``--jwt`` exclude each other: the rightmost
+    wins, as storescu reads them (a ``-pwd`` then needs a ``-usr`` that won)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        for dest in IDENTITY_OPTIONS:
+            setattr(namespace, dest, None)
+        setattr(namespace, self.dest, values)
+
+
+IDENTITY_OPTIONS = ("user", "kerberos", "saml", "jwt")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see 'dicom-forwarder send --help')")
@@ -85,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("+cl", "--compression-level", type=int, choices=range(10),
                    metavar="[0-9]", help="deflate compression level (default: 6; only with "
                    "-xd or -xf)")
-    n.add_argument("-usr", "--user", help="authenticate using user name u")
+    n.add_argument("-usr", "--user", action=_Identity, help="authenticate using user name u")
     n.add_argument("-pwd", "--password", help="authenticate using password p")
     n.add_argument("-epw", "--empty-password", action="store_true", help="send empty password")
-    n.add_argument("-kt", "--kerberos", metavar="FILE", help="read kerberos ticket from file f")
-    n.add_argument("--saml", metavar="FILE", help="read SAML request from file f")
-    n.add_argument("--jwt", metavar="FILE", help="read JWT data from file f")
+    n.add_argument("-kt", "--kerberos", metavar="FILE", action=_Identity, help="read kerberos ticket from file f")
+    n.add_argument("--saml", metavar="FILE", action=_Identity, help="read SAML request from file f")
+    n.add_argument("--jwt", metavar="FILE", action=_Identity, help="read JWT data from file f")
     n.add_argument("-rsp", "--pos-response", action="store_true", help="expect positive response")
     n.add_argument("-to", "--timeout", type=int, help="timeout for connection requests")
     n.add_argument("-ts", "--socket-timeout", type=int, default=60,
