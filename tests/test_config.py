@@ -152,6 +152,13 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     # 0 expired every job at the first look, before its first retry
     ("destinations:\n  a: {host: h, port: 1, retry: {max_age: 0}}\n",
      "f.yaml:2: destinations.a.retry.max_age: must be at least 60s"),
+    # one user identity per association: none is silently preferred to another
+    ("destinations:\n  a:\n    host: h\n    port: 1\n    identity:\n      user: u\n"
+     "      jwt_file: /j\n",
+     "f.yaml:7: destinations.a.identity.jwt_file: user and jwt_file exclude each other"),
+    ("destinations:\n  a: {host: h, port: 1, identity: {positive_response: true}}\n",
+     "f.yaml:2: destinations.a.identity.positive_response: a positive response is asked "
+     "for an identity"),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)

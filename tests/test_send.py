@@ -110,6 +110,7 @@ def test_bad_inputs_get_one_line_errors(scp: StoreSCP, tmp_path: Path, capsys, a
     (["+sp", "*.dcm"], "+sp/--scan-pattern only with +sd/--scan-directories"),
     (["+r"], "+r/--recurse only with +sd/--scan-directories"),
     (["-usr", "u", "-pwd", "p", "-epw"], "-epw/--empty-password and -pwd/--password exclude"),
+    (["-rsp"], "-rsp/--pos-response only with -usr, -kt, --saml or --jwt"),
     (["+cl", "9"], "+cl/--compression-level only with -xd/--propose-deflated or -xf"),
     (["-xf", "x.cfg", "p", "-xi"], "-xf/--config-file excludes -xi/--propose-implicit"),
     (["-xf", "x.cfg", "p", "+C"], "-xf/--config-file excludes +C/--combine"),

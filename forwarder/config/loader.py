@@ -166,6 +166,16 @@ def parse(text: str, file: str = "<config>") -> Config:
         if ident.password_file and not ident.user:
             ctx.error(("destinations", name, "identity", "password_file"),
                       "a password needs 'user'")
+        kinds = [k for k in ("user", "kerberos_file", "saml_file", "jwt_file")
+                 if getattr(ident, k)]
+        if len(kinds) > 1:  # one identity per association (PS3.7 D.3.3.7)
+            ctx.error(("destinations", name, "identity", kinds[1]),
+                      f"{' and '.join(kinds)} exclude each other: an association carries "
+                      "one user identity; keep one")
+        if ident.positive_response and not kinds:
+            ctx.error(("destinations", name, "identity", "positive_response"),
+                      "a positive response is asked for an identity: set user, "
+                      "kerberos_file, saml_file or jwt_file (storescu -rsp needs one too)")
         dests[name] = built
 
     routes: list[Route] = []

@@ -198,6 +198,8 @@ def check(args: argparse.Namespace) -> None:
             raise UsageError("+sp/--scan-pattern only with +sd/--scan-directories")
         if args.recurse:
             raise UsageError("+r/--recurse only with +sd/--scan-directories")
+    if args.pos_response and not any(getattr(args, d) for d in IDENTITY_OPTIONS):
+        raise UsageError("-rsp/--pos-response only with -usr, -kt, --saml or --jwt")
     if args.empty_password and args.password is not None:
         raise UsageError("-epw/--empty-password and -pwd/--password exclude each other")
     if args.config_file is not None:  # the profile says what is proposed, and how
