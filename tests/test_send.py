@@ -559,7 +559,7 @@ def test_a_pydicom_warning_is_printed_once_as_a_log_line(scp, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert [ln for ln in lines if "Invalid value for VR UI" in ln] == [
-        "W: Invalid value for VR UI: '1.2.123.456.78.9.0123.4567.89012345678901'. Please see "
+        f"W: {src}: Invalid value for VR UI: '1.2.123.456.78.9.0123.4567.89012345678901'. Please see "
         "<https://dicom.nema.org/medical/dicom/current/output/html/part05.html#table_6.2-1> "
         "for allowed values for each VR."], done.stderr
     assert not any("Warning" in ln or "warn_and_log" in ln for ln in lines), done.stderr
@@ -658,3 +658,15 @@ def test_a_header_that_misnames_its_encoding_is_re_encoded_not_sent_under_the_la
         assert [(e.tag, e.value) for e in stored] == [(e.tag, e.value) for e in original
                                                       if e.tag != padding]
     assert len(storescp.files()) == len(daemons_peer.files()) == 1
+
+
+def test_what_pydicom_warns_names_the_file(scp: StoreSCP, tmp_path: Path, capsys) -> None:
+    """A warning pydicom logs while a file is read or converted (here an invalid UID)
+    says which file it is about, as every other line of send's does."""
+    ds = dcmread(sample("CT_small.dcm"))
+    ds.StudyInstanceUID = "1.2.03.4"  # a component with a leading zero
+    bad = tmp_path / "bad-uid.dcm"
+    ds.save_as(bad)
+    assert main(["send", "-xi", "127.0.0.1", str(scp.port), str(bad)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "1.2.03.4" in line]
+    assert warned and all(line.startswith(f"W: {bad}: ") for line in warned), warned

@@ -112,6 +112,10 @@ def _scan(folder: Path, args: argparse.Namespace, files: list[Path], errors: lis
             errors.append(f"{path}: cannot access: {exc.strerror}")
 
 
+# the input being read or sent, named in front of what pydicom logs meanwhile (an
+# invalid UID, a value it cannot decode), which would otherwise not say which file
+current: list[os.PathLike[str] | str] = []
+
 PARALLEL_FROM = 64  # fewer files are probed faster than a second process starts
 
 
@@ -164,6 +168,7 @@ def _probe_many(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
 
     out: list[tuple[Probe, int] | str] = []
     for path in paths:
+        current[:] = [path]
         try:
             out.append((probe(path, require_meta=read == "file-only",
                               dataset_only=read == "dataset"), path.stat().st_size))
@@ -171,4 +176,5 @@ def _probe_many(paths: list[Path], read: str) -> list[tuple[Probe, int] | str]:
             out.append(str(exc))
         except OSError as exc:
             out.append(f"cannot read: {exc.strerror}")
+    current.clear()
     return out

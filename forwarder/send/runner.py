@@ -13,6 +13,7 @@ import configparser
 import io
 import logging
 import logging.config as logging_config
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from forwarder import __version__, outcome, runtime
 from forwarder.asconfig import ProfileError, read_profile
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from forwarder.negotiation import TooManyContexts, storescu_contexts
+from forwarder.send import inputs
 from forwarder.send.inputs import Item, collect_inputs, expand_command_files, probe_inputs
 from forwarder.send.options import LOG_LEVELS, build_parser, check, peer_settings
 
@@ -130,6 +132,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
                 continue
             msg_id = msg_id % 65535 + 1
             started = time.monotonic()
+            inputs.current[:] = [item.path]
             try:
                 result = store_file(assoc, item.path, item.probe, "always", modify, msg_id,
                                     deflate_level=6 if args.compression_level is None
@@ -158,10 +161,15 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
             if not args.no_halt:
                 return EXIT_FAILURE
     finally:
+        inputs.current.clear()
         progress.close()
         if assoc.is_established:
             assoc.abort() if args.abort else assoc.release()
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+# the loggers of the libraries that read and decode files (py: Python's warnings)
+_READERS = ("pydicom", "py", "pylibjpeg", "libjpeg", "openjpeg", "rle")
 
 
 class _Lines(logging.Formatter):
@@ -171,6 +179,12 @@ class _Lines(logging.Formatter):
     def __init__(self, tracebacks: bool):
         super().__init__("%(levelname).1s: %(message)s")
         self.tracebacks = tracebacks
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        if record.name.split(".")[0] in _READERS and inputs.current:
+            return f"{record.levelname[:1]}: {os.fspath(inputs.current[0])}: " \
+                f"{record.getMessage()}"
+        return super().formatMessage(record)
 
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: ANN001, N802
         return super().formatException(ei) if self.tracebacks else ""
