@@ -29,6 +29,7 @@ from forwarder import health, outcome, redact, retry, sendcore
 from forwarder.association import AssociationFailed, PeerSettings
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
+from forwarder.datachanges import changes
 from forwarder.errors import SpoolError, SpoolFull
 from forwarder.faults import spool_wide
 from forwarder.logs import event, probe_fields
@@ -343,8 +344,11 @@ class Worker(health.DestinationHealth):
         self._recording = 0.0
         self.flight[IN_FLIGHT] = job.id  # if this process dies now, this job is to blame
         try:
-            result = store_file(self.assoc, job.path, job.probe, self.dest.decompress, None,
-                                self.msg_id, while_waiting=self._record_while_waiting)
+            result = store_file(self.assoc, job.path, job.probe, self.dest.decompress,
+                                changes(self.dest.strip_uid_padding, self.dest.new_vrs),
+                                self.msg_id, while_waiting=self._record_while_waiting,
+                                deflate_level=6 if self.dest.compression_level is None
+                                else self.dest.compression_level)
         except FileNotFoundError:
             return sendcore.Refused("the spool's copy of the file is missing", time.monotonic())
         except _Unrecorded as exc:  # the association is aborted; the worker stops

@@ -159,6 +159,11 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     ("destinations:\n  a: {host: h, port: 1, identity: {positive_response: true}}\n",
      "f.yaml:2: destinations.a.identity.positive_response: a positive response is asked "
      "for an identity"),
+    # storescu's +cl only with -xd: a level nothing would use is a mistake to say
+    ("destinations:\n  a: {host: h, port: 1, compression_level: 9}\n",
+     "f.yaml:2: destinations.a.compression_level: only with 'propose: deflated'"),
+    ("destinations:\n  a: {host: h, port: 1, propose: deflated, compression_level: 10}\n",
+     "f.yaml:2: destinations.a.compression_level: "),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)

@@ -250,10 +250,9 @@ def data_set_dump(path: Path) -> list[str]:
     return [" ".join(line.split("#")[0].split()) for line in body]
 
 
-def test_disable_new_vr_sends_what_storescu_sends(tmp_path: Path) -> None:
-    """-u with UR, UT, UC, SV, UV and UN elements: DCMTK's storescp stores from send
-    exactly the data set it stores from storescu -u (each such element as OB holding
-    its own value's bytes)."""
+def new_vr_file(tmp_path: Path) -> Path:
+    """rtplan with UR, UT, UC, SV, UV and UN elements (some in an item of its own
+    character set) and a UID padded with a space."""
     ds = dcmread(sample("rtplan.dcm"))
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
     for tag, vr, value in ((0x00080120, "UR", "http://example.org/x"),
@@ -270,21 +269,112 @@ def test_disable_new_vr_sends_what_storescu_sends(tmp_path: Path) -> None:
     ds.add_new(0x0040A730, "SQ", [item])  # Content Sequence
     src = tmp_path / "new-vrs.dcm"
     ds.save_as(src, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    dumps = []
-    for sender in (["storescu"], [sys.executable, "-m", "forwarder", "send"]):
-        peer = StoreSCPProcess(tmp_path / f"out-{len(dumps)}")
+    # a Referenced SOP Instance UID padded with a space instead of a NUL
+    src.write_bytes(src.read_bytes().replace(PADDED.replace(b" ", b"\0"), PADDED, 1))
+    assert PADDED in src.read_bytes()
+    return src
+
+
+PADDED = b"1.9.999.999.99.9.9999.9999.20030903145128 "
+
+
+def storescu_dump(tmp_path: Path, src: Path, *options: str) -> list[str]:
+    """What DCMTK's storescp stores from storescu with ``options``: its dump."""
+    peer = StoreSCPProcess(tmp_path / "out-storescu")
+    try:
+        done = subprocess.run(["storescu", *options, "127.0.0.1", str(peer.port), str(src)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        [stored] = peer.files()
+    finally:
+        peer.stop()
+    return data_set_dump(stored)
+
+
+def test_disable_new_vr_sends_what_storescu_sends(tmp_path: Path) -> None:
+    """-u with UR, UT, UC, SV, UV and UN elements: DCMTK's storescp stores from send
+    exactly the data set it stores from storescu -u (each such element as OB holding
+    its own value's bytes)."""
+    src = new_vr_file(tmp_path)
+    peer = StoreSCPProcess(tmp_path / "out-send")
+    try:
+        done = subprocess.run([sys.executable, "-m", "forwarder", "send", "-u", "127.0.0.1",
+                               str(peer.port), str(src)], capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == 0, done.stderr
+        [stored] = peer.files()
+    finally:
+        peer.stop()
+    sent = data_set_dump(stored)
+    assert sent == storescu_dump(tmp_path, src, "-u")
+    assert any(line.startswith("(0008,0120) OB ") for line in sent)
+    assert any("63\\61\\66\\c3\\a9" in line for line in sent)  # "café" in UTF-8
+
+
+def test_a_destination_asks_for_what_storescu_u_and_up_do(tmp_path: Path) -> None:
+    """``new_vrs: false`` and ``strip_uid_padding: true``: the daemon's peer stores the
+    data set storescu -u -up gives it; the same file to a destination without them
+    arrives unchanged, byte for byte."""
+    from tests.daemonutil import DaemonProcess, write_config
+    from tests.peers import wait_for
+
+    src = new_vr_file(tmp_path)
+    old, plain = StoreSCPProcess(tmp_path / "out-old", ("+B",)), \
+        StoreSCPProcess(tmp_path / "out-plain", ("+B",))
+    try:
+        cfg = write_config(tmp_path, old.port, "    new_vrs: false\n    strip_uid_padding: true\n"
+                           f"  plain: {{host: 127.0.0.1, port: {plain.port}}}\n",
+                           min_age="100ms")
+        cfg.write_text(cfg.read_text().replace("to: [pacs]", "to: [pacs, plain]"))
+        d = DaemonProcess(cfg, tmp_path)
         try:
-            done = subprocess.run([*sender, "-u", "127.0.0.1", str(peer.port), str(src)],
-                                  capture_output=True, text=True, timeout=60,
-                                  cwd=Path(__file__).resolve().parent.parent)
-            assert done.returncode == 0, done.stderr
-            [stored] = peer.files()
+            d.wait_ready()
+            shutil.copy(src, tmp_path / "in" / src.name)
+            wait_for(lambda: old.files() and plain.files(), 30, "the file at both peers")
         finally:
-            peer.stop()
-        dumps.append(data_set_dump(stored))
-    assert dumps[1] == dumps[0]
-    assert any(line.startswith("(0008,0120) OB ") for line in dumps[1])
-    assert any("63\\61\\66\\c3\\a9" in line for line in dumps[1])  # "café" in UTF-8
+            assert d.stop() == 0
+        [changed], [unchanged] = old.files(), plain.files()
+    finally:
+        old.stop()
+        plain.stop()
+    assert data_set_dump(changed) == storescu_dump(tmp_path, src, "-u", "-up")
+    assert PADDED not in changed.read_bytes() and PADDED[:-1] in changed.read_bytes()
+    assert dataset_bytes(str(unchanged)) == dataset_bytes(str(src))
+
+
+def test_a_destination_s_compression_level_is_zlib_s_when_it_deflates(tmp_path: Path) -> None:
+    """``propose: deflated`` to peers that take only the deflated syntax: level 0 sends
+    zlib's stored blocks, level 9 compresses; both carry the file's data set exactly."""
+    import zlib
+
+    from tests.daemonutil import DaemonProcess, write_config
+    from tests.peers import wait_for
+
+    src = sample("CT_small.dcm")
+    deflated = ["1.2.840.10008.1.2.1.99"]
+    fast = StoreSCP(transfer_syntaxes=deflated).start()
+    best = StoreSCP(transfer_syntaxes=deflated).start()
+    try:
+        cfg = write_config(tmp_path, fast.port, "    propose: deflated\n    compression_level: 0\n"
+                           f"  best: {{host: 127.0.0.1, port: {best.port}, propose: deflated, "
+                           "compression_level: 9}\n", min_age="100ms")
+        cfg.write_text(cfg.read_text().replace("to: [pacs]", "to: [pacs, best]"))
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            shutil.copy(src, tmp_path / "in" / "ct.dcm")
+            wait_for(lambda: fast.received and best.received, 30, "the file at both peers")
+        finally:
+            assert d.stop() == 0
+    finally:
+        fast.stop()
+        best.stop()
+    [at0], [at9] = fast.received, best.received
+    assert at0.transfer_syntax == at9.transfer_syntax == deflated[0]
+    plain = dataset_bytes(src)
+    assert len(at0.dataset_bytes) > len(plain) > len(at9.dataset_bytes)  # 0: stored blocks
+    for got in (at0, at9):
+        assert zlib.decompress(got.dataset_bytes, -zlib.MAX_WBITS) == plain
 
 
 def test_invented_values_replace_only_what_the_data_set_has(scp: StoreSCP) -> None:

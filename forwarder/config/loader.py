@@ -159,6 +159,10 @@ def parse(text: str, file: str = "<config>") -> Config:
         built = ctx.build(Destination, d, ("destinations", name), {"name": name})
         if built is None:
             continue
+        if built.compression_level is not None and built.propose != "deflated":
+            ctx.error(("destinations", name, "compression_level"),
+                      "only with 'propose: deflated' (storescu: +cl only with -xd): the "
+                      "level is zlib's when a data set is deflated to be sent")
         tls = built.tls
         if tls.enabled and not tls.anonymous and bool(tls.cert) != bool(tls.key):
             ctx.error(("destinations", name, "tls"), "cert and key go together")

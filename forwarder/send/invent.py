@@ -1,6 +1,6 @@
 """`send`'s changes to each data set before it is sent: storescu's invented patient,
-study, series and instance UIDs (``+II``, ``+IR``, ``+IS``, ``+IP``), UIDs stripped of
-padding (``-up``) and the newer VRs sent as OB (``-u``)."""
+study, series and instance UIDs (``+II``, ``+IR``, ``+IS``, ``+IP``), then those of
+:mod:`forwarder.datachanges` (``-up``, ``-u``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from forwarder.datachanges import changes
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -76,47 +78,4 @@ def modifier(args: argparse.Namespace):  # noqa: ANN202 - returns None or a call
     if args.invent_instance or args.invent_series or args.invent_study or args.invent_patient:
         steps.append(UidInventor(args.invent_series or 100, args.invent_study or 50,
                                  args.invent_patient or 25))
-    if args.uid_padding:
-        def fix_uids(ds: Dataset) -> None:
-            for elem in ds.iterall():
-                if elem.VR == "UI" and isinstance(elem.value, str):
-                    elem.value = elem.value.rstrip(" \0")
-        steps.append(fix_uids)
-    if not args.new_vr:
-        steps.append(old_vrs)
-    if not steps:
-        return None
-
-    def apply(ds: Dataset) -> None:
-        for step in steps:
-            step(ds)
-    return apply
-
-
-NEW_VRS = ("UN", "UT", "UC", "UR", "OV", "SV", "UV")
-
-
-def old_vrs(ds: Dataset) -> None:
-    """storescu -u: each element of a VR newer than the first standard is sent as OB,
-    its value the very bytes its own VR encodes (text in its item's character set,
-    padded; numbers in the byte order of the syntax it is sent in), as DCMTK writes it.
-    Runs on a data set :func:`~forwarder.transcode.prepare` made ready to send, whose
-    encoding is the one it goes in."""
-    _as_ob(ds, ds.original_encoding[1] is not False, None)
-
-
-def _as_ob(ds: Dataset, little: bool, encodings: str | list[str] | None) -> None:
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_data_element
-
-    encodings = ds.get("SpecificCharacterSet", encodings)  # an item's own, else its parent's
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value or ():
-                _as_ob(item, little, encodings)
-        elif elem.VR in NEW_VRS:
-            fp = DicomBytesIO()
-            fp.is_little_endian, fp.is_implicit_VR = little, False
-            write_data_element(fp, elem, encodings)
-            elem.VR = "OB"  # first: the value setter converts by the VR
-            elem.value = fp.getvalue()[12:]  # after tag, VR, reserved and 4-byte length
+    return changes(args.uid_padding, args.new_vr, steps)
