@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from forwarder.negotiation import (
     DEFLATED_LE,
@@ -25,6 +26,9 @@ from forwarder.negotiation import (
     LOCAL_EXPLICIT,
     Context,
 )
+
+if TYPE_CHECKING:
+    from forwarder.config.schema import NegotiationProfile
 
 _TS_NAMES = {
     "LittleEndianImplicit": IMPLICIT_LE,
@@ -192,3 +196,9 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
                 raise ProfileError(f"{file}:{lineno}: expected SOPClass\\SCU, SCP or BOTH")
             roles[sop] = _ROLES[role.upper()]
     return Profile(out, roles, skipped)
+
+
+def load_profile(given: NegotiationProfile) -> Profile:
+    """A destination's ``negotiation_profile``, read from its file (OSError, ProfileError)."""
+    with open(given.file, encoding="utf-8", errors="replace") as fp:
+        return read_profile(fp.read(), given.profile, given.file)

@@ -49,6 +49,8 @@ class Policy:
     max_association_age: float = 3600.0
     idle_release: float = 10.0
     warning_is_success: bool = True
+    # a negotiation profile's contexts: proposed as they are, whatever the jobs need
+    fixed: tuple[Context, ...] = ()
 
 
 # --- events in ---------------------------------------------------------------------
@@ -235,11 +237,13 @@ class SendCore:
 
     def _covers(self, jobs: Sequence[Item], now: float, link_up: bool) -> bool:
         return (self.open and link_up and now - self.opened_at < self.policy.max_association_age
-                and all(j.need in self.proposed for j in jobs))
+                and (bool(self.policy.fixed) or all(j.need in self.proposed for j in jobs)))
 
     def _fit(self, jobs: Sequence[Item]) -> tuple[list[Item], list[Item], list[Context]]:
         """The leading jobs whose contexts fit in one association (PS3.8 9.3.2.2: 128),
         the others, and the contexts planned for the first."""
+        if self.policy.fixed:  # the profile's, for every job
+            return list(jobs), [], list(self.policy.fixed)
         needs: list[tuple[str, str]] = []
         contexts: list[Context] = []
         for i, j in enumerate(jobs):

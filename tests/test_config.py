@@ -164,6 +164,12 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:2: destinations.a.compression_level: only with 'propose: deflated'"),
     ("destinations:\n  a: {host: h, port: 1, propose: deflated, compression_level: 10}\n",
      "f.yaml:2: destinations.a.compression_level: "),
+    # storescu -xf takes no -x option: the profile alone says what is proposed
+    ("destinations:\n  a: {host: h, port: 1, propose: lossless, negotiation_profile: "
+     "{file: /p.cfg, profile: P}}\n",
+     "f.yaml:2: destinations.a.propose: 'propose' and 'negotiation_profile' exclude each other"),
+    ("destinations:\n  a: {host: h, port: 1, negotiation_profile: {file: /p.cfg}}\n",
+     "f.yaml:2: destinations.a.negotiation_profile: missing required key 'profile'"),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)

@@ -89,6 +89,29 @@ def test_missing_secret_and_tls_files_are_errors_naming_them(tmp_path: Path, cap
     assert f"destinations.pacs.identity.password_file: {tmp_path}/pw does not exist" in err
 
 
+def test_a_negotiation_profile_is_read_as_the_daemon_reads_it(tmp_path: Path, capsys) -> None:
+    """check-config reads the profile file: missing, without the profile named, or with
+    keys DCMTK would not read, each is said with the YAML line and the file's."""
+    (tmp_path / "in").mkdir()
+    profile = tmp_path / "storescu.cfg"
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                f"    negotiation_profile: {{file: {profile}, profile: P}}")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    assert f"{cfg}:9: destinations.pacs.negotiation_profile.file: {profile} does not " \
+        "exist" in capsys.readouterr().err
+    profile.write_text("[[TransferSyntaxes]]\n[U]\nTransferSyntax1 = LittleEndianImplicit\n"
+                       "TransferSyntax3 = LittleEndianExplicit\n[[PresentationContexts]]\n"
+                       "[C]\nPresentationContext1 = CTImageStorage\\U\n[[Profiles]]\n[Q]\n"
+                       "PresentationContexts = C\n")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    assert f"destinations.pacs.negotiation_profile.profile: {profile}: no profile 'P' " \
+        "(profiles: q)" in capsys.readouterr().err
+    cfg.write_text(cfg.read_text().replace("profile: P}", "profile: Q}"))
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    assert f"warning: {cfg}:9: destinations.pacs.negotiation_profile.file: {profile}:4: " \
+        "TransferSyntax3: not read" in capsys.readouterr().err
+
+
 def test_a_der_key_without_the_package_to_convert_it_is_an_error(tmp_path: Path, capsys,
                                                                 monkeypatch) -> None:
     """A DER private key is converted with 'cryptography' (the tls extra): where it is not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,43 @@ def _seen_by_peer_allow_failure(argv_tail: list[str]) -> list[tuple[str, tuple[s
 @pytest.mark.parametrize("extra", [[], ["+C"]])
 def test_without_required_the_fixed_list_like_storescu(extra: list[str]) -> None:
     assert _seen_by_peer(extra, via_storescu=False) == _seen_by_peer(extra, via_storescu=True)
+
+
+@pytest.mark.slow
+def test_a_destination_s_negotiation_profile_is_proposed_as_storescu_proposes_it(
+        tmp_path: Path) -> None:
+    """``negotiation_profile`` (storescu -xf): the daemon proposes the profile's contexts,
+    in its numbers' order, as storescu does; a file its profile does not propose fails
+    with the reason, the others arrive."""
+    import json
+    import shutil
+
+    from tests.daemonutil import DaemonProcess, write_config
+    from tests.peers import wait_for
+
+    profile = tmp_path / "shuffled.cfg"
+    profile.write_text(SHUFFLED)
+    plan = get_testdata_file("rtplan.dcm")
+    peer = StoreSCP().start()
+    try:
+        cfg = write_config(tmp_path, peer.port, "    negotiation_profile: "
+                           f"{{file: {profile}, profile: P}}\n", min_age="100ms")
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            for f in (*FILES, plan):
+                shutil.copy(f, tmp_path / "in" / Path(f).name)
+            wait_for(lambda: len(peer.received) == 2, 30, "the CT and the MR")
+            failed = lambda: json.loads(subprocess.run(  # noqa: E731
+                [sys.executable, "-m", "forwarder", "failed", "-c", str(cfg), "--json"],
+                capture_output=True, text=True, timeout=60, check=True).stdout)
+            wait_for(lambda: failed(), 30, "the plan failed")
+        finally:
+            assert d.stop() == 0
+        proposed = peer.requested[0]
+    finally:
+        peer.stop()
+    assert proposed == _seen_by_peer(["-xf", str(profile), "P"], via_storescu=True)
+    assert sorted(r.sop_class for r in peer.received) == sorted([CT, MR])
+    [job] = failed()
+    assert "not proposed" in json.dumps(job) and "RT Plan Storage" in json.dumps(job)

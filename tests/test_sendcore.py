@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from forwarder import outcome, sendcore
-from forwarder.negotiation import EXPLICIT_LE, IMPLICIT_LE
+from forwarder.negotiation import EXPLICIT_LE, IMPLICIT_LE, Context
 
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -178,6 +178,23 @@ def test_a_batch_on_an_open_association_reuses_it() -> None:
     assert core.handle(sendcore.Stored(0, None, 0.2))[0].__class__ is sendcore.Done
     cmds = core.handle(sendcore.Claimed((sendcore.Item(2, CT, EXPLICIT_LE),), 1.0, True))
     assert cmds == [sendcore.Pace(idle=False), sendcore.Store(2)]
+
+
+def test_a_profile_s_contexts_are_proposed_whatever_the_files_and_kept_for_others() -> None:
+    """With a negotiation profile the proposal is the profile's: a batch of files of
+    other classes and syntaxes opens it as it stands, and a later batch of yet another
+    class reuses the association (the peer's answer decides each file, not a new
+    proposal)."""
+    fixed = (Context(CT, (IMPLICIT_LE,)),)
+    core = sendcore.SendCore(sendcore.Policy(fixed=fixed))
+    jobs = (sendcore.Item(1, CT, EXPLICIT_LE), sendcore.Item(2, MR, EXPLICIT_LE))
+    cmds = core.handle(sendcore.Claimed(jobs, 0.0, False))
+    assert cmds[-1] == sendcore.Open((1, 2), fixed)
+    core.handle(sendcore.Opened(0.1))
+    core.handle(sendcore.Stored(0, None, 0.2))
+    core.handle(sendcore.Stored(0, None, 0.3))
+    cmds = core.handle(sendcore.Claimed((sendcore.Item(3, "1.2.3", IMPLICIT_LE),), 1.0, True))
+    assert cmds == [sendcore.Pace(idle=False), sendcore.Store(3)]
 
 
 def test_three_files_failing_alike_back_the_destination_off_without_blaming_them() -> None:

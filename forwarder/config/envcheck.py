@@ -22,9 +22,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forwarder.asconfig import ProfileError, load_profile
 from forwarder.config import loader
 from forwarder.config.engine import Ctx, KeyPath
-from forwarder.config.schema import Config
+from forwarder.config.schema import Config, NegotiationProfile
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
 from forwarder.tls import DER_INSTALL
@@ -178,6 +179,22 @@ class _Checker:
             ident = dest.identity
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
+            if dest.negotiation_profile is not None:
+                self._profile((*base, "negotiation_profile"), dest.negotiation_profile)
+
+    def _profile(self, at: KeyPath, given: NegotiationProfile) -> None:
+        """The profile file read as the daemon will read it, its profile found."""
+        self._readable((*at, "file"), given.file)
+        try:
+            found = load_profile(given)
+        except OSError:
+            return  # said by _readable
+        except ProfileError as exc:
+            self.issue((*at, "profile"), f"{exc}")
+            return
+        for entry in found.skipped:
+            self.issue((*at, "file"), f"{entry}: not read (DCMTK reads the keys numbered 1, "
+                       "2, 3... up to the first number missing)", error=False)
 
     def _readable(self, at: KeyPath, value: str | None, directory: bool = False) -> None:
         if not value:

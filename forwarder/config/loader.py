@@ -159,10 +159,19 @@ def parse(text: str, file: str = "<config>") -> Config:
         built = ctx.build(Destination, d, ("destinations", name), {"name": name})
         if built is None:
             continue
-        if built.compression_level is not None and built.propose != "deflated":
+        if built.compression_level is not None and built.propose != "deflated" \
+                and built.negotiation_profile is None:
             ctx.error(("destinations", name, "compression_level"),
-                      "only with 'propose: deflated' (storescu: +cl only with -xd): the "
-                      "level is zlib's when a data set is deflated to be sent")
+                      "only with 'propose: deflated' or a negotiation_profile (storescu: "
+                      "+cl only with -xd or -xf): the level is zlib's when a data set is "
+                      "deflated to be sent")
+        if built.negotiation_profile is not None:
+            for key, default in (("propose", "uncompressed"), ("combine", False)):
+                if getattr(built, key) != default:
+                    ctx.error(("destinations", name, key),
+                              f"'{key}' and 'negotiation_profile' exclude each other: the "
+                              "profile says what is proposed (storescu: -xf with no -x "
+                              "option); keep one")
         tls = built.tls
         if tls.enabled and not tls.anonymous and bool(tls.cert) != bool(tls.key):
             ctx.error(("destinations", name, "tls"), "cert and key go together")

@@ -99,6 +99,16 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class NegotiationProfile:
+    """A DCMTK association negotiation profile (storescu ``-xf FILE PROFILE``)."""
+
+    file: str = opt(p_str, None)
+    profile: str = opt(p_str, None)
+
+    REQUIRED = ("file", "profile")
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str = ""
     host: str = opt(p_str, None)
@@ -113,6 +123,7 @@ class Destination:
     compression_level: int | None = opt(p_opt(p_int(0, 9)))
     new_vrs: bool = opt(p_bool, True)
     strip_uid_padding: bool = opt(p_bool, False)
+    negotiation_profile: NegotiationProfile | None = opt(p_opt(p_section(NegotiationProfile)))
     timeouts: Timeouts = opt(p_section(Timeouts), Timeouts())
     associations: int = opt(p_int(1, 64), 1)
     batch: int = opt(p_int(1, 10000), 100)
