@@ -101,3 +101,32 @@ def test_a_file_that_does_not_fit_waits_behind_the_others(make_scp, tmp_path: Pa
     assert all(n == 1 for n in peer.counts().values())
     assert str(ds.SOPInstanceUID) not in peer.counts()
     assert (tmp_path / "in" / "big.dcm").exists()  # still waiting where it was dropped
+
+
+@pytest.mark.parametrize("size_mib", [3.3, 6])
+def test_a_quarantine_copy_that_does_not_fit_leaves_nothing_behind(
+        tmp_path: Path, size_mib: float) -> None:
+    """A rejected input copied into a full spool: no partial copy is listed as the
+    quarantined file, no reason without its data, and the senders' reserve is kept
+    (3.3 MiB fits the disk but not the reserve; 6 MiB does not fit at all)."""
+    from forwarder.errors import SpoolFull
+
+    src = tmp_path / "bad.bin"
+    src.write_bytes(os.urandom(int(size_mib * (1 << 20))))
+    with small_fs(tmp_path / "spoolfs", "4m") as fs:
+        spool = Spool(fs / "spool")
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            with pytest.raises(SpoolFull):
+                spool.quarantine(fd, str(src), "not DICOM: test")  # by copy
+        finally:
+            os.close(fd)
+        assert sorted(p.name for p in spool.quarantine_dir.iterdir()) == []
+        assert list(spool.tmp.iterdir()) == []
+        vfs = os.statvfs(fs)
+        assert vfs.f_bavail * vfs.f_frsize >= spool.reserve
+        spool.close()
+        with Spool(fs / "spool") as again:
+            again.recover()
+            assert again.quarantined() == []
+    assert src.exists()

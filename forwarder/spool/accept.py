@@ -163,6 +163,7 @@ def quarantine(spool: Spool, fd: int | None, source: str, reason: str, move: Pat
     dest = spool.quarantine_dir / name
     meta = spool.quarantine_dir / f"{name}.json"
     info = {"source": source, "reason": reason, "at": now, "file": name}
+    copied = spool.tmp / name  # a copy is whole at ``dest`` or not there at all
     try:  # the reason first, then the data, each durable before the source is gone
         durable.write_durably((json.dumps(info, indent=1) + "\n").encode(),
                               spool.tmp / f"{name}.json", meta)
@@ -181,11 +182,16 @@ def quarantine(spool: Spool, fd: int | None, source: str, reason: str, move: Pat
                 with contextlib.suppress(OSError):  # another account's file: as it is
                     os.chmod(dest, durable.FILE_MODE)
         if move is None and fd is not None:
-            durable.copy(fd, dest)
+            room.check(spool.root, spool.reserve, [(fd, False)])  # the senders' reserve
+            durable.copy(fd, copied)
+            os.rename(copied, dest)
         durable.fsync_dir(spool.quarantine_dir)
-    except OSError as exc:
+    except (OSError, SpoolFull) as exc:
+        copied.unlink(missing_ok=True)
         if not dest.exists():
             meta.unlink(missing_ok=True)
+        if isinstance(exc, SpoolFull):
+            raise SpoolFull(f"{exc} while quarantining {source}") from exc
         if exc.errno in durable.FULL:
             raise SpoolFull(f"spool full while quarantining {source}") from exc
         raise SpoolError(f"cannot write quarantine: {exc.strerror}") from exc
