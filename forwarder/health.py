@@ -70,7 +70,10 @@ class DestinationHealth:
             return True
         self._close()
         now = time.time()
-        if state.until is not None and now < state.until:
+        if state.until is not None and state.until > retry.latest(now, self.policy):
+            # set before the clock stepped back: no backoff is that long, probe now
+            self.spool.clock_stepped_back(self.name, retry.latest(now, self.policy), now)
+        elif state.until is not None and now < state.until:
             self._wait(min(state.until - now, 1.0))
         elif self.index == 0:  # one probe per destination, not a storm
             self.probe()

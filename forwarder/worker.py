@@ -217,7 +217,11 @@ class Worker(health.DestinationHealth):
         due_in = None
         if not self.core.open:
             due = self.spool.next_due(self.name)
-            due_in = None if due is None else due - time.time()
+            now = time.time()
+            if due is not None and due > retry.latest(now, self.policy):  # clock stepped back
+                self.spool.clock_stepped_back(self.name, retry.latest(now, self.policy), now)
+                due = now
+            due_in = None if due is None else due - now
         self._carry_out(self.core.handle(sendcore.Tick(time.monotonic(), due_in)))
 
     # --- the I/O shell of sendcore ------------------------------------------------

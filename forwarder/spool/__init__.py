@@ -192,6 +192,12 @@ class Spool:
     def next_due(self, destination: str) -> float | None:
         return queue.next_due(self, destination)
 
+    def clock_stepped_back(self, destination: str, latest: float,
+                           now: float | None = None) -> int:
+        """Jobs and the next probe further ahead than ``latest`` (the clock stepped
+        back) are due now; the number of jobs moved."""
+        return queue.clock_stepped_back(self, destination, latest, now)
+
     # --- destination health (forwarder.spool.health) --------------------------------
 
     def note_failure(self, destination: str, job_id: int) -> tuple[int, bool]:

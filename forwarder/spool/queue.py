@@ -186,6 +186,23 @@ def requeue_failed(spool: Spool, destination: str | None = None, now: float | No
     return n
 
 
+def clock_stepped_back(spool: Spool, destination: str, latest: float,
+                       now: float | None = None) -> int:
+    """Times are wall-clock: after the clock steps back, a job's next attempt or the
+    destination's next probe written before the step may lie further ahead than any
+    backoff allows (``latest``, see :func:`forwarder.retry.latest`). Make them due now
+    rather than wait for the clock to catch up; the number of jobs moved."""
+    now = time.time() if now is None else now
+    with spool._tx(durable=False) as db:
+        n = db.execute("UPDATE jobs SET next_attempt_at=? WHERE destination=? AND "
+                       "state='pending' AND next_attempt_at > ?",
+                       (now, destination, latest)).rowcount
+        db.execute("UPDATE destinations SET until=? WHERE name=? AND state != 'ok' AND "
+                   "until > ?", (now, destination, latest))
+    spool._notify()
+    return n
+
+
 def next_due(spool: Spool, destination: str) -> float | None:
     with spool._lock:
         row = spool.db.execute("SELECT min(next_attempt_at) FROM jobs WHERE destination=? "

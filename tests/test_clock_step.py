@@ -1,0 +1,39 @@
+"""The wall clock stepped back while the daemon runs (an NTP step, a wrong RTC fixed by
+hand): times written before the step (a destination's next probe, a job's next attempt)
+lie further ahead than any backoff. The worker must not wait for the clock to catch up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from forwarder.sender import DestinationSender
+from forwarder.spool import Spool
+from tests.corpus import unique_copies
+from tests.peers import wait_for
+from tests.sendutil import destination, enqueue, states
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # noqa: ANN201
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def test_a_backoff_and_jobs_set_before_the_clock_stepped_back_a_day_do_not_wait_a_day(
+        make_scp, spool: Spool, tmp_path: Path) -> None:
+    peer = make_scp()
+    uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    later = time.time() + DAY  # what the clock said before it was stepped back a day
+    with spool._tx(durable=False) as db:
+        db.execute("UPDATE jobs SET next_attempt_at=?", (later,))
+    spool.set_health("pacs", "backoff", later, "cannot connect (before the step)", now=later)
+    with DestinationSender(destination(peer.port), "FORWARDER", spool):
+        wait_for(lambda: states(spool)["done"] == 3, 20, "the jobs stored")
+    assert peer.counts() == {u: 1 for u in uids}
+    assert spool.health("pacs").state == "ok"
