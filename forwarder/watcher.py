@@ -68,6 +68,7 @@ class Watcher:
         # left in place on purpose, while unchanged (and until a monotonic time, if set)
         self._left: dict[str, tuple[Signature, float | None]] = {}
         self._reported: dict[str, None] = {}  # special files already reported (ordered)
+        self._unlisted: dict[str, None] = {}  # subfolders that cannot be listed, reported
         self._fresh: set[str] = set()
         self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
         self._stop = threading.Event()
@@ -258,7 +259,9 @@ class Watcher:
             if folder == self.root:
                 self._unavailable(exc.strerror or str(exc))
                 return False
+            self._cannot_list(folder, exc)
             return True
+        self._unlisted.pop(folder, None)
         with it:
             for entry in it:
                 if self._stop.is_set():
@@ -273,6 +276,21 @@ class Watcher:
                     continue
                 self._seen(entry.path, st, fresh)
         return True
+
+    def _cannot_list(self, folder: str, exc: OSError) -> None:
+        """A subfolder that cannot be listed: its files wait there; said once until it
+        can be listed again (or is gone)."""
+        if folder in self._unlisted or not os.path.lexists(folder):
+            return
+        self._unlisted[folder] = None
+        while len(self._unlisted) > self.limit:
+            del self._unlisted[next(iter(self._unlisted))]
+        why = exc.strerror or str(exc)
+        event(LOGGER, "intake_error", "watch %s: subfolder %s cannot be listed (%s): the files "
+              "in it wait there until it can be (give the daemon's user read and execute "
+              "on it); looked at again at every rescan", self.watch.name, shown(folder), why,
+              level=logging.ERROR, FORWARDER_FILE=shown(folder), WATCH=self.watch.name,
+              REASON=why)
 
     def _sweep(self) -> None:
         """After a full scan: forget what was left in place or reported and is gone."""

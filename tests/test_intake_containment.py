@@ -658,3 +658,39 @@ def test_a_reader_that_trips_on_the_bytes_gives_a_reason_about_the_file(
     reason = str(err.value)
     assert reason.startswith("not readable as DICOM: malformed data near byte 300 of ")
     assert "concatenate" not in reason and "NoneType" not in reason
+
+
+def test_a_subfolder_that_cannot_be_listed_is_reported_once_and_taken_once_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A subfolder the daemon may not list (made by another account with mode 0700) holds
+    files that wait there: the log says which folder and why, once, not silence while
+    status says all is well; once it can be listed its files are taken."""
+    inbox = tmp_path / "in"
+    locked = inbox / "sub"
+    locked.mkdir(parents=True)
+    (locked / "a.dcm").write_bytes(b"x")
+    taken: list[str] = []
+
+    def deliver(cand: Candidate) -> bool:
+        taken.append(cand.relpath)
+        return True
+
+    real_scandir = os.scandir
+    denied = {str(locked)}
+
+    def scandir(path):  # noqa: ANN001, ANN202 - root may list anything: deny it here
+        if str(path) in denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr("forwarder.watcher.os.scandir", scandir)
+    watcher = Watcher(Watch(name="w", path=str(inbox), min_age=0.1, rescan=0.2), deliver)
+    with caplog.at_level(logging.INFO, logger="forwarder.watcher"), watcher:
+        wait_for(lambda: watcher.scans >= 3, 10, "three scans")
+        said = [r.getMessage() for r in caplog.records if "sub" in r.getMessage()]
+        assert len(said) == 1, said
+        assert str(locked) in said[0] and "Permission denied" in said[0], said
+        assert taken == []
+        denied.clear()
+        wait_for(lambda: taken == ["sub/a.dcm"], 10, "the file once the folder can be listed")
