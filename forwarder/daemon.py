@@ -23,7 +23,7 @@ from types import FrameType
 
 from forwarder import config, logs, notify, prefork, runtime, watchstate, writers
 from forwarder.config import Config, envcheck
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError, SpoolFull
 from forwarder.intake import Intake
 from forwarder.logs import event
 from forwarder.sender import DestinationSender, backoff_policy
@@ -118,7 +118,12 @@ class Daemon:
         except (ForwarderError, OSError) as exc:
             # exit 78 (not restarted) for what a restart cannot fix: the configuration,
             # the spool's permissions, a missing secret, a second daemon on the spool
-            event(LOGGER, "start_refused", "cannot start: %s", exc, level=logging.CRITICAL,
+            why: object = exc
+            if isinstance(exc, SpoolFull):  # exit 1: restarted, it starts once there is room
+                why = (f"{exc} (the spool {cfg.spool}): free space on its file system; "
+                       "the service is restarted and starts once there is room (after "
+                       "5 tries in 10 minutes: systemctl reset-failed, then start)")
+            event(LOGGER, "start_refused", "cannot start: %s", why, level=logging.CRITICAL,
                   CONFIG_FILE=self.config_path)
             self._shutdown()
             return exc.exit_code if isinstance(exc, ForwarderError) else EXIT_FAILURE
