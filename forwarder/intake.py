@@ -67,6 +67,7 @@ class Intake:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.paused_full: str | None = None  # why intake is paused on a full spool
+        self._no_room: set[str] = set()  # paths put back for want of room, not yet taken
         self.beat = time.monotonic()  # the intake thread's last sign of progress
         self.accepted = 0
         self.quarantined = 0
@@ -132,9 +133,12 @@ class Intake:
             cands = self._take()
             while cands and not self._stop.is_set():
                 try:
-                    took = self.process(cands)
+                    self.process(cands)
+                    self._no_room.difference_update(c.path for c in cands)
                     cands = []
-                    if self.paused_full and took:  # a batch with nothing to write proves no room
+                    # the pause ends when no file waits for room any more (taken, or gone):
+                    # files taken past one still waiting do not end it
+                    if self.paused_full and not self._no_room:
                         self.paused_full = None
                         event(LOGGER, "spool_full", "spool has room again: intake resumed",
                               level=logging.WARNING)
@@ -150,6 +154,7 @@ class Intake:
                             f"watch folders; {self.spool.what_frees_space()}"
                         event(LOGGER, "spool_full", "%s", self.paused_full,
                               level=logging.ERROR)
+                    self._no_room.update(c.path for c in cands)
                     self._queue.defer(cands)  # to the back of the line: smaller ones may fit
                     cands = []
                     self._stop.wait(self.full_pause)

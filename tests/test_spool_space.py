@@ -130,3 +130,36 @@ def test_a_quarantine_copy_that_does_not_fit_leaves_nothing_behind(
             again.recover()
             assert again.quarantined() == []
     assert src.exists()
+
+
+def test_a_file_that_does_not_fit_pauses_once_while_smaller_ones_pass_it(
+        make_scp, tmp_path: Path) -> None:
+    """While one file waits for room, each small file taken past it must not announce
+    "intake resumed" and then "spool full" again (an ERROR event per arrival, and a
+    status flapping between paused and ok): the pause is said once, and ends when the
+    file that waited for room is taken or gone."""
+    with small_fs(tmp_path / "spoolfs", "6m") as fs:
+        peer = make_scp()
+        cfg = _spool_config(tmp_path, peer.port, fs / "spool")
+        big = tmp_path / "big.dcm"
+        ds = dcmread(data_file("CT_small.dcm"))
+        block = ds.private_block(0x0009, "FWD BIG TEST", create=True)
+        block.add_new(0x01, "OB", os.urandom(8 << 20))
+        ds.save_as(big, enforce_file_format=True)
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            drop([big], tmp_path / "in")
+            wait_for(lambda: "intake paused" in d.output(), 30, "the big file refused")
+            for n in range(3):
+                small = unique_copies(tmp_path / f"small{n}", 2, prefix=f"s{n}")
+                drop(list(small.values()), tmp_path / "in")
+                wait_for(lambda small=small: set(small) <= set(peer.counts()), 60,
+                         "the small files, past the refused one")
+            said = d.output()
+            assert said.count("intake paused") == 1, said
+            assert "intake resumed" not in said, said
+            (tmp_path / "in" / "big.dcm").unlink()
+            wait_for(lambda: "intake resumed" in d.output(), 30, "the pause ended")
+        finally:
+            assert d.stop() == 0
