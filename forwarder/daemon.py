@@ -28,6 +28,7 @@ from forwarder.intake import Intake
 from forwarder.logs import event
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
+from forwarder.spool.durable import FULL
 from forwarder.spool.health import REMOVED
 from forwarder.spool.retention import Keeper
 from forwarder.spoollock import SpoolLock
@@ -119,7 +120,8 @@ class Daemon:
             # exit 78 (not restarted) for what a restart cannot fix: the configuration,
             # the spool's permissions, a missing secret, a second daemon on the spool
             why: object = exc
-            if isinstance(exc, SpoolFull):  # exit 1: restarted, it starts once there is room
+            if isinstance(exc, SpoolFull) or (isinstance(exc, OSError) and exc.errno in FULL):
+                # exit 1: restarted, it starts once there is room
                 why = (f"{exc} (the spool {cfg.spool}): free space on its file system; "
                        "the service is restarted and starts once there is room (after "
                        "5 tries in 10 minutes: systemctl reset-failed, then start)")
