@@ -195,7 +195,7 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
             if role.upper() not in _ROLES:
                 raise ProfileError(f"{file}:{lineno}: expected SOPClass\\SCU, SCP or BOTH")
             roles[sop] = _ROLES[role.upper()]
-    return Profile(out, roles, skipped)
+    return Profile(out, roles, list(dict.fromkeys(skipped)))  # a group shared: said once
 
 
 def load_profile(given: NegotiationProfile) -> Profile:

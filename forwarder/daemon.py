@@ -114,7 +114,7 @@ class Daemon:
         writers.ignore_lease_breaks()  # intake asks for leases (see forwarder.writers)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
-            self._check(cfg)
+            cfg = self._check(cfg)
             self._start(cfg)
         except (ForwarderError, OSError) as exc:
             # exit 78 (not restarted) for what a restart cannot fix: the configuration,
@@ -147,14 +147,16 @@ class Daemon:
             LOGGER.info("stopped")
         return rc
 
-    def _check(self, cfg: Config) -> None:
-        """The environment, before anything in the spool is touched."""
+    def _check(self, cfg: Config) -> Config:
+        """The environment, before anything in the spool is touched; ``cfg`` with what
+        the check read for it (negotiation profiles)."""
         found = envcheck.check(cfg)
         for issue in found.warnings:
             event(LOGGER, "environment", "%s", issue, level=logging.WARNING,
                   CONFIG_FILE=self.config_path)
         if found.errors:
             raise ConfigError(found.errors)
+        return envcheck.with_profiles(cfg, found)
 
     def _start(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -315,6 +317,7 @@ class Daemon:
             found = envcheck.check(new)
             if found.errors:
                 raise ConfigError(found.errors)
+            new = envcheck.with_profiles(new, found)
             for issue in found.warnings:
                 event(LOGGER, "environment", "%s", issue, level=logging.WARNING,
                       CONFIG_FILE=self.config_path)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from forwarder import health, outcome, redact, retry, sendcore
-from forwarder.asconfig import ProfileError, load_profile
 from forwarder.association import AssociationFailed, PeerSettings
 from forwarder.config import Destination
 from forwarder.cstore import StoreResult, store_file
@@ -34,7 +33,6 @@ from forwarder.datachanges import changes
 from forwarder.errors import SpoolError, SpoolFull
 from forwarder.faults import spool_wide
 from forwarder.logs import event, probe_fields
-from forwarder.negotiation import Context
 from forwarder.scu import Association
 from forwarder.spool import Job, Spool, claims
 
@@ -100,18 +98,11 @@ class Worker(health.DestinationHealth):
         self._waits = [bell] if wakeup is None else [bell, wakeup]
         self.assoc: Association | None = None
         d = spec.dest
-        self.roles: dict[str, tuple[bool, bool]] = {}
-        self._profile_error = ""
-        fixed: tuple[Context, ...] = ()
-        if d.negotiation_profile is not None:  # read once, as the configuration was
-            try:
-                profile = load_profile(d.negotiation_profile)
-                fixed, self.roles = tuple(profile.contexts), profile.roles
-            except (OSError, ProfileError) as exc:
-                self._profile_error = f"negotiation_profile: {exc}"
+        # a negotiation profile, as read when the configuration was checked
+        self.roles = {sop: (scu, scp) for sop, scu, scp in d.roles}
         self.core = sendcore.SendCore(sendcore.Policy(
             d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success,
-            fixed))
+            d.proposal))
         self.claimed: dict[int, Job] = {}  # the jobs of the batch the core is sending
         self._stored = 0  # the job the peer stored, its done mark not yet recorded (0: none)
         self._recording = 0.0  # seconds spent recording marks during the C-STORE in flight
@@ -324,9 +315,13 @@ class Worker(health.DestinationHealth):
         """Associate; what came of it."""
         failed = sendcore.OpenFailed
         peer = self._read_peer()
-        if peer is None or self._profile_error:
-            return failed(outcome.Action(outcome.HOLD, self._profile_error or self._peer_error
-                                         or "no peer settings"), time.monotonic())
+        if peer is None:
+            return failed(outcome.Action(outcome.HOLD, self._peer_error or "no peer settings"),
+                          time.monotonic())
+        if self.dest.negotiation_profile is not None and not self.dest.proposal:
+            return failed(outcome.Action(outcome.HOLD, "negotiation_profile: not read with "
+                                         "the configuration (check-config names why)"),
+                          time.monotonic())
         try:
             assoc = Association.open(peer, list(cmd.contexts), self.roles or None)
         except AssociationFailed as exc:

@@ -217,3 +217,41 @@ def test_a_destination_s_negotiation_profile_is_proposed_as_storescu_proposes_it
     assert sorted(r.sop_class for r in peer.received) == sorted([CT, MR])
     [job] = failed()
     assert "not proposed" in json.dumps(job) and "RT Plan Storage" in json.dumps(job)
+
+
+@pytest.mark.slow
+def test_an_edited_negotiation_profile_is_proposed_after_a_reload(tmp_path: Path) -> None:
+    """The profile is read with the configuration: after the file is edited and the
+    daemon reloaded, what the new profile proposes is proposed (and an MR the old one
+    left out arrives)."""
+    import shutil
+    import signal
+
+    from tests.daemonutil import DaemonProcess, write_config
+    from tests.peers import wait_for
+
+    profile = tmp_path / "p.cfg"
+    ct_only = SHUFFLED.replace("PresentationContext2 = MRImageStorage\\Gap\n", "")
+    profile.write_text(ct_only)
+    peer = StoreSCP().start()
+    try:
+        cfg = write_config(tmp_path, peer.port, "    negotiation_profile: "
+                           f"{{file: {profile}, profile: P}}\n    idle_release: 100ms\n",
+                           min_age="100ms")
+        d = DaemonProcess(cfg, tmp_path)
+        try:
+            d.wait_ready()
+            shutil.copy(FILES[0], tmp_path / "in" / "ct.dcm")
+            wait_for(lambda: len(peer.received) == 1, 30, "the CT")
+            profile.write_text(SHUFFLED)
+            d.signal(signal.SIGHUP)
+            d.wait_ready(count=2)
+            wait_for(lambda: "configuration reloaded" in d.output(), 10, "the reload")
+            shutil.copy(FILES[1], tmp_path / "in" / "mr.dcm")
+            wait_for(lambda: len(peer.received) == 2, 30, "the MR, proposed by the new profile")
+        finally:
+            assert d.stop() == 0
+    finally:
+        peer.stop()
+    assert [sop for sop, _ in peer.requested[0]] == [CT]
+    assert [sop for sop, _ in peer.requested[-1]] == [CT, MR]

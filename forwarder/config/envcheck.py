@@ -15,6 +15,7 @@ once, left in place and remembered.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import getpass
 import importlib.util
@@ -22,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forwarder.asconfig import ProfileError, load_profile
+from forwarder.asconfig import Profile, ProfileError, load_profile
 from forwarder.config import loader
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
@@ -39,6 +40,17 @@ SPOOL_DIRS = ("objects", "quarantine", "tmp")
 class Findings:
     errors: list[ConfigIssue] = field(default_factory=list)
     warnings: list[ConfigIssue] = field(default_factory=list)
+    profiles: dict[str, Profile] = field(default_factory=dict)  # destination -> as read
+
+
+def with_profiles(cfg: Config, found: Findings) -> Config:
+    """``cfg`` whose destinations hold the negotiation profiles :func:`check` read."""
+    dests = dict(cfg.destinations)
+    for name, profile in found.profiles.items():
+        dests[name] = dataclasses.replace(
+            dests[name], proposal=tuple(profile.contexts),
+            roles=tuple((sop, scu, scp) for sop, (scu, scp) in profile.roles.items()))
+    return dataclasses.replace(cfg, destinations=dests)
 
 
 def _user() -> str:
@@ -180,10 +192,10 @@ class _Checker:
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
             if dest.negotiation_profile is not None:
-                self._profile((*base, "negotiation_profile"), dest.negotiation_profile)
+                self._profile(name, (*base, "negotiation_profile"), dest.negotiation_profile)
 
-    def _profile(self, at: KeyPath, given: NegotiationProfile) -> None:
-        """The profile file read as the daemon will read it, its profile found."""
+    def _profile(self, name: str, at: KeyPath, given: NegotiationProfile) -> None:
+        """The profile file read, its profile found (and kept for the daemon)."""
         self._readable((*at, "file"), given.file)
         try:
             found = load_profile(given)
@@ -192,6 +204,7 @@ class _Checker:
         except ProfileError as exc:
             self.issue((*at, "profile"), f"{exc}")
             return
+        self.found.profiles[name] = found
         for entry in found.skipped:
             self.issue((*at, "file"), f"{entry}: not read (DCMTK reads the keys numbered 1, "
                        "2, 3... up to the first number missing)", error=False)

@@ -20,7 +20,7 @@ from forwarder.config.values import (
     p_size,
     p_str,
 )
-from forwarder.negotiation import PROPOSE_MODES
+from forwarder.negotiation import PROPOSE_MODES, Context
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,11 @@ class Destination:
     new_vrs: bool = opt(p_bool, True)
     strip_uid_padding: bool = opt(p_bool, False)
     negotiation_profile: NegotiationProfile | None = opt(p_opt(p_section(NegotiationProfile)))
+    # not keys: the profile as read from its file when the configuration was checked
+    # (start, reload), so that a reload notices an edited profile and every worker of a
+    # destination proposes the same
+    proposal: tuple[Context, ...] = ()
+    roles: tuple[tuple[str, bool, bool], ...] = ()
     timeouts: Timeouts = opt(p_section(Timeouts), Timeouts())
     associations: int = opt(p_int(1, 64), 1)
     batch: int = opt(p_int(1, 10000), 100)
