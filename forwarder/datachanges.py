@@ -38,7 +38,8 @@ def strip_uids(ds: Dataset) -> None:
             elem.value = elem.value.rstrip(" \0")
 
 
-NEW_VRS = ("UN", "UT", "UC", "UR", "OV", "SV", "UV")
+# the VRs DCMTK writes as OB when new VRs are disabled (dcmDisableGenerationOfNewVRs)
+NEW_VRS = ("UN", "UT", "UC", "UR", "OF", "OD", "OL", "OV", "SV", "UV")
 
 
 def old_vrs(ds: Dataset) -> None:

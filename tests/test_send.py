@@ -251,14 +251,17 @@ def data_set_dump(path: Path) -> list[str]:
 
 
 def new_vr_file(tmp_path: Path) -> Path:
-    """rtplan with UR, UT, UC, SV, UV and UN elements (some in an item of its own
-    character set) and a UID padded with a space."""
+    """rtplan with UR, UT, UC, SV, UV, UN, OF, OD and OL elements (some in an item of
+    its own character set) and a UID padded with a space."""
     ds = dcmread(sample("rtplan.dcm"))
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
     for tag, vr, value in ((0x00080120, "UR", "http://example.org/x"),
                            (0x0040A160, "UT", "some text"), (0x00080119, "UC", "code"),
                            (0x00091010, "LO", "PRIV"), (0x00091012, "SV", -5),
-                           (0x00091013, "UV", 7), (0x00091011, "UN", b"\x01\x02\x03\x04")):
+                           (0x00091013, "UV", 7), (0x00091011, "UN", b"\x01\x02\x03\x04"),
+                           (0x00091014, "OF", b"\x00\x00\x80\x3f"),
+                           (0x00091015, "OD", b"\x00" * 7 + b"\x40"),
+                           (0x00091016, "OL", b"\x01\x00\x00\x00")):
         ds.add_new(tag, vr, value)
     ds.SpecificCharacterSet = "ISO_IR 100"  # Latin-1, and an item of its own in UTF-8
     item = Dataset()
