@@ -9,8 +9,10 @@ is already ``min_age`` old when first seen has demonstrably had the same content
 long and needs no second wait: a backlog found at start, or a file written elsewhere
 and renamed into the folder (a rename changes the ctime, never the content). The
 tools that set an old mtime on purpose (``cp -p``, ``rsync -t``, tar, unzip) set it
-after the last byte is written. On network shares (``polling``) the server's clock is
-not ours and only our own observations count.
+after the last byte is written, and a writer still holding the file is seen by intake's
+read lease; where no lease can be asked, intake waits the rest of ``min_age`` from the
+ctime (:mod:`forwarder.unfinished`). On network shares (``polling``) the server's clock
+is not ours and only our own observations count.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class Unfinished:
         """Another process holds ``fd``'s file open for writing: the seconds until it
         should be looked at again, or 0.0 when it has been held unchanged for
         ``truncated_after`` (take it as it is, leave the source); None when nobody writes
-        it, or this cannot be told here (see :mod:`forwarder.writers`)."""
+        it. Where this cannot be told (see :mod:`forwarder.writers`), a file changed in
+        any way (its ctime) less than ``min_age`` ago waits the rest of it, else None."""
         held, why = ask(fd)
         if not held:
             self.held.forget(cand.shown)
@@ -45,6 +46,13 @@ class Unfinished:
                       "open for writing (%s, for %s); such files are taken once unchanged for "
                       "min_age", cand.watch.name, why, cand.shown,
                       level=logging.WARNING, FORWARDER_FILE=cand.shown, WATCH=cand.watch.name)
+            if held is None:
+                # settled by an old mtime, with no lease to vouch that no writer holds it:
+                # min_age counts from its last change of any kind (a writer that stamps an
+                # old time before its last byte, then closes and comes back)
+                rest = cand.watch.min_age - _untouched(cand)
+                if not cand.watch.polling and rest > 0:
+                    return rest
             return None
         watch = cand.watch
         patience = watch.truncated_after

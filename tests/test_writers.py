@@ -227,6 +227,30 @@ def test_a_file_written_elsewhere_and_renamed_in_is_taken_without_a_second_wait(
         assert fresh.exists(), "the file written in the folder was taken before min_age"
 
 
+def test_where_no_lease_can_vouch_a_renamed_file_waits_min_age_from_its_last_change(
+        tmp_path: Path, held: list[bool | None]) -> None:
+    """Without a lease to ask (here: a process that does not ignore SIGIO, as a file of
+    another account without CAP_LEASE), an old mtime is not enough: the file renamed in
+    waits min_age from its rename (its ctime), then is taken."""
+    cfg = make_config(tmp_path, watch="min_age: 3s\nrescan: 1h")
+    staged, moved = tmp_path / "moved.dcm", tmp_path / "in" / "moved.dcm"
+    staged.write_bytes(DATA)
+    old = time.time_ns() - 60 * 10**9
+    os.utime(staged, ns=(old, old))
+    with Pipeline(cfg) as p:
+        signal.signal(signal.SIGIO, signal.SIG_DFL)  # no lease may be taken now
+        try:
+            os.rename(staged, moved)
+            renamed = moved.stat().st_ctime
+            wait_for(lambda: held, 10, "intake to look at it")
+            assert held[0] is None and p.objects() == [], "taken without a wait"
+            wait_for(lambda: p.objects(), 15, "the file, min_age after its rename")
+            assert time.time() - renamed >= 3
+            assert p.objects()[0]["sha256"] == sha(DATA)
+        finally:
+            writers.ignore_lease_breaks()
+
+
 def test_a_file_renamed_in_while_still_open_for_writing_waits_for_its_writer(
         tmp_path: Path, held: list[bool | None]) -> None:
     """An old mtime does not take a file whose writer still holds it open: renamed in
