@@ -61,7 +61,14 @@ def _read_key_material(path: str, der: bool, is_key: bool, password: bytes | Non
         raise ValueError(f"a DER private key needs the 'cryptography' package ({DER_INSTALL})"
                          ) from exc
 
-    key = serialization.load_der_private_key(data, password=password)
+    try:
+        key = serialization.load_der_private_key(data, password=password)
+    except TypeError as exc:  # encrypted without a password, or a password for a plain key
+        raise ValueError(f"the private key {path}: {exc} (send: +pw PASSWORD; YAML: "
+                         "tls.key_password_file)") from exc
+    except ValueError as exc:
+        raise ValueError(f"cannot load the DER private key {path}: a wrong password, or "
+                         f"not DER? ({exc})") from exc
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     return pem.decode("ascii")

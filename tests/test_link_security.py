@@ -4,6 +4,7 @@ hold, and no user identity secret reaches a log at any level."""
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,28 @@ def test_key_loading_failures_name_the_files_and_the_cause(tmp_path: Path) -> No
         with pytest.raises(ValueError) as exc:
             ssl_context(settings)
         assert said in str(exc.value)
+
+
+def test_an_encrypted_der_key_without_its_password_is_a_reason_not_a_crash(
+        tmp_path: Path) -> None:
+    """A TypeError from the DER reader would escape the association's set-up (which
+    holds a destination on ValueError) and end its worker at every try."""
+    from cryptography.hazmat.primitives import serialization
+
+    from forwarder.tls import TLSSettings, ssl_context
+
+    pki = make_pki(tmp_path / "pki")
+    key = serialization.load_pem_private_key(pki["client.key"].read_bytes(), password=None)
+    der = tmp_path / "client.der"
+    der.write_bytes(key.private_bytes(serialization.Encoding.DER,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(b"right")))
+    cert = tmp_path / "client.cer"
+    cert.write_bytes(ssl.PEM_cert_to_DER_cert(pki["client.pem"].read_text()))
+    for password, said in ((None, f"the private key {der}: "),
+                           ("wrong", f"cannot load the DER private key {der}: a wrong password")):
+        with pytest.raises(ValueError) as exc:
+            ssl_context(TLSSettings(cert=str(cert), key=str(der), der=True,
+                                    key_password=password))
+        assert said in str(exc.value)
+    ssl_context(TLSSettings(cert=str(cert), key=str(der), der=True, key_password="right"))
