@@ -50,8 +50,9 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
 
         if probe.sop_class_uid not in _proposed(assoc):
             return StoreResult(None, refused=f"{UID(probe.sop_class_uid).name} was not "
-                               f"proposed on this association (not in the SOP classes "
-                               f"proposed; storescu -R proposes the files' own)")
+                               "proposed on this association (not in the fixed list or "
+                               "the negotiation profile proposed; send -R, and the daemon "
+                               "without a profile, propose the files' own)")
         return StoreResult(None, refused=describe_refusal(
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
     streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
