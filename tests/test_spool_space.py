@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from forwarder.spool import Spool
 from tests.corpus import data_file, unique_copies
@@ -38,6 +38,17 @@ def _spool_config(tmp_path: Path, port: int, spool: Path) -> Path:
     cfg.write_text(cfg.read_text().replace(f"spool: {tmp_path / 'spool'}", f"spool: {spool}")
                    .replace("dimse: 10s", "dimse: 60s").replace("network: 10s", "network: 60s"))
     return cfg
+
+
+def _too_big(tmp_path: Path) -> tuple[Path, Dataset]:
+    """A CT with 8 MiB of random bytes in a private element: more than a 6 MiB spool
+    holds."""
+    big = tmp_path / "big.dcm"
+    ds = dcmread(data_file("CT_small.dcm"))
+    block = ds.private_block(0x0009, "FWD BIG TEST", create=True)
+    block.add_new(0x01, "OB", os.urandom(8 << 20))
+    ds.save_as(big, enforce_file_format=True)
+    return big, ds
 
 
 def test_a_sparse_file_stays_sparse_and_fits_a_small_spool(make_scp, tmp_path: Path) -> None:
@@ -77,11 +88,7 @@ def test_a_file_that_does_not_fit_waits_behind_the_others(make_scp, tmp_path: Pa
     with small_fs(tmp_path / "spoolfs", "6m") as fs:
         peer = make_scp()
         cfg = _spool_config(tmp_path, peer.port, fs / "spool")
-        big = tmp_path / "big.dcm"
-        ds = dcmread(data_file("CT_small.dcm"))
-        block = ds.private_block(0x0009, "FWD BIG TEST", create=True)
-        block.add_new(0x01, "OB", os.urandom(8 << 20))  # more than the spool holds
-        ds.save_as(big, enforce_file_format=True)
+        big, ds = _too_big(tmp_path)
         small = unique_copies(tmp_path / "small", 20)
         d = DaemonProcess(cfg, tmp_path)
         try:
@@ -141,11 +148,7 @@ def test_a_file_that_does_not_fit_pauses_once_while_smaller_ones_pass_it(
     with small_fs(tmp_path / "spoolfs", "6m") as fs:
         peer = make_scp()
         cfg = _spool_config(tmp_path, peer.port, fs / "spool")
-        big = tmp_path / "big.dcm"
-        ds = dcmread(data_file("CT_small.dcm"))
-        block = ds.private_block(0x0009, "FWD BIG TEST", create=True)
-        block.add_new(0x01, "OB", os.urandom(8 << 20))
-        ds.save_as(big, enforce_file_format=True)
+        big, _ds = _too_big(tmp_path)
         d = DaemonProcess(cfg, tmp_path)
         try:
             d.wait_ready()
