@@ -64,6 +64,14 @@ class DestinationHealth:
         return {"DESTINATION": self.name, "PEER": self.dest.peer,
                 "CALLED_AE": self.dest.called_ae_title}
 
+    def clock_stepped_back(self, now: float) -> None:
+        """Times set before the wall clock stepped back lie further ahead than any
+        backoff: due now, and said."""
+        moved = self.spool.clock_stepped_back(self.name, retry.latest(now, self.policy), now)
+        LOGGER.warning("%s: a retry time lay further ahead than any backoff (the clock was "
+                       "set back, or retry.max lowered): the destination is probed and %d "
+                       "job(s) are due now", self.name, moved)
+
     def _healthy(self) -> bool:
         state = self.spool.health(self.name)
         if state.state == "ok":
@@ -72,7 +80,7 @@ class DestinationHealth:
         now = time.time()
         if state.until is not None and state.until > retry.latest(now, self.policy):
             # set before the clock stepped back: no backoff is that long, probe now
-            self.spool.clock_stepped_back(self.name, retry.latest(now, self.policy), now)
+            self.clock_stepped_back(now)
         elif state.until is not None and now < state.until:
             self._wait(min(state.until - now, 1.0))
         elif self.index == 0:  # one probe per destination, not a storm

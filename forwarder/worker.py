@@ -210,7 +210,7 @@ class Worker(health.DestinationHealth):
             due = self.spool.next_due(self.name)
             now = time.time()
             if due is not None and due > retry.latest(now, self.policy):  # clock stepped back
-                self.spool.clock_stepped_back(self.name, retry.latest(now, self.policy), now)
+                self.clock_stepped_back(now)
                 due = now
             due_in = None if due is None else due - now
         self._carry_out(self.core.handle(sendcore.Tick(time.monotonic(), due_in)))

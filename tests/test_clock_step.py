@@ -26,7 +26,7 @@ def spool(tmp_path: Path):  # noqa: ANN201
 
 
 def test_a_backoff_and_jobs_set_before_the_clock_stepped_back_a_day_do_not_wait_a_day(
-        make_scp, spool: Spool, tmp_path: Path) -> None:
+        make_scp, spool: Spool, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     peer = make_scp()
     uids = enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
     later = time.time() + DAY  # what the clock said before it was stepped back a day
@@ -37,3 +37,4 @@ def test_a_backoff_and_jobs_set_before_the_clock_stepped_back_a_day_do_not_wait_
         wait_for(lambda: states(spool)["done"] == 3, 20, "the jobs stored")
     assert peer.counts() == {u: 1 for u in uids}
     assert spool.health("pacs").state == "ok"
+    assert "pacs: a retry time lay further ahead than any backoff" in capfd.readouterr().err
