@@ -128,6 +128,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _cfg, spool = _open_spool(args, destination=args.name)
     with spool:
         before, waiting = spool.resume(args.name)
+    if before.state == "ok":  # nothing to probe: the daemon is sending to it
+        print(f"{args.name}: ok, nothing to probe; its {waiting} pending job(s) are due now")
+        return EXIT_OK
     was = before.state + (f" ({before.reason})" if before.reason else "")
     print(f"{args.name}: was {was}; probing now; its {waiting} pending job(s) are due now")
     return EXIT_OK

@@ -273,3 +273,34 @@ def test_commands_on_a_spool_they_cannot_read_say_so_without_a_traceback() -> No
         assert "SpoolError: cannot tell whether a daemon runs on the spool" in r.stderr, r.stderr
     finally:
         shutil.rmtree(tmp_path)
+
+
+@pytest.mark.skipif(not as_root, reason="mounting a read-only tmpfs needs root (CI runs as root)")
+def test_a_spool_on_a_read_only_mount_is_said_so_without_chown_advice(tmp_path: Path,
+                                                                      capsys) -> None:
+    """A file system the kernel remounted read-only after an error: chown would not help,
+    and the message says what would."""
+    (tmp_path / "in").mkdir()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        (ro / "spool").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        cfg = write(tmp_path, ro / "spool", [tmp_path / "in"])
+        assert main(["check-config", "-c", str(cfg)]) == 78
+        err = capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+    assert f"spool: {ro / 'spool'} is on a read-only file system here" in err
+    assert "check and repair it, then remount it read-write" in err and "chown" not in err
+
+
+def test_resume_on_a_destination_that_is_ok_does_not_claim_a_probe(tmp_path: Path,
+                                                                    capsys) -> None:
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"])
+    Spool(tmp_path / "spool").close()
+    assert main(["resume", "-c", str(cfg), "pacs"]) == 0
+    out = capsys.readouterr().out
+    assert out == "pacs: ok, nothing to probe; its 0 pending job(s) are due now\n"

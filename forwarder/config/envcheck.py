@@ -16,7 +16,6 @@ once, left in place and remembered.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import getpass
 import importlib.util
 import os
@@ -103,8 +102,11 @@ class _Checker:
                 self.issue(("spool",), f"{shown} is not a directory")
                 return
             if not os.access(spool, os.W_OK | os.X_OK):
-                self.issue(("spool",), f"{shown} is not writable by user {self.user}"
-                           f"{_why(spool)}: chown -R {self.user} {spool.absolute()}, or "
+                if _why(spool):  # the mount refuses, whoever owns it
+                    self.issue(("spool",), f"{shown} is on a {READ_ONLY}")
+                    return
+                self.issue(("spool",), f"{shown} is not writable by user {self.user}: "
+                           f"chown -R {self.user} {spool.absolute()}, or "
                            "under systemd use the unit's StateDirectory= "
                            "(/var/lib/dicom-forwarder) or add it to ReadWritePaths=")
                 return
@@ -228,15 +230,20 @@ class _Checker:
                        f"{value} && chmod 640 {value})")
 
 
+READ_ONLY = ("read-only file system here: if the service's unit makes it so "
+             "(ProtectSystem=), list the path in ReadWritePaths=; if the mount itself is "
+             "read-only (the kernel remounts a file system read-only after an error: see "
+             "dmesg), check and repair it, then remount it read-write")
+
+
 def _why(path: Path) -> str:
-    """' (read-only file system)' when the mount, not the permissions, refuses writes."""
+    """' (read-only file system ...)' when the mount, not the permissions, refuses writes."""
     try:
         st = os.statvfs(path)
     except OSError:
         return ""
     if st.f_flag & os.ST_RDONLY:
-        return f" ({os.strerror(errno.EROFS).lower()} here: under systemd, list it in " \
-               "ReadWritePaths=)"
+        return f" ({READ_ONLY})"
     return ""
 
 
