@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
+from forwarder import writers
 from forwarder.candidate import Candidate
 from forwarder.intake import Intake
 from forwarder.paths import shown
@@ -83,6 +84,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     cfg = dataclasses.replace(cfg, watch=(dataclasses.replace(cfg.watch[0],
                                                               truncated_after=0.0),))
     spool = Spool(cfg.spool)
+    # as the daemon does: intake asks for leases, so that a file given to it as settled
+    # the moment it was written (here) is not held for the rest of min_age
+    writers.ignore_lease_breaks()
     yield cfg, spool, Intake(cfg, spool), tmp / "in"
     spool.close()
 
