@@ -194,6 +194,15 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
                 raise ProfileError(f"{file}:{lineno}: unknown SOP class '{sop_name}'")
             if role.upper() not in _ROLES:
                 raise ProfileError(f"{file}:{lineno}: expected SOPClass\\SCU, SCP or BOTH")
+            # as DCMTK refuses them: a role item beside no proposed context, or a second
+            # role for one SOP class (one of the two would be dropped)
+            if sop not in {cx.abstract_syntax for cx in out}:
+                raise ProfileError(f"{file}:{lineno}: role for '{sop}', a SOP class no "
+                                   f"presentation context of profile '{profile}' proposes; "
+                                   "remove the role or propose the SOP class")
+            if sop in roles:
+                raise ProfileError(f"{file}:{lineno}: a second role for '{sop}' in group "
+                                   f"'{role_name}'; keep one")
             roles[sop] = _ROLES[role.upper()]
     return Profile(out, roles, list(dict.fromkeys(skipped)))  # a group shared: said once
 

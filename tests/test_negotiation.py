@@ -255,3 +255,19 @@ def test_an_edited_negotiation_profile_is_proposed_after_a_reload(tmp_path: Path
         peer.stop()
     assert [sop for sop, _ in peer.requested[0]] == [CT]
     assert [sop for sop, _ in peer.requested[-1]] == [CT, MR]
+
+
+@pytest.mark.parametrize(("roles", "error"), [
+    ("Role1 = CTImageStorage\\SCU\nRole2 = RTPlanStorage\\BOTH\n",
+     r"x.cfg:16: role for '1.2.840.10008.5.1.4.1.1.481.5', a SOP class no presentation "
+     r"context of profile 'P' proposes"),
+    ("Role1 = CTImageStorage\\SCP\nRole2 = CTImageStorage\\SCU\n",
+     r"x.cfg:16: a second role for '1.2.840.10008.5.1.4.1.1.2'"),
+])
+def test_profile_roles_refused_where_dcmtk_refuses_them(roles: str, error: str) -> None:
+    """storescu -xf refuses a role for a SOP class its profile does not propose (it would
+    go out in the A-ASSOCIATE-RQ beside no context) and a SOP class given two roles (one
+    would be dropped in silence)."""
+    text = SHUFFLED.replace("Role1 = CTImageStorage\\SCU\n", roles)
+    with pytest.raises(ProfileError, match=error):
+        read_profile(text, "P", "x.cfg")
