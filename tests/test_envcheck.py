@@ -304,3 +304,15 @@ def test_resume_on_a_destination_that_is_ok_does_not_claim_a_probe(tmp_path: Pat
     assert main(["resume", "-c", str(cfg), "pacs"]) == 0
     out = capsys.readouterr().out
     assert out == "pacs: ok, nothing to probe; its 0 pending job(s) are due now\n"
+
+
+def test_a_folder_given_for_a_file_is_said_to_be_one(tmp_path: Path, capsys) -> None:
+    """A folder where a file is wanted (a profile's folder, not the profile): chmod would
+    not help, and the message says what would."""
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                f"    negotiation_profile: {{file: {tmp_path}, profile: P}}")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"destinations.pacs.negotiation_profile.file: {tmp_path} is a folder, not a " \
+        "file: give the file's path" in err and "chmod" not in err

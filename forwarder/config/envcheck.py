@@ -224,6 +224,8 @@ class _Checker:
         except FileNotFoundError:
             self.issue(at, f"{value} does not exist (as seen by user {self.user}); put the "
                        "file there or correct the path")
+        except IsADirectoryError:
+            self.issue(at, f"{value} is a folder, not a file: give the file's path")
         except OSError as exc:
             self.issue(at, f"{value} is not readable by user {self.user}: {exc.strerror}; "
                        f"make it readable by the service's group (chgrp dicom-forwarder "
