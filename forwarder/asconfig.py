@@ -14,7 +14,9 @@ them over, and named in :attr:`Profile.skipped`.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,6 +63,10 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 class ProfileError(ValueError):
     """The profile file is malformed or does not hold the profile; names file and line."""
+
+
+class ProfileFileError(ProfileError):
+    """The path given is no profile file at all (a folder, a device, something huge)."""
 
 
 _ROLES = {"SCU": (True, False), "SCP": (False, True), "BOTH": (True, True)}
@@ -207,7 +213,28 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
     return Profile(out, roles, list(dict.fromkeys(skipped)))  # a group shared: said once
 
 
+MAX_PROFILE_FILE = 4 << 20  # DCMTK's own storescu.cfg is 20 KiB
+
+
+def read_profile_file(file: str, profile: str) -> Profile:
+    """``profile`` of the DCMTK association config ``file`` (OSError, ProfileError). Bytes
+    that are not UTF-8 (a Latin-1 comment) are read as DCMTK reads them: passed over; a
+    device, FIFO or other file that is no configuration is refused, not read for ever."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as fp:
+        st = os.fstat(fp.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise ProfileFileError(f"{file} is a folder, not a file: give the file's path")
+        if not stat.S_ISREG(st.st_mode):
+            raise ProfileFileError(f"{file} is not a regular file (a device or a FIFO): "
+                                   "give the profile file's path")
+        data = fp.read(MAX_PROFILE_FILE + 1)
+    if len(data) > MAX_PROFILE_FILE:
+        raise ProfileFileError(f"{file}: larger than {MAX_PROFILE_FILE >> 20} MiB, not a DCMTK "
+                           "association configuration; give the profile file's path")
+    return read_profile(data.decode("utf-8", errors="replace"), profile, file)
+
+
 def load_profile(given: NegotiationProfile) -> Profile:
     """A destination's ``negotiation_profile``, read from its file (OSError, ProfileError)."""
-    with open(given.file, encoding="utf-8", errors="replace") as fp:
-        return read_profile(fp.read(), given.profile, given.file)
+    return read_profile_file(given.file, given.profile)

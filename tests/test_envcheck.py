@@ -316,3 +316,14 @@ def test_a_folder_given_for_a_file_is_said_to_be_one(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert f"destinations.pacs.negotiation_profile.file: {tmp_path} is a folder, not a " \
         "file: give the file's path" in err and "chmod" not in err
+
+
+def test_a_profile_that_is_no_file_is_refused_not_read_for_ever(tmp_path: Path,
+                                                                capsys) -> None:
+    """/dev/zero (or a FIFO) as the profile: said, not read until memory runs out."""
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                "    negotiation_profile: {file: /dev/zero, profile: P}")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    assert "destinations.pacs.negotiation_profile.file: /dev/zero is not a regular file" \
+        in capsys.readouterr().err

@@ -763,3 +763,17 @@ def test_what_pydicom_warns_names_the_file(scp: StoreSCP, tmp_path: Path, capsys
     assert main(["send", "-xi", "127.0.0.1", str(scp.port), str(bad)]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "1.2.03.4" in line]
     assert warned and all(line.startswith(f"W: {bad}: ") for line in warned), warned
+
+
+def test_send_xf_reads_a_profile_with_latin1_bytes_as_storescu_does(tmp_path: Path,
+                                                                    capsys) -> None:
+    """A profile saved in Latin-1 (a comment with a German street name) is read as DCMTK
+    reads it, not a UnicodeDecodeError; here the missing profile is then the reason."""
+    cfg = tmp_path / "latin.cfg"
+    cfg.write_bytes(b"# Stra\xdfe\n[[TransferSyntaxes]]\n[U]\nTransferSyntax1 = "
+                    b"LittleEndianImplicit\n[[PresentationContexts]]\n[C]\n"
+                    b"PresentationContext1 = CTImageStorage\\U\n[[Profiles]]\n[P]\n"
+                    b"PresentationContexts = C\n")
+    ct = get_testdata_file("CT_small.dcm")
+    assert main(["send", "-xf", str(cfg), "Q", "127.0.0.1", "1", ct]) != 0
+    assert f"{cfg}: no profile 'Q' (profiles: p)" in capsys.readouterr().err

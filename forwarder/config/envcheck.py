@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forwarder.asconfig import Profile, ProfileError, load_profile
+from forwarder.asconfig import Profile, ProfileError, ProfileFileError, load_profile
 from forwarder.config import loader
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
@@ -198,13 +198,14 @@ class _Checker:
 
     def _profile(self, name: str, at: KeyPath, given: NegotiationProfile) -> None:
         """The profile file read, its profile found (and kept for the daemon)."""
-        self._readable((*at, "file"), given.file)
         try:
             found = load_profile(given)
         except OSError:
-            return  # said by _readable
+            self._readable((*at, "file"), given.file)  # says why
+            return
         except ProfileError as exc:
-            self.issue((*at, "profile"), f"{exc}")
+            self.issue((*at, "file" if isinstance(exc, ProfileFileError) else "profile"),
+                       f"{exc}")
             return
         self.found.profiles[name] = found
         for entry in found.skipped:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder import __version__, outcome, runtime
-from forwarder.asconfig import ProfileError, read_profile
+from forwarder.asconfig import ProfileError, read_profile_file
 from forwarder.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from forwarder.negotiation import TooManyContexts, storescu_contexts
 from forwarder.send import inputs
@@ -78,7 +78,7 @@ def run(argv: Sequence[str]) -> int:
     try:
         if args.config_file:
             file, name = args.config_file
-            profile = read_profile(Path(file).read_text(), name, file)
+            profile = read_profile_file(file, name)
             for entry in dict.fromkeys(profile.skipped):
                 LOGGER.warning("%s: not read (DCMTK reads the keys numbered 1, 2, 3... up "
                                "to the first number missing)", entry)
