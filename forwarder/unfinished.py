@@ -50,7 +50,8 @@ class Unfinished:
                 # settled by an old mtime, with no lease to vouch that no writer holds it:
                 # min_age counts from its last change of any kind (a writer that stamps an
                 # old time before its last byte, then closes and comes back)
-                rest = cand.watch.min_age - _untouched(cand)
+                # (a ctime ahead of the clock, after it stepped back, counts from now)
+                rest = cand.watch.min_age - max(_untouched(cand), 0.0)
                 if not cand.watch.polling and rest > 0:
                     return rest
             return None

@@ -454,3 +454,19 @@ def test_a_held_file_the_spool_fails_to_take_is_quarantined_by_copy_and_left(
         writer.close()
         wait_for(lambda: p.objects(), 15, "the completed file")
         assert p.objects()[0]["sha256"] == sha(SR)
+
+
+def test_without_a_lease_a_ctime_ahead_of_the_clock_waits_no_more_than_min_age(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the wall clock stepped back an hour, a file changed just before the step has
+    a ctime an hour ahead: where no lease can be asked it waits min_age, not the hour."""
+    from forwarder.candidate import Candidate
+    from forwarder.config.schema import Watch
+    from forwarder.settle import Signature
+
+    monkeypatch.setattr(unfinished, "ask", lambda fd: (None, "no lease: test"))
+    ahead = time.time_ns() + 3600 * 10**9
+    cand = Candidate(Watch(name="w", path="/x", min_age=2.0), "/x/a", "a",
+                     Signature(10, ahead - 60 * 10**9, ahead, 1), fresh=True)
+    wait = unfinished.Unfinished().wait_for_writer(cand, -1)
+    assert wait is not None and 0 < wait <= 2.0, wait
