@@ -33,16 +33,36 @@ EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent
                 FileClosedEvent]
 
 
+class MovedIn(str):
+    """A path a rename put into the folder: its content was written before, elsewhere or
+    under another name, so its mtime may count for the settling wait
+    (:mod:`forwarder.settle`)."""
+
+
 class Events(FileSystemEventHandler):
-    """Hands the path an event names (its destination for a rename) to ``sink``."""
+    """Hands the path an event names to ``sink``: a rename's destination as
+    :class:`MovedIn` (also one from outside the folder: the observer reports unmatched
+    moves), any other path as it is; a move out of the folder names nothing."""
 
     def __init__(self, sink: Callable[[str], None]):
         self.sink = sink
 
     def on_any_event(self, ev: FileSystemEvent) -> None:
-        if ev.event_type in ("created", "closed", "moved"):
-            path = ev.dest_path if ev.event_type == "moved" else ev.src_path
-            self.sink(os.fsdecode(path))
+        if ev.event_type == "moved":
+            if ev.dest_path:
+                self.sink(MovedIn(os.fsdecode(ev.dest_path)))
+        elif ev.event_type in ("created", "closed"):
+            self.sink(os.fsdecode(ev.src_path))
+
+
+def _inotify_observer() -> Any:
+    """The kernel's observer, reporting a file renamed in from outside the folder as a
+    move (not as a creation); the platform's default observer elsewhere."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # not Linux
+        return Observer()
+    return InotifyObserver(generate_full_events=True)
 
 
 def start_observer(watch: Watch, handler: FileSystemEventHandler,
@@ -50,7 +70,7 @@ def start_observer(watch: Watch, handler: FileSystemEventHandler,
     """Start the observer for one folder; (observer, polling). When the kernel's inotify
     limits are reached, say so and poll this folder instead."""
     if not watch.polling:
-        obs = (factory or Observer)()
+        obs = (factory or _inotify_observer)()
         obs.daemon = True
         try:
             obs.start()

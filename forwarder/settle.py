@@ -1,18 +1,19 @@
 """Pure: is a candidate file complete? Name filters, and size+mtime stable for ``min_age``.
 
-A writer may pause, append, rewrite or rename; a file is taken only when its content
-has not changed for ``min_age`` and nothing about it (size, mtime, ctime, inode) has
-changed since it was last looked at. Events from the kernel only make a file known
-sooner, they never shorten that wait. On a local filesystem the kernel stamps the
-inode's mtime with its own clock on every write and truncation, so a file whose mtime
-is already ``min_age`` old when first seen has demonstrably had the same content that
-long and needs no second wait: a backlog found at start, or a file written elsewhere
-and renamed into the folder (a rename changes the ctime, never the content). The
-tools that set an old mtime on purpose (``cp -p``, ``rsync -t``, tar, unzip) set it
-after the last byte is written, and a writer still holding the file is seen by intake's
-read lease; where no lease can be asked, intake waits the rest of ``min_age`` from the
-ctime (:mod:`forwarder.unfinished`). On network shares (``polling``) the server's clock
-is not ours and only our own observations count.
+A writer may pause, append, rewrite or rename; a file is taken only when nothing about it
+(size, mtime, ctime, inode) has changed for ``min_age``. Events from the kernel only
+make a file known sooner, they never shorten that wait. On a local filesystem the
+kernel stamps the inode's times with its own clock, so the wait may count from them
+instead of from our first look: from the ctime (every write, rename, chmod or utime
+moves it), so a backlog found at start that has been untouched ``min_age`` needs no
+second wait; and for a file that arrived by a rename (a careful writer's way: written
+elsewhere or under another name, then renamed in when done) from its mtime, since a
+rename moves the ctime but not the content. The mtime is trusted only for such a file:
+a writer that stamps an old mtime on a part it means to resume (robocopy) writes in
+place, and any write after the rename takes the trust away. Intake's read lease still
+refuses a file another process holds open, and where no lease can be asked intake
+counts from the ctime anyway (:mod:`forwarder.unfinished`). On network shares
+(``polling``) the server's clock is not ours and only our own observations count.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ class Settler:
     will be complete if it does not change again; ``ready`` answers for a fresh stat.
     """
 
-    def __init__(self, min_age: float, trust_mtime: bool = True):
+    def __init__(self, min_age: float, trust_times: bool = True):
         self.min_age = min_age
-        self.trust_mtime = trust_mtime
+        self.trust_times = trust_times
         self._seen: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
@@ -79,24 +80,30 @@ class Settler:
     def __contains__(self, key: str) -> bool:
         return key in self._seen
 
-    def observe(self, key: str, sig: Signature, now: float, wall: float | None = None) -> float:
+    def observe(self, key: str, sig: Signature, now: float, wall: float | None = None,
+                moved: bool = False) -> float:
         """Note ``sig`` for ``key`` at monotonic ``now`` (``wall``: the same instant on the
-        clock that stamps mtime); a changed signature restarts the wait, from the file's
-        mtime where that clock is ours (one in the future counts from now)."""
+        clock that stamps the file's times); a changed signature restarts the wait, from
+        the file's ctime where that clock is ours, or from its mtime for a file that
+        ``moved`` in by a rename (a time in the future counts from now)."""
+        since = now
+        if self.trust_times and wall is not None:
+            stamp = sig.mtime_ns if moved else sig.ctime_ns
+            untouched = wall - stamp / 1e9
+            if untouched > 0:
+                since = now - min(untouched, self.min_age)
         entry = self._seen.get(key)
         if entry is None or entry.sig != sig:
-            since = now
-            if self.trust_mtime and wall is not None:
-                untouched = wall - sig.mtime_ns / 1e9
-                if untouched > 0:
-                    since = now - min(untouched, self.min_age)
             entry = _Entry(sig, since)
             self._seen[key] = entry
+        elif since < entry.since:  # seen by a scan first, its rename's event since
+            entry.since = since
         return entry.since + self.min_age
 
-    def ready(self, key: str, sig: Signature, now: float, wall: float | None = None) -> bool:
+    def ready(self, key: str, sig: Signature, now: float, wall: float | None = None,
+              moved: bool = False) -> bool:
         """True when ``sig`` (a fresh stat) is what was seen and has held for ``min_age``."""
-        due = self.observe(key, sig, now, wall)
+        due = self.observe(key, sig, now, wall, moved)
         return now >= due
 
     def forget(self, key: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from forwarder.candidate import Candidate, Finished
 from forwarder.config import Watch
 from forwarder.logs import event
-from forwarder.observer import Events, start_observer
+from forwarder.observer import Events, MovedIn, start_observer
 from forwarder.paths import shown
 from forwarder.settle import Settler, Signature, ignored, wanted
 
@@ -58,7 +58,7 @@ class Watcher:
         self._observer_factory = observer_factory
         self._use_events = events
         self._on_state = on_state  # told when the folder becomes unavailable or available
-        self.settler = Settler(watch.min_age, trust_mtime=not watch.polling)
+        self.settler = Settler(watch.min_age, trust_times=not watch.polling)
         # paths seen by events, intake's verdicts, and None to wake the loop for a stop
         self._queue: queue.SimpleQueue[str | Finished | None] = queue.SimpleQueue()
         self._heap: list[tuple[float, str]] = []
@@ -69,6 +69,8 @@ class Watcher:
         self._left: dict[str, tuple[Signature, float | None]] = {}
         self._reported: dict[str, None] = {}  # special files already reported (ordered)
         self._unlisted: dict[str, None] = {}  # subfolders that cannot be listed, reported
+        # files that arrived by a rename and were not written in place since (ordered)
+        self._moved: dict[str, None] = {}
         self._fresh: set[str] = set()
         self._waiting: collections.deque[Candidate] = collections.deque()  # settled, not taken
         self._stop = threading.Event()
@@ -243,7 +245,14 @@ class Watcher:
                 if isinstance(item, Finished):
                     self._finished(item)
                 elif item is not None and not self._stop.is_set():
-                    self._consider(item, fresh=True)
+                    path = str(item)
+                    if isinstance(item, MovedIn):
+                        self._moved[path] = None
+                        while len(self._moved) > self.limit:  # forgotten: counts by ctime
+                            del self._moved[next(iter(self._moved))]
+                    else:  # created or written in place since: its ctime counts again
+                        self._moved.pop(path, None)
+                    self._consider(path, fresh=True)
             now = time.monotonic()
             while self._heap and self._heap[0][0] <= now and not self._stop.is_set():
                 _due, path = heapq.heappop(self._heap)
@@ -353,7 +362,8 @@ class Watcher:
             return
         if fresh:
             self._fresh.add(path)
-        due = self.settler.observe(path, sig, time.monotonic(), time.time())
+        due = self.settler.observe(path, sig, time.monotonic(), time.time(),
+                                   moved=path in self._moved)
         self._schedule(path, due)
 
     def _schedule(self, path: str, due: float) -> None:
@@ -371,11 +381,13 @@ class Watcher:
         if st is None or not stat.S_ISREG(st.st_mode):  # gone, or no longer a file
             self.settler.forget(path)
             self._fresh.discard(path)
+            self._moved.pop(path, None)
             return
         sig = Signature.of(st)
         now = time.monotonic()
-        if not self.settler.ready(path, sig, now, time.time()):
-            self._schedule(path, self.settler.observe(path, sig, now, time.time()))
+        moved = path in self._moved
+        if not self.settler.ready(path, sig, now, time.time(), moved):
+            self._schedule(path, self.settler.observe(path, sig, now, time.time(), moved))
             return
         rel = self._relpath(path)
         if rel is None:
@@ -385,6 +397,7 @@ class Watcher:
                 return
             self._inflight.add(path)
         self.settler.forget(path)
+        self._moved.pop(path, None)
         fresh = path in self._fresh
         self._fresh.discard(path)
         cand = Candidate(self.watch, path, rel, sig, fresh=fresh, outbox=self._queue)

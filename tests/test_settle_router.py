@@ -11,7 +11,7 @@ def sig(size: int, mtime: int = 1, ctime: int = 1, ino: int = 7) -> Signature:
 
 
 def test_a_file_is_ready_only_after_min_age_unchanged() -> None:
-    s = Settler(2.0, trust_mtime=False)
+    s = Settler(2.0, trust_times=False)
     assert s.observe("a", sig(10), now=100.0) == 102.0
     assert not s.ready("a", sig(10), now=101.9)
     assert not s.ready("a", sig(20, 2, 2), now=102.5)  # it grew: the wait starts again
@@ -20,7 +20,7 @@ def test_a_file_is_ready_only_after_min_age_unchanged() -> None:
 
 
 def test_an_event_cannot_shorten_the_wait_below_min_age() -> None:
-    s = Settler(2.0, trust_mtime=True)
+    s = Settler(2.0, trust_times=True)
     wall = 1000.0
     fresh = sig(10, mtime=int(wall * 1e9), ctime=int(wall * 1e9))  # just written
     assert s.observe("a", fresh, now=50.0, wall=wall) == 52.0
@@ -28,7 +28,7 @@ def test_an_event_cannot_shorten_the_wait_below_min_age() -> None:
 
 
 def test_local_backlog_untouched_for_min_age_is_ready_at_once() -> None:
-    s = Settler(2.0, trust_mtime=True)
+    s = Settler(2.0, trust_times=True)
     old = sig(10, mtime=int(900 * 1e9), ctime=int(900 * 1e9))
     assert s.ready("a", old, now=50.0, wall=1000.0)
     half = sig(10, mtime=int(999 * 1e9), ctime=int(999 * 1e9))  # written a second ago
@@ -36,32 +36,51 @@ def test_local_backlog_untouched_for_min_age_is_ready_at_once() -> None:
 
 
 def test_a_file_renamed_in_counts_from_its_last_write_not_from_the_rename() -> None:
-    """A rename (or chmod) sets the ctime and leaves the content and its mtime as they
-    were: a file written elsewhere 100 s ago and renamed in now is ready at once; one
-    written half a second before its rename waits the rest of min_age."""
-    s = Settler(2.0, trust_mtime=True)
+    """A rename sets the ctime and leaves the content and its mtime as they were: a file
+    written elsewhere 100 s ago and renamed in now is ready at once; one written half a
+    second before its rename waits the rest of min_age."""
+    s = Settler(2.0, trust_times=True)
     moved = sig(10, mtime=int(900 * 1e9), ctime=int(1000 * 1e9))
-    assert s.ready("a", moved, now=50.0, wall=1000.0)
+    assert s.ready("a", moved, now=50.0, wall=1000.0, moved=True)
     recent = sig(10, mtime=int(999.5 * 1e9), ctime=int(1000 * 1e9))
-    assert s.observe("b", recent, now=50.0, wall=1000.0) == 51.5
+    assert s.observe("b", recent, now=50.0, wall=1000.0, moved=True) == 51.5
+
+
+def test_a_rename_s_event_after_a_scan_saw_the_file_counts_from_its_mtime() -> None:
+    """A scan may find a file the moment it is renamed in, before the rename's event:
+    the event still lets its mtime count."""
+    s = Settler(2.0, trust_times=True)
+    moved = sig(10, mtime=int(900 * 1e9), ctime=int(1000 * 1e9))
+    assert s.observe("a", moved, now=50.0, wall=1000.0) == 52.0  # by the scan: ctime
+    assert s.ready("a", moved, now=50.1, wall=1000.1, moved=True)
+
+
+def test_an_old_mtime_on_a_file_written_in_place_does_not_count() -> None:
+    """A writer that stamps an old mtime on a part and closes it (robocopy, to resume
+    later) changed the ctime: written in place, the wait counts from that."""
+    s = Settler(2.0, trust_times=True)
+    stamped = sig(10, mtime=int(315532800 * 1e9), ctime=int(1000 * 1e9))
+    assert not s.ready("a", stamped, now=50.0, wall=1000.0)
+    assert s.observe("a", stamped, now=50.0, wall=1000.0) == 52.0
 
 
 def test_an_mtime_in_the_future_waits_the_whole_min_age() -> None:
-    s = Settler(2.0, trust_mtime=True)
+    s = Settler(2.0, trust_times=True)
     ahead = sig(10, mtime=int(1005 * 1e9), ctime=int(1000 * 1e9))
-    assert s.observe("a", ahead, now=50.0, wall=1000.0) == 52.0
+    assert s.observe("a", ahead, now=50.0, wall=1000.0, moved=True) == 52.0
 
 
 def test_a_change_while_settling_restarts_the_wait_from_the_new_mtime() -> None:
-    s = Settler(2.0, trust_mtime=True)
-    assert s.observe("a", sig(10, mtime=int(999 * 1e9)), now=50.0, wall=1000.0) == 51.0
+    s = Settler(2.0, trust_times=True)
+    assert s.observe("a", sig(10, mtime=int(999 * 1e9)), now=50.0, wall=1000.0,
+                     moved=True) == 51.0
     grown = sig(20, mtime=int(1000.5 * 1e9), ctime=int(1000.5 * 1e9))
-    assert not s.ready("a", grown, now=50.5, wall=1000.5)
-    assert s.observe("a", grown, now=50.5, wall=1000.5) == 52.5
+    assert not s.ready("a", grown, now=50.5, wall=1000.5, moved=True)
+    assert s.observe("a", grown, now=50.5, wall=1000.5, moved=True) == 52.5
 
 
 def test_polling_ignores_the_servers_clock() -> None:
-    s = Settler(2.0, trust_mtime=False)
+    s = Settler(2.0, trust_times=False)
     old = sig(10, mtime=int(900 * 1e9), ctime=int(900 * 1e9))
     assert not s.ready("a", old, now=50.0, wall=1000.0)
     assert s.ready("a", old, now=52.0, wall=1002.0)

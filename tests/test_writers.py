@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +226,27 @@ def test_a_file_written_elsewhere_and_renamed_in_is_taken_without_a_second_wait(
         assert obj["sha256"] == sha(DATA) and not moved.exists()
         assert held == [False], "intake took it without asking whether a writer holds it"
         assert fresh.exists(), "the file written in the folder was taken before min_age"
+
+
+def test_a_part_stamped_with_an_old_mtime_and_closed_is_not_taken_before_min_age(
+        tmp_path: Path) -> None:
+    """A writer that writes part of a file in place, stamps an old mtime on it and closes
+    it, then comes back within min_age for the rest (robocopy resuming a copy): the old
+    mtime does not make the part look settled; the whole file is taken, once."""
+    cfg = make_config(tmp_path, watch="min_age: 3s\nrescan: 1h")
+    target = tmp_path / "in" / "resumed.dcm"
+    with Pipeline(cfg) as p:
+        first = Writer(target)
+        first.write(SR[:SR_CUT])
+        os.utime(target, (315532800, 315532800))  # 1980-01-01, as robocopy stamps a part
+        first.close()
+        threading.Event().wait(1.0)  # the writer's own pause, shorter than min_age
+        assert p.objects() == [], "the part was taken"
+        rest = Writer(target)
+        rest.write(SR[SR_CUT:])
+        rest.close()
+        wait_for(lambda: p.objects(), 15, "the whole file")
+        assert [o["sha256"] for o in p.objects()] == [sha(SR)]
 
 
 def test_where_no_lease_can_vouch_a_renamed_file_waits_min_age_from_its_last_change(
