@@ -67,14 +67,35 @@ class Writer:
         self.proc.stdin.close()
         assert self.proc.wait(10) == 0
 
+    def stop(self) -> None:
+        """End the writer if a failed test left it running (this test's own process)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def held_then_taken(p: Pipeline, held: list[bool | None], w: Writer, target: Path,
+                    rest: bytes) -> None:
+    """Intake looks three times at the part ``w`` holds open and leaves it; then ``w``
+    writes ``rest`` and closes the file, and it is taken."""
+    wait_for(lambda: held.count(True) >= 3 or p.objects(), 15,
+             "intake to look at it three times")
+    assert p.objects() == [] and target.exists(), "the prefix was taken"
+    w.write(rest)
+    w.close()
+    wait_for(lambda: p.objects(), 15, "the file, once its writer closed it")
+
 
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(tmp_path / "in" / "paused.dcm")
-    yield w
-    if w.proc.poll() is None:
-        w.proc.kill()
-        w.proc.wait(10)
+    with Writer(tmp_path / "in" / "paused.dcm") as w:
+        yield w
 
 
 @pytest.fixture
@@ -194,12 +215,7 @@ def test_a_writer_paused_at_an_element_boundary_is_waited_for(
         with Pipeline(cfg, events=events) as p:
             if events:
                 writer.write(DATA[:CUT])
-            wait_for(lambda: held.count(True) >= 3 or p.objects(), 15,
-                     "intake to look at it three times")
-            assert p.objects() == [] and target.exists(), "the prefix was taken"
-            writer.write(DATA[CUT:])
-            writer.close()
-            wait_for(lambda: p.objects(), 15, "the file, once its writer closed it")
+            held_then_taken(p, held, writer, target, DATA[CUT:])
             wait_for(lambda: not target.exists(), 10, "the source removed")
             [obj] = p.objects()
             assert obj["sha256"] == sha(DATA) and p.spool.quarantined() == []
@@ -236,15 +252,15 @@ def test_a_part_stamped_with_an_old_mtime_and_closed_is_not_taken_before_min_age
     cfg = make_config(tmp_path, watch="min_age: 3s\nrescan: 1h")
     target = tmp_path / "in" / "resumed.dcm"
     with Pipeline(cfg) as p:
-        first = Writer(target)
-        first.write(SR[:SR_CUT])
-        os.utime(target, (315532800, 315532800))  # 1980-01-01, as robocopy stamps a part
-        first.close()
+        with Writer(target) as first:
+            first.write(SR[:SR_CUT])
+            os.utime(target, (315532800, 315532800))  # 1980-01-01, as robocopy stamps it
+            first.close()
         threading.Event().wait(1.0)  # the writer's own pause, shorter than min_age
         assert p.objects() == [], "the part was taken"
-        rest = Writer(target)
-        rest.write(SR[SR_CUT:])
-        rest.close()
+        with Writer(target) as rest:
+            rest.write(SR[SR_CUT:])
+            rest.close()
         wait_for(lambda: p.objects(), 15, "the whole file")
         assert [o["sha256"] for o in p.objects()] == [sha(SR)]
 
@@ -279,24 +295,14 @@ def test_a_file_renamed_in_while_still_open_for_writing_waits_for_its_writer(
     with the part that reads as a whole data set, it waits until the writer closes it."""
     cfg = make_config(tmp_path, watch="min_age: 300ms\nrescan: 1h")
     staged, target = tmp_path / "paused.dcm", tmp_path / "in" / "paused.dcm"
-    w = Writer(staged)
-    try:
+    with Writer(staged) as w:
         w.write(SR[:SR_CUT])
         old = time.time_ns() - 60 * 10**9
         os.utime(staged, ns=(old, old))
         with Pipeline(cfg) as p:
             os.rename(staged, target)
-            wait_for(lambda: held.count(True) >= 3 or p.objects(), 15,
-                     "intake to look at it three times")
-            assert p.objects() == [] and target.exists(), "the prefix was taken"
-            w.write(SR[SR_CUT:])
-            w.close()
-            wait_for(lambda: p.objects(), 15, "the file, once its writer closed it")
+            held_then_taken(p, held, w, target, SR[SR_CUT:])
             assert [o["sha256"] for o in p.objects()] == [sha(SR)]
-    finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(10)
 
 
 def test_a_file_held_open_unchanged_for_truncated_after_is_taken_by_copy_and_again_later(
@@ -355,9 +361,7 @@ def test_held_past_truncated_after_nothing_is_deleted_or_waited_for_twice(
             assert p.objects()[0]["sha256"] == sha(SR) and len(p.spool.quarantined()) == 1
     finally:
         for w in procs:
-            if w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait(10)
+            w.stop()
     said = [r.getMessage() for r in caplog.records if "cut.dcm" in r.getMessage()]
     assert sum("still open for writing by another process" in m for m in said) == 1, said
     assert not any("incomplete" in getattr(r, "FORWARDER_EVENT", "") for r in caplog.records
