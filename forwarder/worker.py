@@ -100,6 +100,8 @@ class Worker(health.DestinationHealth):
         d = spec.dest
         # a negotiation profile, as read when the configuration was checked
         self.roles = {sop: (scu, scp) for sop, scu, scp in d.roles}
+        self.modify = changes(d.strip_uid_padding, d.new_vrs)  # None: files go unchanged
+        self.deflate_level = 6 if d.compression_level is None else d.compression_level
         self.core = sendcore.SendCore(sendcore.Policy(
             d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success,
             d.proposal))
@@ -356,10 +358,9 @@ class Worker(health.DestinationHealth):
         self.flight[IN_FLIGHT] = job.id  # if this process dies now, this job is to blame
         try:
             result = store_file(self.assoc, job.path, job.probe, self.dest.decompress,
-                                changes(self.dest.strip_uid_padding, self.dest.new_vrs),
-                                self.msg_id, while_waiting=self._record_while_waiting,
-                                deflate_level=6 if self.dest.compression_level is None
-                                else self.dest.compression_level)
+                                self.modify, self.msg_id,
+                                while_waiting=self._record_while_waiting,
+                                deflate_level=self.deflate_level)
         except FileNotFoundError:
             return sendcore.Refused("the spool's copy of the file is missing", time.monotonic())
         except _Unrecorded as exc:  # the association is aborted; the worker stops

@@ -79,7 +79,7 @@ def run(argv: Sequence[str]) -> int:
         if args.config_file:
             file, name = args.config_file
             profile = read_profile_file(file, name)
-            for entry in dict.fromkeys(profile.skipped):
+            for entry in profile.skipped:  # each once
                 LOGGER.warning("%s: not read (DCMTK reads the keys numbered 1, 2, 3... up "
                                "to the first number missing)", entry)
             contexts, roles = profile.contexts, profile.roles
