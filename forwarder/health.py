@@ -64,13 +64,18 @@ class DestinationHealth:
         return {"DESTINATION": self.name, "PEER": self.dest.peer,
                 "CALLED_AE": self.dest.called_ae_title}
 
-    def clock_stepped_back(self, now: float) -> None:
-        """Times set before the wall clock stepped back lie further ahead than any
-        backoff: due now, and said."""
-        moved = self.spool.clock_stepped_back(self.name, retry.latest(now, self.policy), now)
+    def stepped_back(self, when: float | None, now: float) -> bool:
+        """Is ``when`` (a retry or probe time) further ahead than any backoff (the clock
+        was set back, or retry.max lowered)? Then every such time of this destination
+        is made due now, and said."""
+        latest = retry.latest(now, self.policy)
+        if when is None or when <= latest:
+            return False
+        moved = self.spool.clock_stepped_back(self.name, latest, now)
         LOGGER.warning("%s: a retry time lay further ahead than any backoff (the clock was "
                        "set back, or retry.max lowered): the destination is probed and %d "
                        "job(s) are due now", self.name, moved)
+        return True
 
     def _healthy(self) -> bool:
         state = self.spool.health(self.name)
@@ -78,10 +83,9 @@ class DestinationHealth:
             return True
         self._close()
         now = time.time()
-        if state.until is not None and state.until > retry.latest(now, self.policy):
-            # set before the clock stepped back: no backoff is that long, probe now
-            self.clock_stepped_back(now)
-        elif state.until is not None and now < state.until:
+        if self.stepped_back(state.until, now):
+            return False  # no backoff is that long: due now, probed at the next look
+        if state.until is not None and now < state.until:
             self._wait(min(state.until - now, 1.0))
         elif self.index == 0:  # one probe per destination, not a storm
             self.probe()

@@ -211,8 +211,7 @@ class Worker(health.DestinationHealth):
         if not self.core.open:
             due = self.spool.next_due(self.name)
             now = time.time()
-            if due is not None and due > retry.latest(now, self.policy):  # clock stepped back
-                self.clock_stepped_back(now)
+            if self.stepped_back(due, now):
                 due = now
             due_in = None if due is None else due - now
         self._carry_out(self.core.handle(sendcore.Tick(time.monotonic(), due_in)))
