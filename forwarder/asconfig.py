@@ -18,7 +18,6 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from forwarder.negotiation import (
     DEFLATED_LE,
@@ -28,9 +27,6 @@ from forwarder.negotiation import (
     LOCAL_EXPLICIT,
     Context,
 )
-
-if TYPE_CHECKING:
-    from forwarder.config.schema import NegotiationProfile
 
 _TS_NAMES = {
     "LittleEndianImplicit": IMPLICIT_LE,
@@ -230,11 +226,6 @@ def read_profile_file(file: str, profile: str) -> Profile:
                                    "give the profile file's path")
         data = fp.read(MAX_PROFILE_FILE + 1)
     if len(data) > MAX_PROFILE_FILE:
-        raise ProfileFileError(f"{file}: larger than {MAX_PROFILE_FILE >> 20} MiB, not a DCMTK "
-                           "association configuration; give the profile file's path")
+        raise ProfileFileError(f"{file}: larger than {MAX_PROFILE_FILE >> 20} MiB, not a "
+                               "DCMTK association configuration; give the profile file's path")
     return read_profile(data.decode("utf-8", errors="replace"), profile, file)
-
-
-def load_profile(given: NegotiationProfile) -> Profile:
-    """A destination's ``negotiation_profile``, read from its file (OSError, ProfileError)."""
-    return read_profile_file(given.file, given.profile)

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forwarder.asconfig import Profile, ProfileError, ProfileFileError, load_profile
+from forwarder.asconfig import Profile, ProfileError, ProfileFileError, read_profile_file
 from forwarder.config import loader
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
@@ -199,7 +199,7 @@ class _Checker:
     def _profile(self, name: str, at: KeyPath, given: NegotiationProfile) -> None:
         """The profile file read, its profile found (and kept for the daemon)."""
         try:
-            found = load_profile(given)
+            found = read_profile_file(given.file, given.profile)
         except OSError:
             self._readable((*at, "file"), given.file)  # says why
             return
