@@ -76,7 +76,7 @@ class DestinationSender:
         context = runtime.worker_context()  # its preload is set by runtime.setup()
         reader, writer = context.Pipe(duplex=False)
         beat = context.RawValue("d", time.monotonic())
-        flight = context.RawArray("q", 2)
+        flight = context.RawArray("q", worker.FLIGHT_SLOTS)
         if i < len(self._beats):
             self._beats[i], self._flights[i] = beat, flight
         else:
@@ -202,8 +202,13 @@ class DestinationSender:
         code = proc.exitcode
         why = f"killed by signal {-code}" if code is not None and code < 0 else \
             f"exit status {code}"
+        stored = flight[worker.STORED]
         back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why,
-                              in_flight=flight[worker.IN_FLIGHT], stored=flight[worker.STORED])
+                              in_flight=flight[worker.IN_FLIGHT], stored=stored)
+        if back.recorded and flight[worker.LOGGED] != stored:  # see Worker._record_stored
+            event(LOGGER, "stored", "%s stored at %s (recorded by its sender: the worker "
+                  "died before it logged it)", back.recorded, self.name,
+                  DESTINATION=self.name, SOP_INSTANCE_UID=back.recorded)
         if back.unrecorded:
             LOGGER.error("sender %s: recording the file it had stored failed (%s); unless "
                          "recorded, it is sent again", proc.name, back.unrecorded)

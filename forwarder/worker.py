@@ -38,9 +38,12 @@ from forwarder.spool import Job, Spool, claims
 
 LOGGER = logging.getLogger(__name__)
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
-# a worker's flight record, shared with its sender (0: none): the job it is sending, and
-# the job the peer stored whose done mark is not recorded yet (see claims.reclaim)
-IN_FLIGHT, STORED = 0, 1
+# a worker's flight record, shared with its sender (0: none): the job it is sending, the
+# job the peer stored whose done mark is not recorded yet (see claims.reclaim), and the
+# last job whose "stored" line the worker logged (a sender that records the mark logs it
+# only if the worker did not)
+IN_FLIGHT, STORED, LOGGED = 0, 1, 2
+FLIGHT_SLOTS = 3
 
 
 class _Unrecorded(Exception):
@@ -91,7 +94,7 @@ class Worker(health.DestinationHealth):
         self.rand = rand or random.Random()
         self.tag = f"{self.name}-{self.index}"
         self.beat = beat  # shared double: time.monotonic() of the last sign of progress
-        self.flight = [0, 0] if flight is None else flight  # shared: IN_FLIGHT, STORED
+        self.flight = [0] * FLIGHT_SLOTS if flight is None else flight  # shared, see above
         self.owner = claims.owner_of(spec.token)
         self.phi = spec.log[2] if spec.log else True  # peers' error comments in reasons
         self._halted = False
@@ -106,7 +109,8 @@ class Worker(health.DestinationHealth):
             d.propose, d.combine, d.max_association_age, d.idle_release, d.warning_is_success,
             d.proposal))
         self.claimed: dict[int, Job] = {}  # the jobs of the batch the core is sending
-        self._stored = 0  # the job the peer stored, its done mark not yet recorded (0: none)
+        # the job the peer stored and its Done, not yet logged and recorded
+        self._stored: tuple[Job, sendcore.Done] | None = None
         self._recording = 0.0  # seconds spent recording marks during the C-STORE in flight
         self.msg_id = 0
         self.next_expire = 0.0
@@ -240,13 +244,8 @@ class Worker(health.DestinationHealth):
             return self._store(self.claimed[cmd.job])
         if isinstance(cmd, sendcore.Done):
             self._record_stored()  # none in practice: one mark is kept, as in the flight record
-            job = self.claimed[cmd.job]
             self.flight[STORED] = cmd.job  # if this process dies, its sender records it
-            event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
-                  self.name, cmd.status, f": {cmd.reason}" if cmd.warning else "",
-                  level=logging.WARNING if cmd.warning else logging.INFO,
-                  DICOM_STATUS=cmd.status, ATTEMPT=job.attempts + 1, **self._fields(job))
-            self._stored = cmd.job
+            self._stored = (self.claimed[cmd.job], cmd)
             return None
         self._record_stored()  # every other outcome is recorded after it, in order
         if isinstance(cmd, sendcore.Retry):
@@ -276,16 +275,22 @@ class Worker(health.DestinationHealth):
         return None
 
     def _record_stored(self) -> None:
-        """Mark done the job the peer has stored. A Done is kept until the next file's
-        request is written (or until anything else is recorded, claimed or closed), so
-        the spool's commit runs while the peer takes that file in. Should the worker die
-        meanwhile, its sender records the mark from the flight record; only a kill of the
-        whole daemon resends the stored file too (no fsync: a lost "done" resends, never
+        """Log and mark done the job the peer has stored. A Done is kept until the next
+        file's request is written (or until anything else is recorded, claimed or
+        closed), so the log line and the spool's commit cost the peer no time: they are
+        made while it takes that file in. Should the worker die meanwhile, its sender
+        records the mark from the flight record and logs it; only a kill of the whole
+        daemon resends the stored file too (no fsync: a lost "done" resends, never
         loses)."""
-        if not self._stored:
+        if self._stored is None:
             return
-        stored, self._stored = self._stored, 0
-        self.spool.done([stored], owner=self.owner)
+        (job, done), self._stored = self._stored, None
+        event(LOGGER, "stored", "%s stored at %s (%s)%s", job.probe.sop_instance_uid,
+              self.name, done.status, f": {done.reason}" if done.warning else "",
+              level=logging.WARNING if done.warning else logging.INFO,
+              DICOM_STATUS=done.status, ATTEMPT=job.attempts + 1, **self._fields(job))
+        self.flight[LOGGED] = job.id
+        self.spool.done([job.id], owner=self.owner)
         self.flight[STORED] = 0
 
     def _record_while_waiting(self) -> None:

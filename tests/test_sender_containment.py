@@ -235,6 +235,7 @@ def test_a_dead_workers_stored_file_is_recorded_and_only_its_file_in_flight_blam
     back = claims.reclaim(spool, owner, "killed by signal 9", in_flight=sending.id,
                           stored=stored.id)
     assert (back.released, back.blamed, back.deaths) == (2, sending.probe.sop_instance_uid, 1)
+    assert back.recorded == stored.probe.sop_instance_uid
     assert states(spool) == {"pending": 3, "sending": 0, "done": 1, "failed": 0}
     owner = claims.owner_of("t", 1002)
     assert len(spool.claim("pacs", 4, owner=owner)) == 3
@@ -258,8 +259,36 @@ def test_a_dead_workers_claims_come_back_even_when_its_stored_file_cannot_be_rec
     back = claims.reclaim(spool, owner, "killed by signal 9", in_flight=sending.id,
                           stored=stored.id)
     assert back.unrecorded == "OSError: [Errno 30] Read-only file system"
+    assert back.recorded is None  # not recorded: it is sent again, and logged then
     assert (back.released, back.blamed) == (2, sending.probe.sop_instance_uid)
     assert states(spool) == {"pending": 3, "sending": 0, "done": 0, "failed": 0}
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_a_dead_workers_stored_file_is_logged_stored_once(
+        spool: Spool, tmp_path: Path, caplog: pytest.LogCaptureFixture, logged: bool) -> None:
+    """A worker logs a file "stored" just before it records the mark, while the next
+    file is at the peer. Should it die before that, the sender that records the mark
+    logs the line; should it die after logging, before recording, the line is not
+    written twice."""
+    from types import SimpleNamespace
+
+    from forwarder import worker
+
+    enqueue(spool, list(unique_copies(tmp_path / "c", 2).values()))
+    sender = DestinationSender(destination(1, "batch: 10"), "FORWARDER", spool)
+    proc = SimpleNamespace(exitcode=-9, name="fwd-send-pacs-0", pid=4242)
+    stored, sending = spool.claim("pacs", 2, owner=claims.owner_of(sender.token, proc.pid))
+    flight = [0] * worker.FLIGHT_SLOTS
+    flight[worker.IN_FLIGHT], flight[worker.STORED] = sending.id, stored.id
+    if logged:
+        flight[worker.LOGGED] = stored.id
+    with caplog.at_level("INFO", logger="forwarder.sender"):
+        sender._died(proc, flight, 0.0)  # type: ignore[arg-type]
+    lines = [r for r in caplog.records if getattr(r, "FORWARDER_EVENT", "") == "stored"]
+    assert [r.SOP_INSTANCE_UID for r in lines] == \
+        ([] if logged else [stored.probe.sop_instance_uid])
+    assert states(spool) == {"pending": 1, "sending": 0, "done": 1, "failed": 0}
 
 
 def test_a_worker_killed_before_recording_a_stored_file_blames_the_file_in_flight(
