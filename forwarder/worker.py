@@ -39,9 +39,10 @@ from forwarder.spool import Job, Spool, claims
 LOGGER = logging.getLogger(__name__)
 EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other exit: restart)
 # a worker's flight record, shared with its sender (0: none): the job it is sending, the
-# job the peer stored whose done mark is not recorded yet (see claims.reclaim), and the
-# last job whose "stored" line the worker logged (a sender that records the mark logs it
-# only if the worker did not)
+# job the peer stored whose done mark is not recorded yet (see claims.reclaim), and that
+# job again once the worker has logged its "stored" line (a sender that records the mark
+# logs it only if the worker did not). LOGGED is cleared with STORED: job ids come back
+# (a delivered file's rows are deleted), so a stale one could match a new stored job.
 IN_FLIGHT, STORED, LOGGED = 0, 1, 2
 FLIGHT_SLOTS = 3
 
@@ -292,6 +293,7 @@ class Worker(health.DestinationHealth):
         self.flight[LOGGED] = job.id
         self.spool.done([job.id], owner=self.owner)
         self.flight[STORED] = 0
+        self.flight[LOGGED] = 0  # after STORED: until then, it tells the sender "logged"
 
     def _record_while_waiting(self) -> None:
         """:meth:`_record_stored` while a request is at the peer: an error is the

@@ -291,6 +291,62 @@ def test_a_dead_workers_stored_file_is_logged_stored_once(
     assert states(spool) == {"pending": 1, "sending": 0, "done": 1, "failed": 0}
 
 
+def test_a_stored_file_of_a_worker_killed_before_logging_it_is_logged_though_its_job_id_came_back(
+        make_scp, spool: Spool, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Job ids come back: a delivered file's rows are deleted, and SQLite gives the next
+    job the highest id left plus one. The worker logs file A (job 1); the queue empties;
+    B and C come in, B as job 1 again. The peer stores B and the worker dies reading C
+    (a FIFO that never opens, as a codec crash would), before it logs B: its sender logs
+    B "stored", once, as for any other job id."""
+    from forwarder import worker
+
+    a, b, c = unique_copies(tmp_path / "c", 3).values()
+    [uid_a] = enqueue(spool, [a])
+    [(job_a,)] = spool.db.execute("SELECT id FROM jobs").fetchall()
+    held: dict[str, str] = {}  # B's SOP Instance UID, C's name in the spool
+    c_bytes: list[bytes] = []
+    named, blocked = threading.Event(), threading.Event()
+
+    def status(event) -> int:  # noqa: ANN001
+        if event.request.AffectedSOPInstanceUID == held.get("b"):  # C: a FIFO from now on
+            assert named.wait(10)
+            path = spool.objects / held["c"]
+            c_bytes.append(path.read_bytes())
+            path.unlink()
+            os.mkfifo(path)
+            blocked.set()
+        return 0
+
+    peer = make_scp(status=status)
+    sender = DestinationSender(destination(peer.port, "batch: 10"), "FORWARDER", spool)
+    with caplog.at_level("INFO", logger="forwarder.sender"), sender:
+        wait_for(lambda: peer.counts() == {uid_a: 1} and not spool.db.execute(
+            "SELECT count(*) FROM jobs").fetchone()[0], 30, "A delivered and forgotten")
+        held["b"] = str(dcmread(b, stop_before_pixels=True).SOPInstanceUID)
+        uid_b, uid_c = enqueue(spool, [b, c])
+        job_b, job_c = (spool.db.execute("SELECT j.id FROM jobs j JOIN objects o ON "
+                                         "o.id = j.object_id WHERE o.sop_instance=?",
+                                         (u,)).fetchone()[0] for u in (uid_b, uid_c))
+        assert job_b == job_a  # the id came back
+        [(name,)] = spool.db.execute("SELECT name FROM objects WHERE sop_instance=?",
+                                     (uid_c,)).fetchall()
+        held["c"] = name
+        named.set()
+        flight = sender._flights[0]
+        wait_for(lambda: blocked.is_set() and flight[worker.IN_FLIGHT] == job_c, 30,
+                 "the worker to open C")
+        assert flight[worker.STORED] == job_b  # stored, its line not yet logged
+        os.kill(sender.pids[0], signal.SIGKILL)
+        fifo = spool.objects / name
+        (tmp_path / "c.tmp").write_bytes(c_bytes[0])
+        os.replace(tmp_path / "c.tmp", fifo)  # the next worker reads C
+        wait_for(lambda: settled(spool), 60, "the queue to settle")
+    assert peer.counts() == {uid_a: 1, uid_b: 1, uid_c: 1}
+    lines = [r.SOP_INSTANCE_UID for r in caplog.records
+             if getattr(r, "FORWARDER_EVENT", "") == "stored"]
+    assert lines == [uid_b]  # logged by the sender: the worker died first
+
+
 def test_a_worker_killed_before_recording_a_stored_file_blames_the_file_in_flight(
         make_scp, spool: Spool, tmp_path: Path) -> None:
     """A stored file's done mark is recorded while the next file is at the peer. Here
