@@ -206,9 +206,11 @@ class DestinationSender:
         back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why,
                               in_flight=flight[worker.IN_FLIGHT], stored=stored)
         if back.recorded and flight[worker.LOGGED] != stored:  # see Worker._record_stored
+            fields: dict[str, Any] = {"DESTINATION": self.name, "PEER": self.dest.peer,
+                                      "CALLED_AE": self.dest.called_ae_title,
+                                      **(back.recorded_fields or {})}
             event(LOGGER, "stored", "%s stored at %s (recorded by its sender: the worker "
-                  "died before it logged it)", back.recorded, self.name,
-                  DESTINATION=self.name, SOP_INSTANCE_UID=back.recorded)
+                  "died before it logged it)", back.recorded, self.name, **fields)
         if back.unrecorded:
             LOGGER.error("sender %s: recording the file it had stored failed (%s); unless "
                          "recorded, it is sent again", proc.name, back.unrecorded)

@@ -288,6 +288,11 @@ def test_a_dead_workers_stored_file_is_logged_stored_once(
     lines = [r for r in caplog.records if getattr(r, "FORWARDER_EVENT", "") == "stored"]
     assert [r.SOP_INSTANCE_UID for r in lines] == \
         ([] if logged else [stored.probe.sop_instance_uid])
+    for r in lines:  # found by the fields the worker's own line has
+        assert r.SOP_CLASS_UID == stored.probe.sop_class_uid
+        assert r.STUDY_INSTANCE_UID == stored.probe.study_instance_uid
+        assert (r.DESTINATION, r.CALLED_AE) == ("pacs", sender.dest.called_ae_title)
+        assert r.PEER == sender.dest.peer
     assert states(spool) == {"pending": 1, "sending": 0, "done": 1, "failed": 0}
 
 

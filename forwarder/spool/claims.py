@@ -48,6 +48,8 @@ class Reclaimed:
     failed: bool
     unrecorded: str = ""  # why the stored job could not be recorded done (it is resent)
     recorded: str | None = None  # SOP Instance UID of the stored job recorded done, if any
+    # its journal fields (SOP_INSTANCE_UID, SOP_CLASS_UID, STUDY_INSTANCE_UID)
+    recorded_fields: dict[str, str] | None = None
 
 
 def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
@@ -57,14 +59,15 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
     after ``MAX_DEATHS``, and return every other claim of that worker to ``pending``."""
     now = time.time() if now is None else now
     unrecorded = ""
-    recorded = None
+    fields = None
     if stored:
         try:
-            recorded = _instance(spool, stored, owner)
+            fields = _instance(spool, stored, owner)
             spool.done([stored], now, owner=owner)
         except Exception as exc:  # noqa: BLE001 - the claims come back all the same
             unrecorded = f"{type(exc).__name__}: {exc}"
-            recorded = None
+            fields = None
+    recorded = None if fields is None else fields["SOP_INSTANCE_UID"]
     with spool._tx(durable=False) as db:
         rows = db.execute("SELECT j.id, j.deaths, o.sop_instance FROM jobs j JOIN objects o "
                           "ON o.id = j.object_id WHERE j.state='sending' AND j.owner=? "
@@ -74,7 +77,7 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
         db.executemany("UPDATE jobs SET state='pending', updated_at=?, owner=NULL WHERE id=?",
                        rest)
         if not blamed:
-            result = Reclaimed(len(rest), None, 0, False, unrecorded, recorded)
+            result = Reclaimed(len(rest), None, 0, False, unrecorded, recorded, fields)
         else:
             [(job, deaths, uid)] = blamed
             deaths += 1
@@ -89,16 +92,19 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
                            "updated_at=?, owner=NULL WHERE id=?",
                            (deaths, f"its sender process died while sending it ({why})", now,
                             job))
-            result = Reclaimed(len(rest), uid, deaths, failed, unrecorded, recorded)
+            result = Reclaimed(len(rest), uid, deaths, failed, unrecorded, recorded, fields)
     if rows:
         spool._notify()
     return result
 
 
-def _instance(spool: Spool, job: int, owner: str) -> str | None:
-    """The SOP Instance UID of ``job`` while ``owner`` still claims it."""
+def _instance(spool: Spool, job: int, owner: str) -> dict[str, str] | None:
+    """The journal fields of ``job``'s object while ``owner`` still claims it."""
     with spool._lock:
-        row = spool.db.execute("SELECT o.sop_instance FROM jobs j JOIN objects o ON "
-                               "o.id = j.object_id WHERE j.id=? AND j.state='sending' AND "
-                               "j.owner=?", (job, owner)).fetchone()
-    return None if row is None else str(row[0])
+        row = spool.db.execute("SELECT o.sop_instance, o.sop_class, o.study FROM jobs j "
+                               "JOIN objects o ON o.id = j.object_id WHERE j.id=? AND "
+                               "j.state='sending' AND j.owner=?", (job, owner)).fetchone()
+    if row is None:
+        return None
+    names = ("SOP_INSTANCE_UID", "SOP_CLASS_UID", "STUDY_INSTANCE_UID")
+    return {k: str(v) for k, v in zip(names, row, strict=True) if v is not None}
