@@ -10,10 +10,11 @@ A worker that dies (a crash in a codec, the kernel's OOM killer, a bug) leaves i
 behind, and its flight record (shared memory its sender reads): the job it was sending,
 if any, counts one death; the job the peer had stored, whose done mark the worker keeps
 until the next file's request is written, is recorded done (it is not sent again; its
-sender logs it "stored" if the worker had not yet); the others go back unattempted. A job that has killed ``MAX_DEATHS`` workers fails with that
-reason, so it cannot take the next worker down with it, again and again. A worker that
-dies outside a C-STORE (associating, waiting) blames no file: its sender's
-restart delay, growing, keeps that from becoming a loop.
+sender logs it "stored" if the worker had not yet); the others go back unattempted. A
+job that has killed ``MAX_DEATHS`` workers fails with that reason, so it cannot take the
+next worker down with it, again and again. A worker that dies outside a C-STORE
+(associating, waiting) blames no file: its sender's restart delay, growing, keeps that
+from becoming a loop.
 """
 
 from __future__ import annotations
