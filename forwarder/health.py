@@ -28,6 +28,11 @@ EXPIRY_WARNING = 0.8        # jobs this far into max_age are announced (``expiri
 EXPIRY_WARN_EVERY = 3600.0  # ... again when more join them, or after this long
 
 
+def destination_fields(dest: Destination) -> dict[str, Any]:
+    """The journal fields naming a destination and its peer, on every event about it."""
+    return {"DESTINATION": dest.name, "PEER": dest.peer, "CALLED_AE": dest.called_ae_title}
+
+
 class DestinationHealth:
     """The health half of a worker (it provides the attributes declared here)."""
 
@@ -61,8 +66,7 @@ class DestinationHealth:
 
     @property
     def fields(self) -> dict[str, Any]:
-        return {"DESTINATION": self.name, "PEER": self.dest.peer,
-                "CALLED_AE": self.dest.called_ae_title}
+        return destination_fields(self.dest)
 
     def stepped_back(self, when: float | None, now: float) -> bool:
         """Is ``when`` (a retry or probe time) further ahead than any backoff (the clock

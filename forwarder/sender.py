@@ -25,6 +25,7 @@ from typing import Any
 from forwarder import runtime, worker, workerproc
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
+from forwarder.health import destination_fields
 from forwarder.logs import event
 from forwarder.spool import Spool, claims
 from forwarder.worker import WorkerSpec, backoff_policy
@@ -206,8 +207,7 @@ class DestinationSender:
         back = claims.reclaim(self.spool, claims.owner_of(self.token, proc.pid), why,
                               in_flight=flight[worker.IN_FLIGHT], stored=stored)
         if back.recorded and flight[worker.LOGGED] != stored:  # see Worker._record_stored
-            fields: dict[str, Any] = {"DESTINATION": self.name, "PEER": self.dest.peer,
-                                      "CALLED_AE": self.dest.called_ae_title,
+            fields: dict[str, Any] = {**destination_fields(self.dest),
                                       **(back.recorded_fields or {})}
             event(LOGGER, "stored", "%s stored at %s (recorded by its sender: the worker "
                   "died before it logged it)", back.recorded, self.name, **fields)
