@@ -48,9 +48,15 @@ class Reclaimed:
     deaths: int
     failed: bool
     unrecorded: str = ""  # why the stored job could not be recorded done (it is resent)
-    recorded: str | None = None  # SOP Instance UID of the stored job recorded done, if any
-    # its journal fields (SOP_INSTANCE_UID, SOP_CLASS_UID, STUDY_INSTANCE_UID)
+    # the journal fields (SOP_INSTANCE_UID, SOP_CLASS_UID, STUDY_INSTANCE_UID) of the
+    # stored job recorded done, if any
     recorded_fields: dict[str, str] | None = None
+
+    @property
+    def recorded(self) -> str | None:
+        """The SOP Instance UID of the stored job recorded done, if any."""
+        return None if self.recorded_fields is None else \
+            self.recorded_fields["SOP_INSTANCE_UID"]
 
 
 def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
@@ -63,12 +69,11 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
     fields = None
     if stored:
         try:
-            fields = _instance(spool, stored, owner)
+            fields = _journal_fields(spool, stored, owner)
             spool.done([stored], now, owner=owner)
         except Exception as exc:  # noqa: BLE001 - the claims come back all the same
             unrecorded = f"{type(exc).__name__}: {exc}"
             fields = None
-    recorded = None if fields is None else fields["SOP_INSTANCE_UID"]
     with spool._tx(durable=False) as db:
         rows = db.execute("SELECT j.id, j.deaths, o.sop_instance FROM jobs j JOIN objects o "
                           "ON o.id = j.object_id WHERE j.state='sending' AND j.owner=? "
@@ -78,7 +83,7 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
         db.executemany("UPDATE jobs SET state='pending', updated_at=?, owner=NULL WHERE id=?",
                        rest)
         if not blamed:
-            result = Reclaimed(len(rest), None, 0, False, unrecorded, recorded, fields)
+            result = Reclaimed(len(rest), None, 0, False, unrecorded, fields)
         else:
             [(job, deaths, uid)] = blamed
             deaths += 1
@@ -93,13 +98,13 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
                            "updated_at=?, owner=NULL WHERE id=?",
                            (deaths, f"its sender process died while sending it ({why})", now,
                             job))
-            result = Reclaimed(len(rest), uid, deaths, failed, unrecorded, recorded, fields)
+            result = Reclaimed(len(rest), uid, deaths, failed, unrecorded, fields)
     if rows:
         spool._notify()
     return result
 
 
-def _instance(spool: Spool, job: int, owner: str) -> dict[str, str] | None:
+def _journal_fields(spool: Spool, job: int, owner: str) -> dict[str, str] | None:
     """The journal fields of ``job``'s object while ``owner`` still claims it."""
     with spool._lock:
         row = spool.db.execute("SELECT o.sop_instance, o.sop_class, o.study FROM jobs j "
