@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from forwarder import config, watchstate
 from forwarder.config import envcheck
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, UsageError
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError, UsageError
 
 if TYPE_CHECKING:
     from forwarder.spool import Spool
@@ -49,15 +49,49 @@ def _open_spool(args: argparse.Namespace, readonly: bool = False,  # noqa: ANN20
     return cfg, Spool(cfg.spool, readonly=readonly)
 
 
+def _to_look(args: argparse.Namespace) -> tuple[config.Config, Spool, ConfigError | None]:
+    """The configuration and its spool, read-only, for the commands that only look. A
+    file with errors elsewhere still names its spool: the queue is shown with a bare
+    configuration (no watch folders, no destinations), and the errors with it, so the
+    operator sees both while mending the file."""
+    from forwarder.spool import Spool, db
+
+    try:
+        return (*_open_spool(args, readonly=True), None)
+    except ConfigError as exc:
+        if exc.spool is None:
+            raise
+        try:
+            db.check_before_open(Path(exc.spool))
+            spool = Spool(exc.spool, readonly=True)
+        except ForwarderError:  # no spool there to show: the file's errors come first
+            raise exc from None
+        return config.Config(source=str(args.config), spool=exc.spool), spool, exc
+
+
+def _looked(bad: ConfigError | None, spool: str) -> int:
+    """The exit code of a command that only looks: 78 when the file had errors, which
+    are printed after what was shown, with what they mean."""
+    if bad is None:
+        return EXIT_OK
+    for issue in bad.issues:
+        print(str(issue), file=sys.stderr)
+    print(f"dicom-forwarder: the configuration has errors (above); shown is the spool it "
+          f"names, {spool}. A running daemon keeps the configuration it runs with until "
+          "the file is mended and reloaded; a restart would be refused. Check it with "
+          "'dicom-forwarder check-config -c FILE'.", file=sys.stderr)
+    return bad.exit_code
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from forwarder import spoollock
     from forwarder.spool import RESERVE
 
-    cfg, spool = _open_spool(args, readonly=True)
+    cfg, spool, bad = _to_look(args)
     with spool:
-        report = spool.status(cfg.destinations)
+        report = spool.status(cfg.destinations if bad is None else spool.destination_names())
         last = spool.last_success()
     holder = spoollock.holder(cfg.spool)
     report["daemon"] = None if holder is None else {
@@ -72,10 +106,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     full = watchstate.full(cfg.spool, RESERVE) if holder is not None else None
     ok = {"state": "ok", "reason": None} if full is None else {"state": "paused",
                                                                "reason": full}
-    report["watch"] = {w.name: seen.get(w.name, ok) for w in cfg.watch}
+    names = [w.name for w in cfg.watch] if bad is None else sorted(seen)
+    report["watch"] = {name: seen.get(name, ok) for name in names}
     if args.json:
         print(json.dumps(report, indent=2))
-        return EXIT_OK
+        return _looked(bad, cfg.spool)
     d = report["daemon"]
     if d is None:
         print(f"daemon: not running on {cfg.spool}")
@@ -102,7 +137,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, w in report["watch"].items():
         if w["state"] != "ok":
             print(f"watch {name}: {w['state']}: {w['reason']}")
-    return EXIT_OK
+    return _looked(bad, cfg.spool)
 
 
 def _age(seconds: float) -> str:
@@ -140,16 +175,16 @@ def _listing(args: argparse.Namespace, query: Callable[[Spool], list[dict]], lin
              summary: str) -> int:
     """Spool rows (``query`` on the spool, opened read-only) as JSON (``--json``) or one
     formatted line each and a summary."""
-    _cfg, spool = _open_spool(args, readonly=True)
+    cfg, spool, bad = _to_look(args)
     with spool:
         rows = query(spool)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return EXIT_OK
+        return _looked(bad, cfg.spool)
     for r in rows:
         print(line.format(**r))
     print(summary.format(n=len(rows)))
-    return EXIT_OK
+    return _looked(bad, cfg.spool)
 
 
 def cmd_failed(args: argparse.Namespace) -> int:

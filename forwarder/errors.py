@@ -40,8 +40,9 @@ class ConfigError(ForwarderError):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, issues: list[ConfigIssue]):
+    def __init__(self, issues: list[ConfigIssue], spool: str | None = None):
         self.issues = list(issues)
+        self.spool = spool  # the spool the file names, when that key alone is sound
         super().__init__("\n".join(str(i) for i in self.issues))
 
 

@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -181,6 +182,42 @@ def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:
     assert "requeued 1" in capsys.readouterr().out
     with Spool(tmp_path / "spool") as s:
         assert s.counts() == {"pending": 2}
+
+
+def test_a_configuration_with_errors_still_shows_the_spool_it_names(tmp_path: Path,
+                                                                    capsys) -> None:
+    spool = Spool(tmp_path / "spool")
+    for n in range(3):
+        accept_file(spool, make_input(tmp_path / "in", n), ("pacs",), n)
+    spool.fail(spool.claim("pacs", 1)[0].id, "0122 SOP class not supported")
+    spool.quarantine(None, "/in/x.pdf", "not DICOM")
+    spool.close()
+    cfg = tmp_path / "f.yaml"  # being mended: a misspelt key on line 4
+    cfg.write_text(f"spool: {tmp_path / 'spool'}\ndestinations:\n  pacs:\n    hots: h\n"
+                   "    port: 1\nroutes:\n  - to: [pacs]\n")
+    assert main(["status", "-c", str(cfg), "--json"]) == 78
+    out, err = capsys.readouterr()
+    pacs = json.loads(out)["destinations"]["pacs"]
+    assert (pacs["pending"], pacs["failed"]) == (2, 1)
+    assert f"{cfg}:4: destinations.pacs.hots" in err
+    assert f"shown is the spool it names, {tmp_path / 'spool'}" in err
+    assert main(["status", "-c", str(cfg)]) == 78
+    out, err = capsys.readouterr()
+    assert re.search(r"^pacs +ok +2 +0 +0 +1 ", out, re.M) and "quarantined: 1" in out
+    assert f"{cfg}:4:" in err
+    assert main(["failed", "-c", str(cfg)]) == 78
+    assert "0122 SOP class not supported" in capsys.readouterr().out
+    assert main(["quarantine", "-c", str(cfg), "--json"]) == 78
+    assert json.loads(capsys.readouterr().out)[0]["source"] == "/in/x.pdf"
+    assert main(["retry", "-c", str(cfg), "--all-failed"]) == 78  # changes nothing
+    assert "requeued" not in capsys.readouterr().out
+    # where the file does not say which spool, nothing is guessed
+    for text in (f"spool: {tmp_path / 'spool'}\ndestinations: [\n", "spool: [a, b]\n",
+                 f"spool: {tmp_path / 'typo'}\nroutes: 1\n"):  # the last: no spool there
+        cfg.write_text(text)
+        assert main(["status", "-c", str(cfg), "--json"]) == 78
+        out, err = capsys.readouterr()
+        assert out == "" and f"{cfg}:" in err and "shown is" not in err
 
 
 def test_enospc_leaves_source_untouched_and_nothing_half_written(tmp_path: Path,

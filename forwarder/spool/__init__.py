@@ -225,6 +225,10 @@ class Spool:
         """The ``status --json`` contract."""
         return report.status(self, destinations, now)
 
+    def destination_names(self) -> list[str]:
+        """Every destination the spool has jobs or a record for."""
+        return report.destination_names(self)
+
     def last_success(self) -> dict[str, float]:
         """Per destination, when the peer last confirmed a C-STORE (epoch seconds)."""
         return report.last_success(self)

@@ -46,6 +46,14 @@ def status(spool: Spool, destinations: Iterable[str], now: float | None = None) 
     return {"destinations": out, "quarantined": quarantined}
 
 
+def destination_names(spool: Spool) -> list[str]:
+    """Every destination the spool has jobs or a record for, by name: what ``status``
+    shows when the configuration cannot say which are configured."""
+    with spool._lock:
+        return [r[0] for r in spool.db.execute(
+            "SELECT name FROM destinations UNION SELECT destination FROM jobs ORDER BY 1")]
+
+
 def last_success(spool: Spool) -> dict[str, float]:
     """Per destination, when the peer last confirmed a C-STORE (epoch seconds)."""
     with spool._lock:
