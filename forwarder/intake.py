@@ -149,9 +149,10 @@ class Intake:
                         self._queue.requeue(cands[half:])
                         cands = cands[:half]
                         continue
-                    if not self.paused_full:
-                        self.paused_full = f"{exc}: intake paused, files stay in the " \
-                            f"watch folders; {self.spool.what_frees_space()}"
+                    first = not self.paused_full  # said once; status shows it as it is now
+                    self.paused_full = f"{exc}: intake paused, files stay in the " \
+                        f"watch folders; {self.spool.what_frees_space()}"
+                    if first:
                         event(LOGGER, "spool_full", "%s", self.paused_full,
                               level=logging.ERROR)
                     self._no_room.update(c.path for c in cands)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -610,7 +611,7 @@ def a_refusing_spool(tmp_path: Path, count: int) -> Iterator[FullSpool]:
     def full_spool(incoming):  # noqa: ANN001, ANN202
         if spool.full.is_set():
             spool.refused.append(len(incoming))
-            raise SpoolFull("no room (test)")
+            raise SpoolFull(f"no room (test, try {len(spool.refused)})")
         return accept(incoming)
 
     p.spool.accept = full_spool  # type: ignore[method-assign]
@@ -642,6 +643,10 @@ def test_a_full_spool_keeps_its_batch_and_the_watcher_offers_each_file_once(
         wait_for(lambda: len(s.refused) >= 8, 20, "intake paused, trying again")
         assert "intake paused, files stay in the watch folders; nothing is queued to send, " \
             "so sending frees no space" in caplog.text
+        # said once, at the first try; what status shows is the latest try's reason
+        assert caplog.text.count("intake paused") == 1 and "(test, try 1)" in caplog.text
+        now = re.search(r"\(test, try (\d+)\)", s.p.intake.paused_full or "")
+        assert now and int(now.group(1)) >= 8, s.p.intake.paused_full
         s.full.clear()
         wait_for(lambda: len(s.p.objects()) == 3, 20, "every file taken once there is room")
         assert sorted(o["sop_instance"] for o in s.p.objects()) == sorted(s.files)
