@@ -16,6 +16,7 @@ once, left in place and remembered.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import getpass
 import importlib.util
 import os
@@ -101,10 +102,11 @@ class _Checker:
             if not spool.is_dir():
                 self.issue(("spool",), f"{shown} is not a directory")
                 return
+            # the mount refuses, whoever owns it (access() does not see an emergency one)
+            if read_only(spool):
+                self.issue(("spool",), f"{shown} is on a {READ_ONLY}")
+                return
             if not os.access(spool, os.W_OK | os.X_OK):
-                if _why(spool):  # the mount refuses, whoever owns it
-                    self.issue(("spool",), f"{shown} is on a {READ_ONLY}")
-                    return
                 self.issue(("spool",), f"{shown} is not writable by user {self.user}: "
                            f"chown -R {self.user} {spool.absolute()}, or "
                            "under systemd use the unit's StateDirectory= "
@@ -124,7 +126,7 @@ class _Checker:
             parent = parent.parent
         if not os.access(parent, os.W_OK | os.X_OK):
             self.issue(("spool",), f"{shown} does not exist and user {self.user} cannot "
-                       f"create it ({parent} is not writable{_why(parent)}): create it "
+                       f"create it ({parent} is not writable{read_only(parent)}): create it "
                        f"(install -d -o {self.user} -m 750 {spool.absolute()}); under "
                        "systemd the unit's StateDirectory= (/var/lib/dicom-forwarder, or "
                        "/var/lib/dicom-forwarder-NAME for dicom-forwarder@NAME) is made at "
@@ -145,11 +147,11 @@ class _Checker:
                 self.issue(at, f"{w.path} is not a directory")
                 continue
             if not os.access(path, os.R_OK | os.X_OK):
-                self.issue(at, f"{w.path} is not readable by user {self.user}{_why(path)}: "
+                self.issue(at, f"{w.path} is not readable by user {self.user}{read_only(path)}: "
                            "its files cannot be taken; give the service's group read access",
                            error=False)
             elif not w.keep_source and not os.access(path, os.W_OK | os.X_OK):
-                self.issue(at, f"{w.path} is not writable by user {self.user}{_why(path)}: "
+                self.issue(at, f"{w.path} is not writable by user {self.user}{read_only(path)}: "
                            "files are sent once and left in place; to have them removed give "
                            "the service's group write access (chmod g+w) and, under systemd, "
                            "list the folder in ReadWritePaths=", error=False)
@@ -239,14 +241,17 @@ READ_ONLY = ("read-only file system here: if the service's unit makes it so "
              "dmesg), check and repair it, then remount it read-write")
 
 
-def _why(path: Path) -> str:
-    """' (read-only file system ...)' when the mount, not the permissions, refuses writes."""
+def read_only(path: str | os.PathLike[str]) -> str:
+    """' (read-only file system ...)' when the mount, not the permissions, refuses writes:
+    mounted so, or a file system that stopped writing after an error while it still
+    shows itself read-write (ext4's emergency read-only), found by asking for a nameless
+    file in the folder, which leaves nothing behind."""
     try:
-        st = os.statvfs(path)
-    except OSError:
-        return ""
-    if st.f_flag & os.ST_RDONLY:
-        return f" ({READ_ONLY})"
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return f" ({READ_ONLY})"
+        os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        return f" ({READ_ONLY})" if exc.errno == errno.EROFS else ""
     return ""
 
 
