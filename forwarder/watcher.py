@@ -270,7 +270,11 @@ class Watcher:
                 return False
             self._cannot_list(folder, exc)
             return True
-        self._unlisted.pop(folder, None)
+        if folder in self._unlisted:  # the error said so: say it is over
+            del self._unlisted[folder]
+            event(LOGGER, "watch_available", "watch %s: subfolder %s can be listed again; "
+                  "its files are taken", self.watch.name, shown(folder),
+                  FORWARDER_FILE=shown(folder), WATCH=self.watch.name)
         with it:
             for entry in it:
                 if self._stop.is_set():

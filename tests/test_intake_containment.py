@@ -665,7 +665,8 @@ def test_a_subfolder_that_cannot_be_listed_is_reported_once_and_taken_once_it_ca
         caplog: pytest.LogCaptureFixture) -> None:
     """A subfolder the daemon may not list (made by another account with mode 0700) holds
     files that wait there: the log says which folder and why, once, not silence while
-    status says all is well; once it can be listed its files are taken."""
+    status says all is well; once it can be listed its files are taken, and the log says
+    the error is over."""
     inbox = tmp_path / "in"
     locked = inbox / "sub"
     locked.mkdir(parents=True)
@@ -694,3 +695,6 @@ def test_a_subfolder_that_cannot_be_listed_is_reported_once_and_taken_once_it_ca
         assert taken == []
         denied.clear()
         wait_for(lambda: taken == ["sub/a.dcm"], 10, "the file once the folder can be listed")
+        said = [r for r in caplog.records if "sub" in r.getMessage()]
+        assert len(said) == 2 and said[1].levelno == logging.INFO, said
+        assert f"subfolder {locked} can be listed again" in said[1].getMessage()
