@@ -116,7 +116,7 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
         # set_ciphers() does not reach TLS 1.3: these suites exist up to TLS 1.2 only
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if ciphers:
-        ctx.set_ciphers(ciphers)
+        _profile_ciphers(ctx, tls.profile, ciphers)
     if tls.ciphers:
         ctx.set_ciphers(":".join(tls.ciphers))
     for ca in tls.ca_files:
@@ -151,6 +151,35 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
             os.chmod(key, 0o600)
             ctx.load_cert_chain(cert, key)
     return ctx
+
+
+STORESCU_FLAG = {"basic": "+pb", "aes": "+pa", "null": "+pn"}
+
+
+def _profile_ciphers(ctx: ssl.SSLContext, profile: str, ciphers: str) -> None:
+    """Set a profile's cipher suites, or say which profile this OpenSSL cannot offer
+    (OpenSSL 3 builds may lack 3DES, which the basic profile needs)."""
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError as exc:
+        flag = f" (storescu {STORESCU_FLAG[profile]})" if profile in STORESCU_FLAG else ""
+        said = str(exc.args[0] if exc.args else exc).rstrip(".")
+        raise ValueError(
+            f"TLS profile '{profile}'{flag} cannot be used with {ssl.OPENSSL_VERSION}: it "
+            f"offers none of the profile's cipher suites ({ciphers.split(':@')[0]}: {said}); "
+            "choose another profile, such as bcp195 (storescu +px)") from exc
+
+
+def profile_problem(profile: str) -> str | None:
+    """Why this machine's OpenSSL cannot offer ``profile``, or None when it can."""
+    ciphers = TLS_PROFILES[profile][1]
+    if not ciphers:
+        return None
+    try:
+        _profile_ciphers(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), profile, ciphers)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class _NoPassword(Exception):

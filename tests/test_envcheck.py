@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -14,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import logs, spoollock
+from forwarder import logs, spoollock, tls
 from forwarder.cli import main
 from forwarder.config import envcheck, load
 from forwarder.spool import Spool
 from forwarder.spoollock import SpoolLock, SpoolLocked
+from tests.corpus import data_file
 
 as_root = os.geteuid() == 0
 
@@ -87,6 +90,34 @@ def test_missing_secret_and_tls_files_are_errors_naming_them(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert f"destinations.pacs.tls.ca[0]: {tmp_path}/ca.pem does not exist" in err
     assert f"destinations.pacs.identity.password_file: {tmp_path}/pw does not exist" in err
+
+
+def test_a_tls_profile_this_openssl_cannot_offer_is_named_before_any_connection(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSL 3 builds may lack the basic profile's 3DES: check-config says which profile
+    and what to choose instead, and send fails before it connects, with the same words.
+    (The profile's suite is replaced by one no OpenSSL has, so that the test does not
+    depend on how this machine's OpenSSL was built.)"""
+    monkeypatch.setitem(tls.TLS_PROFILES, "basic",
+                        (ssl.TLSVersion.TLSv1_2, "NO-SUCH-SUITE:@SECLEVEL=0"))
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                "    tls: {enabled: true, anonymous: true, profile: basic}")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    said = f"destinations.pacs.tls.profile: TLS profile 'basic' (storescu +pb) cannot be " \
+        f"used with {ssl.OPENSSL_VERSION}: it offers none of the profile's cipher suites " \
+        "(NO-SUCH-SUITE: No cipher can be selected); choose another profile, such as " \
+        "bcp195 (storescu +px)"
+    assert said in err, err
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # a peer that counts calls
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        assert main(["send", "+tla", "+pb", "127.0.0.1", str(port),
+                     str(data_file("CT_small.dcm"))]) == 1
+        assert said.split(": ", 1)[1] in capsys.readouterr().err
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing connected
 
 
 def test_a_negotiation_profile_is_read_as_the_daemon_reads_it(tmp_path: Path, capsys) -> None:

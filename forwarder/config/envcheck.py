@@ -29,7 +29,7 @@ from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
-from forwarder.tls import DER_INSTALL
+from forwarder.tls import DER_INSTALL, profile_problem
 
 # what the daemon writes in the spool directory
 SPOOL_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "daemon.lock")
@@ -192,6 +192,9 @@ class _Checker:
                                "'cryptography' package, which this installation lacks: "
                                f"install it into the service's virtualenv ({DER_INSTALL}) "
                                "or give the key as PEM")
+                unusable = profile_problem(tls.profile)
+                if unusable:
+                    self.issue((*base, "tls", "profile"), unusable)
             ident = dest.identity
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
