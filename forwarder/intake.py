@@ -346,12 +346,14 @@ class Intake:
                     self._verdict(cand, True)
                     return None
                 if self.cfg.unrouted == "delete":  # dispose(): removed, or kept and remembered
-                    fate = ("not taken (unrouted: delete): left in place, as its folder keeps "
-                            "its sources, and not looked at again while unchanged"
-                            if watch.keep_source else "deleted (unrouted: delete)")
-                    event(LOGGER, "unrouted_deleted", "%s: no route matched, %s", cand.shown,
-                          fate, FORWARDER_FILE=cand.shown, **probe_fields(found))
-                    self._verdict(cand, dispose(self.spool, cand, st))
+                    left = dispose(self.spool, cand, st, unrouted=True)
+                    if watch.keep_source or not left:  # else dispose() said why it is left
+                        fate = ("not taken (unrouted: delete): left in place, as its folder "
+                                "keeps its sources, and not looked at again while unchanged"
+                                if watch.keep_source else "deleted (unrouted: delete)")
+                        event(LOGGER, "unrouted_deleted", "%s: no route matched, %s",
+                              cand.shown, fate, FORWARDER_FILE=cand.shown, **probe_fields(found))
+                    self._verdict(cand, left)
                     return None
                 self._quarantine(cand, fd, st, f"no route matched (unrouted: quarantine){why}",
                                  found, leave=held)

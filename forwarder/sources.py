@@ -29,11 +29,12 @@ def same_file(path: str, st: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
-def dispose(spool: Spool, cand: Candidate, st: os.stat_result) -> bool:
-    """After the spool holds it: remove the source, or remember it (keep_source). A
-    source that cannot be removed (a subfolder of another account, a read-only mount) is
-    remembered and reported once, so it is never taken twice while it is unchanged. True
-    when the source stays in place."""
+def dispose(spool: Spool, cand: Candidate, st: os.stat_result, unrouted: bool = False) -> bool:
+    """After the spool holds it (or, ``unrouted``, when no route takes it under
+    ``unrouted: delete``): remove the source, or remember it (keep_source). A source that
+    cannot be removed (a subfolder of another account, a read-only mount) is remembered
+    and reported once, so it is never taken twice while it is unchanged. True when the
+    source stays in place."""
     if cand.watch.keep_source:
         spool.remember(cand.shown, st)
         return True
@@ -45,10 +46,11 @@ def dispose(spool: Spool, cand: Candidate, st: os.stat_result) -> bool:
         return False
     except OSError as exc:
         spool.remember(cand.shown, st)
-        event(LOGGER, "source_kept", "%s: taken, but the source cannot be removed (%s); it is "
-              "left in place and will not be taken again while unchanged", cand.shown,
-              exc.strerror, level=logging.WARNING, FORWARDER_FILE=cand.shown,
-              WATCH=cand.watch.name, ERROR=exc.strerror)
+        what = "no route matched (unrouted: delete)" if unrouted else "taken"
+        event(LOGGER, "source_kept", "%s: %s, but the source cannot be removed (%s); it is "
+              "left in place and will not be %s again while unchanged", cand.shown, what,
+              exc.strerror, "looked at" if unrouted else "taken", level=logging.WARNING,
+              FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, ERROR=exc.strerror)
         return True
     return False
 

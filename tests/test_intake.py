@@ -488,6 +488,40 @@ def test_unrouted_delete_in_a_kept_folder_leaves_the_file_and_says_so(
     assert ct.read_bytes() == CT.read_bytes()
 
 
+def test_an_unrouted_file_that_cannot_be_deleted_is_said_to_be_left_not_deleted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``unrouted: delete``, a file whose folder does not let the daemon remove it
+    (another account's subfolder) is left in place: one warning says so, none says it was
+    deleted or taken, and it is remembered, so the scans pass over it."""
+    routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
+    cfg = make_config(tmp_path, watch="rescan: 300ms", routes=routes,
+                      extra="unrouted: delete\n")
+    ct = tmp_path / "in" / "ct.dcm"
+    real_unlink = os.unlink
+
+    # root may remove anything: refuse as another account's folder would
+    def unlink(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path) == str(ct):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr("forwarder.sources.os.unlink", unlink)
+    caplog.set_level(logging.INFO)
+    with Pipeline(cfg) as p:
+        shutil.copy(CT, ct)
+        wait_for(lambda: "ct.dcm: no route matched" in caplog.text, 10, "the CT's verdict")
+        scans = p.watchers[0].scans
+        wait_for(lambda: p.watchers[0].scans >= scans + 3, 10, "three more scans")
+        assert p.objects() == [] and p.spool.quarantined() == []
+        assert p.spool.left_unchanged(str(ct), ct.stat())
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "ct.dcm" in r.getMessage()]
+    assert said == [("WARNING", f"{ct}: no route matched (unrouted: delete), but the source "
+                     "cannot be removed (Permission denied); it is left in place and will "
+                     "not be looked at again while unchanged")], said
+    assert ct.read_bytes() == CT.read_bytes()
+
+
 def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Path) -> None:
     w = Watch(name="gone", path=str(tmp_path / "nope"), min_age=0.1, rescan=0.5)
     taken: list[str] = []
