@@ -219,7 +219,7 @@ class Intake:
                              stat=o.st, remember=o.keep, path=o.cand.path)
                     for o in ready]
         try:
-            ids = self.spool.accept(incoming)
+            done = self.spool.accept(incoming)
         except Exception as exc:
             if spool_wide(exc):
                 raise
@@ -249,9 +249,9 @@ class Intake:
             ready.clear()
             os.close(o.fd)
             return
-        for o, oid in zip(list(ready), ids, strict=True):
+        for o, what in zip(list(ready), done, strict=True):
             ready.remove(o)
-            self._verdict(o.cand, self._accepted(o, oid))
+            self._verdict(o.cand, self._accepted(o, what.queued))
 
     def _guarded_open(self, cand: Candidate) -> _Open | None:
         try:
@@ -385,15 +385,19 @@ class Intake:
         self.quarantined += 1
         self._verdict(cand, left)
 
-    def _accepted(self, o: _Open, oid: int) -> bool:
-        """Report one accepted file and remove its source; True if it stays in place."""
+    def _accepted(self, o: _Open, queued: tuple[str, ...]) -> bool:
+        """Report one accepted file (``queued``: the destinations that got a job; the
+        others had its identical content queued already) and remove its source; True if
+        it stays in place."""
         self.unfinished.taken(o.cand)
         self.accepted += 1
         fields = {"FORWARDER_FILE": o.cand.shown, "DESTINATION": ",".join(o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
-        if oid:
-            event(LOGGER, "accepted", "%s: accepted for %s", o.cand.shown,
-                  ", ".join(o.destinations), **fields)
+        had = [d for d in o.destinations if d not in queued]
+        if queued:
+            also = f" (identical content already queued for {', '.join(had)})" if had else ""
+            event(LOGGER, "accepted", "%s: accepted for %s%s", o.cand.shown,
+                  ", ".join(queued), also, **{**fields, "DESTINATION": ",".join(queued)})
         else:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
                   o.cand.shown, ", ".join(o.destinations), **fields)

@@ -29,6 +29,16 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """What :meth:`forwarder.spool.Spool.accept` made of one input: its object's id and the
+    destinations it was queued for (0 and none when each of them had the identical
+    content pending already)."""
+
+    object_id: int
+    queued: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Incoming:
     """One input for :meth:`forwarder.spool.Spool.accept`: an open source file and where
     it must go."""

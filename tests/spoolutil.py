@@ -17,6 +17,7 @@ def accept_file(spool: Spool, path: Path, dests: tuple[str, ...], n: int = 0,
                 now: float | None = None) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        return spool.accept([Incoming(fd, str(path), fake_probe(n), dests)], now=now)[0]
+        return spool.accept([Incoming(fd, str(path), fake_probe(n), dests)],
+                            now=now)[0].object_id
     finally:
         os.close(fd)

@@ -488,6 +488,35 @@ def test_unrouted_delete_in_a_kept_folder_leaves_the_file_and_says_so(
     assert ct.read_bytes() == CT.read_bytes()
 
 
+def test_a_copy_already_queued_for_one_destination_is_said_accepted_for_the_others_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The same content dropped again, now routed to pacs and ai, while its first copy
+    still waits for pacs: only ai gets a job, and the log says that, not "accepted for
+    pacs, ai"; a third copy, queued everywhere already, is a duplicate."""
+    routes = """\
+      - match: {path: "one/*"}
+        to: [pacs]
+      - match: {path: "two/*"}
+        to: [pacs, ai]
+    """
+    cfg = make_config(tmp_path, routes=routes, dests=("pacs", "ai"))
+    caplog.set_level(logging.INFO, logger="forwarder.intake")
+    with Pipeline(cfg) as p:
+        for n, folder in enumerate(("one", "two", "two")):
+            (tmp_path / "stage" / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(CT, tmp_path / "stage" / folder / f"ct{n}.dcm")
+            (tmp_path / "in" / folder).mkdir(exist_ok=True)
+            os.rename(tmp_path / "stage" / folder / f"ct{n}.dcm",
+                      tmp_path / "in" / folder / f"ct{n}.dcm")
+            wait_for(lambda n=n: f"ct{n}.dcm: " in caplog.text, 10, f"copy {n} taken")
+        assert sorted(p.jobs()) == [("ai", "pending", CT_UID), ("pacs", "pending", CT_UID)]
+    said = [r.getMessage().split(": ", 1)[1] for r in caplog.records
+            if ".dcm: " in r.getMessage()]
+    assert said == ["accepted for pacs",
+                    "accepted for ai (identical content already queued for pacs)",
+                    "identical content already queued for pacs, ai"], said
+
+
 def test_an_unrouted_file_that_cannot_be_deleted_is_said_to_be_left_not_deleted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:

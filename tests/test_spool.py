@@ -453,7 +453,7 @@ def test_a_batch_costs_one_commit_and_every_file_lands(tmp_path: Path) -> None:
     finally:
         for fd in fds:
             os.close(fd)
-    assert len(set(ids)) == 5 and spool.counts() == {"pending": 5}
+    assert len({a.object_id for a in ids}) == 5 and spool.counts() == {"pending": 5}
     stored = sorted(p.read_bytes() for p in spool.objects.iterdir())
     assert stored == sorted(p.read_bytes() for p in paths)
 
@@ -461,8 +461,8 @@ def test_a_batch_costs_one_commit_and_every_file_lands(tmp_path: Path) -> None:
 def _accept_batch(spool: Spool, paths: list[Path]) -> list[int]:
     fds = [os.open(p, os.O_RDONLY) for p in paths]
     try:
-        return spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",))
-                             for n, (fd, p) in enumerate(zip(fds, paths, strict=True))])
+        return [a.object_id for a in spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",))
+                             for n, (fd, p) in enumerate(zip(fds, paths, strict=True))])]
     finally:
         for fd in fds:
             os.close(fd)
@@ -514,7 +514,7 @@ def test_a_batch_is_flushed_through_the_descriptors_that_placed_it(tmp_path: Pat
     finally:
         for fd in fds:
             os.close(fd)
-    assert len(set(ids)) == 3 and spool.counts() == {"pending": 3}
+    assert len({a.object_id for a in ids}) == 3 and spool.counts() == {"pending": 3}
     objects = sorted(o.stat().st_ino for o in spool.objects.iterdir())
     assert sorted(flushed) == objects
     assert (objects == sorted(p.stat().st_ino for p in paths)) is linked

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder.errors import SpoolError
-from forwarder.model import Incoming, Job
+from forwarder.model import Accepted, Incoming, Job
 from forwarder.retry import Backoff
 from forwarder.spool import accept, db, durable, health, queue, recovery, report, room
 from forwarder.spool.durable import filesystem_type
@@ -122,10 +122,11 @@ class Spool:
 
     # --- intake (forwarder.spool.accept) ------------------------------------------
 
-    def accept(self, items: Iterable[Incoming], now: float | None = None) -> list[int]:
-        """Take a batch durably with one commit; return each item's object id (0 if every
-        destination already had the identical content pending). Only after this returns
-        may the caller remove the sources."""
+    def accept(self, items: Iterable[Incoming], now: float | None = None) -> list[Accepted]:
+        """Take a batch durably with one commit; return what became of each item: its
+        object id and the destinations it was queued for (see
+        :func:`forwarder.spool.accept.accept`). Only after this returns may the caller
+        remove the sources."""
         return accept.accept(self, items, now)
 
     def is_seen(self, path: str, st: os.stat_result, fd: int | None = None) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder.errors import SpoolError, SpoolFull
-from forwarder.model import Incoming, Probe
+from forwarder.model import Accepted, Incoming, Probe
 from forwarder.spool import durable, room, seen
 
 if TYPE_CHECKING:
@@ -46,10 +46,11 @@ def _place(spool: Spool, item: Incoming, name: str, defer_sync: bool,
     return name, sha, size
 
 
-def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) -> list[int]:
-    """Take a batch durably with one commit; return each item's object id (0 if every
-    destination already had the identical content pending). Only after this returns
-    may the caller remove the sources."""
+def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) -> list[Accepted]:
+    """Take a batch durably with one commit; return what became of each item: its object
+    id and the destinations it was queued for (0 and none if every destination already
+    had the identical content pending). Only after this returns may the caller remove
+    the sources."""
     now = time.time() if now is None else now
     placed: list[tuple[Incoming, str, str, int]] = []
     unsynced: list[tuple[int, str]] = []
@@ -76,7 +77,7 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
             for fd, _what in unsynced:
                 os.close(fd)
         durable.fsync_dir(spool.objects)
-        ids: list[int] = []
+        ids: list[Accepted] = []
         with spool._tx() as db:
             for item, name, sha, size in placed:
                 # CROSS JOIN keeps objects (found by sha256) as the outer loop:
@@ -88,10 +89,10 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
                 if item.remember and item.stat is not None:
                     seen.record(db, item.source, item.stat, sha)
                 if not dests:
-                    ids.append(0)
+                    ids.append(Accepted(0, ()))
                     continue
-                ids.append(add_object(db, name, sha, size, item.probe, item.source,
-                                      item.watch, dests, now))
+                ids.append(Accepted(add_object(db, name, sha, size, item.probe, item.source,
+                                               item.watch, dests, now), tuple(dests)))
             db.executemany("UPDATE intake SET committed = 1 WHERE name = ?",
                            [(n,) for n in names])
     except BaseException:
@@ -99,8 +100,8 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
             (spool.objects / name).unlink(missing_ok=True)
         _forget_intake(spool, names)
         raise
-    for (_item, name, _sha, _size), oid in zip(placed, ids, strict=False):
-        if oid == 0:
+    for (_item, name, _sha, _size), done in zip(placed, ids, strict=False):
+        if done.object_id == 0:
             (spool.objects / name).unlink(missing_ok=True)
     spool._notify()
     return ids
