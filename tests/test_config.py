@@ -101,6 +101,10 @@ def test_every_error_is_reported_not_only_the_first() -> None:
 @pytest.mark.parametrize("text, expected", [
     ("", "f.yaml: the file is empty"),
     ("spool: [unclosed\n", "f.yaml:2: YAML syntax error"),
+    # a control character (a paste from a terminal): an error with its line, not a crash
+    ("spool: /srv\nroutes: [] # \x00\n", "f.yaml:2: a character YAML does not allow, U+0000 "
+     "(not printable): remove it"),
+    ("spool: /srv\x1b[0m\n", "f.yaml:1: a character YAML does not allow, U+001B"),
     ("spool: a\nspool: b\n", "f.yaml:2: spool: duplicate key"),
     ("destinations:\n  a: {host: h, port: 1}\n  a: {host: h, port: 2}\n",
      "f.yaml:3: destinations.a: duplicate key"),

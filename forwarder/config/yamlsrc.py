@@ -96,7 +96,12 @@ def load_with_lines(text: str, as_written: dict[Path, str] | None = None,
     """
     if len(text) > MAX_BYTES:
         raise YamlProblem(None, (), TOO_LARGE)
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # a character YAML refuses is found here
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise YamlProblem(line, (), f"a character YAML does not allow, U+{exc.character:04X} "
+                          "(not printable): remove it") from exc
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
