@@ -116,6 +116,9 @@ def test_every_error_is_reported_not_only_the_first() -> None:
     ("routes:\n  - {to: [x], match: {StudyDescription: {regex: '('}}}\n",
      "f.yaml:2: routes[0].match.StudyDescription.regex: bad regular expression"),
     ("log: {level: loud}\n", "f.yaml:1: log.level: expected one of fatal, error"),
+    ("destinations:\n  a: {host: h, port: 1, tls: {profile: null}}\n",
+     "f.yaml:2: destinations.a.tls.profile: expected one of bcp195, bcp195-nd, bcp195-ex, "
+     'basic, aes, null, got no value (for the choice null write it in quotes, "null"'),
     ("ae_title: THIS-TITLE-IS-TOO-LONG\n", "f.yaml:1: ae_title: an AE title is 1 to 16"),
     # YAML's not-a-number and infinity, and timers further ahead than the platform's time
     ("watch:\n  - {name: w, path: /a, min_age: .nan}\n",

@@ -125,6 +125,10 @@ def p_size(lo: int, hi: int) -> Parser:
 
 def p_enum(*choices: str) -> Parser:
     def parse(ctx: Ctx, v: Any, path: KeyPath) -> str:
+        if v is None:  # YAML reads an empty value and an unquoted null or ~ alike
+            hint = " (for the choice null write it in quotes, \"null\": unquoted, YAML " \
+                "reads it as no value)" if "null" in choices else ""
+            raise Bad(f"expected one of {', '.join(choices)}, got no value{hint}")
         if v not in choices:
             raise Bad(f"expected one of {', '.join(choices)}, got {v!r}")
         return str(v)
