@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 
 from forwarder import config, watchstate
 from forwarder.config import envcheck
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError, UsageError
+from forwarder.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    ConfigError,
+    ForwarderError,
+    SpoolIndexError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from forwarder.spool import Spool
@@ -64,6 +71,9 @@ def _to_look(args: argparse.Namespace) -> tuple[config.Config, Spool, ConfigErro
         try:
             db.check_before_open(Path(exc.spool))
             spool = Spool(exc.spool, readonly=True)
+        except SpoolIndexError:  # a damaged or lost index: both must be mended
+            _say_issues(exc)
+            raise
         except ForwarderError:  # no spool there to show: the file's errors come first
             raise exc from None
         return config.Config(source=str(args.config), spool=exc.spool), spool, exc
@@ -74,13 +84,17 @@ def _looked(bad: ConfigError | None, spool: str) -> int:
     are printed after what was shown, with what they mean."""
     if bad is None:
         return EXIT_OK
-    for issue in bad.issues:
-        print(str(issue), file=sys.stderr)
+    _say_issues(bad)
     print(f"dicom-forwarder: the configuration has errors (above); shown is the spool it "
           f"names, {spool}. A running daemon keeps the configuration it runs with until "
           "the file is mended and reloaded; a restart would be refused. Check it with "
           "'dicom-forwarder check-config -c FILE'.", file=sys.stderr)
     return bad.exit_code
+
+
+def _say_issues(bad: ConfigError) -> None:
+    for issue in bad.issues:
+        print(str(issue), file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -211,13 +211,21 @@ def test_a_configuration_with_errors_still_shows_the_spool_it_names(tmp_path: Pa
     assert json.loads(capsys.readouterr().out)[0]["source"] == "/in/x.pdf"
     assert main(["retry", "-c", str(cfg), "--all-failed"]) == 78  # changes nothing
     assert "requeued" not in capsys.readouterr().out
-    # where the file does not say which spool, nothing is guessed
-    for text in (f"spool: {tmp_path / 'spool'}\ndestinations: [\n", "spool: [a, b]\n",
-                 f"spool: {tmp_path / 'typo'}\nroutes: 1\n"):  # the last: no spool there
+    # where the file does not say which spool, nothing is guessed: not the default where
+    # the key is misspelt, not one of two
+    good = f"spool: {tmp_path / 'spool'}\n"
+    for text in (good + "destinations: [\n", "spool: [a, b]\n", "spoool: /x\n",
+                 good + good, f"spool: {tmp_path / 'typo'}\nroutes: 1\n"):  # no spool there
         cfg.write_text(text)
         assert main(["status", "-c", str(cfg), "--json"]) == 78
         out, err = capsys.readouterr()
-        assert out == "" and f"{cfg}:" in err and "shown is" not in err
+        assert out == "" and f"{cfg}:" in err and "shown is" not in err, text
+    # a damaged index beside a file with errors: both are said
+    (tmp_path / "spool" / "index.sqlite").write_bytes(os.urandom(8192))
+    cfg.write_text(good + "routes: 1\n")
+    assert main(["status", "-c", str(cfg)]) == 78
+    out, err = capsys.readouterr()
+    assert out == "" and f"{cfg}:2: routes:" in err and "is damaged" in err, err
 
 
 def test_enospc_leaves_source_untouched_and_nothing_half_written(tmp_path: Path,

@@ -220,17 +220,19 @@ def parse(text: str, file: str = "<config>") -> Config:
     if top is not None:
         cross_check(ctx, top.spool, watches, dests)
     if ctx.issues or top is None:
-        raise ConfigError(ctx.issues, _spool_named(file, lines, data))
+        raise ConfigError(ctx.issues, _spool_named(ctx, data))
     return dataclasses.replace(top, source=file, watch=tuple(watches), destinations=dests,
                                routes=tuple(routes))
 
 
-def _spool_named(file: str, lines: dict[KeyPath, int], data: dict[Any, Any]) -> str | None:
-    """The spool a file with errors names, when that key alone is sound (the default when
-    it is not given): the commands that only look still find the queue while another
-    part of the file is being mended."""
-    alone = Ctx(file, lines)
-    built = alone.build(Config, {"spool": data["spool"]} if "spool" in data else {}, ())
+def _spool_named(ctx: Ctx, data: dict[Any, Any]) -> str | None:
+    """The spool a file with errors names, when it gives that key once and soundly: the
+    commands that only look still find the queue while another part of the file is being
+    mended. Never the default: the key may be the one misspelt."""
+    if "spool" not in data or any(i.path == "spool" for i in ctx.issues):
+        return None
+    alone = Ctx(ctx.file, ctx.lines)
+    built = alone.build(Config, {"spool": data["spool"]}, ())
     return None if built is None or alone.issues else built.spool
 
 
