@@ -99,8 +99,8 @@ def load_with_lines(text: str, as_written: dict[Path, str] | None = None,
     try:
         loader = _BoundedLoader(text)  # a character YAML refuses is found here
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise YamlProblem(line, (), f"a character YAML does not allow, U+{exc.character:04X} "
+        raise YamlProblem(text.count("\n", 0, exc.position) + 1, (),
+                          f"a character YAML does not allow, U+{exc.character:04X} "
                           "(not printable): remove it") from exc
     try:
         node = loader.get_single_node()
