@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from forwarder import spoollock
-    from forwarder.spool import RESERVE
+    from forwarder.spool import RESERVE, room
 
     cfg, spool, bad = _to_look(args)
     with spool:
@@ -118,6 +118,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     # the running daemon's view; one killed leaves its last view behind: not believed
     seen = watchstate.read(cfg.spool) if holder is not None else {}
     full = watchstate.full(cfg.spool, RESERVE) if holder is not None else None
+    if full is not None:  # said now: the daemon cannot rewrite its view on a full disk
+        jobs = {k: sum(r[k] for r in report["destinations"].values())
+                for k in ("pending", "sending", "failed")}
+        full = f"{full}; {room.what_frees_space(jobs)}"
+        seen = {n: {**w, "reason": full} if w.get("state") == "paused" else w
+                for n, w in seen.items()}
     ok = {"state": "ok", "reason": None} if full is None else {"state": "paused",
                                                                "reason": full}
     names = [w.name for w in cfg.watch] if bad is None else sorted(seen)

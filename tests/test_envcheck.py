@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import logs, spoollock, tls
+from forwarder import logs, spoollock, tls, watchstate
 from forwarder.cli import main
 from forwarder.config import envcheck, load
 from forwarder.spool import Spool
 from forwarder.spoollock import SpoolLock, SpoolLocked
 from tests.corpus import data_file
+from tests.spoolutil import accept_file
 
 as_root = os.geteuid() == 0
 
@@ -223,6 +224,38 @@ def test_a_second_lock_on_the_spool_is_refused_and_status_sees_the_holder(tmp_pa
     finally:
         first.release()
     assert spoollock.holder(spool) is None  # the file stays; nobody holds it
+
+
+def test_status_says_a_full_spools_pause_as_it_is_now_though_the_daemon_cannot_write(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a disk filled to the last block the daemon cannot rewrite its view of the pause
+    (watch-state.json keeps "876 KiB free"); status says the free space it finds now,
+    and what frees more, from the queue it reads."""
+    (tmp_path / "in").mkdir()
+    spool = tmp_path / "spool"
+    queued = tmp_path / "queued.dcm"
+    queued.write_bytes(b"\0" * 1000)
+    with Spool(spool) as s:
+        accept_file(s, queued, ("pacs",))
+    cfg = write(tmp_path, spool, [tmp_path / "in"])
+    lock = SpoolLock(spool).acquire(str(cfg))  # a daemon runs on it
+    try:
+        watchstate.write(spool, {}, {}, ("spool full: 876 KiB free on it (then)", 1.0),
+                         ["w0"])
+        real = os.statvfs
+
+        def statvfs(path):  # noqa: ANN001, ANN202 - the disk as full as it gets
+            st = real(path)
+            return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0,
+                                      *tuple(st)[5:]))
+        monkeypatch.setattr("forwarder.watchstate.os.statvfs", statvfs)
+        assert main(["status", "-c", str(cfg), "--json"]) == 0
+    finally:
+        lock.release()
+    w0 = json.loads(capsys.readouterr().out)["watch"]["w0"]
+    assert w0["state"] == "paused" and w0["since"] == 1.0
+    assert w0["reason"].startswith(f"spool full: 0 KiB free on {spool}, ") and \
+        w0["reason"].endswith("sending the 1 queued jobs frees space as they are delivered")
 
 
 def test_status_never_creates_a_spool_and_reads_it_read_only(tmp_path: Path, capsys) -> None:
