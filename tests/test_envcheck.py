@@ -354,10 +354,15 @@ def test_a_spool_on_a_read_only_mount_is_said_so_without_chown_advice(tmp_path: 
         cfg = write(tmp_path, ro / "spool", [tmp_path / "in"])
         assert main(["check-config", "-c", str(cfg)]) == 78
         err = capsys.readouterr().err
+        cfg = write(tmp_path, ro / "spool" / "new", [tmp_path / "in"])  # not made yet
+        assert main(["check-config", "-c", str(cfg)]) == 78
+        new = capsys.readouterr().err
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
     assert f"spool: {ro / 'spool'} is on a read-only file system here" in err
     assert "check and repair it, then remount it read-write" in err and "chown" not in err
+    assert f"spool: {ro / 'spool' / 'new'} does not exist and cannot be created: " \
+        f"{ro / 'spool'} is on a read-only file system here" in new, new
 
 
 def test_resume_on_a_destination_that_is_ok_does_not_claim_a_probe(tmp_path: Path,

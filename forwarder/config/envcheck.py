@@ -124,9 +124,13 @@ class _Checker:
         parent = spool.absolute().parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
+        if read_only(parent):
+            self.issue(("spool",), f"{shown} does not exist and cannot be created: {parent} "
+                       f"is on a {READ_ONLY}")
+            return
         if not os.access(parent, os.W_OK | os.X_OK):
             self.issue(("spool",), f"{shown} does not exist and user {self.user} cannot "
-                       f"create it ({parent} is not writable{read_only(parent)}): create it "
+                       f"create it ({parent} is not writable): create it "
                        f"(install -d -o {self.user} -m 750 {spool.absolute()}); under "
                        "systemd the unit's StateDirectory= (/var/lib/dicom-forwarder, or "
                        "/var/lib/dicom-forwarder-NAME for dicom-forwarder@NAME) is made at "

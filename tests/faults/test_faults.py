@@ -260,6 +260,13 @@ def test_a_spool_the_kernel_stops_writing_after_an_error_is_named_and_loses_noth
         again = DaemonProcess(cfg, tmp_path)
         assert again.wait(30) == 78  # not restarted by systemd: no loop
         assert f"{mnt / 'spool'} is on a read-only file system here" in again.output()
+        other = tmp_path / "other.yaml"  # a new spool on it: not a bare EROFS at run either
+        other.write_text(cfg.read_text().replace(f"spool: {mnt / 'spool'}",
+                                                 f"spool: {mnt / 'new' / 'spool'}"))
+        checked = subprocess.run([sys.executable, "-m", "forwarder", "check-config", "-c",
+                                  str(other)], capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 78 and f"{mnt / 'new' / 'spool'} does not exist and " \
+            f"cannot be created: {mnt} is on a read-only file system here" in checked.stderr
         subprocess.run(["umount", str(mnt)], check=True)
         subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)  # the repair
         mount()
