@@ -61,8 +61,16 @@ def openssl_names(names: list[str]) -> tuple[str, ...]:
         else:
             raise UsageError(f"+cs: unknown ciphersuite {name!r}: use a name '+cc' lists, "
                              f"e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")
+    return for_openssl(out)
+
+
+def for_openssl(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Cipher suites as OpenSSL takes them: IANA names translated, others as they are, and
+    OpenSSL's security level lowered where a NULL or 3DES suite is asked for (it hides
+    them at its default level)."""
+    out = [IANA_TO_OPENSSL.get(n, n) for n in names]
     if any(n.startswith("NULL-") or "DES-CBC3" in n for n in out):
-        out.append("@SECLEVEL=0")  # OpenSSL hides these suites at its default level
+        out.append("@SECLEVEL=0")
     return tuple(out)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forwarder.association import PeerSettings
+from forwarder.ciphers import for_openssl
 from forwarder.config import Destination
 from forwarder.errors import UsageError
 from forwarder.identity import identity_from_files
@@ -30,7 +31,8 @@ def peer_for(dest: Destination, calling_ae: str) -> PeerSettings:
                           key=None if t.anonymous else t.key,
                           key_password=secret(t.key_password_file), der=t.der,
                           ca_files=t.ca, ca_dirs=(t.ca_dir,) if t.ca_dir else (),
-                          verify_peer=t.verify_peer, profile=t.profile, ciphers=t.ciphers,
+                          verify_peer=t.verify_peer, profile=t.profile,
+                          ciphers=for_openssl(t.ciphers),
                           server_name=t.server_name)
     i = dest.identity
     identity = identity_from_files(i.user, secret(i.password_file), i.kerberos_file,

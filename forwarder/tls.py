@@ -116,9 +116,9 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
         # set_ciphers() does not reach TLS 1.3: these suites exist up to TLS 1.2 only
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if ciphers:
-        _profile_ciphers(ctx, tls.profile, ciphers)
+        _set_ciphers(ctx, ciphers, tls.profile)
     if tls.ciphers:
-        ctx.set_ciphers(":".join(tls.ciphers))
+        _set_ciphers(ctx, ":".join(tls.ciphers))
     for ca in tls.ca_files:
         if tls.der:
             ctx.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(Path(ca).read_bytes()))
@@ -156,29 +156,37 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
 STORESCU_FLAG = {"basic": "+pb", "aes": "+pa", "null": "+pn"}
 
 
-def _profile_ciphers(ctx: ssl.SSLContext, profile: str, ciphers: str) -> None:
-    """Set a profile's cipher suites, or say which profile this OpenSSL cannot offer
-    (OpenSSL 3 builds may lack 3DES, which the basic profile needs)."""
+def _set_ciphers(ctx: ssl.SSLContext, ciphers: str, profile: str | None = None) -> None:
+    """Set a profile's cipher suites (``profile``) or the configured ones, or say which
+    this OpenSSL cannot offer (OpenSSL 3 builds may lack 3DES, which the basic profile
+    needs; TLS 1.3 suites are not chosen this way)."""
     try:
         ctx.set_ciphers(ciphers)
     except ssl.SSLError as exc:
-        flag = f" (storescu {STORESCU_FLAG[profile]})" if profile in STORESCU_FLAG else ""
         said = str(exc.args[0] if exc.args else exc).rstrip(".")
-        raise ValueError(
-            f"TLS profile '{profile}'{flag} cannot be used with {ssl.OPENSSL_VERSION}: it "
-            f"offers none of the profile's cipher suites ({ciphers.split(':@')[0]}: {said}); "
-            "choose another profile, such as bcp195 (storescu +px)") from exc
+        listed = ":".join(c for c in ciphers.split(":") if not c.startswith("@"))
+        if profile is None:
+            raise ValueError(f"none of the TLS cipher suites configured can be used with "
+                             f"{ssl.OPENSSL_VERSION} ({listed}: {said}); list suites "
+                             "'dicom-forwarder send +cc' shows (TLS 1.3 suites cannot be "
+                             "chosen: OpenSSL offers all of them itself)") from exc
+        flag = f" (storescu {STORESCU_FLAG[profile]})" if profile in STORESCU_FLAG else ""
+        raise ValueError(f"TLS profile '{profile}'{flag} cannot be used with "
+                         f"{ssl.OPENSSL_VERSION}: it offers none of the profile's cipher "
+                         f"suites ({listed}: {said}); choose another profile, such as "
+                         "bcp195 (storescu +px)") from exc
 
 
-def profile_problem(profile: str) -> str | None:
-    """Why this machine's OpenSSL cannot offer ``profile``, or None when it can."""
-    ciphers = TLS_PROFILES[profile][1]
-    if not ciphers:
-        return None
-    try:
-        _profile_ciphers(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), profile, ciphers)
-    except ValueError as exc:
-        return str(exc)
+def cipher_problem(profile: str, ciphers: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """Which setting (``profile`` or ``ciphers``) this machine's OpenSSL cannot offer the
+    suites of, and why; None when it can offer both. ``ciphers``: OpenSSL names."""
+    for key, wanted, named in (("profile", TLS_PROFILES[profile][1], profile),
+                               ("ciphers", ":".join(ciphers), None)):
+        if wanted:
+            try:
+                _set_ciphers(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), wanted, named)
+            except ValueError as exc:
+                return key, str(exc)
     return None
 
 

@@ -111,6 +111,17 @@ def test_a_tls_profile_this_openssl_cannot_offer_is_named_before_any_connection(
         "(NO-SUCH-SUITE: No cipher can be selected); choose another profile, such as " \
         "bcp195 (storescu +px)"
     assert said in err, err
+    # a configured list OpenSSL cannot use: here a TLS 1.3 suite, which no build takes
+    cfg.write_text(cfg.read_text().replace("profile: basic}", "ciphers: "
+                                           "[TLS_AES_128_GCM_SHA256]}"))
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    assert "destinations.pacs.tls.ciphers: none of the TLS cipher suites configured can be " \
+        f"used with {ssl.OPENSSL_VERSION} (TLS_AES_128_GCM_SHA256: No cipher can be " \
+        "selected); list suites 'dicom-forwarder send +cc' shows" in capsys.readouterr().err
+    # storescu's names, as +cc lists them, are taken as OpenSSL's
+    cfg.write_text(cfg.read_text().replace("TLS_AES_128_GCM_SHA256",
+                                           "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"))
+    assert main(["check-config", "-c", str(cfg)]) == 0, capsys.readouterr().err
     with socket.create_server(("127.0.0.1", 0)) as listener:  # a peer that counts calls
         listener.settimeout(0.5)
         port = listener.getsockname()[1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from forwarder import outcome
+from forwarder.ciphers import openssl_names
 from forwarder.cli import main
 from forwarder.spool import Spool
 from tests.corpus import data_file
@@ -56,6 +57,8 @@ def test_cipher_suites_by_their_iana_names(make_scp, tmp_path: Path, capsys) -> 
     assert main(["send", "+cc"]) == 0
     listed = capsys.readouterr().out
     assert "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" in listed  # storescu's spelling
+    names = [line.strip() for line in listed.splitlines()[1:]]
+    assert names and all(openssl_names([n]) for n in names)  # each one +cs takes
     assert main(["send", *tls, "+cs", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
                  "127.0.0.1", str(peer.port), CT]) == 0
     assert len(peer.received) == 1

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forwarder.asconfig import Profile, ProfileError, ProfileFileError, read_profile_file
+from forwarder.ciphers import for_openssl
 from forwarder.config import loader
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
-from forwarder.tls import DER_INSTALL, profile_problem
+from forwarder.tls import DER_INSTALL, cipher_problem
 
 # what the daemon writes in the spool directory
 SPOOL_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "daemon.lock")
@@ -196,9 +197,9 @@ class _Checker:
                                "'cryptography' package, which this installation lacks: "
                                f"install it into the service's virtualenv ({DER_INSTALL}) "
                                "or give the key as PEM")
-                unusable = profile_problem(tls.profile)
+                unusable = cipher_problem(tls.profile, for_openssl(tls.ciphers))
                 if unusable:
-                    self.issue((*base, "tls", "profile"), unusable)
+                    self.issue((*base, "tls", unusable[0]), unusable[1])
             ident = dest.identity
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))

@@ -55,7 +55,8 @@ def run(argv: Sequence[str]) -> int:
 
         print("Supported TLS ciphersuites are:")
         for c in ssl_context(TLSSettings(verify_peer=False)).get_ciphers():
-            print(f"  {iana_name(c['name'])}")
+            if c["protocol"] != "TLSv1.3":  # OpenSSL offers all of these itself: not for +cs
+                print(f"  {iana_name(c['name'])}")
         return EXIT_OK
     if args.seed or args.write_seed or args.write_seed_file:
         LOGGER.warning("+rs/+ws/+wf ignored: the TLS library seeds its generator itself")
