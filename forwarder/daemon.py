@@ -210,9 +210,10 @@ class Daemon:
             timeout = min(ping or STATUS_EVERY, STATUS_EVERY)
             self._sleep(timeout)
             if self._fatal is not None:  # a spool's sudden "disk I/O error": say why
-                on = f"; the spool is on a {envcheck.READ_ONLY}. What was queued stays " \
-                    "queued, and files not taken yet wait in the watch folders" \
-                    if self.cfg is not None and envcheck.read_only(self.cfg.spool) else ""
+                on = ""
+                if self.cfg is not None and envcheck.read_only(self.cfg.spool):
+                    on = f"; the spool is on a {envcheck.READ_ONLY}. What was queued stays " \
+                        "queued, and files not taken yet wait in the watch folders"
                 LOGGER.critical("stopping after a fatal fault: %s%s", self._fatal, on)
                 return EXIT_FAILURE
             if self._stop:

@@ -391,13 +391,14 @@ class Intake:
         it stays in place."""
         self.unfinished.taken(o.cand)
         self.accepted += 1
-        fields = {"FORWARDER_FILE": o.cand.shown, "DESTINATION": ",".join(o.destinations),
+        fields = {"FORWARDER_FILE": o.cand.shown,
+                  "DESTINATION": ",".join(queued or o.destinations),
                   "WATCH": o.cand.watch.name, **probe_fields(o.probe)}
         had = [d for d in o.destinations if d not in queued]
         if queued:
             also = f" (identical content already queued for {', '.join(had)})" if had else ""
             event(LOGGER, "accepted", "%s: accepted for %s%s", o.cand.shown,
-                  ", ".join(queued), also, **{**fields, "DESTINATION": ",".join(queued)})
+                  ", ".join(queued), also, **fields)
         else:
             event(LOGGER, "duplicate", "%s: identical content already queued for %s",
                   o.cand.shown, ", ".join(o.destinations), **fields)
