@@ -48,6 +48,9 @@ IANA_TO_OPENSSL = {
     "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384": "DHE-RSA-AES256-GCM-SHA384",
 }
 OPENSSL_TO_IANA = {v: k for k, v in IANA_TO_OPENSSL.items()}
+# OpenSSL's level for the whole connection, not only for the suites that need it: a peer's
+# weak key (RSA under 1024 bits) or SHA-1 signature is then accepted too
+LOWERED = "@SECLEVEL=0"
 
 
 def openssl_names(names: list[str]) -> tuple[str, ...]:
@@ -67,11 +70,13 @@ def openssl_names(names: list[str]) -> tuple[str, ...]:
 def for_openssl(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Cipher suites as OpenSSL takes them: IANA names translated, others as they are, and
     OpenSSL's security level lowered where a NULL or 3DES suite is asked for (it hides
-    them at its default level)."""
+    them at its default level; see :data:`LOWERED`). An entry that removes or moves
+    suites (``!``, ``-``, ``+``) asks for none."""
     out = [IANA_TO_OPENSSL.get(n, n) for n in names]
-    if any(n.startswith("NULL-") or "DES-CBC3" in n for n in out):
-        out.append("@SECLEVEL=0")
+    if any(n.startswith("NULL-") or "DES-CBC3" in n for n in out if n[:1] not in "!-+"):
+        out.append(LOWERED)
     return tuple(out)
+
 
 
 def iana_name(openssl_name: str) -> str:

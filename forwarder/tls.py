@@ -166,10 +166,10 @@ def _set_ciphers(ctx: ssl.SSLContext, ciphers: str, profile: str | None = None) 
         said = str(exc.args[0] if exc.args else exc).rstrip(".")
         listed = ":".join(c for c in ciphers.split(":") if not c.startswith("@"))
         if profile is None:
-            raise ValueError(f"none of the TLS cipher suites configured can be used with "
-                             f"{ssl.OPENSSL_VERSION} ({listed}: {said}); list suites "
-                             "'dicom-forwarder send +cc' shows (TLS 1.3 suites cannot be "
-                             "chosen: OpenSSL offers all of them itself)") from exc
+            raise ValueError(f"none of the TLS cipher suites asked for can be used with "
+                             f"{ssl.OPENSSL_VERSION} (by OpenSSL's names: {listed}: {said}); "
+                             "list suites 'dicom-forwarder send +cc' shows. A list holds the "
+                             "connection to TLS 1.2: for TLS 1.3 give none") from exc
         flag = f" (storescu {STORESCU_FLAG[profile]})" if profile in STORESCU_FLAG else ""
         raise ValueError(f"TLS profile '{profile}'{flag} cannot be used with "
                          f"{ssl.OPENSSL_VERSION}: it offers none of the profile's cipher "

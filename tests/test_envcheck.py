@@ -19,6 +19,7 @@ import pytest
 from forwarder import logs, spoollock, tls, watchstate
 from forwarder.cli import main
 from forwarder.config import envcheck, load
+from forwarder.peers import peer_for
 from forwarder.spool import Spool
 from forwarder.spoollock import SpoolLock, SpoolLocked
 from tests.corpus import data_file
@@ -115,13 +116,25 @@ def test_a_tls_profile_this_openssl_cannot_offer_is_named_before_any_connection(
     cfg.write_text(cfg.read_text().replace("profile: basic}", "ciphers: "
                                            "[TLS_AES_128_GCM_SHA256]}"))
     assert main(["check-config", "-c", str(cfg)]) == 78
-    assert "destinations.pacs.tls.ciphers: none of the TLS cipher suites configured can be " \
-        f"used with {ssl.OPENSSL_VERSION} (TLS_AES_128_GCM_SHA256: No cipher can be " \
-        "selected); list suites 'dicom-forwarder send +cc' shows" in capsys.readouterr().err
-    # storescu's names, as +cc lists them, are taken as OpenSSL's
-    cfg.write_text(cfg.read_text().replace("TLS_AES_128_GCM_SHA256",
-                                           "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"))
+    assert "destinations.pacs.tls.ciphers: none of the TLS cipher suites asked for can be " \
+        f"used with {ssl.OPENSSL_VERSION} (by OpenSSL's names: TLS_AES_128_GCM_SHA256: No " \
+        "cipher can be selected); list suites 'dicom-forwarder send +cc' shows. A list " \
+        "holds the connection to TLS 1.2: for TLS 1.3 give none" in capsys.readouterr().err
+    # storescu's names, as +cc lists them, are taken as OpenSSL's, by the daemon too; an
+    # entry that takes 3DES out leaves OpenSSL's security level as it is
+    cfg.write_text(cfg.read_text().replace(
+        "TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, '!DES-CBC3-SHA'"))
     assert main(["check-config", "-c", str(cfg)]) == 0, capsys.readouterr().err
+    assert "security level" not in capsys.readouterr().err
+    context = tls.ssl_context(peer_for(load(cfg).destinations["pacs"], "FWD").tls)
+    offered = [c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"]
+    assert offered == ["ECDHE-RSA-AES128-GCM-SHA256"] and context.security_level == 2
+    # a NULL suite asked for lowers it for the whole connection: said, as a warning
+    cfg.write_text(cfg.read_text().replace("'!DES-CBC3-SHA'", "TLS_RSA_WITH_NULL_SHA"))
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    assert "warning: " in (err := capsys.readouterr().err) and "destinations.pacs.tls." \
+        "ciphers: NULL or 3DES suites are asked for, so OpenSSL's security level is " \
+        "lowered for the whole connection" in err, err
     with socket.create_server(("127.0.0.1", 0)) as listener:  # a peer that counts calls
         listener.settimeout(0.5)
         port = listener.getsockname()[1]

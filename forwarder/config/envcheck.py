@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forwarder.asconfig import Profile, ProfileError, ProfileFileError, read_profile_file
-from forwarder.ciphers import for_openssl
+from forwarder.ciphers import LOWERED, for_openssl
 from forwarder.config import loader
 from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
@@ -127,7 +127,9 @@ class _Checker:
             parent = parent.parent
         if read_only(parent):
             self.issue(("spool",), f"{shown} does not exist and cannot be created: {parent} "
-                       f"is on a {READ_ONLY}")
+                       f"is on a {READ_ONLY}; under systemd the unit's StateDirectory= "
+                       "(/var/lib/dicom-forwarder) is made at start, where the unit lets "
+                       "it be written")
             return
         if not os.access(parent, os.W_OK | os.X_OK):
             self.issue(("spool",), f"{shown} does not exist and user {self.user} cannot "
@@ -152,11 +154,13 @@ class _Checker:
                 self.issue(at, f"{w.path} is not a directory")
                 continue
             if not os.access(path, os.R_OK | os.X_OK):
-                self.issue(at, f"{w.path} is not readable by user {self.user}{read_only(path)}: "
+                self.issue(at, f"{w.path} is not readable by user {self.user}"
+                           f"{read_only(path, probe=False)}: "
                            "its files cannot be taken; give the service's group read access",
                            error=False)
             elif not w.keep_source and not os.access(path, os.W_OK | os.X_OK):
-                self.issue(at, f"{w.path} is not writable by user {self.user}{read_only(path)}: "
+                self.issue(at, f"{w.path} is not writable by user {self.user}"
+                           f"{read_only(path, probe=False)}: "
                            "files are sent once and left in place; to have them removed give "
                            "the service's group write access (chmod g+w) and, under systemd, "
                            "list the folder in ReadWritePaths=", error=False)
@@ -197,9 +201,15 @@ class _Checker:
                                "'cryptography' package, which this installation lacks: "
                                f"install it into the service's virtualenv ({DER_INSTALL}) "
                                "or give the key as PEM")
-                unusable = cipher_problem(tls.profile, for_openssl(tls.ciphers))
+                ciphers = for_openssl(tls.ciphers)
+                unusable = cipher_problem(tls.profile, ciphers)
                 if unusable:
                     self.issue((*base, "tls", unusable[0]), unusable[1])
+                elif LOWERED in ciphers:
+                    self.issue((*base, "tls", "ciphers"), "NULL or 3DES suites are asked for, "
+                               "so OpenSSL's security level is lowered for the whole "
+                               "connection: the peer's weak keys (RSA under 1024 bits) and "
+                               "SHA-1 signatures are accepted too", error=False)
             ident = dest.identity
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
@@ -249,15 +259,17 @@ READ_ONLY = ("read-only file system here: if the service's unit makes it so "
              "dmesg), check and repair it, then remount it read-write")
 
 
-def read_only(path: str | os.PathLike[str]) -> str:
+def read_only(path: str | os.PathLike[str], probe: bool = True) -> str:
     """' (read-only file system ...)' when the mount, not the permissions, refuses writes:
-    mounted so, or a file system that stopped writing after an error while it still
-    shows itself read-write (ext4's emergency read-only), found by asking for a nameless
-    file in the folder, which leaves nothing behind."""
+    mounted so, or (``probe``) a file system that stopped writing after an error while it
+    still shows itself read-write (ext4's emergency read-only), found by asking for a
+    nameless file in the folder, which leaves nothing behind (but inotify sees it opened:
+    not in a watch folder)."""
     try:
         if os.statvfs(path).f_flag & os.ST_RDONLY:
             return f" ({READ_ONLY})"
-        os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        if probe:
+            os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         return f" ({READ_ONLY})" if exc.errno == errno.EROFS else ""
     return ""

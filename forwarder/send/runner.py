@@ -55,7 +55,7 @@ def run(argv: Sequence[str]) -> int:
 
         print("Supported TLS ciphersuites are:")
         for c in ssl_context(TLSSettings(verify_peer=False)).get_ciphers():
-            if c["protocol"] != "TLSv1.3":  # OpenSSL offers all of these itself: not for +cs
+            if c["protocol"] != "TLSv1.3":  # +cs holds the connection to TLS 1.2
                 print(f"  {iana_name(c['name'])}")
         return EXIT_OK
     if args.seed or args.write_seed or args.write_seed_file:
