@@ -465,15 +465,15 @@ def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
         assert "no route matched" in p.spool.quarantined()[0]["reason"]
 
 
-def test_unrouted_delete_in_a_kept_folder_leaves_the_file_and_says_so(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A folder that keeps its sources keeps one no route takes too: the log says it is
-    left in place, not deleted, and it is remembered, so the scans pass over it."""
+def _an_unrouted_ct_left_in_place(tmp_path: Path, watch: str,
+                                  caplog: pytest.LogCaptureFixture) -> Path:
+    """Drop a CT no route takes under ``unrouted: delete`` into a folder with ``watch``'s
+    settings and let three scans pass after its verdict: it is neither taken nor
+    quarantined, and it is remembered as left in place. The file."""
     routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
-    cfg = make_config(tmp_path, watch="keep_source: true\nrescan: 300ms", routes=routes,
+    cfg = make_config(tmp_path, watch=f"{watch}rescan: 300ms", routes=routes,
                       extra="unrouted: delete\n")
     ct = tmp_path / "in" / "ct.dcm"
-    caplog.set_level(logging.INFO, logger="forwarder.intake")
     with Pipeline(cfg) as p:
         shutil.copy(CT, ct)
         wait_for(lambda: "ct.dcm: no route matched" in caplog.text, 10, "the CT's verdict")
@@ -481,6 +481,15 @@ def test_unrouted_delete_in_a_kept_folder_leaves_the_file_and_says_so(
         wait_for(lambda: p.watchers[0].scans >= scans + 3, 10, "three more scans")
         assert p.objects() == [] and p.spool.quarantined() == []
         assert p.spool.left_unchanged(str(ct), ct.stat())
+    return ct
+
+
+def test_unrouted_delete_in_a_kept_folder_leaves_the_file_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder that keeps its sources keeps one no route takes too: the log says it is
+    left in place, not deleted, and it is remembered, so the scans pass over it."""
+    caplog.set_level(logging.INFO, logger="forwarder.intake")
+    ct = _an_unrouted_ct_left_in_place(tmp_path, "keep_source: true\n", caplog)
     said = [r.getMessage() for r in caplog.records if "no route matched" in r.getMessage()]
     assert said == [f"{ct}: no route matched, not taken (unrouted: delete): left in place, "
                     "as its folder keeps its sources, and not looked at again while "
@@ -523,9 +532,6 @@ def test_an_unrouted_file_that_cannot_be_deleted_is_said_to_be_left_not_deleted(
     """Under ``unrouted: delete``, a file whose folder does not let the daemon remove it
     (another account's subfolder) is left in place: one warning says so, none says it was
     deleted or taken, and it is remembered, so the scans pass over it."""
-    routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
-    cfg = make_config(tmp_path, watch="rescan: 300ms", routes=routes,
-                      extra="unrouted: delete\n")
     ct = tmp_path / "in" / "ct.dcm"
     real_unlink = os.unlink
 
@@ -537,13 +543,7 @@ def test_an_unrouted_file_that_cannot_be_deleted_is_said_to_be_left_not_deleted(
 
     monkeypatch.setattr("forwarder.sources.os.unlink", unlink)
     caplog.set_level(logging.INFO)
-    with Pipeline(cfg) as p:
-        shutil.copy(CT, ct)
-        wait_for(lambda: "ct.dcm: no route matched" in caplog.text, 10, "the CT's verdict")
-        scans = p.watchers[0].scans
-        wait_for(lambda: p.watchers[0].scans >= scans + 3, 10, "three more scans")
-        assert p.objects() == [] and p.spool.quarantined() == []
-        assert p.spool.left_unchanged(str(ct), ct.stat())
+    assert _an_unrouted_ct_left_in_place(tmp_path, "", caplog) == ct
     said = [(r.levelname, r.getMessage()) for r in caplog.records if "ct.dcm" in r.getMessage()]
     assert said == [("WARNING", f"{ct}: no route matched (unrouted: delete), but the source "
                      "cannot be removed (Permission denied); it is left in place and will "
