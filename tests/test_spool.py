@@ -469,8 +469,9 @@ def test_a_batch_costs_one_commit_and_every_file_lands(tmp_path: Path) -> None:
 def _accept_batch(spool: Spool, paths: list[Path]) -> list[int]:
     fds = [os.open(p, os.O_RDONLY) for p in paths]
     try:
-        return [a.object_id for a in spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",))
-                             for n, (fd, p) in enumerate(zip(fds, paths, strict=True))])]
+        done = spool.accept([Incoming(fd, str(p), fake_probe(n), ("pacs",))
+                             for n, (fd, p) in enumerate(zip(fds, paths, strict=True))])
+        return [a.object_id for a in done]
     finally:
         for fd in fds:
             os.close(fd)
