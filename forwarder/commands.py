@@ -42,18 +42,23 @@ def _open_spool(args: argparse.Namespace, readonly: bool = False,  # noqa: ANN20
                 destination: str | None = None):
     """The configuration and its spool; ``readonly`` for the commands that only look.
     ``destination``, when given, must be configured (checked before the spool opens)."""
-    from forwarder.errors import SpoolError
-    from forwarder.spool import Spool, db
-
     cfg = config.load(args.config)
     if destination is not None and destination not in cfg.destinations:
         raise UsageError(f"no destination named '{destination}' in {args.config} "
                          f"(defined: {', '.join(cfg.destinations)})")
-    db.check_before_open(Path(cfg.spool))  # objects without an index: exit 78
-    if not readonly and not (Path(cfg.spool) / "index.sqlite").is_file():
-        raise SpoolError(f"no spool at {cfg.spool}: check the configuration's 'spool' path; "
+    return cfg, _spool_at(cfg.spool, readonly)
+
+
+def _spool_at(path: str, readonly: bool) -> Spool:
+    """The spool at ``path``, never created here; objects without an index: exit 78."""
+    from forwarder.errors import SpoolError
+    from forwarder.spool import Spool, db
+
+    db.check_before_open(Path(path))
+    if not readonly and not (Path(path) / "index.sqlite").is_file():
+        raise SpoolError(f"no spool at {path}: check the configuration's 'spool' path; "
                          "nothing was created")
-    return cfg, Spool(cfg.spool, readonly=readonly)
+    return Spool(path, readonly=readonly)
 
 
 def _to_look(args: argparse.Namespace) -> tuple[config.Config, Spool, ConfigError | None]:
@@ -61,22 +66,23 @@ def _to_look(args: argparse.Namespace) -> tuple[config.Config, Spool, ConfigErro
     file with errors elsewhere still names its spool: the queue is shown with a bare
     configuration (no watch folders, no destinations), and the errors with it, so the
     operator sees both while mending the file."""
-    from forwarder.spool import Spool, db
-
+    bad: ConfigError | None = None
     try:
-        return (*_open_spool(args, readonly=True), None)
+        cfg = config.load(args.config)
     except ConfigError as exc:
         if exc.spool is None:
             raise
-        try:
-            db.check_before_open(Path(exc.spool))
-            spool = Spool(exc.spool, readonly=True)
-        except SpoolIndexError:  # a damaged or lost index: both must be mended
-            _say_issues(exc)
+        cfg, bad = config.Config(source=str(args.config), spool=exc.spool), exc
+    try:
+        return cfg, _spool_at(cfg.spool, readonly=True), bad
+    except SpoolIndexError:  # a damaged or lost index: with errors, both must be mended
+        if bad is not None:
+            _say_issues(bad)
+        raise
+    except ForwarderError:
+        if bad is None:
             raise
-        except ForwarderError:  # no spool there to show: the file's errors come first
-            raise exc from None
-        return config.Config(source=str(args.config), spool=exc.spool), spool, exc
+        raise bad from None  # no spool there to show: the file's errors come first
 
 
 def _looked(bad: ConfigError | None, spool: str) -> int:
