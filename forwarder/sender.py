@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from forwarder import runtime, worker, workerproc
+from forwarder import outcome, runtime, worker, workerproc
 from forwarder.config import Destination
 from forwarder.errors import ForwarderError
 from forwarder.health import destination_fields
@@ -209,8 +209,13 @@ class DestinationSender:
         if back.recorded and flight[worker.LOGGED] != stored:  # see Worker._record_stored
             fields: dict[str, Any] = {**destination_fields(self.dest),
                                       **(back.recorded_fields or {})}
-            event(LOGGER, "stored", "%s stored at %s (recorded by its sender: the worker "
-                  "died before it logged it)", back.recorded, self.name, **fields)
+            status = flight[worker.STATUS]
+            done = outcome.store_status(status)  # the worker's Done: the status allowed it
+            event(LOGGER, "stored", "%s stored at %s (%s)%s; recorded by its sender: the "
+                  "worker died before it logged it", back.recorded, self.name,
+                  outcome.status_text(status), f": {done.reason}" if done.warning else "",
+                  level=logging.WARNING if done.warning else logging.INFO,
+                  DICOM_STATUS=outcome.status_text(status), **fields)
         if back.unrecorded:
             LOGGER.error("sender %s: recording the file it had stored failed (%s); unless "
                          "recorded, it is sent again", proc.name, back.unrecorded)

@@ -43,8 +43,9 @@ EXIT_SPOOL = 3  # the spool cannot record outcomes: the daemon stops (any other 
 # job again once the worker has logged its "stored" line (a sender that records the mark
 # logs it only if the worker did not). LOGGED is cleared with STORED: job ids come back
 # (a delivered file's rows are deleted), so a stale one could match a new stored job.
-IN_FLIGHT, STORED, LOGGED = 0, 1, 2
-FLIGHT_SLOTS = 3
+# STATUS: the C-STORE status of the stored job, for the line its sender may log.
+IN_FLIGHT, STORED, LOGGED, STATUS = 0, 1, 2, 3
+FLIGHT_SLOTS = 4
 
 
 class _Unrecorded(Exception):
@@ -245,6 +246,7 @@ class Worker(health.DestinationHealth):
             return self._store(self.claimed[cmd.job])
         if isinstance(cmd, sendcore.Done):
             self._record_stored()  # none in practice: one mark is kept, as in the flight record
+            self.flight[STATUS] = int(cmd.status, 16)
             self.flight[STORED] = cmd.job  # if this process dies, its sender records it
             self._stored = (self.claimed[cmd.job], cmd)
             return None

@@ -281,6 +281,7 @@ def test_a_dead_workers_stored_file_is_logged_stored_once(
     stored, sending = spool.claim("pacs", 2, owner=claims.owner_of(sender.token, proc.pid))
     flight = [0] * worker.FLIGHT_SLOTS
     flight[worker.IN_FLIGHT], flight[worker.STORED] = sending.id, stored.id
+    flight[worker.STATUS] = 0xB000  # stored with a warning
     if logged:
         flight[worker.LOGGED] = stored.id
     with caplog.at_level("INFO", logger="forwarder.sender"):
@@ -293,6 +294,10 @@ def test_a_dead_workers_stored_file_is_logged_stored_once(
         assert r.STUDY_INSTANCE_UID == stored.probe.study_instance_uid
         assert (r.DESTINATION, r.CALLED_AE) == ("pacs", sender.dest.called_ae_title)
         assert r.PEER == sender.dest.peer
+        assert (r.DICOM_STATUS, r.ATTEMPT) == ("0xB000", stored.attempts + 1)
+        assert r.levelname == "WARNING"
+        assert r.getMessage().startswith(f"{stored.probe.sop_instance_uid} stored at pacs "
+                                         "(0xB000): stored with warning 0xB000; recorded by")
     assert states(spool) == {"pending": 1, "sending": 0, "done": 1, "failed": 0}
 
 
@@ -347,9 +352,9 @@ def test_a_stored_file_of_a_worker_killed_before_logging_it_is_logged_though_its
         os.replace(tmp_path / "c.tmp", fifo)  # the next worker reads C
         wait_for(lambda: settled(spool), 60, "the queue to settle")
     assert peer.counts() == {uid_a: 1, uid_b: 1, uid_c: 1}
-    lines = [r.SOP_INSTANCE_UID for r in caplog.records
+    lines = [(r.SOP_INSTANCE_UID, r.DICOM_STATUS, r.ATTEMPT) for r in caplog.records
              if getattr(r, "FORWARDER_EVENT", "") == "stored"]
-    assert lines == [uid_b]  # logged by the sender: the worker died first
+    assert lines == [(uid_b, "0x0000", 1)]  # logged by the sender: the worker died first
 
 
 def test_a_worker_killed_before_recording_a_stored_file_blames_the_file_in_flight(

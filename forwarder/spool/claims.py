@@ -48,15 +48,15 @@ class Reclaimed:
     deaths: int
     failed: bool
     unrecorded: str = ""  # why the stored job could not be recorded done (it is resent)
-    # the journal fields (SOP_INSTANCE_UID, SOP_CLASS_UID, STUDY_INSTANCE_UID) of the
-    # stored job recorded done, if any
-    recorded_fields: dict[str, str] | None = None
+    # the journal fields (SOP_INSTANCE_UID, SOP_CLASS_UID, STUDY_INSTANCE_UID, ATTEMPT)
+    # of the stored job recorded done, if any
+    recorded_fields: dict[str, str | int] | None = None
 
     @property
     def recorded(self) -> str | None:
         """The SOP Instance UID of the stored job recorded done, if any."""
         return None if self.recorded_fields is None else \
-            self.recorded_fields["SOP_INSTANCE_UID"]
+            str(self.recorded_fields["SOP_INSTANCE_UID"])
 
 
 def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
@@ -104,13 +104,18 @@ def reclaim(spool: Spool, owner: str, why: str, now: float | None = None,
     return result
 
 
-def _journal_fields(spool: Spool, job: int, owner: str) -> dict[str, str] | None:
-    """The journal fields of ``job``'s object while ``owner`` still claims it."""
+def _journal_fields(spool: Spool, job: int, owner: str) -> dict[str, str | int] | None:
+    """The journal fields of ``job``'s object while ``owner`` still claims it, and the
+    attempt that stored it (as the worker counts it)."""
     with spool._lock:
-        row = spool.db.execute("SELECT o.sop_instance, o.sop_class, o.study FROM jobs j "
-                               "JOIN objects o ON o.id = j.object_id WHERE j.id=? AND "
-                               "j.state='sending' AND j.owner=?", (job, owner)).fetchone()
+        row = spool.db.execute("SELECT o.sop_instance, o.sop_class, o.study, j.attempts "
+                               "FROM jobs j JOIN objects o ON o.id = j.object_id WHERE "
+                               "j.id=? AND j.state='sending' AND j.owner=?",
+                               (job, owner)).fetchone()
     if row is None:
         return None
     names = ("SOP_INSTANCE_UID", "SOP_CLASS_UID", "STUDY_INSTANCE_UID")
-    return {k: str(v) for k, v in zip(names, row, strict=True) if v is not None}
+    fields: dict[str, str | int] = {k: str(v) for k, v in zip(names, row, strict=False)
+                                    if v is not None}
+    fields["ATTEMPT"] = int(row[3]) + 1
+    return fields
