@@ -32,7 +32,7 @@ from forwarder.faults import in_words, spool_wide, trace
 from forwarder.incomplete import image_unfinished
 from forwarder.logs import event, probe_fields
 from forwarder.settle import Signature
-from forwarder.sources import dispose, quarantine
+from forwarder.sources import LEFT, UNROUTED_FATE, dispose, quarantine, remove_source
 from forwarder.spool import Incoming, Spool
 from forwarder.unfinished import Unfinished
 
@@ -345,15 +345,13 @@ class Intake:
                     self.unfinished.not_deleted(cand)
                     self._verdict(cand, True)
                     return None
-                if self.cfg.unrouted == "delete":  # dispose(): removed, or kept and remembered
-                    left = dispose(self.spool, cand, st, unrouted=True)
-                    if watch.keep_source or not left:  # else dispose() said why it is left
-                        fate = ("not taken (unrouted: delete): left in place, as its folder "
-                                "keeps its sources, and not looked at again while unchanged"
-                                if watch.keep_source else "deleted (unrouted: delete)")
+                if self.cfg.unrouted == "delete":
+                    fate = remove_source(self.spool, cand, st, unrouted=True)
+                    if watch.keep_source or fate != LEFT:  # else it said why it is left
                         event(LOGGER, "unrouted_deleted", "%s: no route matched, %s",
-                              cand.shown, fate, FORWARDER_FILE=cand.shown, **probe_fields(found))
-                    self._verdict(cand, left)
+                              cand.shown, UNROUTED_FATE[fate], FORWARDER_FILE=cand.shown,
+                              **probe_fields(found))
+                    self._verdict(cand, fate == LEFT)
                     return None
                 self._quarantine(cand, fd, st, f"no route matched (unrouted: quarantine){why}",
                                  found, leave=held)

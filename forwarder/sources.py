@@ -29,21 +29,42 @@ def same_file(path: str, st: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
-def dispose(spool: Spool, cand: Candidate, st: os.stat_result, unrouted: bool = False) -> bool:
+REMOVED, LEFT, REPLACED, GONE = "removed", "left", "replaced", "gone"
+# what intake says of a file no route takes under ``unrouted: delete``, by its fate (LEFT
+# only in a folder that keeps its sources: else remove_source() says why it is left)
+UNROUTED_FATE = {
+    REMOVED: "deleted (unrouted: delete)",
+    LEFT: "not taken (unrouted: delete): left in place, as its folder keeps its sources, "
+          "and not looked at again while unchanged",
+    REPLACED: "not deleted (unrouted: delete): a new file of the same name replaced it, "
+              "and is looked at as new work",
+    GONE: "not deleted (unrouted: delete): another program removed it first",
+}
+
+
+def dispose(spool: Spool, cand: Candidate, st: os.stat_result) -> bool:
+    """:func:`remove_source` after the spool holds it; True when the source stays in
+    place."""
+    return remove_source(spool, cand, st) == LEFT
+
+
+def remove_source(spool: Spool, cand: Candidate, st: os.stat_result,
+                  unrouted: bool = False) -> str:
     """After the spool holds it (or, ``unrouted``, when no route takes it under
     ``unrouted: delete``): remove the source, or remember it (keep_source). A source that
     cannot be removed (a subfolder of another account, a read-only mount) is remembered
-    and reported once, so it is never taken twice while it is unchanged. True when the
-    source stays in place."""
+    and reported once, so it is never taken twice while it is unchanged. Returns what
+    became of it: REMOVED, LEFT in place (and remembered), REPLACED by a new file of the
+    same name (new work, not touched) or GONE (another program removed it)."""
     if cand.watch.keep_source:
         spool.remember(cand.shown, st)
-        return True
+        return LEFT
     if not same_file(cand.path, st):
-        return False  # replaced by a new file of the same name: that one is new work
+        return REPLACED if os.path.lexists(cand.path) else GONE
     try:
         os.unlink(cand.path)
     except FileNotFoundError:
-        return False
+        return GONE
     except OSError as exc:
         spool.remember(cand.shown, st)
         what = "no route matched (unrouted: delete)" if unrouted else "taken"
@@ -51,8 +72,8 @@ def dispose(spool: Spool, cand: Candidate, st: os.stat_result, unrouted: bool = 
               "left in place and will not be %s again while unchanged", cand.shown, what,
               exc.strerror, "looked at" if unrouted else "taken", level=logging.WARNING,
               FORWARDER_FILE=cand.shown, WATCH=cand.watch.name, ERROR=exc.strerror)
-        return True
-    return False
+        return LEFT
+    return REMOVED
 
 
 def quarantine(spool: Spool, cand: Candidate, fd: int, st: os.stat_result, reason: str,

@@ -551,6 +551,52 @@ def test_an_unrouted_file_that_cannot_be_deleted_is_said_to_be_left_not_deleted(
     assert ct.read_bytes() == CT.read_bytes()
 
 
+@pytest.mark.parametrize("meanwhile", ["replaced", "removed"])
+def test_an_unrouted_file_replaced_or_removed_before_its_deletion_is_not_said_deleted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        meanwhile: str) -> None:
+    """Under ``unrouted: delete``, a file no route takes is replaced by a new file of the
+    same name, or removed by another program, after intake read it and before it is
+    deleted. The new file is not deleted: it is taken as new work. The log says what
+    happened, not "deleted"."""
+    from forwarder import sources
+
+    routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
+    cfg = make_config(tmp_path, routes=routes, extra="unrouted: delete\n")
+    ct = tmp_path / "in" / "ct.dcm"
+    mr = Path(get_testdata_file("MR_small.dcm"))
+    mr_uid = str(dcmread(mr, stop_before_pixels=True).SOPInstanceUID)
+    real_same_file = sources.same_file
+    happened: list[str] = []
+
+    def same_file(path: str, st: os.stat_result) -> bool:
+        if path == str(ct) and not happened:  # between intake's read and the deletion
+            happened.append(meanwhile)
+            if meanwhile == "replaced":
+                shutil.copy(mr, tmp_path / "mr.tmp")
+                os.replace(tmp_path / "mr.tmp", ct)
+            else:
+                os.unlink(ct)
+        return real_same_file(path, st)
+
+    monkeypatch.setattr("forwarder.sources.same_file", same_file)
+    caplog.set_level(logging.INFO, logger="forwarder.intake")
+    with Pipeline(cfg) as p:
+        shutil.copy(CT, tmp_path / "ct.tmp")
+        os.rename(tmp_path / "ct.tmp", ct)
+        wait_for(lambda: "ct.dcm: no route matched" in caplog.text, 10, "the CT's verdict")
+        if meanwhile == "replaced":
+            wait_for(lambda: p.jobs() == [("pacs", "pending", mr_uid)], 10, "the MR taken")
+            assert not ct.exists()  # taken into the spool, then removed as any source
+        else:
+            assert p.jobs() == [] and not ct.exists()
+    assert happened == [meanwhile]
+    said = [r.getMessage() for r in caplog.records if "no route matched" in r.getMessage()]
+    assert said == [f"{ct}: no route matched, not deleted (unrouted: delete): " + (
+        "a new file of the same name replaced it, and is looked at as new work"
+        if meanwhile == "replaced" else "another program removed it first")], said
+
+
 def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Path) -> None:
     w = Watch(name="gone", path=str(tmp_path / "nope"), min_age=0.1, rescan=0.5)
     taken: list[str] = []
