@@ -261,7 +261,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if removed is not None and removed in cfg.destinations:
         raise UsageError(f"'{removed}' is a destination in {args.config}: its jobs are "
                          "delivered there; remove it from the configuration first (and "
-                         "reload), or purge its failed jobs with --failed-older-than")
+                         "reload); --failed-older-than purges the failed jobs of every "
+                         "destination")
     verb = "would delete" if args.dry_run else "deleted"
     with spool:
         if removed is not None:

@@ -195,13 +195,17 @@ class Daemon:
                                           known=self.spool.left_unchanged).start()
 
     def _hold_removed(self, cfg: Config) -> None:
-        """A destination gone from the file but with jobs left is held, never dropped."""
+        """A destination gone from the file but with jobs left, failed ones too, is held,
+        never dropped: ``purge --removed-destination`` knows by that that no sender is at
+        work for it, and ``retry`` of its failed jobs leaves them waiting."""
         assert self.spool is not None
         for name, row in self.spool.status(()).get("destinations", {}).items():
-            if name not in cfg.destinations and (row["pending"] or row["sending"]):
+            if name not in cfg.destinations and (row["pending"] or row["sending"] or
+                                                 row["failed"]):
                 self.spool.set_health(name, "held", None, REMOVED)
-                event(LOGGER, "destination_held", "%s %s (%d pending)", name, REMOVED,
-                      row["pending"], level=logging.WARNING, DESTINATION=name)
+                event(LOGGER, "destination_held", "%s %s (%d pending, %d failed)", name,
+                      REMOVED, row["pending"] + row["sending"], row["failed"],
+                      level=logging.WARNING, DESTINATION=name)
 
     def _loop(self) -> int:
         ping = notify.watchdog_interval()

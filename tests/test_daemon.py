@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -243,6 +244,54 @@ def test_readme_first_command_config_end_to_end(tmp_path: Path) -> None:
         assert d.stop() == 0
         rx.terminate()
         rx.wait(10)
+
+
+def test_a_removed_destination_with_failed_jobs_only_is_held_and_purged_while_running(
+        make_scp, tmp_path: Path) -> None:
+    """A destination whose every job failed, taken out of the file and reloaded, is held
+    as removed like one with pending jobs: ``status`` says so, and ``purge
+    --removed-destination`` deletes its jobs while the daemon runs (no sender is at work
+    for it). Before, only pending jobs held it, and purge refused it for ever."""
+    pacs = make_scp()
+    refused: collections.Counter[str] = collections.Counter()
+    refusing = make_scp(status=lambda event: refused.update(  # cannot understand: failed
+        [str(event.request.AffectedSOPInstanceUID)]) or 0xC000)
+    cfg = write_config(tmp_path, pacs.port)
+    base = cfg.read_text()
+    both = base.replace("routes:\n  - to: [pacs]",
+                        f"  archive: {{host: 127.0.0.1, port: {refusing.port}}}\n"
+                        "routes:\n  - to: [pacs, archive]")
+    cfg.write_text(both)
+    uids = unique_copies(tmp_path / "corpus", 2)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "forwarder", *args, "-c", str(cfg)],
+                              env=env, capture_output=True, text=True)
+
+    def archive() -> dict:
+        return json.loads(cli("status", "--json").stdout)["destinations"]["archive"]
+
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(list(uids.values()), tmp_path / "in")
+        wait_for(lambda: len(pacs.counts()) == 2 and archive()["failed"] == 2, 20,
+                 "the files at pacs, failed at the archive")
+        cfg.write_text(base)  # archive removed with its two failed jobs
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        row = archive()
+        assert (row["state"], row["pending"], row["failed"]) == ("held", 0, 2)
+        assert "removed from the configuration" in row["last_error"]
+        purged = cli("purge", "--removed-destination", "archive")
+        assert purged.returncode == 0, purged.stderr
+        assert "deleted the jobs of removed destination archive: 2 not delivered" in \
+            purged.stdout
+        assert "archive" not in json.loads(cli("status", "--json").stdout)["destinations"]
+    finally:
+        assert d.stop() == 0
+    assert pacs.counts() == {u: 1 for u in uids} and refused == {u: 1 for u in uids}
 
 
 def test_a_destination_removed_with_jobs_is_held_then_resumes(make_scp, tmp_path: Path) -> None:
