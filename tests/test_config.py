@@ -133,6 +133,13 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:2: destinations.a.retry.max_age: a duration is at most 3650d"),
     ("routes:\n  - {to: [x], matchs: {Modality: CT}}\n",
      "f.yaml:2: routes[0].matchs: unknown key (did you mean 'match'?)"),
+    # the sections are top-level keys too: named when one is misspelt
+    ("destination:\n  a: {host: h, port: 1}\n",
+     "f.yaml:1: destination: unknown key (did you mean 'destinations'?)"),
+    ("watchs:\n  - {name: w, path: /a}\n", "f.yaml:1: watchs: unknown key (did you mean 'watch'?)"),
+    ("route:\n  - to: [x]\n", "f.yaml:1: route: unknown key (did you mean 'routes'?)"),
+    ("pacs:\n  host: h\n", "f.yaml:1: pacs: unknown key (known keys: ae_title, destinations, "
+     "log, retention, routes, spool, unrouted, watch)"),
     ("routes:\n  - to: [x]\n    match: {SeriesNumber: seven}\n",
      "f.yaml:3: routes[0].match.SeriesNumber: SeriesNumber is an integer (IS), such as 7; "
      "'seven' is not one"),

@@ -129,8 +129,9 @@ def parse(text: str, file: str = "<config>") -> Config:
         ctx.error((), f"expected a mapping of top-level keys, got {type(data).__name__}")
         raise ConfigError(ctx.issues)
 
-    sections = {"watch", "destinations", "routes"}
-    top = ctx.build(Config, {k: v for k, v in data.items() if k not in sections}, ())
+    sections = ("watch", "destinations", "routes")
+    top = ctx.build(Config, {k: v for k, v in data.items() if k not in sections}, (),
+                    also=sections)
 
     watches: list[Watch] = []
     for i, w in enumerate(_section(ctx, data, "watch", list, "a list of watch folders")):
