@@ -50,6 +50,14 @@ class SpoolError(ForwarderError):
     """The spool cannot keep its promise (write or fsync failed): fatal, never retried."""
 
 
+class SpoolUnusable(SpoolError):
+    """The spool cannot be made or kept where the configuration puts it (a network or
+    kernel file system, a directory that cannot be created): no restart fixes that, so
+    the daemon refuses to start with exit 78."""
+
+    exit_code = EXIT_CONFIG
+
+
 class SpoolFull(ForwarderError):
     """No space left for a new object: intake leaves sources in place and tries later.
     ``undecided``: the files of the refused batch that got no verdict yet (set by intake)."""

@@ -389,6 +389,48 @@ def test_a_spool_on_a_read_only_mount_is_said_so_without_chown_advice(tmp_path: 
         f"{ro / 'spool'} is on a read-only file system here" in new, new
 
 
+def test_a_spool_on_a_kernel_or_network_file_system_is_refused_at_check_and_start(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc and /sys let root pass access() but make nothing: check-config said ok and
+    the daemon exited 1 (restarted, five times). A spool on a network file system, or one
+    that would be made in a folder on one, was refused only at start, with exit 1 too.
+    Each is now an error of the file's spool line (exit 78), at check-config and start."""
+    (tmp_path / "in").mkdir()
+    for spool, kind in (("/proc/dicom-forwarder-spool", "proc"),
+                        ("/sys/dicom-forwarder/spool", "sysfs")):
+        cfg = write(tmp_path, Path(spool), [tmp_path / "in"])
+        assert main(["check-config", "-c", str(cfg)]) == 78
+        assert f"{cfg}:1: spool: {spool} is on {kind}, a kernel file system where no spool " \
+            "can be made" in capsys.readouterr().err
+        run = subprocess.run([sys.executable, "-m", "forwarder", "run", "-c", str(cfg),
+                              "--log-target", "stderr"], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 78 and f"spool: {spool} is on {kind}" in run.stderr, run
+        assert not os.path.exists(spool)
+    from forwarder.spool import durable
+
+    real = durable.filesystem_type
+    monkeypatch.setattr(durable, "filesystem_type", lambda p: "nfs4" if str(p).startswith(
+        str(tmp_path / "share")) else real(p))
+    (tmp_path / "share").mkdir()
+    cfg = write(tmp_path, tmp_path / "share" / "spool", [tmp_path / "in"])  # not made yet
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    assert f"{cfg}:1: spool: {tmp_path / 'share' / 'spool'} is on nfs4: SQLite's WAL needs " \
+        "a local disk" in capsys.readouterr().err
+
+
+def test_a_spool_directory_that_cannot_be_made_stops_the_start_with_exit_78(
+        tmp_path: Path) -> None:
+    """Past the checks (a path they cannot see through), a spool directory the kernel
+    refuses to make is the configuration's to mend: exit 78, not a restart."""
+    from forwarder.errors import EXIT_CONFIG, SpoolUnusable
+
+    with pytest.raises(SpoolUnusable, match="cannot create the spool directory "
+                       "/proc/dicom-forwarder-spool: No such file or directory") as caught:
+        Spool("/proc/dicom-forwarder-spool")
+    assert caught.value.exit_code == EXIT_CONFIG
+
+
 def test_resume_on_a_destination_that_is_ok_does_not_claim_a_probe(tmp_path: Path,
                                                                     capsys) -> None:
     (tmp_path / "in").mkdir()

@@ -147,8 +147,9 @@ def test_recover_requeues_claims_and_reports_orphans(tmp_path: Path) -> None:
 def test_spool_on_network_filesystem_is_refused(tmp_path: Path, monkeypatch) -> None:
     assert filesystem_type(tmp_path) not in ("", "nfs")
     monkeypatch.setattr("forwarder.spool.filesystem_type", lambda p: "nfs4")
-    with pytest.raises(SpoolError, match="is on nfs4: SQLite's WAL needs a local disk"):
+    with pytest.raises(SpoolError, match="is on nfs4: SQLite's WAL needs a local disk") as err:
         Spool(tmp_path / "spool")
+    assert err.value.exit_code == 78  # no restart fixes it
 
 
 def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:

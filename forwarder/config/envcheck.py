@@ -5,10 +5,10 @@ the service user inside the unit's sandbox, so "writable" here means writable fo
 daemon. Each finding is a :class:`ConfigIssue` (``FILE:LINE: key.path: message``) saying
 what is wrong with which path and how to fix it.
 
-Errors are what no restart can fix: the spool cannot be created or written, a secret,
-key, certificate or CA file is missing or unreadable, a DER key cannot be converted
-(folders that overlap each other or the spool are refused earlier, by the configuration's
-cross-checks). Warnings leave the daemon running: a watch folder that does not exist yet
+Errors are what no restart can fix: the spool cannot be created or written (or is on a
+network or kernel file system), a secret, key, certificate or CA file is missing or
+unreadable, a DER key cannot be converted (folders that overlap each other or the spool
+are refused earlier, by the configuration's cross-checks). Warnings leave the daemon running: a watch folder that does not exist yet
 is watched once it appears; one the daemon cannot write into is read, its files sent
 once, left in place and remembered.
 """
@@ -99,6 +99,15 @@ class _Checker:
         spool = Path(raw)
         shown = raw if spool.is_absolute() else f"{raw} (= {spool.absolute()}, relative " \
             f"to the current directory; use an absolute path)"
+        from forwarder.spool.durable import filesystem_type, unusable_fs
+
+        there = spool.absolute()  # the spool, or the folder it would be made in
+        while not there.exists() and there != there.parent:
+            there = there.parent
+        why = unusable_fs(filesystem_type(there))
+        if why:
+            self.issue(("spool",), f"{shown} is {why}")
+            return
         if spool.exists():
             if not spool.is_dir():
                 self.issue(("spool",), f"{shown} is not a directory")

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forwarder.errors import SpoolError
+from forwarder.errors import SpoolUnusable
 from forwarder.model import Accepted, Incoming, Job
 from forwarder.retry import Backoff
 from forwarder.spool import accept, db, durable, health, queue, recovery, report, room
@@ -65,11 +65,16 @@ class Spool:
             self.db = db.connect_readonly(self.root)
             return
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
-            durable.make_dir(d)
-        kind = filesystem_type(self.root)
-        if kind in durable.REMOTE_FS:
-            raise SpoolError(f"spool {self.root} is on {kind}: SQLite's WAL needs a local "
-                             "disk; put the spool on local storage (watch folders may be remote)")
+            try:
+                durable.make_dir(d)
+            except OSError as exc:
+                if exc.errno in durable.FULL:
+                    raise  # the daemon is restarted, and starts once there is room
+                raise SpoolUnusable(f"cannot create the spool directory {d}: "
+                                    f"{exc.strerror}") from exc
+        why = durable.unusable_fs(filesystem_type(self.root))
+        if why:
+            raise SpoolUnusable(f"spool {self.root} is {why}")
         self._rand = rand or random.Random()
         if not rebuild:
             db.check_before_open(self.root)

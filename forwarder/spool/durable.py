@@ -23,7 +23,22 @@ FILE_MODE = 0o640  # spool files and directories: explicit modes, whatever the u
 DIR_MODE = 0o750
 REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", "ceph",
              "glusterfs", "fuse.glusterfs", "lustre"}
+# kernel file systems where no directory or file of a spool can be made
+PSEUDO_FS = {"proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+             "securityfs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "efivarfs",
+             "binfmt_misc", "autofs", "nsfs", "hugetlbfs"}
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def unusable_fs(kind: str) -> str:
+    """Why a spool cannot live on a file system of type ``kind`` ('' if it can)."""
+    if kind in REMOTE_FS:
+        return f"on {kind}: SQLite's WAL needs a local disk; put the spool on local " \
+            "storage (watch folders may be remote)"
+    if kind in PSEUDO_FS:
+        return f"on {kind}, a kernel file system where no spool can be made; put the " \
+            "spool on a local disk (under systemd: /var/lib/dicom-forwarder)"
+    return ""
 
 
 def digest(fd: int) -> str:
