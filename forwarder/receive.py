@@ -84,6 +84,11 @@ def run(output: str, port: int, aet: str, bind: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ForwarderError(f"cannot create the output folder {output}: "
+                             f"{exc.strerror}") from exc
+    try:
         rx = Receiver(output, port, aet, bind).start()
     except OSError as exc:
         raise ForwarderError(f"cannot listen on {bind}:{port}: {exc.strerror} (is another "

@@ -88,3 +88,15 @@ def test_a_broken_pipe_that_is_not_stdouts_is_not_hidden(tmp_path: Path,
         monkeypatch.setattr(sys, "stdout", stdout)
         with pytest.raises(BrokenPipeError):
             main(["echo", "-c", cfg])
+
+
+def test_receive_names_an_output_folder_it_cannot_create_not_the_port(tmp_path: Path) -> None:
+    """An output folder that cannot be made (here, below a file) was reported as "cannot
+    listen on 127.0.0.1:PORT ... (is another storage SCP running there?)"."""
+    (tmp_path / "f").write_text("a file")
+    out = tmp_path / "f" / "received"
+    run = subprocess.run([sys.executable, "-m", "forwarder", "receive", "--port", "1",
+                          "--output", str(out)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stderr.strip()) == (
+        EXIT_FAILURE, f"dicom-forwarder: cannot create the output folder {out}: Not a directory")
