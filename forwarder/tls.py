@@ -1,6 +1,6 @@
 """TLS for an association (PS3.15 B.9-B.13 secure transport connection profiles): the
 client context, the certificate's host name check, the cipher profiles of storescu's
-``+px +py +pb +pa +pn`` and the YAML ``tls`` block.
+``+px +py +pz +pb +pa +pn`` and the YAML ``tls`` block.
 
 Converting a DER key (storescu ``-der``) needs ``cryptography`` (the ``tls`` extra).
 """
@@ -18,7 +18,7 @@ LOGGER = logging.getLogger("forwarder.association")
 # how to get what a DER private key is converted with (check-config says it too)
 DER_INSTALL = "sudo make install EXTRAS=codecs,tls; elsewhere pip install 'dicom-forwarder[tls]'"
 
-# PS3.15 B.9-B.13 and DCMTK's +px +py +pb +pa +pn
+# PS3.15 B.9-B.13 and DCMTK's +px +py +pz +pb +pa +pn
 TLS_PROFILES = {
     "bcp195": (ssl.TLSVersion.TLSv1_2, None),
     "bcp195-nd": (ssl.TLSVersion.TLSv1_2, None),

@@ -579,6 +579,28 @@ def test_tls_mutual_authentication(make_scp, tmp_path: Path, capsys) -> None:
     assert len(peer.received) == 2
 
 
+def test_send_pz_offers_the_extended_bcp195_suites_alone(make_scp, tmp_path: Path) -> None:
+    """``+pz`` (DCMTK's later storescu: the extended BCP 195 profile, as ``profile:
+    bcp195-ex`` in the YAML) offers its four ECDHE GCM suites alone: a TLS 1.2 peer that
+    takes only ChaCha20 is refused where ``+px`` (BCP 195) is served."""
+    import ssl
+
+    pki = make_pki(tmp_path / "pki")
+    server = server_context(pki, require_client=False)
+    server.maximum_version = ssl.TLSVersion.TLSv1_2
+    server.set_ciphers("ECDHE-ECDSA-CHACHA20-POLY1305")
+    peer = make_scp(ssl_context=server)
+    ct = sample("CT_small.dcm")
+    tls = ["+tls", str(pki["client.key"]), str(pki["client.pem"]), "+cf", str(pki["ca.pem"])]
+    assert main(["send", *tls, "+pz", "127.0.0.1", str(peer.port), ct]) == 1
+    assert len(peer.received) == 0
+    assert main(["send", *tls, "+px", "127.0.0.1", str(peer.port), ct]) == 0
+    assert len(peer.received) == 1
+    ok = make_scp(ssl_context=server_context(pki, require_client=False))
+    assert main(["send", *tls, "--profile-bcp195-ex", "127.0.0.1", str(ok.port), ct]) == 0
+    assert len(ok.received) == 1
+
+
 def test_probe_rejects_non_dicom(tmp_path: Path) -> None:
     f = tmp_path / "x.bin"
     f.write_bytes(b"\0" * 10)

@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add certificates in d to list of certificates")
     for opt, long, prof in (("+px", "--profile-bcp195", "bcp195"),
                             ("+py", "--profile-bcp195-nd", "bcp195-nd"),
+                            ("+pz", "--profile-bcp195-ex", "bcp195-ex"),
                             ("+pb", "--profile-basic", "basic"),
                             ("+pa", "--profile-aes", "aes"),
                             ("+pn", "--profile-null", "null")):
