@@ -152,6 +152,26 @@ def test_spool_on_network_filesystem_is_refused(tmp_path: Path, monkeypatch) -> 
     assert err.value.exit_code == 78  # no restart fixes it
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root (CI runs as root)")
+def test_the_file_system_seen_at_a_path_is_the_last_mounted_there(tmp_path: Path) -> None:
+    """Two mounts on one path (an automount over its autofs trigger, a mount over
+    another): the one seen is the last, and the spool's checks ask about that one."""
+    import subprocess
+
+    under = tmp_path / "mnt"
+    under.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(under)], check=True)
+    try:
+        subprocess.run(["mount", "-t", "ramfs", "ramfs", str(under)], check=True)
+        try:
+            assert filesystem_type(under / "spool") == "ramfs"
+        finally:
+            subprocess.run(["umount", str(under)], check=True)
+        assert filesystem_type(under / "spool") == "tmpfs"
+    finally:
+        subprocess.run(["umount", "-l", str(under)], check=False)
+
+
 def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "f.yaml"
     cfg.write_text(f"spool: {tmp_path / 'spool'}\ndestinations:\n  pacs: {{host: h, port: 1}}\n"

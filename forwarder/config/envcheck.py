@@ -8,9 +8,9 @@ what is wrong with which path and how to fix it.
 Errors are what no restart can fix: the spool cannot be created or written (or is on a
 network or kernel file system), a secret, key, certificate or CA file is missing or
 unreadable, a DER key cannot be converted (folders that overlap each other or the spool
-are refused earlier, by the configuration's cross-checks). Warnings leave the daemon running: a watch folder that does not exist yet
-is watched once it appears; one the daemon cannot write into is read, its files sent
-once, left in place and remembered.
+are refused earlier, by the configuration's cross-checks). Warnings leave the daemon
+running: a watch folder that does not exist yet is watched once it appears; one the
+daemon cannot write into is read, its files sent once, left in place and remembered.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ REMOTE_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "afs", 
 # kernel file systems where no directory or file of a spool can be made
 PSEUDO_FS = {"proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
              "securityfs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "efivarfs",
-             "binfmt_misc", "autofs", "nsfs", "hugetlbfs"}
+             "binfmt_misc", "nsfs", "hugetlbfs"}
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -167,7 +167,10 @@ def filesystem_type(path: Path) -> str:
                 if len(parts) < 3:
                     continue
                 mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                # the last of mounts on one path is the one seen (an automount's file
+                # system is listed after its autofs trigger)
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and \
+                        len(mnt) >= len(best):
                     best, kind = mnt, parts[2]
     except OSError:
         return ""
