@@ -8,8 +8,10 @@ watcher's state is only ever changed on the watcher's thread.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,3 +53,21 @@ class Finished:
     cand: Candidate
     left_in_place: bool
     again_after: float | None = None
+
+
+def under(cands: Iterable[Candidate], watches: Sequence[Watch]) -> tuple[list[Candidate],
+                                                                        list[Candidate]]:
+    """``cands`` with their watch folders as ``watches`` (a configuration) has them, found
+    by path: a folder a reload renamed or changed is routed by its new name and settings,
+    as its new watcher would offer its files. Second, the candidates of folders
+    ``watches`` no longer has: not to be taken (their files stay in place)."""
+    by_path = {w.path: w for w in watches}
+    kept: list[Candidate] = []
+    gone: list[Candidate] = []
+    for c in cands:
+        w = by_path.get(c.watch.path)
+        if w is None:
+            gone.append(c)
+        else:
+            kept.append(c if w == c.watch else dataclasses.replace(c, watch=w))
+    return kept, gone

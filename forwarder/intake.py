@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from forwarder import router
 from forwarder.batches import BATCH_BYTES, Batches
-from forwarder.candidate import Candidate
+from forwarder.candidate import Candidate, under
 from forwarder.config import Config
 from forwarder.dicomfile import Probe, probe, uid_problem
 from forwarder.errors import NotDicomError, SourceChanged, SpoolError, SpoolFull
@@ -184,9 +184,15 @@ class Intake:
         kept = False
         self._judged.clear()
         before = self.accepted
+        cfg = self.cfg  # one configuration for the whole batch, whatever a reload does
+        cands, gone = under(cands, cfg.watch)
+        for cand in gone:  # its folder left the configuration: no longer watched
+            LOGGER.info("%s: left in place: its watch folder %s is no longer configured",
+                        cand.shown, cand.watch.path)
+            cand.finished(False)
         try:
             for cand in cands:
-                opened = self._guarded_open(cand)
+                opened = self._guarded_open(cand, cfg)
                 if opened is not None:
                     ready.append(opened)
             self._accept(ready)
@@ -253,9 +259,9 @@ class Intake:
             ready.remove(o)
             self._verdict(o.cand, self._accepted(o, what.queued))
 
-    def _guarded_open(self, cand: Candidate) -> _Open | None:
+    def _guarded_open(self, cand: Candidate, cfg: Config) -> _Open | None:
         try:
-            return self._open(cand)
+            return self._open(cand, cfg)
         except Exception as exc:
             if spool_wide(exc):
                 raise
@@ -279,8 +285,8 @@ class Intake:
               TRACEBACK=trace(exc))
         self._quarantine(cand, fd, st, reason, found, leave)
 
-    def _open(self, cand: Candidate) -> _Open | None:
-        """Open and probe one candidate; None when it was dealt with here."""
+    def _open(self, cand: Candidate, cfg: Config) -> _Open | None:
+        """Open and probe one candidate under ``cfg``; None when it was dealt with here."""
         try:
             fd = os.open(cand.path, OPEN_FLAGS)
         except OSError as exc:
@@ -323,11 +329,11 @@ class Intake:
             found: Probe | None = None
             try:
                 with open(fd, "rb", closefd=False) as fp:
-                    found = probe(fp, self.cfg.attribute_keywords)
+                    found = probe(fp, cfg.attribute_keywords)
                 bad = uid_problem(found.sop_instance_uid) or image_unfinished(found)
                 if bad:
                     raise NotDicomError(bad)
-                decision = router.route(self.cfg.routes, watch.name, cand.relpath,
+                decision = router.route(cfg.routes, watch.name, cand.relpath,
                                         found.attributes)
             except NotDicomError as exc:
                 if held or not self._waits(cand, fd, st, str(exc)):
@@ -340,12 +346,12 @@ class Intake:
                               else "routing it", found, leave=held)
                 return None
             if not decision.destinations:
-                if held and self.cfg.unrouted == "delete":  # the writer's next bytes: lost
+                if held and cfg.unrouted == "delete":  # the writer's next bytes: lost
                     self.spool.remember(cand.shown, st)
                     self.unfinished.not_deleted(cand)
                     self._verdict(cand, True)
                     return None
-                if self.cfg.unrouted == "delete":
+                if cfg.unrouted == "delete":
                     fate = remove_source(self.spool, cand, st, unrouted=True)
                     if watch.keep_source or fate != LEFT:  # else it said why it is left
                         event(LOGGER, "unrouted_deleted", "%s: no route matched, %s",

@@ -20,7 +20,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from forwarder import config
+from forwarder.candidate import Candidate
 from forwarder.config import Watch
+from forwarder.intake import Intake
+from forwarder.spool import Spool
 from forwarder.watcher import Watcher
 from tests.corpus import data_file, unique_copies, with_open_sequences
 from tests.peers import wait_for
@@ -595,6 +599,93 @@ def test_an_unrouted_file_replaced_or_removed_before_its_deletion_is_not_said_de
     assert said == [f"{ct}: no route matched, not deleted (unrouted: delete): " + (
         "a new file of the same name replaced it, and is looked at as new work"
         if meanwhile == "replaced" else "another program removed it first")], said
+
+
+def _reloaded(tmp_path: Path, name: str, match: str, unrouted: str) -> config.Config:
+    """The configuration a reload brings: the folder ``in`` named ``name``, one route
+    (``match``) to pacs."""
+    return config.parse(
+        f"spool: {tmp_path / 'spool'}\nunrouted: {unrouted}\n"
+        f"watch:\n  - {{name: {name}, path: {tmp_path / 'in'}, min_age: 300ms}}\n"
+        "destinations:\n  pacs: {host: 127.0.0.1, port: 1}\n"
+        f"routes:\n  - match: {match}\n    to: [pacs]\n", "reloaded.yaml")
+
+
+def _found(cfg: config.Config, tmp_path: Path) -> Candidate:
+    """A CT in ``in``, as the watcher of ``cfg``'s folder offers it, settled."""
+    from forwarder import writers
+    from forwarder.settle import Signature
+
+    writers.ignore_lease_breaks()  # as the daemon does: intake may ask for leases
+    ct = tmp_path / "in" / "ct.dcm"
+    ct.parent.mkdir(exist_ok=True)
+    shutil.copy(CT, ct)
+    os.utime(ct, (ct.stat().st_mtime - 60, ct.stat().st_mtime - 60))
+    return Candidate(cfg.watch[0], str(ct), "ct.dcm", Signature.of(ct.stat()), True)
+
+
+@pytest.mark.parametrize("unrouted", ["delete", "quarantine"])
+def test_a_file_found_before_a_reload_renamed_its_folder_is_routed_by_the_new_name(
+        tmp_path: Path, unrouted: str) -> None:
+    """A reload renames the watch folder, its route following the new name, while a
+    file the old watcher found waits in intake's queue: it is taken under the folder's
+    new name (known by its path). It was routed by the old name against the new routes:
+    quarantined, or deleted under ``unrouted: delete``."""
+    old = _reloaded(tmp_path, "modality", "{watch: modality}", unrouted)
+    cand = _found(old, tmp_path)
+    new = _reloaded(tmp_path, "ct-room", "{watch: ct-room}", unrouted)
+    with Spool(new.spool) as spool:
+        intake = Intake(new, spool)
+        assert intake.process([cand]) == 1
+        assert spool.quarantined() == [] and not Path(cand.path).exists()
+        assert spool.db.execute("SELECT o.sop_instance, o.watch, j.destination FROM objects "
+                                "o JOIN jobs j ON j.object_id = o.id").fetchall() == \
+            [(CT_UID, "ct-room", "pacs")]
+
+
+def test_a_file_found_before_a_reload_that_removed_its_folder_stays_in_place(
+        tmp_path: Path) -> None:
+    """A reload removes the watch folder while a file its watcher found waits: the file
+    is not taken (its folder is no longer watched) and stays as it is."""
+    old = _reloaded(tmp_path, "modality", "{watch: modality}", "delete")
+    cand = _found(old, tmp_path)
+    (tmp_path / "other").mkdir()
+    new = config.parse(
+        f"spool: {tmp_path / 'spool'}\nunrouted: delete\n"
+        f"watch:\n  - {{name: other, path: {tmp_path / 'other'}}}\n"
+        "destinations:\n  pacs: {host: 127.0.0.1, port: 1}\nroutes:\n  - to: [pacs]\n",
+        "reloaded.yaml")
+    with Spool(new.spool) as spool:
+        assert Intake(new, spool).process([cand]) == 0
+        assert spool.counts() == {} and spool.quarantined() == []
+    assert Path(cand.path).read_bytes() == CT.read_bytes()
+
+
+def test_a_reload_while_a_file_is_probed_routes_it_by_one_configuration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload lands between a file's probe and its routing: the old routes match on
+    Modality, the new ones on Manufacturer, and both send the CT to pacs. The probe read
+    what the old routes need, the new routes were asked about what it had not read: no
+    route matched and the file was deleted. The whole batch is now taken under one."""
+    from forwarder import intake as intake_module
+
+    old = _reloaded(tmp_path, "modality", "{Modality: CT}", "delete")
+    new = _reloaded(tmp_path, "modality", "{Manufacturer: GE MEDICAL SYSTEMS}", "delete")
+    cand = _found(old, tmp_path)
+    real_probe = intake_module.probe
+    with Spool(old.spool) as spool:
+        intake = Intake(old, spool)
+
+        def probe(fp, keywords):  # noqa: ANN001, ANN202
+            found = real_probe(fp, keywords)
+            intake.set_config(new)  # SIGHUP, on the daemon's main thread
+            return found
+
+        monkeypatch.setattr(intake_module, "probe", probe)
+        assert intake.process([cand]) == 1
+        assert [j[:2] for j in spool.db.execute(
+            "SELECT destination, state FROM jobs").fetchall()] == [("pacs", "pending")]
+        assert intake.cfg is new  # the next batch takes the new routes
 
 
 def test_watch_folder_missing_is_reported_and_taken_when_it_appears(tmp_path: Path) -> None:
