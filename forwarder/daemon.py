@@ -356,13 +356,22 @@ class Daemon:
                 except OSError as exc:
                     LOGGER.error("watch %s not started: %s", name, exc)
         changed: list[Callable[[], None]] = []
+        retuned: list[str] = []  # changed, still configured: their settings may be mended
         for name, dest in old.destinations.items():
             now = new.destinations.get(name)
             if now is None or now != dest or new.calling_ae(now) != old.calling_ae(dest) \
                     or self._log(new) != self._log(old):
                 changed.append(self.senders.pop(name).stop)
+                if now is not None:
+                    retuned.append(name)
         self._parallel(changed, "fwd-stop")  # each drains its C-STORE in flight at once
         self._hold_removed(new)
+        for name in retuned:  # a held or backed-off peer is tried with the new settings now
+            before, waiting = self.spool.resume(name)
+            if before.state != "ok":
+                LOGGER.info("%s: its settings changed; was %s (%s): probing now, its %d "
+                            "pending job(s) are due", name, before.state, before.reason,
+                            waiting)
         for name in new.destinations:
             if name not in self.senders:
                 self._start_sender(new, name)

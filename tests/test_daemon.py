@@ -294,6 +294,38 @@ def test_a_removed_destination_with_failed_jobs_only_is_held_and_purged_while_ru
     assert pacs.counts() == {u: 1 for u in uids} and refused == {u: 1 for u in uids}
 
 
+def test_a_reload_that_mends_a_held_destination_probes_it_at_once(make_scp,
+                                                                  tmp_path: Path) -> None:
+    """A peer refuses a wrong called AE title: the destination is held and probed every
+    retry.max (10 minutes here). The operator mends the title and reloads: the peer is
+    tried at once with the new settings, without waiting out the hold or a ``resume``."""
+    pacs = make_scp(require_called_aet=True)
+    cfg = write_config(tmp_path, pacs.port, extra_dest="    called_ae_title: WRONG\n")
+    cfg.write_text(cfg.read_text().replace("max: 1s", "max: 10m"))
+    uids = unique_copies(tmp_path / "corpus", 2)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def pacs_status() -> dict:
+        out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
+                              "--json"], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)["destinations"]["pacs"]
+
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(list(uids.values()), tmp_path / "in")
+        wait_for(lambda: pacs_status()["state"] == "held", 20, "pacs held for its AE title")
+        cfg.write_text(cfg.read_text().replace("called_ae_title: WRONG",
+                                               "called_ae_title: ANY-SCP"))
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        wait_for(lambda: len(pacs.counts()) == 2, 20, "the files stored after the reload")
+        assert pacs_status()["state"] == "ok"
+    finally:
+        assert d.stop() == 0
+    assert pacs.counts() == {u: 1 for u in uids}
+
+
 def test_a_destination_removed_with_jobs_is_held_then_resumes(make_scp, tmp_path: Path) -> None:
     pacs = make_scp()
     down = free_port()  # nothing listens: the archive's jobs stay pending
