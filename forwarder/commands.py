@@ -176,10 +176,16 @@ def _age(seconds: float) -> str:
 def cmd_retry(args: argparse.Namespace) -> int:
     if not args.all_failed and not args.destination:
         raise UsageError("say which failed jobs to requeue: --destination NAME or --all-failed")
-    _cfg, spool = _open_spool(args, destination=args.destination)
+    cfg, spool = _open_spool(args, destination=args.destination)
     with spool:
-        n = spool.requeue_failed(args.destination)
+        n = spool.requeue_failed([args.destination] if args.destination else cfg.destinations)
+        removed = {name: row["failed"] for name, row in spool.status(())["destinations"].items()
+                   if name not in cfg.destinations and row["failed"]}
     print(f"requeued {n} failed job(s)")
+    for name, left in sorted(removed.items()):  # nothing would ever send them
+        print(f"left {left} failed job(s) of {name}, a destination the configuration no "
+              f"longer has: 'dicom-forwarder purge --removed-destination {name}' deletes "
+              "them")
     return EXIT_OK
 
 

@@ -81,12 +81,12 @@ def test_retry_fail_requeue_expire(tmp_path: Path) -> None:
     assert again_a.attempts == 1
     assert [f["reason"] for f in spool.failed_jobs()] == ["A900 dataset does not match SOP class"]
     assert b.path.exists()  # failed: the object is kept
-    assert spool.requeue_failed("pacs", now=50.0) == 1
+    assert spool.requeue_failed(["pacs"], now=50.0) == 1
     # requeued by an operator, b has its max_age again, counted from the requeue
     assert spool.expire("pacs", max_age=10.0, now=55.0) == 0
     assert spool.expire("pacs", max_age=10.0, now=61.0) == 1
     assert spool.failed_jobs()[0]["reason"] == "expired" and b.path.exists()
-    assert spool.requeue_failed("pacs", now=70.0) == 1  # and again after it expired
+    assert spool.requeue_failed(["pacs"], now=70.0) == 1  # and again after it expired
     assert spool.expire("pacs", max_age=10.0, now=75.0) == 0
     assert [j.id for j in spool.claim("pacs", 10, now=75.0)] == [b.id]
 
@@ -203,6 +203,31 @@ def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:
     assert "requeued 1" in capsys.readouterr().out
     with Spool(tmp_path / "spool") as s:
         assert s.counts() == {"pending": 2}
+
+
+def test_retry_all_failed_leaves_a_removed_destinations_jobs_and_says_how_to_drop_them(
+        tmp_path: Path, capsys) -> None:
+    """``retry --all-failed`` requeued the failed jobs of a destination the file no
+    longer has: nothing would send them, and ``status`` showed them pending, ever older.
+    It requeues the configured destinations' jobs and names the others with the purge
+    that deletes them."""
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(f"spool: {tmp_path / 'spool'}\ndestinations:\n  pacs: {{host: h, port: 1}}\n"
+                   "routes:\n  - to: [pacs]\n")
+    with Spool(tmp_path / "spool") as spool:
+        for n in range(3):
+            accept_file(spool, make_input(tmp_path / "in", n), ("pacs", "old"), n)
+        for dest, k in (("pacs", 1), ("old", 2)):
+            for job in spool.claim(dest, k):
+                spool.fail(job.id, "0122 SOP class not supported")
+    assert main(["retry", "-c", str(cfg), "--all-failed"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "requeued 1 failed job(s)",
+        "left 2 failed job(s) of old, a destination the configuration no longer has: "
+        "'dicom-forwarder purge --removed-destination old' deletes them"]
+    with Spool(tmp_path / "spool") as spool:
+        assert spool.status(())["destinations"]["old"]["failed"] == 2
+        assert spool.status(())["destinations"]["pacs"]["pending"] == 3
 
 
 def test_a_configuration_with_errors_still_shows_the_spool_it_names(tmp_path: Path,

@@ -23,7 +23,7 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,10 +190,10 @@ class Spool:
         """Pending jobs that have waited more than ``age``: how many, the oldest's age."""
         return queue.older_than(self, destination, age, now)
 
-    def requeue_failed(self, destination: str | None = None, now: float | None = None) -> int:
-        """Operator retry: ``failed`` -> ``pending``, due now, attempts reset, its
-        ``max_age`` counted from now."""
-        return queue.requeue_failed(self, destination, now)
+    def requeue_failed(self, destinations: Collection[str], now: float | None = None) -> int:
+        """Operator retry of the failed jobs of ``destinations``: ``failed`` ->
+        ``pending``, due now, attempts reset, its ``max_age`` counted from now."""
+        return queue.requeue_failed(self, destinations, now)
 
     def next_due(self, destination: str) -> float | None:
         return queue.next_due(self, destination)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from forwarder import retry as backoff
@@ -170,17 +170,18 @@ def older_than(spool: Spool, destination: str, age: float,
     return int(n), (now - first) if first is not None else 0.0
 
 
-def requeue_failed(spool: Spool, destination: str | None = None, now: float | None = None) -> int:
-    """Operator retry: ``failed`` -> ``pending``, due now, attempts reset, and its
-    ``max_age`` counted again from now (else a job failed as expired would expire again
-    at the next check, without one attempt)."""
+def requeue_failed(spool: Spool, destinations: Collection[str],
+                   now: float | None = None) -> int:
+    """Operator retry of the failed jobs of ``destinations``: ``failed`` -> ``pending``,
+    due now, attempts reset, and its ``max_age`` counted again from now (else a job
+    failed as expired would expire again at the next check, without one attempt)."""
     now = time.time() if now is None else now
-    where = "state='failed'" + (" AND destination=?" if destination else "")
-    args = (now, now, now, destination) if destination else (now, now, now)
+    names = list(destinations)
     with spool._tx() as db:
         cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
                          f"deaths=0, next_attempt_at=?, updated_at=?, created_at=? "
-                         f"WHERE {where}", args)
+                         f"WHERE state='failed' AND destination IN "
+                         f"({','.join('?' * len(names))})", (now, now, now, *names))
         n = cur.rowcount
     spool._notify()
     return n
