@@ -23,7 +23,14 @@ from types import FrameType
 
 from forwarder import config, logs, notify, prefork, runtime, watchstate, writers
 from forwarder.config import Config, envcheck
-from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError, SpoolFull
+from forwarder.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    ConfigError,
+    ForwarderError,
+    SpoolFull,
+    SpoolUnusable,
+)
 from forwarder.intake import Intake
 from forwarder.logs import event
 from forwarder.sender import DestinationSender, backoff_policy
@@ -36,6 +43,7 @@ from forwarder.watcher import Watcher
 
 LOGGER = logging.getLogger(__name__)
 STATUS_EVERY = 5.0
+RECHECK_REMOVED = 60.0  # after a reload: how long destinations it removed are looked for
 
 
 class Daemon:
@@ -62,6 +70,7 @@ class Daemon:
         self._unavailable_since: dict[str, float] = {}
         self._paused: tuple[str, float] | None = None  # intake paused: why, since when
         self._published: list[str] = []  # the watch folders the state was written for
+        self._recheck_removed_until = 0.0  # see RECHECK_REMOVED
         self.lock: SpoolLock | None = None
 
     # --- signals and faults ----------------------------------------------------
@@ -160,7 +169,13 @@ class Daemon:
 
     def _start(self, cfg: Config) -> None:
         self.cfg = cfg
-        Path(cfg.spool).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(cfg.spool).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in FULL:
+                raise  # restarted: it starts once there is room
+            raise SpoolUnusable(f"cannot create the spool directory {cfg.spool}: "
+                                f"{exc.strerror}") from exc
         self.lock = SpoolLock(cfg.spool).acquire(self.config_path)
         self.spool = Spool(cfg.spool)
         caps = [backoff_policy(d) for d in cfg.destinations.values()]
@@ -197,11 +212,13 @@ class Daemon:
     def _hold_removed(self, cfg: Config) -> None:
         """A destination gone from the file but with jobs left, failed ones too, is held,
         never dropped: ``purge --removed-destination`` knows by that that no sender is at
-        work for it, and ``retry`` of its failed jobs leaves them waiting."""
+        work for it. Said once: one held so already is left as it is."""
         assert self.spool is not None
         for name, row in self.spool.status(()).get("destinations", {}).items():
-            if name not in cfg.destinations and (row["pending"] or row["sending"] or
-                                                 row["failed"]):
+            if name in cfg.destinations or (row["state"], row["last_error"]) == \
+                    ("held", REMOVED):
+                continue
+            if row["pending"] or row["sending"] or row["failed"]:
                 self.spool.set_health(name, "held", None, REMOVED)
                 event(LOGGER, "destination_held", "%s %s (%d pending, %d failed)", name,
                       REMOVED, row["pending"] + row["sending"], row["failed"],
@@ -238,6 +255,8 @@ class Daemon:
             self._watch_state()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + STATUS_EVERY
+                if self.cfg is not None and time.monotonic() < self._recheck_removed_until:
+                    self._hold_removed(self.cfg)
                 text = self._summary()
                 if text != self._status:
                     self._status = text
@@ -356,22 +375,25 @@ class Daemon:
                 except OSError as exc:
                     LOGGER.error("watch %s not started: %s", name, exc)
         changed: list[Callable[[], None]] = []
-        retuned: list[str] = []  # changed, still configured: their settings may be mended
+        retuned: list[str] = []  # its peer's settings changed: they may be mended
         for name, dest in old.destinations.items():
             now = new.destinations.get(name)
-            if now is None or now != dest or new.calling_ae(now) != old.calling_ae(dest) \
-                    or self._log(new) != self._log(old):
+            settings = now is None or now != dest or new.calling_ae(now) != old.calling_ae(dest)
+            if settings or self._log(new) != self._log(old):
                 changed.append(self.senders.pop(name).stop)
-                if now is not None:
-                    retuned.append(name)
+            if settings and now is not None:
+                retuned.append(name)
         self._parallel(changed, "fwd-stop")  # each drains its C-STORE in flight at once
         self._hold_removed(new)
+        # a batch intake took under the old file may still queue jobs for a removed one
+        self._recheck_removed_until = time.monotonic() + RECHECK_REMOVED
         for name in retuned:  # a held or backed-off peer is tried with the new settings now
-            before, waiting = self.spool.resume(name)
-            if before.state != "ok":
-                LOGGER.info("%s: its settings changed; was %s (%s): probing now, its %d "
-                            "pending job(s) are due", name, before.state, before.reason,
-                            waiting)
+            was = self.spool.health(name)
+            if was.state != "ok":
+                _before, waiting = self.spool.resume(name)
+                event(LOGGER, "reload", "%s: its settings changed; was %s (%s): "
+                      "probing now, its %d pending job(s) are due", name, was.state,
+                      was.reason, waiting, DESTINATION=name)
         for name in new.destinations:
             if name not in self.senders:
                 self._start_sender(new, name)

@@ -326,6 +326,74 @@ def test_a_reload_that_mends_a_held_destination_probes_it_at_once(make_scp,
     assert pacs.counts() == {u: 1 for u in uids}
 
 
+def test_a_reload_of_the_log_level_alone_leaves_a_files_backoff_as_it_is(
+        make_scp, tmp_path: Path) -> None:
+    """A reload restarts every sender when the logging changes, but no destination's
+    settings changed: a file waiting out its backoff (the peer was out of resources)
+    keeps its time, and is not sent again at the reload."""
+    import sqlite3
+
+    refused: collections.Counter[str] = collections.Counter()
+    pacs = make_scp(status=lambda event: refused.update(
+        [str(event.request.AffectedSOPInstanceUID)]) or 0xA700)
+    cfg = write_config(tmp_path, pacs.port)
+    cfg.write_text(cfg.read_text().replace("initial: 200ms, max: 1s", "initial: 10m, max: 1h"))
+    uids = unique_copies(tmp_path / "corpus", 1)
+
+    def due() -> float:
+        index = sqlite3.connect(f"file:{tmp_path / 'spool' / 'index.sqlite'}?mode=ro", uri=True)
+        try:
+            rows = index.execute("SELECT next_attempt_at FROM jobs WHERE state='pending'")
+            return max((r[0] for r in rows), default=0.0)
+        finally:
+            index.close()
+
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(list(uids.values()), tmp_path / "in")
+        wait_for(lambda: sum(refused.values()) == 1 and due() > time.time() + 300, 20,
+                 "the file refused and waiting out its backoff")
+        before = due()
+        cfg.write_text(cfg.read_text().replace("level: info", "level: debug"))
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        assert due() == before
+    finally:
+        assert d.stop() == 0
+    assert refused == {u: 1 for u in uids}
+
+
+def test_jobs_queued_after_a_reload_for_a_destination_it_removed_are_held(
+        make_scp, tmp_path: Path) -> None:
+    """A batch intake took under the old file may commit jobs for a destination the
+    reload removed after the reload held the removed ones: the daemon looks again for a
+    while, and holds it too, so status says why they wait and purge can take them."""
+    from tests.spoolutil import accept_file
+
+    pacs = make_scp()
+    cfg = write_config(tmp_path, pacs.port)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def old() -> dict:
+        out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
+                              "--json"], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)["destinations"].get("old", {})
+
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        d.signal(signal.SIGHUP)
+        d.wait_ready(count=2)
+        [ct] = unique_copies(tmp_path / "corpus", 1).values()
+        with Spool(tmp_path / "spool") as spool:  # the old file's batch, committed late
+            accept_file(spool, ct, ("old",))
+        wait_for(lambda: old().get("state") == "held", 20, "the removed destination held")
+        assert "removed from the configuration" in old()["last_error"]
+    finally:
+        assert d.stop() == 0
+
+
 def test_a_destination_removed_with_jobs_is_held_then_resumes(make_scp, tmp_path: Path) -> None:
     pacs = make_scp()
     down = free_port()  # nothing listens: the archive's jobs stay pending

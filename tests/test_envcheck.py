@@ -431,6 +431,24 @@ def test_a_spool_directory_that_cannot_be_made_stops_the_start_with_exit_78(
     assert caught.value.exit_code == EXIT_CONFIG
 
 
+def test_a_spool_directory_the_kernel_refuses_stops_the_daemon_with_exit_78(
+        tmp_path: Path) -> None:
+    """Past the machine checks (here they are skipped, as for a path they cannot see
+    through), the daemon makes the spool directory itself: a refusal is exit 78 with
+    the path, not exit 1 and a restart."""
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, Path("/proc/dicom-forwarder-spool"), [tmp_path / "in"])
+    code = ("import sys\nfrom forwarder.config import envcheck\n"
+            "envcheck.check = lambda cfg: envcheck.Findings()\n"
+            "from forwarder.daemon import run\nsys.exit(run(sys.argv[1], 'stderr'))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert run.returncode == 78, run.stderr
+    assert "cannot start: cannot create the spool directory /proc/dicom-forwarder-spool: " \
+        "No such file or directory" in run.stderr
+
+
 def test_resume_on_a_destination_that_is_ok_does_not_claim_a_probe(tmp_path: Path,
                                                                     capsys) -> None:
     (tmp_path / "in").mkdir()
