@@ -8,7 +8,6 @@ watcher's state is only ever changed on the watcher's thread.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import queue
 from collections.abc import Iterable, Sequence
@@ -55,19 +54,15 @@ class Finished:
     again_after: float | None = None
 
 
+
 def under(cands: Iterable[Candidate], watches: Sequence[Watch]) -> tuple[list[Candidate],
                                                                         list[Candidate]]:
-    """``cands`` with their watch folders as ``watches`` (a configuration) has them, found
-    by path: a folder a reload renamed or changed is routed by its new name and settings,
-    as its new watcher would offer its files. Second, the candidates of folders
-    ``watches`` no longer has: not to be taken (their files stay in place)."""
-    by_path = {w.path: w for w in watches}
+    """``cands`` split by a configuration's ``watches``: those whose watch folder it has
+    as they were found, and the others, found under a configuration a reload replaced
+    (the folder renamed, its settings or filters changed, or removed). The watchers of
+    the new configuration look at those folders afresh: not to be taken from here."""
     kept: list[Candidate] = []
-    gone: list[Candidate] = []
+    stale: list[Candidate] = []
     for c in cands:
-        w = by_path.get(c.watch.path)
-        if w is None:
-            gone.append(c)
-        else:
-            kept.append(c if w == c.watch else dataclasses.replace(c, watch=w))
-    return kept, gone
+        (kept if c.watch in watches else stale).append(c)
+    return kept, stale

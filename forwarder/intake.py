@@ -185,11 +185,12 @@ class Intake:
         self._judged.clear()
         before = self.accepted
         cfg = self.cfg  # one configuration for the whole batch, whatever a reload does
-        cands, gone = under(cands, cfg.watch)
-        for cand in gone:  # its folder left the configuration: no longer watched
-            LOGGER.info("%s: left in place: its watch folder %s is no longer configured",
-                        cand.shown, cand.watch.path)
-            cand.finished(False)
+        cands, stale = under(cands, cfg.watch)
+        for cand in stale:  # its watcher is being stopped: the new ones look afresh
+            cand.finished(True)
+        if stale:
+            LOGGER.info("%d file(s) found under the configuration a reload replaced are "
+                        "left in place for the watch folders of the new one", len(stale))
         try:
             for cand in cands:
                 opened = self._guarded_open(cand, cfg)

@@ -625,22 +625,32 @@ def _found(cfg: config.Config, tmp_path: Path) -> Candidate:
 
 
 @pytest.mark.parametrize("unrouted", ["delete", "quarantine"])
-def test_a_file_found_before_a_reload_renamed_its_folder_is_routed_by_the_new_name(
+def test_a_file_found_before_a_reload_renamed_its_folder_is_taken_by_the_new_watcher(
         tmp_path: Path, unrouted: str) -> None:
     """A reload renames the watch folder, its route following the new name, while a
-    file the old watcher found waits in intake's queue: it is taken under the folder's
-    new name (known by its path). It was routed by the old name against the new routes:
-    quarantined, or deleted under ``unrouted: delete``."""
+    file the old watcher found waits in intake's queue. It was routed by the old name
+    against the new routes: quarantined, or deleted under ``unrouted: delete``. It is
+    left in place for the folder's new watcher, which takes it under the new name."""
+    import queue
+
+    from forwarder.candidate import Finished
+
     old = _reloaded(tmp_path, "modality", "{watch: modality}", unrouted)
-    cand = _found(old, tmp_path)
+    found = _found(old, tmp_path)
+    outbox: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+    cand = dataclasses.replace(found, outbox=outbox)
     new = _reloaded(tmp_path, "ct-room", "{watch: ct-room}", unrouted)
     with Spool(new.spool) as spool:
-        intake = Intake(new, spool)
-        assert intake.process([cand]) == 1
-        assert spool.quarantined() == [] and not Path(cand.path).exists()
-        assert spool.db.execute("SELECT o.sop_instance, o.watch, j.destination FROM objects "
-                                "o JOIN jobs j ON j.object_id = o.id").fetchall() == \
-            [(CT_UID, "ct-room", "pacs")]
+        assert Intake(new, spool).process([cand]) == 0
+        assert spool.counts() == {} and spool.quarantined() == []
+    assert Path(cand.path).read_bytes() == CT.read_bytes()
+    verdict = outbox.get_nowait()  # to the old watcher, stopped: not offered again by it
+    assert (verdict.cand, verdict.left_in_place) == (cand, True)
+    with Pipeline(new) as p:
+        wait_for(lambda: p.jobs() == [("pacs", "pending", CT_UID)], 10, "the CT taken")
+        assert [o["source"] for o in p.objects()] == [cand.path]
+        assert p.spool.db.execute("SELECT watch FROM objects").fetchall() == [("ct-room",)]
+    assert not Path(cand.path).exists()
 
 
 def test_a_file_found_before_a_reload_that_removed_its_folder_stays_in_place(
