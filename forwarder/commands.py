@@ -178,7 +178,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise UsageError("say which failed jobs to requeue: --destination NAME or --all-failed")
     cfg, spool = _open_spool(args, destination=args.destination)
     with spool:
-        n = spool.requeue_failed([args.destination] if args.destination else cfg.destinations)
+        n = spool.requeue_failed([args.destination] if args.destination else
+                                 list(cfg.destinations))
         removed = {name: row["failed"] for name, row in spool.status(())["destinations"].items()
                    if name not in cfg.destinations and row["failed"]}
     print(f"requeued {n} failed job(s)")

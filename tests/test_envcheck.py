@@ -407,10 +407,8 @@ def test_a_spool_on_a_kernel_or_network_file_system_is_refused_at_check_and_star
                              timeout=60)
         assert run.returncode == 78 and f"spool: {spool} is on {kind}" in run.stderr, run
         assert not os.path.exists(spool)
-    from forwarder.spool import durable
-
-    real = durable.filesystem_type
-    monkeypatch.setattr(durable, "filesystem_type", lambda p: "nfs4" if str(p).startswith(
+    real = envcheck.filesystem_type
+    monkeypatch.setattr(envcheck, "filesystem_type", lambda p: "nfs4" if str(p).startswith(
         str(tmp_path / "share")) else real(p))
     (tmp_path / "share").mkdir()
     cfg = write(tmp_path, tmp_path / "share" / "spool", [tmp_path / "in"])  # not made yet

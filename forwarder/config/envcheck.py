@@ -30,6 +30,7 @@ from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
+from forwarder.spool.durable import filesystem_type, unusable_fs
 from forwarder.tls import DER_INSTALL, cipher_problem
 
 # what the daemon writes in the spool directory
@@ -99,8 +100,6 @@ class _Checker:
         spool = Path(raw)
         shown = raw if spool.is_absolute() else f"{raw} (= {spool.absolute()}, relative " \
             f"to the current directory; use an absolute path)"
-        from forwarder.spool.durable import filesystem_type, unusable_fs
-
         there = spool.absolute()  # the spool, or the folder it would be made in
         while not there.exists() and there != there.parent:
             there = there.parent
@@ -131,9 +130,7 @@ class _Checker:
                 self.issue(("spool",), f"{', '.join(bad)} cannot be written by user "
                            f"{self.user}: chown -R {self.user}: {spool.absolute()}")
             return
-        parent = spool.absolute().parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
+        parent = there
         if read_only(parent):
             self.issue(("spool",), f"{shown} does not exist and cannot be created: {parent} "
                        f"is on a {READ_ONLY}; under systemd the unit's StateDirectory= "

@@ -23,7 +23,7 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,7 +190,7 @@ class Spool:
         """Pending jobs that have waited more than ``age``: how many, the oldest's age."""
         return queue.older_than(self, destination, age, now)
 
-    def requeue_failed(self, destinations: Collection[str], now: float | None = None) -> int:
+    def requeue_failed(self, destinations: list[str], now: float | None = None) -> int:
         """Operator retry of the failed jobs of ``destinations``: ``failed`` ->
         ``pending``, due now, attempts reset, its ``max_age`` counted from now."""
         return queue.requeue_failed(self, destinations, now)

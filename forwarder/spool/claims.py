@@ -115,7 +115,7 @@ def _journal_fields(spool: Spool, job: int, owner: str) -> dict[str, str | int] 
     if row is None:
         return None
     names = ("SOP_INSTANCE_UID", "SOP_CLASS_UID", "STUDY_INSTANCE_UID")
-    fields: dict[str, str | int] = {k: str(v) for k, v in zip(names, row, strict=False)
+    fields: dict[str, str | int] = {k: str(v) for k, v in zip(names, row[:3], strict=True)
                                     if v is not None}
     fields["ATTEMPT"] = int(row[3]) + 1
     return fields

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from forwarder import retry as backoff
@@ -170,18 +170,17 @@ def older_than(spool: Spool, destination: str, age: float,
     return int(n), (now - first) if first is not None else 0.0
 
 
-def requeue_failed(spool: Spool, destinations: Collection[str],
-                   now: float | None = None) -> int:
+def requeue_failed(spool: Spool, destinations: list[str], now: float | None = None) -> int:
     """Operator retry of the failed jobs of ``destinations``: ``failed`` -> ``pending``,
     due now, attempts reset, and its ``max_age`` counted again from now (else a job
     failed as expired would expire again at the next check, without one attempt)."""
     now = time.time() if now is None else now
-    names = list(destinations)
     with spool._tx() as db:
+        marks = ",".join("?" * len(destinations))
         cur = db.execute(f"UPDATE jobs SET state='pending', attempts=0, aborts=0, "
                          f"deaths=0, next_attempt_at=?, updated_at=?, created_at=? "
-                         f"WHERE state='failed' AND destination IN "
-                         f"({','.join('?' * len(names))})", (now, now, now, *names))
+                         f"WHERE state='failed' AND destination IN ({marks})",
+                         (now, now, now, *destinations))
         n = cur.rowcount
     spool._notify()
     return n
