@@ -246,6 +246,32 @@ def test_readme_first_command_config_end_to_end(tmp_path: Path) -> None:
         rx.wait(10)
 
 
+def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command on ``cfg``'s spool, as an operator runs it beside the daemon."""
+    return subprocess.run([sys.executable, "-m", "forwarder", *args, "-c", str(cfg)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True)
+
+
+def _destinations(cfg: Path) -> dict:
+    """``status --json``'s destinations, as a monitoring script reads them."""
+    out = _cli(cfg, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["destinations"]
+
+
+def _with_archive(tmp_path: Path, pacs: int, archive: int) -> tuple[Path, str, str]:
+    """A configuration routing to pacs and to an archive on port ``archive``, written:
+    the file, its text without the archive and with it."""
+    cfg = write_config(tmp_path, pacs)
+    base = cfg.read_text()
+    both = base.replace("routes:\n  - to: [pacs]",
+                        f"  archive: {{host: 127.0.0.1, port: {archive}}}\n"
+                        "routes:\n  - to: [pacs, archive]")
+    cfg.write_text(both)
+    return cfg, base, both
+
+
 def test_a_removed_destination_with_failed_jobs_only_is_held_and_purged_while_running(
         make_scp, tmp_path: Path) -> None:
     """A destination whose every job failed, taken out of the file and reloaded, is held
@@ -256,21 +282,11 @@ def test_a_removed_destination_with_failed_jobs_only_is_held_and_purged_while_ru
     refused: collections.Counter[str] = collections.Counter()
     refusing = make_scp(status=lambda event: refused.update(  # cannot understand: failed
         [str(event.request.AffectedSOPInstanceUID)]) or 0xC000)
-    cfg = write_config(tmp_path, pacs.port)
-    base = cfg.read_text()
-    both = base.replace("routes:\n  - to: [pacs]",
-                        f"  archive: {{host: 127.0.0.1, port: {refusing.port}}}\n"
-                        "routes:\n  - to: [pacs, archive]")
-    cfg.write_text(both)
+    cfg, base, _both = _with_archive(tmp_path, pacs.port, refusing.port)
     uids = unique_copies(tmp_path / "corpus", 2)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "forwarder", *args, "-c", str(cfg)],
-                              env=env, capture_output=True, text=True)
 
     def archive() -> dict:
-        return json.loads(cli("status", "--json").stdout)["destinations"]["archive"]
+        return _destinations(cfg)["archive"]
 
     d = DaemonProcess(cfg, tmp_path)
     try:
@@ -284,11 +300,11 @@ def test_a_removed_destination_with_failed_jobs_only_is_held_and_purged_while_ru
         row = archive()
         assert (row["state"], row["pending"], row["failed"]) == ("held", 0, 2)
         assert "removed from the configuration" in row["last_error"]
-        purged = cli("purge", "--removed-destination", "archive")
+        purged = _cli(cfg, "purge", "--removed-destination", "archive")
         assert purged.returncode == 0, purged.stderr
         assert "deleted the jobs of removed destination archive: 2 not delivered" in \
             purged.stdout
-        assert "archive" not in json.loads(cli("status", "--json").stdout)["destinations"]
+        assert "archive" not in _destinations(cfg)
     finally:
         assert d.stop() == 0
     assert pacs.counts() == {u: 1 for u in uids} and refused == {u: 1 for u in uids}
@@ -303,12 +319,9 @@ def test_a_reload_that_mends_a_held_destination_probes_it_at_once(make_scp,
     cfg = write_config(tmp_path, pacs.port, extra_dest="    called_ae_title: WRONG\n")
     cfg.write_text(cfg.read_text().replace("max: 1s", "max: 10m"))
     uids = unique_copies(tmp_path / "corpus", 2)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def pacs_status() -> dict:
-        out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
-                              "--json"], env=env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)["destinations"]["pacs"]
+        return _destinations(cfg)["pacs"]
 
     d = DaemonProcess(cfg, tmp_path)
     try:
@@ -373,12 +386,9 @@ def test_jobs_queued_after_a_reload_for_a_destination_it_removed_are_held(
 
     pacs = make_scp()
     cfg = write_config(tmp_path, pacs.port)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def old() -> dict:
-        out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
-                              "--json"], env=env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)["destinations"].get("old", {})
+        return _destinations(cfg).get("old", {})
 
     d = DaemonProcess(cfg, tmp_path)
     try:
@@ -397,19 +407,8 @@ def test_jobs_queued_after_a_reload_for_a_destination_it_removed_are_held(
 def test_a_destination_removed_with_jobs_is_held_then_resumes(make_scp, tmp_path: Path) -> None:
     pacs = make_scp()
     down = free_port()  # nothing listens: the archive's jobs stay pending
-    cfg = write_config(tmp_path, pacs.port)
-    base = cfg.read_text()
-    both = base.replace("routes:\n  - to: [pacs]",
-                        f"  archive: {{host: 127.0.0.1, port: {down}}}\n"
-                        "routes:\n  - to: [pacs, archive]")
-    cfg.write_text(both)
+    cfg, base, both = _with_archive(tmp_path, pacs.port, down)
     uids = unique_copies(tmp_path / "corpus", 5)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def status() -> dict:
-        out = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg),
-                              "--json"], env=env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)["destinations"]
 
     d = DaemonProcess(cfg, tmp_path)
     try:
@@ -419,7 +418,7 @@ def test_a_destination_removed_with_jobs_is_held_then_resumes(make_scp, tmp_path
         cfg.write_text(base)  # archive removed while it still has 5 jobs
         d.signal(signal.SIGHUP)
         d.wait_ready(count=2)
-        archive = status()["archive"]
+        archive = _destinations(cfg)["archive"]
         assert archive["state"] == "held" and archive["pending"] == 5
         assert "removed from the configuration" in archive["last_error"]
         archive_peer = make_scp()
