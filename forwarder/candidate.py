@@ -54,7 +54,6 @@ class Finished:
     again_after: float | None = None
 
 
-
 def under(cands: Iterable[Candidate], watches: Sequence[Watch]) -> tuple[list[Candidate],
                                                                         list[Candidate]]:
     """``cands`` split by a configuration's ``watches``: those whose watch folder it has
