@@ -188,6 +188,7 @@ class Intake:
         cands, stale = under(cands, cfg.watch)
         for cand in stale:  # its watcher is being stopped: the new ones look afresh
             cand.finished(True)
+            self._no_room.discard(cand.path)  # waits for room no more: may end a pause
         if stale:
             LOGGER.info("%d file(s) found under the configuration a reload replaced are "
                         "left in place for the watch folders of the new one", len(stale))

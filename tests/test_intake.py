@@ -671,6 +671,25 @@ def test_a_file_found_before_a_reload_that_removed_its_folder_stays_in_place(
     assert Path(cand.path).read_bytes() == CT.read_bytes()
 
 
+def test_a_file_left_to_the_new_watchers_no_longer_holds_a_full_spools_pause(
+        tmp_path: Path) -> None:
+    """The spool was full and put the file back to wait for room; then a reload removed
+    its folder. Intake leaves the file to the new watchers, and it no longer counts as
+    waiting for room: else intake's pause, which ends once no file waits, never ended."""
+    old = _reloaded(tmp_path, "modality", "{watch: modality}", "delete")
+    cand = _found(old, tmp_path)
+    (tmp_path / "other").mkdir()
+    new = config.parse(
+        f"spool: {tmp_path / 'spool'}\nwatch:\n  - {{name: other, path: {tmp_path / 'other'}}}\n"
+        "destinations:\n  pacs: {host: 127.0.0.1, port: 1}\nroutes:\n  - to: [pacs]\n",
+        "reloaded.yaml")
+    with Spool(new.spool) as spool:
+        intake = Intake(new, spool)
+        intake._no_room.add(cand.path)  # as the full spool's refusal of its batch left it
+        assert intake.process([cand]) == 0
+        assert intake._no_room == set()
+
+
 def test_a_reload_while_a_file_is_probed_routes_it_by_one_configuration(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reload lands between a file's probe and its routing: the old routes match on
