@@ -155,7 +155,8 @@ def test_spool_on_network_filesystem_is_refused(tmp_path: Path, monkeypatch) -> 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root (CI runs as root)")
 def test_the_file_system_seen_at_a_path_is_the_last_mounted_there(tmp_path: Path) -> None:
     """Two mounts on one path (an automount over its autofs trigger, a mount over
-    another): the one seen is the last, and the spool's checks ask about that one."""
+    another), or one over a parent of another: the file system asked about is the one a
+    file made at the path would be on."""
     import subprocess
 
     under = tmp_path / "mnt"
@@ -168,8 +169,16 @@ def test_the_file_system_seen_at_a_path_is_the_last_mounted_there(tmp_path: Path
         finally:
             subprocess.run(["umount", str(under)], check=True)
         assert filesystem_type(under / "spool") == "tmpfs"
+        # a mount over a parent hides one below it: its longer mount point is not where
+        # the spool would be made
+        (under / "inner").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(under / "inner")],
+                       check=True)
+        subprocess.run(["mount", "-t", "ramfs", "ramfs", str(under)], check=True)
+        assert filesystem_type(under / "inner" / "spool") == "ramfs"
     finally:
-        subprocess.run(["umount", "-l", str(under)], check=False)
+        for _ in range(3):
+            subprocess.run(["umount", "-l", str(under)], check=False, capture_output=True)
 
 
 def test_status_retry_and_failed_commands(tmp_path: Path, capsys) -> None:

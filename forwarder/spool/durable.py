@@ -157,24 +157,33 @@ def _writeback() -> Callable[[int, int, int, int], int] | None:
 
 
 def filesystem_type(path: Path) -> str:
-    """The type of the filesystem ``path`` lives on, from /proc/self/mounts ('' if unknown)."""
-    real = os.path.realpath(path)
-    best, kind = "", ""
+    """The type of the file system ``path`` (or, not made yet, its nearest folder) is
+    on: the mount whose device is the folder's, from /proc/self/mountinfo, whatever is
+    mounted over a parent or how the mount point is spelt; else (a btrfs subvolume's own
+    device) the longest mount point holding it ('' if unknown)."""
+    there = Path(os.path.realpath(path))
+    while not there.exists() and there != there.parent:
+        there = there.parent
     try:
-        with open("/proc/self/mounts") as fp:
-            for line in fp:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mnt = parts[1].replace("\\040", " ")
-                # the last of mounts on one path is the one seen (an automount's file
-                # system is listed after its autofs trigger)
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and \
-                        len(mnt) >= len(best):
-                    best, kind = mnt, parts[2]
+        dev = os.stat(there).st_dev
+        with open("/proc/self/mountinfo") as fp:
+            mounts = [line.split(" - ", 1) for line in fp if " - " in line]
     except OSError:
         return ""
-    return kind
+    kind, best, longest = "", "", ""
+    for left, right in mounts:
+        parts, fs = left.split(), right.split()
+        if len(parts) < 5 or not fs:
+            continue
+        if parts[2] == f"{os.major(dev)}:{os.minor(dev)}":
+            kind = fs[0]  # the last of mounts of one device: any is of the same type
+        mnt = parts[4].replace("\\040", " ")
+        # the last of mounts on one path is the one seen (an automount's file system is
+        # listed after its autofs trigger)
+        if (str(there) == mnt or str(there).startswith(mnt.rstrip("/") + "/")) and \
+                len(mnt) >= len(best):
+            best, longest = mnt, fs[0]
+    return kind or longest
 
 
 def place(fd: int, source: str, tmp: Path, final: Path, link_ok: bool,
