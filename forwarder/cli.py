@@ -8,6 +8,7 @@ import select
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from forwarder import __version__
 from forwarder.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, ConfigError, ForwarderError
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config);
     1 without a word when stdout's reader went away before all was written."""
+    out = sys.stdout
+    sys.stdout = _Output(out)  # type: ignore[assignment]
     try:
         code = _run(argv)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is met in the try
@@ -80,7 +83,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _reader_gone():
             raise  # a socket's, not stdout's: a fault to see
         return _quiet()
+    except _OutputFailed as exc:  # stdout on a full disk, a failing device (> /dev/full)
+        print(f"dicom-forwarder: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return _quiet()
+    finally:
+        sys.stdout = out
     return code
+
+
+class _OutputFailed(OSError):
+    """Writing to stdout failed (not a closed pipe): said in words, not a traceback."""
+
+
+class _Output:
+    """stdout, whose own write errors are told apart from any other file's."""
+
+    def __init__(self, out: TextIO):
+        self._out = out
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc.errno, exc.strerror) from exc
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc.errno, exc.strerror) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
 
 
 def _reader_gone() -> bool:

@@ -100,3 +100,19 @@ def test_receive_names_an_output_folder_it_cannot_create_not_the_port(tmp_path: 
                          capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stderr.strip()) == (
         EXIT_FAILURE, f"dicom-forwarder: cannot create the output folder {out}: Not a directory")
+
+
+def test_an_output_that_cannot_be_written_is_said_in_words(tmp_path: Path) -> None:
+    """``status > /dev/full`` (stdout on a full disk) ended in a Python traceback; it
+    says what failed, with exit 1."""
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(f"spool: {tmp_path / 'spool'}\ndestinations:\n  pacs: {{host: h, port: 1}}\n"
+                   "routes:\n  - to: [pacs]\n")
+    Spool(tmp_path / "spool").close()
+    for args in (["status"], ["status", "--json"], ["failed"]):
+        with open("/dev/full", "w") as full:
+            run = subprocess.run([sys.executable, "-m", "forwarder", *args, "-c", str(cfg)],
+                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert (run.returncode, run.stderr) == (
+            EXIT_FAILURE, "dicom-forwarder: cannot write the output: No space left on device\n")
