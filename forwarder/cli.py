@@ -75,10 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code (0 ok, 1 failure, 2 usage, 78 config);
     1 without a word when stdout's reader went away before all was written."""
     out = sys.stdout
-    sys.stdout = _Output(out)  # type: ignore[assignment]
+    if out is not None:  # None: started with stdout closed, and print() writes nothing
+        sys.stdout = _Output(out)  # type: ignore[assignment]
     try:
         code = _run(argv)
-        sys.stdout.flush()  # here, not at exit, so a closed pipe is met in the try
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, not at exit, so a closed pipe is met in the try
     except BrokenPipeError:
         if not _reader_gone():
             raise  # a socket's, not stdout's: a fault to see

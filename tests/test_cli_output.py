@@ -116,3 +116,9 @@ def test_an_output_that_cannot_be_written_is_said_in_words(tmp_path: Path) -> No
                                  env={**os.environ, "PYTHONPATH": str(REPO)})
         assert (run.returncode, run.stderr) == (
             EXIT_FAILURE, "dicom-forwarder: cannot write the output: No space left on device\n")
+    # started with stdout closed: nothing to write to, and nothing fails
+    run = subprocess.run([sys.executable, "-m", "forwarder", "status", "-c", str(cfg)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         pass_fds=(), preexec_fn=lambda: os.close(1))
+    assert (run.returncode, run.stderr) == (0, "")
