@@ -6,6 +6,7 @@ import selectors
 import socket
 import sqlite3
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class Gate:
         self.target = target_port
         self.down = down
         self.attempts = 0
+        self.times: list[float] = []  # when each attempt came (time.monotonic())
         self._sock = socket.create_server(("127.0.0.1", self.port))
         self._sock.settimeout(0.2)
         self._stop = threading.Event()
@@ -37,6 +39,7 @@ class Gate:
                 continue
             except OSError:
                 return
+            self.times.append(time.monotonic())
             self.attempts += 1
             if self.down:
                 conn.close()

@@ -95,11 +95,14 @@ def test_peer_down_at_start_backs_off_without_a_storm(make_scp, tmp_path: Path) 
         d = DaemonProcess(cfg, tmp_path)
         try:
             d.wait_ready()
-            started = time.monotonic()
             wait_for(lambda: gate.attempts >= 5, 30, "five connection attempts")
-            down_for = time.monotonic() - started
-            # 0.2 + 0.4 + 0.8 + 1.6 s: five attempts take about 3 s, a storm far less
-            assert down_for > 2.0, f"{gate.attempts} attempts in {down_for:.1f}s"
+            first = gate.times[:5]
+            # each of the 3 associations may try once before the first failure holds the
+            # destination back; then one probe at a time, 0.2, 0.4, 0.8 s apart. A storm
+            # comes all at once. (Not the time from READY: on a busy machine the workers'
+            # first tries may come close together.)
+            close = sum(1 for a, b in zip(first, first[1:], strict=False) if b - a < 0.15)
+            assert close <= 2, f"attempts at {[round(t - first[0], 2) for t in first]} s"
             attempts_while_down = gate.attempts
             gate.down = False
             wait_for(lambda: len(peer.counts()) == 60, 60, "everything after the peer came up")
