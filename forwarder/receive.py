@@ -60,7 +60,11 @@ class Receiver:
         return 0x0000
 
     def start(self) -> Receiver:
-        self.output.mkdir(parents=True, exist_ok=True)
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # said apart from a port that cannot be listened on
+            raise ForwarderError(f"cannot create the output folder {self.output}: "
+                                 f"{exc.strerror}") from exc
         ae = AE(ae_title=self.aet)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
@@ -83,11 +87,6 @@ def run(output: str, port: int, aet: str, bind: str) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    try:
-        Path(output).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ForwarderError(f"cannot create the output folder {output}: "
-                             f"{exc.strerror}") from exc
     try:
         rx = Receiver(output, port, aet, bind).start()
     except OSError as exc:
