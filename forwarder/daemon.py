@@ -23,19 +23,12 @@ from types import FrameType
 
 from forwarder import config, logs, notify, prefork, runtime, watchstate, writers
 from forwarder.config import Config, envcheck
-from forwarder.errors import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    ConfigError,
-    ForwarderError,
-    SpoolFull,
-    SpoolUnusable,
-)
+from forwarder.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ForwarderError, SpoolFull
 from forwarder.intake import Intake
 from forwarder.logs import event
 from forwarder.sender import DestinationSender, backoff_policy
 from forwarder.spool import Spool
-from forwarder.spool.durable import FULL
+from forwarder.spool.durable import FULL, creating
 from forwarder.spool.health import REMOVED
 from forwarder.spool.retention import Keeper
 from forwarder.spoollock import SpoolLock
@@ -169,13 +162,8 @@ class Daemon:
 
     def _start(self, cfg: Config) -> None:
         self.cfg = cfg
-        try:
+        with creating(cfg.spool):
             Path(cfg.spool).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if exc.errno in FULL:
-                raise  # restarted: it starts once there is room
-            raise SpoolUnusable(f"cannot create the spool directory {cfg.spool}: "
-                                f"{exc.strerror}") from exc
         self.lock = SpoolLock(cfg.spool).acquire(self.config_path)
         self.spool = Spool(cfg.spool)
         caps = [backoff_policy(d) for d in cfg.destinations.values()]

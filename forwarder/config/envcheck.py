@@ -30,7 +30,7 @@ from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
-from forwarder.spool.durable import filesystem_type, unusable_fs
+from forwarder.spool.durable import filesystem_type, nearest_folder, unusable_fs
 from forwarder.tls import DER_INSTALL, cipher_problem
 
 # what the daemon writes in the spool directory
@@ -100,9 +100,7 @@ class _Checker:
         spool = Path(raw)
         shown = raw if spool.is_absolute() else f"{raw} (= {spool.absolute()}, relative " \
             f"to the current directory; use an absolute path)"
-        there = spool.absolute()  # the spool, or the folder it would be made in
-        while not there.exists() and there != there.parent:
-            there = there.parent
+        there = nearest_folder(spool.absolute())  # the spool, or where it would be made
         why = unusable_fs(filesystem_type(there))
         if why:
             self.issue(("spool",), f"{shown} is {why}")
@@ -130,16 +128,15 @@ class _Checker:
                 self.issue(("spool",), f"{', '.join(bad)} cannot be written by user "
                            f"{self.user}: chown -R {self.user}: {spool.absolute()}")
             return
-        parent = there
-        if read_only(parent):
-            self.issue(("spool",), f"{shown} does not exist and cannot be created: {parent} "
+        if read_only(there):
+            self.issue(("spool",), f"{shown} does not exist and cannot be created: {there} "
                        f"is on a {READ_ONLY}; under systemd the unit's StateDirectory= "
                        "(/var/lib/dicom-forwarder) is made at start, where the unit lets "
                        "it be written")
             return
-        if not os.access(parent, os.W_OK | os.X_OK):
+        if not os.access(there, os.W_OK | os.X_OK):
             self.issue(("spool",), f"{shown} does not exist and user {self.user} cannot "
-                       f"create it ({parent} is not writable): create it "
+                       f"create it ({there} is not writable): create it "
                        f"(install -d -o {self.user} -m 750 {spool.absolute()}); under "
                        "systemd the unit's StateDirectory= (/var/lib/dicom-forwarder, or "
                        "/var/lib/dicom-forwarder-NAME for dicom-forwarder@NAME) is made at "

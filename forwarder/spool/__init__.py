@@ -65,13 +65,8 @@ class Spool:
             self.db = db.connect_readonly(self.root)
             return
         for d in (self.root, self.objects, self.quarantine_dir, self.tmp):
-            try:
+            with durable.creating(d):
                 durable.make_dir(d)
-            except OSError as exc:
-                if exc.errno in durable.FULL:
-                    raise  # the daemon is restarted, and starts once there is room
-                raise SpoolUnusable(f"cannot create the spool directory {d}: "
-                                    f"{exc.strerror}") from exc
         why = durable.unusable_fs(filesystem_type(self.root))
         if why:
             raise SpoolUnusable(f"spool {self.root} is {why}")

@@ -12,12 +12,13 @@ import errno
 import functools
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
 from forwarder import linking
-from forwarder.errors import SpoolError
+from forwarder.errors import SpoolError, SpoolUnusable
 
 FILE_MODE = 0o640  # spool files and directories: explicit modes, whatever the umask
 DIR_MODE = 0o750
@@ -39,6 +40,29 @@ def unusable_fs(kind: str) -> str:
         return f"on {kind}, a kernel file system where no spool can be made; put the " \
             "spool on a local disk (under systemd: /var/lib/dicom-forwarder)"
     return ""
+
+
+@contextmanager
+def creating(path: Path | str) -> Iterator[None]:
+    """Around making the spool directory ``path``: a refusal other than a full disk (a
+    kernel file system, a folder that is a file) is the configuration's to mend,
+    :class:`SpoolUnusable`; a full disk stays an OSError (the daemon is restarted, and
+    starts once there is room)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise
+        raise SpoolUnusable(f"cannot create the spool directory {path}: "
+                            f"{exc.strerror}") from exc
+
+
+def nearest_folder(path: Path) -> Path:
+    """``path`` if it exists, else the nearest of its parents that does: where it would
+    be made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def digest(fd: int) -> str:
@@ -161,9 +185,7 @@ def filesystem_type(path: Path) -> str:
     on: the mount whose device is the folder's, from /proc/self/mountinfo, whatever is
     mounted over a parent or how the mount point is spelt; else (a btrfs subvolume's own
     device) the longest mount point holding it ('' if unknown)."""
-    there = Path(os.path.realpath(path))
-    while not there.exists() and there != there.parent:
-        there = there.parent
+    there = nearest_folder(Path(os.path.realpath(path)))
     try:
         dev = os.stat(there).st_dev
         with open("/proc/self/mountinfo") as fp:
