@@ -78,6 +78,5 @@ def for_openssl(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-
 def iana_name(openssl_name: str) -> str:
     return OPENSSL_TO_IANA.get(openssl_name, openssl_name)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from forwarder import __version__
@@ -97,6 +98,17 @@ class _OutputFailed(OSError):
     """Writing to stdout failed (not a closed pipe): said in words, not a traceback."""
 
 
+@contextlib.contextmanager
+def _told_apart() -> Iterator[None]:
+    """stdout's own error, a closed pipe aside, as :class:`_OutputFailed`."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputFailed(exc.errno, exc.strerror) from exc
+
+
 class _Output:
     """stdout, whose own write errors are told apart from any other file's."""
 
@@ -104,20 +116,12 @@ class _Output:
         self._out = out
 
     def write(self, text: str) -> int:
-        try:
+        with _told_apart():
             return self._out.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _OutputFailed(exc.errno, exc.strerror) from exc
 
     def flush(self) -> None:
-        try:
+        with _told_apart():
             self._out.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _OutputFailed(exc.errno, exc.strerror) from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._out, name)

@@ -211,11 +211,12 @@ class DestinationSender:
                                       **(back.recorded_fields or {})}
             status = flight[worker.STATUS]
             done = outcome.store_status(status)  # the worker's Done: the status allowed it
+            said = outcome.status_text(status)
             event(LOGGER, "stored", "%s stored at %s (%s)%s; recorded by its sender: the "
-                  "worker died before it logged it", back.recorded, self.name,
-                  outcome.status_text(status), f": {done.reason}" if done.warning else "",
+                  "worker died before it logged it", back.recorded, self.name, said,
+                  f": {done.reason}" if done.warning else "",
                   level=logging.WARNING if done.warning else logging.INFO,
-                  DICOM_STATUS=outcome.status_text(status), **fields)
+                  DICOM_STATUS=said, **fields)
         if back.unrecorded:
             LOGGER.error("sender %s: recording the file it had stored failed (%s); unless "
                          "recorded, it is sent again", proc.name, back.unrecorded)
