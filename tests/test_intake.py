@@ -601,12 +601,14 @@ def test_an_unrouted_file_replaced_or_removed_before_its_deletion_is_not_said_de
         if meanwhile == "replaced" else "another program removed it first")], said
 
 
-def _reloaded(tmp_path: Path, name: str, match: str, unrouted: str) -> config.Config:
-    """The configuration a reload brings: the folder ``in`` named ``name``, one route
-    (``match``) to pacs."""
+def _reloaded(tmp_path: Path, name: str, match: str, unrouted: str,
+              folder: str = "in") -> config.Config:
+    """The configuration a reload brings: the watch folder ``folder`` named ``name``, one
+    route (``match``) to pacs."""
+    (tmp_path / folder).mkdir(exist_ok=True)
     return config.parse(
         f"spool: {tmp_path / 'spool'}\nunrouted: {unrouted}\n"
-        f"watch:\n  - {{name: {name}, path: {tmp_path / 'in'}, min_age: 300ms}}\n"
+        f"watch:\n  - {{name: {name}, path: {tmp_path / folder}, min_age: 300ms}}\n"
         "destinations:\n  pacs: {host: 127.0.0.1, port: 1}\n"
         f"routes:\n  - match: {match}\n    to: [pacs]\n", "reloaded.yaml")
 
@@ -618,7 +620,6 @@ def _found(cfg: config.Config, tmp_path: Path) -> Candidate:
 
     writers.ignore_lease_breaks()  # as the daemon does: intake may ask for leases
     ct = tmp_path / "in" / "ct.dcm"
-    ct.parent.mkdir(exist_ok=True)
     shutil.copy(CT, ct)
     os.utime(ct, (ct.stat().st_mtime - 60, ct.stat().st_mtime - 60))
     return Candidate(cfg.watch[0], str(ct), "ct.dcm", Signature.of(ct.stat()), True)
@@ -659,12 +660,7 @@ def test_a_file_found_before_a_reload_that_removed_its_folder_stays_in_place(
     is not taken (its folder is no longer watched) and stays as it is."""
     old = _reloaded(tmp_path, "modality", "{watch: modality}", "delete")
     cand = _found(old, tmp_path)
-    (tmp_path / "other").mkdir()
-    new = config.parse(
-        f"spool: {tmp_path / 'spool'}\nunrouted: delete\n"
-        f"watch:\n  - {{name: other, path: {tmp_path / 'other'}}}\n"
-        "destinations:\n  pacs: {host: 127.0.0.1, port: 1}\nroutes:\n  - to: [pacs]\n",
-        "reloaded.yaml")
+    new = _reloaded(tmp_path, "other", "{watch: other}", "delete", folder="other")
     with Spool(new.spool) as spool:
         assert Intake(new, spool).process([cand]) == 0
         assert spool.counts() == {} and spool.quarantined() == []
@@ -678,11 +674,7 @@ def test_a_file_left_to_the_new_watchers_no_longer_holds_a_full_spools_pause(
     waiting for room: else intake's pause, which ends once no file waits, never ended."""
     old = _reloaded(tmp_path, "modality", "{watch: modality}", "delete")
     cand = _found(old, tmp_path)
-    (tmp_path / "other").mkdir()
-    new = config.parse(
-        f"spool: {tmp_path / 'spool'}\nwatch:\n  - {{name: other, path: {tmp_path / 'other'}}}\n"
-        "destinations:\n  pacs: {host: 127.0.0.1, port: 1}\nroutes:\n  - to: [pacs]\n",
-        "reloaded.yaml")
+    new = _reloaded(tmp_path, "other", "{watch: other}", "quarantine", folder="other")
     with Spool(new.spool) as spool:
         intake = Intake(new, spool)
         intake._no_room.add(cand.path)  # as the full spool's refusal of its batch left it
