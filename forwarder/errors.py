@@ -52,8 +52,8 @@ class SpoolError(ForwarderError):
 
 class SpoolUnusable(SpoolError):
     """The spool cannot be made or kept where the configuration puts it (a network or
-    kernel file system, a directory that cannot be created): no restart fixes that, so
-    the daemon refuses to start with exit 78."""
+    kernel file system, a directory that cannot be created), or its index was written by
+    a newer version: no restart fixes that, so the daemon refuses to start with exit 78."""
 
     exit_code = EXIT_CONFIG
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from forwarder.errors import SpoolError, SpoolFull, SpoolIndexError
+from forwarder.errors import SpoolError, SpoolFull, SpoolIndexError, SpoolUnusable
 from forwarder.spool import durable
 
 INDEX = "index.sqlite"
@@ -101,9 +101,9 @@ def migrate(db: sqlite3.Connection) -> int:
     try:
         found = db.execute("PRAGMA user_version").fetchone()[0]
         if found > VERSION:
-            raise SpoolError(f"the spool index is at schema version {found}, newer than this "
-                             f"version of dicom-forwarder knows ({VERSION}): run the newer "
-                             "version, or restore the index it can read")
+            raise SpoolUnusable(f"the spool index is at schema version {found}, newer than "
+                                f"this version of dicom-forwarder knows ({VERSION}): run the "
+                                "newer version, or restore the index it can read")
         empty = not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
         if empty:
             _create(db)
