@@ -381,6 +381,36 @@ def test_keep_source_takes_nothing_twice_across_a_restart(tmp_path: Path) -> Non
         wait_for(lambda: len(p.jobs()) == 11, 10, "the rewritten file taken again")
 
 
+def test_keep_source_knows_its_files_when_the_folder_is_named_another_way(
+        tmp_path: Path) -> None:
+    """Kept files taken and delivered; the watch folder then named through a symlink to
+    it, and through a symlink to its parent (a restart, or a reload, with the
+    configuration respelt): its files are the ones taken already, none is taken twice;
+    a new file is taken."""
+    cfg = make_config(tmp_path, watch="keep_source: true\nrescan: 300ms")
+    uids = unique_copies(tmp_path / "in", 5)
+    with Pipeline(cfg) as p:
+        wait_for(lambda: len(p.objects()) == 5, 15, "5 files in the spool")
+        jobs = p.spool.claim("pacs", 10, owner="1@t")
+        p.spool.done([j.id for j in jobs], owner="1@t")  # delivered: nothing left to match
+        assert p.jobs() == [] and p.objects() == []
+    (tmp_path / "link").symlink_to(tmp_path / "in", target_is_directory=True)
+    (tmp_path / "up").symlink_to(tmp_path, target_is_directory=True)
+    for spelt in (tmp_path / "link", tmp_path / "up" / "in"):
+        respelt = dataclasses.replace(
+            cfg, watch=(dataclasses.replace(cfg.watch[0], path=str(spelt)),))
+        with Pipeline(respelt) as p:
+            wait_for(lambda: p.watchers[0].scans >= 3, 10, f"scans of {spelt}")
+            assert p.jobs() == []
+    new = unique_copies(tmp_path / "new", 1, "MR_small.dcm")
+    shutil.copy(next(iter(new.values())), tmp_path / "in" / "new.dcm")
+    with Pipeline(respelt) as p:
+        wait_for(lambda: p.jobs(), 10, "the new file taken")
+        assert p.jobs() == [("pacs", "pending", next(iter(new)))]
+    assert sorted(f.name for f in (tmp_path / "in").iterdir()) == \
+        sorted([*(f.name for f in uids.values()), "new.dcm"])
+
+
 def test_a_kept_folder_larger_than_the_watchers_memory_is_taken_whole(
         tmp_path: Path) -> None:
     """keep_source on a folder of more files than the watcher remembers as left in place

@@ -165,3 +165,35 @@ def test_an_index_from_a_newer_version_is_refused_unchanged(tmp_path: Path) -> N
         Spool(root)
     assert exc.value.exit_code == 78  # no restart fixes it: systemd does not restart
     assert _version(index) == db.VERSION + 1 and os.stat(index).st_size == before
+
+
+def test_files_left_in_place_are_known_by_their_folders_real_path_after_the_upgrade(
+        tmp_path: Path) -> None:
+    """An index at version 1 remembered kept files under the folder as the configuration
+    spelt it (here through a symlink, one file under two spellings): opened, its rows
+    name the real folder, one row per file, and either spelling finds them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    kept, other = folder / "kept.dcm", folder / "other.dcm"
+    kept.write_bytes(b"left in place")
+    other.write_bytes(b"left in place too")
+    root = tmp_path / "spool"
+    Spool(root).close()
+    index = root / db.INDEX
+    spelt = [(tmp_path / "link" / "kept.dcm", kept), (kept, kept),
+             (tmp_path / "link" / "other.dcm", other)]
+    with sqlite3.connect(index) as conn:
+        conn.execute("PRAGMA user_version = 1")
+        for path, real in spelt:
+            st = real.stat()
+            conn.execute("INSERT INTO seen (path, inode, size, mtime_ns, ctime_ns) VALUES "
+                         "(?, ?, ?, ?, ?)", (str(path), st.st_ino, st.st_size,
+                                             st.st_mtime_ns, st.st_ctime_ns))
+    with Spool(root) as spool:
+        assert _version(index) == db.VERSION
+        rows = spool.db.execute("SELECT path FROM seen ORDER BY path").fetchall()
+        assert rows == [(str(kept),), (str(other),)]
+        for path, real in [*spelt, (tmp_path / "link" / ".." / "in" / "other.dcm", other)]:
+            assert spool.is_seen(str(path), real.stat())
+            assert spool.left_unchanged(str(path), real.stat())

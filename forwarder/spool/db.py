@@ -89,8 +89,17 @@ def _create(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+def _seen_by_real_folder(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: files left in place are remembered under their folder's real path,
+    however the configuration spells it (:func:`forwarder.spool.seen.key`)."""
+    from forwarder.spool import seen
+
+    seen.rekey(db)
+
+
 # MIGRATIONS[n] brings an index at version n to n + 1; append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_from_unversioned]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_from_unversioned,
+                                                          _seen_by_real_folder]
 VERSION = len(MIGRATIONS)
 
 

@@ -8,20 +8,44 @@ but none of them can set the ctime back: a changed ctime makes the content itsel
 decide (its SHA-256 against the one recorded at intake). The same content under a new
 ctime (chmod, chown, a hard link made) is remembered with that ctime, so it is hashed
 once. Rows written before ctime and content were recorded fall back to size and mtime.
+
+A row names the file by its folder's real path (:func:`key`): a folder named another
+way (through a symlink, or with ``..`` in it, after a reload or a restart) still knows
+its files. Two folders holding hard links to one file are still two folders.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
+from forwarder.paths import shown, unshown
 from forwarder.spool.durable import digest
+
+# a folder's real path, looked up again after this many seconds (a symlink retargeted)
+FOLDER_TTL = 5.0
+_folders: dict[str, tuple[str, float]] = {}
+
+
+def key(path: str) -> str:
+    """The index's name (shown form) for the file at ``path`` (shown form): the real
+    path of its folder, symlinks and ``..`` resolved, then its own name (a symlink in
+    the last place is the file itself, never followed)."""
+    folder, name = os.path.split(unshown(path))
+    now = time.monotonic()
+    real = _folders.get(folder)
+    if real is None or now - real[1] > FOLDER_TTL:
+        if len(_folders) >= 1024:
+            _folders.clear()
+        real = _folders[folder] = (os.path.realpath(folder), now)
+    return shown(os.path.join(real[0], name))
 
 
 def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None) -> bool:
     """Was this very file (``st``, open as ``fd``) taken before and is it unchanged?"""
     row = db.execute("SELECT size, mtime_ns, ctime_ns, sha256 FROM seen WHERE path=? AND "
-                     "inode=?", (path, st.st_ino)).fetchone()
+                     "inode=?", (key(path), st.st_ino)).fetchone()
     if not row or (row[0], row[1]) != (st.st_size, st.st_mtime_ns):
         return False
     ctime, sha = row[2], row[3]
@@ -43,11 +67,20 @@ def unchanged(db: sqlite3.Connection, path: str, st: os.stat_result) -> bool:
     they were then? Reads nothing but the index: a changed ctime answers False, and
     :func:`lookup` then lets the content decide."""
     row = db.execute("SELECT size, mtime_ns, ctime_ns FROM seen WHERE path=? AND inode=?",
-                     (path, st.st_ino)).fetchone()
+                     (key(path), st.st_ino)).fetchone()
     return row is not None and tuple(row) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def record(db: sqlite3.Connection, path: str, st: os.stat_result, sha: str | None) -> None:
     db.execute("INSERT OR REPLACE INTO seen (path, inode, size, mtime_ns, ctime_ns, sha256) "
                "VALUES (?, ?, ?, ?, ?, ?)",
-               (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha))
+               (key(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha))
+
+
+def rekey(db: sqlite3.Connection) -> None:
+    """Rows written under a folder's path as it was spelt, named by :func:`key` instead
+    (one file remembered under two spellings keeps one row)."""
+    for path, inode in db.execute("SELECT path, inode FROM seen").fetchall():
+        if (new := key(path)) != path:
+            db.execute("UPDATE OR REPLACE seen SET path=? WHERE path=? AND inode=?",
+                       (new, path, inode))
