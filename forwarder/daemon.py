@@ -59,10 +59,7 @@ class Daemon:
         self._fatal: BaseException | None = None
         self._status = ""
         self._stuck = False
-        self._unavailable: dict[str, str] = {}
-        self._unavailable_since: dict[str, float] = {}
-        self._paused: tuple[str, float] | None = None  # intake paused: why, since when
-        self._published: list[str] = []  # the watch folders the state was written for
+        self.published: watchstate.Publisher | None = None  # watch-state.json
         self._recheck_removed_until = 0.0  # see RECHECK_REMOVED
         self.lock: SpoolLock | None = None
 
@@ -162,6 +159,7 @@ class Daemon:
 
     def _start(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.published = watchstate.Publisher(cfg.spool)
         with creating(cfg.spool):
             Path(cfg.spool).mkdir(parents=True, exist_ok=True)
         self.lock = SpoolLock(cfg.spool).acquire(self.config_path)
@@ -245,10 +243,7 @@ class Daemon:
                 next_status = time.monotonic() + STATUS_EVERY
                 if self.cfg is not None and time.monotonic() < self._recheck_removed_until:
                     self._hold_removed(self.cfg)
-                text = self._summary()
-                if text != self._status:
-                    self._status = text
-                    notify.status(text)
+                self._publish_status()
 
     def _progressing(self) -> bool:
         """Intake and every worker show a recent heartbeat; a stall is logged once."""
@@ -273,24 +268,19 @@ class Daemon:
                 t.join(ping or 1.0)
                 if ping and t.is_alive():
                     notify.watchdog()
+
     def _watch_state(self) -> None:
         """Publish which watch folders are unavailable, and whether intake is paused on a
         full spool (``status``, STATUS=), on a change."""
+        if self.published is None:
+            return
         now = {n: w.unavailable for n, w in self.watchers.items() if w.unavailable}
         why = self.intake.paused_full if self.intake is not None else None
-        paused = None if why is None else (
-            why, self._paused[1] if self._paused else time.time())  # paused since
-        names = list(self.watchers)
-        if (now == self._unavailable and paused == self._paused and
-                names == self._published) or self.cfg is None:
-            return
-        self._published = names
-        for name in now:
-            self._unavailable_since.setdefault(name, time.time())
-        for name in set(self._unavailable_since) - set(now):
-            del self._unavailable_since[name]
-        self._unavailable, self._paused = now, paused
-        watchstate.write(self.cfg.spool, now, self._unavailable_since, paused, names)
+        if self.published.update(now, why, list(self.watchers)):
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        """STATUS= with :meth:`_summary`, when it says something new."""
         text = self._summary()
         if text != self._status:
             self._status = text
@@ -328,14 +318,7 @@ class Daemon:
         assert self.cfg is not None and self.intake is not None and self.spool is not None
         notify.reloading()
         try:
-            new = envcheck.load(self.config_path)
-            found = envcheck.check(new)
-            if found.errors:
-                raise ConfigError(found.errors)
-            new = envcheck.with_profiles(new, found)
-            for issue in found.warnings:
-                event(LOGGER, "environment", "%s", issue, level=logging.WARNING,
-                      CONFIG_FILE=self.config_path)
+            new = self._check(envcheck.load(self.config_path))
             if Path(new.spool).resolve() != Path(self.cfg.spool).resolve():
                 raise ConfigError([config.ConfigIssue(self.config_path, None, "spool",
                                    "the spool cannot move while running; restart the "

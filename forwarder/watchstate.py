@@ -38,6 +38,32 @@ def write(spool: str | os.PathLike[str], unavailable: dict[str, str],
         tmp.unlink(missing_ok=True)
 
 
+class Publisher:
+    """The state the daemon last wrote for ``spool``: written again only when it changes."""
+
+    def __init__(self, spool: str | os.PathLike[str]):
+        self.spool = spool
+        self.unavailable: dict[str, str] = {}
+        self.since: dict[str, float] = {}  # when each unavailable folder became so
+        self.paused: tuple[str, float] | None = None  # intake paused: why, since when
+        self.watches: list[str] = []
+
+    def update(self, unavailable: dict[str, str], paused_why: str | None,
+               watches: list[str]) -> bool:
+        """Write the state if it changed (see :func:`write`); whether it did."""
+        paused = None if paused_why is None else (
+            paused_why, self.paused[1] if self.paused else time.time())
+        if (unavailable, paused, watches) == (self.unavailable, self.paused, self.watches):
+            return False
+        for name in unavailable:
+            self.since.setdefault(name, time.time())
+        for name in set(self.since) - set(unavailable):
+            del self.since[name]
+        self.unavailable, self.paused, self.watches = unavailable, paused, watches
+        write(self.spool, unavailable, self.since, paused, watches)
+        return True
+
+
 def read(spool: str | os.PathLike[str]) -> dict[str, dict]:
     try:
         data = json.loads((Path(spool) / NAME).read_text())
