@@ -50,9 +50,10 @@ class Publisher:
 
     def update(self, unavailable: dict[str, str], paused_why: str | None,
                watches: list[str]) -> bool:
-        """Write the state if it changed (see :func:`write`); whether it did."""
-        paused = None if paused_why is None else (
-            paused_why, self.paused[1] if self.paused else time.time())
+        """Write the state if it changed (see :func:`write`); whether it did. A pause
+        keeps the reason it began with: its figures (free space, jobs) change by the
+        second, and ``status`` says them as they are when it is run."""
+        paused = None if paused_why is None else self.paused or (paused_why, time.time())
         if (unavailable, paused, watches) == (self.unavailable, self.paused, self.watches):
             return False
         for name in unavailable:

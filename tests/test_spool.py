@@ -652,3 +652,31 @@ def test_a_killed_daemon_s_last_view_of_its_folders_is_not_believed(tmp_path: Pa
     assert main(["status", "-c", str(cfg), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["daemon"] is None and report["watch"]["w"] == {"state": "ok", "reason": None}
+
+
+def test_the_watch_state_is_written_again_only_when_it_changes(tmp_path: Path) -> None:
+    """A folder unavailable, intake paused and resumed: each change written once; the
+    free space and job counts of a pause going on change nothing (``status`` says them
+    as they are)."""
+    from forwarder import watchstate
+
+    tmp_path.mkdir(exist_ok=True)
+    state = watchstate.Publisher(tmp_path)
+    written = []
+
+    def update(unavailable: dict[str, str], paused: str | None) -> None:
+        if state.update(unavailable, paused, ["a", "b"]):
+            written.append(watchstate.read(tmp_path))
+
+    update({}, None)
+    update({"a": "gone"}, None)
+    update({"a": "gone"}, None)
+    update({"a": "gone"}, "spool full: 900 KiB free; 3 pending")
+    update({"a": "gone"}, "spool full: 640 KiB free; 5 pending")
+    update({}, "spool full: 512 KiB free; 7 pending")
+    update({}, None)
+    assert [{n: w["state"] for n, w in d.items()} for d in written] == [
+        {}, {"a": "unavailable"}, {"a": "unavailable", "b": "paused"},
+        {"a": "paused", "b": "paused"}, {}]
+    assert written[2]["b"]["reason"] == "spool full: 900 KiB free; 3 pending"
+    assert written[3]["a"]["since"] == written[2]["b"]["since"]  # paused since the start
