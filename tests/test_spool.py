@@ -660,7 +660,6 @@ def test_the_watch_state_is_written_again_only_when_it_changes(tmp_path: Path) -
     as they are)."""
     from forwarder import watchstate
 
-    tmp_path.mkdir(exist_ok=True)
     state = watchstate.Publisher(tmp_path)
     written = []
 
