@@ -21,6 +21,9 @@ class IdentitySettings:
     positive_response: bool = False
 
 
+TOKENS = {3: "Kerberos service ticket", 4: "SAML assertion", 5: "JSON web token"}
+
+
 def identity_item(identity: IdentitySettings) -> bytes | None:
     """The encoded user identity sub-item of an A-ASSOCIATE-RQ; None: no identity."""
     if not identity.kind:
@@ -33,19 +36,24 @@ def identity_item(identity: IdentitySettings) -> bytes | None:
 
 def identity_from_files(user: str | None, password: str | None, kerberos: str | None,
                         saml: str | None, jwt: str | None, positive: bool) -> IdentitySettings:
-    """Build the identity from storescu's options or the YAML keys (secrets read from files)."""
-    def read(path: str) -> bytes:
+    """Build the identity from storescu's options or the YAML keys (secrets read from files;
+    an empty token file is refused, as storescu refuses it)."""
+    def read(path: str, what: str) -> bytes:
         try:
-            return Path(path).read_bytes()
+            token = Path(path).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+        if not token:
+            raise UsageError(f"{path} is empty: it should hold the {what} sent as the user "
+                             "identity")
+        return token
 
     if kerberos:
-        return IdentitySettings(3, read(kerberos), b"", positive)
+        return IdentitySettings(3, read(kerberos, TOKENS[3]), b"", positive)
     if saml:
-        return IdentitySettings(4, read(saml), b"", positive)
+        return IdentitySettings(4, read(saml, TOKENS[4]), b"", positive)
     if jwt:
-        return IdentitySettings(5, read(jwt), b"", positive)
+        return IdentitySettings(5, read(jwt, TOKENS[5]), b"", positive)
     if user:
         if password is not None:
             return IdentitySettings(2, user.encode(), password.encode(), positive)

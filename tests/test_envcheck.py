@@ -19,6 +19,7 @@ import pytest
 from forwarder import logs, spoollock, tls, watchstate
 from forwarder.cli import main
 from forwarder.config import envcheck, load
+from forwarder.errors import UsageError
 from forwarder.peers import peer_for
 from forwarder.spool import Spool
 from forwarder.spoollock import SpoolLock, SpoolLocked
@@ -455,6 +456,29 @@ def test_resume_on_a_destination_that_is_ok_does_not_claim_a_probe(tmp_path: Pat
     assert main(["resume", "-c", str(cfg), "pacs"]) == 0
     out = capsys.readouterr().out
     assert out == "pacs: ok, nothing to probe; its 0 pending job(s) are due now\n"
+
+
+def test_an_empty_token_file_is_an_error_and_holds_the_destination(tmp_path: Path,
+                                                                     capsys) -> None:
+    """A Kerberos ticket, SAML assertion or JWT file that is there but empty (truncated,
+    not written yet) is named at check and start, as storescu refuses it; emptied while
+    the daemon runs, the destination is held with that reason instead of proposing an
+    identity of length 0."""
+    (tmp_path / "in").mkdir()
+    token = tmp_path / "token.jwt"
+    token.touch()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"],
+                f"    identity: {{jwt_file: {token}}}")
+    assert main(["check-config", "-c", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"destinations.pacs.identity.jwt_file: {token} is empty: it should hold the JSON " \
+        "web token sent as the user identity; write it, or remove the key" in err
+    with pytest.raises(UsageError, match=f"{token} is empty"):
+        peer_for(load(str(cfg)).destinations["pacs"], "FORWARDER")
+    token.write_bytes(b"header.payload.signature")
+    assert main(["check-config", "-c", str(cfg)]) == 0
+    assert peer_for(load(str(cfg)).destinations["pacs"], "FORWARDER").identity.primary == \
+        b"header.payload.signature"
 
 
 def test_a_folder_given_for_a_file_is_said_to_be_one(tmp_path: Path, capsys) -> None:

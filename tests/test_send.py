@@ -115,11 +115,26 @@ def test_bad_inputs_get_one_line_errors(scp: StoreSCP, tmp_path: Path, capsys, a
     (["-xf", "x.cfg", "p", "-xi"], "-xf/--config-file excludes -xi/--propose-implicit"),
     (["-xf", "x.cfg", "p", "+C"], "-xf/--config-file excludes +C/--combine"),
     (["-xf", "x.cfg", "p", "-R"], "-xf/--config-file excludes -R/--required"),
+    # TLS settings without +tls/+tla: never a plain connection the user did not ask for
+    (["+cf", "/etc/hosts"], "+cf/--add-cert-file only with +tls/--enable-tls or +tla/"),
+    (["--add-cert-dir=/etc"], "+cd/--add-cert-dir only with +tls/--enable-tls or +tla/"),
+    (["-ic"], "-ic/--ignore-peer-cert only with +tls/--enable-tls or +tla/"),
+    (["+py"], "+py/--profile-bcp195-nd only with +tls/--enable-tls or +tla/"),
+    (["+cs", "TLS_RSA_WITH_AES_128_CBC_SHA"], "+cs/--cipher only with +tls/--enable-tls"),
+    (["-der"], "-der/--der-keys only with +tls/--enable-tls or +tla/--anonymous-tls"),
+    (["+tls", "k.pem", "c.pem", "-tls", "+cf", "ca.pem"], "+cf/--add-cert-file only with"),
+    (["+tla", "+pw", "x"], "+pw/--use-passwd only with +tls/--enable-tls (+tla has no key)"),
+    (["+tla", "+ws"], "+ws/--write-seed only with +rs/--seed"),
+    (["+v"], "+v/--verbose-pc only with -v/--verbose, -d/--debug or -ll info"),
+    (["-kt", "{empty}"], "is empty: it should hold the Kerberos service ticket sent as"),
+    (["--jwt", "{empty}"], "is empty: it should hold the JSON web token sent as the user"),
 ])
 def test_values_storescu_refuses_are_usage_errors_before_anything_is_sent(
-        scp: StoreSCP, capsys, args: list[str], message: str) -> None:
+        scp: StoreSCP, capsys, tmp_path: Path, args: list[str], message: str) -> None:
     """A value out of storescu's range is named at once (exit 2), never found out later
     as a traceback, a connection error or a silent change."""
+    (tmp_path / "empty").touch()
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
     assert main(["send", *args, "127.0.0.1", str(scp.port), sample("CT_small.dcm")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
@@ -131,6 +146,8 @@ def test_values_storescu_refuses_are_usage_errors_before_anything_is_sent(
     (["+cl", "5", "-xf", "x.cfg", "p"], "uncompressed"),
     (["-xd", "+cl", "5"], "deflated"),
     (["-xd", "-x=", "-xf", "x.cfg", "p"], "uncompressed"),  # the last proposal option wins
+    (["-d", "+v"], "uncompressed"),
+    (["-ll", "info", "+v"], "uncompressed"),
 ])
 def test_option_combinations_storescu_takes_are_taken(tmp_path: Path, args: list[str],
                                                       mode: str) -> None:

@@ -8,9 +8,11 @@ parser is used with ``parse_intermixed_args``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from forwarder.errors import UsageError
 from forwarder.negotiation import OPTION_TO_MODE, PROPOSE_MODES, ae_title_ok
@@ -38,11 +40,24 @@ IDENTITY_OPTIONS = ("user", "kerberos", "saml", "jwt")
 
 
 class _Parser(argparse.ArgumentParser):
+    # storescu's options that need TLS on (+tls or +tla), and those for the key (+tls)
+    need_tls: list[argparse.Action]
+    need_key: list[argparse.Action]
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see 'dicom-forwarder send --help')")
 
+    def given(self, argv: Sequence[str]) -> list[tuple[str, bool]]:
+        """The options needing TLS that ``argv`` gives (before a ``--``), each as
+        "short/long" and whether it is for the key (+tls alone)."""
+        names = {o: ("/".join(a.option_strings), a in self.need_key)
+                 for a in [*self.need_tls, *self.need_key] for o in a.option_strings}
+        return [names[name] for name in (t.split("=", 1)[0] for t in
+                                         itertools.takewhile(lambda t: t != "--", argv))
+                if name in names]
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> _Parser:
     p = _Parser(prog="dicom-forwarder send", prefix_chars="-+", add_help=False,
                 allow_abbrev=False,
                 usage="dicom-forwarder send [options] peer port dcmfile-in...",
@@ -128,44 +143,52 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("+IP", "--invent-patient", type=int, metavar="N",
                    help="invent a new patient ID and name after n studies (default: 25)")
     t = p.add_argument_group("transport layer security (TLS) options")
+    p.need_tls, p.need_key = [], []
+
+    def with_tls(*names: str, **kw: Any) -> None:
+        p.need_tls.append(t.add_argument(*names, **kw))
+
+    def with_key(*names: str, **kw: Any) -> None:
+        p.need_key.append(t.add_argument(*names, **kw))
+
     t.add_argument("-tls", "--disable-tls", dest="tls", action="store_const", const=None,
                    help="use normal TCP/IP connection (default)")
     t.add_argument("+tls", "--enable-tls", dest="tls", nargs=2, metavar=("KEY", "CERT"),
                    help="use authenticated secure TLS connection")
     t.add_argument("+tla", "--anonymous-tls", dest="tls", action="store_const", const=[],
                    help="use secure TLS connection without certificate")
-    t.add_argument("+ps", "--std-passwd", dest="passwd", action="store_const", const=None,
-                   help="prompt user to type password on stdin (default)")
-    t.add_argument("+pw", "--use-passwd", dest="passwd", help="use specified password")
-    t.add_argument("-pw", "--null-passwd", dest="passwd", action="store_const", const="",
-                   help="use empty string as password")
-    t.add_argument("-pem", "--pem-keys", dest="der", action="store_false",
-                   help="read keys and certificates as PEM file (default)")
-    t.add_argument("-der", "--der-keys", dest="der", action="store_true",
-                   help="read keys and certificates as DER file")
-    t.add_argument("+cf", "--add-cert-file", action="append", default=[], metavar="FILE",
-                   help="add certificate file to list of certificates")
-    t.add_argument("+cd", "--add-cert-dir", action="append", default=[], metavar="DIR",
-                   help="add certificates in d to list of certificates")
+    with_key("+ps", "--std-passwd", dest="passwd", action="store_const", const=None,
+             help="prompt user to type password on stdin (default)")
+    with_key("+pw", "--use-passwd", dest="passwd", help="use specified password")
+    with_key("-pw", "--null-passwd", dest="passwd", action="store_const", const="",
+             help="use empty string as password")
+    with_tls("-pem", "--pem-keys", dest="der", action="store_false",
+             help="read keys and certificates as PEM file (default)")
+    with_tls("-der", "--der-keys", dest="der", action="store_true",
+             help="read keys and certificates as DER file")
+    with_tls("+cf", "--add-cert-file", action="append", default=[], metavar="FILE",
+             help="add certificate file to list of certificates")
+    with_tls("+cd", "--add-cert-dir", action="append", default=[], metavar="DIR",
+             help="add certificates in d to list of certificates")
     for opt, long, prof in (("+px", "--profile-bcp195", "bcp195"),
                             ("+py", "--profile-bcp195-nd", "bcp195-nd"),
                             ("+pz", "--profile-bcp195-ex", "bcp195-ex"),
                             ("+pb", "--profile-basic", "basic"),
                             ("+pa", "--profile-aes", "aes"),
                             ("+pn", "--profile-null", "null")):
-        t.add_argument(opt, long, dest="profile", action="store_const", const=prof,
-                       help=f"{prof} TLS profile")
+        with_tls(opt, long, dest="profile", action="store_const", const=prof,
+                 help=f"{prof} TLS profile")
     t.add_argument("+cc", "--list-ciphers", action="store_true",
                    help="show list of supported TLS ciphersuites and exit")
-    t.add_argument("+cs", "--cipher", action="append", default=[],
-                   help="add ciphersuite to list of negotiated suites")
-    t.add_argument("+rs", "--seed", metavar="FILE", help="accepted; the TLS library seeds itself")
-    t.add_argument("+ws", "--write-seed", action="store_true", help="accepted; see +rs")
-    t.add_argument("+wf", "--write-seed-file", metavar="FILE", help="accepted; see +rs")
-    t.add_argument("-rc", "--require-peer-cert", dest="verify", action="store_true",
-                   default=True, help="verify peer certificate, fail if absent (default)")
-    t.add_argument("-ic", "--ignore-peer-cert", dest="verify", action="store_false",
-                   help="don't verify peer certificate")
+    with_tls("+cs", "--cipher", action="append", default=[],
+             help="add ciphersuite to list of negotiated suites")
+    with_tls("+rs", "--seed", metavar="FILE", help="accepted; the TLS library seeds itself")
+    with_tls("+ws", "--write-seed", action="store_true", help="accepted; see +rs")
+    with_tls("+wf", "--write-seed-file", metavar="FILE", help="accepted; see +rs")
+    with_tls("-rc", "--require-peer-cert", dest="verify", action="store_true",
+             default=True, help="verify peer certificate, fail if absent (default)")
+    with_tls("-ic", "--ignore-peer-cert", dest="verify", action="store_false",
+             help="don't verify peer certificate")
     a("peer", nargs="?", help="hostname of DICOM peer")
     a("port", nargs="?", help="tcp/ip port number of peer")
     a("files", nargs="*", metavar="dcmfile-in", help="DICOM file or directory to be transmitted")
@@ -174,9 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace, given: Sequence[tuple[str, bool]] = ()) -> None:
     """storescu's value ranges and option dependencies, each broken one a usage error
-    naming the option, before anything is read or sent."""
+    naming the option, before anything is read or sent. ``given``: the options needing
+    TLS on the command line (:meth:`_Parser.given`): never dropped silently for a plain
+    connection."""
+    for name, for_key in given:
+        if args.tls is None:
+            raise UsageError(f"{name} only with +tls/--enable-tls or +tla/--anonymous-tls "
+                             "(without them the connection is plain TCP)")
+        if for_key and not args.tls:
+            raise UsageError(f"{name} only with +tls/--enable-tls (+tla has no key)")
+    for name, value in (("+ws/--write-seed", args.write_seed),
+                        ("+wf/--write-seed-file", args.write_seed_file)):
+        if value and args.seed is None:
+            raise UsageError(f"{name} only with +rs/--seed")
+    if args.verbose_pc and LOG_LEVELS[args.log_level] > logging.INFO:
+        raise UsageError("+v/--verbose-pc only with -v/--verbose, -d/--debug or -ll info, "
+                         "debug or trace")
     for opt, value in (("-to/--timeout", args.timeout), ("-ta/--acse-timeout", args.acse_timeout),
                        ("-td/--dimse-timeout", args.dimse_timeout), ("--repeat", args.repeat),
                        ("+IR/--invent-series", args.invent_series),

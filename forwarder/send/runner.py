@@ -45,7 +45,7 @@ def run(argv: Sequence[str]) -> int:
     if args.version:
         print(f"dicom-forwarder send {__version__} (storescu-compatible C-STORE SCU)")
         return EXIT_OK
-    check(args)
+    check(args, parser.given(argv))
     _setup_logging(args)
     if args.arguments:
         print("expanded command line arguments:\n" + "\n".join(argv), file=sys.stderr)
