@@ -184,9 +184,19 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:2: destinations.a.propose: 'propose' and 'negotiation_profile' exclude each other"),
     ("destinations:\n  a: {host: h, port: 1, negotiation_profile: {file: /p.cfg}}\n",
      "f.yaml:2: destinations.a.negotiation_profile: missing required key 'profile'"),
+    # TLS settings with no word on TLS itself: never a plain connection no one asked for
+    ("destinations:\n  a:\n    host: h\n    port: 1\n    tls:\n      ca: [/ca.pem]\n",
+     "f.yaml:5: destinations.a.tls: TLS settings without 'enabled': the association would "
+     "be plain TCP. Add 'enabled: true'"),
 ])
 def test_each_error_points_at_the_problem(text: str, expected: str) -> None:
     assert any(i.startswith(expected) for i in issues(text)), issues(text)
+
+
+def test_tls_settings_kept_unused_by_enabled_false_are_taken() -> None:
+    cfg = config.parse("destinations:\n  a: {host: h, port: 1, tls: {enabled: false, "
+                       "ca: [/ca.pem]}}\n", "f.yaml")
+    assert not cfg.destinations["a"].tls.enabled
 
 
 def test_check_config_prints_all_and_exits_78(tmp_path: Path, capsys) -> None:

@@ -176,6 +176,11 @@ def parse(text: str, file: str = "<config>") -> Config:
         tls = built.tls
         if tls.enabled and not tls.anonymous and bool(tls.cert) != bool(tls.key):
             ctx.error(("destinations", name, "tls"), "cert and key go together")
+        raw_tls = d.get("tls") if isinstance(d, dict) else None
+        if isinstance(raw_tls, dict) and raw_tls and "enabled" not in raw_tls:
+            ctx.error(("destinations", name, "tls"), "TLS settings without 'enabled': the "
+                      "association would be plain TCP. Add 'enabled: true' to use them "
+                      "(storescu: +tls or +tla), or 'enabled: false' to keep them unused")
         ident = built.identity
         if ident.password_file and not ident.user:
             ctx.error(("destinations", name, "identity", "password_file"),
