@@ -25,7 +25,7 @@ CHILD = textwrap.dedent("""
     from forwarder.spool import durable
     from forwarder.spool import Incoming, Spool
     from tests.spoolutil import fake_probe
-    src, root, when = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    src, root, when, keep = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
     spool = Spool(root)
     spool.recover()
     real_flush = durable.flush
@@ -36,13 +36,14 @@ CHILD = textwrap.dedent("""
     durable.flush = flush
     paths = sorted(src.iterdir())
     fds = [os.open(p, os.O_RDONLY | os.O_NOFOLLOW) for p in paths]
-    items = [Incoming(fd, str(p), fake_probe(int(p.stem[2:])), ("pacs",), stat=os.fstat(fd))
-             for fd, p in zip(fds, paths)]
+    items = [Incoming(fd, str(p), fake_probe(int(p.stem[2:])), ("pacs",), stat=os.fstat(fd),
+                      remember=bool(keep)) for fd, p in zip(fds, paths)]
     spool.accept(items)
     if when == "after-commit":             # committed, sources not yet removed
         os.kill(os.getpid(), signal.SIGKILL)
     for p in paths:
-        p.unlink()
+        if not keep:
+            p.unlink()
 """)
 
 
@@ -56,8 +57,8 @@ def _inputs(folder: Path, n: int = N) -> dict[str, bytes]:
     return out
 
 
-def _killed(src: Path, root: Path, when: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(root), when],
+def _killed(src: Path, root: Path, when: str, *keep: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(root), when, *keep],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == -9
 
@@ -98,6 +99,35 @@ def test_killed_after_the_commit_the_batch_is_not_taken_twice(tmp_path: Path) ->
         assert _objects(spool) == sorted(data.values())
         assert spool.quarantined() == []
         assert spool.recover()["committed_sources_removed"] == 0  # only once
+
+
+def test_kept_sources_killed_before_the_commit_are_taken_again_not_quarantined(
+        tmp_path: Path) -> None:
+    """keep_source: the objects of a batch killed before its commit are removed, since
+    their sources are still there unchanged and are taken again; none is quarantined as
+    a last copy, and the sources stay."""
+    src, root = tmp_path / "src", tmp_path / "spool"
+    data = _inputs(src)
+    _killed(src, root, "before-commit", "keep")
+    with Spool(root) as spool:
+        report = spool.recover()
+        assert report["orphans_source_remains"] == N and report["orphan_objects"] == 0
+        assert spool.quarantined() == [] and list(spool.quarantine_dir.iterdir()) == []
+        assert list(spool.objects.iterdir()) == []
+    assert sorted(p.read_bytes() for p in src.iterdir()) == sorted(data.values())
+
+
+def test_kept_sources_of_a_committed_batch_stay_in_place(tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "spool"
+    data = _inputs(src)
+    _killed(src, root, "after-commit", "keep")
+    with Spool(root) as spool:
+        report = spool.recover()
+        assert report["committed_sources_removed"] == 0
+        assert spool.counts() == {"pending": N} and _objects(spool) == sorted(data.values())
+        for p in src.iterdir():
+            assert spool.is_seen(str(p), p.stat())  # never taken twice
+    assert sorted(p.read_bytes() for p in src.iterdir()) == sorted(data.values())
 
 
 def test_a_committed_source_replaced_since_is_left_alone(tmp_path: Path) -> None:

@@ -59,8 +59,7 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
     group = len(batch) > 1  # placed unflushed, then flushed together
     names = [uuid.uuid4().hex for _ in batch]
     tracked = [(n, i.source, i.stat.st_ino, i.stat.st_size, i.stat.st_mtime_ns)
-               for n, i in zip(names, batch, strict=True)
-               if i.stat is not None and not i.remember]
+               for n, i in zip(names, batch, strict=True) if i.stat is not None]
     with spool._tx(durable=False) as db:  # see forwarder.spool.recovery
         db.execute("DELETE FROM intake WHERE committed = 1")  # the previous batch
         db.executemany("INSERT INTO intake (name, source, inode, size, mtime_ns) VALUES "

@@ -4,12 +4,13 @@ stepped back cannot make a job wait longer than any backoff), ``tmp/`` is cleare
 what a killed intake left behind, settled at start without losing or resending.
 
 Before a batch's objects are placed, :func:`forwarder.spool.accept.accept` records each
-one's name with its source's identity (path, inode, size, mtime) in the ``intake`` table; the commit marks
-them ``committed``; the next batch clears them (by then intake has removed the sources).
-So at start:
+one's name with its source's identity (path, inode, size, mtime) in the ``intake`` table;
+the commit marks them ``committed``; the next batch clears them (by then intake has removed
+the sources). So at start:
 
 - a committed source still there (killed after the commit, before its removal) is
-  removed as intake would have done, instead of being taken and sent again;
+  removed as intake would have done, instead of being taken and sent again, unless the
+  commit remembered it as left in place (``keep_source``);
 - an object without jobs (killed before the commit) is removed when its source is still
   there unchanged (it is taken again), or its content is already queued or was delivered
   lately; only an object that would otherwise be lost is quarantined.
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from forwarder import paths, retry
 from forwarder.retry import Backoff
-from forwarder.spool import durable, queue
+from forwarder.spool import durable, queue, seen
 from forwarder.spool.db import INDEX, quick_check
 
 if TYPE_CHECKING:
@@ -101,13 +102,17 @@ def _sha256(path: Path) -> str | None:
 
 
 def committed_sources(spool: Spool) -> int:
-    """Remove sources whose batch committed but which intake had not removed yet."""
+    """Remove sources whose batch committed but which intake had not removed yet (not
+    those it left in place: the commit remembered them as seen)."""
     with spool._lock:
         rows = spool.db.execute("SELECT source, inode, size, mtime_ns FROM intake WHERE "
                                 "committed = 1").fetchall()
+        kept = {(source, inode) for source, inode, *_ in rows if spool.db.execute(
+            "SELECT 1 FROM seen WHERE path = ? AND inode = ?",
+            (seen.key(source), inode)).fetchone()}
     removed = 0
     for source, inode, size, mtime_ns in rows:
-        if _unchanged(source, inode, size, mtime_ns):
+        if (source, inode) not in kept and _unchanged(source, inode, size, mtime_ns):
             try:
                 os.unlink(paths.unshown(source))
                 removed += 1
