@@ -241,7 +241,13 @@ def cmd_spool(args: argparse.Namespace) -> int:
     if running is not None:
         raise UsageError(f"a daemon (pid {running.get('pid', '?')}) is running on the spool "
                          f"{cfg.spool}: stop it first (systemctl stop dicom-forwarder)")
-    report = rebuild.rebuild(cfg, force=args.force)
+    lock = spoollock.SpoolLock(cfg.spool)
+    if lock.path.parent.is_dir():  # held throughout: no daemon starts on a partial index
+        lock.acquire(args.config, wait=0, command="spool rebuild")
+    try:
+        report = rebuild.rebuild(cfg, force=args.force)
+    finally:
+        lock.release()
     print(f"spool {cfg.spool} rebuilt: {report['queued']} object(s) queued again, "
           f"{report['quarantined']} quarantined, {report['quarantine_listed']} quarantine "
           f"record(s) listed again, {report['moved_aside']} old index file(s) moved aside")

@@ -33,9 +33,10 @@ class SpoolLock:
         self.path = Path(spool) / NAME
         self.fd: int | None = None
 
-    def acquire(self, config_path: str, wait: float = 3.0) -> SpoolLock:
+    def acquire(self, config_path: str, wait: float = 3.0, command: str = "run") -> SpoolLock:
         """Take the lock (waiting ``wait`` seconds for a daemon that is just stopping, or a
-        `status` that holds it for a moment) and record who holds it."""
+        `status` that holds it for a moment) and record who holds it: ``command``, the
+        daemon's ``run`` or an operator's ``spool rebuild``."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
         deadline = time.monotonic() + wait
         while True:
@@ -49,14 +50,16 @@ class SpoolLock:
                 if time.monotonic() >= deadline:
                     holder = read(self.path.parent) or {}
                     os.close(fd)
+                    what = "" if holder.get("command", "run") == "run" else \
+                        f"{holder['command']}, "
                     raise SpoolLocked(
-                        f"another dicom-forwarder (pid {holder.get('pid', '?')}, configuration "
-                        f"{holder.get('config', '?')}) is running on the spool "
+                        f"another dicom-forwarder ({what}pid {holder.get('pid', '?')}, "
+                        f"configuration {holder.get('config', '?')}) is running on the spool "
                         f"{self.path.parent}; stop it first, or give this configuration its "
                         "own spool (one spool per daemon)") from exc
                 time.sleep(0.1)
         state = {"pid": os.getpid(), "started_at": time.time(), "version": __version__,
-                 "config": os.path.abspath(config_path)}
+                 "config": os.path.abspath(config_path), "command": command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(state) + "\n").encode(), 0)
         self.fd = fd

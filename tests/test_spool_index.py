@@ -55,6 +55,63 @@ def _rebuild_and_deliver(cfg: Path, tmp_path: Path, make_scp, port: int,
     assert not list((tmp_path / "spool" / "objects").iterdir())
 
 
+def test_an_interrupted_rebuild_is_refused_at_start_then_run_again(
+        tmp_path: Path, make_scp, capsys, monkeypatch) -> None:
+    """A rebuild stopped part way (Ctrl-C here; a kill alike) leaves an index with only
+    some of the objects: the daemon and the commands refuse it (exit 78) instead of
+    taking the rest for orphans and quarantining them as last copies; the rebuild run
+    again, without --force, starts over and every file is delivered once."""
+    from forwarder.spool import rebuild
+
+    port = free_port()
+    cfg, files = _spool_with_jobs(tmp_path, port)
+    (tmp_path / "spool" / "index.sqlite").unlink()
+    retake, taken = rebuild._retake, []
+
+    def interrupted(*args: object) -> None:
+        if len(taken) == 5:
+            raise KeyboardInterrupt
+        taken.append(retake(*args))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rebuild, "_retake", interrupted)
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 130
+    monkeypatch.setattr(rebuild, "_retake", retake)
+    _refused(cfg, tmp_path, "a spool rebuild of", "has not finished",
+             "Run 'dicom-forwarder spool rebuild -c CONFIG' again with the service stopped")
+    assert main(["status", "-c", str(cfg)]) == 78
+    assert "has not finished" in capsys.readouterr().err
+    assert len(list((tmp_path / "spool" / "objects").iterdir())) == COUNT
+    assert not list((tmp_path / "spool" / "quarantine").iterdir())
+    _rebuild_and_deliver(cfg, tmp_path, make_scp, port, files, capsys)
+    assert not (tmp_path / "spool" / "rebuild.unfinished").exists()
+
+
+def test_the_daemon_does_not_start_while_a_rebuild_runs(tmp_path: Path, capsys,
+                                                         monkeypatch) -> None:
+    """The rebuild holds the spool's lock throughout: a daemon started meanwhile exits 78
+    naming it, and touches nothing (it would take the objects not yet indexed for
+    orphans)."""
+    from forwarder.spool import rebuild
+
+    cfg, _files = _spool_with_jobs(tmp_path, free_port())
+    (tmp_path / "spool" / "index.sqlite").unlink()
+    retake, outputs = rebuild._retake, []
+
+    def with_a_daemon_started(*args: object) -> None:
+        if not outputs:
+            d = DaemonProcess(cfg, tmp_path)
+            assert d.wait(60) == 78, d.output()
+            outputs.append(d.output())
+        retake(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rebuild, "_retake", with_a_daemon_started)
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 0
+    assert f"{COUNT} object(s) queued again" in capsys.readouterr().out
+    assert "(spool rebuild, pid" in outputs[0] and "is running on the spool" in outputs[0]
+    with Spool(tmp_path / "spool") as spool:
+        assert spool.counts() == {"pending": COUNT} and spool.quarantined() == []
+
+
 @pytest.mark.parametrize("how", ["deleted", "emptied"])
 def test_missing_or_empty_index_is_refused_then_rebuilt(how: str, tmp_path: Path, make_scp,
                                                         capsys) -> None:

@@ -26,6 +26,7 @@ from forwarder.errors import SpoolError, SpoolFull, SpoolIndexError, SpoolUnusab
 from forwarder.spool import durable
 
 INDEX = "index.sqlite"
+UNFINISHED = "rebuild.unfinished"  # a spool rebuild at work, or killed: the index is partial
 DAMAGED = ("not a database", "malformed", "disk image", "corrupt")
 HOW = "run 'dicom-forwarder spool rebuild -c CONFIG' with the service stopped"
 
@@ -222,7 +223,8 @@ def _rollback(db: sqlite3.Connection) -> None:
 
 
 def check_before_open(root: Path) -> None:
-    """Refuse an index that is missing or empty while ``objects/`` holds objects."""
+    """Refuse an index that is missing or empty while ``objects/`` holds objects, and one
+    a spool rebuild has not finished."""
     index = root / INDEX
     try:
         size: int | None = index.stat().st_size
@@ -231,6 +233,11 @@ def check_before_open(root: Path) -> None:
     except OSError as exc:  # the spool's folder cannot be searched
         raise SpoolError(f"cannot read the spool {root}: {exc.strerror} (run this as root "
                          "or as the service user)") from exc
+    if (root / UNFINISHED).exists():
+        raise SpoolIndexError(
+            f"a spool rebuild of {root} has not finished (it was interrupted, or runs now): "
+            "the index holds only part of the objects. Run 'dicom-forwarder spool rebuild "
+            "-c CONFIG' again with the service stopped: it starts over")
     if size:
         return
     objects = root / "objects"

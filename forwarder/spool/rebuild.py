@@ -3,6 +3,11 @@
 objects again through the current routes; objects that are not DICOM or match no route go
 to quarantine with the reason. A readable index holding anything a rebuild would forget
 is refused unless forced.
+
+``rebuild.unfinished`` in the spool says a rebuild is at work: made (durably) before the
+old index is moved aside, removed once every object is taken. While it is there the
+daemon and the commands refuse the index, which holds only part of the objects, and a
+rebuild run again starts over without asking for ``--force``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from forwarder.dicomfile import probe
 from forwarder.errors import NotDicomError, UsageError
 from forwarder.spool import durable, recovery
 from forwarder.spool.accept import add_object
-from forwarder.spool.db import INDEX
+from forwarder.spool.db import INDEX, UNFINISHED
 
 if TYPE_CHECKING:
     from forwarder.config import Config
@@ -67,13 +72,17 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
     index = root / INDEX
     if not (root / "objects").is_dir():
         raise UsageError(f"{root} is not a spool (no objects/ directory)")
-    held = _holdings(index)
+    unfinished = root / UNFINISHED
+    held = None if unfinished.exists() else _holdings(index)  # a partial index: ours
     if held and not force:
         raise UsageError(f"the spool index {index} is readable and holds {', '.join(held)}; "
                          "rebuild is for a missing, empty or damaged index, and a new one "
                          "starts without these (--force to rebuild anyway)")
     report = {"moved_aside": 0, "queued": 0, "quarantined": 0, "quarantine_listed": 0}
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    if not unfinished.exists():
+        os.close(durable.create(unfinished))
+        durable.fsync_dir(root)
     for suffix in ("", "-wal", "-shm"):
         old = root / (INDEX + suffix)
         if old.exists():
@@ -86,6 +95,8 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
             _retake(cfg, spool, path, now, report)
     finally:
         spool.close()
+    unfinished.unlink()
+    durable.fsync_dir(root)
     return report
 
 
