@@ -84,7 +84,7 @@ def _numbered(lines: list[tuple[int, str, str]], prefix: str, file: str,
     the first number missing (DCMTK's rule); every other key goes to ``skipped``."""
     by_number: dict[int, tuple[int, str]] = {}
     for lineno, key, value in lines:
-        tail = key[len(prefix):] if key.upper().startswith(prefix.upper()) else ""
+        tail = _name(key)[len(prefix):] if _name(key).startswith(_name(prefix)) else ""
         if tail.isdigit() and not tail.startswith("0") and int(tail) not in by_number:
             by_number[int(tail)] = (lineno, value)
     taken: list[tuple[int, str]] = []
@@ -107,6 +107,12 @@ def _sop_uid(name: str) -> str | None:
     return None
 
 
+def _name(text: str) -> str:
+    """A section, group, key or profile name as DCMTK compares them: without whitespace,
+    in upper case (``[Two Words]`` is the profile ``TwoWords``, and ``two words``)."""
+    return "".join(text.split()).upper()
+
+
 def parse_profile(text: str, profile: str, file: str = "<profile>") -> list[Context]:
     """The presentation contexts of ``profile`` in a DCMTK association config ``text``."""
     return read_profile(text, profile, file).contexts
@@ -117,18 +123,20 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
     SCP/SCU roles. A profile naming extended negotiation is refused: it is not proposed
     here, and leaving it out would change what the peer is asked."""
     sections: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
+    written: dict[str, str] = {}  # a group's name as the file writes it
     section = group = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         if line.startswith("[[") and line.endswith("]]"):
-            section, group = line[2:-2].strip().lower(), None
+            section, group = _name(line[2:-2]), None
             sections.setdefault(section, {})
         elif line.startswith("[") and line.endswith("]"):
             if section is None:
                 raise ProfileError(f"{file}:{lineno}: group {line} outside a [[section]]")
-            group = line[1:-1].strip().lower()
+            group = _name(line[1:-1])
+            written.setdefault(group, line[1:-1].strip())
             sections[section].setdefault(group, [])
         elif "=" in line and section is not None and group is not None:
             key, value = (s.strip() for s in line.split("=", 1))
@@ -136,24 +144,24 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
         else:
             raise ProfileError(f"{file}:{lineno}: cannot read {raw.strip()!r}")
 
-    profiles = sections.get("profiles", {})
-    entries = profiles.get(profile.lower())
+    profiles = sections.get(_name("Profiles"), {})
+    entries = profiles.get(_name(profile))
     if entries is None:
-        known = ", ".join(sorted(profiles)) or "none"
+        known = ", ".join(sorted(written[g] for g in profiles)) or "none"
         raise ProfileError(f"{file}: no profile '{profile}' (profiles: {known})")
-    keys = {k.lower(): (n, v) for n, k, v in reversed(entries)}
-    if "extendednegotiation" in keys:
-        lineno, name = keys["extendednegotiation"]
+    keys = {_name(k): (n, v) for n, k, v in reversed(entries)}
+    if _name("ExtendedNegotiation") in keys:
+        lineno, name = keys[_name("ExtendedNegotiation")]
         raise ProfileError(f"{file}:{lineno}: profile '{profile}' asks for extended "
                            f"negotiation ('{name}'), which send does not propose; use a "
                            "profile without it")
-    if "presentationcontexts" not in keys:
+    if _name("PresentationContexts") not in keys:
         raise ProfileError(f"{file}: profile '{profile}' has no PresentationContexts key")
-    lineno, pc_name = keys["presentationcontexts"]
-    contexts_group = sections.get("presentationcontexts", {}).get(pc_name.lower())
+    lineno, pc_name = keys[_name("PresentationContexts")]
+    contexts_group = sections.get(_name("PresentationContexts"), {}).get(_name(pc_name))
     if contexts_group is None:
         raise ProfileError(f"{file}:{lineno}: no presentation context group '{pc_name}'")
-    ts_groups = sections.get("transfersyntaxes", {})
+    ts_groups = sections.get(_name("TransferSyntaxes"), {})
     skipped: list[str] = []
     out: list[Context] = []
     for lineno, value in _numbered(contexts_group, "PresentationContext", file, skipped):
@@ -163,7 +171,7 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
         sop = _sop_uid(sop_name)
         if sop is None:
             raise ProfileError(f"{file}:{lineno}: unknown SOP class '{sop_name}'")
-        group_lines = ts_groups.get(ts_group.lower())
+        group_lines = ts_groups.get(_name(ts_group))
         if group_lines is None:
             raise ProfileError(f"{file}:{lineno}: no transfer syntax group '{ts_group}'")
         syntaxes = []
@@ -183,9 +191,9 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
         raise ProfileError(f"{file}: profile '{profile}' has {len(out)} presentation contexts; "
                            "at most 128 fit in one association")
     roles: dict[str, tuple[bool, bool]] = {}
-    if "scpscuroleselection" in keys:
-        lineno, role_name = keys["scpscuroleselection"]
-        role_group = sections.get("scpscuroleselection", {}).get(role_name.lower())
+    if _name("SCPSCURoleSelection") in keys:
+        lineno, role_name = keys[_name("SCPSCURoleSelection")]
+        role_group = sections.get(_name("SCPSCURoleSelection"), {}).get(_name(role_name))
         if role_group is None:
             raise ProfileError(f"{file}:{lineno}: no SCP/SCU role selection group "
                                f"'{role_name}'")

@@ -162,7 +162,7 @@ def test_a_negotiation_profile_is_read_as_the_daemon_reads_it(tmp_path: Path, ca
                        "PresentationContexts = C\n")
     assert main(["check-config", "-c", str(cfg)]) == 78
     assert f"destinations.pacs.negotiation_profile.profile: {profile}: no profile 'P' " \
-        "(profiles: q)" in capsys.readouterr().err
+        "(profiles: Q)" in capsys.readouterr().err
     cfg.write_text(cfg.read_text().replace("profile: P}", "profile: Q}"))
     assert main(["check-config", "-c", str(cfg)]) == 0
     assert f"warning: {cfg}:9: destinations.pacs.negotiation_profile.file: {profile}:4: " \

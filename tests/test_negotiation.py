@@ -132,6 +132,24 @@ def test_profile_proposes_what_storescu_proposes(tmp_path: Path) -> None:
     assert _seen_by_peer(argv, via_storescu=False) == _seen_by_peer(argv, via_storescu=True)
 
 
+def test_profile_names_are_matched_as_dcmtk_matches_them(tmp_path: Path) -> None:
+    """DCMTK compares section, group and profile names without their whitespace and in any
+    case: the profile [Two Words] is asked for as TwoWords, its context group named as
+    "p cs". What is proposed is what storescu proposes; an unknown name lists the
+    profiles as the file writes them."""
+    spaced = SHUFFLED.replace("[P]", "[Two Words]").replace("= PCs", "= p cs") \
+        .replace("[[Profiles]]", "[[ Profiles ]]")
+    for name in ("TwoWords", "two words", "TWOWORDS"):
+        assert pairs(read_profile(spaced, name).contexts) == \
+            pairs(read_profile(SHUFFLED, "P").contexts)
+    with pytest.raises(ProfileError, match=r"no profile 'Three' \(profiles: Two Words\)"):
+        read_profile(spaced, "Three")
+    cfg = tmp_path / "spaced.cfg"
+    cfg.write_text(spaced)
+    argv = ["-xf", str(cfg), "TwoWords"]
+    assert _seen_by_peer(argv, via_storescu=False) == _seen_by_peer(argv, via_storescu=True)
+
+
 FILES = [get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")]
 
 

@@ -815,4 +815,4 @@ def test_send_xf_reads_a_profile_with_latin1_bytes_as_storescu_does(tmp_path: Pa
                     b"PresentationContexts = C\n")
     ct = get_testdata_file("CT_small.dcm")
     assert main(["send", "-xf", str(cfg), "Q", "127.0.0.1", "1", ct]) != 0
-    assert f"{cfg}: no profile 'Q' (profiles: p)" in capsys.readouterr().err
+    assert f"{cfg}: no profile 'Q' (profiles: P)" in capsys.readouterr().err
