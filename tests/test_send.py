@@ -17,7 +17,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble  # noqa: F401
 from forwarder.cli import main
 from forwarder.dicomfile import probe
 from forwarder.errors import NotDicomError, UsageError
-from tests.peers import StoreSCP, StoreSCPProcess
+from tests.peers import StoreSCP, StoreSCPProcess, free_port
 from tests.tlsutil import make_pki, server_context
 
 NAMES = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
@@ -257,6 +257,22 @@ def test_a_library_traceback_only_in_debug_mode_and_quiet_means_quiet(tmp_path: 
     assert "not sent: cannot decompress JPEG Extended" in runs[""].stderr
     assert "Traceback" not in runs[""].stderr and "Traceback" in runs["-d"].stderr
     assert runs["-q"].stderr == "" and peer.received == []
+
+
+def test_quiet_still_says_why_the_association_failed_as_storescu_does() -> None:
+    """-q holds back warnings and errors, not the fatal line that ends the run: storescu -q
+    still prints "F: Association Request Failed" for a port where no one listens."""
+    port = str(free_port())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    ours = subprocess.run([sys.executable, "-m", "forwarder", "send", "-q", "127.0.0.1", port,
+                           sample("CT_small.dcm")], capture_output=True, text=True,
+                          timeout=60, env=env)
+    oracle = subprocess.run(["storescu", "-q", "127.0.0.1", port, sample("CT_small.dcm")],
+                            capture_output=True, text=True, timeout=60)
+    assert oracle.returncode == ours.returncode == 1
+    assert oracle.stderr.startswith("F: Association Request Failed"), oracle.stderr
+    assert ours.stderr == f"F: cannot connect to ANY-SCP@127.0.0.1:{port} (Connection " \
+        "refused)\n", ours.stderr
 
 
 def data_set_dump(path: Path) -> list[str]:

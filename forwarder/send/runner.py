@@ -104,11 +104,11 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
 
     try:
         assoc = Association.open(peer, contexts, roles or None)
-    except AssociationFailed as exc:
-        LOGGER.error("%s", exc)
+    except AssociationFailed as exc:  # storescu's "F: Association Rejected", even with -q
+        LOGGER.critical("%s", exc)
         return EXIT_FAILURE
     except (ssl.SSLError, OSError, ValueError) as exc:
-        LOGGER.error("cannot set up the association: %s", exc)
+        LOGGER.critical("cannot set up the association: %s", exc)
         return EXIT_FAILURE
     if args.verbose_pc:
         from pydicom.uid import UID
@@ -174,18 +174,19 @@ _READERS = ("pydicom", "py", "pylibjpeg", "libjpeg", "openjpeg", "rle")
 
 
 class _Lines(logging.Formatter):
-    """storescu's ``W: message`` lines; a traceback a library logs only in debug mode
-    (the failure it explains has its own line)."""
+    """storescu's ``W: message`` lines (``F:`` for what ends the run, which ``-q`` still
+    prints); a traceback a library logs only in debug mode (the failure it explains has
+    its own line)."""
 
     def __init__(self, tracebacks: bool):
-        super().__init__("%(levelname).1s: %(message)s")
+        super().__init__()
         self.tracebacks = tracebacks
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
-        if record.name.split(".")[0] in _READERS and inputs.current:
-            return f"{record.levelname[:1]}: {os.fspath(inputs.current[0])}: " \
-                f"{record.getMessage()}"
-        return super().formatMessage(record)
+        letter = "F" if record.levelno >= logging.CRITICAL else record.levelname[:1]
+        where = f"{os.fspath(inputs.current[0])}: " \
+            if record.name.split(".")[0] in _READERS and inputs.current else ""
+        return f"{letter}: {where}{record.getMessage()}"
 
     def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]  # noqa: ANN001, N802
         return super().formatException(ei) if self.tracebacks else ""
