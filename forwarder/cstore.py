@@ -10,7 +10,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from forwarder.model import Probe, StoreResult
-from forwarder.negotiation import DEFLATED_LE, choose_context
+from forwarder.negotiation import (
+    DEFLATED_LE,
+    EXPLICIT_LE,
+    choose_context,
+    without_pixels_context,
+)
 from forwarder.reencode import exactly
 from forwarder.scu import Association
 from forwarder.scu.spliced import Spliced
@@ -30,7 +35,10 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     """Send ``path`` (probed as ``probe``) and return the peer's answer.
 
     The file goes unchanged (read in chunks, never decoded) when the peer accepted its
-    exact transfer syntax and its file meta agrees with the dataset. An explicit VR
+    exact transfer syntax and its file meta agrees with the dataset. A data set without
+    pixel data goes under a compressed syntax the peer accepted when it accepted none it
+    can be converted to: in explicit VR little endian, which is what such a syntax makes
+    of every element but pixel data (PS3.5 A.4). An explicit VR
     little endian data set (or a deflated one, inflated) is written again with every
     value kept byte for byte, in implicit VR or, padded, in explicit VR
     (:mod:`forwarder.reencode`); otherwise the dataset is decoded, converted and
@@ -45,7 +53,11 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     pairs = assoc.accepted_pairs()
     options = convertible(probe.transfer_syntax, decompress)
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
-    if chosen is None:
+    encoding = chosen  # the data set's encoding: the context's syntax, but for one case
+    if chosen is None and not _holds_pixels(path, probe):
+        chosen = without_pixels_context(pairs, probe.sop_class_uid)
+        encoding = EXPLICIT_LE
+    if chosen is None or encoding is None:
         from pydicom.uid import UID
 
         if probe.sop_class_uid not in _proposed(assoc):
@@ -55,16 +67,16 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
                                "without a profile, propose the files' own)")
         return StoreResult(None, refused=describe_refusal(
             probe.sop_class_uid, probe.transfer_syntax, pairs, decompress))
-    streamed = (chosen == probe.transfer_syntax and probe.meta_consistent and modify is None
+    streamed = (encoding == probe.transfer_syntax and probe.meta_consistent and modify is None
                 and not odd_stream(path, probe.transfer_syntax))
     payload: Dataset | str | Spliced | None = None
     if streamed:
         payload = os.fspath(path)
     elif modify is None:  # between the little-endian syntaxes: headers rewritten, values kept
-        payload = exactly(path, probe.transfer_syntax, chosen, probe.meta_consistent)
+        payload = exactly(path, probe.transfer_syntax, encoding, probe.meta_consistent)
     if payload is None:
         try:
-            payload = prepare(path, probe.transfer_syntax, chosen)
+            payload = prepare(path, probe.transfer_syntax, encoding)
         except CannotConvert as exc:
             return StoreResult(None, refused=str(exc))
         if modify is not None:
@@ -74,6 +86,20 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     finally:
         if isinstance(payload, Spliced):
             payload.close()
+
+
+def _holds_pixels(path: str | os.PathLike[str], probe: Probe) -> bool:
+    """Does the file hold pixel data (or anything from (7FE0,0008) on)? A probe that says
+    it does may be a spooled job's, which does not know: the file is looked at again."""
+    if not probe.pixels:
+        return False
+    from forwarder.dicomfile import probe as look
+    from forwarder.errors import NotDicomError
+
+    try:
+        return look(path).pixels
+    except (NotDicomError, OSError):
+        return True
 
 
 def _proposed(assoc: Association) -> set[str]:

@@ -275,6 +275,62 @@ def test_quiet_still_says_why_the_association_failed_as_storescu_does() -> None:
         "refused)\n", ours.stderr
 
 
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+
+
+def test_objects_without_pixels_go_under_a_compressed_syntax_the_peer_alone_accepted(
+        tmp_path: Path) -> None:
+    """A peer that accepts only JPEG Lossless: an RT plan (implicit VR in its file) and two
+    SRs (explicit VR) go under it, as storescu sends them, every element as in the file
+    (explicit VR little endian is what JPEG Lossless makes of all but pixel data); an
+    image, which would need compressing, is still refused with the reason."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    peer = StoreSCP(transfer_syntaxes=[JPEG_LOSSLESS_SV1]).start()
+    names = ["rtplan.dcm", "test-SR.dcm", "reportsi.dcm"]
+    try:
+        assert main(["send", "-xs", "127.0.0.1", str(peer.port),
+                     *(sample(n) for n in names)]) == 0
+        assert main(["send", "-xs", "127.0.0.1", str(peer.port), sample("CT_small.dcm")]) == 1
+    finally:
+        peer.stop()
+    assert [r.transfer_syntax for r in peer.received] == [JPEG_LOSSLESS_SV1] * 3
+    for name, got in zip(names, peer.received, strict=True):
+        original = dcmread(sample(name))
+        arrived = read_dataset(DicomBytesIO(got.dataset_bytes), False, True)
+        assert [(e.tag, e.VR, e.value) for e in arrived] == \
+            [(e.tag, e.VR, e.value) for e in original], name
+    sr = Path(sample("test-SR.dcm")).read_bytes()  # explicit VR: its own bytes, unchanged
+    assert sr.endswith(peer.received[1].dataset_bytes)
+
+
+def test_a_spooled_job_without_pixels_is_looked_at_again_not_refused() -> None:
+    """The daemon's jobs do not carry whether a file holds pixel data (their probe says
+    it may): the file is looked at when only a compressed syntax was accepted, and an SR
+    goes as send sends it."""
+    from forwarder.association import PeerSettings
+    from forwarder.cstore import store_file
+    from forwarder.model import Probe
+    from forwarder.negotiation import Context
+    from forwarder.scu import Association
+
+    sr = sample("test-SR.dcm")
+    found = probe(sr)
+    assert not found.pixels
+    spooled = Probe(found.sop_class_uid, found.sop_instance_uid, found.transfer_syntax)
+    peer = StoreSCP(transfer_syntaxes=[JPEG_LOSSLESS_SV1]).start()
+    try:
+        with Association.open(PeerSettings("127.0.0.1", peer.port),
+                              [Context(found.sop_class_uid, (JPEG_LOSSLESS_SV1,))]) as assoc:
+            assert store_file(assoc, sr, spooled).status == 0
+    finally:
+        peer.stop()
+    assert [(r.sop_instance, r.transfer_syntax) for r in peer.received] == \
+        [(found.sop_instance_uid, JPEG_LOSSLESS_SV1)]
+    assert Path(sr).read_bytes().endswith(peer.received[0].dataset_bytes)
+
+
 def data_set_dump(path: Path) -> list[str]:
     """DCMTK's dump of a stored object's data set, lengths and comments left out."""
     out = subprocess.run(["dcmdump", "-q", "-M", "+L", str(path)], capture_output=True,
