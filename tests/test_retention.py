@@ -65,6 +65,44 @@ def test_purge_command_deletes_only_what_is_older(tmp_path: Path, capsys) -> Non
     assert main(["purge", "-c", str(cfg), "--failed-older-than", "soon"]) == 2
 
 
+def test_a_purge_killed_part_way_never_brings_a_purged_file_back(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Killed between removing a purged object's file and its row, or after deleting the
+    jobs and before their objects: the next start quarantines nothing (no purged file
+    comes back as an orphan's "last copy"), and the next purge removes the leftovers."""
+    now = time.time()
+    cfg, files = _aged_spool(tmp_path, now)
+    uids = list(files)
+    with Spool(tmp_path / "spool") as spool:
+        tx, calls = spool._tx, []
+
+        def killed_at_the_second(*args: object, **kw: object) -> object:
+            calls.append(1)
+            if len(calls) == 2:  # the jobs are gone, the first object's file too
+                raise KeyboardInterrupt
+            return tx(*args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(spool, "_tx", killed_at_the_second)
+        try:
+            retention.purge_failed(spool, 30 * DAY, now=now)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        assert len(spool.db.execute("SELECT * FROM objects").fetchall()) == 3  # rows kept
+        assert len(list(spool.objects.iterdir())) == 2  # a purged object's file gone
+        report = spool.recover()
+        assert report["orphan_objects"] == 0 and report["finished_cleanup"] == 1
+        assert [Path(q["source"]).name for q in spool.quarantined()] == \
+            ["junk0.bin", "junk1.bin", "junk2.bin"]  # only the junk quarantined before
+        assert [j["sop_instance_uid"] for j in spool.failed_jobs()] == [uids[1]]
+        with spool._tx() as db:  # a kill after the jobs, before any of their objects
+            db.execute("DELETE FROM jobs WHERE state = 'failed'")
+        assert retention.purge_failed(spool, 30 * DAY, now=now) == 0
+        assert spool.counts() == {"pending": 1}
+        assert sorted(p.read_bytes() for p in spool.objects.iterdir()) == \
+            [files[uids[2]].read_bytes()]
+
+
 def test_configured_retention_runs_in_the_daemon(tmp_path: Path) -> None:
     now = time.time()
     cfg, files = _aged_spool(tmp_path, now)

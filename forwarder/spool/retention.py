@@ -35,9 +35,8 @@ def purge_failed(spool: Spool, older_than: float, now: float | None = None,
     with spool._lock:
         rows = spool.db.execute("SELECT id, object_id FROM jobs WHERE state='failed' AND "
                                 "coalesce(updated_at, created_at) < ?", (cutoff,)).fetchall()
-    if dry_run or not rows:
-        return len(rows)
-    _delete_jobs(spool, rows)
+    if not dry_run:
+        _delete_jobs(spool, rows)
     return len(rows)
 
 
@@ -60,10 +59,14 @@ def purge_destination(spool: Spool, name: str, dry_run: bool = False) -> int | N
 
 
 def _delete_jobs(spool: Spool, rows: list[tuple[int, int]]) -> None:
-    """Delete the jobs (id, object id), then each of their objects no job needs."""
-    objects = {r[1] for r in rows}
+    """Delete the jobs (id, object id), then each of their objects no job needs, and any
+    object an earlier purge, killed, left without jobs."""
     with spool._tx() as db:
         db.executemany("DELETE FROM jobs WHERE id=?", [(r[0],) for r in rows])
+    with spool._lock:
+        objects = {r[1] for r in rows} | {r[0] for r in spool.db.execute(
+            "SELECT id FROM objects o WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+            "j.object_id = o.id)")}
     for oid in objects:
         with spool._lock:
             left = spool.db.execute("SELECT count(*) FROM jobs WHERE object_id=? AND "
@@ -71,10 +74,13 @@ def _delete_jobs(spool: Spool, rows: list[tuple[int, int]]) -> None:
             name = spool.db.execute("SELECT name FROM objects WHERE id=?", (oid,)).fetchone()
         if left or name is None:
             continue
-        with spool._tx() as db:  # the row first: a kill leaves an orphan, never a hole
+        # the file first: a kill then leaves a row no job needs, which the next start or
+        # purge removes; never a file without a row, which a start would take for the
+        # last copy of something lost and quarantine
+        (spool.objects / name[0]).unlink(missing_ok=True)
+        with spool._tx() as db:
             db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
             db.execute("DELETE FROM objects WHERE id=?", (oid,))
-        (spool.objects / name[0]).unlink(missing_ok=True)
 
 
 def purge_quarantine(spool: Spool, older_than: float, now: float | None = None,
