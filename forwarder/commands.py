@@ -121,6 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if isinstance(holder.get("started_at"), (int, float)) else None}
     for name, row in report["destinations"].items():
         row["last_success_at"] = last.get(name)
+        if holder is None:  # a killed daemon's claims: waiting, and pending from its start
+            row["pending"], row["sending"] = row["pending"] + row["sending"], 0
     # the running daemon's view; one killed leaves its last view behind: not believed
     seen = watchstate.read(cfg.spool) if holder is not None else {}
     full = watchstate.full(cfg.spool, RESERVE) if holder is not None else None

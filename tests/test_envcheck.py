@@ -23,7 +23,7 @@ from forwarder.errors import UsageError
 from forwarder.peers import peer_for
 from forwarder.spool import Spool
 from forwarder.spoollock import SpoolLock, SpoolLocked
-from tests.corpus import data_file
+from tests.corpus import data_file, unique_copies
 from tests.spoolutil import accept_file
 
 as_root = os.geteuid() == 0
@@ -300,6 +300,28 @@ def test_status_never_creates_a_spool_and_reads_it_read_only(tmp_path: Path, cap
     assert report["daemon"] is None
     assert report["destinations"]["pacs"]["last_success_at"] is None
     assert {p.name: p.stat().st_mtime_ns for p in spool.iterdir()} == before
+
+
+def test_status_counts_a_killed_daemons_claims_as_pending(tmp_path: Path, capsys) -> None:
+    """Jobs a daemon had claimed when it was killed are marked sending in the index; with
+    no daemon running nothing sends them, and its next start makes them pending: status
+    says pending, not sending."""
+    (tmp_path / "in").mkdir()
+    cfg = write(tmp_path, tmp_path / "spool", [tmp_path / "in"])
+    with Spool(tmp_path / "spool") as spool:
+        for i, f in enumerate(unique_copies(tmp_path / "corpus", 3).values()):
+            accept_file(spool, f, ("pacs",), i)
+        assert len(spool.claim("pacs", 2, owner="1@dead")) == 2
+    assert main(["status", "-c", str(cfg), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["destinations"]["pacs"]
+    assert (row["pending"], row["sending"]) == (3, 0)
+    lock = SpoolLock(tmp_path / "spool").acquire(str(cfg))  # a daemon that runs: as is
+    try:
+        assert main(["status", "-c", str(cfg), "--json"]) == 0
+    finally:
+        lock.release()
+    row = json.loads(capsys.readouterr().out)["destinations"]["pacs"]
+    assert (row["pending"], row["sending"]) == (1, 2)
 
 
 def test_every_record_gets_a_message_id_and_pynetdicom_stays_below_error(tmp_path: Path) -> None:
