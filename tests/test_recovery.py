@@ -130,6 +130,26 @@ def test_kept_sources_of_a_committed_batch_stay_in_place(tmp_path: Path) -> None
     assert sorted(p.read_bytes() for p in src.iterdir()) == sorted(data.values())
 
 
+def test_a_committed_source_with_an_older_seen_row_is_still_removed(tmp_path: Path) -> None:
+    """A file remembered once as left in place (taken while its writer held it open),
+    written on, then taken to be moved: a kill after that commit leaves it for the next
+    start to remove, as any committed source; the old row does not make it a kept one."""
+    src, root = tmp_path / "src", tmp_path / "spool"
+    _inputs(src, 1)
+    held = src / "in0.dcm"
+    with Spool(root) as spool:
+        st = held.stat()
+        with spool._tx() as db:
+            db.execute("INSERT INTO seen (path, inode, size, mtime_ns, ctime_ns) VALUES "
+                       "(?, ?, ?, ?, ?)", (str(held), st.st_ino, st.st_size - 100,
+                                           st.st_mtime_ns - 10**9, st.st_ctime_ns - 10**9))
+    _killed(src, root, "after-commit")
+    with Spool(root) as spool:
+        assert spool.recover()["committed_sources_removed"] == 1
+        assert spool.counts() == {"pending": 1}
+    assert list(src.iterdir()) == []
+
+
 def test_a_committed_source_replaced_since_is_left_alone(tmp_path: Path) -> None:
     src, root = tmp_path / "src", tmp_path / "spool"
     _inputs(src, 2)

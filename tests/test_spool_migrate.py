@@ -170,8 +170,9 @@ def test_an_index_from_a_newer_version_is_refused_unchanged(tmp_path: Path) -> N
 def test_files_left_in_place_are_known_by_their_folders_real_path_after_the_upgrade(
         tmp_path: Path) -> None:
     """An index at version 1 remembered kept files under the folder as the configuration
-    spelt it (here through a symlink, one file under two spellings): opened, its rows
-    name the real folder, one row per file, and either spelling finds them."""
+    spelt it (here through a symlink; two files each under two spellings, the row written
+    last under either one): opened, its rows name the real folder, one row per file, the
+    one written last, and any spelling finds them."""
     folder = tmp_path / "in"
     folder.mkdir()
     (tmp_path / "link").symlink_to(folder, target_is_directory=True)
@@ -181,19 +182,23 @@ def test_files_left_in_place_are_known_by_their_folders_real_path_after_the_upgr
     root = tmp_path / "spool"
     Spool(root).close()
     index = root / db.INDEX
-    spelt = [(tmp_path / "link" / "kept.dcm", kept), (kept, kept),
-             (tmp_path / "link" / "other.dcm", other)]
+    link = tmp_path / "link"
+    # (spelling, file, rewritten since): a row of the file as it was before, an older ctime
+    spelt = [(link / "kept.dcm", kept, True), (kept, kept, False),
+             (link / "other.dcm", other, False), (other, other, True)]
     with sqlite3.connect(index) as conn:
         conn.execute("PRAGMA user_version = 1")
-        for path, real in spelt:
+        for path, real, stale in spelt:
             st = real.stat()
             conn.execute("INSERT INTO seen (path, inode, size, mtime_ns, ctime_ns) VALUES "
-                         "(?, ?, ?, ?, ?)", (str(path), st.st_ino, st.st_size,
-                                             st.st_mtime_ns, st.st_ctime_ns))
+                         "(?, ?, ?, ?, ?)", (str(path), st.st_ino, st.st_size - stale,
+                                             st.st_mtime_ns, st.st_ctime_ns - stale))
     with Spool(root) as spool:
         assert _version(index) == db.VERSION
-        rows = spool.db.execute("SELECT path FROM seen ORDER BY path").fetchall()
-        assert rows == [(str(kept),), (str(other),)]
-        for path, real in [*spelt, (tmp_path / "link" / ".." / "in" / "other.dcm", other)]:
+        rows = spool.db.execute("SELECT path, size FROM seen ORDER BY path").fetchall()
+        assert rows == [(str(kept), kept.stat().st_size), (str(other), other.stat().st_size)]
+        for path in [kept, link / "kept.dcm", other, link / "other.dcm",
+                     link / ".." / "in" / "other.dcm"]:
+            real = folder / path.name
             assert spool.is_seen(str(path), real.stat())
             assert spool.left_unchanged(str(path), real.stat())

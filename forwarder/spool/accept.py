@@ -76,6 +76,8 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
             for fd, _what in unsynced:
                 os.close(fd)
         durable.fsync_dir(spool.objects)
+        kept = {id(item): seen.key(item.source, fresh=True) for item, *_ in placed
+                if item.remember and item.stat is not None}
         ids: list[Accepted] = []
         with spool._tx() as db:
             for item, name, sha, size in placed:
@@ -85,8 +87,8 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
                     "SELECT 1 FROM objects o CROSS JOIN jobs j ON o.id = j.object_id "
                     "WHERE o.sha256 = ? AND j.destination = ? AND j.state IN "
                     "('pending', 'sending') LIMIT 1", (sha, d)).fetchone()]
-                if item.remember and item.stat is not None:
-                    seen.record(db, item.source, item.stat, sha)
+                if id(item) in kept and item.stat is not None:
+                    seen.record(db, kept[id(item)], item.stat, sha)
                 if not dests:
                     ids.append(Accepted(0, ()))
                     continue
@@ -134,25 +136,28 @@ def _forget_intake(spool: Spool, names: list[str]) -> None:
 def is_seen(spool: Spool, path: str, st: os.stat_result, fd: int | None = None) -> bool:
     """Was this file taken before and left in place, and is it unchanged since
     (see :mod:`forwarder.spool.seen`)? ``fd``: the file, open, to compare content."""
+    name = seen.key(path)
     with spool._lock:
-        return seen.lookup(spool.db, path, st, fd)
+        return seen.lookup(spool.db, name, st, fd)
 
 
 def left_unchanged(spool: Spool, path: str, st: os.stat_result) -> bool:
     """Was this file taken and left in place, and is it untouched since (its index row
     alone; see :func:`forwarder.spool.seen.unchanged`)? False when the index cannot
     be read: intake then decides, as for any file."""
+    name = seen.key(path)
     try:
         with spool._lock:
-            return seen.unchanged(spool.db, path, st)
+            return seen.unchanged(spool.db, name, st)
     except sqlite3.Error:
         return False
 
 
 def remember(spool: Spool, path: str, st: os.stat_result, sha: str | None = None) -> None:
     """Record a file left in place so it is never taken twice while unchanged."""
+    name = seen.key(path, fresh=True)
     with spool._tx() as db:
-        seen.record(db, path, st, sha)
+        seen.record(db, name, st, sha)
 
 
 def quarantine(spool: Spool, fd: int | None, source: str, reason: str, move: Path | None = None,

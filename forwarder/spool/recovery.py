@@ -107,12 +107,15 @@ def committed_sources(spool: Spool) -> int:
     with spool._lock:
         rows = spool.db.execute("SELECT source, inode, size, mtime_ns FROM intake WHERE "
                                 "committed = 1").fetchall()
-        kept = {(source, inode) for source, inode, *_ in rows if spool.db.execute(
-            "SELECT 1 FROM seen WHERE path = ? AND inode = ?",
-            (seen.key(source), inode)).fetchone()}
+    names = [seen.key(r[0], fresh=True) for r in rows]
+    with spool._lock:  # left in place by this very commit: remembered as it was taken
+        kept = {i for i, (name, (_source, inode, size, mtime_ns)) in
+                enumerate(zip(names, rows, strict=True)) if spool.db.execute(
+                    "SELECT 1 FROM seen WHERE path = ? AND inode = ? AND size = ? AND "
+                    "mtime_ns = ?", (name, inode, size, mtime_ns)).fetchone()}
     removed = 0
-    for source, inode, size, mtime_ns in rows:
-        if (source, inode) not in kept and _unchanged(source, inode, size, mtime_ns):
+    for i, (source, inode, size, mtime_ns) in enumerate(rows):
+        if i not in kept and _unchanged(source, inode, size, mtime_ns):
             try:
                 os.unlink(paths.unshown(source))
                 removed += 1

@@ -28,24 +28,27 @@ FOLDER_TTL = 5.0
 _folders: dict[str, tuple[str, float]] = {}
 
 
-def key(path: str) -> str:
+def key(path: str, fresh: bool = False) -> str:
     """The index's name (shown form) for the file at ``path`` (shown form): the real
     path of its folder, symlinks and ``..`` resolved, then its own name (a symlink in
-    the last place is the file itself, never followed)."""
+    the last place is the file itself, never followed). ``fresh``: the folder looked up
+    now, for a row about to be written. It reads the file system: never call it with
+    the spool's lock held (a hung mount would stall every sender)."""
     folder, name = os.path.split(unshown(path))
     now = time.monotonic()
     real = _folders.get(folder)
-    if real is None or now - real[1] > FOLDER_TTL:
+    if fresh or real is None or now - real[1] > FOLDER_TTL:
         if len(_folders) >= 1024:
             _folders.clear()
         real = _folders[folder] = (os.path.realpath(folder), now)
     return shown(os.path.join(real[0], name))
 
 
-def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None) -> bool:
-    """Was this very file (``st``, open as ``fd``) taken before and is it unchanged?"""
+def lookup(db: sqlite3.Connection, name: str, st: os.stat_result, fd: int | None) -> bool:
+    """Was this very file (``st``, open as ``fd``; ``name``: its :func:`key`) taken
+    before and is it unchanged?"""
     row = db.execute("SELECT size, mtime_ns, ctime_ns, sha256 FROM seen WHERE path=? AND "
-                     "inode=?", (key(path), st.st_ino)).fetchone()
+                     "inode=?", (name, st.st_ino)).fetchone()
     if not row or (row[0], row[1]) != (st.st_size, st.st_mtime_ns):
         return False
     ctime, sha = row[2], row[3]
@@ -58,29 +61,37 @@ def lookup(db: sqlite3.Connection, path: str, st: os.stat_result, fd: int | None
         now = digest(fd)
         same = now == sha
     if same:  # touched, not rewritten: remember the new ctime so it is hashed once
-        record(db, path, st, now or sha)
+        record(db, name, st, now or sha)
     return same
 
 
-def unchanged(db: sqlite3.Connection, path: str, st: os.stat_result) -> bool:
-    """Was this very file taken before, and are its size, mtime and ctime still what
-    they were then? Reads nothing but the index: a changed ctime answers False, and
-    :func:`lookup` then lets the content decide."""
+def unchanged(db: sqlite3.Connection, name: str, st: os.stat_result) -> bool:
+    """Was this very file (``name``: its :func:`key`) taken before, and are its size,
+    mtime and ctime still what they were then? Reads nothing but the index: a changed
+    ctime answers False, and :func:`lookup` then lets the content decide."""
     row = db.execute("SELECT size, mtime_ns, ctime_ns FROM seen WHERE path=? AND inode=?",
-                     (key(path), st.st_ino)).fetchone()
+                     (name, st.st_ino)).fetchone()
     return row is not None and tuple(row) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def record(db: sqlite3.Connection, path: str, st: os.stat_result, sha: str | None) -> None:
+def record(db: sqlite3.Connection, name: str, st: os.stat_result, sha: str | None) -> None:
+    """Remember the file ``name`` (its :func:`key`, looked up fresh) as ``st`` shows it."""
     db.execute("INSERT OR REPLACE INTO seen (path, inode, size, mtime_ns, ctime_ns, sha256) "
                "VALUES (?, ?, ?, ?, ?, ?)",
-               (key(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha))
+               (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha))
 
 
 def rekey(db: sqlite3.Connection) -> None:
-    """Rows written under a folder's path as it was spelt, named by :func:`key` instead
-    (one file remembered under two spellings keeps one row)."""
-    for path, inode in db.execute("SELECT path, inode FROM seen").fetchall():
-        if (new := key(path)) != path:
+    """Rows written under a folder's path as it was spelt, named by :func:`key` instead;
+    of one file remembered under two spellings, the row written last (its ctime) stays."""
+    rows = db.execute("SELECT path, inode, coalesce(ctime_ns, 0) FROM seen").fetchall()
+    for path, inode, ctime in rows:
+        if (new := key(path)) == path:
+            continue
+        there = db.execute("SELECT coalesce(ctime_ns, 0) FROM seen WHERE path=? AND inode=?",
+                           (new, inode)).fetchone()
+        if there is not None and there[0] >= ctime:
+            db.execute("DELETE FROM seen WHERE path=? AND inode=?", (path, inode))
+        else:
             db.execute("UPDATE OR REPLACE seen SET path=? WHERE path=? AND inode=?",
                        (new, path, inode))
