@@ -239,13 +239,17 @@ def cmd_spool(args: argparse.Namespace) -> int:
     from forwarder.spool import rebuild
 
     cfg = config.load(args.config)
+    if not (Path(cfg.spool) / "objects").is_dir():
+        raise UsageError(f"{cfg.spool} is not a spool (no objects/ directory)")
     running = spoollock.holder(cfg.spool)
     if running is not None:
-        raise UsageError(f"a daemon (pid {running.get('pid', '?')}) is running on the spool "
+        what = "a daemon" if running.get("command", "run") == "run" else \
+            f"another {running['command']}"
+        raise UsageError(f"{what} (pid {running.get('pid', '?')}) is running on the spool "
                          f"{cfg.spool}: stop it first (systemctl stop dicom-forwarder)")
-    lock = spoollock.SpoolLock(cfg.spool)
-    if lock.path.parent.is_dir():  # held throughout: no daemon starts on a partial index
-        lock.acquire(args.config, wait=0, command="spool rebuild")
+    # held throughout (a daemon started meanwhile is refused: it would take the objects
+    # not yet indexed for orphans)
+    lock = spoollock.SpoolLock(cfg.spool).acquire(args.config, command="spool rebuild")
     try:
         report = rebuild.rebuild(cfg, force=args.force)
     finally:

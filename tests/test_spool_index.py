@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,21 @@ def test_an_interrupted_rebuild_is_refused_at_start_then_run_again(
     assert not list((tmp_path / "spool" / "quarantine").iterdir())
     _rebuild_and_deliver(cfg, tmp_path, make_scp, port, files, capsys)
     assert not (tmp_path / "spool" / "rebuild.unfinished").exists()
+
+
+def test_rebuilds_in_one_second_keep_every_index_they_moved_aside(tmp_path: Path) -> None:
+    from forwarder import config
+    from forwarder.spool import rebuild
+
+    cfg, _files = _spool_with_jobs(tmp_path, free_port())
+    spool = tmp_path / "spool"
+    first = (spool / "index.sqlite").read_bytes()
+    now = time.time()
+    assert rebuild.rebuild(config.load(str(cfg)), force=True, now=now)["queued"] == COUNT
+    assert rebuild.rebuild(config.load(str(cfg)), force=True, now=now)["queued"] == COUNT
+    aside = sorted(p.name for p in spool.glob("index.sqlite.damaged-*"))
+    assert len(aside) == 2 and aside[1] == f"{aside[0]}-2"
+    assert (spool / aside[0]).read_bytes() == first  # the one first moved aside, unchanged
 
 
 def test_the_daemon_does_not_start_while_a_rebuild_runs(tmp_path: Path, capsys,

@@ -73,14 +73,20 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
     if not (root / "objects").is_dir():
         raise UsageError(f"{root} is not a spool (no objects/ directory)")
     unfinished = root / UNFINISHED
-    held = None if unfinished.exists() else _holdings(index)  # a partial index: ours
+    again = unfinished.exists()  # the index is a rebuild's that did not finish
+    held = None if again else _holdings(index)
     if held and not force:
         raise UsageError(f"the spool index {index} is readable and holds {', '.join(held)}; "
                          "rebuild is for a missing, empty or damaged index, and a new one "
                          "starts without these (--force to rebuild anyway)")
     report = {"moved_aside": 0, "queued": 0, "quarantined": 0, "quarantine_listed": 0}
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-    if not unfinished.exists():
+    first = stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    n = 1
+    while any((root / f"{INDEX}{suffix}.damaged-{stamp}").exists()
+              for suffix in ("", "-wal", "-shm")):  # one moved aside this second: kept
+        n += 1
+        stamp = f"{first}-{n}"
+    if not again:
         os.close(durable.create(unfinished))
         durable.fsync_dir(root)
     for suffix in ("", "-wal", "-shm"):
