@@ -92,6 +92,8 @@ def test_a_purge_killed_part_way_never_brings_a_purged_file_back(tmp_path: Path,
         assert len(list(spool.objects.iterdir())) == 2  # a purged object's file gone
         report = spool.recover()
         assert report["orphan_objects"] == 0 and report["finished_cleanup"] == 1
+        # purged, not delivered: an orphan of that content would be the last copy
+        assert spool.db.execute("SELECT count(*) FROM delivered").fetchone()[0] == 1
         assert [Path(q["source"]).name for q in spool.quarantined()] == \
             ["junk0.bin", "junk1.bin", "junk2.bin"]  # only the junk quarantined before
         assert [j["sop_instance_uid"] for j in spool.failed_jobs()] == [uids[1]]

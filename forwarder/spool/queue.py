@@ -89,13 +89,14 @@ def _forget(db: sqlite3.Connection, oid: int, now: float) -> str | None:
     if db.execute("SELECT 1 FROM jobs WHERE object_id=? AND state != 'done' LIMIT 1",
                   (oid,)).fetchone():
         return None
-    db.execute("DELETE FROM jobs WHERE object_id=?", (oid,))
+    delivered = db.execute("DELETE FROM jobs WHERE object_id=?", (oid,)).rowcount
     row = db.execute("DELETE FROM objects WHERE id=? RETURNING name, sha256",
                      (oid,)).fetchone()
     if row is None:
         return None
-    # kept a while: recovery knows this content was delivered
-    db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)", (row[1], now))
+    if delivered:  # kept a while: recovery knows this content was delivered (an object
+        # with no job at all was purged, never delivered)
+        db.execute("INSERT OR REPLACE INTO delivered VALUES (?, ?)", (row[1], now))
     return str(row[0])
 
 
