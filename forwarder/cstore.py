@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from forwarder.model import Probe, StoreResult
 from forwarder.negotiation import (
     DEFLATED_LE,
+    ENCAPSULATED_UNCOMPRESSED,
     EXPLICIT_LE,
     choose_context,
     without_pixels_context,
@@ -20,7 +21,13 @@ from forwarder.reencode import exactly
 from forwarder.scu import Association
 from forwarder.scu.spliced import Spliced
 from forwarder.scu.store import send_on
-from forwarder.transcode import CannotConvert, convertible, describe_refusal, prepare
+from forwarder.transcode import (
+    LOSSLESS,
+    CannotConvert,
+    convertible,
+    describe_refusal,
+    prepare,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -55,7 +62,8 @@ def store_file(assoc: Association, path: str | os.PathLike[str], probe: Probe,
     chosen = choose_context(pairs, probe.sop_class_uid, probe.transfer_syntax, options)
     encoding = chosen  # the data set's encoding: the context's syntax, but for one case
     if chosen is None and not _holds_pixels(path, probe):
-        chosen = without_pixels_context(pairs, probe.sop_class_uid)
+        chosen = without_pixels_context(pairs, probe.sop_class_uid,
+                                        {*LOSSLESS, ENCAPSULATED_UNCOMPRESSED})
         encoding = EXPLICIT_LE
     if chosen is None or encoding is None:
         from pydicom.uid import UID

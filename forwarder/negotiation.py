@@ -157,20 +157,22 @@ def choose_context(
 # encapsulated pixel data: JPIP references its pixels elsewhere (and deflates, in two)
 _JPIP = {"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.204",
          "1.2.840.10008.1.2.4.205"}
-_ENCAPSULATED = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.7.")
-_ENCAPSULATED_ALSO = {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.98"}  # RLE; uncompressed
+_ENCAPSULATED = "1.2.840.10008.1.2.4."
+ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+_ENCAPSULATED_ALSO = {"1.2.840.10008.1.2.5", ENCAPSULATED_UNCOMPRESSED}  # RLE
 
 
-def without_pixels_context(accepted: Sequence[tuple[str, str]], sop_class: str) -> str | None:
-    """For a data set without pixel data: the first compressed syntax the peer accepted
-    for ``sop_class``. Only pixel data is compressed under them; every other element is
-    explicit VR little endian (PS3.5 A.4), so such a data set goes in that encoding, its
-    values unchanged, as storescu sends an SR or RT object; None when there is none."""
-    for sop, ts in accepted:
-        if sop == sop_class and ts not in _JPIP and (
-                ts.startswith(_ENCAPSULATED) or ts in _ENCAPSULATED_ALSO):
-            return ts
-    return None
+def without_pixels_context(accepted: Sequence[tuple[str, str]], sop_class: str,
+                           prefer: Iterable[str] = ()) -> str | None:
+    """For a data set without pixel data: a compressed syntax the peer accepted for
+    ``sop_class`` (the first in ``prefer``, else the first accepted). Only pixel data is
+    compressed under them; every other element is explicit VR little endian (PS3.5
+    A.4), so such a data set goes in that encoding, its values unchanged, as storescu
+    sends an SR or RT object; None when there is none."""
+    found = [ts for sop, ts in accepted if sop == sop_class and ts not in _JPIP and (
+        ts.startswith(_ENCAPSULATED) or ts in _ENCAPSULATED_ALSO)]
+    preferred = set(prefer)
+    return next((ts for ts in found if ts in preferred), found[0] if found else None)
 
 
 def ae_title_ok(title: str) -> bool:

@@ -92,7 +92,9 @@ def _prepare(path: str | os.PathLike[str], source_ts: str, target_ts: str) -> Da
     from forwarder.dicomfile import read_dataset
 
     ds = read_dataset(path)
-    decode = not is_plain(source_ts) and source_ts != target_ts
+    # a compressed syntax over no pixel data: the rest is explicit VR LE, nothing to decode
+    decode = not is_plain(source_ts) and source_ts != target_ts and \
+        any(tag in ds for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010))
     if decode:
         try:
             ds.decompress(generate_instance_uid=False)

@@ -305,6 +305,43 @@ def test_objects_without_pixels_go_under_a_compressed_syntax_the_peer_alone_acce
     assert sr.endswith(peer.received[1].dataset_bytes)
 
 
+def test_a_compressed_syntax_for_a_data_set_without_pixels_is_lossless_and_encapsulating(
+) -> None:
+    from forwarder.negotiation import without_pixels_context
+    from forwarder.transcode import LOSSLESS
+
+    sr = "1.2.840.10008.5.1.4.1.1.88.33"
+    accepted = [(sr, "1.2.840.10008.1.2.4.50"), (sr, JPEG_LOSSLESS_SV1)]
+    assert without_pixels_context(accepted, sr, LOSSLESS) == JPEG_LOSSLESS_SV1
+    assert without_pixels_context(accepted[:1], sr, LOSSLESS) == "1.2.840.10008.1.2.4.50"
+    for other in ("1.2.840.10008.1.2.7.1", "1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.205"):
+        assert without_pixels_context([(sr, other)], sr, LOSSLESS) is None  # RTV, JPIP
+
+
+def test_an_sr_labelled_compressed_goes_to_a_peer_of_uncompressed_syntaxes(
+        tmp_path: Path) -> None:
+    """An SR whose file says JPEG Lossless (as a peer that took it so may have written
+    it): nothing to decompress, it goes in the syntax the peer accepted, every element
+    as in the file."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    ds = dcmread(sample("test-SR.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEG_LOSSLESS_SV1
+    labelled = tmp_path / "sr-jpeg-label.dcm"
+    ds.save_as(labelled, enforce_file_format=True)
+    assert probe(labelled).transfer_syntax == JPEG_LOSSLESS_SV1
+    peer = StoreSCP(transfer_syntaxes=["1.2.840.10008.1.2"]).start()
+    try:
+        assert main(["send", "-R", "127.0.0.1", str(peer.port), str(labelled)]) == 0
+    finally:
+        peer.stop()
+    [got] = peer.received
+    assert got.transfer_syntax == "1.2.840.10008.1.2"
+    arrived = read_dataset(DicomBytesIO(got.dataset_bytes), True, True)
+    assert [(e.tag, e.value) for e in arrived] == [(e.tag, e.value) for e in ds]
+
+
 def test_a_spooled_job_without_pixels_is_looked_at_again_not_refused() -> None:
     """The daemon's jobs do not carry whether a file holds pixel data (their probe says
     it may): the file is looked at when only a compressed syntax was accepted, and an SR
