@@ -191,6 +191,12 @@ class Watcher:
         """Files known and not yet complete, for status lines."""
         return len(self.settler)
 
+    @property
+    def offered(self) -> int:
+        """Files offered to intake and not judged yet."""
+        with self._lock:
+            return len(self._inflight)
+
     # --- the loop ----------------------------------------------------------------
 
     def _replaced(self) -> bool:

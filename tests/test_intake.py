@@ -400,7 +400,9 @@ def test_keep_source_knows_its_files_when_the_folder_is_named_another_way(
         respelt = dataclasses.replace(
             cfg, watch=(dataclasses.replace(cfg.watch[0], path=str(spelt)),))
         with Pipeline(respelt) as p:
-            wait_for(lambda: p.watchers[0].scans >= 3, 10, f"scans of {spelt}")
+            # scanned, and no file settling, or offered and not judged yet
+            wait_for(lambda w=p.watchers[0]: w.scans >= 3 and not w.pending and not w.offered,
+                     10, f"scans of {spelt}, every file judged")
             assert p.jobs() == []
     new = unique_copies(tmp_path / "new", 1, "MR_small.dcm")
     shutil.copy(next(iter(new.values())), tmp_path / "in" / "new.dcm")
