@@ -123,7 +123,7 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
     SCP/SCU roles. A profile naming extended negotiation is refused: it is not proposed
     here, and leaving it out would change what the peer is asked."""
     sections: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
-    written: dict[str, str] = {}  # a group's name as the file writes it
+    written: dict[tuple[str, str], str] = {}  # (section, group): the group as written
     section = group = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -136,7 +136,7 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
             if section is None:
                 raise ProfileError(f"{file}:{lineno}: group {line} outside a [[section]]")
             group = _name(line[1:-1])
-            written.setdefault(group, line[1:-1].strip())
+            written.setdefault((section, group), line[1:-1].strip())
             sections[section].setdefault(group, [])
         elif "=" in line and section is not None and group is not None:
             key, value = (s.strip() for s in line.split("=", 1))
@@ -147,7 +147,7 @@ def read_profile(text: str, profile: str, file: str = "<profile>") -> Profile:
     profiles = sections.get(_name("Profiles"), {})
     entries = profiles.get(_name(profile))
     if entries is None:
-        known = ", ".join(sorted(written[g] for g in profiles)) or "none"
+        known = ", ".join(sorted(written[_name("Profiles"), g] for g in profiles)) or "none"
         raise ProfileError(f"{file}: no profile '{profile}' (profiles: {known})")
     keys = {_name(k): (n, v) for n, k, v in reversed(entries)}
     if _name("ExtendedNegotiation") in keys:

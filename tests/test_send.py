@@ -162,6 +162,15 @@ def test_option_combinations_storescu_takes_are_taken(tmp_path: Path, args: list
     assert parsed.mode == mode
 
 
+def test_verbose_pc_with_a_log_config_is_taken() -> None:
+    """+v needs a verbose level; a -lc file sets the level itself, so it is not refused."""
+    from forwarder.send.options import build_parser, check
+
+    parser = build_parser()
+    argv = ["-lc", "log.cfg", "+v", "127.0.0.1", "104", "f.dcm"]
+    check(parser.parse_intermixed_args(argv), parser.given(argv))
+
+
 @pytest.mark.parametrize("args, kind", [
     (["-kt", "{f}", "-usr", "alice"], 1),
     (["-usr", "alice", "-kt", "{f}"], 3),

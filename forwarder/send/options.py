@@ -212,7 +212,7 @@ def check(args: argparse.Namespace, given: Sequence[tuple[str, bool]] = ()) -> N
                         ("+wf/--write-seed-file", args.write_seed_file)):
         if value and args.seed is None:
             raise UsageError(f"{name} only with +rs/--seed")
-    if args.verbose_pc and LOG_LEVELS[args.log_level] > logging.INFO:
+    if args.verbose_pc and args.log_config is None and LOG_LEVELS[args.log_level] > logging.INFO:
         raise UsageError("+v/--verbose-pc only with -v/--verbose, -d/--debug or -ll info, "
                          "debug or trace")
     for opt, value in (("-to/--timeout", args.timeout), ("-ta/--acse-timeout", args.acse_timeout),
