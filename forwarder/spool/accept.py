@@ -76,6 +76,7 @@ def accept(spool: Spool, items: Iterable[Incoming], now: float | None = None) ->
             for fd, _what in unsynced:
                 os.close(fd)
         durable.fsync_dir(spool.objects)
+        # the names of the files left in place, looked up before the lock is taken
         kept = {id(item): seen.key(item.source, fresh=True) for item, *_ in placed
                 if item.remember and item.stat is not None}
         ids: list[Accepted] = []

@@ -101,7 +101,7 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
             _retake(cfg, spool, path, now, report)
     finally:
         spool.close()
-    unfinished.unlink()
+    unfinished.unlink(missing_ok=True)
     durable.fsync_dir(root)
     return report
 
