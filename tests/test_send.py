@@ -284,6 +284,31 @@ def test_quiet_still_says_why_the_association_failed_as_storescu_does() -> None:
         "refused)\n", ours.stderr
 
 
+def test_verbose_says_storescus_steps_in_its_words(tmp_path: Path) -> None:
+    """-v: the association requested, accepted, each file sent, the release; the lines
+    storescu -v prints for the same steps, in the same order."""
+    files = [sample("CT_small.dcm"), sample("MR_small.dcm")]
+    steps = ("Requesting Association", "Association Accepted", "Sending file: ",
+             "Releasing Association")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    said = {}
+    for who, argv in (("send", [sys.executable, "-m", "forwarder", "send"]),
+                      ("storescu", ["storescu"])):
+        peer = StoreSCPProcess(tmp_path / who)
+        try:
+            r = subprocess.run([*argv, "-v", "127.0.0.1", str(peer.port), *files],
+                               capture_output=True, text=True, timeout=60, env=env)
+        finally:
+            peer.stop()
+        assert r.returncode == 0, r.stderr
+        said[who] = [line[3:] for line in r.stderr.splitlines()
+                     if line.startswith("I: ") and line[3:].startswith(steps)]
+    assert [line.split(" (")[0] for line in said["send"]] == \
+        [line.split(" (")[0] for line in said["storescu"]] == \
+        ["Requesting Association", "Association Accepted", f"Sending file: {files[0]}",
+         f"Sending file: {files[1]}", "Releasing Association"]
+
+
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 
 

@@ -102,6 +102,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     from forwarder.scu import Association
     from forwarder.send.invent import modifier
 
+    LOGGER.info("Requesting Association")  # -v: storescu's lines, in its words
     try:
         assoc = Association.open(peer, contexts, roles or None)
     except AssociationFailed as exc:  # storescu's "F: Association Rejected", even with -q
@@ -110,6 +111,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
     except (ssl.SSLError, OSError, ValueError) as exc:
         LOGGER.critical("cannot set up the association: %s", exc)
         return EXIT_FAILURE
+    LOGGER.info("Association Accepted (Max Send PDV: %d)", assoc.fragment)
     if args.verbose_pc:
         from pydicom.uid import UID
 
@@ -132,6 +134,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
                     return EXIT_FAILURE
                 continue
             msg_id = msg_id % 65535 + 1
+            LOGGER.info("Sending file: %s", item.path)
             started = time.monotonic()
             inputs.current[:] = [item.path]
             try:
@@ -165,6 +168,7 @@ def _send(args: argparse.Namespace, peer: PeerSettings, contexts, items: list[It
         inputs.current.clear()
         progress.close()
         if assoc.is_established:
+            LOGGER.info("Aborting Association" if args.abort else "Releasing Association")
             assoc.abort() if args.abort else assoc.release()
     return EXIT_FAILURE if failed else EXIT_OK
 
