@@ -24,6 +24,11 @@ class IdentitySettings:
 TOKENS = {3: "Kerberos service ticket", 4: "SAML assertion", 5: "JSON web token"}
 
 
+def empty_token(path: str, kind: int) -> str:
+    """What is wrong with a token file of identity ``kind`` that is there but empty."""
+    return f"{path} is empty: it should hold the {TOKENS[kind]} sent as the user identity"
+
+
 def identity_item(identity: IdentitySettings) -> bytes | None:
     """The encoded user identity sub-item of an A-ASSOCIATE-RQ; None: no identity."""
     if not identity.kind:
@@ -38,22 +43,21 @@ def identity_from_files(user: str | None, password: str | None, kerberos: str | 
                         saml: str | None, jwt: str | None, positive: bool) -> IdentitySettings:
     """Build the identity from storescu's options or the YAML keys (secrets read from files;
     an empty token file is refused, as storescu refuses it)."""
-    def read(path: str, what: str) -> bytes:
+    def token(kind: int, path: str) -> IdentitySettings:
         try:
-            token = Path(path).read_bytes()
+            data = Path(path).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-        if not token:
-            raise UsageError(f"{path} is empty: it should hold the {what} sent as the user "
-                             "identity")
-        return token
+        if not data:
+            raise UsageError(empty_token(path, kind))
+        return IdentitySettings(kind, data, b"", positive)
 
     if kerberos:
-        return IdentitySettings(3, read(kerberos, TOKENS[3]), b"", positive)
+        return token(3, kerberos)
     if saml:
-        return IdentitySettings(4, read(saml, TOKENS[4]), b"", positive)
+        return token(4, saml)
     if jwt:
-        return IdentitySettings(5, read(jwt, TOKENS[5]), b"", positive)
+        return token(5, jwt)
     if user:
         if password is not None:
             return IdentitySettings(2, user.encode(), password.encode(), positive)

@@ -31,7 +31,7 @@ from forwarder.config.engine import Ctx, KeyPath
 from forwarder.config.schema import Config, NegotiationProfile
 from forwarder.config.yamlsrc import YamlProblem, load_with_lines
 from forwarder.errors import ConfigError, ConfigIssue
-from forwarder.identity import TOKENS
+from forwarder.identity import empty_token
 from forwarder.spool.durable import filesystem_type, nearest_folder, unusable_fs
 from forwarder.tls import DER_INSTALL, cipher_problem
 
@@ -219,7 +219,7 @@ class _Checker:
             for key in ("password_file", "kerberos_file", "saml_file", "jwt_file"):
                 self._readable((*base, "identity", key), getattr(ident, key))
             for kind, key in ((3, "kerberos_file"), (4, "saml_file"), (5, "jwt_file")):
-                self._not_empty((*base, "identity", key), getattr(ident, key), TOKENS[kind])
+                self._not_empty((*base, "identity", key), getattr(ident, key), kind)
             if dest.negotiation_profile is not None:
                 self._profile(name, (*base, "negotiation_profile"), dest.negotiation_profile)
 
@@ -239,12 +239,11 @@ class _Checker:
             self.issue((*at, "file"), f"{entry}: not read (DCMTK reads the keys numbered 1, "
                        "2, 3... up to the first number missing)", error=False)
 
-    def _not_empty(self, at: KeyPath, value: str | None, what: str) -> None:
+    def _not_empty(self, at: KeyPath, value: str | None, kind: int) -> None:
         """A token file that is there but empty (truncated, or not written yet)."""
         with contextlib.suppress(OSError):  # not there: _readable said so
             if value and os.stat(value).st_size == 0:
-                self.issue(at, f"{value} is empty: it should hold the {what} sent as the "
-                           "user identity; write it, or remove the key")
+                self.issue(at, f"{empty_token(value, kind)}; write it, or remove the key")
 
     def _readable(self, at: KeyPath, value: str | None, directory: bool = False) -> None:
         if not value:
