@@ -216,6 +216,9 @@ class SendCore:
     proposed: set[tuple[str, str]] = field(default_factory=set)
     batch: list[Item] = field(default_factory=list)  # in flight first, then the rest
     phase: str = "idle"  # idle | opening | storing | noting
+    stores: int = 0  # C-STOREs answered on the open association
+    lost_at: tuple[int, int] | None = None  # (n, job): the last association lost at its nth
+    per_association: int = 0  # the peer's learned limit of C-STOREs per association; 0: none
     _noting: _Noting | None = None
 
     @property
@@ -237,6 +240,7 @@ class SendCore:
 
     def _covers(self, jobs: Sequence[Item], now: float, link_up: bool) -> bool:
         return (self.open and link_up and now - self.opened_at < self.policy.max_association_age
+                and not self._spent
                 and (bool(self.policy.fixed) or all(j.need in self.proposed for j in jobs)))
 
     def _fit(self, jobs: Sequence[Item]) -> tuple[list[Item], list[Item], list[Context]]:
@@ -257,6 +261,20 @@ class SendCore:
             needs.append(j.need)
         return list(jobs), [], contexts
 
+    @property
+    def _spent(self) -> bool:
+        """The open association carried as many C-STOREs as the peer takes in one."""
+        return 0 < self.per_association <= self.stores
+
+    def _open_for(self, jobs: Sequence[Item], cmds: list[Command]) -> list[Command]:
+        take, rest, contexts = self._fit(jobs)
+        if rest:
+            cmds.append(Release(tuple(j.id for j in rest)))
+        self.batch = take
+        self.phase = "opening"
+        cmds.append(Open(tuple(j.id for j in take), tuple(contexts)))
+        return cmds
+
     def _close(self, abort: bool = False) -> list[Command]:
         self.open = False
         self.proposed = set()
@@ -274,18 +292,12 @@ class SendCore:
         if self._covers(event.jobs, event.now, event.link_up):
             self.batch = list(event.jobs)
             return [Pace(idle=False), *self._next(event.now)]
-        cmds: list[Command] = self._close() if self.open else [Close()]
-        take, rest, contexts = self._fit(event.jobs)
-        if rest:
-            cmds.append(Release(tuple(j.id for j in rest)))
-        self.batch = take
-        self.phase = "opening"
-        cmds.append(Open(tuple(j.id for j in take), tuple(contexts)))
-        return cmds
+        return self._open_for(event.jobs, self._close() if self.open else [Close()])
 
     def _on_opened(self, event: Opened) -> list[Command]:
         self.open = True
         self.opened_at = event.now
+        self.stores = 0
         self.proposed = {j.need for j in self.batch}
         return [Pace(idle=False), *self._next(event.now)]
 
@@ -305,6 +317,8 @@ class SendCore:
         if not self.batch:
             self.phase = "idle"
             return []
+        if self._spent:  # released before the C-STORE the peer would abort
+            return self._open_for(self.batch, self._close())
         self.phase = "storing"
         return [Store(self.batch[0].id)]
 
@@ -326,6 +340,7 @@ class SendCore:
 
     def _on_stored(self, event: Stored) -> list[Command]:
         job = self.batch[0]
+        self.stores += 1
         action = outcome.store_status(event.status, event.comment, job.attempts,
                                       self.policy.warning_is_success)
         status = outcome.status_text(event.status)
@@ -349,10 +364,21 @@ class SendCore:
         return self._stop(event.now, [Release((job.id,)), Degrade(action), *self._close()])
 
     def _on_noresponse(self, event: NoResponse) -> list[Command]:
+        self.last_used = event.now
+        job, nth = self.batch[0], self.stores + 1
+        again = self.lost_at is not None and self.lost_at[0] == nth and self.lost_at[1] != job.id
+        self.lost_at = (nth, job.id)
+        if again and nth > 1:  # two files lost at the same count: the peer's limit
+            self.per_association = nth - 1
+            self.batch.pop(0)
+            reason = (f"{event.cause} during the C-STORE, the association's C-STORE number "
+                      f"{nth} as in the association before (another file): the peer's limit, "
+                      f"not this file's fault; associations to it now carry at most "
+                      f"{nth - 1} C-STOREs")
+            return self._stop(event.now, [Retry(job.id, reason, None), *self._close(abort=True)])
         action = outcome.Action(outcome.RESEND, f"{event.cause} during the C-STORE; sending "
                                 "it again on a new association")
-        self.last_used = event.now
-        return self._note(self.batch[0], _Noting(action, None, refused=False, lost=True))
+        return self._note(job, _Noting(action, None, refused=False, lost=True))
 
     def _note(self, job: Item, noting: _Noting) -> list[Command]:
         self._noting = noting

@@ -217,3 +217,67 @@ def test_an_idle_association_is_closed_after_idle_release() -> None:
                                                       sendcore.Wait(1.0)]
     assert core.handle(sendcore.Tick(11.0, None)) == [sendcore.Close()]
     assert core.handle(sendcore.Tick(12.0, 30.0)) == [sendcore.Wait(5.0)]
+
+
+def _lost_at_third(core: sendcore.SendCore, first: int, now: float) -> list[sendcore.Command]:
+    """A batch of jobs ``first``.. on a new association: two stored, the third lost."""
+    jobs = tuple(sendcore.Item(i, CT, EXPLICIT_LE) for i in range(first, first + 4))
+    core.handle(sendcore.Claimed(jobs, now, False))
+    core.handle(sendcore.Opened(now))
+    core.handle(sendcore.Stored(0, None, now))
+    core.handle(sendcore.Stored(0, None, now))
+    return core.handle(sendcore.NoResponse("the peer aborted", now))
+
+
+def test_two_associations_lost_at_the_same_c_store_teach_the_peer_s_limit() -> None:
+    """A peer that takes two C-STOREs per association and aborts the third: the first
+    loss counts as usual, the second (another file, the same count) is the peer's limit.
+    The file is not charged for it, and the next associations are released after two."""
+    core = sendcore.SendCore(sendcore.Policy())
+    assert _lost_at_third(core, 1, 0.0) == [sendcore.NoteFailure(3)]
+    core.handle(sendcore.FailureNoted(1, True))
+    cmds = _lost_at_third(core, 10, 1.0)
+    retry = cmds[0]
+    assert isinstance(retry, sendcore.Retry) and retry.job == 12 and not retry.alone
+    assert "at most 2 C-STOREs" in retry.reason
+    assert cmds[1:] == [sendcore.Close(abort=True), sendcore.Release((13,))]
+    jobs = tuple(sendcore.Item(i, CT, EXPLICIT_LE) for i in (12, 13, 14))
+    assert isinstance(core.handle(sendcore.Claimed(jobs, 2.0, False))[-1], sendcore.Open)
+    core.handle(sendcore.Opened(2.0))
+    core.handle(sendcore.Stored(0, None, 2.0))
+    cmds = core.handle(sendcore.Stored(0, None, 2.0))
+    assert [type(c).__name__ for c in cmds] == ["Done", "Close", "Open"]
+    assert cmds[1] == sendcore.Close(abort=False) and cmds[2].jobs == (14,)
+    core.handle(sendcore.Opened(2.1))
+    assert core.handle(sendcore.Stored(0, None, 2.1))[0].__class__ is sendcore.Done
+    cmds = core.handle(sendcore.Claimed((sendcore.Item(15, CT, EXPLICIT_LE),), 3.0, True))
+    assert cmds[-1] == sendcore.Store(15)  # one stored on this one: room for one more
+    core.handle(sendcore.Stored(0, None, 3.0))
+    # an open association that carried its two is not reused for the next claim
+    cmds = core.handle(sendcore.Claimed((sendcore.Item(16, CT, EXPLICIT_LE),), 4.0, True))
+    assert cmds == [sendcore.Close(), sendcore.Open((16,), cmds[-1].contexts)]
+
+
+def test_the_same_file_lost_twice_at_the_same_count_is_still_charged_to_it() -> None:
+    core = sendcore.SendCore(sendcore.Policy())
+    assert _lost_at_third(core, 1, 0.0) == [sendcore.NoteFailure(3)]
+    core.handle(sendcore.FailureNoted(1, True))
+    jobs = (sendcore.Item(7, CT, EXPLICIT_LE), sendcore.Item(8, CT, EXPLICIT_LE),
+            sendcore.Item(3, CT, EXPLICIT_LE, aborts=1))
+    core.handle(sendcore.Claimed(jobs, 1.0, False))
+    core.handle(sendcore.Opened(1.0))
+    core.handle(sendcore.Stored(0, None, 1.0))
+    core.handle(sendcore.Stored(0, None, 1.0))
+    assert core.handle(sendcore.NoResponse("the peer aborted", 1.0)) == [
+        sendcore.NoteFailure(3)]
+    assert core.per_association == 0
+
+
+def test_losses_at_the_first_c_store_teach_no_limit() -> None:
+    core = sendcore.SendCore(sendcore.Policy())
+    for job in (1, 2):
+        core.handle(sendcore.Claimed((sendcore.Item(job, CT, EXPLICIT_LE),), job, False))
+        core.handle(sendcore.Opened(job))
+        assert core.handle(sendcore.NoResponse("lost", job)) == [sendcore.NoteFailure(job)]
+        core.handle(sendcore.FailureNoted(1, True))
+    assert core.per_association == 0

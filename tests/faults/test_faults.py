@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -352,3 +353,36 @@ def test_backlog_of_20000_files_and_20000_jobs_at_start(make_scp, tmp_path: Path
         assert d.stop() == 0
     assert_nothing_lost(set(queued) | set(waiting), peer.counts(), tmp_path / "spool",
                         sources(tmp_path / "in", waiting))
+
+
+def test_a_peer_that_aborts_at_its_third_c_store_of_every_association_fails_no_file(
+        make_scp, tmp_path: Path) -> None:
+    """Some SCPs take a fixed number of C-STOREs per association and abort the next one.
+    That is the peer's limit, not the fault of whichever file came third: the worker
+    learns it from two associations ending alike and releases before it."""
+    per_association: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def script(event) -> int:  # noqa: ANN001
+        with lock:
+            per_association[id(event.assoc)] += 1
+            n = per_association[id(event.assoc)]
+        if n == 3:
+            event.assoc.abort()
+            return 0xA700
+        return 0
+
+    peer = make_scp(status=script)
+    cfg = write_config(tmp_path, peer.port, min_age="100ms")
+    uids = unique_copies(tmp_path / "in", 60)
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: len(peer.counts()) == 60, 90, "all 60 files")
+    finally:
+        assert d.stop() == 0
+    assert peer.counts() == {u: 1 for u in uids}
+    view = spool_view(tmp_path / "spool")
+    assert not view["pending"] and not view["failed"]
+    assert peer.aborts_seen <= 3
+    assert "at most 2 C-STOREs" in d.output()
