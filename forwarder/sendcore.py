@@ -341,6 +341,8 @@ class SendCore:
     def _on_stored(self, event: Stored) -> list[Command]:
         job = self.batch[0]
         self.stores += 1
+        if self.lost_at is not None and self.stores >= self.lost_at[0]:
+            self.lost_at = None  # the peer took as many in one association: no limit there
         action = outcome.store_status(event.status, event.comment, job.attempts,
                                       self.policy.warning_is_success)
         status = outcome.status_text(event.status)

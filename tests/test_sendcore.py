@@ -273,6 +273,20 @@ def test_the_same_file_lost_twice_at_the_same_count_is_still_charged_to_it() -> 
     assert core.per_association == 0
 
 
+def test_losses_at_the_same_count_with_a_longer_association_between_teach_no_limit() -> None:
+    core = sendcore.SendCore(sendcore.Policy())
+    assert _lost_at_third(core, 1, 0.0) == [sendcore.NoteFailure(3)]
+    core.handle(sendcore.FailureNoted(1, True))
+    jobs = tuple(sendcore.Item(i, CT, EXPLICIT_LE) for i in (20, 21, 22))
+    core.handle(sendcore.Claimed(jobs, 1.0, False))
+    core.handle(sendcore.Opened(1.0))
+    for _ in jobs:  # three in one association: the third was no limit
+        core.handle(sendcore.Stored(0, None, 1.0))
+    core.handle(sendcore.Tick(100.0, None))
+    assert _lost_at_third(core, 30, 200.0) == [sendcore.NoteFailure(32)]
+    assert core.per_association == 0
+
+
 def test_losses_at_the_first_c_store_teach_no_limit() -> None:
     core = sendcore.SendCore(sendcore.Policy())
     for job in (1, 2):
