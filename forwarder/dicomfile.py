@@ -77,12 +77,27 @@ def _value(ds: Dataset, keyword: str) -> str | None:
         elem = ds.data_element(keyword)
     except (KeyError, ValueError):
         return None
-    if elem is None or elem.value is None:
+    if elem is None:
         return None
     v: Any = elem.value
+    if v is None:  # present but empty (pydicom's empty number)
+        return ""
+    single = elem.VR == "FL"
     if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
-        return "\\".join(str(x) for x in v)
-    return str(v).strip()
+        return "\\".join(_text(x, single) for x in v)
+    return _text(v, single)
+
+
+def _text(value: Any, single: bool) -> str:
+    """One value as routes compare it: without padding spaces (PS3.5 6.2); a binary
+    float as the shortest decimal that reads back as it (FL: in single precision, so
+    0.1 is ``0.1``, not the double ``0.10000000149011612``)."""
+    if type(value) is float and single and value == value:
+        for digits in range(1, 10):
+            text = f"{value:.{digits}g}"
+            if struct.unpack("<f", struct.pack("<f", float(text)))[0] == value:
+                return text
+    return str(value).strip()
 
 
 def _uid(ds: Dataset, tag: int, keyword: str) -> str | None:

@@ -156,6 +156,13 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "12:30:00); '12:30:00' is not one"),
     ("routes:\n  - to: [x]\n    match: {AcquisitionDateTime: 2024-01-05}\n",
      "f.yaml:3: routes[0].match.AcquisitionDateTime: AcquisitionDateTime is a date and time"),
+    # binary values are no text to compare; routing would read Pixel Data for them
+    ("routes:\n  - to: [x]\n    match: {PixelData: {regex: x0}}\n",
+     "f.yaml:3: routes[0].match.PixelData: a binary attribute (OB or OW) cannot be matched"),
+    ("routes:\n  - to: [x]\n    match: {Rows: 128.0}\n",
+     "f.yaml:3: routes[0].match.Rows: Rows is an integer (US), such as 512; '128.0' is not one"),
+    ("routes:\n  - to: [x]\n    match: {DiffusionBValue: abc}\n",
+     "f.yaml:3: routes[0].match.DiffusionBValue: DiffusionBValue is a decimal number (FD)"),
     # 0 makes a socket non-blocking: nothing would ever be sent
     ("destinations:\n  a: {host: h, port: 1, timeouts: {acse: 0}}\n",
      "f.yaml:2: destinations.a.timeouts.acse: must be at least 100ms (null for no limit)"),
@@ -224,6 +231,8 @@ def test_match_values_are_taken_as_written() -> None:
         "      PatientID: 012345\n"
         "      AccessionNumber: 12:30\n"
         "      SeriesNumber: 7\n"
+        "      StudyID: {regex: 2024}\n"
+        "      Rows: 0512\n"
         "      TransferSyntaxUID: 1.2.840.10008.1.2.1")
     conditions = {c.key: c for c in config.parse(text, "f.yaml").routes[1].match}
     assert conditions["BurnedInAnnotation"].values == ("NO",)
@@ -232,6 +241,9 @@ def test_match_values_are_taken_as_written() -> None:
     assert conditions["AccessionNumber"].values == ("12:30",)
     assert conditions["SeriesNumber"].values == ("7",) and conditions["SeriesNumber"].numeric
     assert not conditions["PatientID"].numeric
+    assert conditions["StudyID"].regex is not None
+    assert conditions["StudyID"].regex.pattern == "2024"
+    assert conditions["Rows"].values == ("0512",) and conditions["Rows"].numeric
     assert conditions["TransferSyntaxUID"].values == ("1.2.840.10008.1.2.1",)
 
 

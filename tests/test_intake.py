@@ -487,6 +487,33 @@ def test_routes_match_what_the_user_wrote_so_no_file_is_deleted_as_unrouted(
                                            ("archive", "pending", CT_UID)])
 
 
+def test_routes_match_padded_parts_binary_numbers_and_empty_values_as_the_file_holds_them(
+        tmp_path: Path) -> None:
+    """Each part of a multi-value loses its padding, as a single value does; binary
+    numbers (FD, FL) compare as numbers, FL in single precision (0.1, not the double
+    0.10000000149011612); a number present but empty matches ''. A route written for
+    each of them holds, so none of these files goes to the wrong destination, or none."""
+    ds = dcmread(CT)
+    ds.ImageType = ["ORIGINAL ", " PRIMARY"]
+    ds.DiffusionBValue = 1000.0
+    ds.ExaminedBodyThickness = 0.1
+    ds.AcquisitionNumber = None  # present, empty
+    ds.save_as(tmp_path / "ct.dcm")
+    routes = """\
+      - {match: {ImageType: [ORIGINAL], Modality: CT}, to: [pacs]}
+      - {match: {DiffusionBValue: 1000}, to: [ai]}
+      - {match: {ExaminedBodyThickness: 0.1}, to: [archive]}
+      - {match: {AcquisitionNumber: ''}, to: [research]}
+    """
+    cfg = make_config(tmp_path, routes=routes, dests=("pacs", "ai", "archive", "research"))
+    with Pipeline(cfg) as p:
+        shutil.move(tmp_path / "ct.dcm", tmp_path / "in" / "ct.dcm")
+        wait_for(lambda: p.jobs() or p.spool.quarantined(), 10, "the CT's verdict")
+        wait_for(lambda: len(p.jobs()) == 4, 5, "four jobs")
+        assert sorted(p.jobs()) == sorted((d, "pending", CT_UID)
+                                          for d in ("pacs", "ai", "archive", "research"))
+
+
 def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
     routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
     cfg = make_config(tmp_path, routes=routes, extra="unrouted: delete\n")

@@ -27,6 +27,9 @@ _FORMS = {
     "IS": (re.compile(r"[+-]?\d+"), "an integer (IS), such as 7"),
     "DS": (re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
            "a decimal number (DS), such as 2.5 or 1e-3"),
+    "US": (re.compile(r"[+-]?\d+"), "an integer ({vr}), such as 512"),
+    "FL": (re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
+           "a decimal number ({vr}), such as 2.5 or 1e-3"),
     "DA": (re.compile(r"\d{8}"), "a date, written YYYYMMDD (20240105, not 2024-01-05)"),
     "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"),
            "a time, written HHMMSS (123000, not 12:30:00)"),
@@ -34,6 +37,13 @@ _FORMS = {
                       r"([+-]\d{4})?"),
            "a date and time, written YYYYMMDDHHMMSS (20240105123000)"),
 }
+
+# binary values: never text to compare (and Pixel Data is not read to route a file)
+_BINARY = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+# the binary numbers, compared as numbers and checked as their forms: integers as US,
+# floating point as FL
+_AS_FORM = {"SS": "US", "UL": "US", "SL": "US", "SV": "US", "UV": "US", "US or SS": "US",
+            "FD": "FL"}
 
 
 def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
@@ -61,12 +71,19 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
             if vr == "SQ":
                 ctx.error(kp, "a sequence attribute cannot be matched")
                 continue
+            if set(vr.split(" or ")) & _BINARY:
+                ctx.error(kp, f"a binary attribute ({vr}) cannot be matched")
+                continue
         if isinstance(v, dict):
-            if set(v) != {"regex"} or not isinstance(v["regex"], str):
+            pattern = v.get("regex")
+            if not isinstance(pattern, str) and pattern is not None \
+                    and not isinstance(pattern, (dict, list)):
+                pattern = written.get((*kp, "regex"), str(pattern))  # regex: 2024
+            if set(v) != {"regex"} or not isinstance(pattern, str):
                 ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
                 continue
             try:
-                out.append(Condition(key, regex=re.compile(v["regex"])))
+                out.append(Condition(key, regex=re.compile(pattern)))
             except re.error as exc:
                 ctx.error((*kp, "regex"), f"bad regular expression: {exc}")
             continue
@@ -79,15 +96,16 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
                       for i, p in zip(items, paths, strict=True))
         if vr is not None:  # as the file's values are compared: without padding spaces
             texts = tuple(t.strip(" ") for t in texts)
-        form = _FORMS.get(vr or "")
+        form = _FORMS.get(_AS_FORM.get(vr, vr) if vr else "")
         if form is not None:  # an empty value matches an attribute present but empty
             bad = [t for t in texts if t and not all(form[0].fullmatch(part.strip(" "))
                                                      for part in t.split("\\"))]
             if bad:
-                ctx.error(kp, f"{key} is {form[1]}; '{bad[0]}' is not one (a regex "
+                ctx.error(kp, f"{key} is {form[1].format(vr=vr)}; '{bad[0]}' is not one (a regex "
                               "matches any text)")
                 continue
-        out.append(Condition(key, values=texts, numeric=vr in ("IS", "DS")))
+        numeric = _AS_FORM.get(vr, vr) in ("IS", "DS", "US", "FL") if vr else False
+        out.append(Condition(key, values=texts, numeric=numeric))
     return tuple(out)
 
 

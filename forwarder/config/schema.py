@@ -153,7 +153,7 @@ class Condition:
     key: str
     values: tuple[str, ...] = ()
     regex: re.Pattern[str] | None = None
-    numeric: bool = False  # an IS or DS attribute: values compared as numbers
+    numeric: bool = False  # IS, DS, binary integers and floats: compared as numbers
 
 
 @dataclass(frozen=True)
