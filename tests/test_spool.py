@@ -321,6 +321,38 @@ def test_enospc_leaves_source_untouched_and_nothing_half_written(tmp_path: Path,
             subprocess.run(["umount", "-l", str(root)], check=True)
 
 
+def test_a_newer_version_of_an_instance_waits_until_the_earlier_one_is_done(
+        tmp_path: Path) -> None:
+    """A corrected file (same SOP Instance UID, new content) dropped while the first is
+    still queued reaches each destination after it, however the claims fall: a peer
+    that overwrites keeps the correction. The other destination's order is its own."""
+    spool = Spool(tmp_path / "spool")
+    first = accept_file(spool, make_input(tmp_path / "in", 1), ("pacs", "ai"), n=7, now=100.0)
+    other = accept_file(spool, make_input(tmp_path / "in", 2), ("pacs",), n=8, now=100.0)
+    fixed = accept_file(spool, make_input(tmp_path / "in", 3), ("pacs",), n=7, now=101.0)
+    jobs = spool.claim("pacs", 10, now=200.0)
+    assert [j.object_id for j in jobs] == [first, other]
+    assert spool.claim("pacs", 10, now=200.0) == []  # the correction waits for the first
+    spool.retry(jobs[0].id, "peer out of resources", POLICY, now=200.0)
+    assert spool.claim("pacs", 10, now=200.0) == []  # ... while the first waits its turn
+    [again] = spool.claim("pacs", 10, now=1000.0)
+    assert again.object_id == first
+    spool.done([again.id], now=1000.0)
+    [last] = spool.claim("pacs", 10, now=1000.0)
+    assert last.object_id == fixed
+    [ai] = spool.claim("ai", 10, now=1000.0)
+    assert ai.object_id == first
+
+
+def test_a_claim_takes_the_oldest_half_and_the_newest_half_each_in_order(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    ids = [accept_file(spool, make_input(tmp_path / "in", i), ("pacs",), n=i, now=100.0 + i)
+           for i in range(8)]
+    jobs = spool.claim("pacs", 4, now=200.0)
+    assert [j.object_id for j in jobs] == [ids[0], ids[1], ids[6], ids[7]]
+
+
 @pytest.mark.slow
 def test_claim_uses_the_index_and_memory_does_not_grow_with_queue(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS objects (
   sop_class TEXT, sop_instance TEXT, transfer_syntax TEXT, study TEXT,
   meta_consistent INTEGER, source TEXT, watch TEXT, accepted_at REAL);
 CREATE INDEX IF NOT EXISTS objects_sha ON objects(sha256);
+CREATE INDEX IF NOT EXISTS objects_sop ON objects(sop_instance);
 CREATE TABLE IF NOT EXISTS jobs (
   id INTEGER PRIMARY KEY, object_id INTEGER NOT NULL REFERENCES objects(id),
   destination TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
@@ -98,6 +99,11 @@ def _seen_by_real_folder(db: sqlite3.Connection) -> None:
     seen.rekey(db)
 
 
+# Indexes added within a schema version, made at every read-write open: an older
+# version of the same schema keeps them up to date without knowing them, so adding one
+# refuses no downgrade.
+ADDED_INDEXES = ["CREATE INDEX IF NOT EXISTS objects_sop ON objects(sop_instance)"]
+
 # MIGRATIONS[n] brings an index at version n to n + 1; append, never edit.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_from_unversioned,
                                                           _seen_by_real_folder]
@@ -120,6 +126,8 @@ def migrate(db: sqlite3.Connection) -> int:
         else:
             for step in MIGRATIONS[found:]:
                 step(db)
+        for statement in ADDED_INDEXES:
+            db.execute(statement)
         if found != VERSION:
             db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")

@@ -26,24 +26,34 @@ def claim(spool: Spool, destination: str, limit: int, now: float | None = None,
     """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``,
     claimed by ``owner`` (a worker; see :mod:`forwarder.spool.claims`) in the order returned.
 
-    Half the batch is the longest-waiting jobs, half the newest, so a backlog of
-    thousands does not make a study that arrives now wait behind all of it.
+    Half the batch is the longest-waiting jobs, half the newest (sent in the order they
+    came), so a backlog of thousands does not make a study that arrives now wait behind
+    all of it. A job waits while an earlier one of the same SOP Instance UID for the
+    same destination is not done: a corrected version of an image never reaches the
+    peer before the version it corrects, which would otherwise overwrite it there.
     """
     now = time.time() if now is None else now
     query = ("SELECT j.id, j.object_id, j.attempts, j.aborts, j.created_at, o.name, "
              "o.sop_class, o.sop_instance, o.transfer_syntax, o.study, o.meta_consistent "
-             "FROM jobs j JOIN objects o ON o.id = j.object_id "
-             "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ? ")
+             "FROM jobs j {} JOIN objects o ON o.id = j.object_id "
+             "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ? "
+             # CROSS JOIN: the instance's objects first (objects_sop), never the
+             # destination's pending jobs one by one
+             "AND NOT EXISTS (SELECT 1 FROM objects e CROSS JOIN jobs k ON k.object_id = e.id "
+             "WHERE e.sop_instance = o.sop_instance AND k.destination = j.destination "
+             "AND k.id < j.id AND k.state IN ('pending', 'sending')) ")
     oldest = limit - limit // 2
     with spool._tx(durable=False) as db:
-        rows = db.execute(query + "ORDER BY j.next_attempt_at, j.id LIMIT ?",
+        rows = db.execute(query.format("") + "ORDER BY j.next_attempt_at, j.id LIMIT ?",
                           (destination, now, oldest)).fetchall()
         if len(rows) == oldest and limit // 2:
             taken = [r[0] for r in rows]
-            rows += db.execute(
-                query + f"AND j.id NOT IN ({','.join('?' * len(taken))}) "
+            # (destination, state, id): walked from the newest down, never sorted whole
+            rows += sorted(db.execute(
+                query.format("INDEXED BY jobs_state")
+                + f"AND j.id NOT IN ({','.join('?' * len(taken))}) "
                 "ORDER BY j.id DESC LIMIT ?",
-                (destination, now, *taken, limit // 2)).fetchall()
+                (destination, now, *taken, limit // 2)).fetchall())
         db.executemany("UPDATE jobs SET state='sending', updated_at=?, owner=?, "
                        "claim_seq=? WHERE id=?",
                        [(now, owner, i, r[0]) for i, r in enumerate(rows)])

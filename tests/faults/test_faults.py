@@ -386,3 +386,35 @@ def test_a_peer_that_aborts_at_its_third_c_store_of_every_association_fails_no_f
     assert not view["pending"] and not view["failed"]
     assert peer.aborts_seen <= 3
     assert "at most 2 C-STOREs" in d.output()
+
+
+def test_a_corrected_file_queued_during_an_outage_arrives_after_the_version_it_corrects(
+        make_scp, tmp_path: Path) -> None:
+    """The PACS is down; 60 files wait, then one of them comes again corrected (same SOP
+    Instance UID, new patient name). When the PACS is back it receives the first version
+    before the correction, so a PACS that overwrites ends with the corrected one."""
+    from tests.peers import free_port
+
+    port = free_port()
+    cfg = write_config(tmp_path, port, min_age="100ms")
+    uids = unique_copies(tmp_path / "c", 60)
+    uid = sorted(uids)[55]  # among the newest half of the claim
+    fixed = dcmread(uids[uid])
+    fixed.PatientName = "RIGHT^NAME"
+    fixed.save_as(tmp_path / "fixed.dcm")
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        drop(list(uids.values()), tmp_path / "in")
+        spool = Spool(tmp_path / "spool", readonly=True)
+        pending = lambda: spool.status(["pacs"])["destinations"]["pacs"]["pending"]  # noqa: E731
+        wait_for(lambda: pending() == 60, 30, "the 60 files queued")
+        drop([tmp_path / "fixed.dcm"], tmp_path / "in")
+        wait_for(lambda: pending() == 61, 30, "the correction queued")
+        peer = make_scp(port=port)
+        wait_for(lambda: len(peer.received) == 61, 60, "61 C-STOREs at the PACS")
+    finally:
+        assert d.stop() == 0
+    versions = [b"RIGHT^NAME" in r.dataset_bytes for r in peer.received if r.sop_instance == uid]
+    assert versions == [False, True]
+    assert peer.counts() == {**{u: 1 for u in uids}, uid: 2}
