@@ -341,6 +341,9 @@ class Intake:
                 if held or not self._waits(cand, fd, st, str(exc)):
                     self._quarantine(cand, fd, st, f"{exc}{why}", leave=held)
                 return None
+            except router.RouteError as exc:  # the configuration's fault, shown on the file
+                self._quarantine(cand, fd, st, f"{exc}{why}", found, leave=held)
+                return None
             except Exception as exc:  # a reader or routing bug must not stop intake
                 if spool_wide(exc):
                     raise

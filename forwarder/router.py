@@ -6,8 +6,11 @@ watch folder, a glob on the path relative to it, or a DICOM keyword with an exac
 value, a list of values, or ``{regex: ...}`` (searched, not anchored, in the whole value:
 a multi-value's parts joined by a backslash, as the file holds them). A multi-valued
 attribute such as ImageType (``ORIGINAL\\PRIMARY``) matches a value when the whole
-value or any one of its parts equals it; an IS or DS value (or part) when it is the same
-number; an attribute the file lacks never matches.
+value or any one of its parts equals it; a number (IS, DS, binary) when it is the same
+number; an attribute the file lacks never matches. A regex is searched for at most
+:data:`SEARCH_LIMIT` seconds, with the interpreter lock released: a pattern that
+backtracks without end on one file's value makes that file a :class:`RouteError`
+(quarantined with the reason), never a daemon that stops taking files or signals.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from dataclasses import dataclass
 
 from forwarder.config import Condition, Route
 from forwarder.config.values import dicom_number
+
+SEARCH_LIMIT = 0.25  # seconds a regex may search one value; microseconds are usual
+
+
+class RouteError(Exception):
+    """A route could not be decided for this file (its regex searched too long)."""
 
 
 @dataclass(frozen=True)
@@ -31,14 +40,14 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
         value: str | None = watch
     elif cond.key == "path":
         if cond.regex is not None:
-            return cond.regex.search(relpath) is not None
+            return _search(cond, relpath)
         return any(fnmatch.fnmatchcase(relpath, g) for g in cond.values)
     else:
         value = attrs.get(cond.key)
     if value is None:
         return False
     if cond.regex is not None:
-        return cond.regex.search(value) is not None
+        return _search(cond, value)
     parts = value.split("\\")
     if cond.numeric:  # IS, DS: 007 is 7, 5.000 is 5.0, a whole multi-value part by part
         numbers = [dicom_number(p) for p in parts]
@@ -47,13 +56,29 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
     return any(v == value or v in parts for v in cond.values)
 
 
+def _search(cond: Condition, text: str) -> bool:
+    assert cond.regex is not None
+    try:
+        return cond.regex.search(text, timeout=SEARCH_LIMIT, concurrent=True) is not None
+    except TimeoutError:
+        raise RouteError(
+            f"its condition {cond.key}: {{regex: {cond.regex.pattern!r}}} searched "
+            f"this file's value ({len(text)} characters) for more than {SEARCH_LIMIT:g}s "
+            "and was stopped: the pattern backtracks; simplify it (nested repeats such as "
+            "(a+)+ or (\\w+\\s?)*), then drop the file again") from None
+
+
 def route(routes: Sequence[Route], watch: str, relpath: str,
           attrs: Mapping[str, str]) -> Decision:
     """The destinations for one file; empty when no route matched (see ``unrouted``)."""
     dests: list[str] = []
     names: list[str] = []
     for i, r in enumerate(routes):
-        if all(_holds(c, watch, relpath, attrs) for c in r.match):
+        try:
+            holds = all(_holds(c, watch, relpath, attrs) for c in r.match)
+        except RouteError as exc:
+            raise RouteError(f"route {r.name or f'#{i}'}: {exc}") from None
+        if holds:
             names.append(r.name or f"#{i}")
             dests.extend(d for d in r.to if d not in dests)
             if r.final:

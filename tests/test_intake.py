@@ -514,6 +514,33 @@ def test_routes_match_padded_parts_binary_numbers_and_empty_values_as_the_file_h
                                           for d in ("pacs", "ai", "archive", "research"))
 
 
+def test_a_route_regex_that_backtracks_quarantines_that_file_and_the_others_go_on(
+        tmp_path: Path) -> None:
+    """One file whose value sends a route's regex into endless backtracking is
+    quarantined with the route and the pattern named; the files after it are routed.
+    (Searched with the interpreter lock held and no limit, it stopped intake and every
+    signal handler for good.)"""
+    routes = """\
+      - {name: ai, match: {StudyDescription: {regex: '^(a|aa)+$'}}, to: [ai]}
+      - {to: [pacs]}
+    """
+    cfg = make_config(tmp_path, routes=routes, dests=("pacs", "ai"))
+    uids = unique_copies(tmp_path / "c", 3)
+    bad = dcmread(CT)
+    bad.StudyDescription = "a" * 80 + "!"
+    bad.save_as(tmp_path / "c" / "bad.dcm")
+    with Pipeline(cfg) as p:
+        shutil.move(tmp_path / "c" / "bad.dcm", tmp_path / "in" / "bad.dcm")
+        for path in uids.values():
+            shutil.move(path, tmp_path / "in" / path.name)
+        wait_for(lambda: p.spool.quarantined() and len(p.jobs()) == 3, 20,
+                 "one file quarantined, three routed")
+        [q] = p.spool.quarantined()
+        assert q["reason"].startswith("route ai: its condition StudyDescription: "
+                                      "{regex: '^(a|aa)+$'} searched")
+        assert sorted(u for _d, _s, u in p.jobs()) == sorted(uids)
+
+
 def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:
     routes = "  - match: {Modality: MR}\n    to: [pacs]\n"
     cfg = make_config(tmp_path, routes=routes, extra="unrouted: delete\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from forwarder import config, router
 from forwarder.settle import Settler, Signature, wanted
 
@@ -192,3 +194,21 @@ def test_a_regex_is_searched_in_the_whole_value_parts_joined() -> None:
     assert to("DERIVED") == ("a",)
     assert to("ORIGINAL\\UNDERIVED") == ()  # neither: one part contains the word, none is it
     assert to("ORIGINAL\\PRIMARY") == ("b",)
+
+
+def test_a_regex_that_backtracks_without_end_is_stopped_and_named() -> None:
+    """A nested repeat against one long value would search for centuries; it is stopped
+    after router.SEARCH_LIMIT and the error names the route and the pattern, not the
+    value (which may be a patient's name)."""
+    cfg = config.parse(
+        "spool: /s\ndestinations: {a: {host: h, port: 1}}\n"
+        "routes:\n  - {name: ai, to: [a], match: {StudyDescription: {regex: '^(a|aa)+$'}}}\n",
+        "f.yaml")
+    value = "a" * 80 + "!"
+    with pytest.raises(router.RouteError) as info:
+        router.route(cfg.routes, "w", "x.dcm", {"StudyDescription": value})
+    said = str(info.value)
+    assert said.startswith("route ai: its condition StudyDescription: {regex: '^(a|aa)+$'}")
+    assert "backtracks" in said and value not in said
+    assert router.route(cfg.routes, "w", "x.dcm",
+                        {"StudyDescription": "aaaa"}).destinations == ("a",)

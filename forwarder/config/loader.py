@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from forwarder.config import keywords
 from forwarder.config.crosscheck import cross_check
 from forwarder.config.engine import Ctx, KeyPath
@@ -83,8 +85,8 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
                 ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
                 continue
             try:
-                out.append(Condition(key, regex=re.compile(pattern)))
-            except re.error as exc:
+                out.append(Condition(key, regex=regex.compile(pattern)))
+            except regex.error as exc:
                 ctx.error((*kp, "regex"), f"bad regular expression: {exc}")
             continue
         items = v if isinstance(v, list) else [v]

@@ -4,9 +4,10 @@ with its parser and default (docs/configuration.md describes them for users)."""
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import regex
 
 from forwarder.config.engine import opt, p_list, p_opt, p_section
 from forwarder.config.values import (
@@ -152,7 +153,7 @@ class Condition:
 
     key: str
     values: tuple[str, ...] = ()
-    regex: re.Pattern[str] | None = None
+    regex: regex.Pattern[str] | None = None  # the regex module's: searched with a time limit
     numeric: bool = False  # IS, DS, binary integers and floats: compared as numbers
 
 
