@@ -303,7 +303,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
                                            dry_run=args.dry_run)
             print(f"{verb} {n} quarantined file(s) older than {args.quarantine_older_than}")
         if not args.dry_run:
-            retention.prune_bookkeeping(spool)
+            retention.prune_bookkeeping(spool, watched=(w.path for w in cfg.watch))
     return EXIT_OK
 
 

@@ -235,7 +235,7 @@ class Daemon:
                 LOGGER.critical("a worker thread or process died; stopping so the service restarts")
                 return EXIT_FAILURE
             if self.keeper is not None and self.cfg is not None:
-                self.keeper.tick(self.cfg.retention)
+                self.keeper.tick(self.cfg.retention, (w.path for w in self.cfg.watch))
             if ping and self._progressing():
                 notify.watchdog()
             self._watch_state()

@@ -149,6 +149,39 @@ def test_seen_rows_of_files_gone_are_pruned_but_not_for_an_empty_folder(
     assert os.path.isdir(emptied)
 
 
+def test_seen_rows_in_subfolders_removed_or_emptied_are_pruned_when_the_watch_folder_holds_files(
+        tmp_path: Path, capsys) -> None:
+    """A modality writing a folder per day into a keep_source folder: day1 deleted, day2
+    emptied, half of day3 deleted. Their rows go (the watch folder holds files, so it is
+    mounted); the rows of a watch folder that is itself empty stay, as before. By the
+    purge command and the same way by the configured retention."""
+    cfg = write_config(tmp_path, free_port())
+    watch = tmp_path / "in"
+    other = tmp_path / "unmounted"
+    with Spool(tmp_path / "spool") as spool:
+        for folder in ("day1", "day2", "day3", "."):
+            (watch / folder).mkdir(parents=True, exist_ok=True)
+            for i in range(4):
+                f = watch / folder / f"f{i}.dcm"
+                f.write_bytes(b"x")
+                spool.remember(str(f), f.stat())
+        (other / "sub").mkdir(parents=True)
+        f = other / "sub" / "f.dcm"
+        f.write_bytes(b"x")
+        spool.remember(str(f), f.stat())
+    for f in [*(watch / "day1").iterdir(), *(watch / "day2").iterdir(), *(other / "sub").iterdir()]:
+        f.unlink()
+    (watch / "day1").rmdir()
+    (watch / "day3" / "f0.dcm").unlink()
+    (watch / "day3" / "f1.dcm").unlink()
+    assert main(["purge", "-c", str(cfg), "--failed-older-than", "30d"]) == 0
+    with Spool(tmp_path / "spool") as spool:
+        left = {Path(r[0]).relative_to(tmp_path).as_posix() for r in
+                spool.db.execute("SELECT path FROM seen")}
+    assert left == {"in/day3/f2.dcm", "in/day3/f3.dcm", "unmounted/sub/f.dcm",
+                    *(f"in/f{i}.dcm" for i in range(4))}
+
+
 def test_the_jobs_of_a_removed_destination_can_be_purged(tmp_path: Path, capsys) -> None:
     """A destination taken out of the configuration keeps its jobs held, and their
     objects, for ever: the operator can drop them, never those of one still configured,

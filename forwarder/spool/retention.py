@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from forwarder import paths
@@ -100,10 +101,14 @@ def purge_quarantine(spool: Spool, older_than: float, now: float | None = None,
     return len(rows)
 
 
-def prune_bookkeeping(spool: Spool, now: float | None = None) -> dict[str, int]:
+def prune_bookkeeping(spool: Spool, now: float | None = None,
+                      watched: Iterable[str] = ()) -> dict[str, int]:
     """``seen`` rows whose file is gone or is another file now; delivery digests older
-    than their keeping time."""
+    than their keeping time. ``watched``: the watch folders' paths; a file in a subfolder
+    that is gone or empty is forgotten when its watch folder holds files (so the share
+    is mounted)."""
     now = time.time() if now is None else now
+    roots = [os.path.realpath(w) for w in watched]
     with spool._lock:
         seen = spool.db.execute("SELECT path, inode FROM seen").fetchall()
     gone = []
@@ -119,7 +124,8 @@ def prune_bookkeeping(spool: Spool, now: float | None = None) -> dict[str, int]:
             continue  # cannot tell: kept
         parent = os.path.dirname(real)
         if parent not in present:
-            present[parent] = _holds_files(parent)
+            present[parent] = _holds_files(parent) or _below_root_holding_files(
+                parent, roots, present)
         if present[parent]:
             gone.append((path, inode))
     with spool._tx(durable=False) as db:
@@ -139,9 +145,23 @@ def _holds_files(folder: str) -> bool:
         return False
 
 
-def apply(spool: Spool, policy: Retention, now: float | None = None) -> dict[str, int]:
+def _below_root_holding_files(folder: str, roots: list[str],
+                              present: dict[str, bool]) -> bool:
+    """``folder`` (gone or empty) lies below a watch folder that holds files: a subfolder
+    removed or emptied (a day's or a study's folder cleaned away), not a share unmounted."""
+    inside = [r for r in roots if folder.startswith(r.rstrip("/") + "/")]
+    if not inside:
+        return False
+    root = max(inside, key=len)
+    if root not in present:
+        present[root] = _holds_files(root)
+    return present[root]
+
+
+def apply(spool: Spool, policy: Retention, now: float | None = None,
+          watched: Iterable[str] = ()) -> dict[str, int]:
     """One run of the configured retention; an event when anything was purged."""
-    report = prune_bookkeeping(spool, now)
+    report = prune_bookkeeping(spool, now, watched)
     report["failed_purged"] = purge_failed(spool, policy.failed, now) \
         if policy.failed is not None else 0
     report["quarantine_purged"] = purge_quarantine(spool, policy.quarantine, now) \
@@ -164,17 +184,17 @@ class Keeper:
         self._thread: threading.Thread | None = None
         self._due = 0.0
 
-    def tick(self, policy: Retention) -> None:
+    def tick(self, policy: Retention, watched: Iterable[str] = ()) -> None:
         if time.monotonic() < self._due or (self._thread and self._thread.is_alive()):
             return
         self._due = time.monotonic() + policy.every
-        self._thread = threading.Thread(target=self._run, args=(policy,),
+        self._thread = threading.Thread(target=self._run, args=(policy, tuple(watched)),
                                         name="fwd-retention", daemon=True)
         self._thread.start()
 
-    def _run(self, policy: Retention) -> None:
+    def _run(self, policy: Retention, watched: tuple[str, ...]) -> None:
         try:
-            apply(self.spool, policy)
+            apply(self.spool, policy, watched=watched)
         except Exception as exc:  # noqa: BLE001 - retention never stops the daemon
             LOGGER.error("retention run failed: %s", exc)
 
