@@ -24,6 +24,7 @@ from forwarder.spool import Spool
 
 LOGGER = logging.getLogger("forwarder.worker")
 EXPIRE_EVERY = 60.0
+CLOCK_STEP = 60.0  # the wall clock moved this much more or less than the monotonic one
 EXPIRY_WARNING = 0.8        # jobs this far into max_age are announced (``expiring``) ...
 EXPIRY_WARN_EVERY = 3600.0  # ... again when more join them, or after this long
 
@@ -46,6 +47,7 @@ class DestinationHealth:
     peer: PeerSettings | None
     _peer_error: str | None
     next_expire: float
+    _clock: tuple[float, float, int] | None  # wall, monotonic, last job id at the last look
     _ageing: int
     _ageing_said: float
 
@@ -99,6 +101,7 @@ class DestinationHealth:
 
     def _expire(self) -> None:
         self.next_expire = time.monotonic() + EXPIRE_EVERY
+        self._clock_step()
         n = self.spool.expire(self.name, self.policy.max_age)
         if n:
             event(LOGGER, "expired", "%d job(s) for %s older than %.0fs failed: expired (kept; "
@@ -118,6 +121,21 @@ class DestinationHealth:
                   level=logging.WARNING, JOBS=ageing, **self.fields)
         self._ageing = ageing
 
+
+    def _clock_step(self) -> None:
+        """max_age is the time a job waited: a step of the wall clock (an edge box that
+        took files before NTP set its clock, a suspend) is taken out of the ages of the
+        jobs made before it, seen as the wall clock moving unlike the monotonic one."""
+        wall, mono = time.time(), time.monotonic()
+        if self._clock is not None:
+            was_wall, was_mono, through = self._clock
+            step = (wall - was_wall) - (mono - was_mono)
+            if abs(step) > CLOCK_STEP:
+                n = self.spool.clock_stepped(self.name, step, through)
+                LOGGER.warning("%s: the clock stepped %s by %.0fs; %d waiting job(s) keep "
+                               "the age they had (max_age counts the time waited)", self.name,
+                               "ahead" if step > 0 else "back", abs(step), n)
+        self._clock = (wall, mono, self.spool.last_job_id())
 
     def degrade(self, action: outcome.Action, now: float | None = None,
                 attempts: int = 0) -> None:

@@ -4,6 +4,7 @@ lie further ahead than any backoff. The worker must not wait for the clock to ca
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -38,3 +39,28 @@ def test_a_backoff_and_jobs_set_before_the_clock_stepped_back_a_day_do_not_wait_
     assert peer.counts() == {u: 1 for u in uids}
     assert spool.health("pacs").state == "ok"
     assert "pacs: a retry time lay further ahead than any backoff" in capfd.readouterr().err
+
+
+def test_a_clock_stepped_ahead_or_back_expires_nothing_and_shows_no_negative_age(
+        spool: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An edge box takes files while its clock is 8 days behind, then NTP steps it: the
+    jobs waited a minute, not 8 days, and max_age (7 days) fails none of them. Stepped
+    back 10 days, their age stays what it was, never below zero in ``status``."""
+    from forwarder.worker import Worker, WorkerSpec
+    from tests.peers import free_port
+
+    enqueue(spool, list(unique_copies(tmp_path / "c", 3).values()))
+    worker = Worker(WorkerSpec(destination(free_port()), "FORWARDER", str(spool.root), 0),
+                    spool, os.pipe()[0])
+    real = time.time
+    worker._expire()  # the first look, at the real time
+    monkeypatch.setattr(time, "time", lambda: real() + 8 * DAY)
+    worker._expire()
+    assert states(spool) == {"pending": 3, "sending": 0, "done": 0, "failed": 0}
+    assert 0 <= spool.status(["pacs"])["destinations"]["pacs"]["oldest_pending_s"] < 60
+    assert "pacs: the clock stepped ahead by 691200s; 3 waiting job(s)" in caplog.text
+    monkeypatch.setattr(time, "time", lambda: real() - 2 * DAY)
+    worker._expire()
+    assert 0 <= spool.status(["pacs"])["destinations"]["pacs"]["oldest_pending_s"] < 60
+    assert "pacs: the clock stepped back by 864000s" in caplog.text

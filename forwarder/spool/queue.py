@@ -170,6 +170,22 @@ def expire(spool: Spool, destination: str, max_age: float, now: float | None = N
         return cur.rowcount
 
 
+def clock_stepped(spool: Spool, destination: str, by: float, through: int) -> int:
+    """The wall clock stepped ``by`` seconds: the waiting jobs made before the step (ids up
+    to ``through``) keep the age they had, so a step ahead expires none and a step back
+    shows no age below zero. The number of jobs moved."""
+    with spool._tx(durable=False) as db:
+        return db.execute("UPDATE jobs SET created_at = created_at + ? WHERE destination=? "
+                          "AND state IN ('pending', 'sending') AND id <= ?",
+                          (by, destination, through)).rowcount
+
+
+def last_job_id(spool: Spool) -> int:
+    with spool._lock:
+        row = spool.db.execute("SELECT max(id) FROM jobs").fetchone()
+    return int(row[0] or 0)
+
+
 def older_than(spool: Spool, destination: str, age: float,
                now: float | None = None) -> tuple[int, float]:
     """Pending jobs that have waited more than ``age``: how many, and the oldest's age."""

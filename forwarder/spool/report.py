@@ -38,7 +38,7 @@ def status(spool: Spool, destinations: Iterable[str], now: float | None = None) 
                 "sending": counts.get((name, "sending"), 0),
                 "done": (done[0] if done else 0),
                 "failed": counts.get((name, "failed"), 0),
-                "oldest_pending_s": None if oldest is None else round(now - oldest, 3),
+                "oldest_pending_s": None if oldest is None else round(max(0.0, now - oldest), 3),
                 "state": h.state,
                 "last_error": h.reason or (last[0] if last else None),
             }
