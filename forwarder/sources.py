@@ -87,8 +87,8 @@ def quarantine(spool: Spool, cand: Candidate, fd: int, st: os.stat_result, reaso
         same_file(cand.path, st) else None
     where = spool.quarantine(fd, cand.shown, reason, move=move)
     event(LOGGER, "quarantined", "%s: quarantined as %s: %s", cand.shown, where.name, reason,
-          level=logging.WARNING, FORWARDER_FILE=cand.shown, REASON=reason,
-          QUARANTINE_FILE=str(where), **probe_fields(found))
+          level=logging.WARNING, FORWARDER_FILE=cand.shown, WATCH=cand.watch.name,
+          REASON=reason, QUARANTINE_FILE=str(where), **probe_fields(found))
     if leave:
         spool.remember(cand.shown, st)
         return True

@@ -408,7 +408,7 @@ class Worker(health.DestinationHealth):
         if due is not None:
             event(LOGGER, "retry", "%s: %s; next attempt in %.1fs", job.probe.sop_instance_uid,
                   reason, due - time.time(), level=logging.WARNING, DICOM_STATUS=status,
-                  ATTEMPT=job.attempts + 1, **self._fields(job))
+                  ATTEMPT=job.attempts + 1, REASON=reason, **self._fields(job))
 
     def _fields(self, job: Job) -> dict[str, Any]:
         return {**probe_fields(job.probe), **self.fields}

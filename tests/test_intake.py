@@ -515,7 +515,7 @@ def test_routes_match_padded_parts_binary_numbers_and_empty_values_as_the_file_h
 
 
 def test_a_route_regex_that_backtracks_quarantines_that_file_and_the_others_go_on(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """One file whose value sends a route's regex into endless backtracking is
     quarantined with the route and the pattern named; the files after it are routed.
     (Searched with the interpreter lock held and no limit, it stopped intake and every
@@ -539,6 +539,8 @@ def test_a_route_regex_that_backtracks_quarantines_that_file_and_the_others_go_o
         assert q["reason"].startswith("route ai: its condition StudyDescription: "
                                       "{regex: '^(a|aa)+$'} searched")
         assert sorted(u for _d, _s, u in p.jobs()) == sorted(uids)
+    [said] = [r for r in caplog.records if getattr(r, "FORWARDER_EVENT", "") == "quarantined"]
+    assert said.WATCH == "modality" and said.REASON == q["reason"]  # type: ignore[attr-defined]
 
 
 def test_unrouted_delete_and_quarantine(tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ def test_peer_aborts_stalls_and_answers_a700(make_scp, tmp_path: Path) -> None:
     assert peer.counts() == {u: 1 for u in uids}  # refused ones were not kept by the peer
     out = d.output()
     assert "FORWARDER_EVENT=retry" in out and "out of resources" in out
+    assert 'REASON="peer out of resources' in out  # the reason as a field, as a failure's
     assert "no response" in out  # the abort and the stall were resent
     view = spool_view(tmp_path / "spool")
     assert not view["pending"] and not view["failed"]
