@@ -65,7 +65,7 @@ def _search(cond: Condition, text: str) -> bool:
             f"its condition {cond.key}: {{regex: {cond.regex.pattern!r}}} searched "
             f"this file's value ({len(text)} characters) for more than {SEARCH_LIMIT:g}s "
             "and was stopped: the pattern backtracks; simplify it (nested repeats such as "
-            "(a+)+ or (\\w+\\s?)*), then drop the file again") from None
+            "(a+)+ or (\\w+\\s?)*)") from None
 
 
 def route(routes: Sequence[Route], watch: str, relpath: str,

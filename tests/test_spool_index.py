@@ -272,3 +272,30 @@ def test_commands_on_a_damaged_index_say_so_without_a_traceback(tmp_path: Path,
         assert main([command, "-c", str(cfg)]) == 78, command
         err = capsys.readouterr().err
         assert "damaged" in err and "spool rebuild" in err, err
+
+
+def test_rebuild_quarantines_a_file_a_route_regex_cannot_decide_and_takes_the_rest(
+        tmp_path: Path, capsys) -> None:
+    """A route whose regex backtracks without end on one object's value: that object is
+    quarantined with the route named, the rebuild finishes and the others are queued."""
+    cfg, files = _spool_with_jobs(tmp_path, free_port())
+    root = tmp_path / "spool"
+    with Spool(root) as spool:
+        [job] = [j for j in spool.claim("pacs", COUNT)
+                 if j.probe.sop_instance_uid == sorted(files)[0]]
+        bad = job.path
+    from pydicom import dcmread
+    ds = dcmread(bad)
+    ds.StudyDescription = "a" * 80 + "!"
+    ds.save_as(bad)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (root / name).unlink(missing_ok=True)
+    cfg.write_text(cfg.read_text() + "    match: {StudyDescription: {regex: '^(a|aa)+$|'}}\n")
+    assert main(["spool", "rebuild", "-c", str(cfg)]) == 0
+    assert f"{COUNT - 1} object(s) queued again" in capsys.readouterr().out
+    assert not (root / "rebuild.unfinished").exists()
+    with Spool(root) as spool:
+        [q] = spool.quarantined()
+        assert q["reason"].startswith("spool rebuild: route #0: its condition "
+                                      "StudyDescription: {regex: '^(a|aa)+$|'} searched")
+        assert spool.counts() == {"pending": COUNT - 1}

@@ -118,10 +118,14 @@ def _retake(cfg: Config, spool: Spool, path: Path, now: float,
         spool.quarantine(None, source, f"spool rebuild: {exc}", move=path, now=now)
         report["quarantined"] += 1
         return
-    dests = router.route(cfg.routes, "", path.name, found.attributes).destinations
+    try:
+        dests = router.route(cfg.routes, "", path.name, found.attributes).destinations
+    except router.RouteError as exc:
+        dests, why = (), f"spool rebuild: {exc}"
+    else:
+        why = "spool rebuild: no route matches it now"
     if not dests:
-        spool.quarantine(None, source, "spool rebuild: no route matches it now", move=path,
-                         now=now)
+        spool.quarantine(None, source, why, move=path, now=now)
         report["quarantined"] += 1
         return
     with spool._tx() as db:
