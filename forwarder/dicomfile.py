@@ -90,13 +90,12 @@ def _value(ds: Dataset, keyword: str) -> str | None:
 
 def _text(value: Any, single: bool) -> str:
     """One value as routes compare it: without padding spaces (PS3.5 6.2); a binary
-    float as the shortest decimal that reads back as it (FL: in single precision, so
-    0.1 is ``0.1``, not the double ``0.10000000149011612``)."""
-    if type(value) is float and single and value == value:
-        for digits in range(1, 10):
-            text = f"{value:.{digits}g}"
-            if struct.unpack("<f", struct.pack("<f", float(text)))[0] == value:
-                return text
+    float as Python writes a float (``30.0``), an FL in single precision (0.1 is ``0.1``,
+    not the double ``0.10000000149011612``; FLT_MAX ``3.4028235e+38``)."""
+    if type(value) is float and single:
+        import numpy
+
+        return str(numpy.float32(value))
     return str(value).strip()
 
 

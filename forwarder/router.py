@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from forwarder.config import Condition, Route
 from forwarder.config.values import dicom_number
@@ -49,11 +50,18 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
     if cond.regex is not None:
         return _search(cond, value)
     parts = value.split("\\")
-    if cond.numeric:  # IS, DS: 007 is 7, 5.000 is 5.0, a whole multi-value part by part
+    if cond.numeric:  # 007 is 7, 5.000 is 5.0, a whole multi-value part by part
         numbers = [dicom_number(p) for p in parts]
-        return any(numbers == [dicom_number(p) for p in v.split("\\")]
-                   if "\\" in v else dicom_number(v) in numbers for v in cond.values)
+        return any(_same_number(v, value, numbers) for v in cond.values)
     return any(v == value or v in parts for v in cond.values)
+
+
+def _same_number(wanted: str, value: str, numbers: list[Decimal | None]) -> bool:
+    if wanted == "":  # present but empty, never a value that is no number (NaN, inf)
+        return value == ""
+    if "\\" in wanted:
+        return numbers == [dicom_number(p) for p in wanted.split("\\")]
+    return dicom_number(wanted) in numbers
 
 
 def _search(cond: Condition, text: str) -> bool:

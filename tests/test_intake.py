@@ -491,27 +491,33 @@ def test_routes_match_padded_parts_binary_numbers_and_empty_values_as_the_file_h
         tmp_path: Path) -> None:
     """Each part of a multi-value loses its padding, as a single value does; binary
     numbers (FD, FL) compare as numbers, FL in single precision (0.1, not the double
-    0.10000000149011612); a number present but empty matches ''. A route written for
-    each of them holds, so none of these files goes to the wrong destination, or none."""
+    0.10000000149011612) and written as Python writes floats for a regex (30.0, FLT_MAX);
+    a number present but empty matches '', and no number that is none (FLT_MAX is one).
+    A route written for each of them holds, and only those."""
     ds = dcmread(CT)
     ds.ImageType = ["ORIGINAL ", " PRIMARY"]
     ds.DiffusionBValue = 1000.0
     ds.ExaminedBodyThickness = 0.1
     ds.AcquisitionNumber = None  # present, empty
+    ds.RecommendedDisplayFrameRateInFloat = 3.4028234663852886e+38  # FLT_MAX: "undefined"
+    ds.CalciumScoringMassFactorPatient = 30.0
     ds.save_as(tmp_path / "ct.dcm")
     routes = """\
       - {match: {ImageType: [ORIGINAL], Modality: CT}, to: [pacs]}
       - {match: {DiffusionBValue: 1000}, to: [ai]}
       - {match: {ExaminedBodyThickness: 0.1}, to: [archive]}
       - {match: {AcquisitionNumber: ''}, to: [research]}
+      - {match: {RecommendedDisplayFrameRateInFloat: {regex: '^3[.]4028235e[+]38$'},
+                 CalciumScoringMassFactorPatient: {regex: '^30[.]0$'}}, to: [cine]}
+      - {match: {RecommendedDisplayFrameRateInFloat: ''}, to: [nowhere]}
     """
-    cfg = make_config(tmp_path, routes=routes, dests=("pacs", "ai", "archive", "research"))
+    dests = ("pacs", "ai", "archive", "research", "cine")
+    cfg = make_config(tmp_path, routes=routes, dests=(*dests, "nowhere"))
     with Pipeline(cfg) as p:
         shutil.move(tmp_path / "ct.dcm", tmp_path / "in" / "ct.dcm")
         wait_for(lambda: p.jobs() or p.spool.quarantined(), 10, "the CT's verdict")
-        wait_for(lambda: len(p.jobs()) == 4, 5, "four jobs")
-        assert sorted(p.jobs()) == sorted((d, "pending", CT_UID)
-                                          for d in ("pacs", "ai", "archive", "research"))
+        wait_for(lambda: len(p.jobs()) == 5, 5, "five jobs")
+        assert sorted(p.jobs()) == sorted((d, "pending", CT_UID) for d in dests)
 
 
 def test_a_route_regex_that_backtracks_quarantines_that_file_and_the_others_go_on(

@@ -170,6 +170,11 @@ def test_numbers_match_as_numbers() -> None:
     assert to({"SeriesNumber": "70", "SliceThickness": "5"}) == ()
     assert to({"PixelSpacing": "0.25\\0.500"}) == ("b",)
     assert to({"PixelSpacing": "NaN\\x"}) == ()
+    empty = config.parse(  # present but empty: '' only, not a value that is no number
+        "spool: /s\ndestinations: {a: {host: h, port: 1}}\n"
+        "routes:\n  - {to: [a], match: {DiffusionBValue: ''}}\n", "f.yaml").routes
+    for held, routed in (("", ("a",)), ("nan", ()), ("inf", ()), ("-inf", ()), ("0.0", ())):
+        assert router.route(empty, "w", "x", {"DiffusionBValue": held}).destinations == routed
     whole = config.parse(  # a whole multi-value: each part the same number, in order
         "spool: /s\ndestinations: {a: {host: h, port: 1}}\n"
         "routes:\n  - {to: [a], match: {PixelSpacing: '0.5\\0.7'}}\n", "f.yaml").routes
