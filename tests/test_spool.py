@@ -333,8 +333,10 @@ def test_a_newer_version_of_an_instance_waits_until_the_earlier_one_is_done(
     jobs = spool.claim("pacs", 10, now=200.0)
     assert [j.object_id for j in jobs] == [first, other]
     assert spool.claim("pacs", 10, now=200.0) == []  # the correction waits for the first
-    spool.retry(jobs[0].id, "peer out of resources", POLICY, now=200.0)
+    due = spool.retry(jobs[0].id, "peer out of resources", POLICY, now=200.0)
     assert spool.claim("pacs", 10, now=200.0) == []  # ... while the first waits its turn
+    assert due is not None and due > 200.0
+    assert spool.next_due("pacs") == due  # a worker waits for the first, not spins
     [again] = spool.claim("pacs", 10, now=1000.0)
     assert again.object_id == first
     spool.done([again.id], now=1000.0)

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from forwarder.spool import Spool
 
 
+MANY_DUE = 2000  # due jobs from which the newest half is walked, not sorted
+# the job ``j`` (of object ``o``) is not behind an earlier version of its instance still
+# waiting or being sent to its destination; CROSS JOIN: the instance's objects first
+# (objects_sop), never the destination's waiting jobs one by one
+_NOT_BEHIND = ("NOT EXISTS (SELECT 1 FROM objects e CROSS JOIN jobs k ON k.object_id = e.id "
+               "WHERE e.sop_instance = o.sop_instance AND k.destination = j.destination "
+               "AND k.id < j.id AND k.state IN ('pending', 'sending'))")
+
+
 def claim(spool: Spool, destination: str, limit: int, now: float | None = None,
           owner: str | None = None) -> list[Job]:
     """Atomically move up to ``limit`` due jobs of ``destination`` to ``sending``,
@@ -37,23 +46,24 @@ def claim(spool: Spool, destination: str, limit: int, now: float | None = None,
              "o.sop_class, o.sop_instance, o.transfer_syntax, o.study, o.meta_consistent "
              "FROM jobs j {} JOIN objects o ON o.id = j.object_id "
              "WHERE j.destination = ? AND j.state = 'pending' AND j.next_attempt_at <= ? "
-             # CROSS JOIN: the instance's objects first (objects_sop), never the
-             # destination's pending jobs one by one
-             "AND NOT EXISTS (SELECT 1 FROM objects e CROSS JOIN jobs k ON k.object_id = e.id "
-             "WHERE e.sop_instance = o.sop_instance AND k.destination = j.destination "
-             "AND k.id < j.id AND k.state IN ('pending', 'sending')) ")
+             f"AND {_NOT_BEHIND} ")
     oldest = limit - limit // 2
     with spool._tx(durable=False) as db:
         rows = db.execute(query.format("") + "ORDER BY j.next_attempt_at, j.id LIMIT ?",
                           (destination, now, oldest)).fetchall()
         if len(rows) == oldest and limit // 2:
             taken = [r[0] for r in rows]
-            # (destination, state, id): walked from the newest down, never sorted whole
+            many = db.execute("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE destination=? "
+                              "AND state='pending' AND next_attempt_at <= ? LIMIT ?)",
+                              (destination, now, MANY_DUE)).fetchone()[0] == MANY_DUE
+            # many due: (destination, state, id) walked from the newest down, never the
+            # whole backlog sorted; few: those few sorted (the walk would pass over every
+            # job waiting its backoff)
             rows += sorted(db.execute(
-                query.format("INDEXED BY jobs_state")
+                query.format("INDEXED BY jobs_state" if many else "")
                 + f"AND j.id NOT IN ({','.join('?' * len(taken))}) "
                 "ORDER BY j.id DESC LIMIT ?",
-                (destination, now, *taken, limit // 2)).fetchall())
+                (destination, now, *taken, limit // 2)).fetchall())  # by id: the first column
         db.executemany("UPDATE jobs SET state='sending', updated_at=?, owner=?, "
                        "claim_seq=? WHERE id=?",
                        [(now, owner, i, r[0]) for i, r in enumerate(rows)])
@@ -231,7 +241,11 @@ def clock_stepped_back(spool: Spool, destination: str, latest: float,
 
 
 def next_due(spool: Spool, destination: str) -> float | None:
+    """When the next job a claim could take is due (not one behind an earlier version:
+    that is due when the earlier one is done); None when there is none."""
     with spool._lock:
-        row = spool.db.execute("SELECT min(next_attempt_at) FROM jobs WHERE destination=? "
-                              "AND state='pending'", (destination,)).fetchone()
+        row = spool.db.execute("SELECT j.next_attempt_at FROM jobs j JOIN objects o ON "
+                              "o.id = j.object_id WHERE j.destination=? AND "
+                              f"j.state='pending' AND {_NOT_BEHIND} ORDER BY "
+                              "j.next_attempt_at LIMIT 1", (destination,)).fetchone()
     return row[0] if row else None
