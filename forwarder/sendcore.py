@@ -193,6 +193,7 @@ class Wait:
 Command = (Open | Store | Done | Retry | Fail | Release | Degrade | NoteFailure | Close
            | Pace | Wait)
 RECORDS = (Done, Retry, Fail, Release)  # the commands that settle a claimed job
+LIMIT_KEPT = 3600.0  # seconds a learned limit of C-STOREs per association is kept
 
 
 @dataclass
@@ -217,8 +218,10 @@ class SendCore:
     batch: list[Item] = field(default_factory=list)  # in flight first, then the rest
     phase: str = "idle"  # idle | opening | storing | noting
     stores: int = 0  # C-STOREs answered on the open association
-    lost_at: tuple[int, int] | None = None  # (n, job): the last association lost at its nth
+    lost_at: tuple[int, int] | None = None  # (n, job): the association before, lost at its nth
+    lost_last: bool = False  # the last association ended lost
     per_association: int = 0  # the peer's learned limit of C-STOREs per association; 0: none
+    learned_at: float = 0.0
     _noting: _Noting | None = None
 
     @property
@@ -298,6 +301,11 @@ class SendCore:
         self.open = True
         self.opened_at = event.now
         self.stores = 0
+        if not self.lost_last:  # a loss counts toward a limit only in the next association
+            self.lost_at = None
+        self.lost_last = False
+        if self.per_association and event.now - self.learned_at > LIMIT_KEPT:
+            self.per_association = 0  # learned again if the peer still aborts
         self.proposed = {j.need for j in self.batch}
         return [Pace(idle=False), *self._next(event.now)]
 
@@ -341,8 +349,6 @@ class SendCore:
     def _on_stored(self, event: Stored) -> list[Command]:
         job = self.batch[0]
         self.stores += 1
-        if self.lost_at is not None and self.stores >= self.lost_at[0]:
-            self.lost_at = None  # the peer took as many in one association: no limit there
         action = outcome.store_status(event.status, event.comment, job.attempts,
                                       self.policy.warning_is_success)
         status = outcome.status_text(event.status)
@@ -369,9 +375,9 @@ class SendCore:
         self.last_used = event.now
         job, nth = self.batch[0], self.stores + 1
         again = self.lost_at is not None and self.lost_at[0] == nth and self.lost_at[1] != job.id
-        self.lost_at = (nth, job.id)
-        if again and nth > 1:  # two files lost at the same count: the peer's limit
-            self.per_association = nth - 1
+        self.lost_at, self.lost_last = (nth, job.id), True
+        if again and nth > 1:  # two files lost at the same count in a row: the peer's limit
+            self.per_association, self.learned_at = nth - 1, event.now
             self.batch.pop(0)
             reason = (f"{event.cause} during the C-STORE, the association's C-STORE number "
                       f"{nth} as in the association before (another file): the peer's limit, "

@@ -129,6 +129,26 @@ class SenderMachine(RuleBasedStateMachine):
     def no_response(self) -> None:
         self.feed(sendcore.NoResponse("the connection was lost", self.tick(0.1)))
 
+    @precondition(lambda self: self.awaiting is None)
+    @rule()
+    def a_batch_to_a_peer_that_takes_two_per_association(self) -> None:
+        """Three files on a new association: two stored, the third aborted (unless the
+        core learned the limit and opens another association first)."""
+        jobs = tuple(sendcore.Item(self.next_id + i, *NEEDS[0]) for i in range(3))
+        self.claimed.update(j.id for j in jobs)
+        self.next_id += 3
+        self.backoff_cause = self.hold_cause = None
+        self.feed(sendcore.Claimed(jobs, self.tick(0.5), False))
+        if self.awaiting == "open":
+            self.opened()
+        for _ in range(2):
+            if self.awaiting == "store":
+                self.feed(sendcore.Stored(0, None, self.tick(0.1)))
+        if self.awaiting == "store":
+            self.feed(sendcore.NoResponse("the peer aborted", self.tick(0.1)))
+        if self.awaiting == "note":
+            self.noted(1, True)
+
     @precondition(lambda self: self.awaiting == "store")
     @rule()
     def interrupted(self) -> None:
@@ -158,6 +178,10 @@ class SenderMachine(RuleBasedStateMachine):
         if self.awaiting is None:
             assert not self.core.busy
             assert {j for j, n in self.records.items() if n == 1} == self.claimed
+
+    @invariant()
+    def no_association_carries_more_than_a_learned_limit(self) -> None:
+        assert not self.core.per_association or self.core.stores <= self.core.per_association
 
     @invariant()
     def the_core_and_the_shell_agree_on_the_association(self) -> None:
@@ -295,3 +319,19 @@ def test_losses_at_the_first_c_store_teach_no_limit() -> None:
         assert core.handle(sendcore.NoResponse("lost", job)) == [sendcore.NoteFailure(job)]
         core.handle(sendcore.FailureNoted(1, True))
     assert core.per_association == 0
+
+
+def test_a_learned_limit_is_forgotten_after_an_hour_and_learned_again() -> None:
+    core = sendcore.SendCore(sendcore.Policy())
+    _lost_at_third(core, 1, 0.0)
+    core.handle(sendcore.FailureNoted(1, True))
+    _lost_at_third(core, 10, 1.0)
+    assert core.per_association == 2
+    later = 1.0 + sendcore.LIMIT_KEPT + 1
+    jobs = tuple(sendcore.Item(i, CT, EXPLICIT_LE) for i in (20, 21, 22))
+    core.handle(sendcore.Claimed(jobs, later, False))
+    core.handle(sendcore.Opened(later))
+    assert core.per_association == 0
+    core.handle(sendcore.Stored(0, None, later))
+    core.handle(sendcore.Stored(0, None, later))
+    assert core.handle(sendcore.Stored(0, None, later))[0].__class__ is sendcore.Done
