@@ -163,6 +163,10 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:3: routes[0].match.Rows: Rows is an integer (US), such as 512; '128.0' is not one"),
     ("routes:\n  - to: [x]\n    match: {DiffusionBValue: abc}\n",
      "f.yaml:3: routes[0].match.DiffusionBValue: DiffusionBValue is a decimal number (FD)"),
+    # compiled, it would hold a billion copies: refused before the daemon's memory is
+    ("routes:\n  - to: [x]\n    match: {StudyDescription: {regex: '(?:(?:a{1000}){1000}){10}'}}\n",
+     "f.yaml:3: routes[0].match.StudyDescription.regex: counted repeats ({n}) that multiply "
+     "to more than 100,000 cannot be compiled safely"),
     # 0 makes a socket non-blocking: nothing would ever be sent
     ("destinations:\n  a: {host: h, port: 1, timeouts: {acse: 0}}\n",
      "f.yaml:2: destinations.a.timeouts.acse: must be at least 100ms (null for no limit)"),

@@ -9,6 +9,7 @@ of them, so ``check-config`` can print the whole list at once.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import re
 from pathlib import Path
@@ -40,6 +41,8 @@ _FORMS = {
            "a date and time, written YYYYMMDDHHMMSS (20240105123000)"),
 }
 
+MAX_REPEATS = 100_000
+_COUNTED = re.compile(r"\{(\d+)(?:,(\d*))?\}")  # x{3}, x{2,5}, x{2,}; an escaped \{ too
 # binary values: never text to compare (and Pixel Data is not read to route a file)
 _BINARY = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 # the binary numbers, compared as numbers and checked as their forms: integers as US,
@@ -78,16 +81,14 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
                 continue
         if isinstance(v, dict):
             pattern = v.get("regex")
-            if not isinstance(pattern, str) and pattern is not None \
-                    and not isinstance(pattern, (dict, list)):
-                pattern = written.get((*kp, "regex"), str(pattern))  # regex: 2024
+            if isinstance(pattern, (int, float, datetime.date)):  # regex: 2024, unquoted
+                pattern = written.get((*kp, "regex"), str(pattern))
             if set(v) != {"regex"} or not isinstance(pattern, str):
                 ctx.error(kp, "expected a value, a list of values, or {regex: PATTERN}")
                 continue
-            try:
-                out.append(Condition(key, regex=regex.compile(pattern)))
-            except regex.error as exc:
-                ctx.error((*kp, "regex"), f"bad regular expression: {exc}")
+            compiled = _compile(ctx, (*kp, "regex"), pattern)
+            if compiled is not None:
+                out.append(Condition(key, regex=compiled))
             continue
         items = v if isinstance(v, list) else [v]
         if not items or any(isinstance(i, (dict, list)) or i is None for i in items):
@@ -109,6 +110,24 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
         numeric = _AS_FORM.get(vr, vr) in ("IS", "DS", "US", "FL") if vr else False
         out.append(Condition(key, values=texts, numeric=numeric))
     return tuple(out)
+
+
+def _compile(ctx: Ctx, path: KeyPath, pattern: str) -> regex.Pattern[str] | None:
+    """A route's pattern compiled, or an error at its line. Counted repeats are bounded:
+    compiling one holds a copy per count, nested ones multiply (``(?:a{1000}){1000}``
+    took 300 MB), and a configuration must not exhaust the daemon's memory at a reload."""
+    product = 1
+    for m in _COUNTED.finditer(pattern):
+        product *= max(1, int(m.group(1)), int(m.group(2) or 0))
+    if product > MAX_REPEATS:
+        ctx.error(path, f"counted repeats ({{n}}) that multiply to more than {MAX_REPEATS:,} "
+                        "cannot be compiled safely; use + or * instead")
+        return None
+    try:
+        return regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError, MemoryError) as exc:
+        ctx.error(path, f"bad regular expression: {exc or type(exc).__name__}")
+        return None
 
 
 def _check_name(ctx: Ctx, name: Any, path: KeyPath) -> bool:

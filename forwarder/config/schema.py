@@ -7,7 +7,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import regex
+from regex import Pattern
 
 from forwarder.config.engine import opt, p_list, p_opt, p_section
 from forwarder.config.values import (
@@ -153,7 +153,7 @@ class Condition:
 
     key: str
     values: tuple[str, ...] = ()
-    regex: regex.Pattern[str] | None = None  # the regex module's: searched with a time limit
+    regex: Pattern[str] | None = None  # the regex package's: searched with a time limit
     numeric: bool = False  # IS, DS, binary integers and floats: compared as numbers
 
 
