@@ -121,7 +121,6 @@ class DestinationHealth:
                   level=logging.WARNING, JOBS=ageing, **self.fields)
         self._ageing = ageing
 
-
     def _clock_step(self) -> None:
         """max_age is the time a job waited: a step of the wall clock (an edge box that
         took files before NTP set its clock, a suspend) is taken out of the ages of the

@@ -38,8 +38,9 @@ def claim(spool: Spool, destination: str, limit: int, now: float | None = None,
     Half the batch is the longest-waiting jobs, half the newest (sent in the order they
     came), so a backlog of thousands does not make a study that arrives now wait behind
     all of it. A job waits while an earlier one of the same SOP Instance UID for the
-    same destination is not done: a corrected version of an image never reaches the
-    peer before the version it corrects, which would otherwise overwrite it there.
+    same destination is waiting or being sent: a corrected version of an image queued
+    while the first still waits does not reach the peer before it, where the first would
+    overwrite the correction.
     """
     now = time.time() if now is None else now
     query = ("SELECT j.id, j.object_id, j.attempts, j.aborts, j.created_at, o.name, "
