@@ -431,10 +431,14 @@ def test_a_data_set_of_odd_length_is_padded_not_left_to_abort_the_association(
      "Compression 01)"),
 ])
 def test_a_refused_compressed_file_is_told_the_true_reason(
-        make_scp, spool: Spool, name: str, peer_takes: list[str], reason: str) -> None:
+        make_scp, spool: Spool, tmp_path: Path, name: str, peer_takes: list[str],
+        reason: str) -> None:
     peer = make_scp(transfer_syntaxes=peer_takes)
     rle = data_file("MR_small_RLE.dcm")
-    uids = enqueue(spool, [rle, data_file(name)])
+    # its own SOP Instance UID (pydicom's MR_small files share one): sent in the RLE
+    # file's association, not after it as a later version of the same instance
+    [refused] = unique_copies(tmp_path / "c", 1, name).values()
+    uids = enqueue(spool, [rle, refused])
     run(spool, destination(peer.port), lambda: settled(spool))
     [failed] = spool.failed_jobs()
     assert failed["sop_instance_uid"] == uids[1]
