@@ -47,7 +47,7 @@ class DestinationHealth:
     peer: PeerSettings | None
     _peer_error: str | None
     next_expire: float
-    _clock: tuple[float, float, int] | None  # wall, monotonic, last job id at the last look
+    _clock: tuple[float, float] | None  # the wall and monotonic clocks at the last look
     _ageing: int
     _ageing_said: float
 
@@ -122,19 +122,26 @@ class DestinationHealth:
         self._ageing = ageing
 
     def _clock_step(self) -> None:
-        """max_age is the time a job waited: a step of the wall clock (an edge box that
-        took files before NTP set its clock, a suspend) is taken out of the ages of the
-        jobs made before it, seen as the wall clock moving unlike the monotonic one."""
+        """max_age is the time a job waited: a step ahead of the wall clock (an edge box
+        that took files before NTP set its clock, a suspend) is taken out of the ages of
+        the jobs made before it, seen as the wall clock moving unlike the monotonic one.
+        Those jobs are the ones stamped before the unstepped now (``wall - step``): the
+        jobs made after the step are stamped later. A step back only makes ages read
+        short (nothing expires early), and jobs made before and after it cannot be told
+        apart by their stamps: it is logged, and ``status`` shows no age below zero."""
         wall, mono = time.time(), time.monotonic()
         if self._clock is not None:
-            was_wall, was_mono, through = self._clock
-            step = (wall - was_wall) - (mono - was_mono)
-            if abs(step) > CLOCK_STEP:
-                n = self.spool.clock_stepped(self.name, step, through)
-                LOGGER.warning("%s: the clock stepped %s by %.0fs; %d waiting job(s) keep "
-                               "the age they had (max_age counts the time waited)", self.name,
-                               "ahead" if step > 0 else "back", abs(step), n)
-        self._clock = (wall, mono, self.spool.last_job_id())
+            step = (wall - self._clock[0]) - (mono - self._clock[1])
+            if step > CLOCK_STEP:
+                n = self.spool.clock_stepped(self.name, step, wall - step)
+                LOGGER.warning("%s: the clock stepped ahead by %.0fs; %d waiting job(s) "
+                               "keep the age they had (max_age counts the time waited)",
+                               self.name, step, n)
+            elif step < -CLOCK_STEP:
+                LOGGER.warning("%s: the clock stepped back by %.0fs; the jobs made before "
+                               "read up to that much younger, so none expires early",
+                               self.name, -step)
+        self._clock = (wall, mono)
 
     def degrade(self, action: outcome.Action, now: float | None = None,
                 attempts: int = 0) -> None:

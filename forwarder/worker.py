@@ -116,7 +116,7 @@ class Worker(health.DestinationHealth):
         self._recording = 0.0  # seconds spent recording marks during the C-STORE in flight
         self.msg_id = 0
         self.next_expire = 0.0
-        self._clock: tuple[float, float, int] | None = None
+        self._clock: tuple[float, float] | None = None
         self._ageing = 0
         self._ageing_said = -health.EXPIRY_WARN_EVERY
         self.calling_ae = spec.calling_ae

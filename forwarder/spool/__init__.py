@@ -180,13 +180,10 @@ class Spool:
         """Pending jobs older than ``max_age`` end ``failed``, reason ``expired``."""
         return queue.expire(self, destination, max_age, now)
 
-    def clock_stepped(self, destination: str, by: float, through: int) -> int:
-        """The wall clock stepped ``by`` seconds: waiting jobs up to id ``through`` keep
-        their age; the number moved."""
-        return queue.clock_stepped(self, destination, by, through)
-
-    def last_job_id(self) -> int:
-        return queue.last_job_id(self)
+    def clock_stepped(self, destination: str, by: float, before: float) -> int:
+        """The wall clock stepped ahead ``by`` seconds: waiting jobs stamped no later than
+        ``before`` keep their age; the number moved."""
+        return queue.clock_stepped(self, destination, by, before)
 
     def older_than(self, destination: str, age: float,
                    now: float | None = None) -> tuple[int, float]:

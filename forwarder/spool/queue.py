@@ -181,20 +181,14 @@ def expire(spool: Spool, destination: str, max_age: float, now: float | None = N
         return cur.rowcount
 
 
-def clock_stepped(spool: Spool, destination: str, by: float, through: int) -> int:
-    """The wall clock stepped ``by`` seconds: the waiting jobs made before the step (ids up
-    to ``through``) keep the age they had, so a step ahead expires none and a step back
-    shows no age below zero. The number of jobs moved."""
+def clock_stepped(spool: Spool, destination: str, by: float, before: float) -> int:
+    """The wall clock stepped ahead ``by`` seconds: the waiting jobs stamped no later than
+    ``before`` (made before the step) keep the age they had, so the step expires none.
+    The number of jobs moved."""
     with spool._tx(durable=False) as db:
         return db.execute("UPDATE jobs SET created_at = created_at + ? WHERE destination=? "
-                          "AND state IN ('pending', 'sending') AND id <= ?",
-                          (by, destination, through)).rowcount
-
-
-def last_job_id(spool: Spool) -> int:
-    with spool._lock:
-        row = spool.db.execute("SELECT max(id) FROM jobs").fetchone()
-    return int(row[0] or 0)
+                          "AND state IN ('pending', 'sending') AND created_at <= ?",
+                          (by, destination, before)).rowcount
 
 
 def older_than(spool: Spool, destination: str, age: float,
