@@ -149,12 +149,13 @@ def test_seen_rows_of_files_gone_are_pruned_but_not_for_an_empty_folder(
     assert os.path.isdir(emptied)
 
 
-def test_seen_rows_in_subfolders_removed_or_emptied_are_pruned_when_the_watch_folder_holds_files(
+def test_seen_rows_in_subfolders_removed_are_pruned_when_the_watch_folder_holds_files(
         tmp_path: Path, capsys) -> None:
-    """A modality writing a folder per day into a keep_source folder: day1 deleted, day2
-    emptied, half of day3 deleted. Their rows go (the watch folder holds files, so it is
-    mounted); the rows of a watch folder that is itself empty stay, as before. By the
-    purge command and the same way by the configured retention."""
+    """A modality writing a folder per day into a keep_source folder: day1 deleted, half
+    of day3 deleted. Their rows go (the watch folder holds files, so it is mounted). An
+    emptied day2 keeps its rows: an empty folder below the watch folder may be a share's
+    mount point, not mounted now, whose files would be sent again. So do the rows of a
+    folder outside every watch folder. By the purge command, as by retention."""
     cfg = write_config(tmp_path, free_port())
     watch = tmp_path / "in"
     other = tmp_path / "unmounted"
@@ -179,6 +180,7 @@ def test_seen_rows_in_subfolders_removed_or_emptied_are_pruned_when_the_watch_fo
         left = {Path(r[0]).relative_to(tmp_path).as_posix() for r in
                 spool.db.execute("SELECT path FROM seen")}
     assert left == {"in/day3/f2.dcm", "in/day3/f3.dcm", "unmounted/sub/f.dcm",
+                    *(f"in/day2/f{i}.dcm" for i in range(4)),
                     *(f"in/f{i}.dcm" for i in range(4))}
 
 

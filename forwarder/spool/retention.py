@@ -105,8 +105,7 @@ def prune_bookkeeping(spool: Spool, now: float | None = None,
                       watched: Iterable[str] = ()) -> dict[str, int]:
     """``seen`` rows whose file is gone or is another file now; delivery digests older
     than their keeping time. ``watched``: the watch folders' paths; a file in a subfolder
-    that is gone or empty is forgotten when its watch folder holds files (so the share
-    is mounted)."""
+    that is gone is forgotten when its watch folder holds files (so it is mounted)."""
     now = time.time() if now is None else now
     roots = [os.path.realpath(w) for w in watched]
     with spool._lock:
@@ -147,12 +146,12 @@ def _holds_files(folder: str) -> bool:
 
 def _below_root_holding_files(folder: str, roots: list[str],
                               present: dict[str, bool]) -> bool:
-    """``folder`` (gone or empty) lies below a watch folder that holds files: a subfolder
-    removed or emptied (a day's or a study's folder cleaned away), not a share unmounted."""
-    inside = [r for r in roots if folder.startswith(r.rstrip("/") + "/")]
-    if not inside:
+    """``folder`` is gone, below a watch folder that holds files: a subfolder removed (a
+    day's or a study's folder cleaned away). Not one that is there and empty, which may
+    be a share's mount point below the watch folder, its share not mounted now."""
+    root = next((r for r in roots if folder.startswith(r.rstrip("/") + "/")), None)
+    if root is None or os.path.lexists(folder):
         return False
-    root = max(inside, key=len)
     if root not in present:
         present[root] = _holds_files(root)
     return present[root]
