@@ -342,7 +342,8 @@ class Intake:
                     self._quarantine(cand, fd, st, f"{exc}{why}", leave=held)
                 return None
             except router.RouteError as exc:  # the configuration's fault, shown on the file
-                self._quarantine(cand, fd, st, f"{exc}{why}", found, leave=held)
+                self._quarantine(cand, fd, st, f"{exc}, then drop the file again{why}", found,
+                                 leave=held)
                 return None
             except Exception as exc:  # a reader or routing bug must not stop intake
                 if spool_wide(exc):

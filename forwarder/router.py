@@ -57,8 +57,8 @@ def _holds(cond: Condition, watch: str, relpath: str, attrs: Mapping[str, str]) 
 
 
 def _same_number(wanted: str, value: str, numbers: list[Decimal | None]) -> bool:
-    if wanted == "":  # present but empty, never a value that is no number (NaN, inf)
-        return value == ""
+    if wanted == "":  # an empty value or part, as for text; never NaN or inf
+        return value == "" or "" in value.split("\\")
     if "\\" in wanted:
         return numbers == [dicom_number(p) for p in wanted.split("\\")]
     return dicom_number(wanted) in numbers

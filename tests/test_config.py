@@ -165,8 +165,8 @@ def test_every_error_is_reported_not_only_the_first() -> None:
      "f.yaml:3: routes[0].match.DiffusionBValue: DiffusionBValue is a decimal number (FD)"),
     # compiled, it would hold a billion copies: refused before the daemon's memory is
     ("routes:\n  - to: [x]\n    match: {StudyDescription: {regex: '(?:(?:a{1000}){1000}){10}'}}\n",
-     "f.yaml:3: routes[0].match.StudyDescription.regex: counted repeats ({n}) that multiply "
-     "to more than 100,000 cannot be compiled safely"),
+     "f.yaml:3: routes[0].match.StudyDescription.regex: counted repeats whose least "
+     "counts ({n}, {n,m}) multiply to more than 100,000 cannot be compiled safely"),
     # 0 makes a socket non-blocking: nothing would ever be sent
     ("destinations:\n  a: {host: h, port: 1, timeouts: {acse: 0}}\n",
      "f.yaml:2: destinations.a.timeouts.acse: must be at least 100ms (null for no limit)"),
@@ -236,6 +236,7 @@ def test_match_values_are_taken_as_written() -> None:
         "      AccessionNumber: 12:30\n"
         "      SeriesNumber: 7\n"
         "      StudyID: {regex: 2024}\n"
+        "      InstitutionName: {regex: '^\\d{1,10}\\.\\d{1,10}\\.\\d{1,10}\\.\\d{1,10}\\.\\d{1,10}$'}\n"
         "      Rows: 0512\n"
         "      TransferSyntaxUID: 1.2.840.10008.1.2.1")
     conditions = {c.key: c for c in config.parse(text, "f.yaml").routes[1].match}
@@ -247,6 +248,7 @@ def test_match_values_are_taken_as_written() -> None:
     assert not conditions["PatientID"].numeric
     assert conditions["StudyID"].regex is not None
     assert conditions["StudyID"].regex.pattern == "2024"
+    assert conditions["InstitutionName"].regex is not None  # {1,10} six times: cheap, taken
     assert conditions["Rows"].values == ("0512",) and conditions["Rows"].numeric
     assert conditions["TransferSyntaxUID"].values == ("1.2.840.10008.1.2.1",)
 

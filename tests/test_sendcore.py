@@ -335,3 +335,17 @@ def test_a_learned_limit_is_forgotten_after_an_hour_and_learned_again() -> None:
     core.handle(sendcore.Stored(0, None, later))
     core.handle(sendcore.Stored(0, None, later))
     assert core.handle(sendcore.Stored(0, None, later))[0].__class__ is sendcore.Done
+
+
+def test_losses_at_the_same_count_with_a_shorter_association_between_teach_no_limit() -> None:
+    """Only two associations in a row count: one between that carried fewer C-STOREs
+    and ended without a loss (released when idle) breaks the run."""
+    core = sendcore.SendCore(sendcore.Policy(idle_release=5.0))
+    assert _lost_at_third(core, 1, 0.0) == [sendcore.NoteFailure(3)]
+    core.handle(sendcore.FailureNoted(1, True))
+    core.handle(sendcore.Claimed((sendcore.Item(20, CT, EXPLICIT_LE),), 1.0, False))
+    core.handle(sendcore.Opened(1.0))
+    core.handle(sendcore.Stored(0, None, 1.0))
+    assert core.handle(sendcore.Tick(100.0, None)) == [sendcore.Close()]
+    assert _lost_at_third(core, 30, 200.0) == [sendcore.NoteFailure(32)]
+    assert core.per_association == 0

@@ -173,7 +173,8 @@ def test_numbers_match_as_numbers() -> None:
     empty = config.parse(  # present but empty: '' only, not a value that is no number
         "spool: /s\ndestinations: {a: {host: h, port: 1}}\n"
         "routes:\n  - {to: [a], match: {DiffusionBValue: ''}}\n", "f.yaml").routes
-    for held, routed in (("", ("a",)), ("nan", ()), ("inf", ()), ("-inf", ()), ("0.0", ())):
+    for held, routed in (("", ("a",)), ("1\\", ("a",)), ("nan", ()), ("inf", ()),
+                         ("-inf", ()), ("0.0", ())):
         assert router.route(empty, "w", "x", {"DiffusionBValue": held}).destinations == routed
     whole = config.parse(  # a whole multi-value: each part the same number, in order
         "spool: /s\ndestinations: {a: {host: h, port: 1}}\n"

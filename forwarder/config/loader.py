@@ -114,14 +114,17 @@ def _parse_match(ctx: Ctx, value: Any, path: KeyPath,
 
 def _compile(ctx: Ctx, path: KeyPath, pattern: str) -> regex.Pattern[str] | None:
     """A route's pattern compiled, or an error at its line. Counted repeats are bounded:
-    compiling one holds a copy per count, nested ones multiply (``(?:a{1000}){1000}``
-    took 300 MB), and a configuration must not exhaust the daemon's memory at a reload."""
+    compiling one holds a copy per least count, nested ones multiply
+    (``(?:a{1000}){1000}`` took 300 MB, ``(?:a{1,1000}){1,1000}`` 12 MB), and a
+    configuration must not exhaust the daemon's memory at a reload. The least counts
+    of all of them are multiplied, nested or not: a bound, not a measure."""
     product = 1
     for m in _COUNTED.finditer(pattern):
-        product *= max(1, int(m.group(1)), int(m.group(2) or 0))
+        product *= max(1, int(m.group(1)))
     if product > MAX_REPEATS:
-        ctx.error(path, f"counted repeats ({{n}}) that multiply to more than {MAX_REPEATS:,} "
-                        "cannot be compiled safely; use + or * instead")
+        ctx.error(path, f"counted repeats whose least counts ({{n}}, {{n,m}}) multiply to "
+                        f"more than {MAX_REPEATS:,} cannot be compiled safely; use + or * "
+                        "instead")
         return None
     try:
         return regex.compile(pattern)
