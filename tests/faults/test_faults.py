@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from forwarder.spool import Spool
 from tests.corpus import tiny_template, unique_copies
 from tests.daemonutil import DaemonProcess, drop, write_config
 from tests.faults.harness import Gate, assert_nothing_lost, spool_view
-from tests.peers import wait_for
+from tests.peers import StoreSCP, wait_for
 from tests.sendutil import enqueue
 
 
@@ -140,6 +141,20 @@ def test_two_destinations_one_down_the_healthy_one_is_not_delayed(make_scp,
         gate.close()
 
 
+def _until_all_stored(cfg: Path, tmp_path: Path, peer: StoreSCP, n: int, timeout: float,
+                      then: Callable[[], object] = lambda: None) -> str:
+    """Run the daemon until the peer holds ``n`` instances; ``then`` before the stop (which
+    must exit 0); the daemon's output."""
+    d = DaemonProcess(cfg, tmp_path)
+    try:
+        d.wait_ready()
+        wait_for(lambda: len(peer.counts()) == n, timeout, f"all {n} files")
+    finally:
+        then()
+        assert d.stop() == 0
+    return d.output()
+
+
 def test_peer_aborts_stalls_and_answers_a700(make_scp, tmp_path: Path) -> None:
     release = threading.Event()
     seen: list[str] = []
@@ -161,15 +176,8 @@ def test_peer_aborts_stalls_and_answers_a700(make_scp, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, peer.port, min_age="100ms")
     cfg.write_text(cfg.read_text().replace("dimse: 10s", "dimse: 1s"))
     uids = unique_copies(tmp_path / "in", 60)
-    d = DaemonProcess(cfg, tmp_path)
-    try:
-        d.wait_ready()
-        wait_for(lambda: len(peer.counts()) == 60, 60, "all 60 files")
-    finally:
-        release.set()
-        assert d.stop() == 0
+    out = _until_all_stored(cfg, tmp_path, peer, 60, 60, then=release.set)
     assert peer.counts() == {u: 1 for u in uids}  # refused ones were not kept by the peer
-    out = d.output()
     assert "FORWARDER_EVENT=retry" in out and "out of resources" in out
     assert 'REASON="peer out of resources' in out  # the reason as a field, as a failure's
     assert "no response" in out  # the abort and the stall were resent
@@ -376,17 +384,12 @@ def test_a_peer_that_aborts_at_its_third_c_store_of_every_association_fails_no_f
     peer = make_scp(status=script)
     cfg = write_config(tmp_path, peer.port, min_age="100ms")
     uids = unique_copies(tmp_path / "in", 60)
-    d = DaemonProcess(cfg, tmp_path)
-    try:
-        d.wait_ready()
-        wait_for(lambda: len(peer.counts()) == 60, 90, "all 60 files")
-    finally:
-        assert d.stop() == 0
+    out = _until_all_stored(cfg, tmp_path, peer, 60, 90)
     assert peer.counts() == {u: 1 for u in uids}
     view = spool_view(tmp_path / "spool")
     assert not view["pending"] and not view["failed"]
     assert peer.aborts_seen <= 3
-    assert "at most 2 C-STOREs" in d.output()
+    assert "at most 2 C-STOREs" in out
 
 
 def test_a_corrected_file_queued_during_an_outage_arrives_after_the_version_it_corrects(
