@@ -239,8 +239,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
     from forwarder.spool import rebuild
 
     cfg = config.load(args.config)
-    if not (Path(cfg.spool) / "objects").is_dir():
-        raise UsageError(f"{cfg.spool} is not a spool (no objects/ directory)")
+    rebuild.require_spool(Path(cfg.spool))  # before the lock: no lock file in a non-spool
     running = spoollock.holder(cfg.spool)
     if running is not None:
         what = "a daemon" if running.get("command", "run") == "run" else \

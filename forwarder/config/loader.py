@@ -26,13 +26,13 @@ from forwarder.errors import ConfigError, ConfigIssue
 
 # how DICOM writes each kind of value an exact match compares as text or number (PS3.5
 # 6.2): a value written otherwise (12:30:00, 2024-01-05, 7.5 for an IS) never matches
+_INTEGER = re.compile(r"[+-]?\d+")
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _FORMS = {
-    "IS": (re.compile(r"[+-]?\d+"), "an integer (IS), such as 7"),
-    "DS": (re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
-           "a decimal number (DS), such as 2.5 or 1e-3"),
-    "US": (re.compile(r"[+-]?\d+"), "an integer ({vr}), such as 512"),
-    "FL": (re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
-           "a decimal number ({vr}), such as 2.5 or 1e-3"),
+    "IS": (_INTEGER, "an integer (IS), such as 7"),
+    "DS": (_DECIMAL, "a decimal number (DS), such as 2.5 or 1e-3"),
+    "US": (_INTEGER, "an integer ({vr}), such as 512"),  # every binary integer
+    "FL": (_DECIMAL, "a decimal number ({vr}), such as 2.5 or 1e-3"),  # FL and FD
     "DA": (re.compile(r"\d{8}"), "a date, written YYYYMMDD (20240105, not 2024-01-05)"),
     "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"),
            "a time, written HHMMSS (123000, not 12:30:00)"),

@@ -63,6 +63,12 @@ def _holdings(index: Path) -> list[str] | None:
     return [f"{n} {what}" for what, n in counts if n]
 
 
+def require_spool(root: Path) -> None:
+    """``root`` is a spool (it has ``objects/``), or a usage error says it is not."""
+    if not (root / "objects").is_dir():
+        raise UsageError(f"{root} is not a spool (no objects/ directory)")
+
+
 def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[str, int]:
     """Move the index aside and take ``objects/`` again through ``cfg``'s routes."""
     from forwarder.spool import Spool
@@ -70,8 +76,7 @@ def rebuild(cfg: Config, force: bool = False, now: float | None = None) -> dict[
     now = time.time() if now is None else now
     root = Path(cfg.spool)
     index = root / INDEX
-    if not (root / "objects").is_dir():
-        raise UsageError(f"{root} is not a spool (no objects/ directory)")
+    require_spool(root)
     unfinished = root / UNFINISHED
     again = unfinished.exists()  # the index is a rebuild's that did not finish
     held = None if again else _holdings(index)
